@@ -1,0 +1,327 @@
+"""HTTP surface of the auth service: ``/v1/…`` JSON over HTTPS, thin over :class:`AuthServer`."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives import serialization
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from devicetrust import __version__
+from devicetrust.auth.server import AuthServer, Caller, LoginResult
+from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
+
+log = logging.getLogger("devicetrust.auth.http")
+
+#: Largest request body accepted; the biggest legitimate one is a resource document or a TPM event log.
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
+#: Page size bounds for listings (audit events).
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+#: Incoming request ids are echoed only when they look like ids, so logs can't be forged through them.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``MAX_REQUEST_BODY_BYTES`` whether or not Content-Length is declared."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await _too_large(scope, send, self.limit)
+                return
+        received = 0
+
+        async def limited_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _too_large(scope, send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: MutableMapping[str, Any], send: Callable[[Any], Awaitable[None]], limit: int) -> None:
+    response = JSONResponse(
+        {"error": {"kind": "validation", "message": f"request body larger than {limit} bytes"}}, status_code=413
+    )
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Any:  # pragma: no cover - responses never read
+    return {"type": "http.disconnect"}
+
+
+# ------------------------------------------------------------------------------------------- wire models
+class LoginRequest(BaseModel):
+    user: str = Field(min_length=1, max_length=256)
+    password: str = Field(max_length=1024)
+    public_key: str = Field(max_length=4096, description="PEM or OpenSSH P-256 public key")
+    ttl_seconds: int | None = Field(default=None, ge=60)
+
+
+class BotJoinRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=256)
+    public_key: str = Field(max_length=4096)
+    ttl_seconds: int | None = Field(default=None, ge=60)
+
+
+class SignupRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=256)
+    password: str = Field(max_length=1024)
+
+
+class CreateUserRequest(BaseModel):
+    name: str
+    roles: list[str]
+    traits: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class UpdateUserRequest(BaseModel):
+    set_roles: list[str] | None = None
+    set_traits: dict[str, list[str]] | None = None
+
+
+class CreateBotRequest(BaseModel):
+    name: str
+    roles: list[str]
+    traits: dict[str, list[str]] = Field(default_factory=dict)
+    token_ttl_seconds: int | None = None
+
+
+class CreateTokenRequest(BaseModel):
+    type: str
+    ttl_seconds: int | None = None
+
+
+class PutResourceRequest(BaseModel):
+    resource: dict[str, Any]
+    force: bool = False
+
+
+def _login_response(result: LoginResult, server: AuthServer) -> dict[str, Any]:
+    return {
+        "session_token": result.session_token,
+        "expires": result.identity.not_after.isoformat(),
+        "ssh_cert": result.ssh_cert.decode(),
+        "tls_cert": result.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "identity": {
+            "user": result.identity.username,
+            "roles": list(result.identity.roles),
+            "logins": list(result.identity.logins),
+            "bot_name": result.identity.bot_name,
+        },
+        **server.cluster_cas(),
+        "cluster_name": server.cluster_name,
+    }
+
+
+def _ttl(seconds: int | None) -> timedelta | None:
+    return timedelta(seconds=seconds) if seconds is not None else None
+
+
+def build_app(server: AuthServer) -> FastAPI:
+    app = FastAPI(
+        title="devicetrust auth service",
+        version=__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        incoming = request.headers.get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        request_id_var.set(request_id)
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["X-Request-ID"] = request_id
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "caller": getattr(request.state, "caller", None),
+            },
+        )
+        return response
+
+    @app.exception_handler(DevicetrustError)
+    async def domain_error(_: Request, err: DevicetrustError) -> JSONResponse:
+        headers = {"Retry-After": str(err.retry_after)} if isinstance(err, RateLimitedError) else None
+        return JSONResponse(
+            {"error": {"kind": err.kind, "message": err.message}}, status_code=err.http_status, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse(
+            {"error": {"kind": "validation", "message": f"{where}: {first.get('msg')}"}}, status_code=400
+        )
+
+    app.add_middleware(BodyLimitMiddleware)  # type: ignore[arg-type]
+
+    async def caller_dep(request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        caller = await run_in_threadpool(server.authenticate, token if scheme.lower() == "bearer" else "")
+        request.state.caller = caller.name
+        return caller
+
+    CallerDep = Annotated[Caller, Depends(caller_dep)]
+
+    @app.get("/v1/ping")
+    def ping() -> dict[str, Any]:
+        """Cluster name, version and the auth preference summary (device trust mode, auto-enroll)."""
+        return server.ping()
+
+    @app.get("/v1/cas")
+    def cas() -> dict[str, str]:
+        """Public halves of the cluster's certificate authorities."""
+        return server.cluster_cas()
+
+    @app.post("/v1/login")
+    def login(req: LoginRequest) -> dict[str, Any]:
+        result = server.login(req.user, req.password, req.public_key, _ttl(req.ttl_seconds))
+        return _login_response(result, server)
+
+    @app.post("/v1/signup")
+    def signup(req: SignupRequest) -> dict[str, Any]:
+        return {"user": server.signup(req.token, req.password)}
+
+    @app.post("/v1/bots/join")
+    def bot_join(req: BotJoinRequest) -> dict[str, Any]:
+        result = server.bot_join(req.token, req.public_key, _ttl(req.ttl_seconds))
+        return _login_response(result, server)
+
+    @app.post("/v1/logout")
+    def logout(caller: CallerDep) -> dict[str, Any]:
+        server.logout(caller)
+        return {}
+
+    @app.get("/v1/whoami")
+    def whoami(caller: CallerDep) -> dict[str, Any]:
+        return server.whoami(caller)
+
+    @app.post("/v1/users")
+    def create_user(req: CreateUserRequest, caller: CallerDep) -> dict[str, Any]:
+        user, invite = server.create_user(caller, req.name, req.roles, req.traits)
+        return {"user": user.metadata.name, "invite_token": invite}
+
+    @app.patch("/v1/users/{name}")
+    def update_user(name: str, req: UpdateUserRequest, caller: CallerDep) -> dict[str, Any]:
+        user = server.update_user(caller, name, set_roles=req.set_roles, set_traits=req.set_traits)
+        return {"user": user.metadata.name, "roles": list(user.roles)}
+
+    @app.post("/v1/users/{name}/reset")
+    def reset_user(name: str, caller: CallerDep) -> dict[str, Any]:
+        return {"user": name, "invite_token": server.reset_user(caller, name)}
+
+    @app.post("/v1/bots")
+    def create_bot(req: CreateBotRequest, caller: CallerDep) -> dict[str, Any]:
+        bot, token, expires = server.create_bot(
+            caller, req.name, req.roles, req.traits, _ttl(req.token_ttl_seconds)
+        )
+        return {"bot": bot.metadata.name, "token": token, "expires": expires.isoformat()}
+
+    @app.post("/v1/tokens")
+    def create_token(req: CreateTokenRequest, caller: CallerDep) -> dict[str, Any]:
+        token, expires = server.create_join_token(caller, req.type, _ttl(req.ttl_seconds))
+        return {"token": token, "type": req.type, "expires": expires.isoformat()}
+
+    @app.get("/v1/tokens")
+    def list_tokens(caller: CallerDep) -> dict[str, Any]:
+        return {"items": server.list_tokens(caller)}
+
+    @app.delete("/v1/tokens/{identifier}")
+    def delete_token(identifier: str, caller: CallerDep) -> dict[str, Any]:
+        server.delete_token(caller, identifier)
+        return {}
+
+    @app.get("/v1/resources/{kind}")
+    def list_resources(kind: str, caller: CallerDep) -> dict[str, Any]:
+        return {"items": server.list_resources(caller, kind)}
+
+    @app.get("/v1/resources/{kind}/{name}")
+    def get_resource(kind: str, name: str, caller: CallerDep) -> dict[str, Any]:
+        return server.get_resource(caller, kind, name)
+
+    @app.put("/v1/resources")
+    def put_resource(req: PutResourceRequest, caller: CallerDep) -> dict[str, Any]:
+        resource, existed = server.put_resource(caller, req.resource, force=req.force)
+        return {"kind": resource.kind, "name": resource.metadata.name, "created": not existed}
+
+    @app.delete("/v1/resources/{kind}/{name}")
+    def delete_resource(kind: str, name: str, caller: CallerDep) -> dict[str, Any]:
+        server.delete_resource(caller, kind, name)
+        return {}
+
+    @app.get("/v1/events")
+    def events(
+        caller: CallerDep,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        event_type: Annotated[list[str] | None, Query(alias="type")] = None,
+        user: str | None = None,
+        limit: Annotated[int, Query(ge=1)] = DEFAULT_PAGE_SIZE,
+        after: int | None = None,
+    ) -> dict[str, Any]:
+        if limit > MAX_PAGE_SIZE:
+            raise ValidationError(f"limit must be at most {MAX_PAGE_SIZE}")
+        items = server.search_events(
+            caller,
+            since=since,
+            until=until,
+            event_types=event_type or [],
+            user=user,
+            limit=limit,
+            after_id=after,
+        )
+        next_after = items[-1]["id"] if len(items) == limit else None
+        return {"items": items, "next_after": next_after}
+
+    return app

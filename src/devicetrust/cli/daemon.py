@@ -1,0 +1,92 @@
+"""devicetrust: the daemon — runs the services a devicetrust.yaml enables (auth today)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from devicetrust import __version__
+from devicetrust.cli.common import DevicetrustGroup
+from devicetrust.config import (
+    DEFAULT_CLUSTER_NAME,
+    AuthServiceConfig,
+    load_config,
+    render_default_config,
+    split_host_port,
+)
+from devicetrust.errors import ConfigError
+from devicetrust.logs import configure_json_logging
+
+
+@click.group(cls=DevicetrustGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="devicetrust")
+def cli() -> None:
+    """devicetrust: device trust for infrastructure access."""
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), help="Path to devicetrust.yaml.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Override devicetrust.data_dir.")
+@click.option("--listen-addr", help="Override auth_service.listen_addr (HOST:PORT).")
+@click.option("--cluster-name", help="Override auth_service.cluster_name (first start only).")
+def start(
+    config_path: Path | None, data_dir: Path | None, listen_addr: str | None, cluster_name: str | None
+) -> None:
+    """Start the services enabled in the config (default: auth on 127.0.0.1:3080 with SQLite)."""
+    config = load_config(config_path)
+    if data_dir:
+        config = replace(config, data_dir=data_dir)
+    if listen_addr or cluster_name:
+        if listen_addr:
+            split_host_port(listen_addr, what="--listen-addr")
+        auth = config.auth_service
+        config = replace(
+            config,
+            auth_service=AuthServiceConfig(
+                enabled=auth.enabled,
+                listen_addr=listen_addr or auth.listen_addr,
+                cluster_name=cluster_name or auth.cluster_name,
+                public_addrs=auth.public_addrs,
+            ),
+        )
+    if not config.auth_service.enabled:
+        raise ConfigError("auth_service.enabled is false and no other service is available in this build")
+    configure_json_logging(config.log_severity)
+    if config.ssh_service.enabled:
+        raise ConfigError("ssh_service is not available in this build yet; set ssh_service.enabled: false")
+    # Imported late: the web stack is only needed to serve.
+    from devicetrust.auth.service import run_auth_service
+
+    run_auth_service(config)
+
+
+@cli.command()
+@click.option("--cluster-name", default=DEFAULT_CLUSTER_NAME, show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where the daemon keeps its state.")
+@click.option("--listen-addr", default="", help="auth_service.listen_addr (default 127.0.0.1:3080).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
+def configure(cluster_name: str, data_dir: Path | None, listen_addr: str, output: Path | None) -> None:
+    """Print a complete default devicetrust.yaml."""
+    text = render_default_config(cluster_name=cluster_name, data_dir=data_dir, listen_addr=listen_addr)
+    if output:
+        output.write_text(text)
+        click.echo(f"Wrote {output}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"devicetrust {__version__}")
+
+
+def main() -> None:
+    cli(prog_name="devicetrust")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,482 @@
+"""tctl: the administrator's command line.
+
+On the auth host it acts as the local admin using the identity the daemon writes into its data dir
+(``--config FILE`` or ``$DEVICETRUST_CONFIG`` names the daemon's config); elsewhere it uses the caller's tsh
+profile and is limited by that user's roles.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from devicetrust import __version__
+from devicetrust.auth.service import AdminIdentity
+from devicetrust.cli.common import (
+    DevicetrustGroup,
+    emit,
+    fail,
+    format_option,
+    parse_duration,
+    print_table,
+    split_list,
+)
+from devicetrust.cli.profile import ProfileStore
+from devicetrust.client import AuthClient
+from devicetrust.config import ENV_CONFIG, load_config
+from devicetrust.errors import ConfigError, ValidationError
+from devicetrust.types import dump_yaml, load_yaml_documents, normalize_kind
+
+
+class Context:
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+        self._client: AuthClient | None = None
+        self.auth_addr = ""
+
+    @property
+    def client(self) -> AuthClient:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> AuthClient:
+        explicit = self.config_path is not None or bool(os.environ.get(ENV_CONFIG))
+        config = load_config(self.config_path)
+        path = config.admin_identity_path
+        if path.exists() or explicit:
+            try:
+                identity = AdminIdentity.from_json(path.read_text())
+            except FileNotFoundError:
+                raise ConfigError(
+                    f"no admin identity at {path}: is 'devicetrust start' running with this config?"
+                ) from None
+            except PermissionError:
+                raise ConfigError(
+                    f"cannot read the admin identity {path}: run tctl as the user that runs devicetrust"
+                ) from None
+            self.auth_addr = identity.auth_addr
+            return AuthClient(identity.auth_addr, ca_pem=identity.host_ca_pem, token=identity.token)
+        store = ProfileStore()
+        profile = store.require_current()
+        self.auth_addr = profile.proxy
+        pinned = store.pinned_ca(profile.proxy)
+        return AuthClient(profile.proxy, ca_pem=pinned, token=store.session_token(profile))
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(cls=DevicetrustGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="The daemon's devicetrust.yaml: act as this cluster's local admin (env: DEVICETRUST_CONFIG).",
+)
+@click.version_option(__version__, prog_name="tctl")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """tctl: administer a devicetrust cluster — users, roles, bots, tokens, settings and audit."""
+    ctx.obj = Context(config_path)
+    ctx.call_on_close(lambda: ctx.obj._client.close() if ctx.obj._client else None)
+
+
+# ------------------------------------------------------------------------------------------------ users
+@cli.group()
+def users() -> None:
+    """Manage users."""
+
+
+def _traits(logins: str | None, kube_groups: str | None, db_users: str | None) -> dict[str, list[str]]:
+    traits: dict[str, list[str]] = {}
+    for name, value in (("logins", logins), ("kubernetes_groups", kube_groups), ("db_users", db_users)):
+        if value is not None:
+            traits[name] = split_list(value)
+    return traits
+
+
+def _print_invite(ctx: Context, user: str, token: str, verb: str) -> None:
+    click.echo(
+        f'User "{user}" has been {verb} but requires a password. Share this command with the user to complete '
+        "user setup, the token is valid for 1h:\n"
+        f"tsh login --proxy={ctx.auth_addr} --user={user} --token={token}\n\n"
+        "NOTE: make sure the address above points at this cluster's auth service."
+    )
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--roles", required=True, help="Comma-separated roles, e.g. access,editor.")
+@click.option("--logins", help="Comma-separated OS logins (the user's internal.logins trait).")
+@click.option("--kubernetes-groups", help="Comma-separated Kubernetes groups.")
+@click.option("--db-users", help="Comma-separated database users.")
+@format_option()
+@pass_ctx
+def users_add(
+    ctx: Context, name: str, roles: str, logins: str | None, kubernetes_groups: str | None, db_users: str | None, fmt: str
+) -> None:
+    """Create a user and print a one-time signup token."""
+    reply = ctx.client.post(
+        "/v1/users",
+        {"name": name, "roles": split_list(roles), "traits": _traits(logins, kubernetes_groups, db_users)},
+    )
+    emit(reply, fmt, lambda r: _print_invite(ctx, r["user"], r["invite_token"], "created"))
+
+
+@users.command("update")
+@click.argument("name")
+@click.option("--set-roles", help="Replace the user's roles (comma-separated).")
+@click.option("--set-logins", help="Replace the user's logins trait (comma-separated).")
+@click.option("--set-kubernetes-groups", help="Replace the user's Kubernetes groups.")
+@click.option("--set-db-users", help="Replace the user's database users.")
+@pass_ctx
+def users_update(
+    ctx: Context,
+    name: str,
+    set_roles: str | None,
+    set_logins: str | None,
+    set_kubernetes_groups: str | None,
+    set_db_users: str | None,
+) -> None:
+    """Change a user's roles or traits."""
+    traits = _traits(set_logins, set_kubernetes_groups, set_db_users)
+    if set_roles is None and not traits:
+        raise click.UsageError("nothing to update: give --set-roles or --set-logins")
+    body: dict[str, Any] = {"set_traits": traits or None}
+    if set_roles is not None:
+        body["set_roles"] = split_list(set_roles)
+    reply = ctx.client.patch(f"/v1/users/{name}", body)
+    click.echo(f'User "{name}" has been updated (roles: {", ".join(reply["roles"])}).')
+
+
+@users.command("ls")
+@format_option()
+@pass_ctx
+def users_ls(ctx: Context, fmt: str) -> None:
+    """List users."""
+    items = ctx.client.get("/v1/resources/user")["items"]
+    emit(
+        items,
+        fmt,
+        lambda docs: print_table(
+            ["User", "Roles", "Logins"],
+            [
+                (
+                    d["metadata"]["name"],
+                    ", ".join(d["spec"].get("roles", [])),
+                    ", ".join(d["spec"].get("traits", {}).get("logins", [])),
+                )
+                for d in docs
+            ],
+        ),
+    )
+
+
+@users.command("rm")
+@click.argument("name")
+@pass_ctx
+def users_rm(ctx: Context, name: str) -> None:
+    """Delete a user and end their sessions."""
+    ctx.client.delete(f"/v1/resources/user/{name}")
+    click.echo(f'User "{name}" has been deleted.')
+
+
+@users.command("reset")
+@click.argument("name")
+@pass_ctx
+def users_reset(ctx: Context, name: str) -> None:
+    """Clear a user's password and print a new signup token."""
+    reply = ctx.client.post(f"/v1/users/{name}/reset")
+    _print_invite(ctx, name, reply["invite_token"], "reset")
+
+
+# -------------------------------------------------------------------------------------------- resources
+def _read_source(path: str) -> tuple[str, str]:
+    if path == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        return Path(path).read_text(), path
+    except OSError as err:
+        raise ValidationError(f"cannot read {path}: {err.strerror}") from None
+
+
+@cli.command()
+@click.option("-f", "--filename", required=True, help="YAML file with one or more resources ('-' for stdin).")
+@click.option("--force", is_flag=True, help="Overwrite resources that already exist.")
+@pass_ctx
+def create(ctx: Context, filename: str, force: bool) -> None:
+    """Create resources from a YAML file (roles, users, bots, cluster_auth_preference)."""
+    text, source = _read_source(filename)
+    documents = load_yaml_documents(text, source)
+    if not documents:
+        raise ValidationError(f"{source}: no resources found")
+    for doc in documents:
+        reply = ctx.client.put("/v1/resources", {"resource": doc, "force": force})
+        verb = "created" if reply["created"] else "updated"
+        click.echo(f'{reply["kind"]} "{reply["name"]}" has been {verb}')
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    kind, _, name = ref.partition("/")
+    return normalize_kind(kind), name or None
+
+
+def _fetch(ctx: Context, ref: str) -> list[dict[str, Any]]:
+    kind, name = _split_ref(ref)
+    if name:
+        return [ctx.client.get(f"/v1/resources/{kind}/{name}")]
+    items: list[dict[str, Any]] = ctx.client.get(f"/v1/resources/{kind}")["items"]
+    return items
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND[/NAME]")
+@format_option(default="yaml")
+@pass_ctx
+def get(ctx: Context, ref: str, fmt: str) -> None:
+    """Print resources, e.g. 'tctl get roles', 'tctl get role/access', 'tctl get cap --format=json'."""
+    docs = _fetch(ctx, ref)
+    emit(
+        docs,
+        fmt,
+        lambda items: print_table(
+            ["Kind", "Name"], [(d.get("kind", ""), d.get("metadata", {}).get("name", "")) for d in items]
+        ),
+    )
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND/NAME")
+@pass_ctx
+def rm(ctx: Context, ref: str) -> None:
+    """Delete a resource, e.g. 'tctl rm role/contractor'."""
+    kind, name = _split_ref(ref)
+    if not name:
+        raise click.UsageError("give KIND/NAME, e.g. role/contractor")
+    ctx.client.delete(f"/v1/resources/{kind}/{name}")
+    click.echo(f'{kind} "{name}" has been deleted')
+
+
+@cli.command()
+@click.argument("ref", metavar="KIND[/NAME]")
+@pass_ctx
+def edit(ctx: Context, ref: str) -> None:
+    """Edit a resource in $EDITOR; it is validated and saved when the editor exits."""
+    docs = _fetch(ctx, ref)
+    if len(docs) != 1:
+        raise click.UsageError(f"{ref} names {len(docs)} resources; give KIND/NAME")
+    original = dump_yaml(docs)
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.TemporaryDirectory(prefix="tctl-edit-") as tmp:
+        path = Path(tmp) / f"{_split_ref(ref)[0]}.yaml"
+        path.write_text(original)
+        result = subprocess.run([*shlex.split(editor), str(path)], check=False)
+        if result.returncode != 0:
+            raise ValidationError(f"editor {editor!r} exited with status {result.returncode}; nothing saved")
+        edited = path.read_text()
+    if edited == original:
+        click.echo("edit canceled, no changes made")
+        return
+    documents = load_yaml_documents(edited, "edited resource")
+    if len(documents) != 1:
+        raise ValidationError("edited resource: expected exactly one resource")
+    before, after = docs[0]["metadata"]["name"], documents[0].get("metadata", {}).get("name")
+    if after != before:
+        raise ValidationError(f"edited resource: metadata.name cannot change ({before!r} -> {after!r})")
+    reply = ctx.client.put("/v1/resources", {"resource": documents[0], "force": True})
+    click.echo(f'{reply["kind"]} "{reply["name"]}" has been updated')
+
+
+# ------------------------------------------------------------------------------------------------- bots
+@cli.group()
+def bots() -> None:
+    """Manage bots (machine identities)."""
+
+
+@bots.command("add")
+@click.argument("name")
+@click.option("--roles", required=True, help="Comma-separated roles.")
+@click.option("--logins", help="Comma-separated OS logins for the bot.")
+@click.option("--ttl", help="Lifetime of the join token (default 1h).")
+@format_option()
+@pass_ctx
+def bots_add(ctx: Context, name: str, roles: str, logins: str | None, ttl: str | None, fmt: str) -> None:
+    """Create a bot and print its one-time join token."""
+    body = {
+        "name": name,
+        "roles": split_list(roles),
+        "traits": _traits(logins, None, None),
+        "token_ttl_seconds": int(parse_duration(ttl, what="--ttl").total_seconds()) if ttl else None,
+    }
+    reply = ctx.client.post("/v1/bots", body)
+    emit(
+        reply,
+        fmt,
+        lambda r: click.echo(
+            f'Bot "{r["bot"]}" has been created. Its join token expires at {r["expires"]}.\n'
+            f"Run on the bot's machine:\n"
+            f"tsh login --proxy={ctx.auth_addr} --bot --token={r['token']}"
+        ),
+    )
+
+
+@bots.command("ls")
+@format_option()
+@pass_ctx
+def bots_ls(ctx: Context, fmt: str) -> None:
+    """List bots."""
+    items = ctx.client.get("/v1/resources/bot")["items"]
+    emit(
+        items,
+        fmt,
+        lambda docs: print_table(
+            ["Bot", "Roles"], [(d["metadata"]["name"], ", ".join(d["spec"].get("roles", []))) for d in docs]
+        ),
+    )
+
+
+@bots.command("rm")
+@click.argument("name")
+@pass_ctx
+def bots_rm(ctx: Context, name: str) -> None:
+    """Delete a bot, its unused token and its sessions."""
+    ctx.client.delete(f"/v1/resources/bot/{name}")
+    click.echo(f'Bot "{name}" has been deleted.')
+
+
+# ----------------------------------------------------------------------------------------------- tokens
+@cli.group()
+def tokens() -> None:
+    """Manage join tokens for agents (nodes, database and Kubernetes services, MDM sync)."""
+
+
+@tokens.command("add")
+@click.option("--type", "token_type", required=True, help="node, db, kube or mdm.")
+@click.option("--ttl", help="Token lifetime (default 30m).")
+@format_option()
+@pass_ctx
+def tokens_add(ctx: Context, token_type: str, ttl: str | None, fmt: str) -> None:
+    """Create a join token."""
+    body = {
+        "type": token_type,
+        "ttl_seconds": int(parse_duration(ttl, what="--ttl").total_seconds()) if ttl else None,
+    }
+    reply = ctx.client.post("/v1/tokens", body)
+    emit(
+        reply,
+        fmt,
+        lambda r: click.echo(
+            f"The invite token: {r['token']}\nThis token will expire at {r['expires']}.\n"
+            f"Use it as the join token of a {r['type']} agent of {ctx.auth_addr}."
+        ),
+    )
+
+
+@tokens.command("ls")
+@format_option()
+@pass_ctx
+def tokens_ls(ctx: Context, fmt: str) -> None:
+    """List unexpired tokens (by id: tokens themselves are stored only as hashes)."""
+    items = ctx.client.get("/v1/tokens")["items"]
+    emit(
+        items,
+        fmt,
+        lambda rows: print_table(
+            ["Token ID", "Type", "For", "Expires"], [(r["id"], r["type"], r["subject"], r["expires"]) for r in rows]
+        ),
+    )
+
+
+@tokens.command("rm")
+@click.argument("token_id")
+@pass_ctx
+def tokens_rm(ctx: Context, token_id: str) -> None:
+    """Delete a token by the id 'tctl tokens ls' shows."""
+    ctx.client.delete(f"/v1/tokens/{token_id}")
+    click.echo(f"Token {token_id} has been deleted.")
+
+
+# ------------------------------------------------------------------------------------------------ audit
+@cli.group()
+def audit() -> None:
+    """Query the audit log."""
+
+
+@audit.command("ls")
+@click.option("--since", help="Only events newer than this, e.g. 1h or 30m (default: all).")
+@click.option("--until", "until_", help="Only events older than this much ago.")
+@click.option("--type", "event_types", multiple=True, help="Only this event type (repeatable), e.g. user.login.")
+@click.option("--user", help="Only events of this user.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@format_option()
+@pass_ctx
+def audit_ls(
+    ctx: Context,
+    since: str | None,
+    until_: str | None,
+    event_types: tuple[str, ...],
+    user: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List audit events, oldest first."""
+    now = datetime.now(UTC)
+    params: dict[str, Any] = {"limit": limit, "user": user}
+    if since:
+        params["since"] = (now - parse_duration(since, what="--since")).isoformat()
+    if until_:
+        params["until"] = (now - parse_duration(until_, what="--until")).isoformat()
+    if event_types:
+        params["type"] = list(event_types)
+    items = ctx.client.get("/v1/events", **params)["items"]
+    emit(
+        items,
+        fmt,
+        lambda rows: print_table(
+            ["Time", "Event", "Code", "User", "OK"],
+            [(r["time"], r["event"], r["code"], r["user"], "yes" if r["success"] else "no") for r in rows],
+        ),
+    )
+
+
+@cli.command()
+@format_option()
+@pass_ctx
+def status(ctx: Context, fmt: str) -> None:
+    """Show the cluster name, version, device trust settings and CA fingerprints."""
+    ping = ctx.client.get("/v1/ping")
+    who = ctx.client.get("/v1/whoami")
+    data = {**ping, "caller": who}
+    emit(
+        data,
+        fmt,
+        lambda d: click.echo(
+            f"Cluster:       {d['cluster_name']}\nVersion:       {d['server_version']}\n"
+            f"Device trust:  mode {d['auth']['device_trust']['mode']}, "
+            f"auto_enroll {str(d['auth']['device_trust']['auto_enroll']).lower()}\n"
+            f"Acting as:     {d['caller']['user']} ({', '.join(d['caller']['roles'])})"
+        ),
+    )
+
+
+def main() -> None:
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
+    try:
+        cli(prog_name="tctl")
+    except ConfigError as err:  # pragma: no cover - raised before click's group handling
+        fail(str(err), err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

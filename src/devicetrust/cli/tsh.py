@@ -1,0 +1,275 @@
+"""tsh: the user's command line — log in, see who you are, log out."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from devicetrust import __version__
+from devicetrust.cli.common import (
+    DevicetrustGroup,
+    emit,
+    fail,
+    format_duration,
+    format_option,
+    parse_duration,
+    warn,
+)
+from devicetrust.cli.profile import Profile, ProfileStore
+from devicetrust.client import AuthClient
+from devicetrust.crypto import (
+    fingerprint_sha256,
+    generate_private_key,
+    identity_from_ssh_cert,
+    private_key_to_pem,
+    public_key_to_openssh,
+    ssh_cert_extension_names,
+)
+from devicetrust.errors import TrustError, ValidationError
+
+PASSWORD_PROMPT = "Enter password for user {user}: "
+
+
+def _read_secret(prompt: str, from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise ValidationError("--password-stdin: no password on standard input")
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise ValidationError("no terminal to ask for a password; use --password-stdin")
+    return getpass.getpass(prompt)
+
+
+def _trusted_ca(store: ProfileStore, proxy: str, *, insecure: bool, trust_new_ca: bool) -> str | None:
+    """The host CA to verify ``proxy`` with: pinned, or fetched and pinned on first use."""
+    pinned = store.pinned_ca(proxy)
+    if pinned and not trust_new_ca:
+        return pinned
+    if insecure:
+        warn("--insecure: the auth service's certificate is not verified; use only in development")
+        return None
+    with AuthClient(proxy, insecure=True) as probe:
+        fetched = str(probe.get("/v1/cas")["host_ca_pem"])
+    # Prove the server we will talk to holds a certificate from this CA before pinning it.
+    with AuthClient(proxy, ca_pem=fetched) as check:
+        check.get("/v1/ping")
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate(fetched.encode())
+    fingerprint = fingerprint_sha256(ca.public_key())
+    if pinned and pinned != fetched:
+        click.echo(f"Trusting the NEW cluster CA of {proxy} ({fingerprint}).", err=True)
+    elif not pinned:
+        click.echo(f"Trusting the cluster CA of {proxy} on first use ({fingerprint}).", err=True)
+    store.pin_ca(proxy, fetched)
+    return fetched
+
+
+def _client_for(store: ProfileStore, proxy: str, insecure: bool, token: str | None = None) -> AuthClient:
+    pinned = store.pinned_ca(proxy)
+    if pinned is None and not insecure:
+        raise TrustError(f"no pinned CA for {proxy}; run 'tsh login --proxy={proxy}'")
+    return AuthClient(proxy, ca_pem=pinned, insecure=insecure and pinned is None, token=token)
+
+
+def _save_login(store: ProfileStore, proxy: str, kind: str, reply: dict[str, Any], key: Any) -> Profile:
+    profile = Profile(
+        proxy=proxy,
+        user=str(reply["identity"]["user"]),
+        cluster_name=str(reply["cluster_name"]),
+        kind=kind,
+        user_ca_ssh=str(reply["user_ca_ssh"]),
+        user_ca_pem=str(reply["user_ca_pem"]),
+        host_ca_ssh=str(reply["host_ca_ssh"]),
+    )
+    store.save(
+        profile,
+        private_key_pem=private_key_to_pem(key),
+        public_key_openssh=public_key_to_openssh(key.public_key()),
+        ssh_cert=str(reply["ssh_cert"]),
+        tls_cert_pem=str(reply["tls_cert"]),
+        session_token=str(reply["session_token"]),
+    )
+    return profile
+
+
+def _status_data(store: ProfileStore, profile: Profile) -> dict[str, Any]:
+    cert = store.ssh_cert_path(profile).read_bytes()
+    identity = identity_from_ssh_cert(cert)
+    now = datetime.now(UTC)
+    return {
+        "profile_url": profile.url,
+        "user": identity.username,
+        "cluster": profile.cluster_name,
+        "roles": list(identity.roles),
+        "logins": list(identity.logins),
+        "bot_name": identity.bot_name,
+        "valid_until": identity.not_after.isoformat(),
+        "expired": identity.not_after <= now,
+        "extensions": sorted(ssh_cert_extension_names(cert)),
+        "device": None
+        if identity.device is None
+        else {
+            "device_id": identity.device.device_id,
+            "asset_tag": identity.device.asset_tag,
+            "credential_id": identity.device.credential_id,
+        },
+    }
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    until = datetime.fromisoformat(data["valid_until"])
+    remaining = until - datetime.now(UTC)
+    validity = "EXPIRED" if data["expired"] else f"valid for {format_duration(remaining)}"
+    rows = [
+        ("Profile URL", data["profile_url"]),
+        ("Logged in as", data["user"] + (f" (bot {data['bot_name']})" if data["bot_name"] else "")),
+        ("Cluster", data["cluster"]),
+        ("Roles", ", ".join(data["roles"])),
+        ("Logins", ", ".join(data["logins"]) or "-"),
+        ("Valid until", f"{until.strftime('%Y-%m-%d %H:%M:%S %z')} [{validity}]"),
+        ("Extensions", ", ".join(data["extensions"])),
+    ]
+    if data["device"]:
+        rows.append(("Device", f"{data['device']['asset_tag']} ({data['device']['device_id']})"))
+    click.echo(f"> {rows[0][0] + ':':<16}{rows[0][1]}")
+    for name, value in rows[1:]:
+        click.echo(f"  {name + ':':<16}{value}")
+
+
+@click.group(cls=DevicetrustGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tsh")
+def cli() -> None:
+    """tsh: log in to a devicetrust cluster and use its resources from a trusted device."""
+
+
+@cli.command()
+@click.option("--proxy", help="Auth service address HOST:PORT (default: the current profile's).")
+@click.option("--user", help="User name (default: the current profile's, else your local user name).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.option("--token", help="A signup token from 'tctl users add': set your password, then log in.")
+@click.option("--bot", is_flag=True, help="Log in as a bot with the join token from 'tctl bots add'.")
+@click.option("--ttl", help="Certificate lifetime, e.g. 8h (default 12h, capped by your roles).")
+@click.option("--insecure", is_flag=True, help="Do not verify the auth service's certificate (development only).")
+@click.option("--trust-new-ca", is_flag=True, help="Replace the pinned cluster CA (after a cluster re-creation).")
+@format_option()
+def login(
+    proxy: str | None,
+    user: str | None,
+    password_stdin: bool,
+    token: str | None,
+    bot: bool,
+    ttl: str | None,
+    insecure: bool,
+    trust_new_ca: bool,
+    fmt: str,
+) -> None:
+    """Log in and store certificates under ~/.tsh (or $TSH_HOME)."""
+    store = ProfileStore()
+    current = store.current()
+    proxy = proxy or (current.proxy if current else None)
+    if not proxy:
+        fail("--proxy is required for the first login")
+    ttl_seconds = int(parse_duration(ttl, what="--ttl").total_seconds()) if ttl else None
+    ca_pem = _trusted_ca(store, proxy, insecure=insecure, trust_new_ca=trust_new_ca)
+    key = generate_private_key()
+    public_key = public_key_to_openssh(key.public_key())
+    with AuthClient(proxy, ca_pem=ca_pem, insecure=ca_pem is None) as client:
+        if bot:
+            if not token:
+                fail("--bot needs --token (from 'tctl bots add')")
+            reply = client.post("/v1/bots/join", {"token": token, "public_key": public_key, "ttl_seconds": ttl_seconds})
+            kind = "bot"
+        else:
+            if token:
+                user = _signup(client, token, password_stdin)
+            user = user or (current.user if current and current.proxy == proxy else None) or getpass.getuser()
+            password = _read_secret(PASSWORD_PROMPT.format(user=user), password_stdin)
+            reply = client.post(
+                "/v1/login",
+                {"user": user, "password": password, "public_key": public_key, "ttl_seconds": ttl_seconds},
+            )
+            kind = "user"
+    profile = _save_login(store, proxy, kind, reply, key)
+    emit(_status_data(store, profile), fmt, _print_status)
+
+
+def _signup(client: AuthClient, token: str, password_stdin: bool) -> str:
+    password = _read_secret("Choose a password: ", password_stdin)
+    if not password_stdin and _read_secret("Confirm password: ", False) != password:
+        raise ValidationError("passwords do not match")
+    user = str(client.post("/v1/signup", {"token": token, "password": password})["user"])
+    click.echo(f'Password set for user "{user}".', err=True)
+    if password_stdin:
+        # The same line logs in right after signup.
+        sys.stdin = _Replay(password)
+    return user
+
+
+class _Replay:
+    """Stands in for stdin so a scripted signup can log in with the password it just set."""
+
+    def __init__(self, line: str) -> None:
+        self._line = line + "\n"
+
+    def readline(self) -> str:
+        line, self._line = self._line, ""
+        return line
+
+    def isatty(self) -> bool:
+        return False
+
+
+@cli.command()
+@click.option("--proxy", required=True, help="Auth service address HOST:PORT.")
+@click.option("--token", required=True, help="The signup token from 'tctl users add'.")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@click.option("--insecure", is_flag=True, help="Do not verify the auth service's certificate (development only).")
+def signup(proxy: str, token: str, password_stdin: bool, insecure: bool) -> None:
+    """Set your password with a signup token."""
+    store = ProfileStore()
+    ca_pem = _trusted_ca(store, proxy, insecure=insecure, trust_new_ca=False)
+    with AuthClient(proxy, ca_pem=ca_pem, insecure=ca_pem is None) as client:
+        user = _signup(client, token, password_stdin)
+    click.echo(f"Run 'tsh login --proxy={proxy} --user={user}' to log in.")
+
+
+@cli.command()
+@format_option()
+def status(fmt: str) -> None:
+    """Show the current identity: user, roles, logins, validity and certificate extensions."""
+    store = ProfileStore()
+    profile = store.require_current()
+    if not store.ssh_cert_path(profile).exists():
+        fail("not logged in; run 'tsh login'")
+    emit(_status_data(store, profile), fmt, _print_status)
+
+
+@cli.command()
+def logout() -> None:
+    """Remove the current profile's keys and certificates and end its session."""
+    store = ProfileStore()
+    profile = store.current()
+    if profile is None:
+        click.echo("Not logged in.")
+        return
+    try:
+        with _client_for(store, profile.proxy, False, store.session_token(profile)) as client:
+            client.post("/v1/logout")
+    except Exception as err:  # noqa: BLE001 - logging out locally must work even when the server is gone
+        warn(f"could not end the session on the server: {err}")
+    store.remove(profile)
+    click.echo(f"Logged out {profile.user} from {profile.proxy}.")
+
+
+def main() -> None:
+    cli(prog_name="tsh")
+
+
+if __name__ == "__main__":
+    main()

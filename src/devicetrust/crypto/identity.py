@@ -1,0 +1,147 @@
+"""The identity carried by user certificates, and the names it is encoded under.
+
+SSH user certificates carry it as:
+    key id = username, principals = logins, extensions ``teleport-roles`` / ``teleport-traits`` /
+    ``teleport-bot-name`` / ``teleport-device-*`` (same names as Teleport, so its tooling reads them).
+
+X.509 client certificates carry it in the subject:
+    CN = username; one ``O=`` per role (as Teleport does: readable in ``openssl x509 -text``);
+    one :data:`OID_LOGINS` attribute per login; :data:`OID_TRAITS` = traits as JSON; :data:`OID_BOT_NAME`;
+    device data under :data:`OID_DEVICE_ID` / :data:`OID_DEVICE_ASSET_TAG` / :data:`OID_DEVICE_CREDENTIAL_ID`.
+The 1.3.9999.1.1xx numbers deliberately avoid Teleport's own 1.3.9999.1.x assignments (kube users, …) so
+a Teleport certificate can never be misread as ours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+from cryptography import x509
+
+from devicetrust.errors import ValidationError
+
+__all__ = [
+    "EXT_BOT_NAME",
+    "EXT_DEVICE_ASSET_TAG",
+    "EXT_DEVICE_CREDENTIAL_ID",
+    "EXT_DEVICE_ID",
+    "EXT_ROLES",
+    "EXT_TRAITS",
+    "OID_BOT_NAME",
+    "OID_DEVICE_ASSET_TAG",
+    "OID_DEVICE_CREDENTIAL_ID",
+    "OID_DEVICE_ID",
+    "OID_LOGINS",
+    "OID_TRAITS",
+    "DeviceExtensions",
+    "Identity",
+    "require_utc",
+]
+
+EXT_DEVICE_ID = "teleport-device-id"
+EXT_DEVICE_ASSET_TAG = "teleport-device-asset-tag"
+EXT_DEVICE_CREDENTIAL_ID = "teleport-device-credential-id"
+EXT_ROLES = "teleport-roles"
+EXT_TRAITS = "teleport-traits"
+EXT_BOT_NAME = "teleport-bot-name"
+
+OID_DEVICE_ID = x509.ObjectIdentifier("1.3.9999.3.1")
+OID_DEVICE_ASSET_TAG = x509.ObjectIdentifier("1.3.9999.3.2")
+OID_DEVICE_CREDENTIAL_ID = x509.ObjectIdentifier("1.3.9999.3.3")
+OID_LOGINS = x509.ObjectIdentifier("1.3.9999.1.101")
+OID_TRAITS = x509.ObjectIdentifier("1.3.9999.1.102")
+OID_BOT_NAME = x509.ObjectIdentifier("1.3.9999.1.103")
+
+
+def require_utc(value: object, what: str) -> datetime:
+    """Return ``value`` as a tz-aware UTC datetime; naive datetimes are refused (ambiguous)."""
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{what}: expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(f"{what}: datetime must be timezone-aware (UTC)")
+    return value.astimezone(UTC)
+
+
+def _check_text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"{what}: must be a non-empty string")
+    # control characters would corrupt ssh-keygen/openssl output and log lines
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValidationError(f"{what}: must not contain control characters")
+    return value
+
+
+def _text_tuple(values: Iterable[str], what: str) -> tuple[str, ...]:
+    if isinstance(values, str):
+        # a bare string would otherwise silently become a tuple of characters
+        raise ValidationError(f"{what}: expected a list of strings, got a string")
+    return tuple(_check_text(v, f"{what} entry") for v in values)
+
+
+@dataclass(frozen=True)
+class DeviceExtensions:
+    """The three device values; a certificate is device-verified only when all three are present."""
+
+    device_id: str
+    asset_tag: str
+    credential_id: str
+
+    def __post_init__(self) -> None:
+        _check_text(self.device_id, "device_id")
+        _check_text(self.asset_tag, "asset_tag")
+        _check_text(self.credential_id, "credential_id")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a certificate speaks for. Times are normalised to UTC whole seconds (what certs can carry)."""
+
+    username: str
+    roles: tuple[str, ...]
+    logins: tuple[str, ...]
+    traits: Mapping[str, tuple[str, ...]]
+    not_before: datetime
+    not_after: datetime
+    bot_name: str | None = None
+    device: DeviceExtensions | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        _check_text(self.username, "username")
+        object.__setattr__(self, "roles", _text_tuple(self.roles, "roles"))
+        object.__setattr__(self, "logins", _text_tuple(self.logins, "logins"))
+        if not isinstance(self.traits, Mapping):
+            raise ValidationError("traits: expected a mapping of name to list of values")
+        traits: dict[str, tuple[str, ...]] = {}
+        for name in sorted(self.traits):
+            _check_text(name, "trait name")
+            values: object = self.traits[name]
+            # lists are accepted (YAML/JSON decoders produce them); a bare string is not
+            if not isinstance(values, tuple | list) or not all(isinstance(v, str) for v in values):
+                raise ValidationError(f"traits.{name}: expected a list of strings")
+            traits[name] = tuple(str(v) for v in values)
+        # read-only view so a frozen Identity really cannot change
+        object.__setattr__(self, "traits", MappingProxyType(traits))
+        not_before = require_utc(self.not_before, "not_before").replace(microsecond=0)
+        not_after = require_utc(self.not_after, "not_after").replace(microsecond=0)
+        if not_after <= not_before:
+            raise ValidationError("not_after: must be later than not_before")
+        object.__setattr__(self, "not_before", not_before)
+        object.__setattr__(self, "not_after", not_after)
+        if self.bot_name is not None:
+            _check_text(self.bot_name, "bot_name")
+        if self.device is not None and not isinstance(self.device, DeviceExtensions):
+            raise ValidationError("device: expected DeviceExtensions")
+
+    @property
+    def is_bot(self) -> bool:
+        return self.bot_name is not None
+
+    def with_device(self, device: DeviceExtensions) -> Identity:
+        """The device-augmented copy. Refuses an identity that already carries device data (DESIGN §4)."""
+        if self.device is not None:
+            raise ValidationError("identity already carries device extensions; refusing to augment it again")
+        return dataclasses.replace(self, device=device)

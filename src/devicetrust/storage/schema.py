@@ -1,0 +1,176 @@
+"""The backend's tables (SQLAlchemy Core), shared by the repositories and by Alembic's autogenerate.
+
+``migrations/versions/*`` spell the DDL out on their own: a revision must keep creating what it created the day it
+was written, whatever this module says later. A test compares the migrated database with this metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+__all__ = [
+    "AUDIT_APPEND_ONLY_MESSAGE",
+    "NAMING_CONVENTION",
+    "JSONBody",
+    "UTCDateTime",
+    "audit_events",
+    "certificate_authorities",
+    "cluster_state",
+    "metadata",
+    "pending_ceremonies",
+    "rate_limits",
+    "resources",
+    "sessions",
+    "tokens",
+    "users",
+]
+
+#: raised by the audit table's triggers; tests look for it
+AUDIT_APPEND_ONLY_MESSAGE = "audit events are append-only"
+
+# Deterministic constraint names, so later migrations can refer to them on both dialects.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out. SQLite has no time zones, so it stores naive UTC; naive input is a bug."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: storage takes timezone-aware datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: JSON documents; JSONB on PostgreSQL (compact, indexable later)
+JSONBody = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+# SQLite only aliases the rowid (monotonic with AUTOINCREMENT) for a column typed exactly INTEGER.
+_BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+cluster_state = sa.Table(
+    "cluster_state",
+    metadata,
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+certificate_authorities = sa.Table(
+    "certificate_authorities",
+    metadata,
+    sa.Column("kind", sa.String, primary_key=True),
+    sa.Column("record", JSONBody, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+)
+
+resources = sa.Table(
+    "resources",
+    metadata,
+    sa.Column("kind", sa.String, primary_key=True),
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("body", JSONBody, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("updated", UTCDateTime, nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("body", JSONBody, nullable=False),
+    sa.Column("password_hash", sa.Text, nullable=True),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("updated", UTCDateTime, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("token_hash", sa.String, primary_key=True),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("subject", sa.String, nullable=False),
+    sa.Column("body", JSONBody, nullable=False),
+    sa.Column("expires", UTCDateTime, nullable=False, index=True),
+    sa.Column("single_use", sa.Boolean, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Index(None, "kind", "subject"),
+)
+
+# ``username`` is free text: "admin@host" and bot identities are not rows of ``users``. ``user_ref`` repeats it
+# for kind "user" only, with a foreign key, so deleting a user drops their sessions even against a concurrent
+# login (the FK check locks the user row), and a session can never outlive its user.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("token_hash", sa.String, primary_key=True),
+    sa.Column("username", sa.String, nullable=False, index=True),
+    sa.Column("user_ref", sa.String, sa.ForeignKey("users.name", ondelete="CASCADE"), nullable=True, index=True),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("body", JSONBody, nullable=False),
+    sa.Column("expires", UTCDateTime, nullable=False, index=True),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.CheckConstraint(
+        "(kind = 'user' AND user_ref IS NOT NULL AND user_ref = username) OR (kind <> 'user' AND user_ref IS NULL)",
+        name="user_ref",
+    ),
+)
+
+# One row per key: the current fixed window. ``window_end`` lets the janitor purge finished windows.
+rate_limits = sa.Table(
+    "rate_limits",
+    metadata,
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("window_start", UTCDateTime, nullable=False),
+    sa.Column("window_end", UTCDateTime, nullable=False, index=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+
+pending_ceremonies = sa.Table(
+    "pending_ceremonies",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("subject", sa.String, nullable=False),
+    sa.Column("body", JSONBody, nullable=False),
+    sa.Column("expires", UTCDateTime, nullable=False, index=True),
+    sa.Column("created", UTCDateTime, nullable=False),
+)
+
+# Append-only: the migration installs triggers that reject UPDATE and DELETE.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", _BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("uid", sa.String, nullable=False, unique=True),
+    sa.Column("event", sa.String, nullable=False, index=True),
+    sa.Column("code", sa.String, nullable=False),
+    sa.Column("time", UTCDateTime, nullable=False, index=True),
+    sa.Column("username", sa.String, nullable=False, index=True),
+    sa.Column("success", sa.Boolean, nullable=False),
+    sa.Column("body", JSONBody, nullable=False),
+    sqlite_autoincrement=True,
+)
