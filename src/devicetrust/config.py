@@ -8,10 +8,11 @@ the data dir.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,28 @@ class Config:
     @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
+
+
+@dataclass(frozen=True)
+class AdminIdentity:
+    """What tctl on the auth host needs to act as the cluster's administrator (``<data_dir>/admin/identity.json``,
+    mode 0600, rewritten at every start)."""
+
+    auth_addr: str
+    cluster_name: str
+    token: str
+    host_ca_pem: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> AdminIdentity:
+        try:
+            data = json.loads(text)
+            return cls(**{k: str(data[k]) for k in ("auth_addr", "cluster_name", "token", "host_ca_pem")})
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError("the admin identity file is damaged; restart devicetrust to rewrite it") from None
 
 
 def split_host_port(addr: str, *, what: str) -> tuple[str, int]:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -14,45 +11,15 @@ from cryptography.hazmat.primitives import serialization
 
 from devicetrust.auth.app import build_app
 from devicetrust.auth.server import AuthServer
-from devicetrust.config import Config, is_ip_address, split_host_port
+from devicetrust.config import AdminIdentity, Config, is_ip_address, split_host_port
 from devicetrust.crypto import generate_private_key, load_private_key_pem, private_key_to_pem
+from devicetrust.files import write_atomic
 from devicetrust.storage import Backend
 
 log = logging.getLogger(__name__)
 
 #: Seconds in-flight requests get to finish after SIGTERM/SIGINT.
 GRACEFUL_SHUTDOWN_SECONDS = 10
-
-
-@dataclass(frozen=True)
-class AdminIdentity:
-    """What tctl on the auth host needs to act as the cluster's administrator."""
-
-    auth_addr: str
-    cluster_name: str
-    token: str
-    host_ca_pem: str
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> AdminIdentity:
-        data = json.loads(text)
-        return cls(**{k: str(data[k]) for k in ("auth_addr", "cluster_name", "token", "host_ca_pem")})
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write a secret atomically with mode 0600 (never world-readable, never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
 
 
 def prepare_auth_server(config: Config) -> AuthServer:
@@ -71,7 +38,7 @@ def tls_files(config: Config, server: AuthServer) -> tuple[Path, Path]:
         key = load_private_key_pem(key_path.read_bytes())
     else:
         key = generate_private_key()
-        write_private_file(key_path, private_key_to_pem(key))
+        write_atomic(key_path, private_key_to_pem(key))
     host, _ = split_host_port(config.auth_service.listen_addr, what="auth_service.listen_addr")
     names = {"localhost", socket.gethostname(), *config.auth_service.public_addrs}
     ips = {"127.0.0.1", "::1"}
@@ -80,7 +47,7 @@ def tls_files(config: Config, server: AuthServer) -> tuple[Path, Path]:
     ips |= {n for n in names if is_ip_address(n)}
     ips.discard("0.0.0.0")  # noqa: S104 - not a usable SAN
     cert = server.issue_tls_server_cert(key.public_key(), dns, sorted(ips))
-    write_private_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return key_path, cert_path
 
 
@@ -93,7 +60,7 @@ def run_auth_service(config: Config) -> None:
         token=server.issue_admin_identity(),
         host_ca_pem=server.host_ca.certificate_pem().decode(),
     )
-    write_private_file(config.admin_identity_path, admin.to_json().encode())
+    write_atomic(config.admin_identity_path, admin.to_json().encode())
     host, port = split_host_port(config.auth_service.listen_addr, what="auth_service.listen_addr")
     uv_config = uvicorn.Config(
         build_app(server),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from devicetrust.errors import SessionExpiredError, ValidationError
+from devicetrust.files import write_atomic
 
 ENV_TSH_HOME = "TSH_HOME"
 
@@ -34,19 +35,6 @@ def _safe_component(value: str, what: str) -> str:
     if not value or "/" in value or value in (".", "..") or "\0" in value:
         raise ValidationError(f"invalid {what} {value!r}")
     return value
-
-
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Atomic write with the given mode, so a crash never leaves a half-written key or certificate."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
 
 
 @dataclass(frozen=True)
@@ -83,7 +71,7 @@ class ProfileStore:
         path = self._known_cas_path()
         known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
         known[proxy] = ca_pem
-        write_file(path, json.dumps(known, indent=2).encode(), 0o600)
+        write_atomic(path, json.dumps(known, indent=2).encode(), 0o600)
 
     # ----------------------------------------------------------------------------------------- profiles
     def key_dir(self, proxy: str) -> Path:
@@ -122,14 +110,14 @@ class ProfileStore:
         session_token: str,
     ) -> None:
         base = self.key_path(profile.proxy, profile.user)
-        write_file(base, private_key_pem, 0o600)
-        write_file(base.with_name(base.name + ".pub"), (public_key_openssh + "\n").encode(), 0o644)
-        write_file(base.with_name(base.name + "-cert.pub"), ssh_cert.rstrip().encode() + b"\n", 0o644)
-        write_file(base.with_name(base.name + "-x509.pem"), tls_cert_pem.encode(), 0o644)
-        write_file(base.with_name(base.name + ".session"), session_token.encode(), 0o600)
+        write_atomic(base, private_key_pem, 0o600)
+        write_atomic(base.with_name(base.name + ".pub"), (public_key_openssh + "\n").encode(), 0o644)
+        write_atomic(base.with_name(base.name + "-cert.pub"), ssh_cert.rstrip().encode() + b"\n", 0o644)
+        write_atomic(base.with_name(base.name + "-x509.pem"), tls_cert_pem.encode(), 0o644)
+        write_atomic(base.with_name(base.name + ".session"), session_token.encode(), 0o600)
         profiles = self.home / "profiles" / f"{profile.proxy}.json"
-        write_file(profiles, json.dumps(asdict(profile), indent=2).encode(), 0o600)
-        write_file(self.home / "current-profile", profile.proxy.encode(), 0o600)
+        write_atomic(profiles, json.dumps(asdict(profile), indent=2).encode(), 0o600)
+        write_atomic(self.home / "current-profile", profile.proxy.encode(), 0o600)
 
     def ssh_cert_path(self, profile: Profile) -> Path:
         base = self.key_path(profile.proxy, profile.user)

@@ -19,7 +19,6 @@ from typing import Any
 import click
 
 from devicetrust import __version__
-from devicetrust.auth.service import AdminIdentity
 from devicetrust.cli.common import (
     DevicetrustGroup,
     emit,
@@ -31,7 +30,7 @@ from devicetrust.cli.common import (
 )
 from devicetrust.cli.profile import ProfileStore
 from devicetrust.client import AuthClient
-from devicetrust.config import ENV_CONFIG, load_config
+from devicetrust.config import ENV_CONFIG, AdminIdentity, load_config
 from devicetrust.errors import ConfigError, ValidationError
 from devicetrust.types import dump_yaml, load_yaml_documents, normalize_kind
 

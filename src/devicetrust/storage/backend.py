@@ -1,0 +1,191 @@
+"""Opening the backend (SQLite or PostgreSQL), migrating it, and handing out transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import alembic.command
+import alembic.config
+import alembic.util
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import URL, Connection, Engine
+
+from devicetrust.errors import ConfigError
+from devicetrust.storage.repositories import Clock, Store
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "MIGRATION_LOCK_KEY",
+    "POOL_MAX_OVERFLOW",
+    "POOL_SIZE",
+    "POOL_TIMEOUT",
+    "POSTGRES_CONNECT_TIMEOUT",
+    "SQLITE_BUSY_TIMEOUT",
+    "Backend",
+]
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+#: how long a SQLite writer waits for another writer's lock before "database is locked"
+SQLITE_BUSY_TIMEOUT = timedelta(seconds=10)
+#: how long opening a PostgreSQL connection may take before the backend counts as unreachable
+POSTGRES_CONNECT_TIMEOUT = timedelta(seconds=10)
+#: connections kept open per process, and the extra ones allowed under bursts
+POOL_SIZE = 10
+POOL_MAX_OVERFLOW = 20
+#: how long a request waits for a free pooled connection
+POOL_TIMEOUT = timedelta(seconds=30)
+#: pg_advisory_xact_lock key that serialises migrations of auth servers starting together ("devtrust")
+MIGRATION_LOCK_KEY = 0x6465767472757374
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _one_line(exc: BaseException) -> str:
+    return re.sub(r"\s+", " ", str(exc)).strip()
+
+
+class Backend:
+    """The storage backend: an engine plus the schema migrations. Thread safe; one per process."""
+
+    def __init__(self, engine: Engine, *, clock: Clock = _utc_now) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    @classmethod
+    def open(cls, url: str, *, clock: Clock = _utc_now) -> Backend:
+        """Connect to ``sqlite:///path.db`` or ``postgresql://user@host:port/db?…``; ConfigError if it fails.
+
+        ``clock`` stamps created/updated times (tests pass a fixed one).
+        """
+        try:
+            parsed = sa.make_url(url)
+        except sa.exc.ArgumentError:
+            raise ConfigError("invalid storage URL: expected sqlite:///path or postgresql://…") from None
+        backend_name = parsed.get_backend_name()
+        if backend_name == "sqlite":
+            engine, where = _sqlite_engine(parsed)
+        elif backend_name in ("postgresql", "postgres"):
+            engine, where = _postgres_engine(parsed)
+        else:
+            raise ConfigError(f'unsupported storage URL scheme "{parsed.drivername}": use sqlite or postgresql')
+        try:
+            with engine.connect():
+                pass
+        except sa.exc.DBAPIError as exc:
+            engine.dispose()
+            reason = _one_line(exc.orig) if exc.orig is not None else _one_line(exc)
+            raise ConfigError(f"cannot open {where}: {reason}") from exc
+        return cls(engine, clock=clock)
+
+    @property
+    def dialect_name(self) -> str:
+        """"sqlite" or "postgresql"."""
+        return self._engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision. Idempotent; safe when several servers start at once."""
+        config = alembic.config.Config()
+        # ConfigParser would read "%" as interpolation
+        config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+        config.set_main_option("path_separator", "os")
+        with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # SQLite's BEGIN IMMEDIATE already serialises; PostgreSQL would race on CREATE TABLE
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            config.attributes["connection"] = conn
+            try:
+                alembic.command.upgrade(config, "head")
+            except alembic.util.CommandError as exc:
+                # typically a schema written by a newer devicetrust (unknown revision)
+                raise ConfigError(f"cannot migrate the storage schema: {_one_line(exc)}") from exc
+
+    def current_revision(self) -> str | None:
+        """The schema revision the database is at (None before the first migrate)."""
+        with self._engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[Store]:
+        """One transaction: commits when the block ends, rolls back if it raises."""
+        with self._engine.begin() as conn:
+            yield Store(conn, self._clock)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _sqlite_engine(url: URL) -> tuple[Engine, str]:
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        raise ConfigError("the SQLite storage URL must name a database file: sqlite:///absolute/path.db")
+    path = Path(database)
+    if not path.parent.is_dir():
+        raise ConfigError(f'the directory of the SQLite database "{path}" does not exist')
+    # The file holds CA private keys: create it private (SQLite gives -wal/-shm the same mode).
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_MAX_OVERFLOW,
+        pool_timeout=POOL_TIMEOUT.total_seconds(),
+    )
+    sa.event.listen(engine, "connect", _sqlite_on_connect)
+    sa.event.listen(engine, "begin", _sqlite_on_begin)
+    return engine, f'the SQLite database "{path}"'
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy's documented pysqlite recipe: stop the driver's own BEGIN handling so _sqlite_on_begin owns it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL needs a lock another connection may hold
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT.total_seconds() * 1000)}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # Take the write lock up front: a deferred transaction that reads, then writes, cannot wait for the lock
+    # (SQLITE_BUSY at once, busy_timeout or not), so concurrent writers would fail instead of queueing.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _postgres_engine(url: URL) -> tuple[Engine, str]:
+    url = url.set(drivername="postgresql+psycopg")
+    where = f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}"
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = int(POSTGRES_CONNECT_TIMEOUT.total_seconds())
+    engine = sa.create_engine(
+        url,
+        connect_args=connect_args,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_MAX_OVERFLOW,
+        pool_timeout=POOL_TIMEOUT.total_seconds(),
+        # a restarted or failed-over server leaves dead pooled connections behind
+        pool_pre_ping=True,
+    )
+    return engine, where

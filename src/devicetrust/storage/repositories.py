@@ -1,0 +1,522 @@
+"""Repositories bound to one transaction's connection; :class:`Store` bundles them (``Backend.begin()``).
+
+Rules that hold for every repository:
+
+- Writes that may collide use ``INSERT … ON CONFLICT`` (both dialects), never "read, then write", so two auth
+  servers racing on the same row agree, and a refused insert never aborts a PostgreSQL transaction.
+- Single-use things (tokens, pending ceremonies) are spent with one ``DELETE … RETURNING``: of two concurrent
+  consumers exactly one gets the row.
+- Time comes from the caller (``now``) where it decides validity, else from the backend's clock.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+
+from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
+from devicetrust.storage import schema
+from devicetrust.storage.records import (
+    AuditRecord,
+    PendingRecord,
+    ResourceRecord,
+    SessionRecord,
+    TokenRecord,
+    UserRecord,
+)
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "INVALID_PENDING_MESSAGE",
+    "INVALID_SESSION_MESSAGE",
+    "INVALID_TOKEN_MESSAGE",
+    "MAX_PAGE_SIZE",
+    "SESSION_KINDS",
+    "AuditRepository",
+    "CARepository",
+    "Clock",
+    "ClusterRepository",
+    "PendingRepository",
+    "RateLimitRepository",
+    "ResourceRepository",
+    "SessionRepository",
+    "Store",
+    "TokenRepository",
+    "UserRepository",
+]
+
+Clock = Callable[[], datetime]
+
+#: audit search page size when the caller names none
+DEFAULT_PAGE_SIZE = 100
+#: largest audit search page; bigger requests are cut to it (keeps one response bounded)
+MAX_PAGE_SIZE = 1000
+
+SESSION_KINDS = ("user", "bot", "admin")
+
+# One message per family, whatever failed (missing, expired, wrong kind): nothing to learn from it.
+INVALID_TOKEN_MESSAGE = "invalid token"
+INVALID_SESSION_MESSAGE = "session not found or expired"
+INVALID_PENDING_MESSAGE = "ceremony not found or expired"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_Insert = postgresql.Insert | sqlite.Insert
+
+
+def _insert(conn: Connection, table: sa.Table) -> _Insert:
+    # Both dialects have ON CONFLICT; SQLAlchemy spells it per dialect.
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+class _Repository:
+    def __init__(self, conn: Connection, clock: Clock) -> None:
+        self._conn = conn
+        self._clock = clock
+
+
+class ClusterRepository(_Repository):
+    """Cluster-wide key/value settings (cluster name, first-start markers)."""
+
+    _t = schema.cluster_state
+
+    def get(self, key: str) -> str | None:
+        value: str | None = self._conn.execute(
+            sa.select(self._t.c.value).where(self._t.c.key == key)
+        ).scalar_one_or_none()
+        return value
+
+    def set(self, key: str, value: str) -> None:
+        stmt = _insert(self._conn, self._t).values(key=key, value=value)
+        self._conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value}))
+
+    def insert_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` unless the key is set; return what is stored (the first writer's value wins)."""
+        self._conn.execute(
+            _insert(self._conn, self._t).values(key=key, value=value).on_conflict_do_nothing(index_elements=["key"])
+        )
+        stored = self.get(key)
+        assert stored is not None  # nothing deletes cluster keys
+        return stored
+
+
+class CARepository(_Repository):
+    """Certificate authority records by kind ("user", "host"): opaque string fields (keys, certificates)."""
+
+    _t = schema.certificate_authorities
+
+    def get(self, kind: str) -> dict[str, str] | None:
+        record: dict[str, str] | None = self._conn.execute(
+            sa.select(self._t.c.record).where(self._t.c.kind == kind)
+        ).scalar_one_or_none()
+        return record
+
+    def insert_if_absent(self, kind: str, record: Mapping[str, str]) -> dict[str, str]:
+        """Store ``record`` unless a CA of this kind exists; return the stored one, so racing servers agree."""
+        stmt = _insert(self._conn, self._t).values(kind=kind, record=dict(record), created=self._clock())
+        self._conn.execute(stmt.on_conflict_do_nothing(index_elements=["kind"]))
+        stored = self.get(kind)
+        assert stored is not None  # nothing deletes CAs
+        return stored
+
+
+def _resource(row: Row[Any]) -> ResourceRecord:
+    return ResourceRecord(row.kind, row.name, row.body, row.revision, row.created, row.updated)
+
+
+class ResourceRepository(_Repository):
+    """JSON documents keyed by (kind, name), with a revision for optimistic concurrency."""
+
+    _t = schema.resources
+
+    def find(self, kind: str, name: str) -> ResourceRecord | None:
+        t = self._t
+        row = self._conn.execute(sa.select(t).where(t.c.kind == kind, t.c.name == name)).one_or_none()
+        return None if row is None else _resource(row)
+
+    def get(self, kind: str, name: str) -> ResourceRecord:
+        record = self.find(kind, name)
+        if record is None:
+            raise NotFoundError(f'{kind} "{name}" not found')
+        return record
+
+    def list(self, kind: str) -> builtins.list[ResourceRecord]:
+        t = self._t
+        rows = self._conn.execute(sa.select(t).where(t.c.kind == kind).order_by(t.c.name))
+        return [_resource(row) for row in rows]
+
+    def create(self, kind: str, name: str, body: Mapping[str, Any]) -> ResourceRecord:
+        now = self._clock()
+        stmt = _insert(self._conn, self._t).values(
+            kind=kind, name=name, body=dict(body), revision=1, created=now, updated=now
+        )
+        row = self._conn.execute(
+            stmt.on_conflict_do_nothing(index_elements=["kind", "name"]).returning(*self._t.c)
+        ).one_or_none()
+        if row is None:
+            raise AlreadyExistsError(f'{kind} "{name}" already exists')
+        return _resource(row)
+
+    def upsert(self, kind: str, name: str, body: Mapping[str, Any]) -> ResourceRecord:
+        t = self._t
+        now = self._clock()
+        stmt = _insert(self._conn, t).values(kind=kind, name=name, body=dict(body), revision=1, created=now, updated=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["kind", "name"],
+            set_={"body": stmt.excluded.body, "revision": t.c.revision + 1, "updated": stmt.excluded.updated},
+        )
+        return _resource(self._conn.execute(stmt.returning(*t.c)).one())
+
+    def update(
+        self, kind: str, name: str, body: Mapping[str, Any], expected_revision: int | None = None
+    ) -> ResourceRecord:
+        """Replace the body. With ``expected_revision``, refuse (ConflictError) if someone wrote in between."""
+        t = self._t
+        stmt = sa.update(t).where(t.c.kind == kind, t.c.name == name)
+        if expected_revision is not None:
+            stmt = stmt.where(t.c.revision == expected_revision)
+        stmt = stmt.values(body=dict(body), revision=t.c.revision + 1, updated=self._clock())
+        row = self._conn.execute(stmt.returning(*t.c)).one_or_none()
+        if row is None:
+            current = self.get(kind, name)
+            raise ConflictError(
+                f'{kind} "{name}" was changed by someone else (revision {current.revision}, '
+                f"expected {expected_revision}); read it again and retry"
+            )
+        return _resource(row)
+
+    def delete(self, kind: str, name: str) -> None:
+        t = self._t
+        if self._conn.execute(sa.delete(t).where(t.c.kind == kind, t.c.name == name)).rowcount == 0:
+            raise NotFoundError(f'{kind} "{name}" not found')
+
+
+def _user(row: Row[Any]) -> UserRecord:
+    return UserRecord(row.name, row.body, row.password_hash, row.created, row.updated)
+
+
+class UserRepository(_Repository):
+    """Local users. Deleting one deletes their sessions (foreign key, ON DELETE CASCADE)."""
+
+    _t = schema.users
+
+    def find(self, name: str) -> UserRecord | None:
+        row = self._conn.execute(sa.select(self._t).where(self._t.c.name == name)).one_or_none()
+        return None if row is None else _user(row)
+
+    def get(self, name: str) -> UserRecord:
+        record = self.find(name)
+        if record is None:
+            raise NotFoundError(f'user "{name}" not found')
+        return record
+
+    def list(self) -> builtins.list[UserRecord]:
+        return [_user(row) for row in self._conn.execute(sa.select(self._t).order_by(self._t.c.name))]
+
+    def create(self, name: str, body: Mapping[str, Any], password_hash: str | None = None) -> UserRecord:
+        now = self._clock()
+        stmt = _insert(self._conn, self._t).values(
+            name=name, body=dict(body), password_hash=password_hash, created=now, updated=now
+        )
+        row = self._conn.execute(
+            stmt.on_conflict_do_nothing(index_elements=["name"]).returning(*self._t.c)
+        ).one_or_none()
+        if row is None:
+            raise AlreadyExistsError(f'user "{name}" already exists')
+        return _user(row)
+
+    def update(self, name: str, body: Mapping[str, Any]) -> UserRecord:
+        return self._update(name, body=dict(body))
+
+    def set_password_hash(self, name: str, password_hash: str | None) -> UserRecord:
+        """Set (or with None, clear) the password hash."""
+        return self._update(name, password_hash=password_hash)
+
+    def _update(self, name: str, **values: Any) -> UserRecord:
+        t = self._t
+        stmt = sa.update(t).where(t.c.name == name).values(updated=self._clock(), **values).returning(*t.c)
+        row = self._conn.execute(stmt).one_or_none()
+        if row is None:
+            raise NotFoundError(f'user "{name}" not found')
+        return _user(row)
+
+    def delete(self, name: str) -> None:
+        if self._conn.execute(sa.delete(self._t).where(self._t.c.name == name)).rowcount == 0:
+            raise NotFoundError(f'user "{name}" not found')
+
+
+def _token(row: Row[Any]) -> TokenRecord:
+    return TokenRecord(row.token_hash, row.kind, row.subject, row.body, row.expires, row.single_use, row.created)
+
+
+class TokenRepository(_Repository):
+    """Join and invite tokens, stored only by hash. Single-use ones are spent atomically."""
+
+    _t = schema.tokens
+
+    def create(
+        self,
+        token_hash: str,
+        kind: str,
+        subject: str,
+        body: Mapping[str, Any],
+        expires: datetime,
+        *,
+        single_use: bool,
+    ) -> TokenRecord:
+        stmt = _insert(self._conn, self._t).values(
+            token_hash=token_hash,
+            kind=kind,
+            subject=subject,
+            body=dict(body),
+            expires=expires,
+            single_use=single_use,
+            created=self._clock(),
+        )
+        row = self._conn.execute(
+            stmt.on_conflict_do_nothing(index_elements=["token_hash"]).returning(*self._t.c)
+        ).one_or_none()
+        if row is None:
+            raise AlreadyExistsError("token already exists")
+        return _token(row)
+
+    def consume(self, token_hash: str, kind: str, now: datetime) -> TokenRecord:
+        """Spend a single-use token (of concurrent callers exactly one wins) or check a multi-use one.
+
+        Missing, expired and wrong-kind tokens all raise the same NotFoundError.
+        """
+        t = self._t
+        valid = (t.c.token_hash == token_hash, t.c.kind == kind, t.c.expires > now)
+        row = self._conn.execute(sa.delete(t).where(*valid, t.c.single_use).returning(*t.c)).one_or_none()
+        if row is None:
+            row = self._conn.execute(sa.select(t).where(*valid, sa.not_(t.c.single_use))).one_or_none()
+        if row is None:
+            raise NotFoundError(INVALID_TOKEN_MESSAGE)
+        return _token(row)
+
+    def list(self, now: datetime) -> builtins.list[TokenRecord]:
+        """Unexpired tokens, oldest first."""
+        t = self._t
+        rows = self._conn.execute(sa.select(t).where(t.c.expires > now).order_by(t.c.created, t.c.token_hash))
+        return [_token(row) for row in rows]
+
+    def delete(self, token_hash: str) -> None:
+        if self._conn.execute(sa.delete(self._t).where(self._t.c.token_hash == token_hash)).rowcount == 0:
+            raise NotFoundError("token not found")
+
+    def delete_by_subject(self, kind: str, subject: str) -> int:
+        t = self._t
+        return self._conn.execute(sa.delete(t).where(t.c.kind == kind, t.c.subject == subject)).rowcount
+
+    def purge_expired(self, now: datetime) -> int:
+        return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
+
+
+def _session(row: Row[Any]) -> SessionRecord:
+    return SessionRecord(row.token_hash, row.username, row.kind, row.body, row.expires, row.created)
+
+
+class SessionRepository(_Repository):
+    """API sessions, stored only by hash.
+
+    ``user`` is free text ("admin@host", a bot's identity); for kind "user" it must name a row of ``users``,
+    and deleting that user deletes the session (foreign key). Other kinds are removed with
+    :meth:`delete_for_user`.
+    """
+
+    _t = schema.sessions
+
+    def create(
+        self, token_hash: str, user: str, kind: str, body: Mapping[str, Any], expires: datetime
+    ) -> SessionRecord:
+        """Raises NotFoundError for kind "user" when the user does not exist (on PostgreSQL the transaction is
+        then unusable: let it roll back)."""
+        if kind not in SESSION_KINDS:
+            raise ValueError(f"session kind {kind!r} is not one of {SESSION_KINDS}")
+        stmt = _insert(self._conn, self._t).values(
+            token_hash=token_hash,
+            username=user,
+            user_ref=user if kind == "user" else None,
+            kind=kind,
+            body=dict(body),
+            expires=expires,
+            created=self._clock(),
+        )
+        try:
+            row = self._conn.execute(
+                stmt.on_conflict_do_nothing(index_elements=["token_hash"]).returning(*self._t.c)
+            ).one_or_none()
+        except sa.exc.IntegrityError:
+            # the primary key is handled by ON CONFLICT; what is left is the users foreign key
+            raise NotFoundError(f'user "{user}" not found') from None
+        if row is None:
+            raise AlreadyExistsError("session already exists")
+        return _session(row)
+
+    def get_valid(self, token_hash: str, now: datetime) -> SessionRecord:
+        t = self._t
+        row = self._conn.execute(sa.select(t).where(t.c.token_hash == token_hash, t.c.expires > now)).one_or_none()
+        if row is None:
+            raise NotFoundError(INVALID_SESSION_MESSAGE)
+        return _session(row)
+
+    def delete(self, token_hash: str) -> bool:
+        """End one session; True if it existed. Ending a gone session is not an error (logout twice)."""
+        return self._conn.execute(sa.delete(self._t).where(self._t.c.token_hash == token_hash)).rowcount > 0
+
+    def delete_for_user(self, user: str) -> int:
+        return self._conn.execute(sa.delete(self._t).where(self._t.c.username == user)).rowcount
+
+    def purge_expired(self, now: datetime) -> int:
+        return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
+
+
+def _window_start(now: datetime, window: timedelta) -> datetime:
+    if window <= timedelta(0):
+        raise ValueError(f"rate-limit window must be positive, got {window}")
+    return _EPOCH + (now - _EPOCH) // window * window
+
+
+class RateLimitRepository(_Repository):
+    """Fixed-window counters (windows aligned to the Unix epoch), shared by every auth server.
+
+    A hit from a server whose clock lags into an earlier window counts toward the newer stored window instead
+    of resetting it.
+    """
+
+    _t = schema.rate_limits
+
+    def hit(self, key: str, now: datetime, window: timedelta) -> int:
+        """Count one event; return the number of events in the current window, this one included."""
+        t = self._t
+        start = _window_start(now, window)
+        stmt = _insert(self._conn, t).values(key=key, window_start=start, window_end=start + window, count=1)
+        current = t.c.window_start >= stmt.excluded.window_start
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"],
+            set_={
+                "count": sa.case((current, t.c.count + 1), else_=1),
+                "window_start": sa.case((current, t.c.window_start), else_=stmt.excluded.window_start),
+                "window_end": sa.case((current, t.c.window_end), else_=stmt.excluded.window_end),
+            },
+        )
+        count: int = self._conn.execute(stmt.returning(t.c.count)).scalar_one()
+        return count
+
+    def count(self, key: str, now: datetime, window: timedelta) -> int:
+        t = self._t
+        start = _window_start(now, window)
+        count: int | None = self._conn.execute(
+            sa.select(t.c.count).where(t.c.key == key, t.c.window_start >= start)
+        ).scalar_one_or_none()
+        return count or 0
+
+    def reset(self, key: str) -> None:
+        self._conn.execute(sa.delete(self._t).where(self._t.c.key == key))
+
+    def purge_expired(self, now: datetime) -> int:
+        return self._conn.execute(sa.delete(self._t).where(self._t.c.window_end <= now)).rowcount
+
+
+def _pending(row: Row[Any]) -> PendingRecord:
+    return PendingRecord(row.id, row.kind, row.subject, row.body, row.expires, row.created)
+
+
+class PendingRepository(_Repository):
+    """Short-lived ceremony state between ``begin`` and ``finish``, so any auth server can finish it."""
+
+    _t = schema.pending_ceremonies
+
+    def create(self, id: str, kind: str, subject: str, body: Mapping[str, Any], expires: datetime) -> PendingRecord:
+        stmt = _insert(self._conn, self._t).values(
+            id=id, kind=kind, subject=subject, body=dict(body), expires=expires, created=self._clock()
+        )
+        row = self._conn.execute(
+            stmt.on_conflict_do_nothing(index_elements=["id"]).returning(*self._t.c)
+        ).one_or_none()
+        if row is None:
+            raise AlreadyExistsError("ceremony already exists")
+        return _pending(row)
+
+    def consume(self, id: str, kind: str, now: datetime) -> PendingRecord:
+        """Take the record out: a replayed or concurrent finish gets NotFoundError (one message for all)."""
+        t = self._t
+        stmt = sa.delete(t).where(t.c.id == id, t.c.kind == kind, t.c.expires > now).returning(*t.c)
+        row = self._conn.execute(stmt).one_or_none()
+        if row is None:
+            raise NotFoundError(INVALID_PENDING_MESSAGE)
+        return _pending(row)
+
+    def purge_expired(self, now: datetime) -> int:
+        return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
+
+
+def _audit(row: Row[Any]) -> AuditRecord:
+    return AuditRecord(row.id, row.uid, row.event, row.code, row.time, row.username, row.success, row.body)
+
+
+class AuditRepository(_Repository):
+    """Append-only event log; the database itself refuses UPDATE and DELETE (triggers)."""
+
+    _t = schema.audit_events
+
+    def append(
+        self, event: str, code: str, time: datetime, user: str, success: bool, body: Mapping[str, Any]
+    ) -> AuditRecord:
+        stmt = sa.insert(self._t).values(
+            uid=str(uuid.uuid4()), event=event, code=code, time=time, username=user, success=success, body=dict(body)
+        )
+        return _audit(self._conn.execute(stmt.returning(*self._t.c)).one())
+
+    def search(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        event_types: Sequence[str] = (),
+        user: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+        after_id: int | None = None,
+    ) -> builtins.list[AuditRecord]:
+        """Events with ``since <= time < until``, oldest id first; page on with ``after_id`` = the last id seen.
+
+        ``limit`` above MAX_PAGE_SIZE is cut to it.
+        """
+        if limit < 1:
+            raise ValidationError(f"limit must be at least 1 (at most {MAX_PAGE_SIZE})")
+        t = self._t
+        stmt = sa.select(t).order_by(t.c.id).limit(min(limit, MAX_PAGE_SIZE))
+        if since is not None:
+            stmt = stmt.where(t.c.time >= since)
+        if until is not None:
+            stmt = stmt.where(t.c.time < until)
+        if event_types:
+            stmt = stmt.where(t.c.event.in_(event_types))
+        if user is not None:
+            stmt = stmt.where(t.c.username == user)
+        if after_id is not None:
+            stmt = stmt.where(t.c.id > after_id)
+        return [_audit(row) for row in self._conn.execute(stmt)]
+
+
+class Store:
+    """The repositories, all bound to one transaction. Obtain it from ``Backend.begin()``."""
+
+    def __init__(self, conn: Connection, clock: Clock) -> None:
+        self.cluster = ClusterRepository(conn, clock)
+        self.cas = CARepository(conn, clock)
+        self.resources = ResourceRepository(conn, clock)
+        self.users = UserRepository(conn, clock)
+        self.tokens = TokenRepository(conn, clock)
+        self.sessions = SessionRepository(conn, clock)
+        self.rate_limits = RateLimitRepository(conn, clock)
+        self.pending = PendingRepository(conn, clock)
+        self.audit = AuditRepository(conn, clock)

@@ -1,0 +1,320 @@
+"""AuthServer without HTTP: a real SQLite backend, a frozen clock, fast argon2 parameters."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher
+
+from devicetrust.auth.server import (
+    INVITE_TTL,
+    MAX_LOGIN_FAILURES,
+    AuthServer,
+    Caller,
+)
+from devicetrust.crypto import generate_private_key, public_key_to_openssh, verify_ssh_user_cert
+from devicetrust.errors import (
+    AccessDeniedError,
+    AlreadyExistsError,
+    AuthenticationError,
+    ConfigError,
+    NotFoundError,
+    RateLimitedError,
+    SessionExpiredError,
+    ValidationError,
+)
+from devicetrust.storage import Backend
+
+PASSWORD = "a long enough password"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Backend]:
+    opened = Backend.open(f"sqlite:///{tmp_path / 'backend.sqlite'}")
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def make_server(backend: Backend, clock: Clock, cluster_name: str = "unit.test") -> AuthServer:
+    server = AuthServer(
+        backend,
+        cluster_name=cluster_name,
+        clock=clock,
+        password_hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1),
+    )
+    server.initialize()
+    return server
+
+
+@pytest.fixture
+def server(backend: Backend, clock: Clock) -> AuthServer:
+    return make_server(backend, clock)
+
+
+@pytest.fixture
+def admin(server: AuthServer) -> Caller:
+    return server.authenticate(server.issue_admin_identity("host-a"))
+
+
+def public_key() -> str:
+    return public_key_to_openssh(generate_private_key().public_key())
+
+
+def signed_up(server: AuthServer, admin: Caller, name: str, roles: tuple[str, ...] = ("access",)) -> None:
+    _, invite = server.create_user(admin, name, roles, {"logins": [name]})
+    server.signup(invite, PASSWORD)
+
+
+def test_initialize_is_idempotent_and_keeps_cas(server: AuthServer, backend: Backend, clock: Clock) -> None:
+    again = make_server(backend, clock)
+    assert again.user_ca.ssh_public_key() == server.user_ca.ssh_public_key()
+    assert again.host_ca.certificate_pem() == server.host_ca.certificate_pem()
+
+
+def test_cluster_name_cannot_change(server: AuthServer, backend: Backend, clock: Clock) -> None:
+    with pytest.raises(ConfigError, match="cluster_name"):
+        make_server(backend, clock, cluster_name="other.name")
+
+
+def test_login_issues_certs_bound_to_the_user_ca(server: AuthServer, admin: Caller, clock: Clock) -> None:
+    signed_up(server, admin, "alice")
+    result = server.login("alice", PASSWORD, public_key(), None)
+    identity = verify_ssh_user_cert(result.ssh_cert, [server.user_ca.ssh_public_key()], clock.now)
+    assert identity.username == "alice"
+    assert identity.logins == ("alice",)
+    assert identity.not_after == clock.now + timedelta(hours=12)
+    assert result.tls_cert.not_valid_after_utc == identity.not_after
+    caller = server.authenticate(result.session_token)
+    assert caller.name == "alice" and caller.role_names == ("access",)
+
+
+def test_role_max_session_ttl_caps_certificates(server: AuthServer, admin: Caller, clock: Clock) -> None:
+    short = {
+        "kind": "role",
+        "version": "v7",
+        "metadata": {"name": "short"},
+        "spec": {"options": {"max_session_ttl": "1h"}, "allow": {"logins": ["x"]}},
+    }
+    server.put_resource(admin, short, force=False)
+    signed_up(server, admin, "bob", ("short",))
+    result = server.login("bob", PASSWORD, public_key(), timedelta(hours=8))
+    assert result.identity.not_after == clock.now + timedelta(hours=1)
+    with pytest.raises(ValidationError, match="--ttl"):
+        server.login("bob", PASSWORD, public_key(), timedelta(seconds=5))
+
+
+def test_sessions_expire_with_the_certificates(server: AuthServer, admin: Caller, clock: Clock) -> None:
+    signed_up(server, admin, "alice")
+    result = server.login("alice", PASSWORD, public_key(), timedelta(hours=1))
+    clock.advance(timedelta(hours=1, seconds=1))
+    with pytest.raises(SessionExpiredError, match="tsh login"):
+        server.authenticate(result.session_token)
+    with pytest.raises(SessionExpiredError):
+        server.authenticate("not-a-token")
+    with pytest.raises(SessionExpiredError):
+        server.authenticate("")
+
+
+def test_role_changes_apply_to_existing_sessions(server: AuthServer, admin: Caller) -> None:
+    signed_up(server, admin, "alice")
+    token = server.login("alice", PASSWORD, public_key(), None).session_token
+    with pytest.raises(AccessDeniedError):
+        server.create_user(server.authenticate(token), "x", ("access",), {})
+    server.update_user(admin, "alice", set_roles=("access", "editor"))
+    server.create_user(server.authenticate(token), "x", ("access",), {})
+
+
+def test_deleting_a_user_ends_their_sessions(server: AuthServer, admin: Caller) -> None:
+    signed_up(server, admin, "alice")
+    token = server.login("alice", PASSWORD, public_key(), None).session_token
+    server.delete_resource(admin, "user", "alice")
+    with pytest.raises(SessionExpiredError):
+        server.authenticate(token)
+
+
+def test_failed_logins_are_rate_limited_per_user(server: AuthServer, admin: Caller, clock: Clock) -> None:
+    signed_up(server, admin, "alice")
+    signed_up(server, admin, "bob")
+    for _ in range(MAX_LOGIN_FAILURES):
+        with pytest.raises(AuthenticationError, match="invalid username or password"):
+            server.login("alice", "wrong password", public_key(), None)
+    with pytest.raises(RateLimitedError) as limited:
+        server.login("alice", PASSWORD, public_key(), None)
+    assert limited.value.retry_after > 0
+    server.login("bob", PASSWORD, public_key(), None)  # other users are unaffected
+    clock.advance(timedelta(minutes=11))
+    server.login("alice", PASSWORD, public_key(), None)
+    events = server.search_events(
+        admin, since=None, until=None, event_types=["user.login"], user="alice", limit=100, after_id=None
+    )
+    assert [e["success"] for e in events].count(False) == MAX_LOGIN_FAILURES + 1
+    assert events[-1]["success"] is True
+
+
+def test_unknown_user_and_user_without_password_fail_alike(server: AuthServer, admin: Caller) -> None:
+    server.create_user(admin, "pending", ("access",), {})
+    for user in ("pending", "ghost"):
+        with pytest.raises(AuthenticationError, match="^invalid username or password$"):
+            server.login(user, PASSWORD, public_key(), None)
+
+
+def test_invite_is_single_use_even_under_concurrency(server: AuthServer, admin: Caller) -> None:
+    _, invite = server.create_user(admin, "alice", ("access",), {})
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def attempt() -> None:
+        barrier.wait()
+        try:
+            server.signup(invite, PASSWORD)
+            outcomes.append("ok")
+        except AuthenticationError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["ok"] + ["refused"] * 7
+
+
+def test_invite_expires(server: AuthServer, admin: Caller, clock: Clock) -> None:
+    _, invite = server.create_user(admin, "alice", ("access",), {})
+    clock.advance(INVITE_TTL + timedelta(seconds=1))
+    with pytest.raises(AuthenticationError, match="invalid or expired signup token"):
+        server.signup(invite, PASSWORD)
+    with pytest.raises(ValidationError, match="at least 12"):
+        server.signup(server.reset_user(admin, "alice"), "short")
+
+
+def test_reset_user_revokes_password_and_sessions(server: AuthServer, admin: Caller) -> None:
+    signed_up(server, admin, "alice")
+    token = server.login("alice", PASSWORD, public_key(), None).session_token
+    invite = server.reset_user(admin, "alice")
+    with pytest.raises(SessionExpiredError):
+        server.authenticate(token)
+    with pytest.raises(AuthenticationError):
+        server.login("alice", PASSWORD, public_key(), None)
+    server.signup(invite, PASSWORD + "!")
+    server.login("alice", PASSWORD + "!", public_key(), None)
+
+
+def test_admin_identity_rotation_revokes_the_old_one(server: AuthServer) -> None:
+    first = server.issue_admin_identity("host-a")
+    second = server.issue_admin_identity("host-a")
+    with pytest.raises(SessionExpiredError):
+        server.authenticate(first)
+    assert server.authenticate(second).kind == "admin"
+
+
+def test_bot_join_is_single_use_and_marks_the_identity(server: AuthServer, admin: Caller, clock: Clock) -> None:
+    _, token, _ = server.create_bot(admin, "robot", ("access",), {"logins": ["robot"]}, None)
+    result = server.bot_join(token, public_key(), None)
+    identity = verify_ssh_user_cert(result.ssh_cert, [server.user_ca.ssh_public_key()], clock.now)
+    assert identity.bot_name == "robot" and identity.is_bot
+    assert identity.username == "bot-robot"
+    caller = server.authenticate(result.session_token)
+    assert caller.kind == "bot" and caller.bot_name == "robot"
+    with pytest.raises(AuthenticationError, match="invalid or expired bot join token"):
+        server.bot_join(token, public_key(), None)
+    server.delete_bot(admin, "robot")
+    with pytest.raises(SessionExpiredError):
+        server.authenticate(result.session_token)
+
+
+@pytest.mark.parametrize(
+    ("operation", "verb", "resource"),
+    [
+        (lambda s, c: s.create_user(c, "x", ("access",), {}), "create", "user"),
+        (lambda s, c: s.update_user(c, "x", set_roles=("access",)), "update", "user"),
+        (lambda s, c: s.reset_user(c, "x"), "update", "user"),
+        (lambda s, c: s.delete_resource(c, "user", "x"), "delete", "user"),
+        (lambda s, c: s.list_resources(c, "roles"), "list", "role"),
+        (lambda s, c: s.get_resource(c, "role", "access"), "read", "role"),
+        (lambda s, c: s.delete_resource(c, "role", "access"), "delete", "role"),
+        (lambda s, c: s.create_bot(c, "b", ("access",), {}, None), "create", "bot"),
+        (lambda s, c: s.create_join_token(c, "node", None), "create", "token"),
+        (lambda s, c: s.list_tokens(c), "list", "token"),
+        (
+            lambda s, c: s.search_events(
+                c, since=None, until=None, event_types=[], user=None, limit=10, after_id=None
+            ),
+            "list",
+            "event",
+        ),
+        (
+            lambda s, c: s.put_resource(
+                c,
+                {"kind": "role", "version": "v7", "metadata": {"name": "r"}, "spec": {}},
+                force=False,
+            ),
+            "create",
+            "role",
+        ),
+    ],
+)
+def test_every_operation_checks_permissions(
+    server: AuthServer, admin: Caller, operation: object, verb: str, resource: str
+) -> None:
+    signed_up(server, admin, "plain")
+    caller = server.authenticate(server.login("plain", PASSWORD, public_key(), None).session_token)
+    with pytest.raises(AccessDeniedError, match=f'missing permission "{verb}" on "{resource}"'):
+        operation(server, caller)  # type: ignore[operator]
+
+
+def test_put_resource_create_update_and_singleton(server: AuthServer, admin: Caller) -> None:
+    role = {"kind": "role", "version": "v7", "metadata": {"name": "r"}, "spec": {"allow": {"logins": ["x"]}}}
+    assert server.put_resource(admin, role, force=False)[1] is False
+    with pytest.raises(AlreadyExistsError, match="--force"):
+        server.put_resource(admin, role, force=False)
+    assert server.put_resource(admin, role, force=True)[1] is True
+    cap = server.get_resource(admin, "cap", "ignored")
+    cap["spec"]["device_trust"] = {"mode": "required", "auto_enroll": True}
+    server.put_resource(admin, cap, force=False)
+    assert server.ping()["auth"]["device_trust"] == {"mode": "required", "auto_enroll": True}
+    with pytest.raises(ValidationError):
+        server.delete_resource(admin, "cap", "cluster-auth-preference")
+    with pytest.raises(NotFoundError):
+        server.delete_resource(admin, "role", "absent")
+
+
+def test_users_need_existing_roles(server: AuthServer, admin: Caller) -> None:
+    with pytest.raises(NotFoundError, match='role "nope" not found'):
+        server.create_user(admin, "x", ("nope",), {})
+    with pytest.raises(ValidationError, match="at least one role"):
+        server.create_user(admin, "x", (), {})
+
+
+def test_join_tokens_are_stored_hashed(server: AuthServer, admin: Caller, backend: Backend) -> None:
+    token, _ = server.create_join_token(admin, "node", None)
+    with backend.begin() as store:
+        stored = store.tokens.list(server.clock())
+    assert stored and all(token not in repr(record) for record in stored)
+    listed = server.list_tokens(admin)
+    server.delete_token(admin, listed[0]["id"])
+    assert server.list_tokens(admin) == []
+    with pytest.raises(ValidationError, match="--type"):
+        server.create_join_token(admin, "spaceship", None)
