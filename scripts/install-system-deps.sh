@@ -10,6 +10,15 @@ need ssh-keygen openssh-client
 need openssl openssl
 need git git
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
+# A software TPM for simulated devices, and what tpm2-pytss builds against.
+need swtpm swtpm
+need swtpm_setup swtpm-tools
+need tpm2_getcap tpm2-tools
+need gcc build-essential
+need pkg-config pkg-config
+pkg-config --exists tss2-esys 2>/dev/null || packages+=(libtss2-dev)
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || packages+=(python3-dev)
 
 if [ ${#packages[@]} -eq 0 ]; then
   exit 0

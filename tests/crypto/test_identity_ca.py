@@ -153,7 +153,7 @@ def test_ca_record_rejects_inconsistent_data() -> None:
         CertAuthority.from_record({k: v for k, v in user.items() if k != "certificate_pem"})
     with pytest.raises(ValidationError, match="does not match"):
         CertAuthority.from_record({**user, "private_key_pem": other["private_key_pem"]})
-    with pytest.raises(ValidationError, match="CN=example.com host CA"):
+    with pytest.raises(ValidationError, match=r"CN=example\.com host CA"):
         CertAuthority.from_record({**user, "kind": "host"})
     with pytest.raises(ValidationError, match="CN=other user CA"):
         CertAuthority.from_record({**user, "cluster_name": "other"})

@@ -110,13 +110,15 @@ class Cluster:
         return int(self.process.returncode)
 
 
-def start_cluster(root: Path, extra_config: str = "") -> Cluster:
+def start_cluster(root: Path, storage_url: str = "", port: int = 0) -> Cluster:
+    """Start ``devicetrust start`` on its own data dir; ``storage_url`` selects PostgreSQL."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proxy = f"127.0.0.1:{port}"
+    proxy = f"127.0.0.1:{port or free_port()}"
     config_path = root / "devicetrust.yaml"
     text = render_default_config(cluster_name="test.cluster", data_dir=root / "data", listen_addr=proxy)
-    config_path.write_text(text + extra_config)
+    if storage_url:
+        text = text.replace("    type: sqlite ", f"    type: postgres\n    conn_string: {storage_url}\n    #")
+    config_path.write_text(text)
     log_path = root / "devicetrust.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(

@@ -1,1 +1,65 @@
+"""Storage: SQLAlchemy Core over SQLite or PostgreSQL, Alembic migrations, repositories (DESIGN §9).
 
+Stores plain values (str, bytes, datetimes, JSON bodies) and knows nothing of ``devicetrust.types``::
+
+    backend = Backend.open(url)
+    backend.migrate()
+    with backend.begin() as store:  # one transaction
+        store.resources.create("role", "access", body)
+"""
+
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import (
+    AuditRecord,
+    PendingRecord,
+    ResourceRecord,
+    SessionRecord,
+    TokenRecord,
+    UserRecord,
+)
+from devicetrust.storage.repositories import (
+    DEFAULT_PAGE_SIZE,
+    INVALID_PENDING_MESSAGE,
+    INVALID_SESSION_MESSAGE,
+    INVALID_TOKEN_MESSAGE,
+    MAX_PAGE_SIZE,
+    SESSION_KINDS,
+    AuditRepository,
+    CARepository,
+    Clock,
+    ClusterRepository,
+    PendingRepository,
+    RateLimitRepository,
+    ResourceRepository,
+    SessionRepository,
+    Store,
+    TokenRepository,
+    UserRepository,
+)
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "INVALID_PENDING_MESSAGE",
+    "INVALID_SESSION_MESSAGE",
+    "INVALID_TOKEN_MESSAGE",
+    "MAX_PAGE_SIZE",
+    "SESSION_KINDS",
+    "AuditRecord",
+    "AuditRepository",
+    "Backend",
+    "CARepository",
+    "Clock",
+    "ClusterRepository",
+    "PendingRecord",
+    "PendingRepository",
+    "RateLimitRepository",
+    "ResourceRecord",
+    "ResourceRepository",
+    "SessionRecord",
+    "SessionRepository",
+    "Store",
+    "TokenRecord",
+    "TokenRepository",
+    "UserRecord",
+    "UserRepository",
+]

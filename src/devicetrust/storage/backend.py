@@ -78,7 +78,9 @@ class Backend:
         elif backend_name in ("postgresql", "postgres"):
             engine, where = _postgres_engine(parsed)
         else:
-            raise ConfigError(f'unsupported storage URL scheme "{parsed.drivername}": use sqlite or postgresql')
+            raise ConfigError(
+                f'unsupported storage URL scheme "{parsed.drivername}": use sqlite or postgresql'
+            )
         try:
             with engine.connect():
                 pass
@@ -90,7 +92,7 @@ class Backend:
 
     @property
     def dialect_name(self) -> str:
-        """"sqlite" or "postgresql"."""
+        """The SQLAlchemy dialect: ``sqlite`` or ``postgresql``."""
         return self._engine.dialect.name
 
     def migrate(self) -> None:
@@ -155,7 +157,7 @@ def _sqlite_engine(url: URL) -> tuple[Engine, str]:
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # SQLAlchemy's documented pysqlite recipe: stop the driver's own BEGIN handling so _sqlite_on_begin owns it.
+    # SQLAlchemy's documented pysqlite recipe: the driver stops issuing BEGIN itself; _sqlite_on_begin does.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:

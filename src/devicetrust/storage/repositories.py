@@ -62,7 +62,7 @@ MAX_PAGE_SIZE = 1000
 SESSION_KINDS = ("user", "bot", "admin")
 
 # One message per family, whatever failed (missing, expired, wrong kind): nothing to learn from it.
-INVALID_TOKEN_MESSAGE = "invalid token"
+INVALID_TOKEN_MESSAGE = "invalid token"  # noqa: S105 (an error message, not a secret)
 INVALID_SESSION_MESSAGE = "session not found or expired"
 INVALID_PENDING_MESSAGE = "ceremony not found or expired"
 
@@ -96,12 +96,16 @@ class ClusterRepository(_Repository):
 
     def set(self, key: str, value: str) -> None:
         stmt = _insert(self._conn, self._t).values(key=key, value=value)
-        self._conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value}))
+        self._conn.execute(
+            stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value})
+        )
 
     def insert_if_absent(self, key: str, value: str) -> str:
         """Store ``value`` unless the key is set; return what is stored (the first writer's value wins)."""
         self._conn.execute(
-            _insert(self._conn, self._t).values(key=key, value=value).on_conflict_do_nothing(index_elements=["key"])
+            _insert(self._conn, self._t)
+            .values(key=key, value=value)
+            .on_conflict_do_nothing(index_elements=["key"])
         )
         stored = self.get(key)
         assert stored is not None  # nothing deletes cluster keys
@@ -120,7 +124,7 @@ class CARepository(_Repository):
         return record
 
     def insert_if_absent(self, kind: str, record: Mapping[str, str]) -> dict[str, str]:
-        """Store ``record`` unless a CA of this kind exists; return the stored one, so racing servers agree."""
+        """Store ``record`` unless a CA of this kind exists; return the stored one: racing servers agree."""
         stmt = _insert(self._conn, self._t).values(kind=kind, record=dict(record), created=self._clock())
         self._conn.execute(stmt.on_conflict_do_nothing(index_elements=["kind"]))
         stored = self.get(kind)
@@ -168,7 +172,9 @@ class ResourceRepository(_Repository):
     def upsert(self, kind: str, name: str, body: Mapping[str, Any]) -> ResourceRecord:
         t = self._t
         now = self._clock()
-        stmt = _insert(self._conn, t).values(kind=kind, name=name, body=dict(body), revision=1, created=now, updated=now)
+        stmt = _insert(self._conn, t).values(
+            kind=kind, name=name, body=dict(body), revision=1, created=now, updated=now
+        )
         stmt = stmt.on_conflict_do_update(
             index_elements=["kind", "name"],
             set_={"body": stmt.excluded.body, "revision": t.c.revision + 1, "updated": stmt.excluded.updated},
@@ -178,7 +184,7 @@ class ResourceRepository(_Repository):
     def update(
         self, kind: str, name: str, body: Mapping[str, Any], expected_revision: int | None = None
     ) -> ResourceRecord:
-        """Replace the body. With ``expected_revision``, refuse (ConflictError) if someone wrote in between."""
+        """Replace the body. With ``expected_revision``, ConflictError if someone wrote in between."""
         t = self._t
         stmt = sa.update(t).where(t.c.kind == kind, t.c.name == name)
         if expected_revision is not None:
@@ -254,7 +260,9 @@ class UserRepository(_Repository):
 
 
 def _token(row: Row[Any]) -> TokenRecord:
-    return TokenRecord(row.token_hash, row.kind, row.subject, row.body, row.expires, row.single_use, row.created)
+    return TokenRecord(
+        row.token_hash, row.kind, row.subject, row.body, row.expires, row.single_use, row.created
+    )
 
 
 class TokenRepository(_Repository):
@@ -363,7 +371,9 @@ class SessionRepository(_Repository):
 
     def get_valid(self, token_hash: str, now: datetime) -> SessionRecord:
         t = self._t
-        row = self._conn.execute(sa.select(t).where(t.c.token_hash == token_hash, t.c.expires > now)).one_or_none()
+        row = self._conn.execute(
+            sa.select(t).where(t.c.token_hash == token_hash, t.c.expires > now)
+        ).one_or_none()
         if row is None:
             raise NotFoundError(INVALID_SESSION_MESSAGE)
         return _session(row)
@@ -435,7 +445,9 @@ class PendingRepository(_Repository):
 
     _t = schema.pending_ceremonies
 
-    def create(self, id: str, kind: str, subject: str, body: Mapping[str, Any], expires: datetime) -> PendingRecord:
+    def create(
+        self, id: str, kind: str, subject: str, body: Mapping[str, Any], expires: datetime
+    ) -> PendingRecord:
         stmt = _insert(self._conn, self._t).values(
             id=id, kind=kind, subject=subject, body=dict(body), expires=expires, created=self._clock()
         )
@@ -472,7 +484,13 @@ class AuditRepository(_Repository):
         self, event: str, code: str, time: datetime, user: str, success: bool, body: Mapping[str, Any]
     ) -> AuditRecord:
         stmt = sa.insert(self._t).values(
-            uid=str(uuid.uuid4()), event=event, code=code, time=time, username=user, success=success, body=dict(body)
+            uid=str(uuid.uuid4()),
+            event=event,
+            code=code,
+            time=time,
+            username=user,
+            success=success,
+            body=dict(body),
         )
         return _audit(self._conn.execute(stmt.returning(*self._t.c)).one())
 
@@ -486,7 +504,7 @@ class AuditRepository(_Repository):
         limit: int = DEFAULT_PAGE_SIZE,
         after_id: int | None = None,
     ) -> builtins.list[AuditRecord]:
-        """Events with ``since <= time < until``, oldest id first; page on with ``after_id`` = the last id seen.
+        """Events with ``since <= time < until``, oldest first; page on with ``after_id`` = the last id seen.
 
         ``limit`` above MAX_PAGE_SIZE is cut to it.
         """

@@ -1,7 +1,8 @@
 """The backend's tables (SQLAlchemy Core), shared by the repositories and by Alembic's autogenerate.
 
-``migrations/versions/*`` spell the DDL out on their own: a revision must keep creating what it created the day it
-was written, whatever this module says later. A test compares the migrated database with this metadata.
+``migrations/versions/*`` spell the DDL out on their own: a revision must keep creating what it created on
+the day it was written, whatever this module says later. A test compares the migrated database with this
+metadata.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ NAMING_CONVENTION = {
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """Timezone-aware UTC in and out. SQLite has no time zones, so it stores naive UTC; naive input is a bug."""
+    """Timezone-aware UTC in and out. SQLite has no time zones: it stores naive UTC. Naive input is a bug."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
@@ -120,21 +121,24 @@ tokens = sa.Table(
     sa.Index(None, "kind", "subject"),
 )
 
-# ``username`` is free text: "admin@host" and bot identities are not rows of ``users``. ``user_ref`` repeats it
-# for kind "user" only, with a foreign key, so deleting a user drops their sessions even against a concurrent
-# login (the FK check locks the user row), and a session can never outlive its user.
+# ``username`` is free text: "admin@host" and bot identities are not rows of ``users``. ``user_ref`` repeats
+# it for kind "user" only, with a foreign key, so deleting a user drops their sessions even against a
+# concurrent login (the FK check locks the user row): a session never outlives its user.
 sessions = sa.Table(
     "sessions",
     metadata,
     sa.Column("token_hash", sa.String, primary_key=True),
     sa.Column("username", sa.String, nullable=False, index=True),
-    sa.Column("user_ref", sa.String, sa.ForeignKey("users.name", ondelete="CASCADE"), nullable=True, index=True),
+    sa.Column(
+        "user_ref", sa.String, sa.ForeignKey("users.name", ondelete="CASCADE"), nullable=True, index=True
+    ),
     sa.Column("kind", sa.String, nullable=False),
     sa.Column("body", JSONBody, nullable=False),
     sa.Column("expires", UTCDateTime, nullable=False, index=True),
     sa.Column("created", UTCDateTime, nullable=False),
     sa.CheckConstraint(
-        "(kind = 'user' AND user_ref IS NOT NULL AND user_ref = username) OR (kind <> 'user' AND user_ref IS NULL)",
+        "(kind = 'user' AND user_ref IS NOT NULL AND user_ref = username) "
+        "OR (kind <> 'user' AND user_ref IS NULL)",
         name="user_ref",
     ),
 )

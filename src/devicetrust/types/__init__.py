@@ -1,1 +1,76 @@
+"""Resources: frozen, self-validating dataclasses and their YAML/JSON documents. No I/O."""
 
+from devicetrust.types._validation import FieldError
+from devicetrust.types.cluster_auth_preference import (
+    AUTH_TYPES,
+    CLUSTER_AUTH_PREFERENCE_NAME,
+    SECOND_FACTORS,
+    ClusterAuthPreference,
+    DeviceTrustSettings,
+    default_cluster_auth_preference,
+)
+from devicetrust.types.codec import (
+    DOCUMENT_KINDS,
+    RESOURCE_KINDS,
+    Resource,
+    load_resources,
+    normalize_kind,
+    parse_resource,
+    resource_to_dict,
+)
+from devicetrust.types.duration import format_duration, parse_duration
+from devicetrust.types.labels import WILDCARD, Labels, is_regex
+from devicetrust.types.metadata import Metadata
+from devicetrust.types.presets import PRESET_ROLE_NAMES, preset_roles
+from devicetrust.types.role import (
+    DEVICE_TRUST_MODES,
+    KNOWN_VERBS,
+    MODE_UNSET,
+    Role,
+    RoleConditions,
+    RoleOptions,
+    Rule,
+)
+from devicetrust.types.templates import TraitTemplate, parse_template
+from devicetrust.types.user import Bot, Traits, User
+from devicetrust.types.yaml_io import MAX_YAML_TEXT_CHARS, dump_yaml, load_yaml_documents
+
+__all__ = [
+    "AUTH_TYPES",
+    "CLUSTER_AUTH_PREFERENCE_NAME",
+    "DEVICE_TRUST_MODES",
+    "DOCUMENT_KINDS",
+    "KNOWN_VERBS",
+    "MAX_YAML_TEXT_CHARS",
+    "MODE_UNSET",
+    "PRESET_ROLE_NAMES",
+    "RESOURCE_KINDS",
+    "SECOND_FACTORS",
+    "WILDCARD",
+    "Bot",
+    "ClusterAuthPreference",
+    "DeviceTrustSettings",
+    "FieldError",
+    "Labels",
+    "Metadata",
+    "Resource",
+    "Role",
+    "RoleConditions",
+    "RoleOptions",
+    "Rule",
+    "TraitTemplate",
+    "Traits",
+    "User",
+    "default_cluster_auth_preference",
+    "dump_yaml",
+    "format_duration",
+    "is_regex",
+    "load_resources",
+    "load_yaml_documents",
+    "normalize_kind",
+    "parse_duration",
+    "parse_resource",
+    "parse_template",
+    "preset_roles",
+    "resource_to_dict",
+]

@@ -46,7 +46,9 @@ def check_device_trust_mode(value: object, field: str, *, allow_unset: bool) -> 
     if mode == MODE_UNSET and allow_unset:
         return mode
     if mode not in DEVICE_TRUST_MODES:
-        raise FieldError(field, f"invalid device trust mode {show(mode)} (valid modes: {', '.join(DEVICE_TRUST_MODES)})")
+        raise FieldError(
+            field, f"invalid device trust mode {show(mode)} (valid modes: {', '.join(DEVICE_TRUST_MODES)})"
+        )
     return mode
 
 

@@ -1,4 +1,4 @@
-"""Trait templates in role values: ``{{internal.logins}}``, ``{{external.groups}}``, ``pre-{{internal.x}}-suf``.
+"""Trait templates in role values: ``{{internal.logins}}``, ``{{external.groups}}``, ``a-{{internal.x}}-b``.
 
 A value holds at most one template. Anything else between ``{{`` and ``}}``, or a stray ``{{``/``}}``, is an
 error rather than a literal, so a typo cannot silently turn into a login or group that nobody has.
@@ -16,6 +16,7 @@ TEMPLATE_NAMESPACES = ("internal", "external")
 _EXPRESSION_RE = re.compile(r"\s*(internal|external)\.([A-Za-z0-9_][A-Za-z0-9_.-]*)\s*")
 _OPEN = "{{"
 _CLOSE = "}}"
+_EXPECTED = "expected {{internal.NAME}} or {{external.NAME}}, optionally with a literal prefix and suffix"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +45,10 @@ def parse_template(value: str, field: str = "") -> TraitTemplate | None:
     start = value.find(_OPEN)
     end = value.find(_CLOSE)
     if value.count(_OPEN) != 1 or value.count(_CLOSE) != 1 or end < start:
-        raise FieldError(
-            field, f'invalid template "{value}": use one {{{{internal.NAME}}}} or {{{{external.NAME}}}} per value'
-        )
+        raise FieldError(field, f'invalid template "{value}": {_EXPECTED}, once per value')
     match = _EXPRESSION_RE.fullmatch(value[start + len(_OPEN) : end])
     if match is None:
-        raise FieldError(
-            field,
-            f'invalid template "{value}": expected {{{{internal.NAME}}}} or {{{{external.NAME}}}}',
-        )
+        raise FieldError(field, f'invalid template "{value}": {_EXPECTED}')
     namespace, trait = match.groups()
     return TraitTemplate(value[:start], namespace, trait, value[end + len(_CLOSE) :])
 

@@ -4,13 +4,14 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-11-25
 
-Spelled out here rather than taken from ``devicetrust.storage.schema``: this revision must create the same tables
-forever, whatever that module says later.
+Spelled out here rather than taken from ``devicetrust.storage.schema``: this revision must create the same
+tables forever, whatever that module says later.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -24,7 +25,7 @@ depends_on: str | Sequence[str] | None = None
 _APPEND_ONLY = "audit events are append-only"
 
 
-def _json() -> sa.types.TypeEngine[object]:
+def _json() -> sa.types.TypeEngine[Any]:
     return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
@@ -123,7 +124,9 @@ def upgrade() -> None:
     op.create_table(
         "audit_events",
         # SQLite aliases the rowid only for a column typed exactly INTEGER; AUTOINCREMENT keeps ids monotonic
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("uid", sa.String, nullable=False),
         sa.Column("event", sa.String, nullable=False),
         sa.Column("code", sa.String, nullable=False),
@@ -142,8 +145,7 @@ def upgrade() -> None:
 
 
 def _create_audit_triggers() -> None:
-    # Append-only in the database itself, so a bug (or a stray tool using the app's credentials through the ORM)
-    # cannot rewrite history.
+    # Append-only in the database itself, so no code path (a bug, a careless script) can rewrite history.
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             "CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "

@@ -1,0 +1,342 @@
+"""Resource documents ``{kind, version, metadata, spec}`` <-> resource dataclasses.
+
+Parsing is strict: an unknown field anywhere is an error naming its dotted path, because a misspelt
+``device_trust_mode`` that is silently ignored leaves a cluster open that its admin believes closed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from devicetrust.errors import ValidationError
+from devicetrust.types._validation import FieldError, build, describe, join_path, present, show
+from devicetrust.types.cluster_auth_preference import (
+    WEBAUTHN_FIELDS,
+    ClusterAuthPreference,
+    DeviceTrustSettings,
+)
+from devicetrust.types.duration import format_duration
+from devicetrust.types.labels import Labels
+from devicetrust.types.metadata import Metadata
+from devicetrust.types.role import Role, RoleConditions, RoleOptions, Rule
+from devicetrust.types.user import Bot, User
+from devicetrust.types.yaml_io import load_yaml_documents
+
+Resource = Role | User | Bot | ClusterAuthPreference
+
+#: Every kind the CLIs and API name, singular. Only some are documents (see DOCUMENT_KINDS).
+RESOURCE_KINDS: tuple[str, ...] = (
+    "role",
+    "user",
+    "bot",
+    "cluster_auth_preference",
+    "token",
+    "device",
+    "lock",
+)
+#: Kinds that parse_resource reads.
+DOCUMENT_KINDS: tuple[str, ...] = ("role", "user", "bot", "cluster_auth_preference")
+
+_KIND_ALIASES: Mapping[str, str] = {
+    **{kind: kind for kind in RESOURCE_KINDS},
+    **{f"{kind}s": kind for kind in RESOURCE_KINDS},
+    "cap": "cluster_auth_preference",
+}
+
+_FlatT = TypeVar("_FlatT", RoleOptions, DeviceTrustSettings)
+_IdentityT = TypeVar("_IdentityT", User, Bot)
+
+_DOCUMENT_FIELDS = ("kind", "version", "metadata", "spec")
+# revision is written by the server on reads; accepting it lets `get`, edit, `create -f` round-trip.
+_METADATA_FIELDS = ("name", "description", "labels", "revision")
+
+
+def normalize_kind(name: str) -> str:
+    """``roles`` -> ``role``, ``cap`` -> ``cluster_auth_preference``; ValidationError for an unknown kind."""
+    kind = _KIND_ALIASES.get(name.strip().lower().replace("-", "_"))
+    if kind is None:
+        raise ValidationError(f'unknown resource kind "{name}" (valid kinds: {", ".join(RESOURCE_KINDS)})')
+    return kind
+
+
+class _Fields:
+    """One mapping of a document, read strictly: keys outside ``allowed`` are errors naming their path."""
+
+    def __init__(self, value: object, path: str, allowed: Collection[str]) -> None:
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise FieldError(path, f"expected a mapping, got {describe(value)}")
+        for key in value:
+            if key not in allowed:
+                raise ValidationError(_unknown_field_message(join_path(path, str(key)), str(key), allowed))
+        self._values: Mapping[Any, Any] = value
+        self.path = path
+
+    def get(self, key: str) -> Any:
+        return self._values.get(key)
+
+    def as_dict(self) -> dict[Any, Any]:
+        return dict(self._values)
+
+    def path_of(self, key: str) -> str:
+        return join_path(self.path, key)
+
+
+def _unknown_field_message(path: str, key: str, allowed: Collection[str]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    return f'unknown field "{path}"{hint}'
+
+
+def _flat(cls: type[_FlatT], value: object, path: str) -> _FlatT:
+    """A dataclass whose document fields are exactly its own fields, all optional."""
+    names = [f.name for f in fields(cls)]
+    reader = _Fields(value, path, names)
+    return build(path, cls, **present(**{name: reader.get(name) for name in names}))
+
+
+def _check_version(value: object, expected: str) -> None:
+    if value is None:
+        raise FieldError("version", f"required field is missing (supported: {expected})")
+    if value != expected:
+        raise FieldError("version", f"unsupported version {show(value)} (supported: {expected})")
+
+
+def _parse_metadata(value: object) -> Metadata:
+    reader = _Fields(value, "metadata", _METADATA_FIELDS)
+    if reader.get("name") is None:
+        raise FieldError("metadata.name", "required field is missing")
+    return build(
+        "metadata",
+        Metadata,
+        **present(
+            name=reader.get("name"), description=reader.get("description"), labels=reader.get("labels")
+        ),
+    )
+
+
+def _parse_rules(value: object, path: str) -> tuple[Rule, ...]:
+    if not isinstance(value, list):
+        raise FieldError(path, f"expected a list of rules, got {describe(value)}")
+    rules: list[Rule] = []
+    for index, item in enumerate(value):
+        rule_path = f"{path}[{index}]"
+        reader = _Fields(item, rule_path, ("resources", "verbs"))
+        for key in ("resources", "verbs"):
+            if reader.get(key) is None:
+                raise FieldError(reader.path_of(key), "required field is missing")
+        rules.append(build(rule_path, Rule, resources=reader.get("resources"), verbs=reader.get("verbs")))
+    return tuple(rules)
+
+
+def _parse_conditions(value: object, path: str) -> RoleConditions:
+    names = [f.name for f in fields(RoleConditions)]
+    reader = _Fields(value, path, names)
+    values = present(**{name: reader.get(name) for name in names})
+    if "rules" in values:
+        values["rules"] = _parse_rules(values["rules"], reader.path_of("rules"))
+    return build(path, RoleConditions, **values)
+
+
+def _parse_role(top: _Fields) -> Role:
+    spec = _Fields(top.get("spec"), "spec", ("options", "allow", "deny"))
+    return build(
+        "",
+        Role,
+        metadata=_parse_metadata(top.get("metadata")),
+        options=_flat(RoleOptions, spec.get("options"), "spec.options"),
+        allow=_parse_conditions(spec.get("allow"), "spec.allow"),
+        deny=_parse_conditions(spec.get("deny"), "spec.deny"),
+    )
+
+
+def _parse_identity(cls: type[_IdentityT], top: _Fields) -> _IdentityT:
+    spec = _Fields(top.get("spec"), "spec", ("roles", "traits"))
+    return build(
+        "",
+        cls,
+        metadata=_parse_metadata(top.get("metadata")),
+        **present(roles=spec.get("roles"), traits=spec.get("traits")),
+    )
+
+
+def _parse_cluster_auth_preference(top: _Fields) -> ClusterAuthPreference:
+    spec = _Fields(top.get("spec"), "spec", ("type", "second_factors", "webauthn", "device_trust"))
+    webauthn = spec.get("webauthn")
+    if webauthn is not None:
+        webauthn = _Fields(webauthn, "spec.webauthn", WEBAUTHN_FIELDS).as_dict()
+    return build(
+        "",
+        ClusterAuthPreference,
+        metadata=_parse_metadata(top.get("metadata")),
+        device_trust=_flat(DeviceTrustSettings, spec.get("device_trust"), "spec.device_trust"),
+        **present(type=spec.get("type"), second_factors=spec.get("second_factors"), webauthn=webauthn),
+    )
+
+
+_PARSERS: Mapping[str, tuple[str, Callable[[_Fields], Resource]]] = {
+    Role.kind: (Role.version, _parse_role),
+    User.kind: (User.version, lambda top: _parse_identity(User, top)),
+    Bot.kind: (Bot.version, lambda top: _parse_identity(Bot, top)),
+    ClusterAuthPreference.kind: (ClusterAuthPreference.version, _parse_cluster_auth_preference),
+}
+
+
+def _check_kind(value: object) -> str:
+    supported = ", ".join(DOCUMENT_KINDS)
+    if value is None:
+        raise FieldError("kind", f"required field is missing (supported kinds: {supported})")
+    if isinstance(value, str) and value in _PARSERS:
+        return value
+    hint = ""
+    if isinstance(value, str) and value in RESOURCE_KINDS:
+        hint = f" ({value} resources are managed with their own commands)"
+    elif isinstance(value, str) and _KIND_ALIASES.get(value.strip().lower().replace("-", "_")) in _PARSERS:
+        hint = f' (did you mean "{normalize_kind(value)}"?)'
+    raise FieldError("kind", f"unsupported kind {show(value)}{hint} (supported kinds: {supported})")
+
+
+def _context(kind: str, doc: Mapping[str, Any]) -> str:
+    metadata = doc.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return f'{kind} "{name}"' if isinstance(name, str) and name else kind
+
+
+def parse_resource(doc: Mapping[str, Any]) -> Resource:
+    """The resource a document describes. ValidationError, naming the resource and field, if it is invalid."""
+    if not isinstance(doc, Mapping):
+        raise ValidationError(
+            f"expected a resource mapping (kind, version, metadata, spec), got {describe(doc)}"
+        )
+    kind = _check_kind(doc.get("kind"))
+    version, parse = _PARSERS[kind]
+    try:
+        top = _Fields(doc, "", _DOCUMENT_FIELDS)
+        _check_version(top.get("version"), version)
+        return parse(top)
+    except ValidationError as err:
+        raise ValidationError(f"{_context(kind, doc)}: {err.message}") from err
+
+
+def _labels_to_dict(labels: Labels) -> dict[str, Any]:
+    return {key: values[0] if len(values) == 1 else list(values) for key, values in labels.items()}
+
+
+def _metadata_to_dict(metadata: Metadata) -> dict[str, Any]:
+    result: dict[str, Any] = {"name": metadata.name}
+    if metadata.description:
+        result["description"] = metadata.description
+    if metadata.labels:
+        result["labels"] = dict(metadata.labels)
+    return result
+
+
+def _options_to_dict(options: RoleOptions) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if options.device_trust_mode:
+        result["device_trust_mode"] = options.device_trust_mode
+    if options.max_session_ttl is not None:
+        result["max_session_ttl"] = format_duration(options.max_session_ttl)
+    if options.forward_agent:
+        result["forward_agent"] = True
+    if options.port_forwarding:
+        result["port_forwarding"] = True
+    return result
+
+
+# The seed's order: each resource's label selector first, then what may be used on it.
+_CONDITIONS_ORDER = (
+    "node_labels",
+    "logins",
+    "kubernetes_labels",
+    "kubernetes_groups",
+    "kubernetes_users",
+    "db_labels",
+    "db_names",
+    "db_users",
+)
+
+
+def _conditions_to_dict(conditions: RoleConditions) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name in _CONDITIONS_ORDER:
+        value = getattr(conditions, name)
+        if value:
+            result[name] = _labels_to_dict(value) if name.endswith("_labels") else list(value)
+    if conditions.rules:
+        result["rules"] = [
+            {"resources": list(rule.resources), "verbs": list(rule.verbs)} for rule in conditions.rules
+        ]
+    return result
+
+
+def _role_spec(role: Role) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    for key, value in (
+        ("options", _options_to_dict(role.options)),
+        ("allow", _conditions_to_dict(role.allow)),
+        ("deny", _conditions_to_dict(role.deny)),
+    ):
+        if value:
+            spec[key] = value
+    return spec
+
+
+def _identity_spec(identity: User | Bot) -> dict[str, Any]:
+    spec: dict[str, Any] = {"roles": list(identity.roles)}
+    if identity.traits:
+        spec["traits"] = {name: list(values) for name, values in identity.traits.items()}
+    return spec
+
+
+def _cluster_auth_preference_spec(cap: ClusterAuthPreference) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": cap.type}
+    if cap.second_factors:
+        spec["second_factors"] = list(cap.second_factors)
+    if cap.webauthn is not None:
+        spec["webauthn"] = {
+            key: list(value) if isinstance(value, tuple) else value for key, value in cap.webauthn.items()
+        }
+    settings = cap.device_trust
+    device_trust: dict[str, Any] = {"mode": settings.mode}
+    if settings.auto_enroll:
+        device_trust["auto_enroll"] = True
+    if settings.ekcert_allowed_cas:
+        device_trust["ekcert_allowed_cas"] = list(settings.ekcert_allowed_cas)
+    if settings.allow_unsafe_software_keys:
+        device_trust["allow_unsafe_software_keys"] = True
+    spec["device_trust"] = device_trust
+    return spec
+
+
+def resource_to_dict(res: Resource) -> dict[str, Any]:
+    """The canonical document for ``res``: plain dicts, lists and scalars, ready for YAML or JSON."""
+    if isinstance(res, Role):
+        spec = _role_spec(res)
+    elif isinstance(res, (User, Bot)):
+        spec = _identity_spec(res)
+    elif isinstance(res, ClusterAuthPreference):
+        spec = _cluster_auth_preference_spec(res)
+    else:
+        raise TypeError(f"not a resource: {type(res).__name__}")
+    return {
+        "kind": res.kind,
+        "version": res.version,
+        "metadata": _metadata_to_dict(res.metadata),
+        "spec": spec,
+    }
+
+
+def load_resources(text: str, source: str = "<input>") -> tuple[Resource, ...]:
+    """Every resource in a YAML text (``tctl create -f``); errors start with ``source``."""
+    resources: list[Resource] = []
+    for document in load_yaml_documents(text, source):
+        try:
+            resources.append(parse_resource(document))
+        except ValidationError as err:
+            raise ValidationError(f"{source}: {err.message}") from err
+    return tuple(resources)
