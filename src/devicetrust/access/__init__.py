@@ -1,1 +1,16 @@
+"""Access policy: role matching, trait templates and the device trust requirement. Pure, no I/O."""
 
+from devicetrust.access.checker import AccessChecker
+from devicetrust.access.labels import label_matches, pattern_matches
+from devicetrust.access.modes import UNAUTHORIZED_DEVICE, device_required, strictest_mode
+from devicetrust.access.traits import expand_traits
+
+__all__ = [
+    "UNAUTHORIZED_DEVICE",
+    "AccessChecker",
+    "device_required",
+    "expand_traits",
+    "label_matches",
+    "pattern_matches",
+    "strictest_mode",
+]

@@ -203,7 +203,7 @@ def build_app(server: AuthServer) -> FastAPI:
             {"error": {"kind": "validation", "message": f"{where}: {first.get('msg')}"}}, status_code=400
         )
 
-    app.add_middleware(BodyLimitMiddleware)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimitMiddleware)
 
     async def caller_dep(request: Request) -> Caller:
         header = request.headers.get("authorization", "")

@@ -23,6 +23,7 @@ from devicetrust.access import AccessChecker
 from devicetrust.auth import events
 from devicetrust.auth.secrets import hash_token, new_token, token_id
 from devicetrust.crypto import (
+    CA_KINDS,
     CertAuthority,
     Identity,
     issue_ssh_user_cert,
@@ -162,8 +163,8 @@ class AuthServer:
                 )
             self.cluster_name = stored
             cas: dict[str, CertAuthority] = {}
-            for kind in ("user", "host"):
-                candidate = CertAuthority.generate(kind, stored, now)  # type: ignore[arg-type]
+            for kind in CA_KINDS:
+                candidate = CertAuthority.generate(kind, stored, now)
                 record = store.cas.insert_if_absent(kind, candidate.to_record())
                 cas[kind] = CertAuthority.from_record(record)
             for role in preset_roles():
@@ -463,30 +464,23 @@ class AuthServer:
 
     def bot_join(self, token: str, public_key_text: str, ttl: timedelta | None) -> LoginResult:
         public_key = load_public_key(public_key_text)
+        result: LoginResult | None = None
         with self.backend.begin() as store:
             try:
                 record = store.tokens.consume(hash_token(token), "bot", self.clock())
             except NotFoundError:
-                failure = AuthenticationError("invalid or expired bot join token")
+                # Audited in this transaction, which commits: the refusal is raised after it.
+                self._audit(store, events.BOT_JOIN_FAILURE, "", False, reason="invalid token")
             else:
-                failure = None
                 bot = _parse(store.resources.get(RES_BOT, record.subject).body, Bot)
+                username = BOT_USER_PREFIX + bot.metadata.name
                 roles = self._load_roles(store, bot.roles)
                 result = self._issue_user_certs(
-                    store,
-                    BOT_USER_PREFIX + bot.metadata.name,
-                    "bot",
-                    roles,
-                    bot.traits,
-                    public_key,
-                    ttl,
-                    bot_name=bot.metadata.name,
+                    store, username, "bot", roles, bot.traits, public_key, ttl, bot_name=bot.metadata.name
                 )
-                self._audit(store, events.BOT_JOIN, BOT_USER_PREFIX + bot.metadata.name, True, bot=record.subject)
-        if failure is not None:
-            with self.backend.begin() as store:
-                self._audit(store, events.BOT_JOIN_FAILURE, "", False, reason="invalid token")
-            raise failure
+                self._audit(store, events.BOT_JOIN, username, True, bot=bot.metadata.name)
+        if result is None:
+            raise AuthenticationError("invalid or expired bot join token")
         return result
 
     def delete_bot(self, caller: Caller, name: str) -> None:

@@ -21,8 +21,10 @@ from devicetrust.cli.common import (
 )
 from devicetrust.cli.profile import Profile, ProfileStore
 from devicetrust.client import AuthClient
+from cryptography.hazmat.primitives import hashes
+
 from devicetrust.crypto import (
-    fingerprint_sha256,
+    load_certificate_pem,
     generate_private_key,
     identity_from_ssh_cert,
     private_key_to_pem,
@@ -58,16 +60,19 @@ def _trusted_ca(store: ProfileStore, proxy: str, *, insecure: bool, trust_new_ca
     # Prove the server we will talk to holds a certificate from this CA before pinning it.
     with AuthClient(proxy, ca_pem=fetched) as check:
         check.get("/v1/ping")
-    from cryptography import x509
-
-    ca = x509.load_pem_x509_certificate(fetched.encode())
-    fingerprint = fingerprint_sha256(ca.public_key())
+    fingerprint = ca_fingerprint(fetched)
     if pinned and pinned != fetched:
         click.echo(f"Trusting the NEW cluster CA of {proxy} ({fingerprint}).", err=True)
     elif not pinned:
         click.echo(f"Trusting the cluster CA of {proxy} on first use ({fingerprint}).", err=True)
     store.pin_ca(proxy, fetched)
     return fetched
+
+
+def ca_fingerprint(ca_pem: str) -> str:
+    """SHA-256 of the CA certificate's DER, as `openssl x509 -fingerprint -sha256` prints it."""
+    digest = load_certificate_pem(ca_pem.encode()).fingerprint(hashes.SHA256())
+    return "SHA256:" + ":".join(f"{b:02X}" for b in digest)
 
 
 def _client_for(store: ProfileStore, proxy: str, insecure: bool, token: str | None = None) -> AuthClient:

@@ -24,11 +24,16 @@ def is_regex(pattern: str) -> bool:
 
 
 def _check_pattern(pattern: str, field: str) -> None:
-    if is_regex(pattern):
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise FieldError(field, f'invalid regular expression "{pattern}": {err}') from None
+    # A leading ^ or trailing $ shows a regular expression was meant: a half-anchored one is an error, not a
+    # literal that would silently match nothing.
+    if not (pattern.startswith("^") or pattern.endswith("$")):
+        return
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise FieldError(field, f'invalid regular expression "{pattern}": {err}') from None
+    if not is_regex(pattern):
+        raise FieldError(field, f'invalid regular expression "{pattern}": anchor it at both ends, ^...$')
 
 
 def as_label_selector(value: object, field: str) -> Labels:
