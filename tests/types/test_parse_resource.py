@@ -145,7 +145,14 @@ def test_role_without_spec_is_an_empty_role() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["spec", "spec.options", "spec.allow", "spec.deny", "spec.allow.logins", "spec.options.device_trust_mode"],
+    [
+        "spec",
+        "spec.options",
+        "spec.allow",
+        "spec.deny",
+        "spec.allow.logins",
+        "spec.options.device_trust_mode",
+    ],
 )
 def test_yaml_null_means_not_set(path: str) -> None:
     assert parse_resource(set_path(role_doc(), path, None)) == Role(metadata=Metadata(name="r"))
@@ -226,7 +233,10 @@ def test_metadata_revision_is_accepted_and_ignored() -> None:
         (role_doc(), "spec.allow.nodelabels"),
         (role_doc(), "spec.allow.node_label"),
         (role_doc(), "spec.deny.device_trust_mode"),
-        (role_doc(allow={"rules": [{"resources": ["device"], "verbs": ["list"]}]}), "spec.allow.rules[0].where"),
+        (
+            role_doc(allow={"rules": [{"resources": ["device"], "verbs": ["list"]}]}),
+            "spec.allow.rules[0].where",
+        ),
         (user_doc(), "spec.password"),
         (user_doc(), "spec.created_by"),
         (user_doc(), "status"),
@@ -333,7 +343,8 @@ def test_invalid_cluster_mode_names_the_field(mode: str) -> None:
     message = parse_error(cap_doc(device_trust={"mode": mode}))
 
     assert message.startswith(
-        f'cluster_auth_preference "cluster-auth-preference": spec.device_trust.mode: invalid device trust mode "{mode}"'
+        'cluster_auth_preference "cluster-auth-preference": spec.device_trust.mode: '
+        f'invalid device trust mode "{mode}"'
     )
     assert "(valid modes: off, optional, required, required-for-humans)" in message
 
@@ -360,7 +371,7 @@ def test_non_string_mode_is_refused(value: Any) -> None:
     ("doc", "message"),
     [
         ("not a mapping", "expected a resource mapping (kind, version, metadata, spec), got a string"),
-        (set_path(role_doc(), "metadata", "r"), 'role: metadata: expected a mapping, got a string'),
+        (set_path(role_doc(), "metadata", "r"), "role: metadata: expected a mapping, got a string"),
         (set_path(role_doc(), "metadata", {}), "role: metadata.name: required field is missing"),
         (set_path(role_doc(), "metadata.name", 5), "role: metadata.name: expected a string, got an integer"),
         (set_path(role_doc(), "metadata.name", ""), "role: metadata.name: must not be empty"),
@@ -368,32 +379,75 @@ def test_non_string_mode_is_refused(value: Any) -> None:
             set_path(role_doc(), "metadata.name", "a b"),
             'role "a b": metadata.name: invalid name "a b": use letters, digits and . _ @ : -',
         ),
-        (set_path(role_doc(), "metadata.description", ["x"]), 'role "r": metadata.description: expected a string'),
+        (
+            set_path(role_doc(), "metadata.description", ["x"]),
+            'role "r": metadata.description: expected a string',
+        ),
         (set_path(role_doc(), "metadata.labels", ["x"]), 'role "r": metadata.labels: expected a mapping'),
-        (set_path(role_doc(), "metadata.labels", {"env": 1}), 'role "r": metadata.labels.env: expected a string'),
-        (set_path(role_doc(), "metadata.labels", {"a b": "x"}), 'role "r": metadata.labels: invalid label key'),
+        (
+            set_path(role_doc(), "metadata.labels", {"env": 1}),
+            'role "r": metadata.labels.env: expected a string',
+        ),
+        (
+            set_path(role_doc(), "metadata.labels", {"a b": "x"}),
+            'role "r": metadata.labels: invalid label key',
+        ),
         (set_path(role_doc(), "spec", ["x"]), 'role "r": spec: expected a mapping, got a list'),
         (role_doc(options="required"), 'role "r": spec.options: expected a mapping, got a string'),
         (role_doc(allow=["logins"]), 'role "r": spec.allow: expected a mapping, got a list'),
         (role_doc(deny="all"), 'role "r": spec.deny: expected a mapping, got a string'),
-        (role_doc(allow={"logins": "root"}), 'role "r": spec.allow.logins: expected a list of strings, got a string'),
-        (role_doc(allow={"logins": [1]}), 'role "r": spec.allow.logins[0]: expected a string, got an integer'),
+        (
+            role_doc(allow={"logins": "root"}),
+            'role "r": spec.allow.logins: expected a list of strings, got a string',
+        ),
+        (
+            role_doc(allow={"logins": [1]}),
+            'role "r": spec.allow.logins[0]: expected a string, got an integer',
+        ),
         (role_doc(allow={"logins": ["ok", ""]}), 'role "r": spec.allow.logins[1]: must not be empty'),
-        (role_doc(deny={"logins": {"a": 1}}), 'role "r": spec.deny.logins: expected a list of strings, got a mapping'),
-        (role_doc(allow={"kubernetes_groups": "devs"}), 'role "r": spec.allow.kubernetes_groups: expected a list'),
-        (role_doc(allow={"kubernetes_users": "alice"}), 'role "r": spec.allow.kubernetes_users: expected a list'),
-        (role_doc(allow={"db_names": "*"}), 'role "r": spec.allow.db_names: expected a list of strings, got a string'),
-        (role_doc(allow={"db_users": True}), 'role "r": spec.allow.db_users: expected a list of strings, got a boolean'),
+        (
+            role_doc(deny={"logins": {"a": 1}}),
+            'role "r": spec.deny.logins: expected a list of strings, got a mapping',
+        ),
+        (
+            role_doc(allow={"kubernetes_groups": "devs"}),
+            'role "r": spec.allow.kubernetes_groups: expected a list',
+        ),
+        (
+            role_doc(allow={"kubernetes_users": "alice"}),
+            'role "r": spec.allow.kubernetes_users: expected a list',
+        ),
+        (
+            role_doc(allow={"db_names": "*"}),
+            'role "r": spec.allow.db_names: expected a list of strings, got a string',
+        ),
+        (
+            role_doc(allow={"db_users": True}),
+            'role "r": spec.allow.db_users: expected a list of strings, got a boolean',
+        ),
         (role_doc(allow={"node_labels": "*"}), 'role "r": spec.allow.node_labels: expected a mapping'),
         (role_doc(allow={"node_labels": ["*"]}), 'role "r": spec.allow.node_labels: expected a mapping'),
         (
             role_doc(allow={"node_labels": {"env": 1}}),
-            'role "r": spec.allow.node_labels: label "env": expected a string or a list of strings, got an integer',
+            'role "r": spec.allow.node_labels: label "env": '
+            "expected a string or a list of strings, got an integer",
         ),
-        (role_doc(allow={"db_labels": {"env": [1]}}), 'role "r": spec.allow.db_labels: label "env": values must be'),
-        (role_doc(allow={"kubernetes_labels": {"env": []}}), 'role "r": spec.allow.kubernetes_labels: label "env": at'),
-        (role_doc(allow={"rules": {"resources": ["x"]}}), 'role "r": spec.allow.rules: expected a list of rules'),
-        (role_doc(allow={"rules": ["device"]}), 'role "r": spec.allow.rules[0]: expected a mapping, got a string'),
+        (
+            role_doc(allow={"db_labels": {"env": [1]}}),
+            'role "r": spec.allow.db_labels: label "env": values must be',
+        ),
+        (
+            role_doc(allow={"kubernetes_labels": {"env": []}}),
+            'role "r": spec.allow.kubernetes_labels: label "env": at',
+        ),
+        (
+            role_doc(allow={"rules": {"resources": ["x"]}}),
+            'role "r": spec.allow.rules: expected a list of rules',
+        ),
+        (
+            role_doc(allow={"rules": ["device"]}),
+            'role "r": spec.allow.rules[0]: expected a mapping, got a string',
+        ),
         (
             role_doc(allow={"rules": [{"verbs": ["list"]}]}),
             'role "r": spec.allow.rules[0].resources: required field is missing',
@@ -407,7 +461,9 @@ def test_non_string_mode_is_refused(value: Any) -> None:
             'role "r": spec.allow.rules[0].resources: expected a list of strings, got a string',
         ),
         (
-            role_doc(deny={"rules": [{"resources": ["device"], "verbs": ["list"]}, {"resources": [], "verbs": []}]}),
+            role_doc(
+                deny={"rules": [{"resources": ["device"], "verbs": ["list"]}, {"resources": [], "verbs": []}]}
+            ),
             'role "r": spec.deny.rules[1].resources: at least one resource is required',
         ),
         (
@@ -416,24 +472,43 @@ def test_non_string_mode_is_refused(value: Any) -> None:
         ),
         (
             role_doc(allow={"rules": [{"resources": ["device"], "verbs": ["list", "get"]}]}),
-            'role "r": spec.allow.rules[0].verbs[1]: unknown verb "get" (valid verbs: list, read, create, update, '
+            'role "r": spec.allow.rules[0].verbs[1]: unknown verb "get" '
+            "(valid verbs: list, read, create, update, "
             "delete, create_enroll_token, enroll, *)",
         ),
         (
             role_doc(allow={"rules": [{"resources": [""], "verbs": ["list"]}]}),
             'role "r": spec.allow.rules[0].resources[0]: must not be empty',
         ),
-        (role_doc(options={"forward_agent": "yes"}), 'role "r": spec.options.forward_agent: expected a boolean'),
-        (role_doc(options={"port_forwarding": 1}), 'role "r": spec.options.port_forwarding: expected a boolean'),
-        (role_doc(options={"max_session_ttl": 3600}), 'role "r": spec.options.max_session_ttl: expected a duration'),
-        (role_doc(options={"max_session_ttl": "8"}), 'role "r": spec.options.max_session_ttl: invalid duration "8"'),
-        (role_doc(options={"max_session_ttl": "0h"}), 'role "r": spec.options.max_session_ttl: invalid duration "0h"'),
+        (
+            role_doc(options={"forward_agent": "yes"}),
+            'role "r": spec.options.forward_agent: expected a boolean',
+        ),
+        (
+            role_doc(options={"port_forwarding": 1}),
+            'role "r": spec.options.port_forwarding: expected a boolean',
+        ),
+        (
+            role_doc(options={"max_session_ttl": 3600}),
+            'role "r": spec.options.max_session_ttl: expected a duration',
+        ),
+        (
+            role_doc(options={"max_session_ttl": "8"}),
+            'role "r": spec.options.max_session_ttl: invalid duration "8"',
+        ),
+        (
+            role_doc(options={"max_session_ttl": "0h"}),
+            'role "r": spec.options.max_session_ttl: invalid duration "0h"',
+        ),
         (user_doc(roles="access"), 'user "alice": spec.roles: expected a list of strings, got a string'),
         (user_doc(roles=["access", "access"]), 'user "alice": spec.roles: "access" is listed twice'),
         (user_doc(roles=["bad role"]), 'user "alice": spec.roles[0]: invalid name "bad role"'),
         (user_doc(traits=["logins"]), 'user "alice": spec.traits: expected a mapping of trait names'),
         (user_doc(traits={"logins": "root"}), 'user "alice": spec.traits.logins: expected a list of strings'),
-        (user_doc(traits={"logins": [None]}), 'user "alice": spec.traits.logins[0]: expected a string, got null'),
+        (
+            user_doc(traits={"logins": [None]}),
+            'user "alice": spec.traits.logins[0]: expected a string, got null',
+        ),
         (user_doc(traits={"": ["x"]}), 'user "alice": spec.traits: trait names must be non-empty strings'),
         (bot_doc(roles=[1]), 'bot "ci": spec.roles[0]: expected a string, got an integer'),
         (bot_doc(traits={"logins": {"a": "b"}}), 'bot "ci": spec.traits.logins: expected a list of strings'),
@@ -600,5 +675,6 @@ def test_normalize_kind_lists_the_valid_kinds(name: str) -> None:
         normalize_kind(name)
 
     assert str(info.value) == (
-        f'unknown resource kind "{name}" (valid kinds: role, user, bot, cluster_auth_preference, token, device, lock)'
+        f'unknown resource kind "{name}" '
+        "(valid kinds: role, user, bot, cluster_auth_preference, token, device, lock)"
     )

@@ -1,4 +1,4 @@
-"""The dataclasses validate and normalize on construction, so resources built in code are as safe as parsed ones."""
+"""Dataclasses validate and normalize on construction: resources built in code are as safe as parsed ones."""
 
 from __future__ import annotations
 
@@ -38,7 +38,16 @@ def error_of(factory: Any, **kwargs: Any) -> FieldError:
 
 @pytest.mark.parametrize(
     "name",
-    ["a", "alice", "alice@example.com", "require-trusted-device", "node_1.prod", "a:b", "A-Z.09_@:-", "x" * 253],
+    [
+        "a",
+        "alice",
+        "alice@example.com",
+        "require-trusted-device",
+        "node_1.prod",
+        "a:b",
+        "A-Z.09_@:-",
+        "x" * 253,
+    ],
 )
 def test_valid_names(name: str) -> None:
     assert Metadata(name=name).name == name
@@ -268,7 +277,7 @@ def test_equal_roles_are_equal_however_built() -> None:
 
 @pytest.mark.parametrize("cls", [User, Bot])
 def test_identity_normalizes_and_validates(cls: type[User] | type[Bot]) -> None:
-    identity = cls(metadata=Metadata(name="n"), roles=["access"], traits={"logins": ["a"]})  # type: ignore[arg-type]
+    identity = cls(metadata=Metadata(name="n"), roles=["access"], traits={"logins": ["a"]})  # type: ignore[arg-type, dict-item]
 
     assert identity.roles == ("access",)
     assert identity.traits == {"logins": ("a",)}
@@ -381,7 +390,10 @@ def test_device_trust_settings_errors(kwargs: dict[str, Any], field: str) -> Non
         ({"second_factors": ("sso", "sso")}, "spec.second_factors"),
         ({"webauthn": {"rp_id": "x", "origin": "y"}}, "spec.webauthn"),
         ({"webauthn": {"attestation_allowed_cas": ()}}, "spec.webauthn.rp_id"),
-        ({"webauthn": {"rp_id": "x", "attestation_denied_cas": "pem"}}, "spec.webauthn.attestation_denied_cas"),
+        (
+            {"webauthn": {"rp_id": "x", "attestation_denied_cas": "pem"}},
+            "spec.webauthn.attestation_denied_cas",
+        ),
         ({"device_trust": {"mode": "required"}}, "spec.device_trust"),
     ],
 )

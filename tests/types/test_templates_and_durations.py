@@ -44,7 +44,7 @@ def test_literals_are_not_templates(value: str) -> None:
         ("{{Internal.logins}}", False),
         ("{{internal.lo gins}}", False),
         ("{{internal.logins | upper}}", False),
-        ("{{regexp.replace(external.groups, \"^(.*)$\", \"$1\")}}", False),
+        ('{{regexp.replace(external.groups, "^(.*)$", "$1")}}', False),
         ("{{}}", False),
     ],
 )
@@ -53,7 +53,9 @@ def test_malformed_templates(value: str, once_per_value: bool) -> None:
         parse_template(value, "spec.allow.logins[0]")
 
     message = str(info.value)
-    assert message.startswith(f'spec.allow.logins[0]: invalid template "{value}": expected {{{{internal.NAME}}}}')
+    assert message.startswith(
+        f'spec.allow.logins[0]: invalid template "{value}": expected {{{{internal.NAME}}}}'
+    )
     assert message.endswith("once per value") is once_per_value
 
 
@@ -84,7 +86,8 @@ def test_durations(text: str, duration: timedelta, canonical: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "8", "h", "0h", "0m0s", "-1h", "1.5h", "1d", "30m1h", "8H", " 8h", "8h ", "1h 30m", "1234567890h"]
+    "text",
+    ["", "8", "h", "0h", "0m0s", "-1h", "1.5h", "1d", "30m1h", "8H", " 8h", "8h ", "1h 30m", "1234567890h"],
 )
 def test_invalid_durations(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):

@@ -144,4 +144,3 @@ def u64(value: int) -> bytes:
 
 def tpm2b(data: bytes) -> bytes:
     return u16(len(data)) + data
-

@@ -79,7 +79,9 @@ _RSA_SCHEMES: Final = frozenset({m.ALG_NULL, m.ALG_RSASSA, m.ALG_RSAPSS, m.ALG_R
 _ECC_SCHEMES: Final = frozenset(
     {m.ALG_NULL, m.ALG_ECDSA, m.ALG_ECDH, m.ALG_ECDAA, m.ALG_SM2, m.ALG_ECSCHNORR, m.ALG_ECMQV}
 )
-_KDF_SCHEMES: Final = frozenset({m.ALG_NULL, m.ALG_MGF1, m.ALG_KDF1_SP800_56A, m.ALG_KDF2, m.ALG_KDF1_SP800_108})
+_KDF_SCHEMES: Final = frozenset(
+    {m.ALG_NULL, m.ALG_MGF1, m.ALG_KDF1_SP800_56A, m.ALG_KDF2, m.ALG_KDF1_SP800_108}
+)
 # schemes whose TPMU_ASYM_SCHEME member is empty (no hashAlg follows the scheme id)
 _SCHEMES_WITHOUT_DETAILS: Final = frozenset({m.ALG_NULL, m.ALG_RSAES})
 
@@ -157,11 +159,16 @@ class TPMPublic:
     unique: bytes | ECCPoint
 
     def has(self, attributes: ObjectAttributes) -> bool:
-        return self.object_attributes & attributes == attributes
+        return (self.object_attributes & attributes) == attributes
 
     def marshal(self) -> bytes:
         """The TPMT_PUBLIC wire encoding."""
-        out = [m.u16(self.type), m.u16(self.name_alg), m.u32(self.object_attributes), m.tpm2b(self.auth_policy)]
+        out = [
+            m.u16(self.type),
+            m.u16(self.name_alg),
+            m.u32(self.object_attributes),
+            m.tpm2b(self.auth_policy),
+        ]
         params = self.parameters
         if isinstance(params, RSAParameters) and isinstance(self.unique, bytes):
             out += [
@@ -311,11 +318,11 @@ _AK_REQUIRED: Final = (
 
 
 def check_ak(ak: TPMPublic) -> None:
-    """Require a TPM-resident attestation key: restricted, sign-only, fixedTPM, fixedParent, generated inside the
-    TPM (sensitiveDataOrigin), name algorithm SHA-256, and ECDSA-P256 or RSASSA-2048+ with SHA-256.
+    """Require a TPM-resident attestation key: restricted, sign-only, fixedTPM, fixedParent, generated inside
+    the TPM (sensitiveDataOrigin), name algorithm SHA-256, and ECDSA-P256 or RSASSA-2048+ with SHA-256.
 
-    Restricted + fixedTPM is what makes a quote trustworthy: the TPM refuses to sign externally supplied data that
-    looks like a TPMS_ATTEST with such a key, and the key can never leave this TPM.
+    Restricted + fixedTPM is what makes a quote trustworthy: the TPM refuses to sign externally supplied data
+    that looks like a TPMS_ATTEST with such a key, and the key can never leave this TPM.
     """
     missing = [flag.name for flag in ObjectAttributes if flag & _AK_REQUIRED and not ak.has(flag)]
     if missing:
@@ -377,9 +384,9 @@ _HASHES: Final[dict[int, type[hashes.HashAlgorithm]]] = {
 
 
 def _ek_parameters(ek: EKPublicKey) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, int, int]:
-    """(key, name algorithm, AES key bits) of the EK. A bare key gets the TCG EK template for its type: RSA-2048
-    and P-256 use SHA-256 + AES-128-CFB (templates L-1, L-2); P-384 uses SHA-384 + AES-256-CFB (H-3, which is what
-    swtpm and high-range EK certificates use)."""
+    """(key, name algorithm, AES key bits) of the EK. A bare key gets the TCG EK template for its type:
+    RSA-2048 and P-256 use SHA-256 + AES-128-CFB (templates L-1, L-2); P-384 uses SHA-384 + AES-256-CFB (H-3,
+    which is what swtpm and high-range EK certificates use)."""
     if isinstance(ek, TPMPublic):
         sym = ek.parameters.symmetric
         if not ek.has(ObjectAttributes.RESTRICTED | ObjectAttributes.DECRYPT):
@@ -391,7 +398,9 @@ def _ek_parameters(ek: EKPublicKey) -> tuple[rsa.RSAPublicKey | ec.EllipticCurve
         return ek.public_key(), ek.name_alg, sym.key_bits
     if isinstance(ek, rsa.RSAPublicKey):
         if ek.key_size != 2048:
-            raise AttestationError("RSA endorsement keys must be RSA-2048 (pass the EK public area otherwise)")
+            raise AttestationError(
+                "RSA endorsement keys must be RSA-2048 (pass the EK public area otherwise)"
+            )
         return ek, m.ALG_SHA256, 128
     if isinstance(ek, ec.EllipticCurvePublicKey):
         if isinstance(ek.curve, ec.SECP256R1):
@@ -410,8 +419,8 @@ def _validate_name(name: bytes, what: str) -> None:
 
 
 def make_credential(ek_public_key: EKPublicKey, ak_name: bytes, secret: bytes) -> tuple[bytes, bytes]:
-    """Protect ``secret`` so that only the TPM holding ``ek_public_key`` can recover it with TPM2_ActivateCredential,
-    and only for the object named ``ak_name`` loaded in that same TPM (Part 1 §24).
+    """Protect ``secret`` so that only the TPM holding ``ek_public_key`` can recover it with
+    TPM2_ActivateCredential, and only for the object named ``ak_name`` loaded in that same TPM (Part 1 §24).
 
     Returns (TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET), both marshalled and size-prefixed.
     """
