@@ -21,9 +21,7 @@ ALICE_TRAITS: Mapping[str, Sequence[str]] = {
 REQUEST_VERBS = [verb for verb in KNOWN_VERBS if verb != "*"]
 
 
-def role(
-    name: str, *, mode: str = "", allow: dict[str, Any] | None = None, deny: dict[str, Any] | None = None
-) -> Role:
+def role(name: str, *, mode: str = "", allow: dict[str, Any] | None = None, deny: dict[str, Any] | None = None) -> Role:
     return Role(
         metadata=Metadata(name=name),
         options=RoleOptions(device_trust_mode=mode),
@@ -40,9 +38,7 @@ def checker(*roles: Role, traits: Mapping[str, Sequence[str]] = ALICE_TRAITS) ->
 
 
 @pytest.mark.parametrize("verb", REQUEST_VERBS)
-@pytest.mark.parametrize(
-    "resource", ["device", "user", "role", "lock", "token", "event", "cluster_auth_preference"]
-)
+@pytest.mark.parametrize("resource", ["device", "user", "role", "lock", "token", "event", "cluster_auth_preference"])
 def test_editor_may_do_everything(resource: str, verb: str) -> None:
     checker(PRESETS["editor"]).check_rule(resource, verb)
 
@@ -186,9 +182,7 @@ def test_kubernetes_principals() -> None:
 
 
 def test_kubernetes_groups_minus_denied() -> None:
-    subject = checker(
-        PRESETS["require-trusted-device"], role("d", deny={"kubernetes_groups": ("developers",)})
-    )
+    subject = checker(PRESETS["require-trusted-device"], role("d", deny={"kubernetes_groups": ("developers",)}))
 
     assert subject.kubernetes_groups() == ("devs",)
 
@@ -329,9 +323,7 @@ def test_node_logins_of_a_denied_node_are_empty() -> None:
         ("off", ("access", "require-trusted-device"), True),
     ],
 )
-def test_seed_device_requirement_for_a_node(
-    cluster_mode: str, roles: tuple[str, ...], required: bool
-) -> None:
+def test_seed_device_requirement_for_a_node(cluster_mode: str, roles: tuple[str, ...], required: bool) -> None:
     subject = checker(*(PRESETS[name] for name in roles))
 
     matching = subject.roles_matching_node({"env": "prod"})

@@ -54,9 +54,7 @@ def test_a_string_trait_value_is_one_value_not_characters() -> None:
 
 
 def test_trait_values_are_not_expanded_again() -> None:
-    assert expand_traits(["{{internal.logins}}"], {"logins": ["{{internal.secret}}"]}) == (
-        "{{internal.secret}}",
-    )
+    assert expand_traits(["{{internal.logins}}"], {"logins": ["{{internal.secret}}"]}) == ("{{internal.secret}}",)
 
 
 def test_tuples_are_accepted() -> None:

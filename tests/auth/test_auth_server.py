@@ -176,7 +176,7 @@ def test_failed_logins_are_rate_limited_per_user(server: AuthServer, admin: Call
 def test_unknown_user_and_user_without_password_fail_alike(server: AuthServer, admin: Caller) -> None:
     server.create_user(admin, "pending", ("access",), {})
     for user in ("pending", "ghost"):
-        with pytest.raises(AuthenticationError, match="^invalid username or password$"):
+        with pytest.raises(AuthenticationError, match=r"^invalid username or password$"):
             server.login(user, PASSWORD, public_key(), None)
 
 
@@ -259,9 +259,7 @@ def test_bot_join_is_single_use_and_marks_the_identity(server: AuthServer, admin
         (lambda s, c: s.create_join_token(c, "node", None), "create", "token"),
         (lambda s, c: s.list_tokens(c), "list", "token"),
         (
-            lambda s, c: s.search_events(
-                c, since=None, until=None, event_types=[], user=None, limit=10, after_id=None
-            ),
+            lambda s, c: s.search_events(c, since=None, until=None, event_types=[], user=None, limit=10, after_id=None),
             "list",
             "event",
         ),
@@ -287,10 +285,12 @@ def test_every_operation_checks_permissions(
 
 def test_put_resource_create_update_and_singleton(server: AuthServer, admin: Caller) -> None:
     role = {"kind": "role", "version": "v7", "metadata": {"name": "r"}, "spec": {"allow": {"logins": ["x"]}}}
-    assert server.put_resource(admin, role, force=False)[1] is False
+    assert server.put_resource(admin, role, force=False)[1] == "created"
+    assert server.put_resource(admin, role, force=False)[1] == "unchanged"
+    role["spec"]["allow"]["logins"] = ["y"]
     with pytest.raises(AlreadyExistsError, match="--force"):
         server.put_resource(admin, role, force=False)
-    assert server.put_resource(admin, role, force=True)[1] is True
+    assert server.put_resource(admin, role, force=True)[1] == "updated"
     cap = server.get_resource(admin, "cap", "ignored")
     cap["spec"]["device_trust"] = {"mode": "required", "auto_enroll": True}
     server.put_resource(admin, cap, force=False)

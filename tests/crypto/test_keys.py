@@ -30,9 +30,7 @@ def test_private_key_pem_round_trip() -> None:
     assert load_private_key_pem(pem).private_numbers() == key.private_numbers()
 
 
-@pytest.mark.parametrize(
-    "data", [b"", b"garbage", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"]
-)
+@pytest.mark.parametrize("data", [b"", b"garbage", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"])
 def test_load_private_key_rejects_garbage(data: bytes) -> None:
     with pytest.raises(ValidationError, match="private key"):
         load_private_key_pem(data)
@@ -87,9 +85,7 @@ def test_load_public_key_rejects_non_p256() -> None:
         load_public_key(p384_pem)
 
 
-@pytest.mark.parametrize(
-    "data", ["", "   ", "ssh-rsa", "ecdsa-sha2-nistp256 !!!", "-----BEGIN PUBLIC KEY-----\nx\n"]
-)
+@pytest.mark.parametrize("data", ["", "   ", "ssh-rsa", "ecdsa-sha2-nistp256 !!!", "-----BEGIN PUBLIC KEY-----\nx\n"])
 def test_load_public_key_rejects_garbage(data: str) -> None:
     with pytest.raises(ValidationError, match="public key"):
         load_public_key(data)

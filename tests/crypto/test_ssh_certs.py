@@ -113,9 +113,7 @@ def full_extensions() -> dict[str, str]:
 # --------------------------------------------------------------------------- issue + verify
 
 
-def test_user_cert_round_trip_with_device(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_user_cert_round_trip_with_device(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     identity = make_identity(device=DEVICE)
     line = issue_ssh_user_cert(user_ca, subject_key, identity)
     assert line.startswith(b"ecdsa-sha2-nistp256-cert-v01@openssh.com AAAA")
@@ -170,15 +168,10 @@ def test_bot_without_logins_gets_unusable_principal(
     assert verified.is_bot
     assert verified == identity
     # each issue picks a fresh placeholder
-    assert (
-        load_ssh_certificate(issue_ssh_user_cert(user_ca, subject_key, identity)).valid_principals
-        != principals
-    )
+    assert load_ssh_certificate(issue_ssh_user_cert(user_ca, subject_key, identity)).valid_principals != principals
 
 
-def test_unicode_and_empty_trait_values_survive(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_unicode_and_empty_trait_values_survive(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     identity = make_identity(username="zoë@example.com", traits={"groups": ("Über", ""), "empty": ()})
     line = issue_ssh_user_cert(user_ca, subject_key, identity)
     assert verify_ssh_user_cert(line, [user_ca.ssh_public_key()], NOW) == identity
@@ -197,24 +190,18 @@ def test_verify_accepts_str_and_trailing_newline(
     user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
 ) -> None:
     line = issue_ssh_user_cert(user_ca, subject_key, make_identity())
-    assert (
-        verify_ssh_user_cert(line + b" alice@laptop\n", [user_ca.ssh_public_key()], NOW).username == "alice"
-    )
+    assert verify_ssh_user_cert(line + b" alice@laptop\n", [user_ca.ssh_public_key()], NOW).username == "alice"
 
 
 # --------------------------------------------------------------------------- refusals at issue time
 
 
-def test_host_ca_cannot_issue_user_certs(
-    host_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_host_ca_cannot_issue_user_certs(host_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     with pytest.raises(ValidationError, match="user CA"):
         issue_ssh_user_cert(host_ca, subject_key, make_identity())
 
 
-def test_user_ca_cannot_issue_host_certs(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_user_ca_cannot_issue_host_certs(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     with pytest.raises(ValidationError, match="host CA"):
         issue_ssh_host_cert(user_ca, subject_key, "node-1", ["node-1"], NOW, NOW + TTL)
 
@@ -306,9 +293,7 @@ def test_malformed_lines_are_trust_errors(user_ca: CertAuthority, line: bytes) -
         verify_ssh_user_cert(line, [user_ca.ssh_public_key()], NOW)
 
 
-def test_truncated_certificate_is_rejected(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_truncated_certificate_is_rejected(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     kind, b64 = issue_ssh_user_cert(user_ca, subject_key, make_identity()).split()
     truncated = kind + b" " + base64.b64encode(base64.b64decode(b64)[:-10])
     with pytest.raises(TrustError, match="not a valid SSH certificate"):
@@ -334,9 +319,7 @@ def test_each_missing_device_extension_means_unverified(
     user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey, missing: str
 ) -> None:
     exts = full_extensions()
-    assert verify_ssh_user_cert(
-        raw_user_cert(user_ca, subject_key, exts), [user_ca.ssh_public_key()], NOW
-    ).device
+    assert verify_ssh_user_cert(raw_user_cert(user_ca, subject_key, exts), [user_ca.ssh_public_key()], NOW).device
     del exts[missing]
     line = raw_user_cert(user_ca, subject_key, exts)
     assert verify_ssh_user_cert(line, [user_ca.ssh_public_key()], NOW).device is None
@@ -350,9 +333,7 @@ def test_empty_device_extension_means_unverified(
     assert verify_ssh_user_cert(line, [user_ca.ssh_public_key()], NOW).device is None
 
 
-def test_missing_roles_and_traits_mean_none(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_missing_roles_and_traits_mean_none(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     identity = verify_ssh_user_cert(raw_user_cert(user_ca, subject_key, {}), [user_ca.ssh_public_key()], NOW)
     assert identity.roles == ()
     assert dict(identity.traits) == {}
@@ -382,9 +363,7 @@ def test_malformed_extensions_are_trust_errors(
         verify_ssh_user_cert(line, [user_ca.ssh_public_key()], NOW)
 
 
-def test_non_utf8_extension_is_a_trust_error(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_non_utf8_extension_is_a_trust_error(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     builder = (
         SSHCertificateBuilder()
         .public_key(subject_key)
@@ -401,9 +380,7 @@ def test_non_utf8_extension_is_a_trust_error(
         verify_ssh_user_cert(line, [user_ca.ssh_public_key()], NOW)
 
 
-def test_unknown_critical_option_is_rejected(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_unknown_critical_option_is_rejected(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     line = raw_user_cert(user_ca, subject_key, full_extensions(), critical={"force-command": "/bin/true"})
     with pytest.raises(TrustError, match="critical options: force-command"):
         verify_ssh_user_cert(line, [user_ca.ssh_public_key()], NOW)

@@ -123,9 +123,7 @@ def test_client_cert_round_trip(user_ca: CertAuthority, subject_key: ec.Elliptic
     assert cert.issuer == user_ca.certificate.subject
 
     exts = cert.extensions
-    assert list(exts.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
-        ExtendedKeyUsageOID.CLIENT_AUTH
-    ]
+    assert list(exts.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     ku = exts.get_extension_for_class(x509.KeyUsage)
     assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign
     assert not exts.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -146,9 +144,7 @@ def test_client_cert_without_device(user_ca: CertAuthority, subject_key: ec.Elli
     assert verified.device is None
 
 
-def test_host_ca_cannot_issue_client_certs(
-    host_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_host_ca_cannot_issue_client_certs(host_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     with pytest.raises(ValidationError, match="user CA"):
         issue_x509_client_cert(host_ca, subject_key, make_identity())
 
@@ -202,17 +198,13 @@ def test_expired_ca_is_rejected(user_ca: CertAuthority, subject_key: ec.Elliptic
 def test_each_missing_device_attribute_means_unverified(
     user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey, missing: x509.ObjectIdentifier
 ) -> None:
-    assert verify_x509_client_cert(
-        raw_client_cert(user_ca, subject_key, device_attrs()), user_ca.certificate, NOW
-    )
+    assert verify_x509_client_cert(raw_client_cert(user_ca, subject_key, device_attrs()), user_ca.certificate, NOW)
     attrs = [(oid, v) for oid, v in device_attrs() if oid != missing]
     cert = raw_client_cert(user_ca, subject_key, attrs)
     assert verify_x509_client_cert(cert, user_ca.certificate, NOW).device is None
 
 
-def test_duplicate_device_attribute_is_rejected(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_duplicate_device_attribute_is_rejected(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     cert = raw_client_cert(user_ca, subject_key, [*device_attrs(), (OID_DEVICE_ID, "dev-2")])
     with pytest.raises(TrustError, match="2 device id attributes"):
         verify_x509_client_cert(cert, user_ca.certificate, NOW)
@@ -247,9 +239,7 @@ def test_eku_must_be_client_auth(user_ca: CertAuthority, subject_key: ec.Ellipti
         verify_x509_client_cert(server, user_ca.certificate, NOW)
 
 
-def test_ca_certificates_are_not_clients(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_ca_certificates_are_not_clients(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     with pytest.raises(TrustError, match="CA certificate, not a client"):
         verify_x509_client_cert(user_ca.certificate, user_ca.certificate, NOW)
     leaf = issue_x509_client_cert(user_ca, subject_key, make_identity())
@@ -294,9 +284,7 @@ def test_tls_server_cert(host_ca: CertAuthority, subject_key: ec.EllipticCurvePu
         verify_x509_client_cert(cert, host_ca.certificate, NOW)
 
 
-def test_tls_server_cert_long_name_has_no_cn(
-    host_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_tls_server_cert_long_name_has_no_cn(host_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     long_name = ("a" * 60) + ".example.com"
     cert = issue_tls_server_cert(host_ca, subject_key, [long_name], [], NOW, NOW + TTL)
     assert _values(cert, NameOID.COMMON_NAME) == []
@@ -321,8 +309,6 @@ def test_tls_server_cert_refusals(
         issue_tls_server_cert(host_ca, subject_key, dns, ips, NOW, NOW + TTL)
 
 
-def test_user_ca_cannot_issue_server_certs(
-    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
-) -> None:
+def test_user_ca_cannot_issue_server_certs(user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey) -> None:
     with pytest.raises(ValidationError, match="host CA"):
         issue_tls_server_cert(user_ca, subject_key, ["localhost"], [], NOW, NOW + TTL)

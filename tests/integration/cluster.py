@@ -96,7 +96,12 @@ class Cluster:
 
     def login(self, name: str, password: str = PASSWORD) -> subprocess.CompletedProcess[str]:
         return self.tsh(
-            name, "login", f"--proxy={self.proxy}", f"--user={name}", "--password-stdin", input=password + "\n"
+            name,
+            "login",
+            f"--proxy={self.proxy}",
+            f"--user={name}",
+            "--password-stdin",
+            input=password + "\n",
         )
 
     def stop(self) -> int:

@@ -42,9 +42,10 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("ERROR: "), lines[0]
-    return lines[0]
+    # Informational notices (such as trusting a CA on first use) may precede it; the error is one line, last.
+    errors = [line for line in lines if line.startswith("ERROR: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    return errors[0]
 
 
 def host_ca(cluster: Cluster) -> str:
@@ -101,21 +102,46 @@ def test_signup_login_status_and_certificates(cluster: Cluster) -> None:
     assert stat.S_IMODE((keys / "alice").stat().st_mode) == 0o600
     assert stat.S_IMODE((keys / "alice.session").stat().st_mode) == 0o600
 
-    listing = ok(subprocess.run([require_tool("ssh-keygen"), "-L", "-f", str(keys / "alice-cert.pub")],
-                                capture_output=True, text=True, check=False))
-    assert "Key ID: \"alice\"" in listing
+    listing = ok(
+        subprocess.run(
+            [require_tool("ssh-keygen"), "-L", "-f", str(keys / "alice-cert.pub")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    )
+    assert 'Key ID: "alice"' in listing
     assert "alice" in listing and "root" in listing
     assert "teleport-roles" in listing
     openssl = require_tool("openssl")
-    x509_text = ok(subprocess.run([openssl, "x509", "-text", "-noout", "-in", str(keys / "alice-x509.pem")],
-                                  capture_output=True, text=True, check=False))
+    x509_text = ok(
+        subprocess.run(
+            [openssl, "x509", "-text", "-noout", "-in", str(keys / "alice-x509.pem")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    )
     assert "CN=alice" in x509_text.replace(" = ", "=")
     ca_file = cluster.root / "user-ca.pem"
     profile = json.loads((cluster.home("alice") / "profiles" / f"{cluster.proxy}.json").read_text())
     ca_file.write_text(profile["user_ca_pem"])
-    verified = ok(subprocess.run(
-        [openssl, "verify", "-CAfile", str(ca_file), "-purpose", "sslclient", str(keys / "alice-x509.pem")],
-        capture_output=True, text=True, check=False))
+    verified = ok(
+        subprocess.run(
+            [
+                openssl,
+                "verify",
+                "-CAfile",
+                str(ca_file),
+                "-purpose",
+                "sslclient",
+                str(keys / "alice-x509.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    )
     assert verified.strip().endswith("OK")
     # The SSH and X.509 certificates share NotAfter.
     tls_cert = x509.load_pem_x509_certificate((keys / "alice-x509.pem").read_bytes())
@@ -124,24 +150,40 @@ def test_signup_login_status_and_certificates(cluster: Cluster) -> None:
 
 def test_ttl_flag_and_cap(cluster: Cluster) -> None:
     cluster.signup_and_login("ttl-user")
-    status = json.loads(ok(cluster.tsh("ttl-user", "login", f"--proxy={cluster.proxy}", "--user=ttl-user",
-                                       "--ttl=2h", "--password-stdin", "--format=json", input=PASSWORD)))
+    status = json.loads(
+        ok(
+            cluster.tsh(
+                "ttl-user",
+                "login",
+                f"--proxy={cluster.proxy}",
+                "--user=ttl-user",
+                "--ttl=2h",
+                "--password-stdin",
+                "--format=json",
+                input=PASSWORD,
+            )
+        )
+    )
     remaining = datetime.fromisoformat(status["valid_until"]) - datetime.now(UTC)
     assert 1.9 * 3600 < remaining.total_seconds() <= 2 * 3600
-    status = json.loads(ok(cluster.tsh("ttl-user", "login", "--ttl=100h", "--password-stdin", "--format=json",
-                                       input=PASSWORD)))
+    status = json.loads(
+        ok(cluster.tsh("ttl-user", "login", "--ttl=100h", "--password-stdin", "--format=json", input=PASSWORD))
+    )
     remaining = datetime.fromisoformat(status["valid_until"]) - datetime.now(UTC)
     assert remaining.total_seconds() <= 30 * 3600
-    assert "--ttl" in one_line_error(cluster.tsh("ttl-user", "login", "--ttl=soon", "--password-stdin",
-                                                 input=PASSWORD))
+    assert "--ttl" in one_line_error(cluster.tsh("ttl-user", "login", "--ttl=soon", "--password-stdin", input=PASSWORD))
 
 
-def test_seed_role_create_force_and_user_update(cluster: Cluster) -> None:
+def test_seed_role_create_force_and_user_update(cluster: Cluster, tmp_path: Path) -> None:
     cluster.signup_and_login("carol", logins="carol")
+    # The seed's role is also a preset: applying it verbatim succeeds without a change.
     created = ok(cluster.tctl("create", "-f", str(SEED_ROLE)))
-    assert 'role "require-trusted-device"' in created
-    again = one_line_error(cluster.tctl("create", "-f", str(SEED_ROLE)))
+    assert 'role "require-trusted-device" already exists with this content' in created
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(SEED_ROLE.read_text().replace("- developers", "- platform"))
+    again = one_line_error(cluster.tctl("create", "-f", str(changed)))
     assert "already exists" in again and "--force" in again
+    assert 'role "require-trusted-device" has been updated' in ok(cluster.tctl("create", "-f", str(changed), "--force"))
     ok(cluster.tctl("create", "-f", str(SEED_ROLE), "--force"))
     ok(cluster.tctl("users", "update", "carol", "--set-roles=access,require-trusted-device"))
     ok(cluster.login("carol"))
@@ -193,13 +235,24 @@ def test_create_rejects_bad_documents(cluster: Cluster, tmp_path: Path) -> None:
 
 def test_bots_tokens_and_bot_login(cluster: Cluster) -> None:
     reply = json.loads(ok(cluster.tctl("bots", "add", "robot", "--roles=access", "--logins=robot", "--format=json")))
-    status = json.loads(ok(cluster.tsh("robot", "login", f"--proxy={cluster.proxy}", "--bot",
-                                       f"--token={reply['token']}", "--format=json")))
+    status = json.loads(
+        ok(
+            cluster.tsh(
+                "robot",
+                "login",
+                f"--proxy={cluster.proxy}",
+                "--bot",
+                f"--token={reply['token']}",
+                "--format=json",
+            )
+        )
+    )
     assert status["user"] == "bot-robot"
     assert status["bot_name"] == "robot"
     assert "teleport-bot-name" in status["extensions"]
-    reused = one_line_error(cluster.tsh("robot2", "login", f"--proxy={cluster.proxy}", "--bot",
-                                        f"--token={reply['token']}"))
+    reused = one_line_error(
+        cluster.tsh("robot2", "login", f"--proxy={cluster.proxy}", "--bot", f"--token={reply['token']}")
+    )
     assert "invalid or expired bot join token" in reused
     assert "robot" in ok(cluster.tctl("bots", "ls"))
 
@@ -221,8 +274,9 @@ def test_wrong_password_is_audited_and_rate_limited(cluster: Cluster) -> None:
     assert "too many failed login attempts" in limited
     unknown = one_line_error(cluster.login("nobody-at-all", "whatever password"))
     assert unknown == "ERROR: invalid username or password"
-    events = json.loads(ok(cluster.tctl("audit", "ls", "--since=1h", "--type=user.login", "--format=json",
-                                        "--limit=1000")))
+    events = json.loads(
+        ok(cluster.tctl("audit", "ls", "--since=1h", "--type=user.login", "--format=json", "--limit=1000"))
+    )
     failures = [e for e in events if e["user"] == "mallory-target" and not e["success"]]
     assert len(failures) >= 6
     assert {e["code"] for e in failures} == {"T1000W"}
@@ -265,8 +319,9 @@ def test_pinned_ca_change_is_refused(cluster: Cluster, tmp_path: Path) -> None:
 
 def test_unreachable_server_and_expired_profile(cluster: Cluster, tmp_path: Path) -> None:
     env = cluster.env(TSH_HOME=str(tmp_path / "tsh"))
-    error = one_line_error(cluster.run("tsh", "login", "--proxy=127.0.0.1:1", "--user=x", "--password-stdin",
-                                       input="x", env=env))
+    error = one_line_error(
+        cluster.run("tsh", "login", "--proxy=127.0.0.1:1", "--user=x", "--password-stdin", input="x", env=env)
+    )
     assert "cannot reach the auth service at 127.0.0.1:1" in error
     assert "not logged in" in one_line_error(cluster.run("tsh", "status", env=env))
     assert "tsh login" in one_line_error(cluster.run("tctl", "get", "roles", env=env))

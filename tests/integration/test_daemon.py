@@ -42,9 +42,16 @@ def test_restart_keeps_cluster_identity_and_pinned_ca(tmp_path: Path) -> None:
 
 def test_configure_prints_a_complete_valid_config(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(BIN / "devicetrust"), "configure", "--cluster-name=acme", f"--data-dir={tmp_path}",
-         "--listen-addr=0.0.0.0:3080"],
-        capture_output=True, text=True, check=True,
+        [
+            str(BIN / "devicetrust"),
+            "configure",
+            "--cluster-name=acme",
+            f"--data-dir={tmp_path}",
+            "--listen-addr=0.0.0.0:3080",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     doc = yaml.safe_load(result.stdout)
     assert set(doc) == {"version", "devicetrust", "auth_service", "ssh_service"}
@@ -69,7 +76,10 @@ def test_bad_config_is_one_line(tmp_path: Path, text: str, message: str) -> None
     config = tmp_path / "devicetrust.yaml"
     config.write_text(text)
     result = subprocess.run(
-        [str(BIN / "devicetrust"), "start", "--config", str(config)], capture_output=True, text=True, check=False
+        [str(BIN / "devicetrust"), "start", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -108,7 +118,10 @@ def test_cluster_on_postgresql(tmp_path: Path, postgres_schema: str) -> None:
         assert cluster.stop() == 0
     psycopg = pytest.importorskip("psycopg")
     with psycopg.connect(POSTGRES_ADMIN_URL) as conn:
-        tables = {row[0] for row in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (postgres_schema,)
-        )}
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (postgres_schema,)
+            )
+        }
     assert {"users", "audit_events", "certificate_authorities", "sessions"} <= tables

@@ -8,11 +8,11 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from tests.storage.conftest import START
 
 from devicetrust.errors import ValidationError
 from devicetrust.storage import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, AuditRecord, Backend
 from devicetrust.storage.schema import AUDIT_APPEND_ONLY_MESSAGE
-from tests.storage.conftest import START
 
 MINUTE = timedelta(minutes=1)
 

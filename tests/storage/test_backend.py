@@ -11,12 +11,11 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from tests.storage.conftest import START, FakeClock
 
 from devicetrust.errors import ConfigError, NotFoundError
 from devicetrust.storage import Backend
 from devicetrust.storage.schema import metadata
-
-from tests.storage.conftest import START, FakeClock
 
 TABLES = {
     "alembic_version",
@@ -72,9 +71,7 @@ def test_migrated_schema_matches_the_table_metadata(backend: Backend, backend_ur
         engine.dispose()
 
 
-def test_a_schema_newer_than_the_code_is_a_config_error(
-    backend: Backend, raw_sql: Callable[[str], None]
-) -> None:
+def test_a_schema_newer_than_the_code_is_a_config_error(backend: Backend, raw_sql: Callable[[str], None]) -> None:
     raw_sql("UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(ConfigError, match="cannot migrate the storage schema.*9999"):
         backend.migrate()

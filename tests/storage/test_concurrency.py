@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TypeVar
 
+from tests.storage.conftest import START
+
 from devicetrust.errors import NotFoundError
 from devicetrust.storage import Backend, Store
-from tests.storage.conftest import START
 
 WORKERS = 8
 T = TypeVar("T")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from tests.storage.conftest import START, FakeClock
 
 from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError
 from devicetrust.storage import INVALID_PENDING_MESSAGE, INVALID_SESSION_MESSAGE, Backend, ResourceRecord
-from tests.storage.conftest import START, FakeClock
 
 HOUR = timedelta(hours=1)
 
@@ -44,9 +44,7 @@ def test_resource_create_get_list(backend: Backend) -> None:
         created = store.resources.create("role", "editor", {"spec": {"allow": {"logins": ["root"]}}})
         store.resources.create("role", "access", {"spec": {}})
         store.resources.create("lock", "access", {"other": "kind"})
-    assert created == ResourceRecord(
-        "role", "editor", {"spec": {"allow": {"logins": ["root"]}}}, 1, START, START
-    )
+    assert created == ResourceRecord("role", "editor", {"spec": {"allow": {"logins": ["root"]}}}, 1, START, START)
     with backend.begin() as store:
         assert store.resources.get("role", "editor") == created
         assert store.resources.find("role", "nobody") is None
@@ -186,7 +184,13 @@ def test_sessions_of_each_kind(backend: Backend) -> None:
         assert store.sessions.get_valid("u", START) == user
         assert store.sessions.get_valid("b", START) == bot
         assert store.sessions.get_valid("a", START) == admin
-    assert (user.user, user.kind, user.body, user.expires, user.created) == ("alice", "user", {"k": "v"}, expires, START)
+    assert (user.user, user.kind, user.body, user.expires, user.created) == (
+        "alice",
+        "user",
+        {"k": "v"},
+        expires,
+        START,
+    )
 
 
 def test_session_expiry_and_deletion(backend: Backend) -> None:

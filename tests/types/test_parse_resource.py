@@ -303,9 +303,7 @@ def test_wrong_or_missing_kind_is_named(kind: Any, expected: str) -> None:
     [(role_doc(), "v7"), (user_doc(), "v2"), (bot_doc(), "v1"), (cap_doc(), "v2")],
 )
 @pytest.mark.parametrize("version", ["v6", "v8", "V7", "", 7, None])
-def test_wrong_or_missing_version_names_the_supported_one(
-    doc: dict[str, Any], supported: str, version: Any
-) -> None:
+def test_wrong_or_missing_version_names_the_supported_one(doc: dict[str, Any], supported: str, version: Any) -> None:
     doc = copy.deepcopy(doc)
     if version is None:
         del doc["version"]
@@ -343,8 +341,7 @@ def test_invalid_cluster_mode_names_the_field(mode: str) -> None:
     message = parse_error(cap_doc(device_trust={"mode": mode}))
 
     assert message.startswith(
-        'cluster_auth_preference "cluster-auth-preference": spec.device_trust.mode: '
-        f'invalid device trust mode "{mode}"'
+        f'cluster_auth_preference "cluster-auth-preference": spec.device_trust.mode: invalid device trust mode "{mode}"'
     )
     assert "(valid modes: off, optional, required, required-for-humans)" in message
 
@@ -429,8 +426,7 @@ def test_non_string_mode_is_refused(value: Any) -> None:
         (role_doc(allow={"node_labels": ["*"]}), 'role "r": spec.allow.node_labels: expected a mapping'),
         (
             role_doc(allow={"node_labels": {"env": 1}}),
-            'role "r": spec.allow.node_labels: label "env": '
-            "expected a string or a list of strings, got an integer",
+            'role "r": spec.allow.node_labels: label "env": expected a string or a list of strings, got an integer',
         ),
         (
             role_doc(allow={"db_labels": {"env": [1]}}),
@@ -461,9 +457,7 @@ def test_non_string_mode_is_refused(value: Any) -> None:
             'role "r": spec.allow.rules[0].resources: expected a list of strings, got a string',
         ),
         (
-            role_doc(
-                deny={"rules": [{"resources": ["device"], "verbs": ["list"]}, {"resources": [], "verbs": []}]}
-            ),
+            role_doc(deny={"rules": [{"resources": ["device"], "verbs": ["list"]}, {"resources": [], "verbs": []}]}),
             'role "r": spec.deny.rules[1].resources: at least one resource is required',
         ),
         (
@@ -612,9 +606,7 @@ def test_good_templates_and_literals_are_accepted(value: str) -> None:
         ({"env": ""}, 'label "env": values must be non-empty strings, got ""'),
     ],
 )
-def test_bad_label_selector_names_the_field(
-    section: str, field: str, selector: dict[str, Any], problem: str
-) -> None:
+def test_bad_label_selector_names_the_field(section: str, field: str, selector: dict[str, Any], problem: str) -> None:
     message = parse_error(role_doc(**{section: {field: selector}}))
 
     assert message.startswith(f'role "r": spec.{section}.{field}: {problem}')
@@ -675,6 +667,5 @@ def test_normalize_kind_lists_the_valid_kinds(name: str) -> None:
         normalize_kind(name)
 
     assert str(info.value) == (
-        f'unknown resource kind "{name}" '
-        "(valid kinds: role, user, bot, cluster_auth_preference, token, device, lock)"
+        f'unknown resource kind "{name}" (valid kinds: role, user, bot, cluster_auth_preference, token, device, lock)'
     )

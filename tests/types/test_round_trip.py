@@ -52,9 +52,7 @@ SAMPLES: tuple[Resource, ...] = (
             port_forwarding=True,
         ),
         allow=FULL_CONDITIONS,
-        deny=RoleConditions(
-            logins=("*",), node_labels={"secret": ("true",)}, rules=(Rule(("lock",), ("delete",)),)
-        ),
+        deny=RoleConditions(logins=("*",), node_labels={"secret": ("true",)}, rules=(Rule(("lock",), ("delete",)),)),
     ),
     Role(metadata=Metadata(name="off"), options=RoleOptions(device_trust_mode="off")),
     Role(metadata=Metadata(name="deny-only"), deny=FULL_CONDITIONS),
@@ -117,9 +115,7 @@ def test_empty_role_omits_everything_optional() -> None:
 
 
 def test_device_trust_mode_is_kept_when_set() -> None:
-    document = resource_to_dict(
-        Role(metadata=Metadata(name="r"), options=RoleOptions(device_trust_mode="off"))
-    )
+    document = resource_to_dict(Role(metadata=Metadata(name="r"), options=RoleOptions(device_trust_mode="off")))
 
     assert document["spec"] == {"options": {"device_trust_mode": "off"}}
 

@@ -53,9 +53,7 @@ def test_malformed_templates(value: str, once_per_value: bool) -> None:
         parse_template(value, "spec.allow.logins[0]")
 
     message = str(info.value)
-    assert message.startswith(
-        f'spec.allow.logins[0]: invalid template "{value}": expected {{{{internal.NAME}}}}'
-    )
+    assert message.startswith(f'spec.allow.logins[0]: invalid template "{value}": expected {{{{internal.NAME}}}}')
     assert message.endswith("once per value") is once_per_value
 
 

@@ -80,9 +80,7 @@ def test_yaml_1_1_boolean_words_stay_strings(word: str) -> None:
     assert load_yaml_documents(f"mode: {word}\n") == [{"mode": word}]
 
 
-@pytest.mark.parametrize(
-    ("word", "value"), [("true", True), ("false", False), ("True", True), ("FALSE", False)]
-)
+@pytest.mark.parametrize(("word", "value"), [("true", True), ("false", False), ("True", True), ("FALSE", False)])
 def test_true_and_false_are_booleans(word: str, value: bool) -> None:
     assert load_yaml_documents(f"x: {word}\n") == [{"x": value}]
 
@@ -162,10 +160,7 @@ def test_dumped_strings_load_back_as_the_same_strings(value: str) -> None:
 def test_multi_line_strings_are_literal_blocks() -> None:
     pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
-    assert (
-        dump_yaml([{"pem": pem}])
-        == "pem: |\n  -----BEGIN CERTIFICATE-----\n  MIIB\n  -----END CERTIFICATE-----\n"
-    )
+    assert dump_yaml([{"pem": pem}]) == "pem: |\n  -----BEGIN CERTIFICATE-----\n  MIIB\n  -----END CERTIFICATE-----\n"
 
 
 def test_long_strings_are_not_folded() -> None:

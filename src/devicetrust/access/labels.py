@@ -47,8 +47,7 @@ def label_matches(selector: Labels, labels: Mapping[str, str]) -> bool:
         if key == WILDCARD and WILDCARD in patterns:
             continue
         if not any(
-            pattern_matches(key, label_key)
-            and any(pattern_matches(pattern, label_value) for pattern in patterns)
+            pattern_matches(key, label_key) and any(pattern_matches(pattern, label_value) for pattern in patterns)
             for label_key, label_value in labels.items()
         ):
             return False

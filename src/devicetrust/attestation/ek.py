@@ -332,6 +332,4 @@ def attestation_type(
     now: datetime,
 ) -> AttestationType:
     """Just the attestation type of :func:`evaluate_ek` (which also returns the EK key to use)."""
-    return evaluate_ek(
-        ek_cert_der=ek_cert_der, ek_public=ek_public, allowed_cas_pem=allowed_cas_pem, now=now
-    ).type
+    return evaluate_ek(ek_cert_der=ek_cert_der, ek_public=ek_public, allowed_cas_pem=allowed_cas_pem, now=now).type

@@ -155,9 +155,7 @@ def _parse(event_log: bytes) -> tuple[list[LogEvent], dict[int, bytes]]:
         sha256 = digests.get(m.ALG_SHA256)
         if sha256 is None:
             raise r.fail("event without a SHA-256 digest")
-        if event_type in DATA_BOUND_EVENT_TYPES and not hmac.compare_digest(
-            sha256, hashlib.sha256(data).digest()
-        ):
+        if event_type in DATA_BOUND_EVENT_TYPES and not hmac.compare_digest(sha256, hashlib.sha256(data).digest()):
             raise r.fail("event digest does not match its data")
         events.append(LogEvent(pcr, event_type, sha256, data))
     return events, initial

@@ -195,9 +195,7 @@ def parse_signature(data: bytes) -> TPMSignature:
     hash_alg = r.u16()
     sig: TPMSignature
     if alg == m.ALG_ECDSA:
-        sig = ECDSASignature(
-            hash_alg, r.tpm2b(m.MAX_DIGEST_BYTES + 2, "r"), r.tpm2b(m.MAX_DIGEST_BYTES + 2, "s")
-        )
+        sig = ECDSASignature(hash_alg, r.tpm2b(m.MAX_DIGEST_BYTES + 2, "r"), r.tpm2b(m.MAX_DIGEST_BYTES + 2, "s"))
     elif alg == m.ALG_RSASSA:
         sig = RSASSASignature(hash_alg, r.tpm2b(MAX_SIGNATURE_BYTES, "RSA signature"))
     else:

@@ -79,9 +79,7 @@ _RSA_SCHEMES: Final = frozenset({m.ALG_NULL, m.ALG_RSASSA, m.ALG_RSAPSS, m.ALG_R
 _ECC_SCHEMES: Final = frozenset(
     {m.ALG_NULL, m.ALG_ECDSA, m.ALG_ECDH, m.ALG_ECDAA, m.ALG_SM2, m.ALG_ECSCHNORR, m.ALG_ECMQV}
 )
-_KDF_SCHEMES: Final = frozenset(
-    {m.ALG_NULL, m.ALG_MGF1, m.ALG_KDF1_SP800_56A, m.ALG_KDF2, m.ALG_KDF1_SP800_108}
-)
+_KDF_SCHEMES: Final = frozenset({m.ALG_NULL, m.ALG_MGF1, m.ALG_KDF1_SP800_56A, m.ALG_KDF2, m.ALG_KDF1_SP800_108})
 # schemes whose TPMU_ASYM_SCHEME member is empty (no hashAlg follows the scheme id)
 _SCHEMES_WITHOUT_DETAILS: Final = frozenset({m.ALG_NULL, m.ALG_RSAES})
 
@@ -398,9 +396,7 @@ def _ek_parameters(ek: EKPublicKey) -> tuple[rsa.RSAPublicKey | ec.EllipticCurve
         return ek.public_key(), ek.name_alg, sym.key_bits
     if isinstance(ek, rsa.RSAPublicKey):
         if ek.key_size != 2048:
-            raise AttestationError(
-                "RSA endorsement keys must be RSA-2048 (pass the EK public area otherwise)"
-            )
+            raise AttestationError("RSA endorsement keys must be RSA-2048 (pass the EK public area otherwise)")
         return ek, m.ALG_SHA256, 128
     if isinstance(ek, ec.EllipticCurvePublicKey):
         if isinstance(ek.curve, ec.SECP256R1):

@@ -35,7 +35,8 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 ASGIApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
 ]
 
 
@@ -82,7 +83,8 @@ class _BodyTooLarge(Exception):
 
 async def _too_large(scope: MutableMapping[str, Any], send: Callable[[Any], Awaitable[None]], limit: int) -> None:
     response = JSONResponse(
-        {"error": {"kind": "validation", "message": f"request body larger than {limit} bytes"}}, status_code=413
+        {"error": {"kind": "validation", "message": f"request body larger than {limit} bytes"}},
+        status_code=413,
     )
     await response(scope, _no_receive, send)
 
@@ -138,6 +140,19 @@ class PutResourceRequest(BaseModel):
     force: bool = False
 
 
+async def caller_dep(request: Request) -> Caller:
+    """The authenticated caller from ``Authorization: Bearer <session token>``."""
+    server: AuthServer = request.app.state.auth_server
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    caller = await run_in_threadpool(server.authenticate, token if scheme.lower() == "bearer" else "")
+    request.state.caller = caller.name
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(caller_dep)]
+
+
 def _login_response(result: LoginResult, server: AuthServer) -> dict[str, Any]:
     return {
         "session_token": result.session_token,
@@ -167,6 +182,7 @@ def build_app(server: AuthServer) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.auth_server = server
 
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
@@ -192,7 +208,9 @@ def build_app(server: AuthServer) -> FastAPI:
     async def domain_error(_: Request, err: DevicetrustError) -> JSONResponse:
         headers = {"Retry-After": str(err.retry_after)} if isinstance(err, RateLimitedError) else None
         return JSONResponse(
-            {"error": {"kind": err.kind, "message": err.message}}, status_code=err.http_status, headers=headers
+            {"error": {"kind": err.kind, "message": err.message}},
+            status_code=err.http_status,
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -204,15 +222,6 @@ def build_app(server: AuthServer) -> FastAPI:
         )
 
     app.add_middleware(BodyLimitMiddleware)
-
-    async def caller_dep(request: Request) -> Caller:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        caller = await run_in_threadpool(server.authenticate, token if scheme.lower() == "bearer" else "")
-        request.state.caller = caller.name
-        return caller
-
-    CallerDep = Annotated[Caller, Depends(caller_dep)]
 
     @app.get("/v1/ping")
     def ping() -> dict[str, Any]:
@@ -263,9 +272,7 @@ def build_app(server: AuthServer) -> FastAPI:
 
     @app.post("/v1/bots")
     def create_bot(req: CreateBotRequest, caller: CallerDep) -> dict[str, Any]:
-        bot, token, expires = server.create_bot(
-            caller, req.name, req.roles, req.traits, _ttl(req.token_ttl_seconds)
-        )
+        bot, token, expires = server.create_bot(caller, req.name, req.roles, req.traits, _ttl(req.token_ttl_seconds))
         return {"bot": bot.metadata.name, "token": token, "expires": expires.isoformat()}
 
     @app.post("/v1/tokens")
@@ -292,8 +299,8 @@ def build_app(server: AuthServer) -> FastAPI:
 
     @app.put("/v1/resources")
     def put_resource(req: PutResourceRequest, caller: CallerDep) -> dict[str, Any]:
-        resource, existed = server.put_resource(caller, req.resource, force=req.force)
-        return {"kind": resource.kind, "name": resource.metadata.name, "created": not existed}
+        resource, outcome = server.put_resource(caller, req.resource, force=req.force)
+        return {"kind": resource.kind, "name": resource.metadata.name, "outcome": outcome}
 
     @app.delete("/v1/resources/{kind}/{name}")
     def delete_resource(kind: str, name: str, caller: CallerDep) -> dict[str, Any]:

@@ -89,7 +89,7 @@ CAP_NAME = "cluster-auth-preference"
 RES_USER = "user"
 RES_ROLE = "role"
 RES_BOT = "bot"
-RES_TOKEN = "token"
+RES_TOKEN = "token"  # noqa: S105 - an RBAC resource name, not a secret
 RES_CAP = CAP_KIND
 RES_EVENT = "event"
 
@@ -250,14 +250,16 @@ class AuthServer:
         limit_key = f"login:{username}"
         failure = AuthenticationError("invalid username or password")
         with self.backend.begin() as store:
-            failures = store.rate_limits.count(limit_key, now, LOGIN_FAILURE_WINDOW)
-            if failures >= MAX_LOGIN_FAILURES:
+            limited = store.rate_limits.count(limit_key, now, LOGIN_FAILURE_WINDOW) >= MAX_LOGIN_FAILURES
+            if limited:
+                # Audited in this transaction, which commits: the refusal is raised after it.
                 self._audit(store, events.USER_LOGIN_FAILURE, username, False, reason="rate limited")
-                raise RateLimitedError(
-                    f'too many failed login attempts for "{username}"; try again later',
-                    retry_after=int(LOGIN_FAILURE_WINDOW.total_seconds()),
-                )
             record = store.users.find(username)
+        if limited:
+            raise RateLimitedError(
+                f'too many failed login attempts for "{username}"; try again later',
+                retry_after=int(LOGIN_FAILURE_WINDOW.total_seconds()),
+            )
         stored_hash = record.password_hash if record is not None else None
         if not self._password_matches(stored_hash or self._dummy_hash, password) or stored_hash is None:
             with self.backend.begin() as store:
@@ -370,9 +372,7 @@ class AuthServer:
 
     def _store_invite(self, store: Store, name: str, invite: str) -> None:
         store.tokens.delete_by_subject("signup", name)
-        store.tokens.create(
-            hash_token(invite), "signup", name, {}, self.clock() + INVITE_TTL, single_use=True
-        )
+        store.tokens.create(hash_token(invite), "signup", name, {}, self.clock() + INVITE_TTL, single_use=True)
 
     def reset_user(self, caller: Caller, name: str) -> str:
         """Clear the password and sessions and hand out a new invite."""
@@ -500,7 +500,14 @@ class AuthServer:
         expires = self.clock() + _bounded_ttl(ttl or DEFAULT_JOIN_TOKEN_TTL)
         with self.backend.begin() as store:
             store.tokens.create(hash_token(token), token_type, "", {}, expires, single_use=False)
-            self._audit(store, events.TOKEN_CREATE, caller.name, True, token_type=token_type, expires=expires.isoformat())
+            self._audit(
+                store,
+                events.TOKEN_CREATE,
+                caller.name,
+                True,
+                token_type=token_type,
+                expires=expires.isoformat(),
+            )
         return token, expires
 
     def list_tokens(self, caller: Caller) -> list[dict[str, Any]]:
@@ -551,13 +558,22 @@ class AuthServer:
             self._require_generic(kind)
             return store.resources.get(kind, name).body
 
-    def put_resource(self, caller: Caller, doc: Mapping[str, Any], *, force: bool) -> tuple[Resource, bool]:
-        """Create (or with ``force`` overwrite) a resource from its document. Returns it and whether it existed."""
+    def put_resource(self, caller: Caller, doc: Mapping[str, Any], *, force: bool) -> tuple[Resource, str]:
+        """Create (or with ``force`` overwrite) a resource from its document.
+
+        Returns the resource and what happened: "created", "updated" or "unchanged". Creating a resource that
+        exists with exactly this content succeeds unchanged, so applying the seed's preset role YAML is idempotent.
+        """
         resource = parse_resource(doc)
         kind = resource.kind
         name = resource.metadata.name
         body = resource_to_dict(resource)
         with self.backend.begin() as store:
+            if kind not in (RES_USER, CAP_KIND):
+                stored = store.resources.find(kind, name)
+                if stored is not None and stored.body == body:
+                    caller.check(kind, "read")
+                    return resource, "unchanged"
             if kind == RES_USER:
                 assert isinstance(resource, User)
                 self._require_roles_exist(store, resource.roles)
@@ -568,7 +584,7 @@ class AuthServer:
                 else:
                     store.users.create(name, body, None)
                 self._audit(store, events.USER_UPDATE if existed else events.USER_CREATE, caller.name, True, name=name)
-                return resource, existed
+                return resource, "updated" if existed else "created"
             if kind == RES_BOT:
                 assert isinstance(resource, Bot)
                 self._require_roles_exist(store, resource.roles)
@@ -592,7 +608,7 @@ class AuthServer:
                     "auto_enroll": resource.device_trust.auto_enroll,
                 }
             self._audit(store, event, caller.name, True, **details)
-        return resource, existed
+        return resource, "updated" if existed else "created"
 
     @staticmethod
     def _check_write(caller: Caller, kind: str, name: str, existed: bool, force: bool) -> None:
@@ -713,4 +729,3 @@ def _parse(body: Mapping[str, Any], cls: type[_R]) -> _R:
 
 def public_key_pem(key: Any) -> bytes:
     return bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-

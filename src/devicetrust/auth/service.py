@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 from pathlib import Path
 
@@ -78,6 +79,10 @@ def run_auth_service(config: Config) -> None:
         "auth service starting",
         extra={"listen_addr": config.auth_service.listen_addr, "cluster_name": server.cluster_name},
     )
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that was in place
+    # before it started. Ours ignores it, so a requested stop ends with status 0 rather than death by signal.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
     try:
         uvicorn.Server(uv_config).run()
     finally:

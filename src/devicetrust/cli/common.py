@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -14,30 +13,43 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from devicetrust.errors import DevicetrustError
+from devicetrust import types
+from devicetrust.errors import DevicetrustError, ValidationError
 
 FORMATS = ("text", "json", "yaml")
-_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
 class DevicetrustGroup(click.Group):
-    """A click group whose commands turn user mistakes into one line on stderr and a non-zero exit."""
+    """A click group that reports every user mistake as one ``ERROR:`` line on stderr and a non-zero exit.
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("standalone_mode", True)
-        try:
-            return super().main(*args, **kwargs)
-        except DevicetrustError as err:  # pragma: no cover - reached only outside click's own handling
-            fail(str(err), err.exit_code)
+    Anything that is not a :class:`DevicetrustError` or a click usage error is a bug and keeps its traceback.
+    """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> NoReturn:
+        extra.pop("standalone_mode", None)
         try:
-            return super().invoke(ctx)
+            result = super().main(args, prog_name, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as err:
+            click.echo(err.ctx.get_help() if err.ctx else "")  # type: ignore[union-attr]
+            sys.exit(0)
+        except click.exceptions.UsageError as err:
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+            fail(f"{err.format_message()}{hint}", 2)
+        except click.exceptions.Abort:
+            fail("aborted", 1)
+        except click.exceptions.Exit as err:
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            fail(err.format_message(), err.exit_code)
         except DevicetrustError as err:
             fail(str(err), err.exit_code)
         except KeyboardInterrupt:
             click.echo("", err=True)
             sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+_NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", ())  # type: ignore[assignment]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -50,12 +62,11 @@ def warn(message: str) -> None:
 
 
 def parse_duration(text: str, *, what: str = "duration") -> timedelta:
-    """Go-style durations as Teleport takes them: ``90s``, ``30m``, ``12h``, ``1h30m``, ``7d``."""
-    match = _DURATION_RE.match(text.strip())
-    if not text.strip() or match is None or not any(match.groups()):
-        raise click.BadParameter(f"{text!r} is not a duration like 30m, 12h or 1h30m", param_hint=what)
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    """Go-style durations as Teleport takes them: ``90s``, ``30m``, ``12h``, ``1h30m``."""
+    try:
+        return types.parse_duration(text.strip())
+    except ValueError as err:
+        raise ValidationError(f"{what}: {err}") from None
 
 
 def format_duration(delta: timedelta) -> str:
@@ -83,7 +94,8 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     table = Table(*columns, box=None, header_style="bold", pad_edge=False)
     for row in rows:
         table.add_row(*(str(cell) if cell is not None else "" for cell in row))
-    Console(soft_wrap=True).print(table)
+    # Scripts and pipes get whole values rather than a table squeezed to 80 columns.
+    Console(width=None if sys.stdout.isatty() else 400).print(table)
 
 
 def format_option(default: str = "text") -> Callable[[Any], Any]:

@@ -32,9 +32,7 @@ def cli() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Override devicetrust.data_dir.")
 @click.option("--listen-addr", help="Override auth_service.listen_addr (HOST:PORT).")
 @click.option("--cluster-name", help="Override auth_service.cluster_name (first start only).")
-def start(
-    config_path: Path | None, data_dir: Path | None, listen_addr: str | None, cluster_name: str | None
-) -> None:
+def start(config_path: Path | None, data_dir: Path | None, listen_addr: str | None, cluster_name: str | None) -> None:
     """Start the services enabled in the config (default: auth on 127.0.0.1:3080 with SQLite)."""
     config = load_config(config_path)
     if data_dir:

@@ -22,7 +22,6 @@ from devicetrust import __version__
 from devicetrust.cli.common import (
     DevicetrustGroup,
     emit,
-    fail,
     format_option,
     parse_duration,
     print_table,
@@ -122,7 +121,13 @@ def _print_invite(ctx: Context, user: str, token: str, verb: str) -> None:
 @format_option()
 @pass_ctx
 def users_add(
-    ctx: Context, name: str, roles: str, logins: str | None, kubernetes_groups: str | None, db_users: str | None, fmt: str
+    ctx: Context,
+    name: str,
+    roles: str,
+    logins: str | None,
+    kubernetes_groups: str | None,
+    db_users: str | None,
+    fmt: str,
 ) -> None:
     """Create a user and print a one-time signup token."""
     reply = ctx.client.post(
@@ -221,8 +226,10 @@ def create(ctx: Context, filename: str, force: bool) -> None:
         raise ValidationError(f"{source}: no resources found")
     for doc in documents:
         reply = ctx.client.put("/v1/resources", {"resource": doc, "force": force})
-        verb = "created" if reply["created"] else "updated"
-        click.echo(f'{reply["kind"]} "{reply["name"]}" has been {verb}')
+        if reply["outcome"] == "unchanged":
+            click.echo(f'{reply["kind"]} "{reply["name"]}" already exists with this content; nothing to change')
+        else:
+            click.echo(f'{reply["kind"]} "{reply["name"]}" has been {reply["outcome"]}')
 
 
 def _split_ref(ref: str) -> tuple[str, str | None]:
@@ -391,7 +398,8 @@ def tokens_ls(ctx: Context, fmt: str) -> None:
         items,
         fmt,
         lambda rows: print_table(
-            ["Token ID", "Type", "For", "Expires"], [(r["id"], r["type"], r["subject"], r["expires"]) for r in rows]
+            ["Token ID", "Type", "For", "Expires"],
+            [(r["id"], r["type"], r["subject"], r["expires"]) for r in rows],
         ),
     )
 
@@ -443,7 +451,10 @@ def audit_ls(
         fmt,
         lambda rows: print_table(
             ["Time", "Event", "Code", "User", "OK"],
-            [(r["time"], r["event"], r["code"], r["user"], "yes" if r["success"] else "no") for r in rows],
+            [
+                (r["time"][:19].replace("T", " "), r["event"], r["code"], r["user"], "yes" if r["success"] else "no")
+                for r in rows
+            ],
         ),
     )
 
@@ -469,12 +480,7 @@ def status(ctx: Context, fmt: str) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 1:
-        sys.argv.append("--help")
-    try:
-        cli(prog_name="tctl")
-    except ConfigError as err:  # pragma: no cover - raised before click's group handling
-        fail(str(err), err.exit_code)
+    cli(prog_name="tctl")
 
 
 if __name__ == "__main__":

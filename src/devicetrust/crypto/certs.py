@@ -192,9 +192,7 @@ def _ssh_text_list(values: Sequence[str], what: str) -> list[bytes]:
     return out
 
 
-def issue_ssh_user_cert(
-    ca: CertAuthority, public_key: ec.EllipticCurvePublicKey, identity: Identity
-) -> bytes:
+def issue_ssh_user_cert(ca: CertAuthority, public_key: ec.EllipticCurvePublicKey, identity: Identity) -> bytes:
     """An OpenSSH user certificate line (``ecdsa-sha2-nistp256-cert-v01@openssh.com AAAA…``)."""
     _check_ca_kind(ca, "user", "SSH user certificates")
     public_key = require_p256_public_key(public_key, "subject public key")

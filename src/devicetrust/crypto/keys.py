@@ -52,9 +52,7 @@ def load_private_key_pem(data: bytes) -> ec.EllipticCurvePrivateKey:
 
 
 def public_key_to_openssh(pub: ec.EllipticCurvePublicKey) -> str:
-    return pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode(
-        "ascii"
-    )
+    return pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode("ascii")
 
 
 def public_key_to_pem(pub: ec.EllipticCurvePublicKey) -> bytes:

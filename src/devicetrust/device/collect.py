@@ -29,8 +29,18 @@ DMI_DIR = Path("/sys/class/dmi/id")
 OS_RELEASE = Path("/etc/os-release")
 #: Values firmware vendors ship when nobody set them; such a value is no serial at all.
 PLACEHOLDER_SERIALS = frozenset(
-    {"", "0", "none", "default string", "to be filled by o.e.m.", "system serial number", "not specified",
-     "not applicable", "0123456789", "123456789"}
+    {
+        "",
+        "0",
+        "none",
+        "default string",
+        "to be filled by o.e.m.",
+        "system serial number",
+        "not specified",
+        "not applicable",
+        "0123456789",
+        "123456789",
+    }
 )
 MAX_FIELD_LENGTH = 256
 

@@ -78,9 +78,7 @@ class Backend:
         elif backend_name in ("postgresql", "postgres"):
             engine, where = _postgres_engine(parsed)
         else:
-            raise ConfigError(
-                f'unsupported storage URL scheme "{parsed.drivername}": use sqlite or postgresql'
-            )
+            raise ConfigError(f'unsupported storage URL scheme "{parsed.drivername}": use sqlite or postgresql')
         try:
             with engine.connect():
                 pass

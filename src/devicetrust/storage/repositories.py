@@ -96,16 +96,12 @@ class ClusterRepository(_Repository):
 
     def set(self, key: str, value: str) -> None:
         stmt = _insert(self._conn, self._t).values(key=key, value=value)
-        self._conn.execute(
-            stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value})
-        )
+        self._conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value}))
 
     def insert_if_absent(self, key: str, value: str) -> str:
         """Store ``value`` unless the key is set; return what is stored (the first writer's value wins)."""
         self._conn.execute(
-            _insert(self._conn, self._t)
-            .values(key=key, value=value)
-            .on_conflict_do_nothing(index_elements=["key"])
+            _insert(self._conn, self._t).values(key=key, value=value).on_conflict_do_nothing(index_elements=["key"])
         )
         stored = self.get(key)
         assert stored is not None  # nothing deletes cluster keys
@@ -260,9 +256,7 @@ class UserRepository(_Repository):
 
 
 def _token(row: Row[Any]) -> TokenRecord:
-    return TokenRecord(
-        row.token_hash, row.kind, row.subject, row.body, row.expires, row.single_use, row.created
-    )
+    return TokenRecord(row.token_hash, row.kind, row.subject, row.body, row.expires, row.single_use, row.created)
 
 
 class TokenRepository(_Repository):
@@ -371,9 +365,7 @@ class SessionRepository(_Repository):
 
     def get_valid(self, token_hash: str, now: datetime) -> SessionRecord:
         t = self._t
-        row = self._conn.execute(
-            sa.select(t).where(t.c.token_hash == token_hash, t.c.expires > now)
-        ).one_or_none()
+        row = self._conn.execute(sa.select(t).where(t.c.token_hash == token_hash, t.c.expires > now)).one_or_none()
         if row is None:
             raise NotFoundError(INVALID_SESSION_MESSAGE)
         return _session(row)
@@ -445,15 +437,11 @@ class PendingRepository(_Repository):
 
     _t = schema.pending_ceremonies
 
-    def create(
-        self, id: str, kind: str, subject: str, body: Mapping[str, Any], expires: datetime
-    ) -> PendingRecord:
+    def create(self, id: str, kind: str, subject: str, body: Mapping[str, Any], expires: datetime) -> PendingRecord:
         stmt = _insert(self._conn, self._t).values(
             id=id, kind=kind, subject=subject, body=dict(body), expires=expires, created=self._clock()
         )
-        row = self._conn.execute(
-            stmt.on_conflict_do_nothing(index_elements=["id"]).returning(*self._t.c)
-        ).one_or_none()
+        row = self._conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]).returning(*self._t.c)).one_or_none()
         if row is None:
             raise AlreadyExistsError("ceremony already exists")
         return _pending(row)

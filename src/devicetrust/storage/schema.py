@@ -129,16 +129,13 @@ sessions = sa.Table(
     metadata,
     sa.Column("token_hash", sa.String, primary_key=True),
     sa.Column("username", sa.String, nullable=False, index=True),
-    sa.Column(
-        "user_ref", sa.String, sa.ForeignKey("users.name", ondelete="CASCADE"), nullable=True, index=True
-    ),
+    sa.Column("user_ref", sa.String, sa.ForeignKey("users.name", ondelete="CASCADE"), nullable=True, index=True),
     sa.Column("kind", sa.String, nullable=False),
     sa.Column("body", JSONBody, nullable=False),
     sa.Column("expires", UTCDateTime, nullable=False, index=True),
     sa.Column("created", UTCDateTime, nullable=False),
     sa.CheckConstraint(
-        "(kind = 'user' AND user_ref IS NOT NULL AND user_ref = username) "
-        "OR (kind <> 'user' AND user_ref IS NULL)",
+        "(kind = 'user' AND user_ref IS NOT NULL AND user_ref = username) OR (kind <> 'user' AND user_ref IS NULL)",
         name="user_ref",
     ),
 )

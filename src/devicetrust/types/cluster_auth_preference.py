@@ -55,9 +55,7 @@ class DeviceTrustSettings:
     allow_unsafe_software_keys: bool = False
 
     def __post_init__(self) -> None:
-        mode = (
-            check_device_trust_mode(self.mode, "mode", allow_unset=True) or DEFAULT_CLUSTER_DEVICE_TRUST_MODE
-        )
+        mode = check_device_trust_mode(self.mode, "mode", allow_unset=True) or DEFAULT_CLUSTER_DEVICE_TRUST_MODE
         object.__setattr__(self, "mode", mode)
         as_bool(self.auto_enroll, "auto_enroll")
         cas = as_str_tuple(self.ekcert_allowed_cas, "ekcert_allowed_cas")
@@ -83,9 +81,7 @@ def as_webauthn(value: object, field: str) -> Mapping[str, Any]:
         elif key in WEBAUTHN_FIELDS:
             settings[key] = as_str_tuple(item, path)
         else:
-            raise FieldError(
-                field, f"unknown setting {show(key)} (valid settings: {', '.join(WEBAUTHN_FIELDS)})"
-            )
+            raise FieldError(field, f"unknown setting {show(key)} (valid settings: {', '.join(WEBAUTHN_FIELDS)})")
     if "rp_id" not in settings:
         raise FieldError(join_path(field, "rp_id"), "required field is missing")
     return frozen_mapping(settings)
@@ -111,13 +107,9 @@ class ClusterAuthPreference:
     def __post_init__(self) -> None:
         metadata = as_instance(self.metadata, Metadata, "metadata")
         if metadata.name != CLUSTER_AUTH_PREFERENCE_NAME:
-            raise FieldError(
-                "metadata.name", f'must be "{CLUSTER_AUTH_PREFERENCE_NAME}", got "{metadata.name}"'
-            )
+            raise FieldError("metadata.name", f'must be "{CLUSTER_AUTH_PREFERENCE_NAME}", got "{metadata.name}"')
         if as_str(self.type, "spec.type") not in AUTH_TYPES:
-            raise FieldError(
-                "spec.type", f"unsupported type {show(self.type)} (supported: {', '.join(AUTH_TYPES)})"
-            )
+            raise FieldError("spec.type", f"unsupported type {show(self.type)} (supported: {', '.join(AUTH_TYPES)})")
         factors = as_str_tuple(self.second_factors, "spec.second_factors")
         for index, factor in enumerate(factors):
             if factor not in SECOND_FACTORS:

@@ -6,6 +6,8 @@ Parsing is strict: an unknown field anywhere is an error naming its dotted path,
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import fields
@@ -18,14 +20,23 @@ from devicetrust.types.cluster_auth_preference import (
     ClusterAuthPreference,
     DeviceTrustSettings,
 )
+from devicetrust.types.device import (
+    PROFILE_TEXT_FIELDS,
+    Device,
+    DeviceCredential,
+    DeviceProfile,
+    DeviceSource,
+    format_timestamp,
+)
 from devicetrust.types.duration import format_duration
 from devicetrust.types.labels import Labels
+from devicetrust.types.lock import LOCK_TARGET_KINDS, Lock, LockTarget
 from devicetrust.types.metadata import Metadata
 from devicetrust.types.role import Role, RoleConditions, RoleOptions, Rule
 from devicetrust.types.user import Bot, User
 from devicetrust.types.yaml_io import load_yaml_documents
 
-Resource = Role | User | Bot | ClusterAuthPreference
+Resource = Role | User | Bot | ClusterAuthPreference | Device | Lock
 
 #: Every kind the CLIs and API name, singular. Only some are documents (see DOCUMENT_KINDS).
 RESOURCE_KINDS: tuple[str, ...] = (
@@ -38,7 +49,7 @@ RESOURCE_KINDS: tuple[str, ...] = (
     "lock",
 )
 #: Kinds that parse_resource reads.
-DOCUMENT_KINDS: tuple[str, ...] = ("role", "user", "bot", "cluster_auth_preference")
+DOCUMENT_KINDS: tuple[str, ...] = ("role", "user", "bot", "cluster_auth_preference", "device", "lock")
 
 _KIND_ALIASES: Mapping[str, str] = {
     **{kind: kind for kind in RESOURCE_KINDS},
@@ -52,6 +63,31 @@ _IdentityT = TypeVar("_IdentityT", User, Bot)
 _DOCUMENT_FIELDS = ("kind", "version", "metadata", "spec")
 # revision is written by the server on reads; accepting it lets `get`, edit, `create -f` round-trip.
 _METADATA_FIELDS = ("name", "description", "labels", "revision")
+# Devices and locks are named by their id; they have no description or labels.
+_NAME_ONLY_METADATA_FIELDS = ("name", "revision")
+_DEVICE_SPEC_FIELDS = (
+    "os_type",
+    "asset_tag",
+    "enroll_status",
+    "credential",
+    "collected_data",
+    "source",
+    "profile",
+    "owner",
+    "create_time",
+    "update_time",
+)
+_CREDENTIAL_FIELDS = (
+    "id",
+    "attestation_type",
+    "public_key_der",
+    "tpm_ak_public",
+    "tpm_ekcert_serial",
+    "tpm_ek_public_sha256",
+)
+_CREDENTIAL_BYTES_FIELDS = ("public_key_der", "tpm_ak_public")
+_PROFILE_FIELDS = (*PROFILE_TEXT_FIELDS[:4], "os_usernames", *PROFILE_TEXT_FIELDS[4:], "update_time")
+_LOCK_SPEC_FIELDS = ("target", "message", "expires", "created_by", "created")
 
 
 def normalize_kind(name: str) -> str:
@@ -113,9 +149,7 @@ def _parse_metadata(value: object) -> Metadata:
     return build(
         "metadata",
         Metadata,
-        **present(
-            name=reader.get("name"), description=reader.get("description"), labels=reader.get("labels")
-        ),
+        **present(name=reader.get("name"), description=reader.get("description"), labels=reader.get("labels")),
     )
 
 
@@ -178,11 +212,91 @@ def _parse_cluster_auth_preference(top: _Fields) -> ClusterAuthPreference:
     )
 
 
+def _required(reader: _Fields, *keys: str) -> None:
+    for key in keys:
+        if reader.get(key) is None:
+            raise FieldError(reader.path_of(key), "required field is missing")
+
+
+def _parse_name_only_metadata(value: object) -> Any:
+    """``metadata.name``, unchecked: the resource checks it (a device's is a UUID) and names the field."""
+    reader = _Fields(value, "metadata", _NAME_ONLY_METADATA_FIELDS)
+    _required(reader, "name")
+    return reader.get("name")
+
+
+def _decode_base64(value: object, path: str) -> bytes:
+    if not isinstance(value, str):
+        raise FieldError(path, f"expected a base64 string, got {describe(value)}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise FieldError(path, "invalid base64") from None
+
+
+def _parse_credential(value: object, path: str) -> DeviceCredential:
+    reader = _Fields(value, path, _CREDENTIAL_FIELDS)
+    _required(reader, "id", "attestation_type")
+    values = present(**{name: reader.get(name) for name in _CREDENTIAL_FIELDS})
+    for name in _CREDENTIAL_BYTES_FIELDS:
+        if name in values:
+            values[name] = _decode_base64(values[name], reader.path_of(name))
+    return build(path, DeviceCredential, **values)
+
+
+def _parse_source(value: object, path: str) -> DeviceSource:
+    reader = _Fields(value, path, ("name", "origin"))
+    _required(reader, "name", "origin")
+    return build(path, DeviceSource, name=reader.get("name"), origin=reader.get("origin"))
+
+
+def _parse_profile(value: object, path: str) -> DeviceProfile:
+    reader = _Fields(value, path, _PROFILE_FIELDS)
+    return build(path, DeviceProfile, **present(**{name: reader.get(name) for name in _PROFILE_FIELDS}))
+
+
+def _parse_device(top: _Fields) -> Device:
+    device_id = _parse_name_only_metadata(top.get("metadata"))
+    spec = _Fields(top.get("spec"), "spec", _DEVICE_SPEC_FIELDS)
+    _required(spec, "os_type", "asset_tag")
+    values = present(**{name: spec.get(name) for name in _DEVICE_SPEC_FIELDS})
+    parts: Mapping[str, Callable[[object, str], object]] = {
+        "credential": _parse_credential,
+        "source": _parse_source,
+        "profile": _parse_profile,
+    }
+    for name, parse in parts.items():
+        if name in values:
+            values[name] = parse(values[name], spec.path_of(name))
+    return build("", Device, id=device_id, **values)
+
+
+def _parse_lock_target(value: object, path: str) -> LockTarget:
+    reader = _Fields(value, path, LOCK_TARGET_KINDS)
+    kinds = [kind for kind in LOCK_TARGET_KINDS if kind in reader.as_dict()]
+    if not kinds:
+        raise FieldError(path, f"a lock needs exactly one target, one of: {', '.join(LOCK_TARGET_KINDS)}")
+    if len(kinds) > 1:
+        raise FieldError(path, f"a lock has exactly one target, got {' and '.join(kinds)}")
+    return build(path, LockTarget, kind=kinds[0], value=reader.get(kinds[0]))
+
+
+def _parse_lock(top: _Fields) -> Lock:
+    name = _parse_name_only_metadata(top.get("metadata"))
+    spec = _Fields(top.get("spec"), "spec", _LOCK_SPEC_FIELDS)
+    _required(spec, "target")
+    values = present(**{name: spec.get(name) for name in _LOCK_SPEC_FIELDS})
+    values["target"] = _parse_lock_target(values["target"], spec.path_of("target"))
+    return build("", Lock, name=name, **values)
+
+
 _PARSERS: Mapping[str, tuple[str, Callable[[_Fields], Resource]]] = {
     Role.kind: (Role.version, _parse_role),
     User.kind: (User.version, lambda top: _parse_identity(User, top)),
     Bot.kind: (Bot.version, lambda top: _parse_identity(Bot, top)),
     ClusterAuthPreference.kind: (ClusterAuthPreference.version, _parse_cluster_auth_preference),
+    Device.kind: (Device.version, _parse_device),
+    Lock.kind: (Lock.version, _parse_lock),
 }
 
 
@@ -209,9 +323,7 @@ def _context(kind: str, doc: Mapping[str, Any]) -> str:
 def parse_resource(doc: Mapping[str, Any]) -> Resource:
     """The resource a document describes. ValidationError, naming the resource and field, if it is invalid."""
     if not isinstance(doc, Mapping):
-        raise ValidationError(
-            f"expected a resource mapping (kind, version, metadata, spec), got {describe(doc)}"
-        )
+        raise ValidationError(f"expected a resource mapping (kind, version, metadata, spec), got {describe(doc)}")
     kind = _check_kind(doc.get("kind"))
     version, parse = _PARSERS[kind]
     try:
@@ -268,9 +380,7 @@ def _conditions_to_dict(conditions: RoleConditions) -> dict[str, Any]:
         if value:
             result[name] = _labels_to_dict(value) if name.endswith("_labels") else list(value)
     if conditions.rules:
-        result["rules"] = [
-            {"resources": list(rule.resources), "verbs": list(rule.verbs)} for rule in conditions.rules
-        ]
+        result["rules"] = [{"resources": list(rule.resources), "verbs": list(rule.verbs)} for rule in conditions.rules]
     return result
 
 
@@ -313,9 +423,80 @@ def _cluster_auth_preference_spec(cap: ClusterAuthPreference) -> dict[str, Any]:
     return spec
 
 
+def _encode_base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _credential_to_dict(credential: DeviceCredential) -> dict[str, Any]:
+    result: dict[str, Any] = {"id": credential.id, "attestation_type": credential.attestation_type}
+    for name in _CREDENTIAL_BYTES_FIELDS:
+        data: bytes = getattr(credential, name)
+        if data:
+            result[name] = _encode_base64(data)
+    for name in ("tpm_ekcert_serial", "tpm_ek_public_sha256"):
+        if getattr(credential, name):
+            result[name] = getattr(credential, name)
+    return result
+
+
+def _profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name in _PROFILE_FIELDS:
+        value = getattr(profile, name)
+        if not value:
+            continue
+        if name == "os_usernames":
+            result[name] = list(value)
+        elif name == "update_time":
+            result[name] = format_timestamp(value)
+        else:
+            result[name] = value
+    return result
+
+
+def _device_spec(device: Device) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "os_type": device.os_type,
+        "asset_tag": device.asset_tag,
+        "enroll_status": device.enroll_status,
+    }
+    if device.credential is not None:
+        spec["credential"] = _credential_to_dict(device.credential)
+    if device.collected_data:
+        spec["collected_data"] = [dict(record) for record in device.collected_data]
+    if device.source is not None:
+        spec["source"] = {"name": device.source.name, "origin": device.source.origin}
+    if device.profile is not None:
+        spec["profile"] = _profile_to_dict(device.profile)
+    if device.owner:
+        spec["owner"] = device.owner
+    if device.create_time is not None:
+        spec["create_time"] = format_timestamp(device.create_time)
+    if device.update_time is not None:
+        spec["update_time"] = format_timestamp(device.update_time)
+    return spec
+
+
+def _lock_spec(lock: Lock) -> dict[str, Any]:
+    spec: dict[str, Any] = {"target": {lock.target.kind: lock.target.value}}
+    if lock.message:
+        spec["message"] = lock.message
+    if lock.expires is not None:
+        spec["expires"] = format_timestamp(lock.expires)
+    if lock.created_by:
+        spec["created_by"] = lock.created_by
+    if lock.created is not None:
+        spec["created"] = format_timestamp(lock.created)
+    return spec
+
+
 def resource_to_dict(res: Resource) -> dict[str, Any]:
     """The canonical document for ``res``: plain dicts, lists and scalars, ready for YAML or JSON."""
-    if isinstance(res, Role):
+    if isinstance(res, Device):
+        spec = _device_spec(res)
+    elif isinstance(res, Lock):
+        spec = _lock_spec(res)
+    elif isinstance(res, Role):
         spec = _role_spec(res)
     elif isinstance(res, (User, Bot)):
         spec = _identity_spec(res)

@@ -68,9 +68,7 @@ class Rule:
             raise FieldError("verbs", "at least one verb is required")
         for index, verb in enumerate(verbs):
             if verb not in KNOWN_VERBS:
-                raise FieldError(
-                    f"verbs[{index}]", f'unknown verb "{verb}" (valid verbs: {", ".join(KNOWN_VERBS)})'
-                )
+                raise FieldError(f"verbs[{index}]", f'unknown verb "{verb}" (valid verbs: {", ".join(KNOWN_VERBS)})')
         object.__setattr__(self, "resources", resources)
         object.__setattr__(self, "verbs", verbs)
 

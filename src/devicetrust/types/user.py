@@ -29,9 +29,7 @@ Traits = Mapping[str, tuple[str, ...]]
 def as_traits(value: object, field: str) -> Traits:
     """``{trait: [values...]}`` with every value list as a tuple."""
     if not isinstance(value, Mapping):
-        raise FieldError(
-            field, f"expected a mapping of trait names to lists of values, got {describe(value)}"
-        )
+        raise FieldError(field, f"expected a mapping of trait names to lists of values, got {describe(value)}")
     traits: dict[str, tuple[str, ...]] = {}
     for name, values in value.items():
         if not isinstance(name, str) or not name:

@@ -47,9 +47,7 @@ _StrictLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_StrictLoader.add_implicit_resolver(
-    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+_StrictLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _iter_documents(text: str) -> Iterator[Any]:
@@ -64,18 +62,14 @@ def _iter_documents(text: str) -> Iterator[Any]:
 def load_yaml_documents(text: str, source: str = "<input>") -> list[dict[str, Any]]:
     """The non-empty documents in ``text``. ValidationError ``"<source>: line N: <problem>"`` on bad YAML."""
     if len(text) > MAX_YAML_TEXT_CHARS:
-        raise ValidationError(
-            f"{source}: too large ({len(text)} characters, the limit is {MAX_YAML_TEXT_CHARS})"
-        )
+        raise ValidationError(f"{source}: too large ({len(text)} characters, the limit is {MAX_YAML_TEXT_CHARS})")
     documents: list[dict[str, Any]] = []
     try:
         for number, document in enumerate(_iter_documents(text), start=1):
             if document is None:
                 continue
             if not isinstance(document, dict):
-                raise ValidationError(
-                    f"{source}: document {number}: expected a mapping, got {describe(document)}"
-                )
+                raise ValidationError(f"{source}: document {number}: expected a mapping, got {describe(document)}")
             documents.append(document)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark

@@ -13,9 +13,7 @@ from devicetrust.storage.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if not isinstance(connection, Connection):
-    raise RuntimeError(
-        "run migrations through devicetrust.storage.Backend.migrate(); offline mode is not supported"
-    )
+    raise RuntimeError("run migrations through devicetrust.storage.Backend.migrate(); offline mode is not supported")
 
 context.configure(
     connection=connection,

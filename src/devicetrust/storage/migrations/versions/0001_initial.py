@@ -89,12 +89,9 @@ def upgrade() -> None:
         sa.Column("expires", _time(), nullable=False),
         sa.Column("created", _time(), nullable=False),
         sa.PrimaryKeyConstraint("token_hash", name="pk_sessions"),
-        sa.ForeignKeyConstraint(
-            ["user_ref"], ["users.name"], name="fk_sessions_user_ref_users", ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["user_ref"], ["users.name"], name="fk_sessions_user_ref_users", ondelete="CASCADE"),
         sa.CheckConstraint(
-            "(kind = 'user' AND user_ref IS NOT NULL AND user_ref = username) "
-            "OR (kind <> 'user' AND user_ref IS NULL)",
+            "(kind = 'user' AND user_ref IS NOT NULL AND user_ref = username) OR (kind <> 'user' AND user_ref IS NULL)",
             name="ck_sessions_user_ref",
         ),
     )
@@ -124,9 +121,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_events",
         # SQLite aliases the rowid only for a column typed exactly INTEGER; AUTOINCREMENT keeps ids monotonic
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("uid", sa.String, nullable=False),
         sa.Column("event", sa.String, nullable=False),
         sa.Column("code", sa.String, nullable=False),
