@@ -73,7 +73,7 @@ def test_migrated_schema_matches_the_table_metadata(backend: Backend, backend_ur
 
 def test_a_schema_newer_than_the_code_is_a_config_error(backend: Backend, raw_sql: Callable[[str], None]) -> None:
     raw_sql("UPDATE alembic_version SET version_num = '9999'")
-    with pytest.raises(ConfigError, match="cannot migrate the storage schema.*9999"):
+    with pytest.raises(ConfigError, match=r"cannot migrate the storage schema.*9999"):
         backend.migrate()
 
 
@@ -145,7 +145,7 @@ def test_sqlite_file_is_private_and_in_wal_mode_with_foreign_keys(tmp_path: Path
         engine.dispose()
 
 
-def test_sqlite_enforces_foreign_keys(backend: Backend) -> None:
+def test_user_session_needs_the_user(backend: Backend) -> None:
     with pytest.raises(NotFoundError, match='user "ghost" not found'), backend.begin() as store:
         store.sessions.create("s", "ghost", "user", {}, START + timedelta(hours=1))
 

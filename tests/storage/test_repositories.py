@@ -56,13 +56,13 @@ def test_resource_create_get_list(backend: Backend) -> None:
 def test_resource_errors_name_kind_and_name(backend: Backend) -> None:
     with backend.begin() as store:
         store.resources.create("role", "x", {})
-        with pytest.raises(AlreadyExistsError, match='^role "x" already exists$'):
+        with pytest.raises(AlreadyExistsError, match=r'^role "x" already exists$'):
             store.resources.create("role", "x", {})
-        with pytest.raises(NotFoundError, match='^role "y" not found$'):
+        with pytest.raises(NotFoundError, match=r'^role "y" not found$'):
             store.resources.get("role", "y")
-        with pytest.raises(NotFoundError, match='^role "y" not found$'):
+        with pytest.raises(NotFoundError, match=r'^role "y" not found$'):
             store.resources.update("role", "y", {})
-        with pytest.raises(NotFoundError, match='^role "y" not found$'):
+        with pytest.raises(NotFoundError, match=r'^role "y" not found$'):
             store.resources.delete("role", "y")
         # the transaction is still usable after refused writes (no aborted PostgreSQL transaction)
         assert store.resources.get("role", "x").revision == 1
@@ -123,7 +123,7 @@ def test_user_crud(backend: Backend, clock: FakeClock) -> None:
         assert created.password_hash == "$argon2id$hash"
         assert [u.name for u in store.users.list()] == ["alice", "bob"]
         assert store.users.find("carol") is None
-        with pytest.raises(AlreadyExistsError, match='^user "bob" already exists$'):
+        with pytest.raises(AlreadyExistsError, match=r'^user "bob" already exists$'):
             store.users.create("bob", {}, None)
     clock.advance(HOUR)
     with backend.begin() as store:
@@ -142,7 +142,7 @@ def test_user_crud(backend: Backend, clock: FakeClock) -> None:
 
 @pytest.mark.parametrize("operation", ["get", "update", "set_password_hash", "delete"])
 def test_user_not_found(backend: Backend, operation: str) -> None:
-    with backend.begin() as store, pytest.raises(NotFoundError, match='^user "ghost" not found$'):
+    with backend.begin() as store, pytest.raises(NotFoundError, match=r'^user "ghost" not found$'):
         if operation == "get":
             store.users.get("ghost")
         elif operation == "update":
@@ -246,7 +246,7 @@ def test_token_create_list_and_delete(backend: Backend) -> None:
         assert store.tokens.delete_by_subject("device_enroll", "dev-1") == 2
         assert store.tokens.delete_by_subject("device_enroll", "dev-1") == 0
         store.tokens.delete("h1")
-        with pytest.raises(NotFoundError, match="^token not found$"):
+        with pytest.raises(NotFoundError, match=r"^token not found$"):
             store.tokens.delete("h1")
         assert store.tokens.list(START) == []
         assert store.tokens.purge_expired(START) == 1
@@ -258,7 +258,7 @@ def test_single_use_token_is_spent_by_consume(backend: Backend) -> None:
     with backend.begin() as store:
         spent = store.tokens.consume("h", "signup", START)
         assert (spent.subject, spent.body, spent.single_use) == ("bob", {"x": 1}, True)
-    with backend.begin() as store, pytest.raises(NotFoundError, match="^invalid token$"):
+    with backend.begin() as store, pytest.raises(NotFoundError, match=r"^invalid token$"):
         store.tokens.consume("h", "signup", START)
 
 
@@ -285,7 +285,7 @@ def test_invalid_tokens_all_read_the_same(
 ) -> None:
     with backend.begin() as store:
         store.tokens.create("h", "bot", "ci", {}, START + HOUR, single_use=single_use)
-    with backend.begin() as store, pytest.raises(NotFoundError, match="^invalid token$"):
+    with backend.begin() as store, pytest.raises(NotFoundError, match=r"^invalid token$"):
         store.tokens.consume(token_hash, kind, START + offset)
     # a refused single-use token is not spent by the attempt
     with backend.begin() as store:

@@ -29,8 +29,8 @@ class DevicetrustGroup(click.Group):
         extra.pop("standalone_mode", None)
         try:
             result = super().main(args, prog_name, standalone_mode=False, **extra)
-        except _NO_ARGS_IS_HELP as err:
-            click.echo(err.ctx.get_help() if err.ctx else "")  # type: ignore[union-attr]
+        except click.exceptions.NoArgsIsHelpError as err:
+            click.echo(err.ctx.get_help() if err.ctx else "")
             sys.exit(0)
         except click.exceptions.UsageError as err:
             hint = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
@@ -47,9 +47,6 @@ class DevicetrustGroup(click.Group):
             click.echo("", err=True)
             sys.exit(130)
         sys.exit(result if isinstance(result, int) else 0)
-
-
-_NO_ARGS_IS_HELP: type[Exception] = getattr(click.exceptions, "NoArgsIsHelpError", ())  # type: ignore[assignment]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

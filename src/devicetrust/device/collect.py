@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from devicetrust.errors import DevicetrustError, ValidationError
+from devicetrust.ceremony.messages import MAX_COLLECTED_FIELD_CHARS as MAX_FIELD_LENGTH
+from devicetrust.ceremony.messages import CollectedData
+from devicetrust.errors import DevicetrustError
 
 #: Overrides the collected serial: for simulated devices and tests. The server still requires the serial to
 #: match the registered device, so this grants nothing by itself.
@@ -42,45 +43,10 @@ PLACEHOLDER_SERIALS = frozenset(
         "123456789",
     }
 )
-MAX_FIELD_LENGTH = 256
 
 
 class CollectionError(DevicetrustError):
     kind = "device_collection"
-
-
-@dataclass(frozen=True)
-class CollectedData:
-    """The enrollment/authentication record a device sends (Teleport's DeviceCollectedData)."""
-
-    collect_time: str
-    os_type: str  # linux | macos | windows
-    serial_number: str
-    model_identifier: str = ""
-    os_id: str = ""
-    os_version: str = ""
-    os_build: str = ""
-    os_username: str = ""
-    system_serial_number: str = ""
-    base_board_serial_number: str = ""
-    reported_asset_tag: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CollectedData:
-        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValidationError(f"collected_data: unknown field {unknown[0]!r}")
-        for name, value in known.items():
-            if not isinstance(value, str) or len(value) > MAX_FIELD_LENGTH:
-                raise ValidationError(f"collected_data.{name}: expected a string of at most {MAX_FIELD_LENGTH} chars")
-        for required in ("collect_time", "os_type", "serial_number"):
-            if not known.get(required):
-                raise ValidationError(f"collected_data.{required} is required")
-        return cls(**known)
 
 
 def parse_os_release(text: str) -> dict[str, str]:

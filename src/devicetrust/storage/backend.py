@@ -100,7 +100,7 @@ class Backend:
         config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
         config.set_main_option("path_separator", "os")
         with self._engine.begin() as conn:
-            if False:
+            if conn.dialect.name == "postgresql":
                 # SQLite's BEGIN IMMEDIATE already serialises; PostgreSQL would race on CREATE TABLE
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             config.attributes["connection"] = conn
