@@ -109,18 +109,14 @@ def test_signed_but_malformed_attest_is_rejected(attest: bytes, message: str) ->
             "SHA-256 PCR bank",
         ),
         (
-            lambda a: dataclasses.replace(
-                a, pcr_selections=(*a.pcr_selections, PCRSelection.of(fakes.ALG_SHA1, PCRS))
-            ),
+            lambda a: dataclasses.replace(a, pcr_selections=(*a.pcr_selections, PCRSelection.of(fakes.ALG_SHA1, PCRS))),
             "SHA-256 PCR bank",
         ),
         (lambda a: dataclasses.replace(a, pcr_selections=()), "SHA-256 PCR bank"),
     ],
     ids=["other-nonce", "no-nonce", "short-nonce", "digest", "fewer-pcrs", "sha1-bank", "two-banks", "no-bank"],
 )
-def test_signed_but_wrong_quote_is_rejected(
-    transform: Callable[[fakes.Attest], fakes.Attest], message: str
-) -> None:
+def test_signed_but_wrong_quote_is_rejected(transform: Callable[[fakes.Attest], fakes.Attest], message: str) -> None:
     attest, signature = _resigned(transform)
     with pytest.raises(AttestationError, match=message):
         _verify(attest, signature)

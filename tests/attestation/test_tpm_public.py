@@ -115,7 +115,9 @@ def test_unknown_curve_scheme_and_symmetric_are_rejected() -> None:
     bad_scheme = dataclasses.replace(base, parameters=dataclasses.replace(params, scheme=Scheme(0x0999, 0x000B)))
     with pytest.raises(AttestationError, match="ECC scheme"):
         parse_tpmt_public(bad_scheme.marshal())
-    bad_sym = dataclasses.replace(base, parameters=dataclasses.replace(params, symmetric=SymmetricDef(0x0999, 128, 0x43)))
+    bad_sym = dataclasses.replace(
+        base, parameters=dataclasses.replace(params, symmetric=SymmetricDef(0x0999, 128, 0x43))
+    )
     with pytest.raises(AttestationError, match="symmetric"):
         parse_tpmt_public(bad_sym.marshal())
 
@@ -183,7 +185,7 @@ def test_check_ak_rejects_other_curves_small_rsa_and_sha1_names() -> None:
     with pytest.raises(AttestationError, match="P-256"):
         check_ak(fakes.tpm_public(P384.public_key()))
     with pytest.raises(AttestationError, match="2048"):
-        check_ak(fakes.tpm_public(rsa.generate_private_key(65537, 1024).public_key()))
+        check_ak(fakes.tpm_public(rsa.generate_private_key(65537, 1024).public_key()))  # noqa: S505
     with pytest.raises(AttestationError, match="SHA-256"):
         check_ak(_ak(name_alg=fakes.ALG_SHA1))
 

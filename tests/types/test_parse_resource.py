@@ -277,9 +277,7 @@ def test_unknown_field_message_with_no_close_name_has_no_hint() -> None:
         ("roles", 'kind: unsupported kind "roles" (did you mean "role"?)'),
         ("Role", 'kind: unsupported kind "Role" (did you mean "role"?)'),
         ("cap", 'kind: unsupported kind "cap" (did you mean "cluster_auth_preference"?)'),
-        ("device", 'kind: unsupported kind "device" (device resources are managed with their own commands)'),
         ("token", 'kind: unsupported kind "token"'),
-        ("lock", 'kind: unsupported kind "lock"'),
         ("widget", 'kind: unsupported kind "widget"'),
         (7, "kind: unsupported kind an integer"),
         (["role"], "kind: unsupported kind a list"),
@@ -295,7 +293,7 @@ def test_wrong_or_missing_kind_is_named(kind: Any, expected: str) -> None:
     message = parse_error(doc)
 
     assert message.startswith(expected)
-    assert message.endswith("(supported kinds: role, user, bot, cluster_auth_preference)")
+    assert message.endswith("(supported kinds: role, user, bot, cluster_auth_preference, device, lock)")
 
 
 @pytest.mark.parametrize(

@@ -75,8 +75,9 @@ class EventLogSummary:
 
     empty: bool
     events: tuple[LogEvent, ...] = ()
-    #: the PCRs the log extends (each was checked against the quoted value)
+    #: the PCRs the log extends
     pcrs: tuple[int, ...] = ()
+    #: the replayed value of every quoted PCR (each equal to the quoted one)
     replayed: Mapping[int, bytes] = field(default_factory=dict)
 
     @property
@@ -162,8 +163,12 @@ def _parse(event_log: bytes) -> tuple[list[LogEvent], dict[int, bytes]]:
 
 
 def replay_event_log(event_log: bytes, pcr_values: Mapping[int, bytes]) -> EventLogSummary:
-    """Replay ``event_log`` and require it to reproduce ``pcr_values`` (the quoted SHA-256 PCRs) for every PCR
-    it extends. A log that extends a PCR the quote did not cover is rejected: those events could say anything.
+    """Replay ``event_log`` against ``pcr_values`` (the quoted SHA-256 PCRs).
+
+    Every PCR the log extends must be quoted and reproduced, and every quoted PCR the log never extends must still
+    be at its reset value (zeros) — so events cannot be dropped from the end of the log. A log that extends a PCR
+    the quote does not cover is rejected: those events could say anything (quote every PCR the log touches, or
+    leave those events out). An empty log is accepted with ``empty=True``.
     """
     if not event_log:
         return EventLogSummary(empty=True)
@@ -174,13 +179,15 @@ def replay_event_log(event_log: bytes, pcr_values: Mapping[int, bytes]) -> Event
     for event in events:
         current = replayed.get(event.pcr, bytes(PCR_DIGEST_BYTES))
         replayed[event.pcr] = hashlib.sha256(current + event.digest).digest()
-    for pcr in sorted(replayed):
-        quoted = pcr_values.get(pcr)
-        if quoted is None:
+    touched = tuple(sorted(replayed))
+    for pcr in touched:
+        if pcr not in pcr_values:
             raise AttestationError(f"event log extends PCR {pcr}, which the quote does not cover")
-        if not hmac.compare_digest(quoted, replayed[pcr]):
+    for pcr in sorted(pcr_values):
+        expected = replayed.setdefault(pcr, bytes(PCR_DIGEST_BYTES))
+        if not hmac.compare_digest(pcr_values[pcr], expected):
             raise AttestationError(f"event log does not reproduce PCR {pcr}")
-    return EventLogSummary(empty=False, events=tuple(events), pcrs=tuple(sorted(replayed)), replayed=replayed)
+    return EventLogSummary(empty=False, events=tuple(events), pcrs=touched, replayed=replayed)
 
 
 def build_event_log(events: Sequence[tuple[int, bytes]]) -> tuple[bytes, dict[int, bytes]]:

@@ -494,7 +494,8 @@ class AuditRepository(_Repository):
     ) -> builtins.list[AuditRecord]:
         """Events with ``since <= time < until``, oldest first; page on with ``after_id`` = the last id seen.
 
-        ``limit`` above MAX_PAGE_SIZE is cut to it.
+        ``limit`` above MAX_PAGE_SIZE is cut to it. On PostgreSQL ids are taken at insert, not at commit: a
+        reader tailing the log with ``after_id`` can miss an event whose transaction commits late.
         """
         if limit < 1:
             raise ValidationError(f"limit must be at least 1 (at most {MAX_PAGE_SIZE})")

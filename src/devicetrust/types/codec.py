@@ -21,7 +21,6 @@ from devicetrust.types.cluster_auth_preference import (
     DeviceTrustSettings,
 )
 from devicetrust.types.device import (
-    PROFILE_TEXT_FIELDS,
     Device,
     DeviceCredential,
     DeviceProfile,
@@ -86,7 +85,16 @@ _CREDENTIAL_FIELDS = (
     "tpm_ek_public_sha256",
 )
 _CREDENTIAL_BYTES_FIELDS = ("public_key_der", "tpm_ak_public")
-_PROFILE_FIELDS = (*PROFILE_TEXT_FIELDS[:4], "os_usernames", *PROFILE_TEXT_FIELDS[4:], "update_time")
+_PROFILE_FIELDS = (
+    "model_identifier",
+    "os_version",
+    "os_build",
+    "os_build_supplemental",
+    "os_usernames",
+    "jamf_binary_version",
+    "external_id",
+    "update_time",
+)
 _LOCK_SPEC_FIELDS = ("target", "message", "expires", "created_by", "created")
 
 
