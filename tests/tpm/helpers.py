@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import NoReturn
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
+
+if TYPE_CHECKING:
+    from devicetrust.device.swtpm import SimulatedTPM
+    from devicetrust.device.tpm import TPMDevice
+
+
+@dataclass
+class Device:
+    """A running simulated device (see conftest.py)."""
+
+    dir: Path
+    sim: SimulatedTPM
+    tpm: TPMDevice
+    #: the event log matching the PCRs its simulated boot extended
+    event_log: bytes
 
 
 def unavailable(reason: str) -> NoReturn:

@@ -20,7 +20,9 @@ from starlette.concurrency import run_in_threadpool
 
 from devicetrust import __version__
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
+from devicetrust.ceremony.messages import ChallengeResponse, CollectedData, KeyEnrollPayload, TPMEnrollPayload
 from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
+from devicetrust.types import Device, resource_to_dict
 
 log = logging.getLogger("devicetrust.auth.http")
 
@@ -135,6 +137,37 @@ class CreateTokenRequest(BaseModel):
     ttl_seconds: int | None = None
 
 
+class AddDeviceRequest(BaseModel):
+    os_type: str
+    asset_tag: str
+    create_enroll_token: bool = False
+    enroll_token_ttl_seconds: int | None = None
+
+
+class EnrollTokenRequest(BaseModel):
+    ttl_seconds: int | None = None
+
+
+class EnrollBeginRequest(BaseModel):
+    """``token`` for a token enrollment; without it, the caller's session asks for auto-enrollment."""
+
+    token: str | None = Field(default=None, max_length=256)
+    credential_id: str = Field(min_length=1, max_length=256)
+    device_data: dict[str, Any]
+    tpm: dict[str, Any] | None = None
+    key: dict[str, Any] | None = None
+
+
+class AuthenticateBeginRequest(BaseModel):
+    credential_id: str = Field(min_length=1, max_length=256)
+    device_data: dict[str, Any]
+    ssh_cert: str = Field(max_length=16 * 1024)
+
+
+def _device_json(device: Device) -> dict[str, Any]:
+    return resource_to_dict(device)
+
+
 class PutResourceRequest(BaseModel):
     resource: dict[str, Any]
     force: bool = False
@@ -167,6 +200,7 @@ def _login_response(result: LoginResult, server: AuthServer) -> dict[str, Any]:
         },
         **server.cluster_cas(),
         "cluster_name": server.cluster_name,
+        "device_trust": {"enabled": result.device_trust_enabled, "auto_enroll": result.auto_enroll},
     }
 
 
@@ -306,6 +340,89 @@ def build_app(server: AuthServer) -> FastAPI:
     def delete_resource(kind: str, name: str, caller: CallerDep) -> dict[str, Any]:
         server.delete_resource(caller, kind, name)
         return {}
+
+    async def optional_caller(request: Request) -> Caller | None:
+        if not request.headers.get("authorization"):
+            return None
+        return await caller_dep(request)
+
+    @app.post("/v1/devices")
+    def add_device(req: AddDeviceRequest, caller: CallerDep) -> dict[str, Any]:
+        device, token = server.devices.add(
+            caller,
+            req.os_type,
+            req.asset_tag,
+            create_token=req.create_enroll_token,
+            enroll_token_ttl=_ttl(req.enroll_token_ttl_seconds),
+        )
+        return {"device": _device_json(device), "enroll_token": token}
+
+    @app.get("/v1/devices")
+    def list_devices(
+        caller: CallerDep,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str | None = None,
+        asset_tag: str | None = None,
+    ) -> dict[str, Any]:
+        if asset_tag is not None:
+            found = server.devices.find_by_asset_tag(caller, asset_tag)
+            return {"items": [_device_json(d) for d in found], "next_page_token": None}
+        devices, next_token = server.devices.list_page(caller, page_size=page_size, page_token=page_token)
+        return {"items": [_device_json(d) for d in devices], "next_page_token": next_token}
+
+    @app.get("/v1/devices/{device_id}")
+    def get_device(device_id: str, caller: CallerDep) -> dict[str, Any]:
+        return _device_json(server.devices.get(caller, device_id))
+
+    @app.delete("/v1/devices/{device_id}")
+    def delete_device(device_id: str, caller: CallerDep) -> dict[str, Any]:
+        return _device_json(server.devices.delete(caller, device_id))
+
+    @app.post("/v1/devices/{device_id}/enroll-token")
+    def enroll_token(device_id: str, req: EnrollTokenRequest, caller: CallerDep) -> dict[str, Any]:
+        device, token = server.devices.create_enroll_token(caller, device_id, _ttl(req.ttl_seconds))
+        return {"device": _device_json(device), "enroll_token": token}
+
+    @app.post("/v1/devices/{device_id}/unenroll")
+    def unenroll_device(device_id: str, caller: CallerDep) -> dict[str, Any]:
+        return _device_json(server.devices.unenroll(caller, device_id))
+
+    @app.post("/v1/devices/enroll/begin")
+    def enroll_begin(
+        req: EnrollBeginRequest, caller: Annotated[Caller | None, Depends(optional_caller)]
+    ) -> dict[str, Any]:
+        challenge = server.devices.enroll_begin(
+            token=req.token,
+            caller=caller,
+            credential_id=req.credential_id,
+            collected=CollectedData.from_dict(req.device_data),
+            tpm=TPMEnrollPayload.from_json(req.tpm) if req.tpm is not None else None,
+            key=KeyEnrollPayload.from_json(req.key) if req.key is not None else None,
+        )
+        return challenge.to_json()
+
+    @app.post("/v1/devices/enroll/finish")
+    def enroll_finish(response: dict[str, Any]) -> dict[str, Any]:
+        return _device_json(server.devices.enroll_finish(ChallengeResponse.from_json(response)))
+
+    @app.post("/v1/devices/authenticate/begin")
+    def authenticate_begin(req: AuthenticateBeginRequest, caller: CallerDep) -> dict[str, Any]:
+        challenge = server.devices.authenticate_begin(
+            caller,
+            credential_id=req.credential_id,
+            collected=CollectedData.from_dict(req.device_data),
+            ssh_cert=req.ssh_cert.encode(),
+        )
+        return challenge.to_json()
+
+    @app.post("/v1/devices/authenticate/finish")
+    def authenticate_finish(response: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
+        certs = server.devices.authenticate_finish(caller, ChallengeResponse.from_json(response))
+        return {
+            "ssh_cert": certs.ssh_cert.decode(),
+            "tls_cert": certs.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "device": _device_json(certs.device),
+        }
 
     @app.get("/v1/events")
     def events(

@@ -6,6 +6,7 @@ lives in the backend only, so any number of ``AuthServer`` instances over one da
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from devicetrust import __version__
 from devicetrust.access import AccessChecker
 from devicetrust.auth import events
+from devicetrust.auth.devices import RES_DEVICE, DeviceService
 from devicetrust.auth.secrets import hash_token, new_token, token_id
 from devicetrust.crypto import (
     CA_KINDS,
@@ -44,6 +46,8 @@ from devicetrust.storage import Backend, Store
 from devicetrust.types import (
     Bot,
     ClusterAuthPreference,
+    Device,
+    Lock,
     Resource,
     Role,
     User,
@@ -92,6 +96,7 @@ RES_BOT = "bot"
 RES_TOKEN = "token"  # noqa: S105 - an RBAC resource name, not a secret
 RES_CAP = CAP_KIND
 RES_EVENT = "event"
+RES_LOCK = "lock"
 
 
 def utcnow() -> datetime:
@@ -127,6 +132,9 @@ class LoginResult:
     identity: Identity
     ssh_cert: bytes
     tls_cert: x509.Certificate
+    #: whether tsh should run device authentication next (cluster or role mode not off)
+    device_trust_enabled: bool = False
+    auto_enroll: bool = False
 
 
 class AuthServer:
@@ -148,6 +156,7 @@ class AuthServer:
         self._dummy_hash = self._hasher.hash("devicetrust-dummy-password")
         self.user_ca: CertAuthority
         self.host_ca: CertAuthority
+        self.devices = DeviceService(self)
 
     # ----------------------------------------------------------------------------------------------- start up
     def initialize(self) -> None:
@@ -253,7 +262,7 @@ class AuthServer:
             limited = store.rate_limits.count(limit_key, now, LOGIN_FAILURE_WINDOW) >= MAX_LOGIN_FAILURES
             if limited:
                 # Audited in this transaction, which commits: the refusal is raised after it.
-                self._audit(store, events.USER_LOGIN_FAILURE, username, False, reason="rate limited")
+                self.audit(store, events.USER_LOGIN_FAILURE, username, False, reason="rate limited")
             record = store.users.find(username)
         if limited:
             raise RateLimitedError(
@@ -265,7 +274,7 @@ class AuthServer:
             with self.backend.begin() as store:
                 store.rate_limits.hit(limit_key, now, LOGIN_FAILURE_WINDOW)
                 reason = "unknown user" if record is None else "no password set" if stored_hash is None else ""
-                self._audit(store, events.USER_LOGIN_FAILURE, username, False, reason=reason or "bad password")
+                self.audit(store, events.USER_LOGIN_FAILURE, username, False, reason=reason or "bad password")
             raise failure
         assert record is not None
         user = _parse(record.body, User)
@@ -275,7 +284,7 @@ class AuthServer:
             result = self._issue_user_certs(
                 store, user.metadata.name, "user", roles, user.traits, public_key, ttl, bot_name=None
             )
-            self._audit(store, events.USER_LOGIN, username, True, method="local")
+            self.audit(store, events.USER_LOGIN, username, True, method="local")
         return result
 
     def _password_matches(self, stored_hash: str, password: str) -> bool:
@@ -311,6 +320,8 @@ class AuthServer:
         ssh_cert = issue_ssh_user_cert(self.user_ca, public_key, identity)
         tls_cert = issue_x509_client_cert(self.user_ca, public_key, identity)
         session_token = new_token()
+        settings = _parse(store.resources.get(CAP_KIND, CAP_NAME).body, ClusterAuthPreference).device_trust
+        modes = [settings.mode, *(role.options.device_trust_mode for role in roles if role.options.device_trust_mode)]
         store.sessions.create(
             hash_token(session_token),
             username,
@@ -318,7 +329,7 @@ class AuthServer:
             {"bot": bot_name} if bot_name else {},
             identity.not_after,
         )
-        self._audit(
+        self.audit(
             store,
             events.CERT_CREATE,
             username,
@@ -332,7 +343,14 @@ class AuthServer:
             },
             cert_type="user",
         )
-        return LoginResult(session_token, identity, ssh_cert, tls_cert)
+        return LoginResult(
+            session_token,
+            identity,
+            ssh_cert,
+            tls_cert,
+            device_trust_enabled=any(mode != "off" for mode in modes),
+            auto_enroll=settings.auto_enroll,
+        )
 
     @staticmethod
     def _cert_ttl(roles: Sequence[Role], requested: timedelta | None) -> timedelta:
@@ -367,7 +385,7 @@ class AuthServer:
                 raise AlreadyExistsError(f'user "{name}" already exists')
             store.users.create(name, resource_to_dict(user), None)
             self._store_invite(store, name, invite)
-            self._audit(store, events.USER_CREATE, caller.name, True, name=name, roles=list(user.roles))
+            self.audit(store, events.USER_CREATE, caller.name, True, name=name, roles=list(user.roles))
         return user, invite
 
     def _store_invite(self, store: Store, name: str, invite: str) -> None:
@@ -383,7 +401,7 @@ class AuthServer:
             store.users.set_password_hash(name, None)
             store.sessions.delete_for_user(name)
             self._store_invite(store, name, invite)
-            self._audit(store, events.USER_UPDATE, caller.name, True, name=name, change="reset")
+            self.audit(store, events.USER_UPDATE, caller.name, True, name=name, change="reset")
         return invite
 
     def update_user(
@@ -407,7 +425,7 @@ class AuthServer:
             user = _parse(doc, User)
             self._require_roles_exist(store, user.roles)
             store.users.update(name, resource_to_dict(user))
-            self._audit(store, events.USER_UPDATE, caller.name, True, name=name, roles=list(user.roles))
+            self.audit(store, events.USER_UPDATE, caller.name, True, name=name, roles=list(user.roles))
         return user
 
     def _require_roles_exist(self, store: Store, names: Sequence[str]) -> None:
@@ -431,7 +449,7 @@ class AuthServer:
                 raise AuthenticationError("invalid or expired signup token") from None
             store.users.set_password_hash(token.subject, password_hash)
             store.sessions.delete_for_user(token.subject)
-            self._audit(store, events.USER_PASSWORD_CHANGE, token.subject, True)
+            self.audit(store, events.USER_PASSWORD_CHANGE, token.subject, True)
         return token.subject
 
     # -------------------------------------------------------------------------------------------- bots
@@ -459,7 +477,7 @@ class AuthServer:
             self._require_roles_exist(store, bot.roles)
             store.resources.create(RES_BOT, name, resource_to_dict(bot))
             store.tokens.create(hash_token(token), "bot", name, {}, expires, single_use=True)
-            self._audit(store, events.BOT_CREATE, caller.name, True, name=name, roles=list(bot.roles))
+            self.audit(store, events.BOT_CREATE, caller.name, True, name=name, roles=list(bot.roles))
         return bot, token, expires
 
     def bot_join(self, token: str, public_key_text: str, ttl: timedelta | None) -> LoginResult:
@@ -470,7 +488,7 @@ class AuthServer:
                 record = store.tokens.consume(hash_token(token), "bot", self.clock())
             except NotFoundError:
                 # Audited in this transaction, which commits: the refusal is raised after it.
-                self._audit(store, events.BOT_JOIN_FAILURE, "", False, reason="invalid token")
+                self.audit(store, events.BOT_JOIN_FAILURE, "", False, reason="invalid token")
             else:
                 bot = _parse(store.resources.get(RES_BOT, record.subject).body, Bot)
                 username = BOT_USER_PREFIX + bot.metadata.name
@@ -478,7 +496,7 @@ class AuthServer:
                 result = self._issue_user_certs(
                     store, username, "bot", roles, bot.traits, public_key, ttl, bot_name=bot.metadata.name
                 )
-                self._audit(store, events.BOT_JOIN, username, True, bot=bot.metadata.name)
+                self.audit(store, events.BOT_JOIN, username, True, bot=bot.metadata.name)
         if result is None:
             raise AuthenticationError("invalid or expired bot join token")
         return result
@@ -489,7 +507,7 @@ class AuthServer:
             store.resources.delete(RES_BOT, name)
             store.tokens.delete_by_subject("bot", name)
             store.sessions.delete_for_user(BOT_USER_PREFIX + name)
-            self._audit(store, events.BOT_DELETE, caller.name, True, name=name)
+            self.audit(store, events.BOT_DELETE, caller.name, True, name=name)
 
     # ------------------------------------------------------------------------------------------ tokens
     def create_join_token(self, caller: Caller, token_type: str, ttl: timedelta | None) -> tuple[str, datetime]:
@@ -500,7 +518,7 @@ class AuthServer:
         expires = self.clock() + _bounded_ttl(ttl or DEFAULT_JOIN_TOKEN_TTL)
         with self.backend.begin() as store:
             store.tokens.create(hash_token(token), token_type, "", {}, expires, single_use=False)
-            self._audit(
+            self.audit(
                 store,
                 events.TOKEN_CREATE,
                 caller.name,
@@ -532,7 +550,7 @@ class AuthServer:
             if not matches:
                 raise NotFoundError(f'token "{identifier}" not found')
             store.tokens.delete(matches[0].token_hash)
-            self._audit(store, events.TOKEN_DELETE, caller.name, True, token_type=matches[0].kind)
+            self.audit(store, events.TOKEN_DELETE, caller.name, True, token_type=matches[0].kind)
 
     # -------------------------------------------------------------------------------- generic resources
     def list_resources(self, caller: Caller, kind: str) -> list[dict[str, Any]]:
@@ -544,6 +562,10 @@ class AuthServer:
                 return [record.body for record in store.users.list()]
             if kind == CAP_KIND:
                 return [store.resources.get(CAP_KIND, CAP_NAME).body]
+            if kind == RES_LOCK:
+                return [record.body for record in store.locks.list(self.clock())]
+            if kind == RES_DEVICE:
+                return [resource_to_dict(device) for device in self.devices.list_all(caller)]
             self._require_generic(kind)
             return [record.body for record in store.resources.list(kind)]
 
@@ -555,6 +577,10 @@ class AuthServer:
                 return store.users.get(name).body
             if kind == CAP_KIND:
                 return store.resources.get(CAP_KIND, CAP_NAME).body
+            if kind == RES_LOCK:
+                return store.locks.get(name).body
+            if kind == RES_DEVICE:
+                return resource_to_dict(self.devices.get(caller, name))
             self._require_generic(kind)
             return store.resources.get(kind, name).body
 
@@ -567,6 +593,10 @@ class AuthServer:
         resource = parse_resource(doc)
         kind = resource.kind
         name = resource.metadata.name
+        if isinstance(resource, Device):
+            return resource, self.devices.put(caller, resource, force=force)
+        if isinstance(resource, Lock):
+            return resource, self.create_lock(caller, resource)
         body = resource_to_dict(resource)
         with self.backend.begin() as store:
             if kind not in (RES_USER, CAP_KIND):
@@ -583,7 +613,7 @@ class AuthServer:
                     store.users.update(name, body)
                 else:
                     store.users.create(name, body, None)
-                self._audit(store, events.USER_UPDATE if existed else events.USER_CREATE, caller.name, True, name=name)
+                self.audit(store, events.USER_UPDATE if existed else events.USER_CREATE, caller.name, True, name=name)
                 return resource, "updated" if existed else "created"
             if kind == RES_BOT:
                 assert isinstance(resource, Bot)
@@ -607,7 +637,7 @@ class AuthServer:
                     "mode": resource.device_trust.mode,
                     "auto_enroll": resource.device_trust.auto_enroll,
                 }
-            self._audit(store, event, caller.name, True, **details)
+            self.audit(store, event, caller.name, True, **details)
         return resource, "updated" if existed else "created"
 
     @staticmethod
@@ -621,19 +651,49 @@ class AuthServer:
         if kind == RES_BOT:
             self.delete_bot(caller, name)
             return
+        if kind == RES_DEVICE:
+            self.devices.delete(caller, name)
+            return
+        if kind == RES_LOCK:
+            self.delete_lock(caller, name)
+            return
         caller.check(kind, "delete")
         with self.backend.begin() as store:
             if kind == RES_USER:
                 store.users.delete(name)
                 store.sessions.delete_for_user(name)
                 store.tokens.delete_by_subject("signup", name)
-                self._audit(store, events.USER_DELETE, caller.name, True, name=name)
+                self.audit(store, events.USER_DELETE, caller.name, True, name=name)
                 return
             if kind == CAP_KIND:
                 raise ValidationError("cluster_auth_preference cannot be deleted; edit it instead")
             self._require_generic(kind)
             store.resources.delete(kind, name)
-            self._audit(store, events.ROLE_DELETE, caller.name, True, name=name)
+            self.audit(store, events.ROLE_DELETE, caller.name, True, name=name)
+
+    # -------------------------------------------------------------------------------------------- locks
+    def create_lock(self, caller: Caller, lock: Lock) -> str:
+        caller.check(RES_LOCK, "create")
+        now = self.clock()
+        lock = dataclasses.replace(lock, created=lock.created or now, created_by=lock.created_by or caller.name)
+        with self.backend.begin() as store:
+            store.locks.create(lock.name, lock.target.kind, lock.target.value, resource_to_dict(lock), lock.expires)
+            self.audit(
+                store,
+                events.LOCK_CREATE,
+                caller.name,
+                True,
+                name=lock.name,
+                target={lock.target.kind: lock.target.value},
+                message=lock.message,
+            )
+        return "created"
+
+    def delete_lock(self, caller: Caller, name: str) -> None:
+        caller.check(RES_LOCK, "delete")
+        with self.backend.begin() as store:
+            store.locks.delete(name)
+            self.audit(store, events.LOCK_DELETE, caller.name, True, name=name)
 
     @staticmethod
     def _require_generic(kind: str) -> None:
@@ -672,7 +732,7 @@ class AuthServer:
             for r in records
         ]
 
-    def _audit(self, store: Store, event: tuple[str, str], user: str, success: bool, **body: Any) -> None:
+    def audit(self, store: Store, event: tuple[str, str], user: str, success: bool, **body: Any) -> None:
         name, code = event
         body.setdefault("cluster_name", self.cluster_name)
         store.audit.append(name, code, self.clock(), user, success, body)

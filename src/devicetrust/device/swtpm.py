@@ -200,13 +200,18 @@ def _listening(port: int) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not yet reaped by init) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        # /proc/PID/stat is "pid (comm) state ..."; comm may contain spaces, the state follows the last ")"
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class SimulatedTPM:
@@ -222,6 +227,8 @@ class SimulatedTPM:
         self._detach = detach
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        #: the pid of a detached swtpm (read before stopping: swtpm deletes its pid file on exit)
+        self._daemon_pid: int | None = None
         self.port: int | None = None
 
     @classmethod
@@ -232,6 +239,7 @@ class SimulatedTPM:
             tpm.port = int((tpm.state_dir / PORT_FILE).read_text().strip())
         except (OSError, ValueError):
             raise SwtpmError(f"no simulated TPM is running for {state_dir}") from None
+        tpm._daemon_pid = _read_pid(tpm.state_dir / PID_FILE)
         return tpm
 
     @property
@@ -305,6 +313,7 @@ class SimulatedTPM:
                 if self._detach:
                     proc.wait(timeout=START_TIMEOUT_S)  # the foreground half of --daemon exits at once
                     log.close()
+                    self._daemon_pid = _read_pid(self.state_dir / PID_FILE)
                 else:
                     self._proc, self._log = proc, log
                 return ""
@@ -348,9 +357,8 @@ class SimulatedTPM:
 
     def _stop_daemon(self) -> None:
         """A detached swtpm is not our child: wait for its pid to go, SIGTERM it if it lingers."""
-        try:
-            pid = int((self.state_dir / PID_FILE).read_text().strip())
-        except (OSError, ValueError):
+        pid, self._daemon_pid = self._daemon_pid, None
+        if pid is None:
             return
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while _pid_alive(pid) and time.monotonic() < deadline:
@@ -358,6 +366,13 @@ class SimulatedTPM:
         if _pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def simulate_measured_boot(device: TPMDevice, events: Sequence[tuple[int, bytes]] = DEFAULT_SIMULATED_BOOT) -> bytes:

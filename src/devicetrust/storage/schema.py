@@ -22,6 +22,8 @@ __all__ = [
     "audit_events",
     "certificate_authorities",
     "cluster_state",
+    "devices",
+    "locks",
     "metadata",
     "pending_ceremonies",
     "rate_limits",
@@ -174,4 +176,41 @@ audit_events = sa.Table(
     sa.Column("success", sa.Boolean, nullable=False),
     sa.Column("body", JSONBody, nullable=False),
     sqlite_autoincrement=True,
+)
+
+# Registered devices. ``body`` is the whole device document; the columns repeat the fields the server looks up
+# or filters by. ``id`` and (os_type, asset_tag) never change once written, so they make a stable paging key.
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("os_type", sa.String, nullable=False),
+    sa.Column("asset_tag", sa.String, nullable=False),
+    sa.Column("enroll_status", sa.String, nullable=False),
+    #: "" when nobody owns the device
+    sa.Column("owner", sa.String, nullable=False),
+    sa.Column("source_name", sa.String, nullable=True),
+    sa.Column("source_origin", sa.String, nullable=True),
+    #: the MDM's id for the device
+    sa.Column("external_id", sa.String, nullable=True),
+    sa.Column("body", JSONBody, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("created", UTCDateTime, nullable=False),
+    sa.Column("updated", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("os_type", "asset_tag"),
+    # the paging order, and lookups by asset tag on any OS
+    sa.Index(None, "asset_tag", "id"),
+    sa.Index(None, "source_name", "external_id"),
+)
+
+# Locks: ``expires`` NULL means until deleted.
+locks = sa.Table(
+    "locks",
+    metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("target_kind", sa.String, nullable=False),
+    sa.Column("target_value", sa.String, nullable=False),
+    sa.Column("body", JSONBody, nullable=False),
+    sa.Column("expires", UTCDateTime, nullable=True, index=True),
+    sa.Column("created", UTCDateTime, nullable=False),
 )

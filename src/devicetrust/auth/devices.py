@@ -1,0 +1,538 @@
+"""Devices on the auth service: inventory, enrollment tokens, enrollment and device authentication.
+
+The ceremonies' checks live in :mod:`devicetrust.ceremony`; this module adds what needs the backend: RBAC,
+spending tokens and pending ceremonies exactly once, locks, audit, and minting the device-augmented certificates.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+
+from devicetrust.auth import events
+from devicetrust.auth.secrets import hash_token, new_token
+from devicetrust.ceremony.ceremonies import (
+    AUTHENTICATE,
+    ENROLL,
+    PendingCeremony,
+    VerifiedProof,
+    begin_authentication,
+    begin_enrollment,
+    finish_authentication,
+    finish_enrollment,
+)
+from devicetrust.ceremony.messages import (
+    Challenge,
+    ChallengeResponse,
+    CeremonyError,
+    CollectedData,
+    KeyEnrollPayload,
+    TPMEnrollPayload,
+)
+from devicetrust.crypto import (
+    DeviceExtensions,
+    issue_ssh_user_cert,
+    issue_x509_client_cert,
+    load_ssh_certificate,
+    require_p256_public_key,
+    verify_ssh_user_cert,
+)
+from devicetrust.errors import AccessDeniedError, AlreadyExistsError, NotFoundError, TrustError, ValidationError
+from devicetrust.storage import DeviceRecord, Store
+from devicetrust.types import (
+    MAX_COLLECTED_RECORDS,
+    Device,
+    DeviceTrustSettings,
+    Lock,
+    locks_in_force,
+    os_display_name,
+    parse_resource,
+    resource_to_dict,
+)
+
+if TYPE_CHECKING:
+    from devicetrust.auth.server import AuthServer, Caller
+
+RES_DEVICE = "device"
+TOKEN_KIND = "device_enroll"
+#: Enrollment tokens last an hour unless asked otherwise (DESIGN §5), at most a week.
+DEFAULT_ENROLL_TOKEN_TTL = timedelta(hours=1)
+MAX_ENROLL_TOKEN_TTL = timedelta(days=7)
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+#: Every enrollment-token failure reads the same, so a caller learns nothing about which check failed.
+INVALID_ENROLL_TOKEN = "invalid device enrollment token"
+TRUST_DISABLED = "device trust disabled by cluster settings"
+
+
+@dataclass(frozen=True)
+class AugmentedCerts:
+    ssh_cert: bytes
+    tls_cert: x509.Certificate
+    device: Device
+
+
+def device_from_record(record: DeviceRecord) -> Device:
+    resource = parse_resource(record.body)
+    if not isinstance(resource, Device):
+        raise ValidationError(f'stored device "{record.id}" is not a device document')
+    return resource
+
+
+def device_audit(device: Device, credential_id: str = "") -> dict[str, str]:
+    return {
+        "device_id": device.id,
+        "asset_tag": device.asset_tag,
+        "os": os_display_name(device.os_type),
+        "credential_id": credential_id or (device.credential.id if device.credential else ""),
+    }
+
+
+def _bounded(ttl: timedelta | None) -> timedelta:
+    ttl = ttl or DEFAULT_ENROLL_TOKEN_TTL
+    if ttl <= timedelta(0) or ttl > MAX_ENROLL_TOKEN_TTL:
+        raise ValidationError(f"--enroll-ttl must be positive and at most {MAX_ENROLL_TOKEN_TTL.days} days")
+    return ttl
+
+
+class DeviceService:
+    def __init__(self, server: AuthServer) -> None:
+        self.server = server
+
+    # ------------------------------------------------------------------------------------------ helpers
+    @property
+    def _backend(self) -> Any:
+        return self.server.backend
+
+    def _now(self) -> datetime:
+        return self.server.clock()
+
+    def _audit(self, store: Store, event: tuple[str, str], user: str, success: bool, **body: Any) -> None:
+        self.server.audit(store, event, user, success, **body)
+
+    def _save(self, store: Store, device: Device, *, expected_revision: int | None = None) -> Device:
+        device = replace(device, update_time=self._now())
+        store.devices.update(
+            device.id,
+            resource_to_dict(device),
+            enroll_status=device.enroll_status,
+            owner=device.owner,
+            source_name=device.source.name if device.source else None,
+            source_origin=device.source.origin if device.source else None,
+            external_id=device.profile.external_id if device.profile and device.profile.external_id else None,
+            expected_revision=expected_revision,
+        )
+        return device
+
+    def _settings(self) -> DeviceTrustSettings:
+        return self.server.auth_preference().device_trust
+
+    # -------------------------------------------------------------------------------------- inventory
+    def add(
+        self,
+        caller: Caller,
+        os_type: str,
+        asset_tag: str,
+        *,
+        enroll_token_ttl: timedelta | None = None,
+        create_token: bool = False,
+    ) -> tuple[Device, str | None]:
+        caller.check(RES_DEVICE, "create")
+        if create_token:
+            caller.check(RES_DEVICE, "create_enroll_token")
+        now = self._now()
+        device = Device(id=str(uuid.uuid4()), os_type=os_type, asset_tag=asset_tag, create_time=now, update_time=now)
+        token = None
+        with self._backend.begin() as store:
+            store.devices.create(device.id, device.os_type, device.asset_tag, resource_to_dict(device))
+            self._audit(store, events.DEVICE_CREATE, caller.name, True, device=device_audit(device))
+            if create_token:
+                token = self._new_enroll_token(store, caller, device, enroll_token_ttl)
+        return device, token
+
+    def put(self, caller: Caller, device: Device, *, force: bool) -> str:
+        """``tctl create -f device.yaml``: register or (with force) update a device's registration. Enrollment
+        state can only change through the ceremonies, so documents carrying a credential are refused."""
+        if device.credential is not None or device.is_enrolled:
+            raise ValidationError("spec.credential: set by enrollment only; remove it (and enroll_status)")
+        with self._backend.begin() as store:
+            existing = store.devices.find(device.id) or store.devices.find_by_asset_tag(
+                device.os_type, device.asset_tag
+            )
+            if existing is None:
+                caller.check(RES_DEVICE, "create")
+                now = self._now()
+                device = replace(device, create_time=now, update_time=now, owner="", collected_data=())
+                store.devices.create(
+                    device.id,
+                    device.os_type,
+                    device.asset_tag,
+                    resource_to_dict(device),
+                    source_name=device.source.name if device.source else None,
+                    source_origin=device.source.origin if device.source else None,
+                )
+                self._audit(store, events.DEVICE_CREATE, caller.name, True, device=device_audit(device))
+                return "created"
+            caller.check(RES_DEVICE, "update")
+            if not force:
+                raise AlreadyExistsError(
+                    f'device "{device.asset_tag}"/{os_display_name(device.os_type)} already exists; '
+                    "use --force to overwrite it"
+                )
+            current = device_from_record(existing)
+            updated = replace(
+                current,
+                asset_tag=device.asset_tag,
+                os_type=device.os_type,
+                source=device.source,
+                profile=device.profile,
+            )
+            self._save(store, updated)
+            self._audit(store, events.DEVICE_UPDATE, caller.name, True, device=device_audit(updated))
+            return "updated"
+
+    def list_page(self, caller: Caller, *, page_size: int, page_token: str | None) -> tuple[list[Device], str | None]:
+        caller.check(RES_DEVICE, "list")
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValidationError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        with self._backend.begin() as store:
+            records, next_token = store.devices.list_page(page_size=page_size, page_token=page_token)
+        return [device_from_record(r) for r in records], next_token
+
+    def list_all(self, caller: Caller) -> list[Device]:
+        devices: list[Device] = []
+        token: str | None = None
+        while True:
+            page, token = self.list_page(caller, page_size=MAX_PAGE_SIZE, page_token=token)
+            devices.extend(page)
+            if token is None:
+                return devices
+
+    def get(self, caller: Caller, device_id: str) -> Device:
+        caller.check(RES_DEVICE, "read")
+        with self._backend.begin() as store:
+            return device_from_record(store.devices.get(device_id))
+
+    def find_by_asset_tag(self, caller: Caller, asset_tag: str) -> list[Device]:
+        caller.check(RES_DEVICE, "read")
+        with self._backend.begin() as store:
+            return [device_from_record(r) for r in store.devices.find_all_by_asset_tag(asset_tag)]
+
+    def delete(self, caller: Caller, device_id: str) -> Device:
+        caller.check(RES_DEVICE, "delete")
+        with self._backend.begin() as store:
+            device = device_from_record(store.devices.delete(device_id))
+            store.tokens.delete_by_subject(TOKEN_KIND, device.id)
+            self._audit(store, events.DEVICE_DELETE, caller.name, True, device=device_audit(device))
+        return device
+
+    def unenroll(self, caller: Caller, device_id: str) -> Device:
+        caller.check(RES_DEVICE, "update")
+        with self._backend.begin() as store:
+            device = device_from_record(store.devices.get(device_id))
+            previous = device.credential.id if device.credential else ""
+            device = self._save(store, device.unenrolled())
+            self._audit(
+                store,
+                events.DEVICE_UPDATE,
+                caller.name,
+                True,
+                device=device_audit(device, previous),
+                change="unenroll",
+            )
+        return device
+
+    # ---------------------------------------------------------------------------------- enroll tokens
+    def create_enroll_token(self, caller: Caller, device_id: str, ttl: timedelta | None) -> tuple[Device, str]:
+        caller.check(RES_DEVICE, "create_enroll_token")
+        with self._backend.begin() as store:
+            device = device_from_record(store.devices.get(device_id))
+            token = self._new_enroll_token(store, caller, device, ttl)
+        return device, token
+
+    def _new_enroll_token(self, store: Store, caller: Caller, device: Device, ttl: timedelta | None) -> str:
+        token = new_token()
+        expires = self._now() + _bounded(ttl)
+        # One token per device: a new one replaces the old.
+        store.tokens.delete_by_subject(TOKEN_KIND, device.id)
+        store.tokens.create(hash_token(token), TOKEN_KIND, device.id, {}, expires, single_use=True)
+        self._audit(
+            store,
+            events.DEVICE_TOKEN_CREATE,
+            caller.name,
+            True,
+            device=device_audit(device),
+            expires=expires.isoformat(),
+        )
+        return token
+
+    # ------------------------------------------------------------------------------------- enrollment
+    def enroll_begin(
+        self,
+        *,
+        token: str | None,
+        caller: Caller | None,
+        credential_id: str,
+        collected: CollectedData,
+        tpm: TPMEnrollPayload | None,
+        key: KeyEnrollPayload | None,
+    ) -> Challenge:
+        """Start an enrollment with an enrollment token, or token-less as auto-enrollment of a registered device
+        by a logged-in user when the cluster allows it. The token is spent here, even if the ceremony fails."""
+        now = self._now()
+        settings = self._settings()
+        ceremony_id = str(uuid.uuid4())
+        failure: CeremonyError | None = None
+        with self._backend.begin() as store:
+            if token:
+                try:
+                    spent = store.tokens.consume(hash_token(token), TOKEN_KIND, now)
+                except NotFoundError:
+                    self._audit(store, events.DEVICE_TOKEN_SPENT, "", False, reason=INVALID_ENROLL_TOKEN)
+                    failure = CeremonyError(INVALID_ENROLL_TOKEN)
+                else:
+                    record = store.devices.find(spent.subject)
+                    if record is None:
+                        failure = CeremonyError(INVALID_ENROLL_TOKEN)
+                    else:
+                        device = device_from_record(record)
+                        self._audit(
+                            store,
+                            events.DEVICE_TOKEN_SPENT,
+                            caller.name if caller else "",
+                            True,
+                            device=device_audit(device),
+                        )
+                user = caller.name if caller else ""
+            else:
+                if caller is None:
+                    raise CeremonyError(INVALID_ENROLL_TOKEN)
+                if not settings.auto_enroll:
+                    raise CeremonyError("auto-enrollment is disabled; ask an administrator for an enrollment token")
+                record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
+                if record is None:
+                    raise CeremonyError("this device is not registered; ask an administrator to add it")
+                device = device_from_record(record)
+                if device.is_enrolled:
+                    raise CeremonyError("this device is already enrolled")
+                self._check_profile(device, collected)
+                user = caller.name
+        if failure is not None:
+            raise failure
+        try:
+            pending, challenge = begin_enrollment(
+                ceremony_id=ceremony_id,
+                device=device,
+                user=user,
+                credential_id=credential_id,
+                collected=collected,
+                tpm=tpm,
+                key=key,
+                settings=settings,
+                now=now,
+                random_bytes=secrets.token_bytes,
+            )
+        except CeremonyError as err:
+            self._audit_failure(events.DEVICE_ENROLL, user, device, str(err))
+            raise
+        with self._backend.begin() as store:
+            store.pending.create(pending.id, ENROLL, device.id, pending.to_body(), pending.expires)
+        return challenge
+
+    @staticmethod
+    def _check_profile(device: Device, collected: CollectedData) -> None:
+        """Auto-enrollment also requires agreement with what the MDM reported, where it reported anything."""
+        profile = device.profile
+        if profile is None:
+            return
+        if (
+            profile.model_identifier
+            and collected.model_identifier
+            and (profile.model_identifier != collected.model_identifier)
+        ):
+            raise CeremonyError("device data does not match the device's MDM profile")
+
+    def enroll_finish(self, response: ChallengeResponse) -> Device:
+        now = self._now()
+        pending = self._consume(response.ceremony_id, ENROLL, now)
+        with self._backend.begin() as store:
+            record = store.devices.find(pending.device_id)
+        if record is None:
+            raise CeremonyError("unknown or expired device ceremony")
+        device = device_from_record(record)
+        try:
+            proof = finish_enrollment(pending, response, now=now)
+        except CeremonyError as err:
+            self._audit_failure(events.DEVICE_ENROLL, pending.user, device, str(err))
+            raise
+        with self._backend.begin() as store:
+            current = device_from_record(store.devices.get(pending.device_id))
+            if current.credential is not None and (
+                current.credential.tpm_ek_public_sha256 != proof.credential.tpm_ek_public_sha256
+                or current.credential.public_key_der != proof.credential.public_key_der
+            ):
+                raise CeremonyError(
+                    "this device is enrolled with a different TPM; an administrator must unenroll it first"
+                )
+            enrolled = replace(
+                current,
+                enroll_status="enrolled",
+                credential=proof.credential,
+                owner=pending.user or current.owner,
+                collected_data=(self._record(pending, proof, now),),
+            )
+            enrolled = self._save(store, enrolled)
+            self._audit(
+                store,
+                events.DEVICE_ENROLL,
+                pending.user,
+                True,
+                device=device_audit(enrolled),
+                attestation_type=proof.credential.attestation_type,
+                event_log=proof.event_log,
+            )
+        return enrolled
+
+    def _consume(self, ceremony_id: str, kind: str, now: datetime) -> PendingCeremony:
+        with self._backend.begin() as store:
+            try:
+                record = store.pending.consume(ceremony_id, kind, now)
+            except NotFoundError:
+                raise CeremonyError("unknown or expired device ceremony") from None
+        return PendingCeremony.from_body(record.id, kind, record.expires, record.body)
+
+    @staticmethod
+    def _record(pending: PendingCeremony, proof: VerifiedProof, now: datetime) -> dict[str, str]:
+        record = {k: v for k, v in pending.collected.items() if v}
+        record["record_time"] = now.isoformat()
+        record["event_log"] = proof.event_log
+        return record
+
+    def _audit_failure(self, event: tuple[str, str], user: str, device: Device | None, reason: str) -> None:
+        with self._backend.begin() as store:
+            details: dict[str, Any] = {"reason": reason}
+            if device is not None:
+                details["device"] = device_audit(device)
+            self._audit(store, event, user, False, **details)
+
+    # ---------------------------------------------------------------------------------- authentication
+    def device_trust_enabled(self, role_modes: Sequence[str]) -> bool:
+        """Device authentication runs unless the cluster mode and every role's mode are off."""
+        modes = [self._settings().mode, *(mode for mode in role_modes if mode)]
+        return any(mode != "off" for mode in modes)
+
+    def authenticate_begin(
+        self, caller: Caller, *, credential_id: str, collected: CollectedData, ssh_cert: bytes
+    ) -> Challenge:
+        if caller.kind not in ("user", "bot"):
+            raise AccessDeniedError("device authentication is for users and bots")
+        if not self.device_trust_enabled([r.options.device_trust_mode for r in caller.roles]):
+            raise CeremonyError(TRUST_DISABLED)
+        self._verified_unaugmented(caller, ssh_cert)
+        now = self._now()
+        with self._backend.begin() as store:
+            record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
+            locks = [self._lock(r.body) for r in store.locks.list(now)]
+        if record is None:
+            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, None, "device not registered")
+            raise CeremonyError("this device is not registered")
+        device = device_from_record(record)
+        in_force = locks_in_force(locks, now, user=caller.name, roles=caller.role_names, device_id=device.id)
+        if in_force:
+            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, "locked")
+            message = in_force[0].message or "locked by an administrator"
+            raise AccessDeniedError(f"device authentication refused: {message}")
+        try:
+            pending, challenge = begin_authentication(
+                ceremony_id=str(uuid.uuid4()),
+                device=device,
+                user=caller.name,
+                session_hash=caller.session_hash,
+                credential_id=credential_id,
+                collected=collected,
+                now=now,
+                random_bytes=secrets.token_bytes,
+            )
+        except CeremonyError as err:
+            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, str(err))
+            raise
+        body = pending.to_body()
+        body["ssh_cert"] = ssh_cert.decode()
+        with self._backend.begin() as store:
+            store.pending.create(pending.id, AUTHENTICATE, device.id, body, pending.expires)
+        return challenge
+
+    @staticmethod
+    def _lock(body: Mapping[str, Any]) -> Lock:
+        lock = parse_resource(body)
+        if not isinstance(lock, Lock):
+            raise ValidationError("stored lock is not a lock document")
+        return lock
+
+    def _verified_unaugmented(self, caller: Caller, ssh_cert: bytes) -> Any:
+        identity = verify_ssh_user_cert(ssh_cert, [self.server.user_ca.ssh_public_key()], self._now())
+        if identity.username != caller.name:
+            raise TrustError("the certificate does not belong to the logged-in user")
+        if identity.device is not None:
+            raise CeremonyError("the certificate already carries device extensions; run 'tsh login' for new ones")
+        return identity
+
+    def authenticate_finish(self, caller: Caller, response: ChallengeResponse) -> AugmentedCerts:
+        now = self._now()
+        with self._backend.begin() as store:
+            try:
+                raw = store.pending.consume(response.ceremony_id, AUTHENTICATE, now)
+            except NotFoundError:
+                raise CeremonyError("unknown or expired device ceremony") from None
+            pending = PendingCeremony.from_body(raw.id, AUTHENTICATE, raw.expires, raw.body)
+            record = store.devices.find(pending.device_id)
+            locks = [self._lock(r.body) for r in store.locks.list(now)]
+        if record is None:
+            raise CeremonyError("this device is not registered")
+        device = device_from_record(record)
+        try:
+            if pending.user != caller.name:
+                raise CeremonyError("unknown or expired device ceremony")
+            if locks_in_force(locks, now, user=caller.name, roles=caller.role_names, device_id=device.id):
+                raise CeremonyError("device authentication refused: locked by an administrator")
+            proof = finish_authentication(pending, device, response, session_hash=caller.session_hash, now=now)
+        except CeremonyError as err:
+            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, str(err))
+            raise
+        ssh_cert = str(raw.body["ssh_cert"]).encode()
+        identity = self._verified_unaugmented(caller, ssh_cert)
+        augmented = identity.with_device(
+            DeviceExtensions(device_id=device.id, asset_tag=device.asset_tag, credential_id=proof.credential.id)
+        )
+        public_key = require_p256_public_key(load_ssh_certificate(ssh_cert).public_key(), "certificate key")
+        new_ssh = issue_ssh_user_cert(self.server.user_ca, public_key, augmented)
+        new_tls = issue_x509_client_cert(self.server.user_ca, public_key, augmented)
+        with self._backend.begin() as store:
+            current = device_from_record(store.devices.get(device.id))
+            history = [*current.collected_data[1:], self._record(pending, proof, now)]
+            kept = history[-(MAX_COLLECTED_RECORDS - 1) :]
+            current = self._save(store, replace(current, collected_data=(*current.collected_data[:1], *kept)))
+            self._audit(
+                store,
+                events.DEVICE_AUTHENTICATE,
+                caller.name,
+                True,
+                device=device_audit(current, proof.credential.id),
+                event_log=proof.event_log,
+            )
+            self._audit(
+                store,
+                events.CERT_CREATE,
+                caller.name,
+                True,
+                cert_type="user",
+                identity={"user": caller.name, "expires": augmented.not_after.isoformat()},
+                device=device_audit(current, proof.credential.id),
+            )
+        return AugmentedCerts(new_ssh, new_tls, current)
