@@ -172,7 +172,7 @@ def activate_offline(
 ) -> bytes:
     """What TPM2_ActivateCredential does; raises ValueError where the TPM would fail."""
     hash_cls = _HASHES[name_alg]
-    digest_size = hash_cls.digest_size
+    digest_size, hash_name = hash_cls().digest_size, hash_cls().name
     assert int.from_bytes(encrypted_secret[:2], "big") == len(encrypted_secret) - 2
     enc = encrypted_secret[2:]
     if isinstance(ek_private, rsa.RSAPrivateKey):
@@ -197,7 +197,7 @@ def activate_offline(
     hmac_size = int.from_bytes(body[:2], "big")
     outer_hmac, enc_identity = body[2 : 2 + hmac_size], body[2 + hmac_size :]
     hmac_key = _kdfa(name_alg, seed, b"INTEGRITY", b"", digest_size * 8)
-    expected = hmac.new(hmac_key, enc_identity + ak_name, hash_cls.name).digest()
+    expected = hmac.new(hmac_key, enc_identity + ak_name, hash_name).digest()
     if not hmac.compare_digest(outer_hmac, expected):
         raise ValueError("integrity check failed")
     storage_key = _kdfa(name_alg, seed, b"STORAGE", ak_name, sym_bits)

@@ -106,9 +106,12 @@ def test_wrong_pcr_value_is_rejected() -> None:
         replay_event_log(LOG, {**PCRS, 4: bytes(32)})
 
 
-def test_pcr_not_covered_by_the_quote_is_rejected() -> None:
-    with pytest.raises(AttestationError, match="PCR 7, which the quote does not cover"):
-        replay_event_log(LOG, {0: PCRS[0], 4: PCRS[4]})
+def test_events_of_pcrs_outside_the_quote_are_set_aside() -> None:
+    summary = replay_event_log(LOG, {0: PCRS[0], 4: PCRS[4]})
+    assert summary.unverified_pcrs == (7,)
+    assert summary.pcrs == (0, 4)
+    assert [e.pcr for e in summary.events] == [0, 0, 4]
+    assert replay_event_log(LOG, PCRS).unverified_pcrs == ()
 
 
 def test_legacy_sha1_log_is_rejected() -> None:

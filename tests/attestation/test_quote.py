@@ -16,6 +16,7 @@ from devicetrust.attestation import (
     MAX_ATTEST_BYTES,
     MAX_SIGNATURE_BYTES,
     MIN_NONCE_BYTES,
+    Attest,
     AttestationError,
     ClockInfo,
     ECDSASignature,
@@ -73,7 +74,7 @@ def test_attest_and_signature_round_trip() -> None:
     assert parse_signature(SIGNATURE).marshal() == SIGNATURE
 
 
-def _resigned(transform: Callable[[fakes.Attest], fakes.Attest]) -> tuple[bytes, bytes]:
+def _resigned(transform: Callable[[Attest], Attest]) -> tuple[bytes, bytes]:
     attest = transform(fakes.attest(NONCE, VALUES)).marshal()
     return attest, fakes.sign(KEY, attest)
 
@@ -116,7 +117,7 @@ def test_signed_but_malformed_attest_is_rejected(attest: bytes, message: str) ->
     ],
     ids=["other-nonce", "no-nonce", "short-nonce", "digest", "fewer-pcrs", "sha1-bank", "two-banks", "no-bank"],
 )
-def test_signed_but_wrong_quote_is_rejected(transform: Callable[[fakes.Attest], fakes.Attest], message: str) -> None:
+def test_signed_but_wrong_quote_is_rejected(transform: Callable[[Attest], Attest], message: str) -> None:
     attest, signature = _resigned(transform)
     with pytest.raises(AttestationError, match=message):
         _verify(attest, signature)
@@ -228,10 +229,10 @@ def _mutation(draw: st.DrawFn, data: bytes) -> bytes:
     """A different byte string: flip bytes, cut, extend, or splice."""
     kind = draw(st.sampled_from(["flip", "cut", "extend", "splice"]))
     if kind == "flip":
-        out = bytearray(data)
+        flipped = bytearray(data)
         for index in draw(st.lists(st.integers(0, len(data) - 1), min_size=1, max_size=4, unique=True)):
-            out[index] ^= draw(st.integers(1, 255))
-        return bytes(out)
+            flipped[index] ^= draw(st.integers(1, 255))
+        return bytes(flipped)
     if kind == "cut":
         start = draw(st.integers(0, len(data) - 1))
         end = draw(st.integers(start + 1, len(data)))

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from devicetrust.attestation import (
     MAX_TPM_PUBLIC_BYTES,
     AttestationError,
+    ECCParameters,
     ECCPoint,
     ObjectAttributes,
     Scheme,
@@ -108,7 +109,7 @@ def test_unknown_algorithms_are_rejected(offset: int, value: bytes, message: str
 def test_unknown_curve_scheme_and_symmetric_are_rejected() -> None:
     base = fakes.tpm_public(P256.public_key())
     params = base.parameters
-    assert not isinstance(params, type(None))
+    assert isinstance(params, ECCParameters)
     bad_curve = dataclasses.replace(base, parameters=dataclasses.replace(params, curve=0x0999))
     with pytest.raises(AttestationError, match="curve"):
         parse_tpmt_public(bad_curve.marshal())

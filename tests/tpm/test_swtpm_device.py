@@ -23,7 +23,7 @@ from devicetrust.attestation import (
     verify_ek_certificate,
     verify_quote,
 )
-from tests.tpm.helpers import Device, require_swtpm
+from tests.tpm.helpers import Device, require_swtpm, require_tpm2_pytss
 
 pytestmark = pytest.mark.integration
 
@@ -241,7 +241,7 @@ def test_malformed_credential_and_bad_arguments(device_a: Device, tmp_path: Path
 
 
 def test_unreachable_tpm_is_a_one_line_error() -> None:
-    require_swtpm()
+    require_tpm2_pytss()
     from devicetrust.device.tpm import TPMDevice, TPMError
 
     with pytest.raises(TPMError, match="cannot open the TPM") as caught:

@@ -74,11 +74,14 @@ class EventLogSummary:
     """The result of a successful replay. ``empty`` logs are accepted (Linux often has none) — record it."""
 
     empty: bool
+    #: the events of quoted PCRs, in log order (all verified by the replay)
     events: tuple[LogEvent, ...] = ()
-    #: the PCRs the log extends
+    #: the quoted PCRs the log extends
     pcrs: tuple[int, ...] = ()
     #: the replayed value of every quoted PCR (each equal to the quoted one)
     replayed: Mapping[int, bytes] = field(default_factory=dict)
+    #: PCRs the log extends that the quote does not cover: their events are not in ``events``
+    unverified_pcrs: tuple[int, ...] = ()
 
     @property
     def event_count(self) -> int:
@@ -165,29 +168,38 @@ def _parse(event_log: bytes) -> tuple[list[LogEvent], dict[int, bytes]]:
 def replay_event_log(event_log: bytes, pcr_values: Mapping[int, bytes]) -> EventLogSummary:
     """Replay ``event_log`` against ``pcr_values`` (the quoted SHA-256 PCRs).
 
-    Every PCR the log extends must be quoted and reproduced, and every quoted PCR the log never extends must still
-    be at its reset value (zeros) — so events cannot be dropped from the end of the log. A log that extends a PCR
-    the quote does not cover is rejected: those events could say anything (quote every PCR the log touches, or
-    leave those events out). An empty log is accepted with ``empty=True``.
+    Every quoted PCR the log extends must be reproduced, and every quoted PCR the log never extends must still be
+    at its reset value (zeros) — so events cannot be dropped from the end of the log. Events for PCRs outside the
+    quote cannot be checked: they are left out of the summary's ``events`` and their PCRs listed in
+    ``unverified_pcrs`` (real Linux logs also extend PCRs 8, 9, 14…). An empty log is accepted with ``empty=True``.
     """
     if not event_log:
         return EventLogSummary(empty=True)
     if len(event_log) > MAX_EVENT_LOG_BYTES:
         raise AttestationError(f"event log larger than {MAX_EVENT_LOG_BYTES} bytes")
     events, initial = _parse(event_log)
-    replayed = dict(initial)
+    replayed = {pcr: value for pcr, value in initial.items() if pcr in pcr_values}
+    verified: list[LogEvent] = []
+    unverified: set[int] = set()
     for event in events:
+        if event.pcr not in pcr_values:
+            unverified.add(event.pcr)
+            continue
         current = replayed.get(event.pcr, bytes(PCR_DIGEST_BYTES))
         replayed[event.pcr] = hashlib.sha256(current + event.digest).digest()
+        verified.append(event)
     touched = tuple(sorted(replayed))
-    for pcr in touched:
-        if pcr not in pcr_values:
-            raise AttestationError(f"event log extends PCR {pcr}, which the quote does not cover")
     for pcr in sorted(pcr_values):
         expected = replayed.setdefault(pcr, bytes(PCR_DIGEST_BYTES))
         if not hmac.compare_digest(pcr_values[pcr], expected):
             raise AttestationError(f"event log does not reproduce PCR {pcr}")
-    return EventLogSummary(empty=False, events=tuple(events), pcrs=touched, replayed=replayed)
+    return EventLogSummary(
+        empty=False,
+        events=tuple(verified),
+        pcrs=touched,
+        replayed=replayed,
+        unverified_pcrs=tuple(sorted(unverified)),
+    )
 
 
 def build_event_log(events: Sequence[tuple[int, bytes]]) -> tuple[bytes, dict[int, bytes]]:

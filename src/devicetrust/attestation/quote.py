@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from . import _marshal as m
 from .errors import AttestationError
-from .tpm import TPMPublic, check_ak
+from .tpm import MAX_ECC_PARAMETER_BYTES, TPMPublic, check_ak
 
 __all__ = [
     "MAX_ATTEST_BYTES",
@@ -143,7 +143,11 @@ TPMSignature: TypeAlias = ECDSASignature | RSASSASignature
 
 @dataclass(frozen=True)
 class QuoteInfo:
-    """What a verified quote tells: the TPM's clock (resets/restarts reveal reboots), its firmware, the PCRs."""
+    """What a verified quote tells: the TPM's clock, its firmware version, the PCRs.
+
+    The TPM obfuscates resetCount/restartCount for keys outside the endorsement hierarchy (an AK under the SRK),
+    so only their changes between quotes of the same AK mean anything (a reboot); ``clock_info.clock`` is plain.
+    """
 
     clock_info: ClockInfo
     firmware_version: int
@@ -195,7 +199,7 @@ def parse_signature(data: bytes) -> TPMSignature:
     hash_alg = r.u16()
     sig: TPMSignature
     if alg == m.ALG_ECDSA:
-        sig = ECDSASignature(hash_alg, r.tpm2b(m.MAX_DIGEST_BYTES + 2, "r"), r.tpm2b(m.MAX_DIGEST_BYTES + 2, "s"))
+        sig = ECDSASignature(hash_alg, r.tpm2b(MAX_ECC_PARAMETER_BYTES, "r"), r.tpm2b(MAX_ECC_PARAMETER_BYTES, "s"))
     elif alg == m.ALG_RSASSA:
         sig = RSASSASignature(hash_alg, r.tpm2b(MAX_SIGNATURE_BYTES, "RSA signature"))
     else:

@@ -30,8 +30,8 @@ from devicetrust.cli.common import (
 from devicetrust.cli.profile import ProfileStore
 from devicetrust.client import AuthClient
 from devicetrust.config import ENV_CONFIG, AdminIdentity, load_config
-from devicetrust.errors import ConfigError, ValidationError
-from devicetrust.types import dump_yaml, load_yaml_documents, normalize_kind
+from devicetrust.errors import ConfigError, NotFoundError, ValidationError
+from devicetrust.types import dump_yaml, load_yaml_documents, normalize_kind, os_display_name
 
 
 class Context:
@@ -411,6 +411,150 @@ def tokens_rm(ctx: Context, token_id: str) -> None:
     """Delete a token by the id 'tctl tokens ls' shows."""
     ctx.client.delete(f"/v1/tokens/{token_id}")
     click.echo(f"Token {token_id} has been deleted.")
+
+
+# ---------------------------------------------------------------------------------------------- devices
+@cli.group()
+def devices() -> None:
+    """Manage the device inventory and enrollment tokens."""
+
+
+def _display_os(os_type: str) -> str:
+    return os_display_name(os_type)
+
+
+def _resolve_device(ctx: Context, device_id: str | None, asset_tag: str | None) -> dict[str, Any]:
+    if bool(device_id) == bool(asset_tag):
+        raise click.UsageError("give exactly one of --device-id or --asset-tag")
+    if device_id:
+        device: dict[str, Any] = ctx.client.get(f"/v1/devices/{device_id}")
+        return device
+    found = ctx.client.get("/v1/devices", asset_tag=asset_tag)["items"]
+    if not found:
+        raise NotFoundError(f'no device with asset tag "{asset_tag}"')
+    if len(found) > 1:
+        raise ValidationError(f'several devices have asset tag "{asset_tag}"; use --device-id')
+    return dict(found[0])
+
+
+def _print_enroll_command(asset_tag: str, token: str) -> None:
+    click.echo(f'Run the command below on device "{asset_tag}" to enroll it:\ntsh device enroll --token={token}')
+
+
+@devices.command("add")
+@click.option("--os", "os_type", required=True, help="linux, macos, windows, ios or ipados.")
+@click.option("--asset-tag", required=True, help="The device's serial number (see 'tsh device asset-tag').")
+@click.option("--enroll", is_flag=True, help="Also create an enrollment token.")
+@click.option("--enroll-ttl", help="Lifetime of the enrollment token (default 1h).")
+@format_option()
+@pass_ctx
+def devices_add(ctx: Context, os_type: str, asset_tag: str, enroll: bool, enroll_ttl: str | None, fmt: str) -> None:
+    """Register a device in the inventory."""
+    ttl = int(parse_duration(enroll_ttl, what="--enroll-ttl").total_seconds()) if enroll_ttl else None
+    reply = ctx.client.post(
+        "/v1/devices",
+        {"os_type": os_type, "asset_tag": asset_tag, "create_enroll_token": enroll, "enroll_token_ttl_seconds": ttl},
+    )
+
+    def text(r: dict[str, Any]) -> None:
+        spec = r["device"]["spec"]
+        click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} added to the inventory")
+        if r["enroll_token"]:
+            _print_enroll_command(spec["asset_tag"], r["enroll_token"])
+
+    emit(reply, fmt, text)
+
+
+def _device_rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for doc in items:
+        spec = doc["spec"]
+        rows.append(
+            (
+                spec["asset_tag"],
+                _display_os(spec["os_type"]),
+                (spec.get("source") or {}).get("name", ""),
+                spec.get("enroll_status", "not_enrolled").replace("_", " "),
+                spec.get("owner", ""),
+                doc["metadata"]["name"],
+            )
+        )
+    return rows
+
+
+@devices.command("ls")
+@format_option()
+@pass_ctx
+def devices_ls(ctx: Context, fmt: str) -> None:
+    """List registered devices."""
+    items: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        page = ctx.client.get("/v1/devices", page_size=1000, page_token=token)
+        items.extend(page["items"])
+        token = page["next_page_token"]
+        if not token:
+            break
+    emit(
+        items,
+        fmt,
+        lambda docs: print_table(
+            ["Asset Tag", "OS", "Source", "Enroll Status", "Owner", "Device ID"], _device_rows(docs)
+        ),
+    )
+
+
+@devices.command("get")
+@click.option("--device-id", help="The device's id.")
+@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@format_option(default="yaml")
+@pass_ctx
+def devices_get(ctx: Context, device_id: str | None, asset_tag: str | None, fmt: str) -> None:
+    """Show one device."""
+    device = _resolve_device(ctx, device_id, asset_tag)
+    emit(
+        device,
+        fmt,
+        lambda d: print_table(["Asset Tag", "OS", "Source", "Enroll Status", "Owner", "Device ID"], _device_rows([d])),
+    )
+
+
+@devices.command("rm")
+@click.option("--device-id", help="The device's id.")
+@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@pass_ctx
+def devices_rm(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
+    """Remove a device from the inventory (issued certificates stay valid until they expire: use locks)."""
+    device = _resolve_device(ctx, device_id, asset_tag)
+    ctx.client.delete(f"/v1/devices/{device['metadata']['name']}")
+    spec = device["spec"]
+    click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} removed")
+
+
+@devices.command("enroll")
+@click.option("--device-id", help="The device's id.")
+@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@click.option("--ttl", help="Lifetime of the enrollment token (default 1h).")
+@format_option()
+@pass_ctx
+def devices_enroll(ctx: Context, device_id: str | None, asset_tag: str | None, ttl: str | None, fmt: str) -> None:
+    """Create an enrollment token for a registered device (it replaces any earlier one)."""
+    device = _resolve_device(ctx, device_id, asset_tag)
+    seconds = int(parse_duration(ttl, what="--ttl").total_seconds()) if ttl else None
+    reply = ctx.client.post(f"/v1/devices/{device['metadata']['name']}/enroll-token", {"ttl_seconds": seconds})
+    emit(reply, fmt, lambda r: _print_enroll_command(r["device"]["spec"]["asset_tag"], r["enroll_token"]))
+
+
+@devices.command("unenroll")
+@click.option("--device-id", help="The device's id.")
+@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@pass_ctx
+def devices_unenroll(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
+    """Unenroll a device: clear its credential, owner and collected data (it stays registered)."""
+    device = _resolve_device(ctx, device_id, asset_tag)
+    ctx.client.post(f"/v1/devices/{device['metadata']['name']}/unenroll")
+    spec = device["spec"]
+    click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} unenrolled")
 
 
 # ------------------------------------------------------------------------------------------------ audit

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import getpass
+import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -30,9 +32,23 @@ from devicetrust.crypto import (
     public_key_to_openssh,
     ssh_cert_extension_names,
 )
-from devicetrust.errors import TrustError, ValidationError
+from devicetrust.ceremony.messages import Challenge, CollectedData
+from devicetrust.device.collect import collect
+from devicetrust.device.keys import BACKENDS, DeviceKey, UnsafeSoftwareKey, default_backend, open_device_key
+from devicetrust.errors import AlreadyExistsError, DevicetrustError, TrustError, ValidationError
+from devicetrust.files import write_atomic
+from devicetrust.types import os_display_name
 
+#: Default device key backend for scripts (same values as --device-key).
+ENV_DEVICE_KEY = "DEVICETRUST_DEVICE_KEY"
 PASSWORD_PROMPT = "Enter password for user {user}: "  # noqa: S105 - a prompt, not a secret
+
+
+device_key_option = click.option(
+    "--device-key",
+    type=click.Choice(BACKENDS),
+    help="Device key backend (default: TPM on Linux/Windows, Secure Enclave on macOS).",
+)
 
 
 def _read_secret(prompt: str, from_stdin: bool) -> str:
@@ -161,6 +177,7 @@ def cli() -> None:
 @click.option("--ttl", help="Certificate lifetime, e.g. 8h (default 12h, capped by your roles).")
 @click.option("--insecure", is_flag=True, help="Do not verify the auth service's certificate (development only).")
 @click.option("--trust-new-ca", is_flag=True, help="Replace the pinned cluster CA (after a cluster re-creation).")
+@device_key_option
 @format_option()
 def login(
     proxy: str | None,
@@ -171,9 +188,14 @@ def login(
     ttl: str | None,
     insecure: bool,
     trust_new_ca: bool,
+    device_key: str | None,
     fmt: str,
 ) -> None:
-    """Log in and store certificates under ~/.tsh (or $TSH_HOME)."""
+    """Log in and store certificates under ~/.tsh (or $TSH_HOME).
+
+    When the cluster or one of your roles uses device trust, the enrolled device then authenticates and the
+    certificates are re-issued with its teleport-device-* extensions (auto-enrolling it first when the cluster
+    allows that)."""
     store = ProfileStore()
     current = store.current()
     proxy = proxy or (current.proxy if current else None)
@@ -200,6 +222,9 @@ def login(
             )
             kind = "user"
     profile = _save_login(store, proxy, kind, reply, key)
+    trust = reply.get("device_trust") or {}
+    if trust.get("enabled"):
+        _device_login_step(store, profile, device_key, auto_enroll=bool(trust.get("auto_enroll")))
     emit(_status_data(store, profile), fmt, _print_status)
 
 
@@ -269,6 +294,153 @@ def logout() -> None:
         warn(f"could not end the session on the server: {err}")
     store.remove(profile)
     click.echo(f"Logged out {profile.user} from {profile.proxy}.")
+
+
+# ------------------------------------------------------------------------------------------------ device
+def _device_state(store: ProfileStore) -> Path:
+    return store.home / "device"
+
+
+def _session_client(store: ProfileStore, profile: Profile) -> AuthClient:
+    return _client_for(store, profile.proxy, False, store.session_token(profile))
+
+
+def _enroll(client: AuthClient, key: DeviceKey, collected: CollectedData, token: str | None) -> dict[str, Any]:
+    begin = client.post(
+        "/v1/devices/enroll/begin",
+        {
+            "token": token,
+            "credential_id": key.credential_id(),
+            "device_data": collected.to_dict(),
+            **key.enroll_payload(),
+        },
+    )
+    answer = key.answer_enrollment(Challenge.from_json(begin))
+    device: dict[str, Any] = client.post("/v1/devices/enroll/finish", answer.to_json())
+    return device
+
+
+def _enrolled_message(device: dict[str, Any]) -> str:
+    spec = device["spec"]
+    return f'Device "{spec["asset_tag"]}"/{os_display_name(spec["os_type"])} enrolled'
+
+
+def _authenticate_device(store: ProfileStore, profile: Profile, key: DeviceKey, collected: CollectedData) -> None:
+    """Run the authentication ceremony and replace the profile's certificates with the augmented pair."""
+    cert_path = store.ssh_cert_path(profile)
+    with _session_client(store, profile) as client:
+        begin = client.post(
+            "/v1/devices/authenticate/begin",
+            {
+                "credential_id": key.credential_id(),
+                "device_data": collected.to_dict(),
+                "ssh_cert": cert_path.read_text(),
+            },
+        )
+        answer = key.answer_authentication(Challenge.from_json(begin))
+        reply = client.post("/v1/devices/authenticate/finish", answer.to_json())
+    write_atomic(cert_path, str(reply["ssh_cert"]).rstrip().encode() + b"\n", 0o644)
+    write_atomic(store.tls_cert_path(profile), str(reply["tls_cert"]).encode(), 0o644)
+
+
+def _warn_unsafe(key: DeviceKey) -> None:
+    if isinstance(key, UnsafeSoftwareKey):
+        warn(
+            "USING AN UNSAFE SOFTWARE DEVICE KEY: it lives in a file under $TSH_HOME and proves nothing about "
+            "the hardware. For development and benchmarks only."
+        )
+
+
+def _device_login_step(store: ProfileStore, profile: Profile, backend: str | None, *, auto_enroll: bool) -> None:
+    """After login: authenticate the enrolled device, auto-enrolling it first when the cluster allows it.
+    Failures leave the plain certificates in place and say why; enforcement decides what they may reach."""
+    state = _device_state(store)
+    backend = backend or os.environ.get(ENV_DEVICE_KEY) or default_backend()
+    enrolled_before = (state / f"{backend}.credential-id").exists()
+    if not enrolled_before and not auto_enroll:
+        return
+    try:
+        collected = collect()
+        with open_device_key(backend, state) as key:
+            _warn_unsafe(key)
+            if not enrolled_before:
+                with _session_client(store, profile) as client:
+                    click.echo(_enrolled_message(_enroll(client, key, collected, None)), err=True)
+            _authenticate_device(store, profile, key, collected)
+    except DevicetrustError as err:
+        warn(f"device authentication did not complete: {err}")
+
+
+
+
+@cli.group()
+def device() -> None:
+    """This device: its asset tag, what it reports, enrollment and authentication."""
+
+
+@device.command("asset-tag")
+def device_asset_tag() -> None:
+    """Print this device's serial number (its asset tag in the inventory)."""
+    click.echo(collect().serial_number)
+
+
+@device.command("collect")
+@format_option(default="json")
+def device_collect(fmt: str) -> None:
+    """Show the data this device sends when it enrolls or authenticates."""
+    data = collect().to_dict()
+    emit(data, fmt, lambda d: click.echo("\n".join(f"{k + ':':<26}{v}" for k, v in d.items())))
+
+
+@device.command("enroll")
+@click.option("--token", help="The enrollment token from 'tctl devices enroll'.")
+@click.option(
+    "--current-device", is_flag=True, help="Register and enroll this device in one step (editors, device admins)."
+)
+@device_key_option
+def device_enroll(token: str | None, current_device: bool, device_key: str | None) -> None:
+    """Enroll this device: create its hardware key and register the public half with the cluster."""
+    if bool(token) == current_device:
+        raise click.UsageError("give exactly one of --token or --current-device")
+    store = ProfileStore()
+    profile = store.require_current()
+    collected = collect()
+    backend = device_key or os.environ.get(ENV_DEVICE_KEY) or default_backend()
+    with _session_client(store, profile) as client, open_device_key(backend, _device_state(store)) as key:
+        _warn_unsafe(key)
+        if current_device:
+            token = _self_enroll_token(client, collected)
+        device_doc = _enroll(client, key, collected, token)
+    click.echo(_enrolled_message(device_doc))
+
+
+def _self_enroll_token(client: AuthClient, collected: CollectedData) -> str:
+    try:
+        reply = client.post(
+            "/v1/devices",
+            {"os_type": collected.os_type, "asset_tag": collected.serial_number, "create_enroll_token": True},
+        )
+    except AlreadyExistsError:
+        found = client.get("/v1/devices", asset_tag=collected.serial_number)["items"]
+        matching = [d for d in found if d["spec"]["os_type"] == collected.os_type]
+        if not matching:
+            raise
+        reply = client.post(f"/v1/devices/{matching[0]['metadata']['name']}/enroll-token", {})
+    return str(reply["enroll_token"])
+
+
+@device.command("authenticate")
+@device_key_option
+@format_option()
+def device_authenticate(device_key: str | None, fmt: str) -> None:
+    """Re-run device authentication for the current login (e.g. after enrolling) without logging in again."""
+    store = ProfileStore()
+    profile = store.require_current()
+    backend = device_key or os.environ.get(ENV_DEVICE_KEY) or default_backend()
+    with open_device_key(backend, _device_state(store)) as key:
+        _warn_unsafe(key)
+        _authenticate_device(store, profile, key, collect())
+    emit(_status_data(store, profile), fmt, _print_status)
 
 
 def main() -> None:

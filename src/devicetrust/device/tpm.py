@@ -240,19 +240,19 @@ class TPMDevice:
         return (bytes(cert) if cert else None), template
 
     @contextmanager
-    def _ek(self, ek_type: str) -> Iterator[tuple[Any, Any]]:
-        """(handle, TPM2B_PUBLIC) of the EK, recreated from its template (deterministic), flushed on exit."""
-        _, template = self._ek_template(ek_type)
+    def _ek(self, ek_type: str) -> Iterator[tuple[Any, Any, bytes | None]]:
+        """(handle, TPM2B_PUBLIC, certificate) of the EK, recreated from its template (deterministic: the same
+        key every time), flushed on exit."""
+        cert, template = self._ek_template(ek_type)
         with _tpm_call("EK creation"):
             handle, public, *_ = self._ctx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
         with self._flushing(handle):
-            yield handle, public
+            yield handle, public, cert
 
     def endorsement(self, ek_type: str = EK_TEMPLATE_RSA2048) -> EndorsementInfo:
         """The EK certificate (RSA-2048: NV 0x01C00002) if the TPM has one, and the EK public key."""
-        cert, _ = self._ek_template(ek_type)
-        with self._ek(ek_type) as (_, public):
-            pass
+        with self._ek(ek_type) as (_, public, cert):
+            pass  # only the public part is needed: flush at once
         area = bytes(public.publicArea.marshal())
         try:
             key = parse_tpmt_public(area).public_key()
@@ -329,7 +329,7 @@ class TPMDevice:
         blob = _unmarshal(TPM2B_ID_OBJECT, credential_blob, "credential blob")
         secret = _unmarshal(TPM2B_ENCRYPTED_SECRET, encrypted_secret, "encrypted secret")
         ctx = self._ctx
-        with self._loaded_ak(ak) as ak_handle, self._ek(ek_type) as (ek_handle, ek_public):
+        with self._loaded_ak(ak) as ak_handle, self._ek(ek_type) as (ek_handle, ek_public, _):
             if ek_public.publicArea.objectAttributes & TPMA_OBJECT.USERWITHAUTH:
                 # High-range EKs (H-3) allow their (empty) password for the user role ActivateCredential needs.
                 with _tpm_call("credential activation"):

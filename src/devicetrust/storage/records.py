@@ -1,4 +1,4 @@
-"""What the repositories return: plain frozen values, free of the resource model (``devicetrust.types``).
+"""What the repositories take and return: plain frozen values, free of the resource model (``devicetrust.types``).
 
 Every ``datetime`` is timezone-aware UTC. Bodies are the JSON documents as stored.
 """
@@ -11,10 +11,14 @@ from typing import Any
 
 __all__ = [
     "AuditRecord",
+    "DeviceRecord",
+    "DeviceUpsert",
+    "LockRecord",
     "PendingRecord",
     "ResourceRecord",
     "SessionRecord",
     "TokenRecord",
+    "UpsertResult",
     "UserRecord",
 ]
 
@@ -82,3 +86,60 @@ class AuditRecord:
     user: str
     success: bool
     body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    #: a UUID, fixed at creation
+    id: str
+    #: with ``asset_tag``, unique and fixed at creation
+    os_type: str
+    asset_tag: str
+    enroll_status: str
+    #: "" when nobody owns the device
+    owner: str
+    source_name: str | None
+    source_origin: str | None
+    #: the MDM's id for the device
+    external_id: str | None
+    #: the whole device document
+    body: dict[str, Any]
+    #: starts at 1 and grows by one with every write; pass it back as ``expected_revision``
+    revision: int
+    created: datetime
+    updated: datetime
+
+
+@dataclass(frozen=True)
+class DeviceUpsert:
+    """One device of an MDM sync batch (``DeviceRepository.upsert_many``).
+
+    ``id`` is used only when the device is new: an existing (os_type, asset_tag) keeps its id.
+    """
+
+    id: str
+    os_type: str
+    asset_tag: str
+    body: dict[str, Any]
+    source_name: str | None
+    source_origin: str | None
+    external_id: str | None
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    created: int
+    updated: int
+    #: already stored exactly so: not written, revision not bumped
+    unchanged: int
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    name: str
+    target_kind: str
+    target_value: str
+    body: dict[str, Any]
+    #: None: until deleted
+    expires: datetime | None
+    created: datetime

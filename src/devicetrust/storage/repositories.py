@@ -11,9 +11,11 @@ Rules that hold for every repository:
 
 from __future__ import annotations
 
+import base64
 import builtins
+import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,24 +27,32 @@ from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError,
 from devicetrust.storage import schema
 from devicetrust.storage.records import (
     AuditRecord,
+    DeviceRecord,
+    DeviceUpsert,
+    LockRecord,
     PendingRecord,
     ResourceRecord,
     SessionRecord,
     TokenRecord,
+    UpsertResult,
     UserRecord,
 )
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "INVALID_PAGE_TOKEN_MESSAGE",
     "INVALID_PENDING_MESSAGE",
     "INVALID_SESSION_MESSAGE",
     "INVALID_TOKEN_MESSAGE",
     "MAX_PAGE_SIZE",
     "SESSION_KINDS",
+    "STREAM_CHUNK_SIZE",
     "AuditRepository",
     "CARepository",
     "Clock",
     "ClusterRepository",
+    "DeviceRepository",
+    "LockRepository",
     "PendingRepository",
     "RateLimitRepository",
     "ResourceRepository",
@@ -54,10 +64,12 @@ __all__ = [
 
 Clock = Callable[[], datetime]
 
-#: audit search page size when the caller names none
+#: audit search and device list page size when the caller names none
 DEFAULT_PAGE_SIZE = 100
-#: largest audit search page; bigger requests are cut to it (keeps one response bounded)
+#: largest audit search or device list page; bigger requests are cut to it (keeps one response bounded)
 MAX_PAGE_SIZE = 1000
+#: rows per query when streaming devices (``DeviceRepository.list_by_source``)
+STREAM_CHUNK_SIZE = 1000
 
 SESSION_KINDS = ("user", "bot", "admin")
 
@@ -65,6 +77,7 @@ SESSION_KINDS = ("user", "bot", "admin")
 INVALID_TOKEN_MESSAGE = "invalid token"  # noqa: S105 (an error message, not a secret)
 INVALID_SESSION_MESSAGE = "session not found or expired"
 INVALID_PENDING_MESSAGE = "ceremony not found or expired"
+INVALID_PAGE_TOKEN_MESSAGE = "invalid page token"  # noqa: S105 (an error message, not a secret)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _Insert = postgresql.Insert | sqlite.Insert
@@ -459,6 +472,322 @@ class PendingRepository(_Repository):
         return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
 
 
+def _device(row: Row[Any]) -> DeviceRecord:
+    return DeviceRecord(
+        row.id,
+        row.os_type,
+        row.asset_tag,
+        row.enroll_status,
+        row.owner,
+        row.source_name,
+        row.source_origin,
+        row.external_id,
+        row.body,
+        row.revision,
+        row.created,
+        row.updated,
+    )
+
+
+def _canonical_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    # Keys sorted at every depth: SQLite keeps JSON as text, and upsert_many spots unchanged bodies by comparing
+    # it (PostgreSQL's JSONB compares by value anyway). Also a deep copy, so callers cannot alter it afterwards.
+    canonical: dict[str, Any] = json.loads(json.dumps(body, sort_keys=True))
+    return canonical
+
+
+def _page_token(last: DeviceRecord) -> str:
+    return base64.urlsafe_b64encode(json.dumps([last.asset_tag, last.id]).encode()).decode()
+
+
+def _page_key(token: str) -> tuple[str, str]:
+    try:
+        key = json.loads(base64.b64decode(token, altchars=b"-_", validate=True))
+    except ValueError:  # binascii.Error, UnicodeDecodeError, JSONDecodeError
+        raise ValidationError(INVALID_PAGE_TOKEN_MESSAGE) from None
+    if not (isinstance(key, list) and len(key) == 2 and all(isinstance(part, str) for part in key)):
+        raise ValidationError(INVALID_PAGE_TOKEN_MESSAGE)
+    return key[0], key[1]
+
+
+class DeviceRepository(_Repository):
+    """Registered devices: the device document plus the columns looked up by (id, os/asset tag, MDM source).
+
+    ``id`` and (os_type, asset_tag) are fixed at creation; lists run in (asset_tag, id) order, resumable with a
+    keyset, so concurrent writes never make a page walk skip or repeat a device.
+    """
+
+    _t = schema.devices
+
+    def create(
+        self,
+        id: str,
+        os_type: str,
+        asset_tag: str,
+        body: Mapping[str, Any],
+        *,
+        enroll_status: str = "not_enrolled",
+        owner: str = "",
+        source_name: str | None = None,
+        source_origin: str | None = None,
+        external_id: str | None = None,
+    ) -> DeviceRecord:
+        """AlreadyExistsError if the (os_type, asset_tag) or the id is taken."""
+        now = self._clock()
+        stmt = _insert(self._conn, self._t).values(
+            id=id,
+            os_type=os_type,
+            asset_tag=asset_tag,
+            enroll_status=enroll_status,
+            owner=owner,
+            source_name=source_name,
+            source_origin=source_origin,
+            external_id=external_id,
+            body=_canonical_body(body),
+            revision=1,
+            created=now,
+            updated=now,
+        )
+        # no conflict target: the primary key and the (os_type, asset_tag) constraint both count
+        row = self._conn.execute(stmt.on_conflict_do_nothing().returning(*self._t.c)).one_or_none()
+        if row is None:
+            raise AlreadyExistsError(f'device "{os_type}/{asset_tag}" already exists')
+        return _device(row)
+
+    def find(self, id: str) -> DeviceRecord | None:
+        row = self._conn.execute(sa.select(self._t).where(self._t.c.id == id)).one_or_none()
+        return None if row is None else _device(row)
+
+    def get(self, id: str) -> DeviceRecord:
+        record = self.find(id)
+        if record is None:
+            raise NotFoundError(f'device "{id}" not found')
+        return record
+
+    def find_by_asset_tag(self, os_type: str, asset_tag: str) -> DeviceRecord | None:
+        t = self._t
+        row = self._conn.execute(sa.select(t).where(t.c.os_type == os_type, t.c.asset_tag == asset_tag)).one_or_none()
+        return None if row is None else _device(row)
+
+    def find_all_by_asset_tag(self, asset_tag: str) -> builtins.list[DeviceRecord]:
+        """The devices with this asset tag, whatever their OS (ordered by OS)."""
+        t = self._t
+        rows = self._conn.execute(sa.select(t).where(t.c.asset_tag == asset_tag).order_by(t.c.os_type))
+        return [_device(row) for row in rows]
+
+    def update(
+        self,
+        id: str,
+        body: Mapping[str, Any],
+        *,
+        enroll_status: str,
+        owner: str,
+        source_name: str | None,
+        source_origin: str | None,
+        external_id: str | None,
+        expected_revision: int | None = None,
+    ) -> DeviceRecord:
+        """Replace the body and the columns. With ``expected_revision``, ConflictError if someone wrote in between."""
+        t = self._t
+        stmt = sa.update(t).where(t.c.id == id)
+        if expected_revision is not None:
+            stmt = stmt.where(t.c.revision == expected_revision)
+        stmt = stmt.values(
+            body=_canonical_body(body),
+            enroll_status=enroll_status,
+            owner=owner,
+            source_name=source_name,
+            source_origin=source_origin,
+            external_id=external_id,
+            revision=t.c.revision + 1,
+            updated=self._clock(),
+        )
+        row = self._conn.execute(stmt.returning(*t.c)).one_or_none()
+        if row is None:
+            current = self.get(id)
+            raise ConflictError(
+                f'device "{current.os_type}/{current.asset_tag}" was changed by someone else (revision '
+                f"{current.revision}, expected {expected_revision}); read it again and retry"
+            )
+        return _device(row)
+
+    def delete(self, id: str) -> DeviceRecord:
+        """Remove the device; return what was stored."""
+        t = self._t
+        row = self._conn.execute(sa.delete(t).where(t.c.id == id).returning(*t.c)).one_or_none()
+        if row is None:
+            raise NotFoundError(f'device "{id}" not found')
+        return _device(row)
+
+    def count(self, source_name: str | None = None) -> int:
+        """All devices, or those of one MDM source."""
+        t = self._t
+        stmt = sa.select(sa.func.count()).select_from(t)
+        if source_name is not None:
+            stmt = stmt.where(t.c.source_name == source_name)
+        count: int = self._conn.execute(stmt).scalar_one()
+        return count
+
+    def list_page(
+        self, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str | None = None, source_name: str | None = None
+    ) -> tuple[builtins.list[DeviceRecord], str | None]:
+        """One page in (asset_tag, id) order and the token of the next one (None on the last page).
+
+        ``page_size`` above MAX_PAGE_SIZE is cut to it. A page walk sees every device that exists throughout it
+        exactly once; devices added or removed meanwhile may or may not show.
+        """
+        if page_size < 1:
+            raise ValidationError(f"page size must be at least 1 (at most {MAX_PAGE_SIZE})")
+        limit = min(page_size, MAX_PAGE_SIZE)
+        after = None if page_token is None else _page_key(page_token)
+        # one row more than asked: tells whether there is a next page without another query
+        records = self._after(after, limit + 1, source_name)
+        if len(records) <= limit:
+            return records, None
+        del records[limit:]
+        return records, _page_token(records[-1])
+
+    def list_by_source(self, source_name: str, *, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[DeviceRecord]:
+        """The devices of one MDM source in (asset_tag, id) order, read ``chunk_size`` rows per query.
+
+        Iterate inside the transaction. Each chunk is read whole before it is handed out, so the caller may
+        write devices (upsert, delete) between items; the iteration neither skips nor repeats a device.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk size must be positive, got {chunk_size}")
+        after: tuple[str, str] | None = None
+        while True:
+            records = self._after(after, chunk_size, source_name)
+            yield from records
+            if len(records) < chunk_size:
+                return
+            after = (records[-1].asset_tag, records[-1].id)
+
+    def _after(self, after: tuple[str, str] | None, limit: int, source_name: str | None) -> builtins.list[DeviceRecord]:
+        t = self._t
+        stmt = sa.select(t).order_by(t.c.asset_tag, t.c.id).limit(limit)
+        if after is not None:
+            # a row-value comparison: both dialects walk the (asset_tag, id) index from there
+            stmt = stmt.where(sa.tuple_(t.c.asset_tag, t.c.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+        if source_name is not None:
+            stmt = stmt.where(t.c.source_name == source_name)
+        return [_device(row) for row in self._conn.execute(stmt)]
+
+    def upsert_many(self, rows: Sequence[DeviceUpsert]) -> UpsertResult:
+        """Write an MDM sync batch: insert new (os_type, asset_tag)s, update the others' body and source.
+
+        An existing device keeps its id, enroll_status, owner and created; it is written (revision + 1) only if
+        its body, source_name, source_origin or external_id differ, else counted unchanged. Sent as a few
+        multi-row statements. ValidationError if the batch names a device or an id twice; AlreadyExistsError if
+        a new device's id belongs to another device (on PostgreSQL the transaction is then unusable: let it roll
+        back).
+        """
+        if not rows:
+            return UpsertResult(0, 0, 0)
+        keys: set[tuple[str, str]] = set()
+        ids: set[str] = set()
+        for row in rows:
+            key = (row.os_type, row.asset_tag)
+            if key in keys:
+                raise ValidationError(f'device "{row.os_type}/{row.asset_tag}" appears twice in one batch')
+            if row.id in ids:
+                raise ValidationError(f'device id "{row.id}" appears twice in one batch')
+            keys.add(key)
+            ids.add(row.id)
+        t = self._t
+        now = self._clock()
+        values = [
+            {
+                "id": row.id,
+                "os_type": row.os_type,
+                "asset_tag": row.asset_tag,
+                "enroll_status": "not_enrolled",
+                "owner": "",
+                "source_name": row.source_name,
+                "source_origin": row.source_origin,
+                "external_id": row.external_id,
+                "body": _canonical_body(row.body),
+                "revision": 1,
+                "created": now,
+                "updated": now,
+            }
+            for row in rows
+        ]
+        stmt = _insert(self._conn, t)
+        written = ("body", "source_name", "source_origin", "external_id")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["os_type", "asset_tag"],
+            set_={
+                **{name: stmt.excluded[name] for name in written},
+                "updated": stmt.excluded.updated,
+                "revision": t.c.revision + 1,
+            },
+            where=sa.or_(*(t.c[name].is_distinct_from(stmt.excluded[name]) for name in written)),
+        )
+        try:
+            # executemany with RETURNING: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs, as many rows
+            # per statement as the dialect's bind-parameter limit allows. Unchanged rows return nothing.
+            revisions = self._conn.execute(stmt.returning(t.c.revision), values).scalars().all()
+        except sa.exc.IntegrityError:
+            # (os_type, asset_tag) is handled by ON CONFLICT; what is left is the primary key
+            raise AlreadyExistsError("a new device's id belongs to another device") from None
+        created = sum(1 for revision in revisions if revision == 1)
+        return UpsertResult(created, len(revisions) - created, len(rows) - len(revisions))
+
+
+def _lock(row: Row[Any]) -> LockRecord:
+    return LockRecord(row.name, row.target_kind, row.target_value, row.body, row.expires, row.created)
+
+
+class LockRepository(_Repository):
+    """Locks by name. ``expires`` None: until deleted; an expired lock stays until purged but no longer counts."""
+
+    _t = schema.locks
+
+    def create(
+        self, name: str, target_kind: str, target_value: str, body: Mapping[str, Any], expires: datetime | None
+    ) -> LockRecord:
+        stmt = _insert(self._conn, self._t).values(
+            name=name,
+            target_kind=target_kind,
+            target_value=target_value,
+            body=dict(body),
+            expires=expires,
+            created=self._clock(),
+        )
+        row = self._conn.execute(
+            stmt.on_conflict_do_nothing(index_elements=["name"]).returning(*self._t.c)
+        ).one_or_none()
+        if row is None:
+            raise AlreadyExistsError(f'lock "{name}" already exists')
+        return _lock(row)
+
+    def find(self, name: str) -> LockRecord | None:
+        row = self._conn.execute(sa.select(self._t).where(self._t.c.name == name)).one_or_none()
+        return None if row is None else _lock(row)
+
+    def get(self, name: str) -> LockRecord:
+        record = self.find(name)
+        if record is None:
+            raise NotFoundError(f'lock "{name}" not found')
+        return record
+
+    def list(self, now: datetime | None = None) -> builtins.list[LockRecord]:
+        """Every lock by name, or with ``now`` only those in force then (no expiry, or expiring later)."""
+        t = self._t
+        stmt = sa.select(t).order_by(t.c.name)
+        if now is not None:
+            stmt = stmt.where(sa.or_(t.c.expires.is_(None), t.c.expires > now))
+        return [_lock(row) for row in self._conn.execute(stmt)]
+
+    def delete(self, name: str) -> None:
+        if self._conn.execute(sa.delete(self._t).where(self._t.c.name == name)).rowcount == 0:
+            raise NotFoundError(f'lock "{name}" not found')
+
+    def purge_expired(self, now: datetime) -> int:
+        return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
+
+
 def _audit(row: Row[Any]) -> AuditRecord:
     return AuditRecord(row.id, row.uid, row.event, row.code, row.time, row.username, row.success, row.body)
 
@@ -527,3 +856,5 @@ class Store:
         self.rate_limits = RateLimitRepository(conn, clock)
         self.pending = PendingRepository(conn, clock)
         self.audit = AuditRepository(conn, clock)
+        self.devices = DeviceRepository(conn, clock)
+        self.locks = LockRepository(conn, clock)
