@@ -25,6 +25,9 @@ PY
 if [ -f "$demo/devicetrust.pid" ] && kill -0 "$(cat "$demo/devicetrust.pid")" 2>/dev/null; then
   kill "$(cat "$demo/devicetrust.pid")" && sleep 1
 fi
+if [ -d "$demo/alice-laptop/tpm" ]; then
+  "$bin/python" -m devicetrust.device.swtpm stop --dir "$demo/alice-laptop/tpm" 2>/dev/null || true
+fi
 rm -rf "$demo"
 mkdir -p "$demo"
 port=$(pick_port 3080)
@@ -47,6 +50,7 @@ stop() {
     printf '  tsh status; tctl get roles; tctl audit ls\nStop it with: kill %s\n' "$(cat "$demo/devicetrust.pid")"
   else
     kill "$(cat "$demo/devicetrust.pid")" 2>/dev/null || true
+    [ -d "$demo/alice-laptop/tpm" ] && "$bin/python" -m devicetrust.device.swtpm stop --dir "$demo/alice-laptop/tpm" 2>/dev/null
     wait 2>/dev/null || true
   fi
 }
@@ -83,11 +87,42 @@ run tctl edit cluster_auth_preference
 unset EDITOR
 run tctl get cap --format=json
 
-step "alice logs in again and sees her new roles"
+step "alice's laptop: a simulated device with its own TPM 2.0 (swtpm)"
+laptop=$demo/alice-laptop
+python3=$bin/python
+run "$python3" -m devicetrust.device.swtpm manufacture --dir "$laptop/tpm"
+tcti=$("$python3" -m devicetrust.device.swtpm start --dir "$laptop/tpm")
+"$python3" -m devicetrust.device.swtpm boot --dir "$laptop/tpm" --event-log "$laptop/event.log"
+export DEVICETRUST_TPM_TCTI=$tcti DEVICETRUST_TPM_EVENT_LOG=$laptop/event.log
+# The simulated laptop's serial number (a real one is read from DMI).
+export DEVICETRUST_ASSET_TAG=5CG1234XYZ
+echo "TPM at $tcti, serial $DEVICETRUST_ASSET_TAG"
+run tsh device asset-tag
+
+step "Device registration: IT adds the laptop to the inventory"
+run tctl devices add --os=linux --asset-tag=5CG1234XYZ
+run tctl devices ls
+
+step "Device enrollment: an enrollment token, then tsh device enroll on the laptop"
+printf '$ tctl devices enroll --asset-tag=5CG1234XYZ\n'
+enroll_out=$(tctl devices enroll --asset-tag=5CG1234XYZ)
+printf '%s\n' "$enroll_out" | sed -E 's/(--token=.{8}).*/\1…/'
+enroll_token=${enroll_out##*--token=}
+printf '$ tsh device enroll --token=…\n'
+tsh device enroll --token="$enroll_token"
+
+step "alice logs in again: the device authenticates and her certificates carry its identity"
 run tsh logout
 printf '$ tsh login --proxy=%s --user=alice\n' "$proxy"
 tsh login --proxy="$proxy" --user=alice --password-stdin <<<"$password"
 run tsh status
+tsh status --format=json | python3 -c '
+import json, sys
+ext = json.load(sys.stdin)["extensions"]
+need = {"teleport-device-asset-tag", "teleport-device-credential-id", "teleport-device-id"}
+missing = need - set(ext)
+sys.exit(f"missing device extensions: {sorted(missing)}" if missing else 0)'
+run tctl devices ls
 
 step "A bot (machine identity) and an agent join token"
 bot_json=$(tctl bots add robot --roles=access --logins=robot --format=json)
@@ -101,4 +136,5 @@ tctl tokens add --type=node | sed -E 's/(invite token: .{8}).*/\1…/'
 step "The audit trail"
 run tctl audit ls --since=1h
 
-printf '\nDemo complete: cluster started, seed role created, alice logged in (tsh status above).\n'
+printf '\nDemo complete: cluster started, seed role created, laptop registered and enrolled with its TPM,\n'
+printf 'alice logged in with device-augmented certificates (tsh status above).\n'

@@ -146,6 +146,11 @@ def _spki_sha256(key: Any) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def _same_text(a: str, b: str) -> bool:
+    """Constant-time equality of two strings; compare_digest refuses non-ASCII ``str``, and ids come from devices."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 def _attestation(call: Callable[[], Any]) -> Any:
     try:
         return call()
@@ -264,7 +269,7 @@ def _verify_tpm_quote(credential: DeviceCredential, nonce: bytes, response: Chal
 
 
 def _check_live(pending: PendingCeremony, response: ChallengeResponse, kind: str, now: datetime) -> None:
-    if pending.kind != kind or not hmac.compare_digest(pending.id, response.ceremony_id):
+    if pending.kind != kind or not _same_text(pending.id, response.ceremony_id):
         raise CeremonyError("unknown or expired device ceremony")
     if now >= pending.expires:
         raise CeremonyError("unknown or expired device ceremony")
@@ -320,7 +325,7 @@ def begin_authentication(
     credential = device.credential
     if not device.is_enrolled or credential is None:
         raise CeremonyError("device is not enrolled")
-    if not hmac.compare_digest(credential.id, credential_id):
+    if not _same_text(credential.id, credential_id):
         raise CeremonyError("device credential does not match the enrolled credential")
     check_drift(device, collected)
     is_tpm = credential.is_tpm
@@ -347,7 +352,7 @@ def finish_authentication(
     """Verify with the credential the device holds NOW (re-read from storage): an unenroll or re-enrollment
     between begin and finish makes the proof worthless."""
     _check_live(pending, response, AUTHENTICATE, now)
-    if not hmac.compare_digest(pending.session_hash, session_hash):
+    if not _same_text(pending.session_hash, session_hash):
         raise CeremonyError("unknown or expired device ceremony")
     credential = device.credential
     if not device.is_enrolled or credential is None or credential.id != pending.credential_id:

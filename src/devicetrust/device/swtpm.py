@@ -7,6 +7,7 @@ unless a shared one is given) and the config files ``swtpm_setup`` reads. Comman
     python -m devicetrust.device.swtpm start --dir D [--port P]     # prints the TCTI string
     python -m devicetrust.device.swtpm stop --dir D
     python -m devicetrust.device.swtpm ca --dir D                   # prints the EK CA PEMs
+    python -m devicetrust.device.swtpm boot --dir D --event-log F   # measured boot + its event log
 """
 
 from __future__ import annotations
@@ -399,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop.add_argument("--dir", type=Path, required=True)
     ca = commands.add_parser("ca", help="print the EK CA certificates (PEM) of DIR")
     ca.add_argument("--dir", type=Path, required=True)
+    boot = commands.add_parser("boot", help="measure a simulated boot into the running TPM of DIR")
+    boot.add_argument("--dir", type=Path, required=True)
+    boot.add_argument("--event-log", type=Path, required=True, help="where to write the matching event log")
     args = parser.parse_args(argv)
     try:
         if args.command == "manufacture":
@@ -409,6 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(tpm.tcti)
         elif args.command == "stop":
             SimulatedTPM.running(args.dir).stop()
+        elif args.command == "boot":
+            from .tpm import TPMDevice
+
+            with TPMDevice(SimulatedTPM.running(args.dir).tcti) as device:
+                args.event_log.write_bytes(simulate_measured_boot(device))
         else:
             print("".join(ek_ca_certificates(args.dir)), end="")
     except DevicetrustError as exc:
