@@ -8,6 +8,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class Laptop:
         from devicetrust.device.swtpm import SimulatedTPM, manufacture
 
         self.cluster, self.user, self.serial = cluster, user, serial
-        self.tpm_dir = root / f"tpm-{serial}"
+        self.tpm_dir = root / f"tpm-{serial}-{uuid.uuid4().hex[:8]}"
         manufacture(self.tpm_dir)
         self.tpm = SimulatedTPM(self.tpm_dir)
         self.tpm.start()

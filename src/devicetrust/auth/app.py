@@ -186,6 +186,16 @@ async def caller_dep(request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(caller_dep)]
 
 
+async def optional_caller(request: Request) -> Caller | None:
+    """The caller when the request carries a session (token-less enrollment needs one); else None."""
+    if not request.headers.get("authorization"):
+        return None
+    return await caller_dep(request)
+
+
+OptionalCallerDep = Annotated[Caller | None, Depends(optional_caller)]
+
+
 def _login_response(result: LoginResult, server: AuthServer) -> dict[str, Any]:
     return {
         "session_token": result.session_token,
@@ -341,11 +351,6 @@ def build_app(server: AuthServer) -> FastAPI:
         server.delete_resource(caller, kind, name)
         return {}
 
-    async def optional_caller(request: Request) -> Caller | None:
-        if not request.headers.get("authorization"):
-            return None
-        return await caller_dep(request)
-
     @app.post("/v1/devices")
     def add_device(req: AddDeviceRequest, caller: CallerDep) -> dict[str, Any]:
         device, token = server.devices.add(
@@ -388,9 +393,7 @@ def build_app(server: AuthServer) -> FastAPI:
         return _device_json(server.devices.unenroll(caller, device_id))
 
     @app.post("/v1/devices/enroll/begin")
-    def enroll_begin(
-        req: EnrollBeginRequest, caller: Annotated[Caller | None, Depends(optional_caller)]
-    ) -> dict[str, Any]:
+    def enroll_begin(req: EnrollBeginRequest, caller: OptionalCallerDep) -> dict[str, Any]:
         challenge = server.devices.enroll_begin(
             token=req.token,
             caller=caller,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -156,6 +157,9 @@ def _attestation(call: Callable[[], Any]) -> Any:
         return call()
     except AttestationError as err:
         raise CeremonyError(str(err)) from None
+    except UnsupportedAlgorithm:
+        # cryptography raises this, not ValueError, for key types and curves it does not know (e.g. an EK key)
+        raise CeremonyError("the device's attestation uses an unsupported key type or algorithm") from None
 
 
 def begin_enrollment(
@@ -227,6 +231,8 @@ def begin_enrollment(
         public_key = serialization.load_der_public_key(key.public_key_der)
     except ValueError:
         raise CeremonyError("device public key is not a DER SubjectPublicKeyInfo") from None
+    except UnsupportedAlgorithm:
+        raise CeremonyError("device public key must be ECDSA P-256") from None
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
         raise CeremonyError("device public key must be ECDSA P-256")
     current = device.credential
@@ -352,7 +358,7 @@ def finish_authentication(
     """Verify with the credential the device holds NOW (re-read from storage): an unenroll or re-enrollment
     between begin and finish makes the proof worthless."""
     _check_live(pending, response, AUTHENTICATE, now)
-    if not _same_text(pending.session_hash, session_hash):
+    if not _same_text(pending.session_hash, session_hash) or device.id != pending.device_id:
         raise CeremonyError("unknown or expired device ceremony")
     credential = device.credential
     if not device.is_enrolled or credential is None or credential.id != pending.credential_id:
