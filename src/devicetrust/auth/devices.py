@@ -28,9 +28,9 @@ from devicetrust.ceremony.ceremonies import (
     finish_enrollment,
 )
 from devicetrust.ceremony.messages import (
+    CeremonyError,
     Challenge,
     ChallengeResponse,
-    CeremonyError,
     CollectedData,
     KeyEnrollPayload,
     TPMEnrollPayload,

@@ -13,6 +13,7 @@ import click
 from cryptography.hazmat.primitives import hashes
 
 from devicetrust import __version__
+from devicetrust.ceremony.messages import Challenge, CollectedData
 from devicetrust.cli.common import (
     DevicetrustGroup,
     emit,
@@ -32,7 +33,6 @@ from devicetrust.crypto import (
     public_key_to_openssh,
     ssh_cert_extension_names,
 )
-from devicetrust.ceremony.messages import Challenge, CollectedData
 from devicetrust.device.collect import collect
 from devicetrust.device.keys import BACKENDS, DeviceKey, UnsafeSoftwareKey, default_backend, open_device_key
 from devicetrust.errors import AlreadyExistsError, DevicetrustError, TrustError, ValidationError
@@ -41,7 +41,7 @@ from devicetrust.types import os_display_name
 
 #: Default device key backend for scripts (same values as --device-key).
 ENV_DEVICE_KEY = "DEVICETRUST_DEVICE_KEY"
-PASSWORD_PROMPT = "Enter password for user {user}: "  # noqa: S105 - a prompt, not a secret
+PASSWORD_PROMPT = "Enter password for user {user}: "
 
 
 device_key_option = click.option(
@@ -369,8 +369,6 @@ def _device_login_step(store: ProfileStore, profile: Profile, backend: str | Non
             _authenticate_device(store, profile, key, collected)
     except DevicetrustError as err:
         warn(f"device authentication did not complete: {err}")
-
-
 
 
 @cli.group()

@@ -103,8 +103,10 @@ class UnsafeSoftwareKey(DeviceKey):
         return ChallengeResponse(challenge.ceremony_id, signature=signature)
 
     def enroll_payload(self) -> dict[str, Any]:
-        public_der = self._key().public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        public_der = (
+            self._key()
+            .public_key()
+            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
         return {"key": KeyEnrollPayload(public_der, self.attestation_type).to_json()}
 

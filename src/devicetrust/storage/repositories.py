@@ -74,10 +74,10 @@ STREAM_CHUNK_SIZE = 1000
 SESSION_KINDS = ("user", "bot", "admin")
 
 # One message per family, whatever failed (missing, expired, wrong kind): nothing to learn from it.
-INVALID_TOKEN_MESSAGE = "invalid token"  # noqa: S105 (an error message, not a secret)
+INVALID_TOKEN_MESSAGE = "invalid token"
 INVALID_SESSION_MESSAGE = "session not found or expired"
 INVALID_PENDING_MESSAGE = "ceremony not found or expired"
-INVALID_PAGE_TOKEN_MESSAGE = "invalid page token"  # noqa: S105 (an error message, not a secret)
+INVALID_PAGE_TOKEN_MESSAGE = "invalid page token"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _Insert = postgresql.Insert | sqlite.Insert
