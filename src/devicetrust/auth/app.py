@@ -168,6 +168,19 @@ def _device_json(device: Device) -> dict[str, Any]:
     return resource_to_dict(device)
 
 
+class NodeJoinRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=256)
+    hostname: str = Field(min_length=1, max_length=253)
+    addr: str = Field(min_length=3, max_length=300)
+    labels: dict[str, str] = Field(default_factory=dict)
+    public_key: str = Field(max_length=4096)
+
+
+class HeartbeatRequest(BaseModel):
+    addr: str = Field(min_length=3, max_length=300)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class PutResourceRequest(BaseModel):
     resource: dict[str, Any]
     force: bool = False
@@ -426,6 +439,28 @@ def build_app(server: AuthServer) -> FastAPI:
             "tls_cert": certs.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
             "device": _device_json(certs.device),
         }
+
+    @app.post("/v1/nodes/join")
+    def node_join(req: NodeJoinRequest) -> dict[str, Any]:
+        return server.nodes.join(req.token, req.hostname, req.addr, req.labels, req.public_key)
+
+    @app.post("/v1/nodes/heartbeat")
+    def node_heartbeat(req: HeartbeatRequest, caller: CallerDep) -> dict[str, Any]:
+        server.nodes.heartbeat(caller, req.addr, req.labels)
+        return {}
+
+    @app.get("/v1/nodes/state")
+    def node_state(caller: CallerDep) -> dict[str, Any]:
+        return server.nodes.state(caller)
+
+    @app.post("/v1/nodes/events")
+    def node_event(event: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
+        server.nodes.record_event(caller, event)
+        return {}
+
+    @app.get("/v1/nodes")
+    def list_nodes(caller: CallerDep) -> dict[str, Any]:
+        return {"items": server.nodes.list_visible(caller)}
 
     @app.get("/v1/events")
     def events(

@@ -23,6 +23,7 @@ from devicetrust import __version__
 from devicetrust.access import AccessChecker
 from devicetrust.auth import events
 from devicetrust.auth.devices import RES_DEVICE, DeviceService
+from devicetrust.auth.nodes import NodeService
 from devicetrust.auth.secrets import hash_token, new_token, token_id
 from devicetrust.crypto import (
     CA_KINDS,
@@ -157,6 +158,7 @@ class AuthServer:
         self.user_ca: CertAuthority
         self.host_ca: CertAuthority
         self.devices = DeviceService(self)
+        self.nodes = NodeService(self)
 
     # ----------------------------------------------------------------------------------------------- start up
     def initialize(self) -> None:
@@ -219,6 +221,8 @@ class AuthServer:
                 session = store.sessions.get_valid(token_hash, self.clock())
             except NotFoundError:
                 raise expired from None
+            if session.kind == "node":
+                return Caller(session.user, "node", (), {}, token_hash)
             if session.kind == "admin":
                 roles = self._load_roles(store, session.body.get("roles", []))
                 return Caller(session.user, "admin", roles, {}, token_hash)

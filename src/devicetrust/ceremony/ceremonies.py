@@ -157,9 +157,10 @@ def _attestation(call: Callable[[], Any]) -> Any:
         return call()
     except AttestationError as err:
         raise CeremonyError(str(err)) from None
-    except UnsupportedAlgorithm:
-        # cryptography raises this, not ValueError, for key types and curves it does not know (e.g. an EK key)
-        raise CeremonyError("the device's attestation uses an unsupported key type or algorithm") from None
+    except (ValueError, UnsupportedAlgorithm):
+        # What cryptography raises on device-supplied bytes the verifiers let through to it: certificate fields
+        # it parses lazily (ValueError), key types and curves it does not know (UnsupportedAlgorithm).
+        raise CeremonyError("the device's attestation data is malformed or unsupported") from None
 
 
 def begin_enrollment(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,6 +26,9 @@ MAX_ID_CHARS = 64
 MAX_CERT_CHARS = 16 * 1024
 
 MAX_COLLECTED_FIELD_CHARS = 256
+
+_PCR_INDEX = re.compile(r"0|[1-9][0-9]?")
+_PCR_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 KEY_ATTESTATION_TYPES = ("macos_secure_enclave", "unsafe_software")
 
@@ -132,14 +136,13 @@ class QuoteResponse:
             raise CeremonyError(f"{field}.pcr_values: more than {MAX_PCRS} PCRs")
         pcrs: dict[int, bytes] = {}
         for key, value in raw_pcrs.items():
-            if not (isinstance(key, str) and key.isdigit() and int(key) < MAX_PCRS):
+            # ASCII decimal without leading zeros: str.isdigit() also admits "²" (int() fails) and "٣" (== 3)
+            if not (isinstance(key, str) and _PCR_INDEX.fullmatch(key) and int(key) < MAX_PCRS):
                 raise CeremonyError(f"{field}.pcr_values: bad PCR index {key!r}")
-            if not isinstance(value, str) or len(value) != 64:
+            # bytes.fromhex() would skip whitespace and return fewer than 32 bytes
+            if not isinstance(value, str) or not _PCR_HEX.fullmatch(value):
                 raise CeremonyError(f"{field}.pcr_values.{key}: expected 64 hex digits")
-            try:
-                pcrs[int(key)] = bytes.fromhex(value)
-            except ValueError:
-                raise CeremonyError(f"{field}.pcr_values.{key}: expected 64 hex digits") from None
+            pcrs[int(key)] = bytes.fromhex(value)
         return cls(
             attest=b64d(data.get("attest"), f"{field}.attest", MAX_BLOB_B64),
             signature=b64d(data.get("signature"), f"{field}.signature", MAX_BLOB_B64),

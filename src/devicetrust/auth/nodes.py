@@ -1,0 +1,145 @@
+"""Agents on the auth service: SSH nodes join with a node token, heartbeat their labels, fetch the cluster state
+they enforce (roles, auth preference, locks) and report session audit events."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from devicetrust.access import label_matches
+from devicetrust.auth.secrets import hash_token, new_token
+from devicetrust.crypto import issue_ssh_host_cert, load_public_key, require_p256_public_key
+from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
+
+if TYPE_CHECKING:
+    from devicetrust.auth.server import AuthServer, Caller
+
+RES_NODE = "node"
+#: A node's host certificate and API session last this long; restarting the node with its stored identity
+#: keeps working within it, after that it needs a new join token.
+NODE_IDENTITY_TTL = timedelta(days=365)
+#: Events a node may append to the audit log, and nothing else.
+NODE_EVENTS = {
+    "session.start": "T2000I",
+    "session.end": "T2004I",
+    "session.rejected": "T1006W",
+}
+MAX_LABELS = 64
+MAX_HOSTNAME_CHARS = 253
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def _labels(value: Mapping[str, Any]) -> dict[str, str]:
+    if len(value) > MAX_LABELS or not all(
+        isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 63 and len(v) <= 253 for k, v in value.items()
+    ):
+        raise ValidationError(f"labels: at most {MAX_LABELS} string pairs (keys 1–63, values ≤ 253 characters)")
+    return dict(value)
+
+
+class NodeService:
+    def __init__(self, server: AuthServer) -> None:
+        self.server = server
+
+    def join(self, token: str, hostname: str, addr: str, labels: Mapping[str, Any], public_key: str) -> dict[str, Any]:
+        if not _HOSTNAME_RE.match(hostname):
+            raise ValidationError(f"hostname: {hostname!r} is not a valid host name")
+        key = require_p256_public_key(load_public_key(public_key), "host key")
+        clean_labels = _labels(labels)
+        server = self.server
+        now = server.clock()
+        with server.backend.begin() as store:
+            try:
+                store.tokens.consume(hash_token(token), "node", now)
+            except NotFoundError:
+                failure = True
+            else:
+                failure = False
+        if failure:
+            raise AuthenticationError("invalid or expired node join token")
+        host_id = str(uuid.uuid4())
+        host, _, _ = addr.rpartition(":")
+        principals = sorted({host_id, hostname, f"{hostname}.{server.cluster_name}", host or "127.0.0.1"})
+        host_cert = issue_ssh_host_cert(
+            server.host_ca, key, host_id, principals, now - timedelta(minutes=1), now + NODE_IDENTITY_TTL
+        )
+        session = new_token()
+        node = {
+            "host_id": host_id,
+            "hostname": hostname,
+            "addr": addr,
+            "labels": clean_labels,
+            "joined": now.isoformat(),
+            "last_seen": now.isoformat(),
+        }
+        with server.backend.begin() as store:
+            store.resources.create(RES_NODE, host_id, node)
+            store.sessions.create(hash_token(session), host_id, "node", {"hostname": hostname}, now + NODE_IDENTITY_TTL)
+            server.audit(store, ("node.join", "TJ002I"), hostname, True, host_id=host_id, labels=clean_labels)
+        return {
+            "host_id": host_id,
+            "host_cert": host_cert.decode(),
+            "session_token": session,
+            "cluster_name": server.cluster_name,
+            **server.cluster_cas(),
+        }
+
+    @staticmethod
+    def _require_node(caller: Caller) -> None:
+        if caller.kind != "node":
+            raise AccessDeniedError("only joined nodes may call this")
+
+    def heartbeat(self, caller: Caller, addr: str, labels: Mapping[str, Any]) -> None:
+        self._require_node(caller)
+        server = self.server
+        with server.backend.begin() as store:
+            record = store.resources.get(RES_NODE, caller.name)
+            body = {**record.body, "addr": addr, "labels": _labels(labels), "last_seen": server.clock().isoformat()}
+            store.resources.update(RES_NODE, caller.name, body)
+
+    def state(self, caller: Caller) -> dict[str, Any]:
+        """Everything a node needs to decide on sessions by itself while the auth service is away."""
+        self._require_node(caller)
+        server = self.server
+        with server.backend.begin() as store:
+            roles = [record.body for record in store.resources.list("role")]
+            cap = store.resources.get("cluster_auth_preference", "cluster-auth-preference").body
+            locks = [record.body for record in store.locks.list(server.clock())]
+        return {
+            "cluster_name": server.cluster_name,
+            "roles": roles,
+            "cluster_auth_preference": cap,
+            "locks": locks,
+            "user_ca_ssh": server.user_ca.ssh_public_key(),
+            "generated": server.clock().isoformat(),
+        }
+
+    def record_event(self, caller: Caller, event: Mapping[str, Any]) -> None:
+        self._require_node(caller)
+        name = event.get("event")
+        if name not in NODE_EVENTS:
+            raise ValidationError(f"event: nodes may only report {', '.join(sorted(NODE_EVENTS))}")
+        body = {k: v for k, v in event.items() if k not in ("event", "code", "user", "success", "time")}
+        body["server_id"] = caller.name
+        with self.server.backend.begin() as store:
+            self.server.audit(
+                store,
+                (str(name), NODE_EVENTS[str(name)]),
+                str(event.get("user", "")),
+                bool(event.get("success", True)),
+                **body,
+            )
+
+    def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
+        """Nodes whose labels one of the caller's roles allows (and none denies)."""
+        with self.server.backend.begin() as store:
+            nodes = [record.body for record in store.resources.list(RES_NODE)]
+        if caller.kind == "admin":
+            return nodes
+        return [node for node in nodes if caller.checker.roles_matching_node(node["labels"])]
+
+
+__all__ = ["NODE_EVENTS", "RES_NODE", "NodeService", "label_matches"]
