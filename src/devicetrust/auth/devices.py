@@ -85,6 +85,13 @@ def device_from_record(record: DeviceRecord) -> Device:
     return resource
 
 
+def parse_lock(body: Mapping[str, Any]) -> Lock:
+    lock = parse_resource(body)
+    if not isinstance(lock, Lock):
+        raise ValidationError("stored lock is not a lock document")
+    return lock
+
+
 def device_audit(device: Device, credential_id: str = "") -> dict[str, str]:
     return {
         "device_id": device.id,
@@ -438,7 +445,7 @@ class DeviceService:
         now = self._now()
         with self._backend.begin() as store:
             record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
-            locks = [self._lock(r.body) for r in store.locks.list(now)]
+            locks = [parse_lock(r.body) for r in store.locks.list(now)]
         if record is None:
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, None, "device not registered")
             raise CeremonyError("this device is not registered")
@@ -468,13 +475,6 @@ class DeviceService:
             store.pending.create(pending.id, AUTHENTICATE, device.id, body, pending.expires)
         return challenge
 
-    @staticmethod
-    def _lock(body: Mapping[str, Any]) -> Lock:
-        lock = parse_resource(body)
-        if not isinstance(lock, Lock):
-            raise ValidationError("stored lock is not a lock document")
-        return lock
-
     def _verified_unaugmented(self, caller: Caller, ssh_cert: bytes) -> Any:
         identity = verify_ssh_user_cert(ssh_cert, [self.server.user_ca.ssh_public_key()], self._now())
         if identity.username != caller.name:
@@ -492,7 +492,7 @@ class DeviceService:
                 raise CeremonyError("unknown or expired device ceremony") from None
             pending = PendingCeremony.from_body(raw.id, AUTHENTICATE, raw.expires, raw.body)
             record = store.devices.find(pending.device_id)
-            locks = [self._lock(r.body) for r in store.locks.list(now)]
+            locks = [parse_lock(r.body) for r in store.locks.list(now)]
         if record is None:
             raise CeremonyError("this device is not registered")
         device = device_from_record(record)

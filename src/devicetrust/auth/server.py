@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from devicetrust import __version__
 from devicetrust.access import AccessChecker
 from devicetrust.auth import events
-from devicetrust.auth.devices import RES_DEVICE, DeviceService
+from devicetrust.auth.devices import RES_DEVICE, DeviceService, parse_lock
 from devicetrust.auth.nodes import NodeService
 from devicetrust.auth.secrets import hash_token, new_token, token_id
 from devicetrust.crypto import (
@@ -35,6 +35,7 @@ from devicetrust.crypto import (
     load_public_key,
 )
 from devicetrust.errors import (
+    AccessDeniedError,
     AlreadyExistsError,
     AuthenticationError,
     ConfigError,
@@ -53,6 +54,7 @@ from devicetrust.types import (
     Role,
     User,
     default_cluster_auth_preference,
+    locks_in_force,
     normalize_kind,
     parse_resource,
     preset_roles,
@@ -285,11 +287,20 @@ class AuthServer:
         with self.backend.begin() as store:
             store.rate_limits.reset(limit_key)
             roles = self._load_roles(store, user.roles)
+            self._check_locks(store, user.metadata.name, user.roles)
             result = self._issue_user_certs(
                 store, user.metadata.name, "user", roles, user.traits, public_key, ttl, bot_name=None
             )
             self.audit(store, events.USER_LOGIN, username, True, method="local")
         return result
+
+    def _check_locks(self, store: Store, username: str, roles: Sequence[str]) -> None:
+        """No certificates for a locked user or role."""
+        now = self.clock()
+        locks = [parse_lock(record.body) for record in store.locks.list(now)]
+        in_force = locks_in_force(locks, now, user=username, roles=roles)
+        if in_force:
+            raise AccessDeniedError(f"{in_force[0].target} is locked: {in_force[0].message or 'by an administrator'}")
 
     def _password_matches(self, stored_hash: str, password: str) -> bool:
         try:
@@ -497,6 +508,7 @@ class AuthServer:
                 bot = _parse(store.resources.get(RES_BOT, record.subject).body, Bot)
                 username = BOT_USER_PREFIX + bot.metadata.name
                 roles = self._load_roles(store, bot.roles)
+                self._check_locks(store, username, bot.roles)
                 result = self._issue_user_certs(
                     store, username, "bot", roles, bot.traits, public_key, ttl, bot_name=bot.metadata.name
                 )

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -555,6 +556,59 @@ def devices_unenroll(ctx: Context, device_id: str | None, asset_tag: str | None)
     ctx.client.post(f"/v1/devices/{device['metadata']['name']}/unenroll")
     spec = device["spec"]
     click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} unenrolled")
+
+
+# ------------------------------------------------------------------------------------------------ locks
+def _create_lock(ctx: Context, target: dict[str, str], message: str, ttl: str | None) -> str:
+    spec: dict[str, Any] = {"target": target, "message": message}
+    if ttl:
+        spec["expires"] = (datetime.now(UTC) + parse_duration(ttl, what="--ttl")).isoformat()
+    name = str(uuid.uuid4())
+    doc = {"kind": "lock", "version": "v2", "metadata": {"name": name}, "spec": spec}
+    ctx.client.put("/v1/resources", {"resource": doc, "force": False})
+    return name
+
+
+@cli.command()
+@click.option("--user", help="Lock this user.")
+@click.option("--role", help="Lock every user holding this role.")
+@click.option("--device", "device_id", help="Lock this device (its id).")
+@click.option("--login", help="Lock this OS login.")
+@click.option("--node", help="Lock this node (its host id).")
+@click.option("--message", default="", help="Shown to whoever the lock stops.")
+@click.option("--ttl", help="Lift the lock after this long, e.g. 24h (default: until removed).")
+@pass_ctx
+def lock(
+    ctx: Context,
+    user: str | None,
+    role: str | None,
+    device_id: str | None,
+    login: str | None,
+    node: str | None,
+    message: str,
+    ttl: str | None,
+) -> None:
+    """Lock a user, role, device, login or node: no new certificates or sessions, live sessions end."""
+    targets = {
+        k: v for k, v in {"user": user, "role": role, "device": device_id, "login": login, "node": node}.items() if v
+    }
+    if len(targets) != 1:
+        raise click.UsageError("give exactly one of --user, --role, --device, --login or --node")
+    name = _create_lock(ctx, targets, message, ttl)
+    click.echo(f'Created a lock with name "{name}".')
+
+
+@devices.command("lock")
+@click.option("--device-id", help="The device's id.")
+@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@click.option("--message", default="", help="Shown to whoever the lock stops.")
+@click.option("--ttl", help="Lift the lock after this long (default: until removed).")
+@pass_ctx
+def devices_lock(ctx: Context, device_id: str | None, asset_tag: str | None, message: str, ttl: str | None) -> None:
+    """Lock a device: it can no longer authenticate, and sessions from it are refused and ended."""
+    device = _resolve_device(ctx, device_id, asset_tag)
+    name = _create_lock(ctx, {"device": device["metadata"]["name"]}, message, ttl)
+    click.echo(f'Created a lock with name "{name}".')
 
 
 # ------------------------------------------------------------------------------------------------ audit
