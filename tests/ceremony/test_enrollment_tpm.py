@@ -192,6 +192,36 @@ def test_garbage_ek_material_is_refused(tpm: FakeTPM) -> None:
         begin_enroll(LINUX, tpm=dataclasses.replace(tpm.payload(cert=False), ek_public_der=b"\x30\x03\x02\x01\x01"))
 
 
+MALFORMED = "the device's attestation data is malformed or unsupported"
+
+
+def test_ek_cert_that_cryptography_cannot_fully_parse_is_refused(tpm: FakeTPM, ek_ca: Issued) -> None:
+    """cryptography parses some fields lazily and raises more than ValueError: still one clean refusal."""
+    assert tpm.ek_cert is not None
+    der = tpm.ek_cert.der
+    version_v3 = b"\xa0\x03\x02\x01\x02"
+    issuer_cn = b"\x0c\x15Test TPM Vendor EK CA"  # UTF8String
+    assert version_v3 in der and issuer_cn in der
+    unknown_version = der.replace(version_v3, version_v3[:-1] + b"\x03")  # x509.InvalidVersion
+    bad_issuer_tag = der.replace(issuer_cn, b"\x0d" + issuer_cn[1:])  # ValueError when the issuer is read
+    for cert in (unknown_version, bad_issuer_tag):
+        payload = dataclasses.replace(tpm.payload(), ek_cert_der=cert)
+        for settings in (trusting(ek_ca), DeviceTrustSettings()):
+            with pytest.raises(CeremonyError, match=exactly(MALFORMED)):
+                begin_enroll(LINUX, tpm=payload, settings=settings)
+
+
+def test_ek_key_of_an_unknown_algorithm_is_refused(ecc_tpm: FakeTPM) -> None:
+    ec_public_key = bytes.fromhex("2a8648ce3d0201")
+    secp384r1 = bytes.fromhex("2b81040022")
+    der = ecc_tpm.ek_public_der
+    assert ec_public_key in der and secp384r1 in der
+    for mangled in (der.replace(ec_public_key, ec_public_key[:-1] + b"\x04"), der.replace(secp384r1, bytes(5))):
+        payload = dataclasses.replace(ecc_tpm.payload(), ek_public_der=mangled)
+        with pytest.raises(CeremonyError, match=exactly(MALFORMED)):
+            begin_enroll(LINUX, tpm=payload)
+
+
 # -- AK refusals ----------------------------------------------------------------------------------------------
 
 

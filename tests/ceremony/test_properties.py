@@ -31,6 +31,7 @@ from tests.ceremony.conftest import (
     begin_enroll,
     enroll_with_key,
     enroll_with_tpm,
+    exactly,
     registered,
     trusting,
 )
@@ -231,7 +232,7 @@ def test_other_ceremony_ids_are_refused(tpm_enrollment: Case, key_authentication
     for case in (tpm_enrollment, key_authentication):
         if ceremony_id == case.response.ceremony_id:
             continue
-        with pytest.raises(CeremonyError, match="^unknown or expired device ceremony$"):
+        with pytest.raises(CeremonyError, match=exactly("unknown or expired device ceremony")):
             case.finish(dataclasses.replace(case.response, ceremony_id=ceremony_id))
 
 
@@ -286,6 +287,9 @@ def test_mutated_ak_public_area(tpm: FakeTPM, ek_ca: Issued, data: st.DataObject
             tpm.activate(challenge)
 
 
+# pytest turns warnings into errors; in production this one (a certificate with a serial that is not positive, which
+# cryptography still loads) is only logged, and such a serial is then refused as a field error of the credential.
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 @BEGIN
 @given(data=st.data(), trusted=st.booleans())
 def test_mutated_ek_certificate(tpm: FakeTPM, ek_ca: Issued, data: st.DataObject, trusted: bool) -> None:

@@ -332,3 +332,39 @@ def test_one_token_many_concurrent_enrollments(devices_cluster: Cluster, tmp_pat
         assert sorted(statuses) == [200] + [400] * 7
     finally:
         set_device_trust(cluster, tmp_path)
+
+
+def test_a_locked_device_cannot_authenticate(devices_cluster: Cluster, tmp_path: Path) -> None:
+    cluster = devices_cluster
+    cluster.signup_and_login("hank")
+    env = cluster.env(TSH_HOME=str(cluster.home("hank")), DEVICETRUST_ASSET_TAG="SN-LOCK-1")
+    set_device_trust(cluster, tmp_path, allow_unsafe_software_keys=True)
+    try:
+        ok(cluster.tctl("devices", "add", "--os=linux", "--asset-tag=SN-LOCK-1"))
+        token = enroll_token(cluster, "SN-LOCK-1")
+        ok(cluster.run("tsh", "device", "enroll", "--device-key=unsafe-software", f"--token={token}", env=env))
+        out = ok(cluster.tctl("devices", "lock", "--asset-tag=SN-LOCK-1", "--message=stolen laptop", "--ttl=24h"))
+        assert out.startswith('Created a lock with name "')
+        login = cluster.run(
+            "tsh", "login", "--device-key=unsafe-software", "--password-stdin", "--format=json", input=PASSWORD, env=env
+        )
+        assert "stolen laptop" in login.stderr
+        assert not DEVICE_EXTENSIONS & set(json.loads(ok(login))["extensions"])
+        events = json.loads(ok(cluster.tctl("audit", "ls", "--type=device.authenticate", "--format=json")))
+        assert any(not e["success"] and e["reason"] == "locked" for e in events)
+        locks = json.loads(ok(cluster.tctl("get", "locks", "--format=json")))
+        assert any(lock["spec"]["message"] == "stolen laptop" for lock in locks)
+    finally:
+        set_device_trust(cluster, tmp_path)
+
+
+def test_a_locked_user_gets_no_certificates(devices_cluster: Cluster) -> None:
+    cluster = devices_cluster
+    cluster.signup_and_login("ivy")
+    out = ok(cluster.tctl("lock", "--user=ivy", "--message=on leave"))
+    name = out.split('"')[1]
+    refused = one_line_error(cluster.login("ivy"))
+    assert "user ivy is locked: on leave" in refused
+    ok(cluster.tctl("rm", f"lock/{name}"))
+    ok(cluster.login("ivy"))
+    assert "exactly one of" in one_line_error(cluster.tctl("lock", "--user=ivy", "--role=access"))

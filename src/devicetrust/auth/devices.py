@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from devicetrust.auth import events
+from devicetrust.auth.parsing import parse_stored
 from devicetrust.auth.secrets import hash_token, new_token
 from devicetrust.ceremony.ceremonies import (
     AUTHENTICATE,
@@ -52,7 +53,6 @@ from devicetrust.types import (
     Lock,
     locks_in_force,
     os_display_name,
-    parse_resource,
     resource_to_dict,
 )
 
@@ -79,14 +79,14 @@ class AugmentedCerts:
 
 
 def device_from_record(record: DeviceRecord) -> Device:
-    resource = parse_resource(record.body)
+    resource = parse_stored(record.body)
     if not isinstance(resource, Device):
         raise ValidationError(f'stored device "{record.id}" is not a device document')
     return resource
 
 
 def parse_lock(body: Mapping[str, Any]) -> Lock:
-    lock = parse_resource(body)
+    lock = parse_stored(body)
     if not isinstance(lock, Lock):
         raise ValidationError("stored lock is not a lock document")
     return lock
@@ -193,13 +193,11 @@ class DeviceService:
                     "use --force to overwrite it"
                 )
             current = device_from_record(existing)
-            updated = replace(
-                current,
-                asset_tag=device.asset_tag,
-                os_type=device.os_type,
-                source=device.source,
-                profile=device.profile,
-            )
+            if (current.os_type, current.asset_tag) != (device.os_type, device.asset_tag):
+                raise ValidationError(
+                    "spec.asset_tag and spec.os_type identify a device and cannot change; remove and re-add it"
+                )
+            updated = replace(current, source=device.source, profile=device.profile)
             self._save(store, updated)
             self._audit(store, events.DEVICE_UPDATE, caller.name, True, device=device_audit(updated))
             return "updated"
@@ -429,50 +427,53 @@ class DeviceService:
             self._audit(store, event, user, False, **details)
 
     # ---------------------------------------------------------------------------------- authentication
-    def device_trust_enabled(self, role_modes: Sequence[str]) -> bool:
-        """Device authentication runs unless the cluster mode and every role's mode are off."""
-        modes = [self._settings().mode, *(mode for mode in role_modes if mode)]
-        return any(mode != "off" for mode in modes)
-
     def authenticate_begin(
         self, caller: Caller, *, credential_id: str, collected: CollectedData, ssh_cert: bytes
     ) -> Challenge:
         if caller.kind not in ("user", "bot"):
             raise AccessDeniedError("device authentication is for users and bots")
-        if not self.device_trust_enabled([r.options.device_trust_mode for r in caller.roles]):
-            raise CeremonyError(TRUST_DISABLED)
         self._verified_unaugmented(caller, ssh_cert)
         now = self._now()
+        device: Device | None = None
+        refusal: CeremonyError | AccessDeniedError | None = None
+        reason = ""
+        # One transaction: everything read, the pure checks, and the pending ceremony written together.
         with self._backend.begin() as store:
+            settings = self.server.auth_preference_in(store).device_trust
+            role_modes = [r.options.device_trust_mode for r in caller.roles if r.options.device_trust_mode]
+            if all(mode == "off" for mode in [settings.mode, *role_modes]):
+                raise CeremonyError(TRUST_DISABLED)
             record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
-            locks = [parse_lock(r.body) for r in store.locks.list(now)]
-        if record is None:
-            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, None, "device not registered")
-            raise CeremonyError("this device is not registered")
-        device = device_from_record(record)
-        in_force = locks_in_force(locks, now, user=caller.name, roles=caller.role_names, device_id=device.id)
-        if in_force:
-            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, "locked")
-            message = in_force[0].message or "locked by an administrator"
-            raise AccessDeniedError(f"device authentication refused: {message}")
-        try:
-            pending, challenge = begin_authentication(
-                ceremony_id=str(uuid.uuid4()),
-                device=device,
-                user=caller.name,
-                session_hash=caller.session_hash,
-                credential_id=credential_id,
-                collected=collected,
-                now=now,
-                random_bytes=secrets.token_bytes,
-            )
-        except CeremonyError as err:
-            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, str(err))
-            raise
-        body = pending.to_body()
-        body["ssh_cert"] = ssh_cert.decode()
-        with self._backend.begin() as store:
-            store.pending.create(pending.id, AUTHENTICATE, device.id, body, pending.expires)
+            if record is None:
+                refusal, reason = CeremonyError("this device is not registered"), "device not registered"
+            else:
+                device = device_from_record(record)
+                locks = [parse_lock(r.body) for r in store.locks.list(now)]
+                in_force = locks_in_force(locks, now, user=caller.name, roles=caller.role_names, device_id=device.id)
+                if in_force:
+                    message = in_force[0].message or "locked by an administrator"
+                    refusal, reason = AccessDeniedError(f"device authentication refused: {message}"), "locked"
+                else:
+                    try:
+                        pending, challenge = begin_authentication(
+                            ceremony_id=str(uuid.uuid4()),
+                            device=device,
+                            user=caller.name,
+                            session_hash=caller.session_hash,
+                            credential_id=credential_id,
+                            collected=collected,
+                            now=now,
+                            random_bytes=secrets.token_bytes,
+                        )
+                    except CeremonyError as err:
+                        refusal, reason = err, str(err)
+                    else:
+                        body = pending.to_body()
+                        body["ssh_cert"] = ssh_cert.decode()
+                        store.pending.create(pending.id, AUTHENTICATE, device.id, body, pending.expires)
+        if refusal is not None:
+            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, reason)
+            raise refusal
         return challenge
 
     def _verified_unaugmented(self, caller: Caller, ssh_cert: bytes) -> Any:

@@ -24,6 +24,7 @@ from devicetrust.access import AccessChecker
 from devicetrust.auth import events
 from devicetrust.auth.devices import RES_DEVICE, DeviceService, parse_lock
 from devicetrust.auth.nodes import NodeService
+from devicetrust.auth.parsing import parse_stored
 from devicetrust.auth.secrets import hash_token, new_token, token_id
 from devicetrust.crypto import (
     CA_KINDS,
@@ -335,7 +336,7 @@ class AuthServer:
         ssh_cert = issue_ssh_user_cert(self.user_ca, public_key, identity)
         tls_cert = issue_x509_client_cert(self.user_ca, public_key, identity)
         session_token = new_token()
-        settings = _parse(store.resources.get(CAP_KIND, CAP_NAME).body, ClusterAuthPreference).device_trust
+        settings = self.auth_preference_in(store).device_trust
         modes = [settings.mode, *(role.options.device_trust_mode for role in roles if role.options.device_trust_mode)]
         store.sessions.create(
             hash_token(session_token),
@@ -756,7 +757,11 @@ class AuthServer:
     # -------------------------------------------------------------------------------------------- info
     def auth_preference(self) -> ClusterAuthPreference:
         with self.backend.begin() as store:
-            return _parse(store.resources.get(CAP_KIND, CAP_NAME).body, ClusterAuthPreference)
+            return self.auth_preference_in(store)
+
+    @staticmethod
+    def auth_preference_in(store: Store) -> ClusterAuthPreference:
+        return _parse(store.resources.get(CAP_KIND, CAP_NAME).body, ClusterAuthPreference)
 
     def ping(self) -> dict[str, Any]:
         cap = self.auth_preference()
@@ -797,7 +802,7 @@ def _bounded_ttl(ttl: timedelta) -> timedelta:
 
 
 def _parse(body: Mapping[str, Any], cls: type[_R]) -> _R:
-    resource = parse_resource(body)
+    resource = parse_stored(body)
     if not isinstance(resource, cls):
         raise ValidationError(f"stored resource is a {type(resource).__name__}, expected {cls.__name__}")
     return resource

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -157,9 +158,10 @@ def _attestation(call: Callable[[], Any]) -> Any:
         return call()
     except AttestationError as err:
         raise CeremonyError(str(err)) from None
-    except (ValueError, UnsupportedAlgorithm):
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion, x509.UnsupportedGeneralNameType):
         # What cryptography raises on device-supplied bytes the verifiers let through to it: certificate fields
-        # it parses lazily (ValueError), key types and curves it does not know (UnsupportedAlgorithm).
+        # it parses lazily (ValueError), key types and curves it does not know (UnsupportedAlgorithm), X.509
+        # versions and general names it does not know.
         raise CeremonyError("the device's attestation data is malformed or unsupported") from None
 
 

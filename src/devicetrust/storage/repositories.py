@@ -80,6 +80,8 @@ INVALID_PENDING_MESSAGE = "ceremony not found or expired"
 INVALID_PAGE_TOKEN_MESSAGE = "invalid page token"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: enroll_status of a device until it enrolls
+_NEW_DEVICE_STATUS = "not_enrolled"
 _Insert = postgresql.Insert | sqlite.Insert
 
 
@@ -526,7 +528,7 @@ class DeviceRepository(_Repository):
         asset_tag: str,
         body: Mapping[str, Any],
         *,
-        enroll_status: str = "not_enrolled",
+        enroll_status: str = _NEW_DEVICE_STATUS,
         owner: str = "",
         source_name: str | None = None,
         source_origin: str | None = None,
@@ -696,24 +698,31 @@ class DeviceRepository(_Repository):
             ids.add(row.id)
         t = self._t
         now = self._clock()
-        values = [
-            {
-                "id": row.id,
-                "os_type": row.os_type,
-                "asset_tag": row.asset_tag,
-                "enroll_status": "not_enrolled",
-                "owner": "",
-                "source_name": row.source_name,
-                "source_origin": row.source_origin,
-                "external_id": row.external_id,
-                "body": _canonical_body(row.body),
-                "revision": 1,
-                "created": now,
-                "updated": now,
-            }
-            for row in rows
-        ]
-        stmt = _insert(self._conn, t)
+        stmt: _Insert
+        values: builtins.list[dict[str, Any]] | None = None
+        if self._conn.dialect.name == "postgresql":
+            stmt = postgresql.insert(t).from_select([column.name for column in t.c], self._unnested(rows, now))
+        else:
+            # executemany: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs, as many rows per statement as
+            # SQLite's bind-parameter limit allows
+            stmt = sqlite.insert(t)
+            values = [
+                {
+                    "id": row.id,
+                    "os_type": row.os_type,
+                    "asset_tag": row.asset_tag,
+                    "enroll_status": _NEW_DEVICE_STATUS,
+                    "owner": "",
+                    "source_name": row.source_name,
+                    "source_origin": row.source_origin,
+                    "external_id": row.external_id,
+                    "body": _canonical_body(row.body),
+                    "revision": 1,
+                    "created": now,
+                    "updated": now,
+                }
+                for row in rows
+            ]
         written = ("body", "source_name", "source_origin", "external_id")
         stmt = stmt.on_conflict_do_update(
             index_elements=["os_type", "asset_tag"],
@@ -725,14 +734,48 @@ class DeviceRepository(_Repository):
             where=sa.or_(*(t.c[name].is_distinct_from(stmt.excluded[name]) for name in written)),
         )
         try:
-            # executemany with RETURNING: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs, as many rows
-            # per statement as the dialect's bind-parameter limit allows. Unchanged rows return nothing.
+            # unchanged rows return nothing; inserted ones revision 1, updated ones more
             revisions = self._conn.execute(stmt.returning(t.c.revision), values).scalars().all()
         except sa.exc.IntegrityError:
             # (os_type, asset_tag) is handled by ON CONFLICT; what is left is the primary key
             raise AlreadyExistsError("a new device's id belongs to another device") from None
         created = sum(1 for revision in revisions if revision == 1)
         return UpsertResult(created, len(revisions) - created, len(rows) - len(revisions))
+
+    def _unnested(self, rows: Sequence[DeviceUpsert], now: datetime) -> sa.Select[Any]:
+        # PostgreSQL: one text array per column, unnested by the server. A single statement of a handful of
+        # parameters, whatever the batch size (a multi-row VALUES of thousands of rows is slow to build and parse).
+        arrays = {
+            "id": [row.id for row in rows],
+            "os_type": [row.os_type for row in rows],
+            "asset_tag": [row.asset_tag for row in rows],
+            "source_name": [row.source_name for row in rows],
+            "source_origin": [row.source_origin for row in rows],
+            "external_id": [row.external_id for row in rows],
+            "body": [json.dumps(row.body, sort_keys=True) for row in rows],
+        }
+        text_array = postgresql.ARRAY(sa.Text)
+        batch = (
+            sa.func.unnest(
+                *(sa.cast(sa.bindparam(name, array, type_=text_array), text_array) for name, array in arrays.items())
+            )
+            .table_valued(*arrays)
+            .render_derived(name="batch")
+        )
+        return sa.select(
+            batch.c.id,
+            batch.c.os_type,
+            batch.c.asset_tag,
+            sa.literal(_NEW_DEVICE_STATUS, sa.String),
+            sa.literal("", sa.String),
+            batch.c.source_name,
+            batch.c.source_origin,
+            batch.c.external_id,
+            sa.cast(batch.c.body, postgresql.JSONB),
+            sa.literal(1, sa.Integer),
+            sa.literal(now, schema.UTCDateTime),
+            sa.literal(now, schema.UTCDateTime),
+        )
 
 
 def _lock(row: Row[Any]) -> LockRecord:

@@ -1,0 +1,203 @@
+"""bench_authn: full device-authentication ceremonies (begin + finish, augmented certificates issued) from C
+concurrent clients with the unsafe software key backend, against a real daemon on SQLite, then PostgreSQL.
+
+Reported in the same run: ceremonies/s, latency, the server's CPU time per ceremony, and the crypto-only rate
+(the same ECDSA verify + SSH and X.509 certificate signing in a tight loop) with the ratio between the two.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from benchmarks.harness import LeanClient, RunningCluster, cluster, summary_ms
+from devicetrust.crypto import (
+    CertAuthority,
+    DeviceExtensions,
+    Identity,
+    generate_private_key,
+    issue_ssh_user_cert,
+    issue_x509_client_cert,
+    public_key_to_openssh,
+)
+
+PASSWORD = "benchmark password 1"
+CLIENTS = int(os.environ.get("BENCH_CLIENTS", "8"))
+DURATION_SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@dataclass
+class SimulatedUser:
+    client: LeanClient
+    device_key: ec.EllipticCurvePrivateKey
+    credential_id: str
+    device_data: dict[str, str]
+    ssh_cert: str
+
+
+def _allow_software_keys(admin: LeanClient) -> None:
+    cap = admin.call("GET", "/v1/resources/cap/cluster-auth-preference")
+    cap["spec"]["device_trust"] = {"mode": "optional", "allow_unsafe_software_keys": True}
+    admin.call("PUT", "/v1/resources", {"resource": cap, "force": True})
+
+
+def _make_user(running: RunningCluster, index: int) -> SimulatedUser:
+    admin = running.admin()
+    name = f"bench{index}"
+    invite = admin.call("POST", "/v1/users", {"name": name, "roles": ["access"], "traits": {"logins": [name]}})
+    anonymous = running.anonymous()
+    anonymous.call("POST", "/v1/signup", {"token": invite["invite_token"], "password": PASSWORD})
+    user_key = generate_private_key()
+    login = anonymous.call(
+        "POST",
+        "/v1/login",
+        {"user": name, "password": PASSWORD, "public_key": public_key_to_openssh(user_key.public_key())},
+    )
+    serial = f"BENCH-{index:04d}-{secrets.token_hex(2)}"
+    added = admin.call(
+        "POST", "/v1/devices", {"os_type": "linux", "asset_tag": serial, "create_enroll_token": True}
+    )
+    client = anonymous.with_token(login["session_token"])
+    device_key = generate_private_key()
+    credential_id = f"bench-credential-{index}"
+    device_data = {"collect_time": datetime.now(UTC).isoformat(), "os_type": "linux", "serial_number": serial}
+    public_der = device_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    challenge = client.call(
+        "POST",
+        "/v1/devices/enroll/begin",
+        {
+            "token": added["enroll_token"],
+            "credential_id": credential_id,
+            "device_data": device_data,
+            "key": {"public_key_der": base64.b64encode(public_der).decode(), "attestation_type": "unsafe_software"},
+        },
+    )
+    client.call("POST", "/v1/devices/enroll/finish", _answer(device_key, challenge))
+    admin.close()
+    return SimulatedUser(client, device_key, credential_id, device_data, login["ssh_cert"])
+
+
+def _answer(key: ec.EllipticCurvePrivateKey, challenge: dict[str, Any]) -> dict[str, Any]:
+    signature = key.sign(base64.b64decode(challenge["challenge"]), ec.ECDSA(hashes.SHA256()))
+    return {"ceremony_id": challenge["ceremony_id"], "signature": base64.b64encode(signature).decode()}
+
+
+def _ceremony(user: SimulatedUser) -> None:
+    challenge = user.client.call(
+        "POST",
+        "/v1/devices/authenticate/begin",
+        {"credential_id": user.credential_id, "device_data": user.device_data, "ssh_cert": user.ssh_cert},
+    )
+    reply = user.client.call("POST", "/v1/devices/authenticate/finish", _answer(user.device_key, challenge))
+    assert "teleport-device-id" in reply["ssh_cert"] or reply["ssh_cert"]
+
+
+def crypto_only_rate(seconds: float = 3.0) -> float:
+    """The ceremony's unavoidable crypto, single-threaded: verify one ECDSA signature, sign one SSH and one
+    X.509 certificate."""
+    now = datetime.now(UTC)
+    ca = CertAuthority.generate("user", "bench.cluster", now)
+    device_key = generate_private_key()
+    user_key = generate_private_key().public_key()
+    challenge = secrets.token_bytes(32)
+    signature = device_key.sign(challenge, ec.ECDSA(hashes.SHA256()))
+    identity = Identity(
+        username="bench",
+        roles=("access",),
+        logins=("bench",),
+        traits={},
+        not_before=now,
+        not_after=now + timedelta(hours=12),
+        device=DeviceExtensions("00000000-0000-4000-8000-000000000000", "BENCH", "credential"),
+    )
+    done = 0
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < deadline:
+        device_key.public_key().verify(signature, challenge, ec.ECDSA(hashes.SHA256()))
+        issue_ssh_user_cert(ca, user_key, identity)
+        issue_x509_client_cert(ca, user_key, identity)
+        done += 1
+    return done / (time.perf_counter() - started)
+
+
+def run_against(label: str, storage_url: str = "") -> tuple[float, float]:
+    with cluster(storage_url) as running:
+        admin = running.admin()
+        _allow_software_keys(admin)
+        admin.close()
+        users = [_make_user(running, i) for i in range(CLIENTS)]
+        for user in users:  # warm up connections and caches
+            _ceremony(user)
+        latencies: list[list[float]] = [[] for _ in users]
+        errors: list[BaseException] = []
+        deadline = time.perf_counter() + DURATION_SECONDS
+
+        def worker(index: int) -> None:
+            user = users[index]
+            try:
+                while time.perf_counter() < deadline:
+                    begun = time.perf_counter()
+                    _ceremony(user)
+                    latencies[index].append(time.perf_counter() - begun)
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        cpu_before = running.server_cpu_seconds()
+        started = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(users))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        cpu = running.server_cpu_seconds() - cpu_before
+        for user in users:
+            user.client.close()
+    if errors:
+        raise RuntimeError(f"{label}: {len(errors)} client errors, first: {errors[0]}")
+    samples = [s for per_client in latencies for s in per_client]
+    rate = len(samples) / elapsed
+    cpu_ms = cpu / len(samples) * 1000
+    print(
+        f"bench_authn[{label}]: {len(samples)} ceremonies in {elapsed:.1f} s with {CLIENTS} clients: "
+        f"{rate:.0f} ceremonies/s; {summary_ms(samples)}; server CPU {cpu_ms:.2f} ms/ceremony"
+    )
+    return rate, cpu_ms
+
+
+def main() -> None:
+    crypto = crypto_only_rate()
+    print(f"bench_authn[crypto-only]: {crypto:.0f} verify+SSH cert+X.509 cert per second (one core)")
+    sqlite_rate, _ = run_against("sqlite")
+    print(f"bench_authn[sqlite]: ratio to crypto-only {sqlite_rate / crypto:.3f}")
+    try:
+        import psycopg
+
+        schema = f"dt_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        try:
+            pg_rate, _ = run_against("postgres", f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
+            print(f"bench_authn[postgres]: ratio to crypto-only {pg_rate / crypto:.3f}")
+        finally:
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    except (ImportError, OSError) as err:
+        print(f"bench_authn[postgres]: skipped ({err})")
+
+
+if __name__ == "__main__":
+    main()

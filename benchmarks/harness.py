@@ -1,0 +1,95 @@
+"""What the benchmarks share: a real cluster, a lean HTTPS client, percentiles, and the server's CPU time."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+import statistics
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.integration.cluster import Cluster, start_cluster
+
+
+class LeanClient:
+    """One keep-alive HTTPS connection speaking JSON. httpx costs more CPU per request than the server under
+    test would (DESIGN §12), so load is generated with the standard library."""
+
+    def __init__(self, addr: str, ca_pem: str, token: str = "") -> None:
+        host, _, port = addr.rpartition(":")
+        self._conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cadata=ca_pem))
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        payload = json.dumps(body).encode() if body is not None else None
+        self._conn.request(method, path, body=payload, headers=self._headers)
+        response = self._conn.getresponse()
+        data = response.read()
+        if response.status >= 400:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status}: {data[:200]!r}")
+        return json.loads(data)
+
+    def with_token(self, token: str) -> LeanClient:
+        clone = LeanClient.__new__(LeanClient)
+        clone._conn = self._conn
+        clone._headers = {**self._headers, "Authorization": f"Bearer {token}"}
+        return clone
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass
+class RunningCluster:
+    cluster: Cluster
+    admin_token: str
+    ca_pem: str
+
+    @property
+    def addr(self) -> str:
+        return self.cluster.proxy
+
+    def admin(self) -> LeanClient:
+        return LeanClient(self.addr, self.ca_pem, self.admin_token)
+
+    def anonymous(self) -> LeanClient:
+        return LeanClient(self.addr, self.ca_pem)
+
+    def server_cpu_seconds(self) -> float:
+        """User + system CPU time of the daemon so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.cluster.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def cluster(storage_url: str = "") -> Iterator[RunningCluster]:
+    with tempfile.TemporaryDirectory(prefix="dt-bench-") as tmp:
+        running = start_cluster(Path(tmp) / "cluster", storage_url=storage_url)
+        try:
+            identity = json.loads((running.root / "data" / "admin" / "identity.json").read_text())
+            yield RunningCluster(running, identity["token"], identity["host_ca_pem"])
+        finally:
+            running.stop()
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def summary_ms(samples: Sequence[float]) -> str:
+    return (
+        f"p50 {percentile(samples, 0.50) * 1000:.1f} ms, p99 {percentile(samples, 0.99) * 1000:.1f} ms, "
+        f"mean {statistics.fmean(samples) * 1000:.1f} ms"
+    )
