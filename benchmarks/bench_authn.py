@@ -64,9 +64,7 @@ def _make_user(running: RunningCluster, index: int) -> SimulatedUser:
         {"user": name, "password": PASSWORD, "public_key": public_key_to_openssh(user_key.public_key())},
     )
     serial = f"BENCH-{index:04d}-{secrets.token_hex(2)}"
-    added = admin.call(
-        "POST", "/v1/devices", {"os_type": "linux", "asset_tag": serial, "create_enroll_token": True}
-    )
+    added = admin.call("POST", "/v1/devices", {"os_type": "linux", "asset_tag": serial, "create_enroll_token": True})
     client = anonymous.with_token(login["session_token"])
     device_key = generate_private_key()
     credential_id = f"bench-credential-{index}"
@@ -152,7 +150,7 @@ def run_against(label: str, storage_url: str = "") -> tuple[float, float]:
                     begun = time.perf_counter()
                     _ceremony(user)
                     latencies[index].append(time.perf_counter() - begun)
-            except BaseException as err:  # noqa: BLE001 - reported below
+            except BaseException as err:
                 errors.append(err)
 
         cpu_before = running.server_cpu_seconds()

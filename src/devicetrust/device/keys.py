@@ -130,13 +130,20 @@ class TPMKey(DeviceKey):
         self.tcti = tcti or os.environ.get(ENV_TPM_TCTI) or DEFAULT_TPM_TCTI
         self._tpm = TPMDevice(self.tcti)
         self._ak_file = state_dir / "tpm-ak.json"
+        self._ak: Any = None
+
+    def _attestation_key(self) -> Any:
+        """The AK's blobs, read (or created) once per ceremony rather than at every step."""
+        if self._ak is None:
+            self._ak = self._tpm.load_or_create_ak(self._ak_file)
+        return self._ak
 
     def close(self) -> None:
         self._tpm.close()
 
     def enroll_payload(self) -> dict[str, Any]:
         endorsement = self._tpm.endorsement()
-        ak = self._tpm.load_or_create_ak(self._ak_file)
+        ak = self._attestation_key()
         payload = TPMEnrollPayload(
             ek_cert_der=endorsement.ek_cert_der,
             ek_public_der=endorsement.ek_public_der,
@@ -147,7 +154,7 @@ class TPMKey(DeviceKey):
     def _quote(self, challenge: Challenge) -> QuoteResponse:
         if not challenge.nonce:
             raise DeviceKeyError("the server sent no nonce for a TPM quote")
-        ak = self._tpm.load_or_create_ak(self._ak_file)
+        ak = self._attestation_key()
         quote = self._tpm.quote(ak, challenge.nonce, QUOTE_PCRS)
         return QuoteResponse(quote.attest, quote.signature, dict(quote.pcr_values), self._event_log())
 
@@ -163,7 +170,7 @@ class TPMKey(DeviceKey):
             return b""
 
     def answer_enrollment(self, challenge: Challenge) -> ChallengeResponse:
-        ak = self._tpm.load_or_create_ak(self._ak_file)
+        ak = self._attestation_key()
         secret = self._tpm.activate_credential(ak, challenge.credential_blob, challenge.encrypted_secret)
         return ChallengeResponse(challenge.ceremony_id, activated_secret=secret, quote=self._quote(challenge))
 
