@@ -32,7 +32,7 @@ from tests.ceremony.conftest import (
 from devicetrust.attestation import MAX_ECDSA_SIGNATURE_DER_BYTES
 from devicetrust.ceremony.ceremonies import CEREMONY_TTL, CHALLENGE_BYTES, ENROLL, finish_enrollment
 from devicetrust.ceremony.messages import CeremonyError, ChallengeResponse, KeyEnrollPayload
-from devicetrust.types import DeviceTrustSettings
+from devicetrust.types import Device, DeviceTrustSettings
 
 MAC = registered("macos")
 LINUX = registered("linux")
@@ -48,13 +48,13 @@ DIFFERENT_KEY = "this device is enrolled with a different key; an administrator 
 
 
 @pytest.mark.parametrize("device", [LINUX, MAC, registered("windows")], ids=lambda d: d.os_type)
-def test_unsafe_software_keys_are_refused_by_default(device_key: DeviceKey, device: object) -> None:
+def test_unsafe_software_keys_are_refused_by_default(device_key: DeviceKey, device: Device) -> None:
     rng = DeterministicRandom()
     with pytest.raises(CeremonyError, match=exactly(UNSAFE_REFUSED)):
-        begin_enroll(device, key=device_key.payload("unsafe_software"), rng=rng)  # type: ignore[arg-type]
+        begin_enroll(device, key=device_key.payload("unsafe_software"), rng=rng)
     with pytest.raises(CeremonyError, match=exactly(UNSAFE_REFUSED)):
         begin_enroll(
-            device,  # type: ignore[arg-type]
+            device,
             key=device_key.payload("unsafe_software"),
             settings=DeviceTrustSettings(allow_unsafe_software_keys=False, ekcert_allowed_cas=()),
         )

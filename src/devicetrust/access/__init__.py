@@ -1,6 +1,7 @@
 """Access policy: role matching, trait templates and the device trust requirement. Pure, no I/O."""
 
 from devicetrust.access.checker import AccessChecker
+from devicetrust.access.decision import Decision, NodeTarget, decide, lock_reason
 from devicetrust.access.labels import label_matches, pattern_matches
 from devicetrust.access.modes import UNAUTHORIZED_DEVICE, device_required, strictest_mode
 from devicetrust.access.traits import expand_traits
@@ -8,9 +9,13 @@ from devicetrust.access.traits import expand_traits
 __all__ = [
     "UNAUTHORIZED_DEVICE",
     "AccessChecker",
+    "Decision",
+    "NodeTarget",
+    "decide",
     "device_required",
     "expand_traits",
     "label_matches",
+    "lock_reason",
     "pattern_matches",
     "strictest_mode",
 ]

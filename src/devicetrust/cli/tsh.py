@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes
 
 from devicetrust import __version__
 from devicetrust.ceremony.messages import Challenge, CollectedData
+from devicetrust.cli import tsh_ssh
 from devicetrust.cli.common import (
     DevicetrustGroup,
     emit,
@@ -439,6 +440,11 @@ def device_authenticate(device_key: str | None, fmt: str) -> None:
         _warn_unsafe(key)
         _authenticate_device(store, profile, key, collect())
     emit(_status_data(store, profile), fmt, _print_status)
+
+
+# ------------------------------------------------------------------------------------ ssh, ls, config
+for _command in tsh_ssh.COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,0 +1,87 @@
+"""The node's side of the auth service's node API (``/v1/nodes/…``), over HTTPS with the cluster's host CA pinned.
+
+Asynchronous (the node lives on an event loop) and with short timeouts: a node must notice an unreachable auth
+service quickly and carry on with its cached state.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from devicetrust.client import pinned_ssl_context
+from devicetrust.errors import ERROR_KINDS, ConnectionFailedError, DevicetrustError, TrustError
+
+__all__ = ["NODE_CONNECT_TIMEOUT_SECONDS", "NODE_REQUEST_TIMEOUT_SECONDS", "NodeAPI"]
+
+#: Seconds a node waits for one answer from the auth service (state polls run every 2 s).
+NODE_REQUEST_TIMEOUT_SECONDS = 5.0
+NODE_CONNECT_TIMEOUT_SECONDS = 3.0
+
+
+class NodeAPI:
+    def __init__(self, addr: str, ca_pem: str, token: str | None = None) -> None:
+        self.addr = addr
+        self._http = httpx.AsyncClient(
+            base_url=f"https://{addr}",
+            verify=pinned_ssl_context(ca_pem),
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=httpx.Timeout(NODE_REQUEST_TIMEOUT_SECONDS, connect=NODE_CONNECT_TIMEOUT_SECONDS),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        try:
+            response = await self._http.request(method, path, json=body)
+        except httpx.ConnectError as err:
+            if isinstance(err.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
+                raise TrustError(
+                    f"the auth service at {self.addr} presented a certificate not issued by the cluster's host CA"
+                ) from None
+            raise ConnectionFailedError(f"cannot reach the auth service at {self.addr}: {_reason(err)}") from None
+        except httpx.TimeoutException:
+            raise ConnectionFailedError(f"the auth service at {self.addr} did not answer in time") from None
+        except httpx.TransportError as err:
+            raise ConnectionFailedError(f"cannot talk to the auth service at {self.addr}: {_reason(err)}") from None
+        if response.status_code >= 500:
+            raise ConnectionFailedError(f"the auth service at {self.addr} answered HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response.json()
+
+    async def join(
+        self, *, token: str, hostname: str, addr: str, labels: Mapping[str, str], public_key: str
+    ) -> dict[str, Any]:
+        body = {"token": token, "hostname": hostname, "addr": addr, "labels": dict(labels), "public_key": public_key}
+        reply: dict[str, Any] = await self.request("POST", "/v1/nodes/join", body)
+        return reply
+
+    async def heartbeat(self, *, hostname: str, addr: str, labels: Mapping[str, str]) -> None:
+        await self.request("POST", "/v1/nodes/heartbeat", {"hostname": hostname, "addr": addr, "labels": dict(labels)})
+
+    async def state(self) -> dict[str, Any]:
+        reply: dict[str, Any] = await self.request("GET", "/v1/nodes/state")
+        return reply
+
+    async def event(self, event: Mapping[str, Any]) -> None:
+        await self.request("POST", "/v1/nodes/events", event)
+
+
+def _reason(err: Exception) -> str:
+    text = str(err) or type(err).__name__
+    return text.splitlines()[0]
+
+
+def _error_from(response: httpx.Response) -> DevicetrustError:
+    try:
+        error = response.json()["error"]
+        kind, message = str(error["kind"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return DevicetrustError(f"the auth service answered HTTP {response.status_code}")
+    return ERROR_KINDS.get(kind, DevicetrustError)(message)

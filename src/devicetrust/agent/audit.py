@@ -1,0 +1,96 @@
+"""Session audit events from a node to the auth service, buffered in memory while the auth service is away.
+
+Events go out in order, one request each. While the auth service is unreachable they wait in a bounded queue
+(:data:`MAX_BUFFERED_EVENTS`); when it is full the oldest are dropped and counted, so a long outage cannot
+exhaust the node's memory. The buffer lives in memory only: events still queued when the node stops are lost
+(and logged as such).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from devicetrust.agent.api import NodeAPI
+from devicetrust.errors import DevicetrustError, ValidationError
+
+__all__ = ["MAX_BUFFERED_EVENTS", "AuditForwarder"]
+
+log = logging.getLogger(__name__)
+
+#: Events kept while the auth service is unreachable; beyond this the oldest are dropped.
+MAX_BUFFERED_EVENTS = 10_000
+#: First and longest wait between delivery attempts while the auth service fails (doubling in between).
+EVENT_RETRY_MIN_SECONDS = 0.5
+EVENT_RETRY_MAX_SECONDS = 10.0
+
+
+class AuditForwarder:
+    def __init__(self, api: NodeAPI, max_buffered: int = MAX_BUFFERED_EVENTS) -> None:
+        self._api = api
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._max = max_buffered
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.dropped = 0
+        self.delivered = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        """Queue one event for delivery; never blocks, never raises."""
+        if len(self._queue) >= self._max:
+            self._queue.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("audit buffer full; dropping the oldest events", extra={"dropped": self.dropped})
+        self._queue.append(dict(event))
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the queue to drain; True if it did."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        delay = EVENT_RETRY_MIN_SECONDS
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                event = self._queue[0]
+                try:
+                    await self._api.event(event)
+                except ValidationError as err:
+                    # The auth service will never take this one: drop it rather than block those behind it.
+                    log.error("audit event refused; dropping it", extra={"event": event.get("event"), "error": str(err)})
+                except DevicetrustError as err:
+                    if delay == EVENT_RETRY_MIN_SECONDS:
+                        log.warning(
+                            "cannot deliver audit events; buffering and retrying",
+                            extra={"error": str(err), "queued": len(self)},
+                        )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, EVENT_RETRY_MAX_SECONDS)
+                    continue
+                else:
+                    self.delivered += 1
+                    if delay > EVENT_RETRY_MIN_SECONDS:
+                        log.info("audit events delivered again", extra={"queued": len(self) - 1})
+                delay = EVENT_RETRY_MIN_SECONDS
+                if self._queue and self._queue[0] is event:
+                    self._queue.popleft()
+            self._idle.set()
+
+    def abandon(self) -> None:
+        if self._queue:
+            log.warning("node stopping with undelivered audit events", extra={"lost": len(self._queue)})

@@ -1,0 +1,100 @@
+"""A node's identity on disk, under ``<data_dir>/node/``, so a restarted node does not need a new join token.
+
+    host.key        the SSH host key (PKCS#8 PEM, 0600), generated once and kept across re-joins
+    host-cert.pub   the host certificate the host CA issued at join (0644)
+    identity.json   host id, API session token, cluster CAs and the auth server it joined (0600)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from devicetrust.crypto import generate_private_key, load_private_key_pem, private_key_to_pem
+from devicetrust.errors import ConfigError, ValidationError
+from devicetrust.files import write_atomic
+
+__all__ = ["NodeIdentity", "load_host_key", "load_identity", "save_identity"]
+
+HOST_KEY_FILE = "host.key"
+HOST_CERT_FILE = "host-cert.pub"
+IDENTITY_FILE = "identity.json"
+_FIELDS = (
+    "host_id",
+    "hostname",
+    "cluster_name",
+    "auth_server",
+    "session_token",
+    "host_ca_pem",
+    "host_ca_ssh",
+    "user_ca_ssh",
+)
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    host_id: str
+    hostname: str
+    cluster_name: str
+    auth_server: str
+    session_token: str
+    host_ca_pem: str
+    host_ca_ssh: str
+    user_ca_ssh: str
+    host_cert: str
+
+    @classmethod
+    def from_join(cls, reply: Mapping[str, Any], *, hostname: str, auth_server: str) -> NodeIdentity:
+        try:
+            return cls(
+                host_id=str(reply["host_id"]),
+                hostname=hostname,
+                cluster_name=str(reply["cluster_name"]),
+                auth_server=auth_server,
+                session_token=str(reply["session_token"]),
+                host_ca_pem=str(reply["host_ca_pem"]),
+                host_ca_ssh=str(reply["host_ca_ssh"]),
+                user_ca_ssh=str(reply["user_ca_ssh"]),
+                host_cert=str(reply["host_cert"]),
+            )
+        except KeyError as err:
+            raise ValidationError(f"the auth service's join reply has no {err.args[0]}") from None
+
+
+def load_host_key(node_dir: Path) -> ec.EllipticCurvePrivateKey:
+    """The node's host key, created (0600) on first use."""
+    path = node_dir / HOST_KEY_FILE
+    if path.exists():
+        try:
+            return load_private_key_pem(path.read_bytes())
+        except ValidationError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    key = generate_private_key()
+    write_atomic(path, private_key_to_pem(key))
+    return key
+
+
+def load_identity(node_dir: Path) -> NodeIdentity | None:
+    """The stored identity, or None if the node never joined (or its files are incomplete)."""
+    identity_path = node_dir / IDENTITY_FILE
+    cert_path = node_dir / HOST_CERT_FILE
+    if not identity_path.exists() or not cert_path.exists():
+        return None
+    try:
+        data = json.loads(identity_path.read_text())
+        values = {name: str(data[name]) for name in _FIELDS}
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{identity_path} is damaged; delete {node_dir} and join the node again") from None
+    return NodeIdentity(**values, host_cert=cert_path.read_text().strip())
+
+
+def save_identity(node_dir: Path, identity: NodeIdentity) -> None:
+    data = asdict(identity)
+    cert = data.pop("host_cert")
+    write_atomic(node_dir / HOST_CERT_FILE, cert.strip().encode() + b"\n", 0o644)
+    write_atomic(node_dir / IDENTITY_FILE, json.dumps(data, indent=2).encode())
