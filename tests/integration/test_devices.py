@@ -368,3 +368,51 @@ def test_a_locked_user_gets_no_certificates(devices_cluster: Cluster) -> None:
     ok(cluster.tctl("rm", f"lock/{name}"))
     ok(cluster.login("ivy"))
     assert "exactly one of" in one_line_error(cluster.tctl("lock", "--user=ivy", "--role=access"))
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/devices/enroll/begin", {}),
+        ("/v1/devices/enroll/begin", {"token": "x", "credential_id": "c", "device_data": {}}),
+        ("/v1/devices/enroll/begin", {"token": "x", "credential_id": "c", "device_data": {"os_type": 7}}),
+        ("/v1/devices/enroll/begin", {"token": "x" * 300, "credential_id": "c", "device_data": {}}),
+        (
+            "/v1/devices/enroll/begin",
+            {
+                "token": "x",
+                "credential_id": "c",
+                "device_data": {"collect_time": "t", "os_type": "linux", "serial_number": "S"},
+                "tpm": {"ak_public": "!!"},
+            },
+        ),
+        (
+            "/v1/devices/enroll/begin",
+            {
+                "token": "x",
+                "credential_id": "c",
+                "device_data": {"collect_time": "t", "os_type": "linux", "serial_number": "S"},
+                "key": {"public_key_der": "AA=="},
+            },
+        ),
+        ("/v1/devices/enroll/finish", {}),
+        ("/v1/devices/enroll/finish", {"ceremony_id": "nope"}),
+        (
+            "/v1/devices/enroll/finish",
+            {"ceremony_id": "c", "quote": {"attest": "AAAA", "signature": "AAAA", "pcr_values": {"99": "00"}}},
+        ),
+        ("/v1/devices/enroll/finish", {"ceremony_id": "c", "signature": "A" * 5000}),
+        ("/v1/devices/authenticate/begin", {"credential_id": "c", "device_data": {}, "ssh_cert": "garbage"}),
+        ("/v1/devices/authenticate/finish", {"ceremony_id": "c"}),
+    ],
+)
+def test_malformed_ceremony_messages_get_a_clear_4xx(devices_cluster: Cluster, path: str, body: object) -> None:
+    identity = json.loads((devices_cluster.root / "data" / "admin" / "identity.json").read_text())
+    context = ssl.create_default_context(cadata=identity["host_ca_pem"])
+    with httpx.Client(base_url=f"https://{devices_cluster.proxy}", verify=context) as client:
+        for headers in ({}, {"Authorization": "Bearer not-a-session"}):
+            response = client.post(path, json=body, headers=headers)
+            assert 400 <= response.status_code < 500, response.text
+            assert response.json()["error"]["message"]
+        garbage = client.post(path, content=b"\x00\xff not json", headers={"Content-Type": "application/json"})
+        assert 400 <= garbage.status_code < 500
