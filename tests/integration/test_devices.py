@@ -416,3 +416,28 @@ def test_malformed_ceremony_messages_get_a_clear_4xx(devices_cluster: Cluster, p
             assert response.json()["error"]["message"]
         garbage = client.post(path, content=b"\x00\xff not json", headers={"Content-Type": "application/json"})
         assert 400 <= garbage.status_code < 500
+
+
+def test_devices_are_resources_too(devices_cluster: Cluster, tmp_path: Path) -> None:
+    cluster = devices_cluster
+    device_id = str(uuid.uuid4())
+    doc = tmp_path / "device.yaml"
+    doc.write_text(
+        f"kind: device\nversion: v1\nmetadata:\n  name: {device_id}\nspec:\n  os_type: macOS\n"
+        "  asset_tag: C02XJ0ABHX87\n"
+    )
+    assert 'device "' in ok(cluster.tctl("create", "-f", str(doc)))
+    listed = json.loads(ok(cluster.tctl("get", "devices", "--format=json")))
+    mine = [d for d in listed if d["metadata"]["name"] == device_id]
+    assert mine and mine[0]["spec"]["os_type"] == "macos" and mine[0]["spec"]["asset_tag"] == "C02XJ0ABHX87"
+    assert "already exists" in one_line_error(cluster.tctl("create", "-f", str(doc)))
+    enrolled = tmp_path / "enrolled.yaml"
+    enrolled.write_text(
+        doc.read_text().replace("C02XJ0ABHX87", "C02OTHER").replace(device_id, str(uuid.uuid4()))
+        + "  enroll_status: enrolled\n  credential:\n    id: x\n    attestation_type: unsafe_software\n"
+        "    public_key_der: AAAA\n"
+    )
+    assert "spec.credential" in one_line_error(cluster.tctl("create", "-f", str(enrolled)))
+    ok(cluster.tctl("rm", f"device/{device_id}"))
+    assert "not found" in one_line_error(cluster.tctl("devices", "get", f"--device-id={device_id}"))
+    assert "no device with asset tag" in one_line_error(cluster.tctl("devices", "get", "--asset-tag=NOPE"))

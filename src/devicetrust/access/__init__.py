@@ -1,7 +1,7 @@
 """Access policy: role matching, trait templates and the device trust requirement. Pure, no I/O."""
 
 from devicetrust.access.checker import AccessChecker
-from devicetrust.access.decision import Decision, NodeTarget, decide, lock_reason
+from devicetrust.access.decision import Decision, NodeTarget, decide, lock_reason, session_locks
 from devicetrust.access.labels import label_matches, pattern_matches
 from devicetrust.access.modes import UNAUTHORIZED_DEVICE, device_required, strictest_mode
 from devicetrust.access.traits import expand_traits
@@ -17,5 +17,6 @@ __all__ = [
     "label_matches",
     "lock_reason",
     "pattern_matches",
+    "session_locks",
     "strictest_mode",
 ]

@@ -19,7 +19,7 @@ from devicetrust.types.cluster_auth_preference import DEFAULT_CLUSTER_DEVICE_TRU
 from devicetrust.types.lock import Lock, locks_in_force
 from devicetrust.types.role import Role
 
-__all__ = ["MODE_OFF", "Decision", "NodeTarget", "decide", "lock_reason"]
+__all__ = ["MODE_OFF", "Decision", "NodeTarget", "decide", "lock_reason", "session_locks"]
 
 #: The effective mode in which device data stays out of audit events (DESIGN §6).
 MODE_OFF = "off"
@@ -70,7 +70,10 @@ def lock_reason(lock: Lock) -> str:
     return f"locked: {lock.message or f'{lock.target.kind} {lock.target.value} is locked'}"
 
 
-def _locks(identity: Identity, login: str, node: NodeTarget, locks: Iterable[Lock], now: datetime) -> tuple[Lock, ...]:
+def session_locks(
+    identity: Identity, login: str, node: NodeTarget, locks: Iterable[Lock], now: datetime
+) -> tuple[Lock, ...]:
+    """The locks in force at ``now`` on the session's user, roles, verified device, login or node (id or name)."""
     locks = tuple(locks)
     device_id = identity.device.device_id if identity.device is not None else None
     found = {
@@ -105,7 +108,7 @@ def decide(
       (``identity.device`` set) passes. An unknown mode denies.
     """
     device_verified = identity.device is not None
-    in_force = _locks(identity, login, node, locks, now)
+    in_force = session_locks(identity, login, node, locks, now)
     known = tuple(roles[name] for name in identity.roles if name in roles)
     checker = AccessChecker(known, identity.traits)
     granting = checker.roles_matching_node(node.labels)

@@ -72,7 +72,9 @@ class AuditForwarder:
                     await self._api.event(event)
                 except ValidationError as err:
                     # The auth service will never take this one: drop it rather than block those behind it.
-                    log.error("audit event refused; dropping it", extra={"event": event.get("event"), "error": str(err)})
+                    log.error(
+                        "audit event refused; dropping it", extra={"event": event.get("event"), "error": str(err)}
+                    )
                 except DevicetrustError as err:
                     if delay == EVENT_RETRY_MIN_SECONDS:
                         log.warning(

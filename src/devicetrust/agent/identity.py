@@ -1,8 +1,8 @@
 """A node's identity on disk, under ``<data_dir>/node/``, so a restarted node does not need a new join token.
 
-    host.key        the SSH host key (PKCS#8 PEM, 0600), generated once and kept across re-joins
-    host-cert.pub   the host certificate the host CA issued at join (0644)
-    identity.json   host id, API session token, cluster CAs and the auth server it joined (0600)
+host.key        the SSH host key (PKCS#8 PEM, 0600), generated once and kept across re-joins
+host-cert.pub   the host certificate the host CA issued at join (0644)
+identity.json   host id, API session token, cluster CAs and the auth server it joined (0600)
 """
 
 from __future__ import annotations

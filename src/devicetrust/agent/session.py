@@ -120,7 +120,9 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         assert isinstance(chan, asyncssh.SSHServerChannel)
         self._chan = chan
 
-    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]) -> bool:
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
+    ) -> bool:
         self._term = (term_type or "xterm", term_size)
         return True
 

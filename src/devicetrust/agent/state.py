@@ -85,9 +85,7 @@ def _parse_all(docs: Sequence[Any], cls: type[_T]) -> list[_T]:
 class StateCache:
     """Holds the last good :class:`ClusterState` and refreshes it from the auth service."""
 
-    def __init__(
-        self, api: NodeAPI, on_update: Callable[[ClusterState], None], clock: Callable[[], datetime]
-    ) -> None:
+    def __init__(self, api: NodeAPI, on_update: Callable[[ClusterState], None], clock: Callable[[], datetime]) -> None:
         self._api = api
         self._on_update = on_update
         self._clock = clock

@@ -574,6 +574,8 @@ class AuthServer:
         kind = normalize_kind(kind)
         caller.check(kind, "list")
         caller.check(kind, "read")
+        if kind == RES_DEVICE:
+            return [resource_to_dict(device) for device in self.devices.list_all(caller)]
         with self.backend.begin() as store:
             if kind == RES_USER:
                 return [record.body for record in store.users.list()]
@@ -581,14 +583,14 @@ class AuthServer:
                 return [store.resources.get(CAP_KIND, CAP_NAME).body]
             if kind == RES_LOCK:
                 return [record.body for record in store.locks.list(self.clock())]
-            if kind == RES_DEVICE:
-                return [resource_to_dict(device) for device in self.devices.list_all(caller)]
             self._require_generic(kind)
             return [record.body for record in store.resources.list(kind)]
 
     def get_resource(self, caller: Caller, kind: str, name: str) -> dict[str, Any]:
         kind = normalize_kind(kind)
         caller.check(kind, "read")
+        if kind == RES_DEVICE:
+            return resource_to_dict(self.devices.get(caller, name))
         with self.backend.begin() as store:
             if kind == RES_USER:
                 return store.users.get(name).body
@@ -596,8 +598,6 @@ class AuthServer:
                 return store.resources.get(CAP_KIND, CAP_NAME).body
             if kind == RES_LOCK:
                 return store.locks.get(name).body
-            if kind == RES_DEVICE:
-                return resource_to_dict(self.devices.get(caller, name))
             self._require_generic(kind)
             return store.resources.get(kind, name).body
 
