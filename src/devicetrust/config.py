@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,8 @@ ENV_CONFIG = "DEVICETRUST_CONFIG"
 ENV_DATA_DIR = "DEVICETRUST_DATA_DIR"
 
 _CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_SSH_FIELDS = ("enabled", "listen_addr", "labels", "hostname", "auth_server", "join_token", "token_file", "ca_file")
 
 
 def default_data_dir() -> Path:
@@ -63,9 +66,33 @@ class AuthServiceConfig:
 
 @dataclass(frozen=True)
 class SSHServiceConfig:
-    enabled: bool = False
+    """``ssh_service``: an SSH node. Enabled unless the config says otherwise (the embedded default runs one)."""
+
+    enabled: bool = True
     listen_addr: str = DEFAULT_SSH_LISTEN_ADDR
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: The name the node joins under; "" means this machine's host name.
+    hostname: str = ""
+    #: HOST:PORT of the auth service; "" means the auth service in this process.
+    auth_server: str = ""
+    #: A node join token ("tctl tokens add --type=node"), inline or in a file; not needed once joined, nor when
+    #: the auth service runs in the same process.
+    join_token: str = ""
+    token_file: Path | None = None
+    #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
+    ca_file: Path | None = None
+
+    def effective_hostname(self) -> str:
+        return self.hostname or socket.gethostname()
+
+    def read_join_token(self) -> str:
+        """The configured join token ("" if none); the file wins over the inline value."""
+        if self.token_file is None:
+            return self.join_token
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"ssh_service.token_file: cannot read {self.token_file}: {err.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,23 @@ class Config:
     @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
+
+    @property
+    def node_dir(self) -> Path:
+        return self.data_dir / "node"
+
+    def node_auth_server(self) -> str:
+        """Where the SSH node reaches the auth service: configured, else this process's auth service."""
+        if self.ssh_service.auth_server:
+            return self.ssh_service.auth_server
+        if not self.auth_service.enabled:
+            raise ConfigError("ssh_service.auth_server: required when auth_service is disabled")
+        host, port = split_host_port(self.auth_service.listen_addr, what="auth_service.listen_addr")
+        if host in ("0.0.0.0", ""):  # noqa: S104 - listening on all: reach it on loopback
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -219,7 +263,7 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
             ),
         )
 
-    ssh = _section(doc, "ssh_service", {"enabled", "listen_addr", "labels"})
+    ssh = _section(doc, "ssh_service", set(_SSH_FIELDS))
     if ssh:
         labels = ssh.get("labels", {}) or {}
         if not isinstance(labels, dict) or not all(
@@ -228,12 +272,32 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
             raise ConfigError("ssh_service.labels: expected a mapping of strings")
         listen = _str(ssh.get("listen_addr", DEFAULT_SSH_LISTEN_ADDR), "ssh_service.listen_addr")
         split_host_port(listen, what="ssh_service.listen_addr")
+        hostname = ssh.get("hostname", "")
+        if hostname and (not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname)):
+            raise ConfigError(f"ssh_service.hostname: invalid host name {hostname!r}")
+        auth_server = ssh.get("auth_server", "")
+        if auth_server:
+            split_host_port(_str(auth_server, "ssh_service.auth_server"), what="ssh_service.auth_server")
+        join_token = ssh.get("join_token", "")
+        if join_token and not isinstance(join_token, str):
+            raise ConfigError("ssh_service.join_token: expected a string")
+        if join_token and "token_file" in ssh:
+            raise ConfigError("ssh_service: give join_token or token_file, not both")
+        token_file, ca_file = (
+            Path(_str(ssh[name], f"ssh_service.{name}")) if ssh.get(name) is not None else None
+            for name in ("token_file", "ca_file")
+        )
         config = replace(
             config,
             ssh_service=SSHServiceConfig(
-                enabled=_bool(ssh.get("enabled", False), "ssh_service.enabled"),
+                enabled=_bool(ssh.get("enabled", True), "ssh_service.enabled"),
                 listen_addr=listen,
                 labels=labels,
+                hostname=hostname or "",
+                auth_server=auth_server or "",
+                join_token=join_token or "",
+                token_file=token_file,
+                ca_file=ca_file,
             ),
         )
     return config
@@ -261,12 +325,18 @@ def load_config(path: Path | None) -> Config:
 
 
 def render_default_config(
-    *, cluster_name: str = DEFAULT_CLUSTER_NAME, data_dir: Path | None = None, listen_addr: str = ""
+    *,
+    cluster_name: str = DEFAULT_CLUSTER_NAME,
+    data_dir: Path | None = None,
+    listen_addr: str = "",
+    ssh_listen_addr: str = "",
 ) -> str:
     """A complete, commented ``devicetrust.yaml`` with every default spelled out."""
     data = data_dir or default_data_dir()
     listen = listen_addr or DEFAULT_AUTH_LISTEN_ADDR
     split_host_port(listen, what="--listen-addr")
+    ssh_listen = ssh_listen_addr or DEFAULT_SSH_LISTEN_ADDR
+    split_host_port(ssh_listen, what="--ssh-listen-addr")
     return f"""\
 # devicetrust.yaml — run with: devicetrust start --config devicetrust.yaml
 version: {CONFIG_VERSION}
@@ -284,8 +354,12 @@ auth_service:
   cluster_name: {cluster_name}
   # public_addr: [auth.example.com]
 ssh_service:
-  enabled: false
-  listen_addr: {DEFAULT_SSH_LISTEN_ADDR}
+  enabled: true
+  listen_addr: {ssh_listen}
   labels:
     env: dev
+  # hostname: node-1                  # default: this machine's host name
+  # auth_server: auth.example.com:3080  # default: the auth service above
+  # join_token: <tctl tokens add --type=node>   # or token_file: /path/to/token
+  # ca_file: /path/to/host-ca.pem     # the cluster's host CA, to join a remote auth service
 """

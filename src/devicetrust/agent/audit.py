@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,7 @@ class AuditForwarder:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._retry = asyncio.Event()
         self.dropped = 0
         self.delivered = 0
 
@@ -53,10 +55,10 @@ class AuditForwarder:
         self._idle.clear()
         self._wake.set()
 
-    async def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the queue to drain; True if it did."""
+    async def flush(self, within: float) -> bool:
+        """Wait up to ``within`` seconds for the queue to drain; True if it did."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), within)
         except TimeoutError:
             return False
         return True
@@ -81,7 +83,9 @@ class AuditForwarder:
                             "cannot deliver audit events; buffering and retrying",
                             extra={"error": str(err), "queued": len(self)},
                         )
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._retry.wait(), delay)
+                    self._retry.clear()
                     delay = min(delay * 2, EVENT_RETRY_MAX_SECONDS)
                     continue
                 else:
@@ -92,6 +96,11 @@ class AuditForwarder:
                 if self._queue and self._queue[0] is event:
                     self._queue.popleft()
             self._idle.set()
+
+    def retry_now(self) -> None:
+        """The auth service answers again (say, a state poll succeeded): end any back-off wait."""
+        if self._queue:
+            self._retry.set()
 
     def abandon(self) -> None:
         if self._queue:

@@ -116,8 +116,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         self.terminated: str | None = None
 
     # ------------------------------------------------------------------------------------------ channel events
-    def connection_made(self, chan: asyncssh.SSHChannel[bytes]) -> None:
-        assert isinstance(chan, asyncssh.SSHServerChannel)
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
 
     def pty_requested(

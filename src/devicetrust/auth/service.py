@@ -1,26 +1,42 @@
-"""Runs the auth service: first-start initialisation, TLS identity, local admin identity, HTTPS server."""
+"""Runs the daemon's services: the auth service (first-start initialisation, TLS identity, local admin identity,
+HTTPS server) and the SSH node beside it in the same process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import socket
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 
 from devicetrust.auth.app import build_app
-from devicetrust.auth.server import AuthServer
+from devicetrust.auth.server import AuthServer, Caller
 from devicetrust.config import AdminIdentity, Config, is_ip_address, split_host_port
 from devicetrust.crypto import generate_private_key, load_private_key_pem, private_key_to_pem
+from devicetrust.errors import ConfigError
 from devicetrust.files import write_atomic
 from devicetrust.storage import Backend
+from devicetrust.types import preset_roles
+
+if TYPE_CHECKING:
+    from devicetrust.agent.server import NodeConfig, SSHNode
 
 log = logging.getLogger(__name__)
 
 #: Seconds in-flight requests get to finish after SIGTERM/SIGINT.
 GRACEFUL_SHUTDOWN_SECONDS = 10
+#: How often start-up checks whether uvicorn is listening yet.
+STARTUP_POLL_SECONDS = 0.05
+#: The join token the in-process SSH node gets; it is spent within milliseconds.
+IN_PROCESS_NODE_TOKEN_TTL = timedelta(minutes=1)
+IN_PROCESS_CALLER = "devicetrust-start"
 
 
 def prepare_auth_server(config: Config) -> AuthServer:
@@ -52,18 +68,19 @@ def tls_files(config: Config, server: AuthServer) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
-def run_auth_service(config: Config) -> None:
-    server = prepare_auth_server(config)
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn minus its own signal handling: :func:`run_services` owns SIGTERM/SIGINT for every service, so it
+    can stop the SSH node (ending sessions, flushing their audit events) before the auth service."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_config(config: Config, server: AuthServer) -> uvicorn.Config:
     key_path, cert_path = tls_files(config, server)
-    admin = AdminIdentity(
-        auth_addr=config.auth_service.listen_addr,
-        cluster_name=server.cluster_name,
-        token=server.issue_admin_identity(),
-        host_ca_pem=server.host_ca.certificate_pem().decode(),
-    )
-    write_atomic(config.admin_identity_path, admin.to_json().encode())
     host, port = split_host_port(config.auth_service.listen_addr, what="auth_service.listen_addr")
-    uv_config = uvicorn.Config(
+    return uvicorn.Config(
         build_app(server),
         host=host,
         port=port,
@@ -75,16 +92,116 @@ def run_auth_service(config: Config) -> None:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
     )
-    log.info(
-        "auth service starting",
-        extra={"listen_addr": config.auth_service.listen_addr, "cluster_name": server.cluster_name},
+
+
+def write_admin_identity(config: Config, server: AuthServer) -> None:
+    admin = AdminIdentity(
+        auth_addr=config.auth_service.listen_addr,
+        cluster_name=server.cluster_name,
+        token=server.issue_admin_identity(),
+        host_ca_pem=server.host_ca.certificate_pem().decode(),
     )
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler that was in place
-    # before it started. Ours ignores it, so a requested stop ends with status 0 rather than death by signal.
+    write_atomic(config.admin_identity_path, admin.to_json().encode())
+
+
+def mint_node_join_token(server: AuthServer) -> str:
+    """A short-lived node join token for the SSH node in this process (no token needs configuring)."""
+    editor = tuple(role for role in preset_roles() if role.name == "editor")
+    caller = Caller(name=IN_PROCESS_CALLER, kind="admin", roles=editor, traits={})
+    token, _ = server.create_join_token(caller, "node", IN_PROCESS_NODE_TOKEN_TTL)
+    return token
+
+
+def node_config(config: Config, server: AuthServer | None) -> NodeConfig:
+    """The SSH node's settings; with ``server`` (auth in this process) it joins with a token minted here."""
+    from devicetrust.agent.server import NodeConfig
+
+    ssh = config.ssh_service
+    auth_server = config.node_auth_server()
+    local = server is not None and not ssh.auth_server
+    ca_pem: str | None = None
+    if ssh.ca_file is not None:
+        try:
+            ca_pem = ssh.ca_file.read_text()
+        except OSError as err:
+            raise ConfigError(f"ssh_service.ca_file: cannot read {ssh.ca_file}: {err.strerror}") from None
+    elif local and server is not None:
+        ca_pem = server.host_ca.certificate_pem().decode()
+    elif config.admin_identity_path.exists():
+        ca_pem = AdminIdentity.from_json(config.admin_identity_path.read_text()).host_ca_pem
+    token: str | Callable[[], str] | None = ssh.read_join_token() or None
+    if token is None and local and server is not None:
+        in_process = server
+        token = lambda: mint_node_join_token(in_process)  # noqa: E731 - called only if the node must join
+    return NodeConfig(
+        node_dir=config.node_dir,
+        hostname=ssh.effective_hostname(),
+        listen_addr=ssh.listen_addr,
+        auth_server=auth_server,
+        labels=dict(ssh.labels),
+        auth_ca_pem=ca_pem,
+        join_token=token,
+    )
+
+
+def run_services(config: Config) -> None:
+    """Run the auth service and/or the SSH node this config enables, until SIGTERM or SIGINT.
+
+    Both run on ONE asyncio loop in this thread: uvicorn's ``Server.serve()`` and asyncssh are both asyncio, the
+    auth service's request handlers run in worker threads (they are sync), so SSH traffic never waits for the
+    database. The node starts once uvicorn reports it is listening and then talks HTTPS to it like a remote node
+    would. On a signal the node stops first (its sessions end and their audit events reach the auth service),
+    then the auth service.
+    """
+    asyncio.run(_serve(config))
+
+
+async def _serve(config: Config) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop_signal, lambda *_: None)
+        loop.add_signal_handler(stop_signal, stop.set)
+    server: AuthServer | None = None
+    web: _EmbeddedUvicorn | None = None
+    web_task: asyncio.Task[None] | None = None
+    node: SSHNode | None = None
     try:
-        uvicorn.Server(uv_config).run()
+        if config.auth_service.enabled:
+            server = prepare_auth_server(config)
+            web = _EmbeddedUvicorn(_uvicorn_config(config, server))
+            write_admin_identity(config, server)
+            log.info(
+                "auth service starting",
+                extra={"listen_addr": config.auth_service.listen_addr, "cluster_name": server.cluster_name},
+            )
+            web_task = loop.create_task(web.serve(), name="auth-service")
+            while not web.started:
+                if web_task.done() or stop.is_set():
+                    break
+                await asyncio.sleep(STARTUP_POLL_SECONDS)
+        if config.ssh_service.enabled and not stop.is_set() and (web_task is None or not web_task.done()):
+            from devicetrust.agent.server import SSHNode
+
+            # One line per SSH packet exchange and per state poll is noise; the node logs what matters itself.
+            for chatty in ("asyncssh", "httpx"):
+                logging.getLogger(chatty).setLevel(logging.WARNING)
+            node = SSHNode(node_config(config, server))
+            await node.start()
+        waiters: list[asyncio.Future[Any]] = [loop.create_task(stop.wait())]
+        if web_task is not None:
+            waiters.append(web_task)
+        _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            if task is not web_task:
+                task.cancel()
     finally:
-        server.backend.close()
-        log.info("auth service stopped")
+        if node is not None:
+            await node.stop()
+        if web is not None and web_task is not None:
+            web.should_exit = True
+            await web_task
+        if server is not None:
+            server.backend.close()
+            log.info("auth service stopped")
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(stop_signal)

@@ -1,4 +1,4 @@
-"""devicetrust: the daemon — runs the services a devicetrust.yaml enables (auth today)."""
+"""devicetrust: the daemon — runs the services a devicetrust.yaml enables (auth, an SSH node)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def cli() -> None:
 @click.option("--listen-addr", help="Override auth_service.listen_addr (HOST:PORT).")
 @click.option("--cluster-name", help="Override auth_service.cluster_name (first start only).")
 def start(config_path: Path | None, data_dir: Path | None, listen_addr: str | None, cluster_name: str | None) -> None:
-    """Start the services enabled in the config (default: auth on 127.0.0.1:3080 with SQLite)."""
+    """Start the services enabled in the config (default: auth on 127.0.0.1:3080 with SQLite, an SSH node on
+    127.0.0.1:3022)."""
     config = load_config(config_path)
     if data_dir:
         config = replace(config, data_dir=data_dir)
@@ -50,25 +51,31 @@ def start(config_path: Path | None, data_dir: Path | None, listen_addr: str | No
                 public_addrs=auth.public_addrs,
             ),
         )
-    if not config.auth_service.enabled:
-        raise ConfigError("auth_service.enabled is false and no other service is available in this build")
-    configure_json_logging(config.log_severity)
+    if not config.auth_service.enabled and not config.ssh_service.enabled:
+        raise ConfigError("nothing to run: auth_service and ssh_service are both disabled")
     if config.ssh_service.enabled:
-        raise ConfigError("ssh_service is not available in this build yet; set ssh_service.enabled: false")
-    # Imported late: the web stack is only needed to serve.
-    from devicetrust.auth.service import run_auth_service
+        config.node_auth_server()  # a remote-only node must name its auth service
+    # Imported late (the web and SSH stacks are only needed to serve), and before logging is configured: the JSON
+    # formatter reads the request id from the web app, which must not be half-imported when a library logs.
+    from devicetrust.auth.service import run_services
 
-    run_auth_service(config)
+    configure_json_logging(config.log_severity)
+    run_services(config)
 
 
 @cli.command()
 @click.option("--cluster-name", default=DEFAULT_CLUSTER_NAME, show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where the daemon keeps its state.")
 @click.option("--listen-addr", default="", help="auth_service.listen_addr (default 127.0.0.1:3080).")
+@click.option("--ssh-listen-addr", default="", help="ssh_service.listen_addr (default 127.0.0.1:3022).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
-def configure(cluster_name: str, data_dir: Path | None, listen_addr: str, output: Path | None) -> None:
+def configure(
+    cluster_name: str, data_dir: Path | None, listen_addr: str, ssh_listen_addr: str, output: Path | None
+) -> None:
     """Print a complete default devicetrust.yaml."""
-    text = render_default_config(cluster_name=cluster_name, data_dir=data_dir, listen_addr=listen_addr)
+    text = render_default_config(
+        cluster_name=cluster_name, data_dir=data_dir, listen_addr=listen_addr, ssh_listen_addr=ssh_listen_addr
+    )
     if output:
         output.write_text(text)
         click.echo(f"Wrote {output}", err=True)

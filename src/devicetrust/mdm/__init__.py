@@ -1,1 +1,6 @@
+"""MDM inventory sync (DESIGN §8): registers the devices an MDM knows about; never enrolls them.
 
+``diff`` is the pure core (inventory observations vs stored devices -> what to write, what is missing);
+``sink`` the narrow interface the sync writes through (in-process against the Backend, or remote);
+``jamf`` the Jamf Pro client, sync engine, service and a faithful fake Jamf server for tests and the demo.
+"""

@@ -1,0 +1,215 @@
+"""bench_jamf_sync: a full Jamf sync of 100,000 computers from the fake Jamf Pro (HTTPS, page size 2000) into
+SQLite, then PostgreSQL; then a partial sync after 1% of the fleet reported a change.
+
+Targets (issue 5): full sync <= 60 s, peak RSS <= 250 MB, partial sync <= 3 s.
+
+The fake serves from this process (a uvicorn thread); each sync runs in a child process (``--child``) that
+reports its own wall time and peak RSS (VmHWM), so the numbers are the sync's alone. The fake's query order is
+computed before the clock starts (``FakeJamf.warm``), as a real Jamf has its indexes ready.
+
+Environment: BENCH_JAMF_DEVICES (100000), BENCH_JAMF_PAGE_SIZE (2000), BENCH_JAMF_CHANGED (0.01),
+BENCH_JAMF_BACKENDS ("sqlite,postgres").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DEVICES = int(os.environ.get("BENCH_JAMF_DEVICES", "100000"))
+PAGE_SIZE = int(os.environ.get("BENCH_JAMF_PAGE_SIZE", "2000"))
+CHANGED_FRACTION = float(os.environ.get("BENCH_JAMF_CHANGED", "0.01"))
+BACKENDS = tuple(os.environ.get("BENCH_JAMF_BACKENDS", "sqlite,postgres").split(","))
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+FILTER = "general.remoteManagement.managed==true"
+TARGET_FULL_S = 60.0
+TARGET_PARTIAL_S = 3.0
+TARGET_RSS_MB = 250.0
+CHILD_TIMEOUT_S = 600
+
+
+def _peak_rss_mb() -> float:
+    """The process's high-water mark of resident memory (VmHWM), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- the child: one sync, measured ------------------------------------------------------------------------
+
+
+def _child(args: argparse.Namespace) -> None:
+    from devicetrust.mdm.jamf.config import parse_jamf_service_config
+    from devicetrust.mdm.jamf.service import JamfService
+    from devicetrust.mdm.sink import BackendSink
+    from devicetrust.storage import Backend
+
+    config = parse_jamf_service_config(
+        {
+            "enabled": True,
+            "api_endpoint": args.endpoint,
+            "client_id": args.client_id,
+            "client_secret_file": args.secret_file,
+            "ca_file": args.ca_file,
+            "sync_delay": "0s",
+            "inventory": [{"filter_rsql": FILTER, "page_size": PAGE_SIZE}],
+        }
+    )
+    backend = Backend.open(args.storage_url)
+    try:
+        started = time.perf_counter()
+        reports = asyncio.run(JamfService(config, BackendSink(backend)).sync_once(full=args.full))
+        wall = time.perf_counter() - started
+    finally:
+        backend.close()
+    report = reports[0]
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "sync_s": report.duration_s,
+                "records": report.records,
+                "created": report.created,
+                "updated": report.updated,
+                "unchanged": report.unchanged,
+                "deleted": report.deleted,
+                "error": report.error,
+                "kind": report.kind,
+                "peak_rss_mb": _peak_rss_mb(),
+            }
+        )
+    )
+
+
+def _run_child(common: list[str], storage_url: str, *, full: bool) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "benchmarks.bench_jamf_sync", "--child", "--storage-url", storage_url, *common]
+    if full:
+        argv.append("--full")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"sync child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["error"]:
+        raise RuntimeError(f"sync failed: {result['error']}")
+    return result
+
+
+# -- the parent: fake Jamf, databases, report ---------------------------------------------------------------
+
+
+@contextmanager
+def _database(kind: str, directory: Path) -> Any:
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'bench.sqlite'}"
+        return
+    import psycopg
+
+    schema = f"dt_bench_{secrets.token_hex(6)}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def _line(label: str, result: dict[str, Any], devices: int, target_s: float) -> str:
+    rate = devices / result["sync_s"] if result["sync_s"] else 0.0
+    ok = result["sync_s"] <= target_s and result["peak_rss_mb"] <= TARGET_RSS_MB
+    return (
+        f"{label}: {devices} devices in {result['sync_s']:.2f} s ({rate:,.0f} devices/s; process wall "
+        f"{result['wall_s']:.2f} s), peak RSS {result['peak_rss_mb']:.0f} MB, created {result['created']}, "
+        f"updated {result['updated']}, unchanged {result['unchanged']} "
+        f"[target <= {target_s:.0f} s, <= {TARGET_RSS_MB:.0f} MB: {'ok' if ok else 'MISSED'}]"
+    )
+
+
+def _touch(fake: Any, count: int) -> None:
+    """``count`` computers, spread over the fleet, send a new inventory report with a new OS version."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    step = max(DEVICES // max(count, 1), 1)
+    for jamf_id in range(1, DEVICES + 1, step)[:count]:
+        fake.computers.patch(jamf_id, "general", {"reportDate": now, "lastContactTime": now})
+        fake.computers.patch(jamf_id, "operatingSystem", {"version": "15.1.1", "build": "24B91"})
+
+
+def _parent() -> None:
+    from devicetrust.mdm.jamf.fake import FakeJamf, FakeJamfServer, Inventory, make_test_pki
+    from devicetrust.mdm.jamf.mapping import FULL_SORT, PARTIAL_SORT
+
+    with tempfile.TemporaryDirectory(prefix="dt-bench-jamf-") as tmp:
+        root = Path(tmp)
+        pki = make_test_pki(root / "tls")
+        secret = secrets.token_urlsafe(24)
+        (root / "secret").write_text(secret)
+        for backend in BACKENDS:
+            fake = FakeJamf(
+                computers=Inventory(synthetic=DEVICES), oauth_clients={"bench": secret}, token_lifetime_s=60
+            )
+            started = time.perf_counter()
+            fake.warm("computers", FILTER, FULL_SORT["computers"])
+            print(f"fake Jamf: {DEVICES} synthetic computers ordered in {time.perf_counter() - started:.1f} s")
+            with FakeJamfServer(fake, pki) as server, _database(backend, root) as url:
+                if backend == "sqlite":
+                    Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+                from devicetrust.storage import Backend
+
+                with Backend.open(url) as opened:
+                    opened.migrate()
+                common = [
+                    "--endpoint",
+                    server.url,
+                    "--client-id",
+                    "bench",
+                    "--secret-file",
+                    str(root / "secret"),
+                    "--ca-file",
+                    str(pki.ca_file),
+                ]
+                full = _run_child(common, url, full=True)
+                print(_line(f"jamf full sync ({backend})", full, full["records"], TARGET_FULL_S), flush=True)
+                changed = int(DEVICES * CHANGED_FRACTION)
+                _touch(fake, changed)
+                fake.warm("computers", FILTER, FULL_SORT["computers"])  # the start-up filter check
+                fake.warm("computers", FILTER, PARTIAL_SORT["computers"])
+                partial = _run_child(common, url, full=False)
+                print(
+                    _line(f"jamf partial sync ({backend}, {changed} changed)", partial, partial["records"], TARGET_PARTIAL_S),
+                    flush=True,
+                )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_jamf_sync")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--storage-url", help=argparse.SUPPRESS)
+    parser.add_argument("--endpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--client-id", help=argparse.SUPPRESS)
+    parser.add_argument("--secret-file", help=argparse.SUPPRESS)
+    parser.add_argument("--ca-file", help=argparse.SUPPRESS)
+    args = parser.parse_args(sys.argv[1:] if argv is None and "--child" in sys.argv else (argv or []))
+    if args.child:
+        _child(args)
+    else:
+        _parent()
+
+
+if __name__ == "__main__":
+    main()

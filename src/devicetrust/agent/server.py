@@ -1,0 +1,570 @@
+"""ssh_service: an SSH node (asyncssh) that enforces device trust, RBAC and locks when a session starts.
+
+Life of a node: join the cluster with a node token (or reuse the identity under ``<data_dir>/node/``), fetch the
+cluster state, listen for SSH, then keep three loops running: the state poll (every 2 s, see
+:mod:`devicetrust.agent.state`), the heartbeat and the audit forwarder.
+
+Life of a connection:
+1. User auth accepts only certificates: the raw certificate is verified with
+   :func:`~devicetrust.crypto.verify_ssh_user_cert` against the cluster's user CA (chain, validity window, no
+   unknown critical options) and the requested login must be one of its principals (:mod:`.certs`).
+2. Each session channel is decided by :func:`devicetrust.access.decide` against the cached state; a denial
+   rejects the channel with ``OPEN_ADMINISTRATIVELY_PROHIBITED`` and the decision's reason (exactly
+   "unauthorized device" for a missing trusted device). Port forwarding and agent forwarding follow the
+   options of the roles that grant the node.
+3. Sessions run as the login's OS account (:mod:`.session`); audit events go to the auth service.
+4. Every state refresh ends the live sessions that a lock now targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from devicetrust.access import Decision, NodeTarget, decide, lock_reason, session_locks
+from devicetrust.agent.api import NodeAPI
+from devicetrust.agent.audit import AuditForwarder
+from devicetrust.agent.certs import ClientKeyCapture, cert_line, gate_agent_forwarding
+from devicetrust.agent.identity import NodeIdentity, load_host_key, load_identity, save_identity
+from devicetrust.agent.session import LoginAccount, NodeSession, lookup_account
+from devicetrust.agent.state import ClusterState, StateCache
+from devicetrust.crypto import Identity, private_key_to_pem, public_key_to_openssh, verify_ssh_user_cert
+from devicetrust.errors import AuthenticationError, ConfigError, ConnectionFailedError, TrustError
+
+__all__ = ["NodeConfig", "SSHNode"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between heartbeats (labels and address) to the auth service.
+HEARTBEAT_INTERVAL_SECONDS = 30.0
+#: Seconds a client has to authenticate after connecting.
+LOGIN_TIMEOUT_SECONDS = 30.0
+#: Idle connections are probed this often and dropped after this many unanswered probes.
+KEEPALIVE_INTERVAL_SECONDS = 30.0
+KEEPALIVE_COUNT_MAX = 3
+#: Certificates a client may offer on one connection before the node stops remembering them.
+MAX_OFFERED_CERTS = 16
+#: How long the first state fetch may take before the node starts listening anyway (refusing sessions meanwhile).
+FIRST_STATE_TIMEOUT_SECONDS = 10.0
+#: Seconds between ending a locked connection's sessions and dropping the connection itself.
+LOCK_DISCONNECT_DELAY_SECONDS = 1.0
+#: On stop: how long sessions get to end and queued audit events to go out.
+STOP_SESSIONS_SECONDS = 5.0
+STOP_AUDIT_FLUSH_SECONDS = 3.0
+#: Remote forwards below this port need the root login, as with OpenSSH.
+FIRST_UNPRIVILEGED_PORT = 1024
+NO_STATE_REASON = "this node has not received the cluster's access policy yet; try again shortly"
+SERVER_VERSION = "devicetrust"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What an SSH node needs to run. ``listen_addr`` may use port 0 (tests): the bound port is advertised."""
+
+    node_dir: Path
+    hostname: str
+    listen_addr: str
+    auth_server: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: The cluster's host CA (PEM) to verify the auth service with before the node has joined.
+    auth_ca_pem: str | None = None
+    #: A node join token, or a function minting one (auth in the same process); used only to (re)join.
+    join_token: str | Callable[[], str] | None = None
+
+
+@dataclass
+class _LiveSession:
+    session: NodeSession
+    connection: NodeConnection
+    session_id: str
+    decision: Decision
+    started: datetime
+
+
+class SSHNode:
+    def __init__(self, config: NodeConfig, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.config = config
+        self.clock = clock
+        self.identity: NodeIdentity | None = None
+        self.api: NodeAPI | None = None
+        self.state: StateCache | None = None
+        self.audit: AuditForwarder | None = None
+        self.port = 0
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connections: set[NodeConnection] = set()
+        self._live: dict[NodeSession, _LiveSession] = {}
+        self._sessions_done = asyncio.Event()
+        self._sessions_done.set()
+
+    # ------------------------------------------------------------------------------------------ properties
+    @property
+    def target(self) -> NodeTarget:
+        assert self.identity is not None
+        return NodeTarget(self.identity.host_id, self.config.hostname, self.config.labels)
+
+    @property
+    def hostname(self) -> str:
+        return self.config.hostname
+
+    def advertised_addr(self, port: int | None = None) -> str:
+        """Where clients reach this node: the listen address, or the host name when it listens on all."""
+        host, _, listen_port = self.config.listen_addr.rpartition(":")
+        host = host.strip("[]")
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(host).is_unspecified:
+                host = self.config.hostname
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{port if port is not None else listen_port}"
+
+    # ------------------------------------------------------------------------------------------ life cycle
+    async def start(self) -> None:
+        """Join (or reuse the stored identity), fetch the state, listen. Raises DevicetrustError on failure."""
+        host_key = load_host_key(self.config.node_dir)
+        self.identity = await self._ensure_identity(host_key)
+        api = NodeAPI(self.config.auth_server, self.identity.host_ca_pem, self.identity.session_token)
+        self.api = api
+        self.state = StateCache(api, self._state_updated, self.clock)
+        self.audit = AuditForwarder(api)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.state.refresh(), FIRST_STATE_TIMEOUT_SECONDS)
+        host, port = self._listen_host_port()
+        key = asyncssh.import_private_key(private_key_to_pem(host_key))
+        cert = asyncssh.import_certificate(self.identity.host_cert)
+        try:
+            self._acceptor = await asyncssh.listen(
+                host,
+                port,
+                server_factory=lambda: NodeConnection(self),
+                server_host_keys=[(key, cert)],
+                config=None,
+                encoding=None,
+                line_editor=False,
+                allow_pty=True,
+                agent_forwarding=True,
+                x11_forwarding=False,
+                login_timeout=LOGIN_TIMEOUT_SECONDS,
+                keepalive_interval=KEEPALIVE_INTERVAL_SECONDS,
+                keepalive_count_max=KEEPALIVE_COUNT_MAX,
+                server_version=SERVER_VERSION,
+            )
+        except OSError as err:
+            raise ConfigError(f"ssh_service.listen_addr {self.config.listen_addr}: {err.strerror or err}") from None
+        self.port = self._acceptor.get_port()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.state.run(), name="node-state"),
+            loop.create_task(self.audit.run(), name="node-audit"),
+            loop.create_task(self._heartbeat_loop(), name="node-heartbeat"),
+        ]
+        log.info(
+            "ssh service started",
+            extra={
+                "listen_addr": self.advertised_addr(self.port),
+                "host_id": self.identity.host_id,
+                "hostname": self.hostname,
+                "labels": dict(self.config.labels),
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, end live sessions, flush audit events (bounded), close the API client."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+        for connection in list(self._connections):
+            connection.close("the node is shutting down")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._sessions_done.wait(), STOP_SESSIONS_SECONDS)
+        if self.audit is not None and not await self.audit.flush(STOP_AUDIT_FLUSH_SECONDS):
+            self.audit.abandon()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.api is not None:
+            await self.api.aclose()
+            self.api = None
+        log.info("ssh service stopped")
+
+    def _listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.config.listen_addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"ssh_service.listen_addr: expected HOST:PORT, got {self.config.listen_addr!r}")
+        return host.strip("[]"), int(port)
+
+    async def _ensure_identity(self, host_key: Any) -> NodeIdentity:
+        stored = load_identity(self.config.node_dir)
+        if stored is not None:
+            probe = NodeAPI(self.config.auth_server, stored.host_ca_pem, stored.session_token)
+            try:
+                await probe.state()
+            except AuthenticationError:
+                if self.config.join_token is None:
+                    raise ConfigError(
+                        f"the auth service no longer accepts this node's identity ({self.config.node_dir}); "
+                        "give the node a new join token (ssh_service.join_token or token_file)"
+                    ) from None
+                log.warning("stored node identity refused by the auth service; joining again")
+            except (ConnectionFailedError, TrustError) as err:
+                # Keep the stored identity: sessions are refused until the state arrives.
+                log.warning(
+                    "auth service unreachable at start; using the stored node identity", extra={"error": str(err)}
+                )
+                return stored
+            else:
+                return stored
+            finally:
+                await probe.aclose()
+        return await self._join(host_key, stored)
+
+    async def _join(self, host_key: Any, stored: NodeIdentity | None) -> NodeIdentity:
+        token_source = self.config.join_token
+        if token_source is None:
+            raise ConfigError("ssh_service: the node has not joined the cluster yet; set join_token or token_file")
+        ca_pem = self.config.auth_ca_pem or (stored.host_ca_pem if stored is not None else None)
+        if not ca_pem:
+            raise ConfigError(
+                "ssh_service: no cluster CA to verify the auth service with; set ssh_service.ca_file "
+                "to the cluster's host CA certificate"
+            )
+        token = token_source() if callable(token_source) else token_source
+        api = NodeAPI(self.config.auth_server, ca_pem)
+        try:
+            reply = await api.join(
+                token=token,
+                hostname=self.config.hostname,
+                addr=self.advertised_addr(),
+                labels=self.config.labels,
+                public_key=public_key_to_openssh(host_key.public_key()),
+            )
+        finally:
+            await api.aclose()
+        identity = NodeIdentity.from_join(reply, hostname=self.config.hostname, auth_server=self.config.auth_server)
+        save_identity(self.config.node_dir, identity)
+        log.info("node joined the cluster", extra={"host_id": identity.host_id, "cluster_name": identity.cluster_name})
+        return identity
+
+    async def _heartbeat_loop(self) -> None:
+        failing = False
+        while True:
+            assert self.api is not None
+            try:
+                await self.api.heartbeat(
+                    hostname=self.hostname, addr=self.advertised_addr(self.port), labels=self.config.labels
+                )
+            except Exception as err:  # a heartbeat failure must never stop the node
+                if not failing:
+                    log.warning("heartbeat failed", extra={"error": str(err)})
+                failing = True
+            else:
+                failing = False
+            await asyncio.sleep(HEARTBEAT_INTERVAL_SECONDS)
+
+    # ------------------------------------------------------------------------------------------ auth
+    def verify_client_cert(self, blob: bytes | None, login: str) -> Identity | None:
+        """The identity of a user certificate offered for ``login``, or None (logged) if it is not acceptable."""
+        if blob is None or self.identity is None:
+            return None
+        trusted = {self.identity.user_ca_ssh}
+        state = self.state.current if self.state is not None else None
+        if state is not None:
+            trusted.add(state.user_ca_ssh)
+        try:
+            identity = verify_ssh_user_cert(cert_line(blob), sorted(trusted), self.clock())
+        except TrustError as err:
+            log.info("client certificate refused", extra={"login": login, "reason": str(err)})
+            return None
+        if login not in identity.logins:
+            log.info(
+                "client certificate refused",
+                extra={"login": login, "user": identity.username, "reason": "login is not a principal"},
+            )
+            return None
+        return identity
+
+    # ------------------------------------------------------------------------------------------ sessions
+    def decide(self, connection: NodeConnection) -> Decision | None:
+        """The access decision for a new channel on ``connection``; None while the node has no state."""
+        state = self.state.current if self.state is not None else None
+        if state is None or connection.identity is None:
+            return None
+        return decide(
+            connection.identity,
+            login=connection.login,
+            node=self.target,
+            roles=state.roles,
+            cluster_mode=state.device_trust_mode,
+            locks=state.locks,
+            now=self.clock(),
+        )
+
+    def open_session(self, connection: NodeConnection) -> NodeSession:
+        """Accept a session channel, or raise ChannelOpenError(ADMINISTRATIVELY_PROHIBITED, reason)."""
+        identity = connection.identity
+        session_id = str(uuid.uuid4())
+        if identity is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "not authenticated")
+        decision = self.decide(connection)
+        if decision is None:
+            self._reject(connection, session_id, NO_STATE_REASON, None)
+        elif not decision.allowed:
+            self._reject(connection, session_id, decision.reason, decision)
+        elif identity.not_after <= self.clock():
+            self._reject(connection, session_id, "your certificate has expired; run 'tsh login'", decision)
+        assert decision is not None
+        account = self._account(connection, session_id, decision)
+        session = NodeSession(
+            account=account,
+            env={"DEVICETRUST_SESSION_ID": session_id, "DEVICETRUST_USER": identity.username},
+            on_end=self._session_ended,
+            agent_forwarding=decision.forward_agent,
+        )
+        self._live[session] = _LiveSession(session, connection, session_id, decision, self.clock())
+        connection.sessions.add(session)
+        self._sessions_done.clear()
+        self._emit("session.start", connection, session_id, decision, success=True)
+        log.info(
+            "session started",
+            extra={"user": identity.username, "login": connection.login, "session_id": session_id},
+        )
+        return session
+
+    def _account(self, connection: NodeConnection, session_id: str, decision: Decision) -> LoginAccount:
+        login = connection.login
+        account = lookup_account(login)
+        if account is None:
+            self._reject(connection, session_id, f'login "{login}" does not exist on {self.hostname}', decision)
+        assert account is not None
+        if os.geteuid() != 0 and account.uid != os.geteuid():
+            self._reject(
+                connection,
+                session_id,
+                f'this node does not run as root and cannot start sessions as "{login}"',
+                decision,
+            )
+        return account
+
+    def _reject(self, connection: NodeConnection, session_id: str, reason: str, decision: Decision | None) -> None:
+        self._emit("session.rejected", connection, session_id, decision, success=False, reason=reason)
+        log.info(
+            "session rejected",
+            extra={
+                "user": connection.identity.username if connection.identity else "",
+                "login": connection.login,
+                "reason": reason,
+            },
+        )
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
+
+    def _session_ended(self, session: NodeSession, exit_status: int | None) -> None:
+        live = self._live.pop(session, None)
+        if live is None:
+            return
+        live.connection.sessions.discard(session)
+        extra: dict[str, Any] = {"exit_status": exit_status}
+        if session.terminated:
+            extra["reason"] = session.terminated
+        self._emit("session.end", live.connection, live.session_id, live.decision, success=True, **extra)
+        if not self._live:
+            self._sessions_done.set()
+
+    def _emit(
+        self,
+        name: str,
+        connection: NodeConnection,
+        session_id: str,
+        decision: Decision | None,
+        *,
+        success: bool,
+        **extra: Any,
+    ) -> None:
+        identity = connection.identity
+        event: dict[str, Any] = {
+            "event": name,
+            "user": identity.username if identity is not None else "",
+            "login": connection.login,
+            "server_hostname": self.hostname,
+            "success": success,
+            "session_id": session_id,
+            **{key: value for key, value in extra.items() if value is not None},
+        }
+        if identity is not None and identity.bot_name is not None:
+            event["bot_name"] = identity.bot_name
+        if connection.peer:
+            event["remote_addr"] = connection.peer
+        if identity is not None and identity.device is not None and decision is not None and decision.audit_device:
+            event["device"] = {
+                "asset_tag": identity.device.asset_tag,
+                "device_id": identity.device.device_id,
+                # The certificate does not say which OS the device runs; the auth service knows it by id.
+                "os": "",
+                "credential_id": identity.device.credential_id,
+            }
+        if self.audit is not None:
+            self.audit.emit(event)
+
+    # ------------------------------------------------------------------------------------------ forwarding
+    def check_forwarding(self, connection: NodeConnection, what: str) -> None:
+        decision = self.decide(connection)
+        if decision is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, NO_STATE_REASON)
+        if not decision.allowed:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, decision.reason)
+        if not decision.port_forwarding:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"{what} is not permitted by your roles"
+            )
+
+    def agent_forwarding_allowed(self, connection: NodeConnection) -> bool:
+        decision = self.decide(connection)
+        return decision is not None and decision.forward_agent
+
+    # ------------------------------------------------------------------------------------------ locks
+    def _state_updated(self, state: ClusterState) -> None:
+        """End what a lock now targets: every session of a locked user/role/device/node, sessions of a login."""
+        if self.audit is not None:
+            self.audit.retry_now()
+        now = self.clock()
+        for connection in list(self._connections):
+            identity = connection.identity
+            if identity is None:
+                continue
+            locks = session_locks(identity, connection.login, self.target, state.locks, now)
+            if locks:
+                connection.close(lock_reason(locks[0]), delay=LOCK_DISCONNECT_DELAY_SECONDS)
+
+    def register(self, connection: NodeConnection) -> None:
+        self._connections.add(connection)
+
+    def unregister(self, connection: NodeConnection) -> None:
+        self._connections.discard(connection)
+
+
+class NodeConnection(asyncssh.SSHServer):
+    """One client connection: certificate-only user auth, then session and forwarding requests."""
+
+    def __init__(self, node: SSHNode) -> None:
+        self._node = node
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._capture: ClientKeyCapture | None = None
+        self._offered: dict[bytes, Identity] = {}
+        self.identity: Identity | None = None
+        self.login = ""
+        self.peer = ""
+        self.sessions: set[NodeSession] = set()
+        self._closing = False
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._capture = ClientKeyCapture(conn)
+        gate_agent_forwarding(conn, lambda: self._node.agent_forwarding_allowed(self))
+        peer = conn.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._node.unregister(self)
+
+    def begin_auth(self, username: str) -> bool:
+        self.login = username
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        return False  # plain keys never: only certificates from the cluster's user CA
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        blob = self._capture.pending if self._capture is not None else None
+        identity = self._node.verify_client_cert(blob, username)
+        if identity is None or blob is None:
+            return False
+        if len(self._offered) >= MAX_OFFERED_CERTS:
+            self._offered.clear()
+        self._offered[blob] = identity
+        return True
+
+    def auth_completed(self) -> None:
+        blob = self._capture.authenticated if self._capture is not None else None
+        self.identity = self._offered.get(blob) if blob is not None else None
+        self._offered.clear()
+        if self.identity is None:  # cannot happen: only certificates validate
+            self.close("authentication state lost")
+            return
+        self._node.register(self)
+        log.info(
+            "user authenticated",
+            extra={"user": self.identity.username, "login": self.login, "remote_addr": self.peer},
+        )
+
+    def session_requested(self) -> NodeSession:
+        return self._node.open_session(self)
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        self._node.check_forwarding(self, "port forwarding")
+        return True
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        try:
+            self._node.check_forwarding(self, "remote port forwarding")
+        except asyncssh.ChannelOpenError:
+            return False
+        return not (0 < listen_port < FIRST_UNPRIVILEGED_PORT and self.login != "root")
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "UNIX socket forwarding is not supported"
+        )
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
+    def close(self, reason: str, *, delay: float = 0.0) -> None:
+        """End every session with ``reason``, then drop the connection (after ``delay`` seconds)."""
+        if self._closing:
+            return
+        self._closing = True
+        for session in list(self.sessions):
+            session.terminate(reason)
+        conn = self._conn
+        if conn is None:
+            return
+
+        def disconnect() -> None:
+            with contextlib.suppress(Exception):
+                conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason)
+
+        if delay:
+            asyncio.get_running_loop().call_later(delay, disconnect)
+        else:
+            disconnect()

@@ -1,0 +1,314 @@
+"""The pure core of an MDM sync: what the MDM reports vs what is stored -> what to write, what is missing.
+
+No I/O here. The engine feeds inventory pages in and gets decisions out; the sink (in-process or remote) writes
+them. Identity is the pair (os_type, asset_tag) — the device's serial number on that platform — as in storage.
+
+Ownership rule: a sync only ever touches devices whose source is itself (same source name, same origin). A device
+registered by hand (tctl devices add, source None) or by another MDM with the same OS and serial is *skipped*,
+not adopted — as Teleport does. Adopting would let a later full sync delete a device an administrator registered;
+to hand such a device over, delete it and let the next sync register it.
+
+The MDM owns two parts of a device document: ``spec.source`` and ``spec.profile``. Everything else (id, enroll
+status, credential, owner, collected data, create time) belongs to the cluster and survives every sync.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Set
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from devicetrust.types import Device, DeviceProfile, DeviceSource, resource_to_dict
+from devicetrust.types.device import format_timestamp
+
+__all__ = [
+    "Action",
+    "Gone",
+    "Observation",
+    "PagePlan",
+    "Present",
+    "Recheck",
+    "Skipped",
+    "StoredDevice",
+    "Unknown",
+    "Verdict",
+    "decide_missing",
+    "device_key",
+    "fingerprint",
+    "merged_body",
+    "missing",
+    "new_device_body",
+    "observation_fingerprint",
+    "plan_page",
+    "reconcile",
+    "registration",
+    "spec_fingerprint",
+]
+
+#: stands in for the id while rendering an observation's document parts (the id is not one of them)
+_PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
+#: 64 bits: two different registrations collide with probability 2**-64 per comparison; a collision only means
+#: one device's profile update waits for its next change
+_FINGERPRINT_BYTES = 8
+
+
+def device_key(os_type: str, asset_tag: str) -> str:
+    """The identity of a device as one string (cheaper to hold 100k of than tuples): ``macos/C02XJ0ABHX87``."""
+    return f"{os_type}/{asset_tag}"
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One device as the MDM reports it, already mapped to our model (os_type, serial, profile)."""
+
+    external_id: str
+    os_type: str
+    asset_tag: str
+    #: without update_time: that is set when a changed profile is written
+    profile: DeviceProfile
+    #: when the MDM last heard from the device (Jamf: general.reportDate); drives partial syncs
+    report_time: datetime | None = None
+    #: the MDM's name for the device, for logs only
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        return device_key(self.os_type, self.asset_tag)
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An inventory record that is not synced, and why (logged; counted in the sync's audit event)."""
+
+    external_id: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDevice:
+    """What a sync needs to know of a stored device: identity, owner (source) and a fingerprint of the MDM's
+    parts. Never the credential: a remote MDM agent sees no more than this."""
+
+    id: str
+    os_type: str
+    asset_tag: str
+    source_name: str | None
+    source_origin: str | None
+    external_id: str | None
+    revision: int
+    #: :func:`spec_fingerprint` of the stored document
+    fingerprint: int
+
+    @property
+    def key(self) -> str:
+        return device_key(self.os_type, self.asset_tag)
+
+    def belongs_to(self, source: DeviceSource) -> bool:
+        return self.source_name == source.name and self.source_origin == source.origin
+
+
+# -- the document parts the MDM owns ------------------------------------------------------------------------
+
+
+def registration(observation: Observation, source: DeviceSource) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``spec.source`` and ``spec.profile`` (without update_time) as the device document holds them."""
+    spec = resource_to_dict(
+        Device(
+            id=_PLACEHOLDER_ID,
+            os_type=observation.os_type,
+            asset_tag=observation.asset_tag,
+            source=source,
+            profile=dataclasses.replace(observation.profile, update_time=None),
+        )
+    )["spec"]
+    return spec["source"], spec["profile"]
+
+
+def fingerprint(source: Mapping[str, Any] | None, profile: Mapping[str, Any] | None) -> int:
+    """A 64-bit digest of the MDM-owned parts; the profile's update_time is left out (it is ours, not the MDM's)."""
+    parts = [source, None if profile is None else {k: v for k, v in profile.items() if k != "update_time"}]
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=_FINGERPRINT_BYTES).digest(), "big")
+
+
+def spec_fingerprint(body: Mapping[str, Any]) -> int:
+    """:func:`fingerprint` of a stored device document."""
+    spec = body.get("spec")
+    if not isinstance(spec, Mapping):
+        return fingerprint(None, None)
+    return fingerprint(spec.get("source"), spec.get("profile"))
+
+
+def observation_fingerprint(observation: Observation, source: DeviceSource) -> int:
+    return fingerprint(*registration(observation, source))
+
+
+def new_device_body(observation: Observation, source: DeviceSource, device_id: str, now: datetime) -> dict[str, Any]:
+    """The document of a device the MDM registers for the first time: not enrolled, no owner."""
+    return resource_to_dict(
+        Device(
+            id=device_id,
+            os_type=observation.os_type,
+            asset_tag=observation.asset_tag,
+            source=source,
+            profile=dataclasses.replace(observation.profile, update_time=now),
+            create_time=now,
+            update_time=now,
+        )
+    )
+
+
+def merged_body(
+    body: Mapping[str, Any], observation: Observation, source: DeviceSource, now: datetime
+) -> dict[str, Any]:
+    """``body`` with the MDM's parts replaced and everything else (credential, owner, enroll status…) kept."""
+    source_part, profile_part = registration(observation, source)
+    stamp = format_timestamp(now)
+    spec = dict(body.get("spec") or {})
+    spec["source"] = source_part
+    spec["profile"] = {**profile_part, "update_time": stamp}
+    spec["update_time"] = stamp
+    return {**body, "spec": spec}
+
+
+# -- reconciling one page ----------------------------------------------------------------------------------
+
+
+class Action(enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    UNCHANGED = "unchanged"
+    #: registered by hand or by another source: left alone
+    FOREIGN = "foreign"
+
+
+def reconcile(observation: Observation, stored: StoredDevice | None, source: DeviceSource) -> Action:
+    if stored is None:
+        return Action.CREATE
+    if not stored.belongs_to(source):
+        return Action.FOREIGN
+    if stored.external_id == observation.external_id and stored.fingerprint == observation_fingerprint(
+        observation, source
+    ):
+        return Action.UNCHANGED
+    return Action.UPDATE
+
+
+@dataclass(frozen=True)
+class PagePlan:
+    #: to create or update, for the sink to write (it re-reads each in its transaction before merging)
+    apply: tuple[Observation, ...]
+    #: the keys among ``apply`` that were absent when the index was read (the sink may insert them in bulk)
+    new_keys: frozenset[str]
+    unchanged: int
+    foreign: tuple[Observation, ...]
+    #: seen earlier in this sync (offset paging repeats a record when devices are added during a walk)
+    duplicates: int
+    #: keys first seen on this page
+    seen: frozenset[str]
+
+
+def plan_page(
+    observations: Iterable[Observation],
+    index: Mapping[str, StoredDevice] | None,
+    already_seen: Set[str],
+    source: DeviceSource,
+) -> PagePlan:
+    """Sort one page into writes, no-ops and skips.
+
+    ``index``: every stored device by key, read at the start of a full sync; None when there is none (a partial
+    sync), and then everything not seen before goes to the sink, which looks each device up itself.
+    """
+    apply: list[Observation] = []
+    new_keys: set[str] = set()
+    foreign: list[Observation] = []
+    unchanged = duplicates = 0
+    seen: set[str] = set()
+    for observation in observations:
+        key = observation.key
+        if key in already_seen or key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        if index is None:
+            apply.append(observation)
+            continue
+        action = reconcile(observation, index.get(key), source)
+        if action is Action.UNCHANGED:
+            unchanged += 1
+        elif action is Action.FOREIGN:
+            foreign.append(observation)
+        else:
+            apply.append(observation)
+            if action is Action.CREATE:
+                new_keys.add(key)
+    return PagePlan(tuple(apply), frozenset(new_keys), unchanged, tuple(foreign), duplicates, frozenset(seen))
+
+
+# -- devices that were not seen -----------------------------------------------------------------------------
+
+
+def missing(
+    stored: Iterable[StoredDevice], seen: Set[str], os_types: Collection[str], source: DeviceSource
+) -> Iterator[StoredDevice]:
+    """This source's devices of the synced platforms that the walk did not see."""
+    for device in stored:
+        if device.os_type in os_types and device.belongs_to(source) and device.key not in seen:
+            yield device
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The MDM no longer knows the id (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class Present:
+    """The MDM still has a record under the id: what it maps to now (None: unsupported or no serial)."""
+
+    os_type: str | None
+    asset_tag: str | None
+    #: whether the record still matches one of the inventory filters (None: not checked)
+    in_scope: bool | None = None
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """The re-check failed (network, 5xx…): nothing is decided on an error."""
+
+    reason: str
+
+
+Recheck = Gone | Present | Unknown
+
+
+@dataclass(frozen=True)
+class Verdict:
+    delete: bool
+    reason: str
+
+
+def decide_missing(device: StoredDevice, recheck: Recheck) -> Verdict:
+    """DESIGN §8: 404 -> delete; serial or platform mismatch -> delete; error -> keep."""
+    if isinstance(recheck, Gone):
+        return Verdict(True, "no longer in the MDM")
+    if isinstance(recheck, Unknown):
+        return Verdict(False, f"re-check failed: {recheck.reason}")
+    if recheck.asset_tag != device.asset_tag:
+        return Verdict(True, f"the MDM id now belongs to serial {recheck.asset_tag or '(none)'}")
+    if recheck.os_type != device.os_type:
+        return Verdict(True, f"the MDM now reports platform {recheck.os_type or '(unsupported)'}")
+    if recheck.in_scope is False:
+        return Verdict(True, "no longer matches the inventory filter")
+    return Verdict(False, "still in the MDM (it moved between pages during the walk)")
+
+
+def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,353 @@
+"""One sync of one inventory entry: walk Jamf's pages, write through the sink, settle the missing devices.
+
+Full sync (``id:asc``):
+    1. read an index of every stored device (compact: key, id, source, fingerprint — never bodies);
+    2. walk the inventory; per page, the pure planner (:func:`~devicetrust.mdm.diff.plan_page`) drops what is
+       unchanged or someone else's, and the sink writes the rest in one transaction; seen keys are remembered;
+    3. this source's devices of the entry's platforms that were not seen are *missing*: each is re-checked by its
+       Jamf id (404 -> delete; serial or platform mismatch -> delete; no longer matching any inventory filter of
+       this kind -> delete; error -> keep). A sync that read zero records deletes nothing. on_missing NOOP keeps
+       them all.
+Partial sync (``general.reportDate:desc``): the walk stops at the previous sync's cut (the newest report time it
+saw, less an overlap); the sink looks each device up itself. Without a cut (first run) a full sync runs instead.
+
+Memory stays flat as the inventory grows: pages are streamed (PAGE_PREFETCH ahead), and what is held per device
+is the compact index entry and its key in the seen set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from devicetrust.errors import DevicetrustError
+from devicetrust.mdm.diff import (
+    Gone,
+    Observation,
+    Present,
+    Recheck,
+    Skipped,
+    StoredDevice,
+    Unknown,
+    chunked,
+    decide_missing,
+    missing,
+    plan_page,
+)
+from devicetrust.mdm.jamf.client import JamfClient
+from devicetrust.mdm.jamf.config import InventoryEntry
+from devicetrust.mdm.jamf.errors import JamfAuthError, JamfPermissionError
+from devicetrust.mdm.jamf.mapping import (
+    FULL_SORT,
+    ID_FIELD,
+    OS_TYPES,
+    PARTIAL_SORT,
+    map_record,
+    parse_jamf_time,
+    recheck_identity,
+)
+from devicetrust.mdm.sink import InventorySink, Removal, SyncReport
+from devicetrust.types import DeviceSource
+
+__all__ = [
+    "DELETE_BATCH_SIZE",
+    "FULL",
+    "MAX_LOGGED_SKIPS",
+    "PARTIAL",
+    "PARTIAL_SYNC_OVERLAP",
+    "RECHECK_BATCH_SIZE",
+    "JamfSync",
+    "SyncProgress",
+    "cut_state_key",
+    "last_full_state_key",
+]
+
+log = logging.getLogger(__name__)
+
+FULL = "full"
+PARTIAL = "partial"
+#: a partial sync re-reads devices reported this long before the last cut: Jamf stamps reportDate when an
+#: inventory report starts, and may commit it after a sync that began later has read past it
+PARTIAL_SYNC_OVERLAP = timedelta(minutes=10)
+#: missing devices re-checked concurrently per round (the client still keeps to MAX_CONCURRENT_REQUESTS)
+RECHECK_BATCH_SIZE = 50
+#: devices deleted per transaction
+DELETE_BATCH_SIZE = 500
+#: skipped records logged one by one per sync; the rest are only counted
+MAX_LOGGED_SKIPS = 20
+
+
+def cut_state_key(source_name: str, entry: InventoryEntry) -> str:
+    return f"jamf/{source_name}/{entry.key}/cut"
+
+
+def last_full_state_key(source_name: str, entry: InventoryEntry) -> str:
+    return f"jamf/{source_name}/{entry.key}/last_full"
+
+
+class SyncProgress(Protocol):
+    """What a progress display is told (the CLI draws a rich bar from it)."""
+
+    def started(self, kind: str, entry: InventoryEntry) -> None: ...
+
+    def page(self, *, records: int, total: int | None) -> None: ...
+
+    def phase(self, text: str) -> None: ...
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Walk:
+    seen: set[str]
+    max_report: datetime | None = None
+    skips_logged: int = 0
+
+
+class JamfSync:
+    """Syncs one inventory entry of one Jamf service (``run(full=…)`` once per sync)."""
+
+    def __init__(
+        self,
+        client: JamfClient,
+        sink: InventorySink,
+        *,
+        source_name: str,
+        entry: InventoryEntry,
+        entries: Sequence[InventoryEntry] = (),
+        clock: Callable[[], datetime] = _utc_now,
+        progress: SyncProgress | None = None,
+    ) -> None:
+        self._client = client
+        self._sink = sink
+        self._source = DeviceSource(source_name, "jamf")
+        self._entry = entry
+        # a device missing from this entry may still be in scope of another entry of the same kind
+        self._scope_filters = [e.filter_rsql for e in (entries or (entry,)) if e.kind == entry.kind]
+        self._clock = clock
+        self._progress = progress
+
+    async def run(self, *, full: bool) -> SyncReport:
+        """One sync; the report says what happened (``error`` set if it failed). JamfAuthError and
+        JamfPermissionError propagate: they are fatal for the service."""
+        entry = self._entry
+        cut: datetime | None = None
+        if not full:
+            cut = parse_jamf_time(await self._sink.load_state(cut_state_key(self._source.name, entry)))
+            if cut is None:
+                full = True
+        report = SyncReport(
+            source=self._source.name,
+            inventory=entry.describe(),
+            kind=FULL if full else PARTIAL,
+            started=self._clock(),
+            origin=self._source.origin,
+        )
+        if self._progress is not None:
+            self._progress.started(report.kind, entry)
+        started = time.monotonic()
+        try:
+            if full:
+                await self._full(report)
+            else:
+                assert cut is not None
+                await self._partial(report, cut)
+        except (JamfAuthError, JamfPermissionError) as err:
+            report.error = str(err)
+            report.duration_s = time.monotonic() - started
+            await self._record(report)
+            raise
+        except DevicetrustError as err:
+            report.error = str(err)
+            log.warning("jamf sync failed: %s", err, extra={"source": self._source.name, "inventory": report.inventory})
+        report.duration_s = time.monotonic() - started
+        await self._record(report)
+        return report
+
+    async def _record(self, report: SyncReport) -> None:
+        try:
+            await self._sink.record_sync(report)
+        except DevicetrustError as err:  # the sync's own writes are done; losing the summary is not fatal
+            log.warning("could not record the jamf sync summary: %s", err)
+
+    # -- walks --------------------------------------------------------------------------------------------
+    async def _full(self, report: SyncReport) -> None:
+        entry = self._entry
+        self._phase("reading the stored inventory")
+        index = await self._index()
+        walk = _Walk(seen=set())
+        self._phase(f"reading Jamf {entry.kind}")
+        pages = self._client.pages(
+            entry.kind, sort=FULL_SORT[entry.kind], filter_rsql=entry.filter_rsql, page_size=entry.page_size
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                observations = self._observe(page.results, report, walk)
+                await self._write(observations, index, walk, report)
+                report.pages += 1
+                if self._progress is not None:
+                    self._progress.page(records=len(page.results), total=page.total_count)
+        await self._settle_missing(index, walk, report)
+        now = self._clock()
+        cut = walk.max_report or now
+        await self._sink.save_state(cut_state_key(self._source.name, entry), cut.isoformat())
+        await self._sink.save_state(last_full_state_key(self._source.name, entry), now.isoformat())
+
+    async def _partial(self, report: SyncReport, cut: datetime) -> None:
+        entry = self._entry
+        stop_before = cut - PARTIAL_SYNC_OVERLAP
+        walk = _Walk(seen=set())
+        self._phase(f"reading Jamf {entry.kind} reported since {cut.isoformat()}")
+        pages = self._client.pages(
+            entry.kind, sort=PARTIAL_SORT[entry.kind], filter_rsql=entry.filter_rsql, page_size=entry.page_size
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                records = page.results
+                reached = False
+                for position, record in enumerate(records):
+                    general = record.get("general")
+                    field = "reportDate" if entry.kind == "computers" else "lastInventoryUpdateDate"
+                    when = parse_jamf_time(general.get(field) if isinstance(general, dict) else None)
+                    if when is None or when < stop_before:
+                        records, reached = records[:position], True
+                        break
+                observations = self._observe(records, report, walk)
+                await self._write(observations, None, walk, report)
+                report.pages += 1
+                if self._progress is not None:
+                    self._progress.page(records=len(records), total=None)
+                if reached:
+                    break
+        new_cut = max(cut, walk.max_report) if walk.max_report else cut
+        await self._sink.save_state(cut_state_key(self._source.name, entry), new_cut.isoformat())
+
+    def _observe(self, records: Sequence[dict[str, object]], report: SyncReport, walk: _Walk) -> list[Observation]:
+        observations: list[Observation] = []
+        for record in records:
+            report.records += 1
+            mapped = map_record(self._entry.kind, record)
+            if isinstance(mapped, Skipped):
+                report.skipped += 1
+                if walk.skips_logged < MAX_LOGGED_SKIPS:
+                    walk.skips_logged += 1
+                    log.info(
+                        "jamf record skipped: %s",
+                        mapped.reason,
+                        extra={"jamf_id": mapped.external_id, "jamf_name": mapped.name, "source": self._source.name},
+                    )
+                continue
+            if mapped.report_time is not None and (walk.max_report is None or mapped.report_time > walk.max_report):
+                walk.max_report = mapped.report_time
+            observations.append(mapped)
+        return observations
+
+    async def _write(
+        self,
+        observations: list[Observation],
+        index: dict[str, StoredDevice] | None,
+        walk: _Walk,
+        report: SyncReport,
+    ) -> None:
+        plan = plan_page(observations, index, walk.seen, self._source)
+        walk.seen.update(plan.seen)
+        report.unchanged += plan.unchanged
+        report.foreign += len(plan.foreign)
+        report.duplicates += plan.duplicates
+        for observation in plan.foreign[:MAX_LOGGED_SKIPS]:
+            log.info(
+                "device registered by hand or by another source left alone",
+                extra={"asset_tag": observation.asset_tag, "os_type": observation.os_type, "source": self._source.name},
+            )
+        if plan.apply:
+            report.add(await self._sink.apply(self._source, plan.apply, new_keys=plan.new_keys))
+
+    async def _index(self) -> dict[str, StoredDevice]:
+        index: dict[str, StoredDevice] = {}
+        token: str | None = None
+        while True:
+            devices, token = await self._sink.scan(token)
+            for device in devices:
+                index[device.key] = device
+            if token is None:
+                return index
+
+    # -- missing devices ----------------------------------------------------------------------------------
+    async def _settle_missing(self, index: dict[str, StoredDevice], walk: _Walk, report: SyncReport) -> None:
+        entry = self._entry
+        candidates = list(missing(index.values(), walk.seen, OS_TYPES[entry.kind], self._source))
+        report.missing = len(candidates)
+        if not candidates:
+            return
+        if not entry.deletes_missing:
+            report.kept += len(candidates)
+            report.notes.append(f"{len(candidates)} missing device(s) kept (on_missing: NOOP)")
+            return
+        if report.records == 0:
+            # an empty answer is more likely a broken filter or a lost privilege than a fleet retired at once
+            report.kept += len(candidates)
+            report.notes.append(f"Jamf returned no {entry.kind}; {len(candidates)} missing device(s) kept")
+            log.warning(
+                "jamf full sync saw no devices; deleting nothing",
+                extra={"source": self._source.name, "inventory": report.inventory, "missing": len(candidates)},
+            )
+            return
+        self._phase(f"re-checking {len(candidates)} missing device(s)")
+        removals: list[Removal] = []
+        for batch in chunked(candidates, RECHECK_BATCH_SIZE):
+            rechecks = await asyncio.gather(*(self._recheck(device) for device in batch))
+            for device, recheck in zip(batch, rechecks, strict=True):
+                verdict = decide_missing(device, recheck)
+                log.info(
+                    "missing device %s: %s",
+                    "deleted" if verdict.delete else "kept",
+                    verdict.reason,
+                    extra={"asset_tag": device.asset_tag, "jamf_id": device.external_id, "source": self._source.name},
+                )
+                if verdict.delete:
+                    removals.append(Removal(device.id, device.os_type, device.asset_tag, verdict.reason))
+                else:
+                    report.kept += 1
+        for batch in chunked(removals, DELETE_BATCH_SIZE):
+            deleted = await self._sink.delete(self._source, batch)
+            report.deleted += deleted
+            report.kept += len(batch) - deleted
+
+    async def _recheck(self, device: StoredDevice) -> Recheck:
+        kind = self._entry.kind
+        if not device.external_id or not device.external_id.isdigit():
+            return Unknown("no Jamf id recorded")
+        try:
+            record = await self._client.device(kind, device.external_id)
+            if record is None:
+                return Gone()
+            os_type, serial = recheck_identity(kind, record)
+            in_scope: bool | None = None
+            if os_type == device.os_type and serial == device.asset_tag:
+                in_scope = await self._in_scope(device.external_id)
+            return Present(os_type, serial, in_scope)
+        except (JamfAuthError, JamfPermissionError):
+            raise
+        except DevicetrustError as err:
+            return Unknown(str(err))
+
+    async def _in_scope(self, jamf_id: str) -> bool | None:
+        """Whether the device still matches a filter of this kind's entries (None: no filter limits them)."""
+        filters = self._scope_filters
+        if not filters or any(not text for text in filters):
+            return None
+        union = ",".join(f"({text})" for text in filters)
+        query = f'{ID_FIELD[self._entry.kind]}=="{jamf_id}";({union})'
+        return await self._client.count(self._entry.kind, query) > 0
+
+    def _phase(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.phase(text)

@@ -1,0 +1,426 @@
+"""Where a sync writes: the narrow interface (:class:`InventorySink`) and its in-process implementation.
+
+A sync engine needs six operations, and nothing else, from the cluster:
+
+============================  ==============================================================================
+``scan(page_token)``          every stored device, compactly (:class:`~devicetrust.mdm.diff.StoredDevice`), by
+                              page — a full sync's index and its missing set
+``apply(source, obs, new)``   register/update one batch of observations in one transaction, with audit
+``delete(source, removals)``  remove devices the MDM retired, in one transaction, with audit
+``load_state`` / ``save_state``  a small string per key (a partial sync's cut, the last full sync)
+``record_sync(report)``       the ``mdm.sync`` summary event
+============================  ==============================================================================
+
+:class:`BackendSink` runs them against the :class:`~devicetrust.storage.Backend` (``devicetrust start`` with the
+service enabled, and ``devicetrust jamf sync``). A remote MDM agent joining with a ``--type=mdm`` token would
+implement the same protocol over HTTPS; the merge of the MDM's parts into a stored document happens on the
+cluster side (in ``apply``), so the agent never sees a device's credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+from devicetrust.auth import events
+from devicetrust.errors import ConflictError, NotFoundError
+from devicetrust.mdm.diff import (
+    Action,
+    Observation,
+    StoredDevice,
+    merged_body,
+    new_device_body,
+    reconcile,
+    spec_fingerprint,
+)
+from devicetrust.storage import MAX_PAGE_SIZE, Backend, DeviceRecord, DeviceUpsert, Store
+from devicetrust.types import DeviceSource, os_display_name
+
+__all__ = [
+    "AUDIT_PER_DEVICE_LIMIT",
+    "CLUSTER_NAME_KEY",
+    "DEVICE_ENROLL_TOKEN_KIND",
+    "MAX_APPLY_ATTEMPTS",
+    "MDM_SYNC",
+    "MDM_SYNC_FAILURE",
+    "SCAN_PAGE_SIZE",
+    "STATE_KEY_PREFIX",
+    "ApplyResult",
+    "AuditFn",
+    "BackendSink",
+    "InventorySink",
+    "Removal",
+    "SyncReport",
+    "audit_user",
+]
+
+log = logging.getLogger(__name__)
+
+#: the summary of one sync (counts, duration); W: the sync failed. To move to devicetrust.auth.events.
+MDM_SYNC: Final = ("mdm.sync", "TMDM001I")
+MDM_SYNC_FAILURE: Final = ("mdm.sync", "TMDM001W")
+#: batches with more changes of one kind than this get one event listing them all instead of one per device: a
+#: first import of 100k devices would otherwise spend most of its time appending audit rows one by one
+AUDIT_PER_DEVICE_LIMIT = 100
+#: rows per scan page (the storage layer's largest page)
+SCAN_PAGE_SIZE = MAX_PAGE_SIZE
+#: a batch whose bulk insert met a device registered concurrently is redone device by device, at most this often
+MAX_APPLY_ATTEMPTS = 3
+#: where the sync keeps its state in the cluster key/value store
+STATE_KEY_PREFIX = "mdm/"
+#: the auth service's cluster key/value entries this module reads (see devicetrust.auth.server)
+CLUSTER_NAME_KEY = "cluster_name"
+#: enrollment tokens of a deleted device go with it (as tctl devices rm does)
+DEVICE_ENROLL_TOKEN_KIND = "device_enroll"
+
+
+def audit_user(source: DeviceSource) -> str:
+    """Who MDM audit events are attributed to: ``jamf_service:jamf``."""
+    return f"{source.origin}_service:{source.name}"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    #: registered by hand or by another source: left alone
+    foreign: int = 0
+    #: changed by someone else while the batch was written: left for the next sync
+    conflicts: int = 0
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A device to delete: only if it still is this source's device with this identity."""
+
+    device_id: str
+    os_type: str
+    asset_tag: str
+    reason: str
+
+
+@dataclass
+class SyncReport:
+    """What one sync did; its audit event (``mdm.sync``) and the CLI's summary."""
+
+    source: str
+    inventory: str
+    kind: str
+    started: datetime
+    origin: str = "jamf"
+    duration_s: float = 0.0
+    pages: int = 0
+    #: inventory records read (including skipped and foreign ones)
+    records: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    #: unsupported platform, no serial, invalid values
+    skipped: int = 0
+    #: registered by hand or by another source
+    foreign: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    #: devices of this source not seen by a full sync
+    missing: int = 0
+    deleted: int = 0
+    #: missing, but re-checked as present, or the re-check failed, or on_missing is NOOP
+    kept: int = 0
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, result: ApplyResult) -> None:
+        self.created += result.created
+        self.updated += result.updated
+        self.unchanged += result.unchanged
+        self.foreign += result.foreign
+        self.conflicts += result.conflicts
+
+    def audit_body(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["started"] = self.started.isoformat()
+        body["duration_s"] = round(self.duration_s, 3)
+        if not self.notes:
+            del body["notes"]
+        if self.error is None:
+            del body["error"]
+        return body
+
+
+class InventorySink(Protocol):
+    """The cluster as an MDM sync sees it (see the module docstring)."""
+
+    async def scan(self, page_token: str | None) -> tuple[list[StoredDevice], str | None]: ...
+
+    async def apply(
+        self, source: DeviceSource, observations: Sequence[Observation], *, new_keys: frozenset[str]
+    ) -> ApplyResult: ...
+
+    async def delete(self, source: DeviceSource, removals: Sequence[Removal]) -> int: ...
+
+    async def load_state(self, key: str) -> str | None: ...
+
+    async def save_state(self, key: str, value: str) -> None: ...
+
+    async def record_sync(self, report: SyncReport) -> None: ...
+
+
+class AuditFn(Protocol):
+    """``AuthServer.audit``'s signature: append one event inside the caller's transaction."""
+
+    def __call__(self, store: Store, event: tuple[str, str], user: str, success: bool, /, **body: Any) -> None: ...
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def stored_device(record: DeviceRecord) -> StoredDevice:
+    return StoredDevice(
+        id=record.id,
+        os_type=record.os_type,
+        asset_tag=record.asset_tag,
+        source_name=record.source_name,
+        source_origin=record.source_origin,
+        external_id=record.external_id,
+        revision=record.revision,
+        fingerprint=spec_fingerprint(record.body),
+    )
+
+
+def _audit_device(device_id: str, os_type: str, asset_tag: str, credential_id: str = "") -> dict[str, str]:
+    # the shape of devicetrust.auth.devices.device_audit, without parsing the whole document
+    return {
+        "device_id": device_id,
+        "asset_tag": asset_tag,
+        "os": os_display_name(os_type),
+        "credential_id": credential_id,
+    }
+
+
+def _credential_id(body: dict[str, Any]) -> str:
+    credential = (body.get("spec") or {}).get("credential") or {}
+    value = credential.get("id", "")
+    return value if isinstance(value, str) else ""
+
+
+class _Collision(Exception):
+    """A bulk insert met a device registered since it was looked up: redo the batch device by device."""
+
+
+class BackendSink:
+    """:class:`InventorySink` on the Backend, in this process. Each call is one short transaction, run in a
+    worker thread so the event loop (and the HTTP client's prefetching) keeps going while it writes."""
+
+    def __init__(self, backend: Backend, *, audit: AuditFn | None = None, clock: Callable[[], datetime] = _utc_now):
+        self._backend = backend
+        self._audit_fn = audit
+        self._clock = clock
+
+    # -- protocol -----------------------------------------------------------------------------------------
+    async def scan(self, page_token: str | None) -> tuple[list[StoredDevice], str | None]:
+        return await asyncio.to_thread(self._scan, page_token)
+
+    async def apply(
+        self, source: DeviceSource, observations: Sequence[Observation], *, new_keys: frozenset[str]
+    ) -> ApplyResult:
+        return await asyncio.to_thread(self._apply, source, observations, new_keys)
+
+    async def delete(self, source: DeviceSource, removals: Sequence[Removal]) -> int:
+        return await asyncio.to_thread(self._delete, source, removals)
+
+    async def load_state(self, key: str) -> str | None:
+        return await asyncio.to_thread(self._load_state, key)
+
+    async def save_state(self, key: str, value: str) -> None:
+        await asyncio.to_thread(self._save_state, key, value)
+
+    async def record_sync(self, report: SyncReport) -> None:
+        await asyncio.to_thread(self._record_sync, report)
+
+    # -- implementation -----------------------------------------------------------------------------------
+    def _audit(self, store: Store, event: tuple[str, str], user: str, success: bool, **body: Any) -> None:
+        if self._audit_fn is not None:
+            self._audit_fn(store, event, user, success, **body)
+            return
+        cluster_name = store.cluster.get(CLUSTER_NAME_KEY)
+        if cluster_name is not None:
+            body.setdefault("cluster_name", cluster_name)
+        store.audit.append(event[0], event[1], self._clock(), user, success, body)
+
+    def _scan(self, page_token: str | None) -> tuple[list[StoredDevice], str | None]:
+        with self._backend.begin() as store:
+            records, next_token = store.devices.list_page(page_size=SCAN_PAGE_SIZE, page_token=page_token)
+        return [stored_device(record) for record in records], next_token
+
+    def _apply(
+        self, source: DeviceSource, observations: Sequence[Observation], new_keys: frozenset[str]
+    ) -> ApplyResult:
+        for attempt in range(1, MAX_APPLY_ATTEMPTS + 1):
+            try:
+                return self._apply_once(source, observations, new_keys if attempt == 1 else frozenset())
+            except _Collision:
+                log.info("a device was registered while the sync wrote its batch; writing it device by device")
+        raise ConflictError(
+            f"devices kept being registered concurrently while the {source.name} sync wrote them; retrying next sync"
+        )
+
+    def _apply_once(
+        self, source: DeviceSource, observations: Sequence[Observation], new_keys: frozenset[str]
+    ) -> ApplyResult:
+        now = self._clock()
+        creates: list[tuple[Observation, DeviceUpsert]] = []
+        updates: list[tuple[Observation, DeviceRecord]] = []
+        unchanged = foreign = conflicts = 0
+        with self._backend.begin() as store:
+            for observation in observations:
+                record = (
+                    None
+                    if observation.key in new_keys
+                    else store.devices.find_by_asset_tag(observation.os_type, observation.asset_tag)
+                )
+                action = reconcile(observation, None if record is None else stored_device(record), source)
+                if action is Action.CREATE:
+                    device_id = str(uuid.uuid4())
+                    body = new_device_body(observation, source, device_id, now)
+                    creates.append(
+                        (
+                            observation,
+                            DeviceUpsert(
+                                id=device_id,
+                                os_type=observation.os_type,
+                                asset_tag=observation.asset_tag,
+                                body=body,
+                                source_name=source.name,
+                                source_origin=source.origin,
+                                external_id=observation.external_id,
+                            ),
+                        )
+                    )
+                elif action is Action.UPDATE:
+                    assert record is not None
+                    updates.append((observation, record))
+                elif action is Action.UNCHANGED:
+                    unchanged += 1
+                else:
+                    foreign += 1
+                    log.info(
+                        "device registered by another source left alone",
+                        extra={"asset_tag": observation.asset_tag, "os_type": observation.os_type},
+                    )
+            if creates:
+                result = store.devices.upsert_many([row for _, row in creates])
+                if result.created != len(creates):
+                    # an insert hit an existing (os_type, asset_tag): it may belong to someone else; the
+                    # transaction rolls back and the batch is redone with a lookup per device
+                    raise _Collision
+            written: list[tuple[Observation, DeviceRecord]] = []
+            for observation, record in updates:
+                try:
+                    updated = store.devices.update(
+                        record.id,
+                        merged_body(record.body, observation, source, now),
+                        enroll_status=record.enroll_status,
+                        owner=record.owner,
+                        source_name=source.name,
+                        source_origin=source.origin,
+                        external_id=observation.external_id,
+                        # never overwrite what someone (an enrollment) wrote since this transaction read it
+                        expected_revision=record.revision,
+                    )
+                except (ConflictError, NotFoundError):
+                    conflicts += 1
+                    continue
+                written.append((observation, updated))
+            self._audit_changes(store, source, creates, written)
+        return ApplyResult(len(creates), len(written), unchanged, foreign, conflicts)
+
+    def _audit_changes(
+        self,
+        store: Store,
+        source: DeviceSource,
+        creates: Sequence[tuple[Observation, DeviceUpsert]],
+        updates: Sequence[tuple[Observation, DeviceRecord]],
+    ) -> None:
+        created = [
+            (_audit_device(row.id, row.os_type, row.asset_tag), {"external_id": observation.external_id})
+            for observation, row in creates
+        ]
+        updated = [
+            (
+                _audit_device(record.id, record.os_type, record.asset_tag, _credential_id(record.body)),
+                {"external_id": observation.external_id},
+            )
+            for observation, record in updates
+        ]
+        self._audit_batch(store, events.DEVICE_CREATE, source, created)
+        self._audit_batch(store, events.DEVICE_UPDATE, source, updated)
+
+    def _audit_batch(
+        self,
+        store: Store,
+        event: tuple[str, str],
+        source: DeviceSource,
+        items: Sequence[tuple[dict[str, str], dict[str, Any]]],
+    ) -> None:
+        """One event per device, or one listing them all when there are more than AUDIT_PER_DEVICE_LIMIT."""
+        if not items:
+            return
+        user = audit_user(source)
+        source_part = {"name": source.name, "origin": source.origin}
+        if len(items) <= AUDIT_PER_DEVICE_LIMIT:
+            for device, extra in items:
+                self._audit(store, event, user, True, device=device, source=source_part, **extra)
+            return
+        self._audit(
+            store,
+            event,
+            user,
+            True,
+            devices=[{**device, **extra} for device, extra in items],
+            count=len(items),
+            source=source_part,
+        )
+
+    def _delete(self, source: DeviceSource, removals: Sequence[Removal]) -> int:
+        deleted: list[tuple[dict[str, str], str | None, str]] = []
+        with self._backend.begin() as store:
+            for removal in removals:
+                record = store.devices.find(removal.device_id)
+                if (
+                    record is None
+                    or (record.os_type, record.asset_tag) != (removal.os_type, removal.asset_tag)
+                    or (record.source_name, record.source_origin) != (source.name, source.origin)
+                ):
+                    continue  # gone already, or someone else's now
+                store.devices.delete(record.id)
+                store.tokens.delete_by_subject(DEVICE_ENROLL_TOKEN_KIND, record.id)
+                device = _audit_device(record.id, record.os_type, record.asset_tag, _credential_id(record.body))
+                deleted.append((device, record.external_id, removal.reason))
+            self._audit_batch(
+                store,
+                events.DEVICE_DELETE,
+                source,
+                [(device, {"external_id": external_id, "reason": reason}) for device, external_id, reason in deleted],
+            )
+        return len(deleted)
+
+    def _load_state(self, key: str) -> str | None:
+        with self._backend.begin() as store:
+            return store.cluster.get(STATE_KEY_PREFIX + key)
+
+    def _save_state(self, key: str, value: str) -> None:
+        with self._backend.begin() as store:
+            store.cluster.set(STATE_KEY_PREFIX + key, value)
+
+    def _record_sync(self, report: SyncReport) -> None:
+        event = MDM_SYNC if report.error is None else MDM_SYNC_FAILURE
+        source = DeviceSource(report.source, report.origin)
+        with self._backend.begin() as store:
+            self._audit(store, event, audit_user(source), report.error is None, **report.audit_body())
