@@ -140,6 +140,20 @@ def _line(label: str, result: dict[str, Any], devices: int, target_s: float) -> 
     )
 
 
+def _partial_since(storage_url: str) -> str:
+    """The filter the next partial sync will send (from the cut the full sync stored)."""
+    from devicetrust.mdm.jamf.config import InventoryEntry
+    from devicetrust.mdm.jamf.engine import PARTIAL_SYNC_OVERLAP, cut_state_key, since_filter
+    from devicetrust.mdm.sink import STATE_KEY_PREFIX
+    from devicetrust.storage import Backend
+
+    entry = InventoryEntry(filter_rsql=FILTER, page_size=PAGE_SIZE)
+    with Backend.open(storage_url) as backend, backend.begin() as store:
+        cut = store.cluster.get(STATE_KEY_PREFIX + cut_state_key("jamf", entry))
+    assert cut is not None, "the full sync stored no cut"
+    return since_filter(entry, datetime.fromisoformat(cut) - PARTIAL_SYNC_OVERLAP)
+
+
 def _touch(fake: Any, count: int) -> None:
     """``count`` computers, spread over the fleet, send a new inventory report with a new OS version."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -186,11 +200,19 @@ def _parent() -> None:
                 print(_line(f"jamf full sync ({backend})", full, full["records"], TARGET_FULL_S), flush=True)
                 changed = int(DEVICES * CHANGED_FRACTION)
                 _touch(fake, changed)
-                fake.warm("computers", FILTER, FULL_SORT["computers"])  # the start-up filter check
-                fake.warm("computers", FILTER, PARTIAL_SORT["computers"])
+                # what the partial sync will ask: the start-up filter check, then devices reported since the cut
+                fake.warm("computers", FILTER, FULL_SORT["computers"])
+                since = _partial_since(url)
+                fake.warm("computers", since, FULL_SORT["computers"])
+                fake.warm("computers", since, PARTIAL_SORT["computers"])
                 partial = _run_child(common, url, full=False)
                 print(
-                    _line(f"jamf partial sync ({backend}, {changed} changed)", partial, partial["records"], TARGET_PARTIAL_S),
+                    _line(
+                        f"jamf partial sync ({backend}, {changed} changed)",
+                        partial,
+                        partial["records"],
+                        TARGET_PARTIAL_S,
+                    ),
                     flush=True,
                 )
 

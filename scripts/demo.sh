@@ -39,8 +39,12 @@ password="correct horse battery staple"
 step() { printf '\n\033[1m## %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-step "Start a cluster (embedded default: SQLite under $demo/data, auth on $proxy)"
-run devicetrust configure --data-dir "$demo/data" --listen-addr "$proxy" -o "$DEVICETRUST_CONFIG"
+ssh_port=$(pick_port 3022)
+step "Start a cluster (embedded default: SQLite under $demo/data, auth on $proxy, an SSH node on :$ssh_port)"
+run devicetrust configure --data-dir "$demo/data" --listen-addr "$proxy" --ssh-listen-addr "127.0.0.1:$ssh_port" \
+  -o "$DEVICETRUST_CONFIG"
+# The node plays the seed's prod-server.
+sed -i 's/^  # hostname: .*/  hostname: prod-server/' "$DEVICETRUST_CONFIG"
 devicetrust start >"$demo/devicetrust.log" 2>&1 &
 echo $! >"$demo/devicetrust.pid"
 stop() {
@@ -65,9 +69,10 @@ done
 run tctl status
 
 step "An administrator adds alice"
-invite_json=$(tctl users add alice --roles=access --logins=alice,root --format=json)
+login=$(id -un)
+invite_json=$(tctl users add alice --roles=access --logins="alice,$login" --format=json)
 token=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["invite_token"])' <<<"$invite_json")
-printf '$ tctl users add alice --roles=access --logins=alice,root\n'
+printf '$ tctl users add alice --roles=access --logins=alice,%s\n' "$login"
 printf 'User "alice" has been created but requires a password. Share this command with the user:\n'
 printf 'tsh login --proxy=%s --user=alice --token=%s…\n' "$proxy" "${token:0:8}"
 
@@ -86,6 +91,23 @@ export EDITOR="cp $root/examples/cluster-auth-preference.yaml"
 run tctl edit cluster_auth_preference
 unset EDITOR
 run tctl get cap --format=json
+
+step "alice logs in again for her new roles, and is rejected: her laptop is not a trusted device yet"
+run tsh logout
+printf '$ tsh login --proxy=%s --user=alice\n' "$proxy"
+tsh login --proxy="$proxy" --user=alice --password-stdin <<<"$password" >/dev/null
+run tsh ls
+for _ in $(seq 1 50); do  # the node picks up the new cluster settings within seconds
+  tsh ssh "$login@prod-server" true 2>/dev/null || break
+  sleep 0.2
+done
+printf '$ tsh ssh %s@prod-server uname -a\n' "$login"
+if rejected=$(tsh ssh "$login@prod-server" uname -a 2>&1); then
+  echo "ERROR: the session was admitted from an untrusted device" >&2; exit 1
+fi
+echo "$rejected"
+[ "$rejected" = "ERROR: ssh: rejected: administratively prohibited (unauthorized device)" ] || {
+  echo "ERROR: unexpected rejection text" >&2; exit 1; }
 
 step "alice's laptop: a simulated device with its own TPM 2.0 (swtpm)"
 laptop=$demo/alice-laptop
@@ -123,6 +145,8 @@ need = {"teleport-device-asset-tag", "teleport-device-credential-id", "teleport-
 missing = need - set(ext)
 sys.exit(f"missing device extensions: {sorted(missing)}" if missing else 0)'
 run tctl devices ls
+step "The same command from the trusted device is admitted"
+run tsh ssh "$login@prod-server" uname -a
 
 step "A bot (machine identity) and an agent join token"
 bot_json=$(tctl bots add robot --roles=access --logins=robot --format=json)
@@ -135,6 +159,14 @@ tctl tokens add --type=node | sed -E 's/(invite token: .{8}).*/\1…/'
 
 step "The audit trail"
 run tctl audit ls --since=1h
+printf '$ tctl audit ls --type=session.start --format=json   # the device behind the session\n'
+tctl audit ls --type=session.start --format=json | python3 -c '
+import json, sys
+events = [e for e in json.load(sys.stdin) if e.get("device")]
+if not events:
+    sys.exit("ERROR: no session.start event with a device block")
+e = events[-1]
+print(json.dumps({"event": e["event"], "user": e["user"], "device": e["device"]}, indent=2))'
 
-printf '\nDemo complete: cluster started, seed role created, laptop registered and enrolled with its TPM,\n'
-printf 'alice logged in with device-augmented certificates (tsh status above).\n'
+printf '\nDemo complete: alice was rejected from prod-server from an untrusted laptop, then admitted once the\n'
+printf 'laptop was registered and enrolled with its TPM; the audit log names the device behind the session.\n'

@@ -56,7 +56,7 @@ def identity(
         username="bot-ci" if bot else "alice",
         roles=tuple(roles),
         logins=tuple(logins),
-        traits={"logins": list(logins)} if traits is None else traits,
+        traits={"logins": tuple(logins)} if traits is None else {k: tuple(v) for k, v in traits.items()},
         not_before=NOW - timedelta(hours=1),
         not_after=NOW + timedelta(hours=11),
         bot_name="ci" if bot else None,

@@ -181,7 +181,7 @@ class Cluster:
             username=username,
             roles=tuple(roles),
             logins=tuple(logins),
-            traits={"logins": list(logins)},
+            traits={"logins": tuple(logins)},
             not_before=now - timedelta(minutes=1),
             not_after=now + timedelta(hours=1),
             bot_name=bot_name,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncssh
 import asyncssh.auth
 import pytest
+from asyncssh.public_key import SSHOpenSSHCertificate
 
 from devicetrust.agent.certs import ClientKeyCapture, cert_line, gate_agent_forwarding
 from devicetrust.crypto import (
@@ -36,7 +37,7 @@ def user_cert(device: DeviceExtensions | None = DEVICE) -> bytes:
         username="alice",
         roles=("access", "require-trusted-device"),
         logins=("alice",),
-        traits={"logins": ["alice"]},
+        traits={"logins": ("alice",)},
         not_before=NOW - timedelta(minutes=1),
         not_after=NOW + timedelta(hours=1),
         device=device,
@@ -47,6 +48,7 @@ def user_cert(device: DeviceExtensions | None = DEVICE) -> bytes:
 def test_asyncssh_still_drops_our_certificate_extensions() -> None:
     """If this fails, asyncssh keeps unknown extensions now: agent/certs.py may be able to read them directly."""
     cert = asyncssh.import_certificate(user_cert())
+    assert isinstance(cert, SSHOpenSSHCertificate)
     assert set(cert.options) == set(SSH_PERMIT_EXTENSIONS)
     assert EXT_DEVICE_ID not in cert.options and EXT_ROLES not in cert.options
 

@@ -12,6 +12,7 @@ import asyncssh
 import pytest
 
 from devicetrust.access import UNAUTHORIZED_DEVICE
+from devicetrust.agent.server import SSHNode
 from devicetrust.agent.state import STATE_POLL_SECONDS
 from devicetrust.crypto import CertAuthority, DeviceExtensions
 from devicetrust.types import Metadata, Role, RoleConditions, RoleOptions
@@ -155,7 +156,7 @@ def test_roles_that_do_not_grant_the_node_deny(cluster: Cluster, tmp_path: Path)
     cluster.put_role(
         Role(
             metadata=Metadata(name="dev-only"),
-            allow=RoleConditions(logins=("{{internal.logins}}",), node_labels={"env": "dev"}),
+            allow=RoleConditions(logins=("{{internal.logins}}",), node_labels={"env": ("dev",)}),
         )
     )
 
@@ -230,7 +231,7 @@ def test_port_forwarding_only_when_a_granting_role_allows_it(cluster: Cluster, t
         Role(
             metadata=Metadata(name="forwarder"),
             options=RoleOptions(port_forwarding=True),
-            allow=RoleConditions(logins=("{{internal.logins}}",), node_labels={"*": "*"}),
+            allow=RoleConditions(logins=("{{internal.logins}}",), node_labels={"*": ("*",)}),
         )
     )
     auth_host, auth_port = cluster.daemon.auth_addr.rsplit(":", 1)
@@ -256,7 +257,7 @@ def test_agent_forwarding_only_when_a_granting_role_allows_it(cluster: Cluster, 
         Role(
             metadata=Metadata(name="agent-forwarder"),
             options=RoleOptions(forward_agent=True),
-            allow=RoleConditions(logins=("{{internal.logins}}",), node_labels={"*": "*"}),
+            allow=RoleConditions(logins=("{{internal.logins}}",), node_labels={"*": ("*",)}),
         )
     )
     # The client only needs an agent path to ask for forwarding; nothing connects to it in this test.
@@ -284,7 +285,7 @@ def test_auth_down_keeps_the_last_state_and_buffers_audit(tmp_path: Path, login:
             Role(
                 metadata=Metadata(name="prod-devices"),
                 options=RoleOptions(device_trust_mode="required"),
-                allow=RoleConditions(logins=("{{internal.logins}}",), node_labels={"env": "prod"}),
+                allow=RoleConditions(logins=("{{internal.logins}}",), node_labels={"env": ("prod",)}),
             )
         )
 
@@ -335,3 +336,25 @@ def test_state_poll_is_what_picks_up_changes(cluster: Cluster, tmp_path: Path) -
             )
 
     run(scenario())
+
+
+def test_stopping_the_node_ends_live_sessions(cluster: Cluster, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        node = SSHNode(cluster.node_config(tmp_path / "node"))
+        await node.start()
+        try:
+            async with cluster.connect(node.port, cluster.client_key("ivan")) as conn:
+                process = await conn.create_process("echo up; sleep 60")
+                assert await process.stdout.readline() == "up\n"
+                started = time.monotonic()
+                await node.stop()
+                assert time.monotonic() - started < 5
+                result = await asyncio.wait_for(process.wait(), 5)
+                assert result.exit_status == 255
+                assert "the node is shutting down" in str(result.stderr)
+        finally:
+            await node.stop()
+
+    run(scenario())
+    ended = [e for e in cluster.events("session.end") if e["user"] == "ivan"]
+    assert ended and ended[0]["reason"] == "the node is shutting down"

@@ -79,7 +79,8 @@ class FakeAPI:
     async def state(self) -> dict[str, Any]:
         if isinstance(self.state_reply, Exception):
             raise self.state_reply
-        return copy.deepcopy(self.state_reply)  # type: ignore[no-any-return]
+        reply: dict[str, Any] = copy.deepcopy(self.state_reply)
+        return reply
 
     async def event(self, event: Mapping[str, Any]) -> None:
         if self.event_failures:
@@ -92,21 +93,26 @@ def test_state_cache_keeps_the_last_good_state() -> None:
     updates: list[ClusterState] = []
     cache = StateCache(api, updates.append, lambda: NOW)  # type: ignore[arg-type]
 
+    def current() -> ClusterState | None:
+        return cache.current
+
     async def scenario() -> None:
         assert not await cache.refresh()
-        assert cache.current is None  # never had one: the node refuses sessions
+        assert current() is None  # never had one: the node refuses sessions
         api.state_reply = state_doc()
         assert await cache.refresh()
-        good = cache.current
-        assert good is not None and updates == [good] and cache.fetched == NOW
+        good = current()
+        assert good is not None
+        assert updates == [good]
+        assert cache.fetched == NOW
         api.state_reply = ConnectionFailedError("down again")
         assert not await cache.refresh()
-        assert cache.current is good
+        assert current() is good
         broken = state_doc()
         broken["locks"][0]["spec"]["target"] = {}
         api.state_reply = broken
         assert not await cache.refresh()
-        assert cache.current is good and len(updates) == 1
+        assert current() is good and len(updates) == 1
 
     asyncio.run(scenario())
 

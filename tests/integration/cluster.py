@@ -120,7 +120,12 @@ def start_cluster(root: Path, storage_url: str = "", port: int = 0) -> Cluster:
     root.mkdir(parents=True, exist_ok=True)
     proxy = f"127.0.0.1:{port or free_port()}"
     config_path = root / "devicetrust.yaml"
-    text = render_default_config(cluster_name="test.cluster", data_dir=root / "data", listen_addr=proxy)
+    text = render_default_config(
+        cluster_name="test.cluster",
+        data_dir=root / "data",
+        listen_addr=proxy,
+        ssh_listen_addr=f"127.0.0.1:{free_port()}",
+    )
     if storage_url:
         text = text.replace("    type: sqlite ", f"    type: postgres\n    conn_string: {storage_url}\n    #")
     config_path.write_text(text)

@@ -185,14 +185,16 @@ class SSHNode:
 
     async def stop(self) -> None:
         """Stop listening, end live sessions, flush audit events (bounded), close the API client."""
-        if self._acceptor is not None:
-            self._acceptor.close()
-            await self._acceptor.wait_closed()
-            self._acceptor = None
+        acceptor, self._acceptor = self._acceptor, None
+        if acceptor is not None:
+            acceptor.close()
         for connection in list(self._connections):
             connection.close("the node is shutting down")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._sessions_done.wait(), STOP_SESSIONS_SECONDS)
+        if acceptor is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(acceptor.wait_closed(), STOP_SESSIONS_SECONDS)
         if self.audit is not None and not await self.audit.flush(STOP_AUDIT_FLUSH_SECONDS):
             self.audit.abandon()
         for task in self._tasks:
@@ -476,6 +478,7 @@ class NodeConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        self._node.register(self)
         self._capture = ClientKeyCapture(conn)
         gate_agent_forwarding(conn, lambda: self._node.agent_forwarding_allowed(self))
         peer = conn.get_extra_info("peername")
@@ -521,7 +524,6 @@ class NodeConnection(asyncssh.SSHServer):
         if self.identity is None:  # cannot happen: only certificates validate
             self.close("authentication state lost")
             return
-        self._node.register(self)
         log.info(
             "user authenticated",
             extra={"user": self.identity.username, "login": self.login, "remote_addr": self.peer},

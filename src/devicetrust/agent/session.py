@@ -158,8 +158,8 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         if self._master is not None:
             _set_window_size(self._master, width, height, pixwidth, pixheight)
 
-    def signal_received(self, signal: str) -> None:
-        number = _SIGNALS.get(signal)
+    def signal_received(self, signame: str) -> None:
+        number = _SIGNALS.get(signame)
         if number is not None:
             self._signal_group(number)
 
@@ -173,7 +173,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
 
     def resume_writing(self) -> None:
         self._writable.set()
-        if self._master is not None:
+        if self._master is not None and not self._output_done.is_set():
             asyncio.get_running_loop().add_reader(self._master, self._read_master)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -411,6 +411,9 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
                 self._chan.resume_reading()
 
     def _flush_pending_input(self) -> None:
+        if self._closed:  # the channel went away while the process was starting
+            self._kill()
+            return
         pending, self._pending_input = self._pending_input, []
         for data in pending:
             self._write_input(data)

@@ -34,6 +34,9 @@ MAX_PAGE_SIZE = 1000
 #: Incoming request ids are echoed only when they look like ids, so logs can't be forged through them.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
+#: Paths agents call on a timer; logged at DEBUG when they succeed.
+_ROUTINE_PATHS = frozenset({"/v1/nodes/state", "/v1/nodes/heartbeat"})
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 ASGIApp = Callable[
@@ -249,7 +252,10 @@ def build_app(server: AuthServer) -> FastAPI:
         started = time.perf_counter()
         response = await call_next(request)
         response.headers["X-Request-ID"] = request_id
-        log.info(
+        # Agents poll and heartbeat every few seconds: their successful calls are routine, not news.
+        routine = request.url.path in _ROUTINE_PATHS and response.status_code < 400
+        log.log(
+            logging.DEBUG if routine else logging.INFO,
             "request",
             extra={
                 "method": request.method,

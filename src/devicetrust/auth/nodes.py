@@ -13,6 +13,7 @@ from devicetrust.access import label_matches
 from devicetrust.auth.secrets import hash_token, new_token
 from devicetrust.crypto import issue_ssh_host_cert, load_public_key, require_p256_public_key
 from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
+from devicetrust.types import os_display_name
 
 if TYPE_CHECKING:
     from devicetrust.auth.server import AuthServer, Caller
@@ -125,6 +126,12 @@ class NodeService:
         body = {k: v for k, v in event.items() if k not in ("event", "code", "user", "success", "time")}
         body["server_id"] = caller.name
         with self.server.backend.begin() as store:
+            device = body.get("device")
+            if isinstance(device, Mapping) and not device.get("os") and isinstance(device.get("device_id"), str):
+                # Certificates carry the device's id, asset tag and credential, not its OS: the inventory does.
+                record = store.devices.find(device["device_id"])
+                if record is not None:
+                    body["device"] = {**device, "os": os_display_name(record.os_type)}
             self.server.audit(
                 store,
                 (str(name), NODE_EVENTS[str(name)]),

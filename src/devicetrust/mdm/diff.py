@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Set
@@ -55,6 +56,8 @@ _PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
 #: 64 bits: two different registrations collide with probability 2**-64 per comparison; a collision only means
 #: one device's profile update waits for its next change
 _FINGERPRINT_BYTES = 8
+#: observations whose document parts are remembered: a few pages' worth
+REGISTRATION_CACHE_ENTRIES = 8192
 
 
 def device_key(os_type: str, asset_tag: str) -> str:
@@ -116,8 +119,12 @@ class StoredDevice:
 # -- the document parts the MDM owns ------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=REGISTRATION_CACHE_ENTRIES)
 def registration(observation: Observation, source: DeviceSource) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``spec.source`` and ``spec.profile`` (without update_time) as the device document holds them."""
+    """``spec.source`` and ``spec.profile`` (without update_time) as the device document holds them.
+
+    Memoized (a sync asks for each observation's parts more than once); the dicts are shared: do not modify them.
+    """
     spec = resource_to_dict(
         Device(
             id=_PLACEHOLDER_ID,
@@ -151,17 +158,20 @@ def observation_fingerprint(observation: Observation, source: DeviceSource) -> i
 
 def new_device_body(observation: Observation, source: DeviceSource, device_id: str, now: datetime) -> dict[str, Any]:
     """The document of a device the MDM registers for the first time: not enrolled, no owner."""
-    return resource_to_dict(
+    body = resource_to_dict(
         Device(
             id=device_id,
             os_type=observation.os_type,
             asset_tag=observation.asset_tag,
             source=source,
-            profile=dataclasses.replace(observation.profile, update_time=now),
+            profile=observation.profile,
             create_time=now,
             update_time=now,
         )
     )
+    # the profile was validated when it was mapped; stamping it here spares validating it again
+    body["spec"]["profile"]["update_time"] = format_timestamp(now)
+    return body
 
 
 def merged_body(

@@ -42,12 +42,14 @@ from devicetrust.mdm.diff import (
 )
 from devicetrust.mdm.jamf.client import JamfClient
 from devicetrust.mdm.jamf.config import InventoryEntry
-from devicetrust.mdm.jamf.errors import JamfAuthError, JamfPermissionError
+from devicetrust.mdm.jamf.errors import JamfAPIError, JamfAuthError, JamfPermissionError
 from devicetrust.mdm.jamf.mapping import (
     FULL_SORT,
     ID_FIELD,
     OS_TYPES,
     PARTIAL_SORT,
+    REPORT_FIELD,
+    REPORT_FILTER_FIELD,
     map_record,
     parse_jamf_time,
     recheck_identity,
@@ -65,6 +67,7 @@ __all__ = [
     "JamfSync",
     "SyncProgress",
     "cut_state_key",
+    "since_filter",
     "last_full_state_key",
 ]
 
@@ -81,6 +84,13 @@ RECHECK_BATCH_SIZE = 50
 DELETE_BATCH_SIZE = 500
 #: skipped records logged one by one per sync; the rest are only counted
 MAX_LOGGED_SKIPS = 20
+
+
+def since_filter(entry: InventoryEntry, since: datetime) -> str:
+    """The entry's filter narrowed to devices that reported at or after ``since``."""
+    stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    condition = f'{REPORT_FILTER_FIELD[entry.kind]}=ge="{stamp}"'
+    return f"({entry.filter_rsql});{condition}" if entry.filter_rsql else condition
 
 
 def cut_state_key(source_name: str, entry: InventoryEntry) -> str:
@@ -181,6 +191,7 @@ class JamfSync:
     # -- walks --------------------------------------------------------------------------------------------
     async def _full(self, report: SyncReport) -> None:
         entry = self._entry
+        started = time.monotonic()
         self._phase("reading the stored inventory")
         index = await self._index()
         walk = _Walk(seen=set())
@@ -195,19 +206,20 @@ class JamfSync:
                 report.pages += 1
                 if self._progress is not None:
                     self._progress.page(records=len(page.results), total=page.total_count)
+        cut = self._next_cut(walk, time.monotonic() - started) or self._clock()
         await self._settle_missing(index, walk, report)
-        now = self._clock()
-        cut = walk.max_report or now
         await self._sink.save_state(cut_state_key(self._source.name, entry), cut.isoformat())
-        await self._sink.save_state(last_full_state_key(self._source.name, entry), now.isoformat())
+        await self._sink.save_state(last_full_state_key(self._source.name, entry), self._clock().isoformat())
 
     async def _partial(self, report: SyncReport, cut: datetime) -> None:
         entry = self._entry
         stop_before = cut - PARTIAL_SYNC_OVERLAP
         walk = _Walk(seen=set())
         self._phase(f"reading Jamf {entry.kind} reported since {cut.isoformat()}")
+        started = time.monotonic()
+        query = await self._since_filter(stop_before)
         pages = self._client.pages(
-            entry.kind, sort=PARTIAL_SORT[entry.kind], filter_rsql=entry.filter_rsql, page_size=entry.page_size
+            entry.kind, sort=PARTIAL_SORT[entry.kind], filter_rsql=query, page_size=entry.page_size
         )
         async with contextlib.aclosing(pages):
             async for page in pages:
@@ -215,8 +227,7 @@ class JamfSync:
                 reached = False
                 for position, record in enumerate(records):
                     general = record.get("general")
-                    field = "reportDate" if entry.kind == "computers" else "lastInventoryUpdateDate"
-                    when = parse_jamf_time(general.get(field) if isinstance(general, dict) else None)
+                    when = parse_jamf_time(general.get(REPORT_FIELD[entry.kind]) if isinstance(general, dict) else None)
                     if when is None or when < stop_before:
                         records, reached = records[:position], True
                         break
@@ -224,11 +235,33 @@ class JamfSync:
                 await self._write(observations, None, walk, report)
                 report.pages += 1
                 if self._progress is not None:
-                    self._progress.page(records=len(records), total=None)
+                    self._progress.page(records=len(records), total=page.total_count)
                 if reached:
                     break
-        new_cut = max(cut, walk.max_report) if walk.max_report else cut
-        await self._sink.save_state(cut_state_key(self._source.name, entry), new_cut.isoformat())
+        new_cut = self._next_cut(walk, time.monotonic() - started)
+        if new_cut is not None and new_cut > cut:
+            await self._sink.save_state(cut_state_key(self._source.name, entry), new_cut.isoformat())
+
+    async def _since_filter(self, since: datetime) -> str:
+        """The entry's filter narrowed to devices reported since ``since``, if Jamf takes the date in a filter (it
+        does); if it refuses it, the walk still stops at the cut, having read a page more than needed."""
+        entry = self._entry
+        query = since_filter(entry, since)
+        try:
+            await self._client.count(entry.kind, query)
+        except JamfAPIError as err:
+            if err.status != 400:
+                raise
+            log.info("Jamf refuses a date in the filter (%s); partial syncs read by date order only", err)
+            return entry.filter_rsql
+        return query
+
+    def _next_cut(self, walk: _Walk, duration_s: float) -> datetime | None:
+        """The newest report time seen, less the walk's duration: a device that reported while the walk was
+        under way, after its page was read, has a report time after the walk began, so the next sync reads it."""
+        if walk.max_report is None:
+            return None
+        return walk.max_report - timedelta(seconds=duration_s)
 
     def _observe(self, records: Sequence[dict[str, object]], report: SyncReport, walk: _Walk) -> list[Observation]:
         observations: list[Observation] = []

@@ -33,6 +33,8 @@ __all__ = [
     "ID_FIELD",
     "OS_TYPES",
     "PARTIAL_SORT",
+    "REPORT_FIELD",
+    "REPORT_FILTER_FIELD",
     "map_computer",
     "map_mobile_device",
     "map_record",
@@ -46,6 +48,13 @@ FULL_SORT: Mapping[str, str] = {"computers": "id:asc", "mobile_devices": "mobile
 PARTIAL_SORT: Mapping[str, str] = {
     "computers": "general.reportDate:desc",
     "mobile_devices": "lastInventoryUpdateDate:desc",
+}
+#: where a record's last report time is, in its general section
+REPORT_FIELD: Mapping[str, str] = {"computers": "reportDate", "mobile_devices": "lastInventoryUpdateDate"}
+#: the same as an RSQL field
+REPORT_FILTER_FIELD: Mapping[str, str] = {
+    "computers": "general.reportDate",
+    "mobile_devices": "lastInventoryUpdateDate",
 }
 #: the RSQL field holding the Jamf id
 ID_FIELD: Mapping[str, str] = {"computers": "id", "mobile_devices": "mobileDeviceId"}
