@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench_authn", "bench_enroll_tpm")
+BENCHMARKS = ("bench_authn", "bench_enroll_tpm", "bench_ssh_session")
 
 
 def main() -> None:

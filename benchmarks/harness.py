@@ -93,3 +93,13 @@ def summary_ms(samples: Sequence[float]) -> str:
         f"p50 {percentile(samples, 0.50) * 1000:.1f} ms, p99 {percentile(samples, 0.99) * 1000:.1f} ms, "
         f"mean {statistics.fmean(samples) * 1000:.1f} ms"
     )
+
+
+def process_cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc); with ``children``, also that of the
+    children it has waited for (a forking server such as sshd, or the processes a node runs for sessions)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")

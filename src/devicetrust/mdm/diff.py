@@ -43,6 +43,7 @@ __all__ = [
     "fingerprint",
     "merged_body",
     "missing",
+    "missing_policy",
     "new_device_body",
     "observation_fingerprint",
     "plan_page",
@@ -271,6 +272,21 @@ def missing(
     for device in stored:
         if device.os_type in os_types and device.belongs_to(source) and device.key not in seen:
             yield device
+
+
+def missing_policy(missing_count: int, *, records_read: int, delete_missing: bool) -> str | None:
+    """Whether a full sync's missing devices are re-checked (None) or all kept, and why.
+
+    A sync that read zero records deletes nothing: an empty answer is far more likely a broken filter, a lost
+    privilege or a Jamf incident than a whole fleet retired at once.
+    """
+    if missing_count == 0:
+        return None
+    if not delete_missing:
+        return f"{missing_count} missing device(s) kept (on_missing: NOOP)"
+    if records_read == 0:
+        return f"the MDM returned no devices; {missing_count} missing device(s) kept"
+    return None
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
+import os
 import random
 import re
 import ssl
@@ -86,6 +88,8 @@ DEFAULT_OAUTH_TOKEN_LIFETIME_S = 60.0
 #: legacy tokens carry an absolute expiry; if it is unusable (clock skew), assume a lifetime this long
 LEGACY_TOKEN_FALLBACK_LIFETIME_S = 20 * 60.0
 MAX_TOKEN_LIFETIME_S = 24 * 3600.0
+#: TLS contexts kept (one per CA file and environment)
+TRUST_CONTEXT_CACHE_ENTRIES = 8
 #: how much of an unexpected reply goes into an error message
 MAX_ERROR_TEXT_CHARS = 200
 COMPUTER_SECTIONS: tuple[str, ...] = ("GENERAL", "HARDWARE", "OPERATING_SYSTEM", "LOCAL_USER_ACCOUNTS")
@@ -205,10 +209,19 @@ def trust_context(ca_file: Path | None) -> ssl.SSLContext:
 
     There is deliberately no way to turn verification off.
     """
+    return _trust_context(
+        None if ca_file is None else str(ca_file), os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    )
+
+
+@functools.lru_cache(maxsize=TRUST_CONTEXT_CACHE_ENTRIES)
+def _trust_context(ca_file: str | None, _cert_file: str | None, _cert_dir: str | None) -> ssl.SSLContext:
+    # Loading the system store takes tens of milliseconds; contexts are shared (never modified after this).
+    # The environment is part of the key: it decides what load_default_certs reads.
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     if ca_file is not None:
         try:
-            context.load_verify_locations(cafile=str(ca_file))
+            context.load_verify_locations(cafile=ca_file)
         except (OSError, ssl.SSLError) as err:
             raise ConfigError(f"jamf_service.ca_file: cannot load {ca_file}: {err}") from None
     return context

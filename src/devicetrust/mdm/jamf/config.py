@@ -223,10 +223,10 @@ def _ca_file(value: object) -> Path:
     path = Path(_text(value, where))
     try:
         ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:  # an OSError too: first
+        raise ConfigError(f"{where}: {path} holds no PEM CA certificate") from None
     except OSError as err:
         raise ConfigError(f"{where}: cannot read {path}: {err.strerror or err}") from None
-    except ssl.SSLError:
-        raise ConfigError(f"{where}: {path} holds no PEM CA certificate") from None
     return path
 
 

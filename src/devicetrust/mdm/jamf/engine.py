@@ -38,6 +38,7 @@ from devicetrust.mdm.diff import (
     chunked,
     decide_missing,
     missing,
+    missing_policy,
     plan_page,
 )
 from devicetrust.mdm.jamf.client import JamfClient
@@ -67,8 +68,8 @@ __all__ = [
     "JamfSync",
     "SyncProgress",
     "cut_state_key",
-    "since_filter",
     "last_full_state_key",
+    "since_filter",
 ]
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class JamfSync:
             report.error = str(err)
             log.warning("jamf sync failed: %s", err, extra={"source": self._source.name, "inventory": report.inventory})
         report.duration_s = time.monotonic() - started
+        self._phase("done" if report.error is None else "failed")
         await self._record(report)
         return report
 
@@ -320,18 +322,11 @@ class JamfSync:
         report.missing = len(candidates)
         if not candidates:
             return
-        if not entry.deletes_missing:
+        kept = missing_policy(len(candidates), records_read=report.records, delete_missing=entry.deletes_missing)
+        if kept is not None:
             report.kept += len(candidates)
-            report.notes.append(f"{len(candidates)} missing device(s) kept (on_missing: NOOP)")
-            return
-        if report.records == 0:
-            # an empty answer is more likely a broken filter or a lost privilege than a fleet retired at once
-            report.kept += len(candidates)
-            report.notes.append(f"Jamf returned no {entry.kind}; {len(candidates)} missing device(s) kept")
-            log.warning(
-                "jamf full sync saw no devices; deleting nothing",
-                extra={"source": self._source.name, "inventory": report.inventory, "missing": len(candidates)},
-            )
+            report.notes.append(kept)
+            log.warning("jamf full sync deletes nothing: %s", kept, extra={"source": self._source.name})
             return
         self._phase(f"re-checking {len(candidates)} missing device(s)")
         removals: list[Removal] = []

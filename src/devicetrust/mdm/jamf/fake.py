@@ -50,6 +50,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from devicetrust.mdm.jamf import rsql
 
@@ -546,7 +547,10 @@ class FakeJamf:
         self.pages_served = 0
         self.requests: deque[LoggedRequest] = deque(maxlen=REQUEST_LOG_ENTRIES)
         self.tokens_issued = 0
-        self.app = Starlette(
+        #: requests being served now, and the most there ever were at once (Jamf asks for at most five)
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._routes = Starlette(
             routes=[
                 Route("/api/oauth/token", self._oauth_token, methods=["POST"]),
                 Route("/api/v1/auth/token", self._user_token, methods=["POST"]),
@@ -560,6 +564,17 @@ class FakeJamf:
                 Route("/{path:path}", self._not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             ],
         )
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app: the routes, counting concurrent requests."""
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await self._routes(scope, receive, send)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     # -- tests and the demo drive these -------------------------------------------------------------------
     def revoke_tokens(self) -> None:
@@ -1041,7 +1056,8 @@ class FakeJamfServer:
         self.host = host
         self.port = self._socket.getsockname()[1]
         config = uvicorn.Config(
-            fake.app,
+            self._dispatch,
+            interface="asgi3",
             ssl_keyfile=str(pki.key_file),
             ssl_certfile=str(pki.cert_file),
             log_level="warning",
@@ -1058,6 +1074,10 @@ class FakeJamfServer:
     @property
     def url(self) -> str:
         return f"https://{self.host}:{self.port}"
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # looked up per request: tests may swap in a fresh FakeJamf (``server.fake = …``) between tests
+        await self.fake.app(scope, receive, send)
 
     def _serve(self) -> None:
         self._server.run(sockets=[self._socket])

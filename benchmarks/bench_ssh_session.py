@@ -1,0 +1,286 @@
+"""bench_ssh_session: what device-trust enforcement costs an SSH session on the node.
+
+One real daemon (auth service + SSH node), one human with a device-augmented certificate (a software-key device
+enrolled and authenticated through the real ceremonies). Each sample is one whole exec session as a client sees
+it: TCP connect, key exchange, host certificate check, certificate user auth, session channel open (where the
+node decides), ``true`` run as the login's account, exit status, disconnect. C concurrent clients (asyncio, one
+process) open sessions back to back for a fixed time.
+
+Phases alternate on the SAME node (ROUNDS times each): ``enforced`` (cluster mode required, the trusted device
+presented) and ``off`` (cluster mode off, same certificate); the benchmark switches the cluster auth preference
+and waits until the node enforces the new mode (a device-less probe flips) before measuring. Reported: sessions/s,
+p50/p99 latency, the daemon's CPU per session (including the session processes it reaps), and the ratio
+enforced/off of time per session (target ≤ 1.05). Where Debian's /usr/sbin/sshd exists, the same figure for a
+plain sshd on a loopback port trusting the cluster's user CA (TrustedUserCAKeys), as a reference.
+
+Needs root (sessions run as the test login ``dt-test``, created when missing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from tests.integration.ceremony_helpers import (
+    LOGIN,
+    ClientKey,
+    NodeInfo,
+    authenticate_device,
+    connect_options,
+    enroll_software_device,
+    put_role,
+    run_command,
+    set_device_trust,
+    signup_and_login,
+    wait_for_node,
+)
+from tests.integration.cluster import free_port
+
+from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, process_cpu_seconds, summary_ms
+
+CLIENTS = int(os.environ.get("BENCH_CLIENTS", "4"))
+PHASE_SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+WARMUP_SESSIONS = 5
+MODE_PICKUP_SECONDS = 10.0
+SSHD = Path("/usr/sbin/sshd")
+SSHD_START_SECONDS = 10.0
+PASSWORD = "benchmark password 1"
+TARGET_RATIO = 1.05
+UNAUTHORIZED_DEVICE = "unauthorized device"
+
+
+@dataclass
+class Phase:
+    label: str
+    latencies: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+    cpu: float = 0.0
+
+    @property
+    def sessions(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def rate(self) -> float:
+        return self.sessions / self.elapsed if self.elapsed else 0.0
+
+    def report(self, clients: int) -> str:
+        return (
+            f"bench_ssh_session[{self.label}]: {self.sessions} sessions in {self.elapsed:.1f} s "
+            f"with {clients} clients: {self.rate:.1f} sessions/s; {summary_ms(self.latencies)}; "
+            f"server CPU {self.cpu / max(self.sessions, 1) * 1000:.2f} ms/session"
+        )
+
+
+async def _session(options: dict[str, Any]) -> None:
+    async with asyncssh.connect(**options) as conn:
+        result = await conn.run("true", check=False)
+    if result.exit_status != 0:
+        raise RuntimeError(f"session exited with {result.exit_status}: {result.stderr!r}")
+
+
+async def _drive(options: dict[str, Any], seconds: float, clients: int, phase: Phase) -> None:
+    for _ in range(WARMUP_SESSIONS):
+        await _session(options)
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            begun = time.perf_counter()
+            await _session(options)
+            phase.latencies.append(time.perf_counter() - begun)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    phase.elapsed += time.perf_counter() - started
+
+
+def measure(phase: Phase, options: dict[str, Any], cpu: Callable[[], float]) -> None:
+    before = cpu()
+    asyncio.run(_drive(options, PHASE_SECONDS, CLIENTS, phase))
+    phase.cpu += cpu() - before
+
+
+# ------------------------------------------------------------------------------------------------ the node
+@dataclass
+class NodeBench:
+    running: RunningCluster
+    node: NodeInfo
+    host_ca_ssh: str
+    trusted: ClientKey
+    plain: ClientKey
+
+    def _plain_outcome(self) -> str:
+        """Either "allowed" or the reason the node refused the device-less user's session."""
+        try:
+            asyncio.run(run_command(self.node, self.host_ca_ssh, self.plain))
+        except asyncssh.ChannelOpenError as err:
+            return str(err.reason)
+        return "allowed"
+
+    def switch(self, mode: str) -> None:
+        """Set the cluster mode and wait until the node enforces it: the device-less user is refused for want of
+        a device (required), or admitted (off). Anything else (the node has not seen the role yet) waits too."""
+        with closing(self.running.admin()) as admin:  # fresh: idle keep-alive connections get closed
+            set_device_trust(admin, mode)
+        want = "allowed" if mode == "off" else UNAUTHORIZED_DEVICE
+        deadline = time.monotonic() + MODE_PICKUP_SECONDS
+        while self._plain_outcome() != want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the node did not enforce cluster mode {mode} within {MODE_PICKUP_SECONDS} s")
+            time.sleep(0.1)
+
+
+def _prepare(admin: LeanClient, anonymous: LeanClient) -> tuple[ClientKey, ClientKey]:
+    """A role granting dt-test everywhere (no mode of its own), a user with a trusted device, one without."""
+    set_device_trust(admin, "optional")
+    put_role(admin, "bench-ssh", None)
+    trusted = signup_and_login(admin, anonymous, "bench-trusted", ["bench-ssh"], PASSWORD)
+    plain = signup_and_login(admin, anonymous, "bench-plain", ["bench-ssh"], PASSWORD)
+    user = anonymous.with_token(trusted.session_token)
+    device = enroll_software_device(admin, user, "BENCH-SSH-1", "bench-ssh-credential")
+    augmented = authenticate_device(user, device, trusted.ssh_cert)
+    return trusted.client_key(augmented), plain.client_key()
+
+
+def run_node_phases() -> tuple[Phase, Phase, str, ClientKey]:
+    enforced, off = Phase("enforced"), Phase("off")
+    with cluster() as running:
+        admin, anonymous = running.admin(), running.anonymous()
+        try:
+            trusted, plain = _prepare(admin, anonymous)
+            cas = anonymous.call("GET", "/v1/cas")
+            host_ca_ssh, user_ca_ssh = str(cas["host_ca_ssh"]), str(cas["user_ca_ssh"])
+            bench = NodeBench(running, wait_for_node(admin), host_ca_ssh, trusted, plain)
+            options = connect_options(bench.node, host_ca_ssh, trusted)
+            pid = running.cluster.process.pid
+
+            def daemon_cpu() -> float:
+                return process_cpu_seconds(pid, children=True)
+
+            for _ in range(ROUNDS):
+                bench.switch("required")
+                measure(enforced, options, daemon_cpu)
+                bench.switch("off")
+                measure(off, options, daemon_cpu)
+        finally:
+            admin.close()
+            anonymous.close()
+    return enforced, off, user_ca_ssh, trusted
+
+
+# ------------------------------------------------------------------------------------------------ sshd
+@contextmanager
+def plain_sshd(user_ca_ssh: str) -> Iterator[tuple[int, asyncssh.SSHKey, int]]:
+    """Debian's sshd on a free loopback port, its own config and host key in a temp dir, trusting the
+    cluster's user CA and nothing else (no passwords, no authorized_keys). Yields (port, host key, pid)."""
+    with tempfile.TemporaryDirectory(prefix="dt-bench-sshd-") as tmp:
+        root = Path(tmp)
+        host_key = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
+        host_key.write_private_key(str(root / "host_key"))
+        (root / "host_key").chmod(0o600)
+        (root / "user_ca.pub").write_text(user_ca_ssh.strip() + "\n")
+        port = free_port()
+        (root / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nPidFile {root / 'sshd.pid'}\n"
+            f"TrustedUserCAKeys {root / 'user_ca.pub'}\nAuthorizedKeysFile none\n"
+            "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "UsePAM yes\nPermitRootLogin no\nStrictModes no\nPrintMotd no\nPrintLastLog no\n"
+            f"AllowUsers {LOGIN}\nMaxStartups 100:30:200\nMaxSessions 100\nLogLevel ERROR\n"
+        )
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # Debian's privilege separation directory
+        with (root / "sshd.log").open("wb") as log_file:
+            process = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(root / "sshd_config")],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+        try:
+            deadline = time.monotonic() + SSHD_START_SECONDS
+            while not _listening(port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"sshd did not start: {(root / 'sshd.log').read_text()[-2000:]}")
+                time.sleep(0.05)
+            yield port, host_key.convert_to_public(), process.pid
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run_sshd_phase(user_ca_ssh: str, trusted: ClientKey) -> Phase | None:
+    if not SSHD.exists():
+        return None
+    phase = Phase("sshd")
+    with plain_sshd(user_ca_ssh) as (port, host_key, pid):
+        options: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": port,
+            "username": LOGIN,
+            "client_keys": [trusted],
+            "known_hosts": ([host_key], [], []),
+            "config": None,
+            "agent_path": None,
+            "password_auth": False,
+            "kbdint_auth": False,
+            "gss_auth": False,
+            "host_based_auth": False,
+            "preferred_auth": "publickey",
+            "connect_timeout": 10,
+        }
+        for _ in range(ROUNDS):
+            measure(phase, options, lambda: process_cpu_seconds(pid, children=True))
+    return phase
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        print("bench_ssh_session: skipped (needs root: sessions run as the test login dt-test)")
+        return
+    from tests.agent.harness import require_root_login
+
+    require_root_login()
+    enforced, off, user_ca_ssh, trusted = run_node_phases()
+    print(enforced.report(CLIENTS))
+    print(off.report(CLIENTS))
+    time_ratio = off.rate / enforced.rate if enforced.rate else float("nan")
+    p50_ratio = percentile(enforced.latencies, 0.5) / percentile(off.latencies, 0.5)
+    cpu_ratio = (enforced.cpu / enforced.sessions) / (off.cpu / off.sessions) if off.cpu else float("nan")
+    verdict = "within" if time_ratio <= TARGET_RATIO else "ABOVE"
+    print(
+        f"bench_ssh_session[ratio]: enforced/off time per session {time_ratio:.3f} ({verdict} the {TARGET_RATIO} "
+        f"target); p50 latency {p50_ratio:.3f}; server CPU per session {cpu_ratio:.3f}"
+    )
+    sshd = run_sshd_phase(user_ca_ssh, trusted)
+    if sshd is None:
+        print(f"bench_ssh_session[sshd]: skipped ({SSHD} not found; Debian's openssh-server is not installed)")
+        return
+    print(sshd.report(CLIENTS))
+    print(
+        f"bench_ssh_session[sshd]: node(enforced)/sshd time per session {sshd.rate / enforced.rate:.3f}; "
+        f"p50 latency {percentile(enforced.latencies, 0.5) / percentile(sshd.latencies, 0.5):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""End-to-end syncs: the fake Jamf over HTTPS -> the engine -> a real backend (SQLite and PostgreSQL), with faults."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from tests.mdm.conftest import JamfSetup
+
+from devicetrust.mdm.jamf.config import InventoryEntry
+from devicetrust.mdm.jamf.engine import JamfSync, cut_state_key
+from devicetrust.mdm.jamf.errors import JamfAuthError
+from devicetrust.mdm.jamf.fake import FakeJamf
+from devicetrust.mdm.sink import STATE_KEY_PREFIX, BackendSink, SyncReport
+from devicetrust.storage import Backend, DeviceRecord
+from devicetrust.types import (
+    Device,
+    DeviceCredential,
+    DeviceProfile,
+    DeviceSource,
+    parse_resource,
+    resource_to_dict,
+)
+
+COMPUTERS = InventoryEntry()
+MOBILE = InventoryEntry(kind="mobile_devices", filter_rsql="managed==true")
+#: the example inventory: 12 computers, 11 managed, of which one has no serial
+SYNCED_MACS = 10
+ALICE = "C02XJ0ABHX87"
+
+
+def sync(
+    jamf: JamfSetup,
+    backend: Backend,
+    *,
+    full: bool,
+    entry: InventoryEntry = COMPUTERS,
+    entries: tuple[InventoryEntry, ...] = (),
+    **client_options: Any,
+) -> SyncReport:
+    async def main() -> SyncReport:
+        async with jamf.client(**client_options) as client:
+            engine = JamfSync(client, BackendSink(backend), source_name="jamf", entry=entry, entries=entries)
+            return await engine.run(full=full)
+
+    return asyncio.run(main())
+
+
+def devices(backend: Backend) -> dict[str, DeviceRecord]:
+    with backend.begin() as store:
+        records, _ = store.devices.list_page(page_size=1000)
+    return {record.asset_tag: record for record in records}
+
+
+def device(record: DeviceRecord) -> Device:
+    parsed = parse_resource(record.body)
+    assert isinstance(parsed, Device)
+    return parsed
+
+
+def audit(backend: Backend, event: str | None = None) -> list[Any]:
+    with backend.begin() as store:
+        events = store.audit.search(limit=1000)
+    return [e for e in events if event is None or e.event == event]
+
+
+def test_first_full_sync_registers_then_nothing_changes(jamf: JamfSetup, backend: Backend) -> None:
+    report = sync(jamf, backend, full=True)
+    assert report.error is None
+    assert (report.records, report.created, report.skipped, report.deleted) == (11, SYNCED_MACS, 1, 0)
+    stored = devices(backend)
+    assert len(stored) == SYNCED_MACS
+    alice = stored[ALICE]
+    assert (alice.os_type, alice.source_name, alice.source_origin, alice.external_id) == ("macos", "jamf", "jamf", "1")
+    assert (alice.enroll_status, alice.owner) == ("not_enrolled", "")
+    profile = device(alice).profile
+    assert profile is not None
+    assert (profile.model_identifier, profile.os_version, profile.os_usernames) == (
+        "MacBookPro18,3",
+        "14.6.1",
+        ("alice", "jamfadmin"),
+    )
+    # the unmanaged loaner is outside the default filter
+    assert "FVFGT1A2Q6L9" not in stored
+
+    again = sync(jamf, backend, full=True)
+    assert (again.created, again.updated, again.unchanged, again.deleted) == (0, 0, SYNCED_MACS, 0)
+    assert {r.revision for r in devices(backend).values()} == {1}
+
+    creates = audit(backend, "device.create")
+    assert len(creates) == SYNCED_MACS
+    assert {e.user for e in creates} == {"jamf_service:jamf"}
+    assert creates[0].body["source"] == {"name": "jamf", "origin": "jamf"}
+    assert {e.body["device"]["asset_tag"] for e in creates} == set(stored)
+    summaries = audit(backend, "mdm.sync")
+    assert [(e.code, e.body["kind"], e.body["created"], e.body["unchanged"]) for e in summaries] == [
+        ("TMDM001I", "full", SYNCED_MACS, 0),
+        ("TMDM001I", "full", 0, SYNCED_MACS),
+    ]
+    assert summaries[0].body["origin"] == "jamf" and summaries[0].body["duration_s"] >= 0
+
+
+def test_partial_sync_reads_only_what_reported_since_the_cut(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend
+) -> None:
+    sync(jamf, backend, full=True)
+    fake.computers.patch(4, "general", {"reportDate": "2026-11-25T11:30:00Z"})
+    fake.computers.patch(4, "operatingSystem", {"version": "14.7.1", "build": "23H222"})
+    report = sync(jamf, backend, full=False)
+    assert report.kind == "partial" and report.error is None
+    # Dave's Mac, plus the newest report before the cut (within the overlap)
+    assert (report.records, report.updated, report.unchanged) == (2, 1, 1)
+    dave = devices(backend)["C02ZW1HYMD6M"]
+    assert dave.revision == 2
+    profile = device(dave).profile
+    assert profile is not None and (profile.os_version, profile.os_build) == ("14.7.1", "23H222")
+    updates = audit(backend, "device.update")
+    assert [e.body["device"]["asset_tag"] for e in updates] == ["C02ZW1HYMD6M"]
+    with backend.begin() as store:
+        cut = store.cluster.get(STATE_KEY_PREFIX + cut_state_key("jamf", COMPUTERS))
+    assert cut is not None and cut.startswith("2026-11-25T11:")
+    # the filter sent was narrowed to the cut
+    assert any("general.reportDate%3Dge%3D" in r.query for r in fake.api_requests("/api/v2/computers-inventory"))
+
+
+def test_partial_sync_without_a_cut_runs_a_full_one(jamf: JamfSetup, backend: Backend) -> None:
+    report = sync(jamf, backend, full=False)
+    assert (report.kind, report.created) == ("full", SYNCED_MACS)
+
+
+def test_enrolled_device_keeps_credential_owner_and_history(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend
+) -> None:
+    # Alice's Mac was synced before and has since been enrolled by alice
+    credential = DeviceCredential(id="cred-alice", attestation_type="macos_secure_enclave", public_key_der=b"0Y0\x13key")
+    enrolled = Device(
+        id=str(uuid.uuid4()),
+        os_type="macos",
+        asset_tag=ALICE,
+        enroll_status="enrolled",
+        credential=credential,
+        collected_data=({"serial_number": ALICE, "record_time": "2026-11-01T09:00:00+00:00"},),
+        source=DeviceSource("jamf", "jamf"),
+        profile=DeviceProfile(os_version="14.0", external_id="1"),
+        owner="alice",
+    )
+    with backend.begin() as store:
+        store.devices.create(
+            enrolled.id,
+            "macos",
+            ALICE,
+            resource_to_dict(enrolled),
+            enroll_status="enrolled",
+            owner="alice",
+            source_name="jamf",
+            source_origin="jamf",
+            external_id="1",
+        )
+    full = sync(jamf, backend, full=True)
+    assert (full.created, full.updated) == (SYNCED_MACS - 1, 1)
+    fake.computers.patch(1, "general", {"reportDate": "2026-11-25T12:00:00Z"})
+    fake.computers.patch(1, "operatingSystem", {"version": "15.1", "build": "24B83"})
+    partial = sync(jamf, backend, full=False)
+    assert partial.updated == 1
+    record = devices(backend)[ALICE]
+    after = device(record)
+    assert (record.id, record.enroll_status, record.owner) == (enrolled.id, "enrolled", "alice")
+    assert (after.credential, after.owner, after.collected_data) == (credential, "alice", enrolled.collected_data)
+    assert after.profile is not None and after.profile.os_version == "15.1"
+    assert audit(backend, "device.update")[-1].body["device"]["credential_id"] == "cred-alice"
+
+
+def test_devices_registered_by_hand_or_by_another_source_are_left_alone(jamf: JamfSetup, backend: Backend) -> None:
+    manual = Device(id=str(uuid.uuid4()), os_type="macos", asset_tag=ALICE)
+    intune = Device(
+        id=str(uuid.uuid4()), os_type="macos", asset_tag="H4TXK2JNQ5", source=DeviceSource("intune", "intune")
+    )
+    elsewhere = Device(
+        id=str(uuid.uuid4()), os_type="macos", asset_tag="INTUNE-ONLY-1", source=DeviceSource("intune", "intune")
+    )
+    with backend.begin() as store:
+        store.devices.create(manual.id, "macos", ALICE, resource_to_dict(manual))
+        for other in (intune, elsewhere):
+            store.devices.create(
+                other.id,
+                "macos",
+                other.asset_tag,
+                resource_to_dict(other),
+                source_name="intune",
+                source_origin="intune",
+            )
+    before = devices(backend)
+    report = sync(jamf, backend, full=True)
+    assert (report.created, report.foreign, report.deleted) == (SYNCED_MACS - 2, 2, 0)
+    after = devices(backend)
+    for tag in (ALICE, "H4TXK2JNQ5", "INTUNE-ONLY-1"):
+        assert after[tag] == before[tag]  # not adopted, not updated, not deleted
+
+
+def test_full_sync_removes_retired_devices_and_partial_never_does(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend
+) -> None:
+    sync(jamf, backend, full=True)
+    fake.computers.remove(7)  # Frank's MacBook Air is retired in Jamf
+    partial = sync(jamf, backend, full=False)
+    assert partial.deleted == 0 and "FVFDP3XLQ6LR" in devices(backend)
+    full = sync(jamf, backend, full=True)
+    assert (full.missing, full.deleted, full.kept) == (1, 1, 0)
+    assert "FVFDP3XLQ6LR" not in devices(backend)
+    (deleted,) = audit(backend, "device.delete")
+    assert deleted.body["device"]["asset_tag"] == "FVFDP3XLQ6LR"
+    assert deleted.body["reason"] == "no longer in the MDM"
+    assert deleted.user == "jamf_service:jamf"
+
+
+def test_on_missing_noop_keeps_retired_devices(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
+    noop = replace(COMPUTERS, on_missing="NOOP")
+    sync(jamf, backend, full=True, entry=noop)
+    fake.computers.remove(7)
+    report = sync(jamf, backend, full=True, entry=noop)
+    assert (report.missing, report.deleted, report.kept) == (1, 0, 1)
+    assert "FVFDP3XLQ6LR" in devices(backend)
+
+
+def test_a_sync_that_sees_zero_devices_deletes_nothing(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
+    sync(jamf, backend, full=True)
+    for jamf_id in fake.computers.ids():
+        fake.computers.remove(jamf_id)
+    report = sync(jamf, backend, full=True)
+    assert (report.records, report.missing, report.deleted, report.kept) == (0, SYNCED_MACS, 0, SYNCED_MACS)
+    assert report.notes and "no devices" in report.notes[0]
+    assert len(devices(backend)) == SYNCED_MACS
+
+
+def test_missing_devices_are_rechecked_and_a_present_one_is_kept(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend
+) -> None:
+    small_pages = replace(COMPUTERS, page_size=3)
+    sync(jamf, backend, full=True, entry=small_pages)
+    # during the next walk, after page 1 (ids 1-3), device 1 is retired: every later device moves up one place,
+    # so page 2 starts at id 5 and id 4 (Dave's Mac) is never seen by the walk
+    fake.faults.gap_after_pages = 1
+    report = sync(jamf, backend, full=True, entry=small_pages)
+    assert report.error is None
+    assert (report.missing, report.deleted, report.kept) == (1, 0, 1)
+    stored = devices(backend)
+    assert "C02ZW1HYMD6M" in stored  # skipped by the gap: re-checked, present, kept
+    assert [r.path for r in fake.api_requests("/api/v2/computers-inventory/")] == ["/api/v2/computers-inventory/4"]
+    assert ALICE in stored  # read on page 1 just before it was retired: seen, so not missing yet
+    after = sync(jamf, backend, full=True, entry=small_pages)
+    assert (after.missing, after.deleted, after.kept) == (1, 1, 0)
+    assert ALICE not in devices(backend)  # re-checked: 404
+
+
+def test_recheck_deletes_on_serial_mismatch_and_when_out_of_scope(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend
+) -> None:
+    sync(jamf, backend, full=True)
+    fake.computers.patch(2, "hardware", {"serialNumber": "NEWBOARD0001"})  # logic board swap: a new Mac to us
+    fake.computers.patch(3, "general", {"remoteManagement": {"managed": False}})  # unmanaged: out of the filter
+    fake.faults.server_errors = 0
+    report = sync(jamf, backend, full=True)
+    assert (report.created, report.missing, report.deleted) == (1, 2, 2)
+    stored = devices(backend)
+    assert "FVFHK2ZYQ6L4" not in stored and "NEWBOARD0001" in stored
+    assert "H4TXK2JNQ5" not in stored
+    reasons = sorted(e.body["reason"] for e in audit(backend, "device.delete"))
+    assert reasons == ["no longer matches the inventory filter", "the MDM id now belongs to serial NEWBOARD0001"]
+
+
+def test_a_recheck_that_fails_keeps_the_device(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
+    sync(jamf, backend, full=True)
+    fake.computers.remove(7)
+
+    # the walk succeeds; the re-check of the missing device then meets 500s until retries run out
+    class FailingRechecks(JamfSync):
+        pass
+
+    async def main() -> SyncReport:
+        async with jamf.client() as client:
+            original = client.device
+
+            async def device_with_outage(*args: Any, **kwargs: Any) -> Any:
+                fake.faults.server_errors = 10
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    fake.faults.server_errors = 0
+
+            client.device = device_with_outage  # type: ignore[method-assign]
+            return await FailingRechecks(client, BackendSink(backend), source_name="jamf", entry=COMPUTERS).run(
+                full=True
+            )
+
+    report = asyncio.run(main())
+    assert (report.missing, report.deleted, report.kept) == (1, 0, 1)
+    assert "FVFDP3XLQ6LR" in devices(backend)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"revoke_tokens_after_pages": 2},  # 401 mid-sync: a new token, the request retried once
+        {"server_errors": 2},  # 500s: retried
+        {"rate_limited": 2, "retry_after_s": 1},  # 429: waits for Retry-After
+        {"page_delay_s": 0.05},  # slow pages
+    ],
+    ids=["401-mid-sync", "500s", "429", "slow-pages"],
+)
+def test_full_sync_survives_faults(jamf: JamfSetup, fake: FakeJamf, backend: Backend, fault: dict[str, Any]) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    for name, value in fault.items():
+        setattr(fake.faults, name, value)
+    report = sync(jamf, backend, full=True, entry=replace(COMPUTERS, page_size=3), sleep=sleep)
+    assert report.error is None
+    assert (report.created, report.deleted, report.pages) == (SYNCED_MACS, 0, 4)
+    if "rate_limited" in fault:
+        assert slept == [1.0, 1.0]
+    if "revoke_tokens_after_pages" in fault:
+        assert fake.tokens_issued == 2
+
+
+def test_expiring_tokens_are_renewed_during_a_sync(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
+    fake.token_lifetime_s = 0.4  # renewed when under 0.1 s is left; some requests still meet an expired one
+    fake.faults.page_delay_s = 0.15
+    report = sync(jamf, backend, full=True, entry=replace(COMPUTERS, page_size=2))
+    assert report.error is None and report.created == SYNCED_MACS
+    assert fake.tokens_issued >= 2
+
+
+def test_a_failed_sync_deletes_nothing_and_is_recorded(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
+    sync(jamf, backend, full=True)
+    fake.computers.remove(7)
+    fake.faults.server_errors = 100
+    report = sync(jamf, backend, full=True)
+    assert report.error is not None and "500" in report.error
+    assert report.deleted == 0 and len(devices(backend)) == SYNCED_MACS
+    failure = audit(backend, "mdm.sync")[-1]
+    assert (failure.code, failure.success, failure.body["error"]) == ("TMDM001W", False, report.error)
+
+
+def test_repeated_auth_failure_stops_with_a_clear_error(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
+    fake.faults.always_unauthorized = True
+    with pytest.raises(JamfAuthError, match="refused a freshly issued token"):
+        sync(jamf, backend, full=True)
+    failure = audit(backend, "mdm.sync")[-1]
+    assert failure.success is False and "401" in failure.body["error"]
+
+
+def test_mobile_devices(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
+    sync(jamf, backend, full=True)
+    report = sync(jamf, backend, full=True, entry=MOBILE, entries=(COMPUTERS, MOBILE))
+    assert (report.records, report.created, report.skipped) == (5, 3, 2)
+    stored = devices(backend)
+    assert (stored["F17ZK3LQN72J"].os_type, stored["DMPZN4KLQ1GH"].os_type) == ("ios", "ipados")
+    # a mobile full sync never counts the Macs as missing, nor the reverse
+    assert report.missing == 0
+    fake.mobile_devices.remove(3)
+    mac_report = sync(jamf, backend, full=True, entries=(COMPUTERS, MOBILE))
+    assert (mac_report.missing, mac_report.deleted) == (0, 0)
+    mobile_report = sync(jamf, backend, full=True, entry=MOBILE, entries=(COMPUTERS, MOBILE))
+    assert (mobile_report.missing, mobile_report.deleted) == (1, 1)
+    assert "G6TQL9XNP0D2" not in devices(backend)
+
+
+def test_v1_only_jamf(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
+    fake.faults.v2_computers = False
+    fake.computers.remove(7)
+    report = sync(jamf, backend, full=True)
+    assert (report.created, report.error) == (SYNCED_MACS - 1, None)
+    assert not [r for r in fake.api_requests("/api/v2/computers-inventory") if r.status == 200]
