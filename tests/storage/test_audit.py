@@ -78,6 +78,14 @@ def test_search_pages_by_id(backend: Backend) -> None:
     assert [e for p in pages for e in p] == events
 
 
+def test_search_newest_returns_the_latest_page_oldest_first(backend: Backend) -> None:
+    events = _append_events(backend, 7)
+    with backend.begin() as store:
+        assert store.audit.search(limit=3, newest=True) == events[-3:]
+        assert store.audit.search(limit=2, newest=True, user="bob") == [e for e in events if e.user == "bob"][-2:]
+        assert store.audit.search(limit=100, newest=True) == events
+
+
 def test_search_limit_is_capped(backend: Backend) -> None:
     with backend.begin() as store:
         for i in range(MAX_PAGE_SIZE + 1):

@@ -477,6 +477,7 @@ def build_app(server: AuthServer) -> FastAPI:
         user: str | None = None,
         limit: Annotated[int, Query(ge=1)] = DEFAULT_PAGE_SIZE,
         after: int | None = None,
+        newest: bool = False,
     ) -> dict[str, Any]:
         if limit > MAX_PAGE_SIZE:
             raise ValidationError(f"limit must be at most {MAX_PAGE_SIZE}")
@@ -488,6 +489,7 @@ def build_app(server: AuthServer) -> FastAPI:
             user=user,
             limit=limit,
             after_id=after,
+            newest=newest,
         )
         next_after = items[-1]["id"] if len(items) == limit else None
         return {"items": items, "next_after": next_after}

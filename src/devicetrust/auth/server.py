@@ -728,12 +728,19 @@ class AuthServer:
         user: str | None,
         limit: int,
         after_id: int | None,
+        newest: bool = False,
     ) -> list[dict[str, Any]]:
         caller.check(RES_EVENT, "list")
         caller.check(RES_EVENT, "read")
         with self.backend.begin() as store:
             records = store.audit.search(
-                since=since, until=until, event_types=event_types, user=user, limit=limit, after_id=after_id
+                since=since,
+                until=until,
+                event_types=event_types,
+                user=user,
+                limit=limit,
+                after_id=after_id,
+                newest=newest,
             )
         return [
             {

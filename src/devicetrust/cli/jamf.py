@@ -151,5 +151,5 @@ def _once(service: JamfService, *, full: bool) -> list[SyncReport]:
         root.setLevel(previous)
     out = Console(highlight=False)
     for report in reports:
-        out.print(_summary(report))
+        out.print(_summary(report), soft_wrap=True)
     return reports

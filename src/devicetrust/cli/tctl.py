@@ -634,9 +634,9 @@ def audit_ls(
     limit: int,
     fmt: str,
 ) -> None:
-    """List audit events, oldest first."""
+    """List the latest audit events (up to --limit), oldest first."""
     now = datetime.now(UTC)
-    params: dict[str, Any] = {"limit": limit, "user": user}
+    params: dict[str, Any] = {"limit": limit, "user": user, "newest": "true"}
     if since:
         params["since"] = (now - parse_duration(since, what="--since")).isoformat()
     if until_:

@@ -863,8 +863,10 @@ class AuditRepository(_Repository):
         user: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         after_id: int | None = None,
+        newest: bool = False,
     ) -> builtins.list[AuditRecord]:
         """Events with ``since <= time < until``, oldest first; page on with ``after_id`` = the last id seen.
+        With ``newest`` the page is the latest ``limit`` matching events (still returned oldest first).
 
         ``limit`` above MAX_PAGE_SIZE is cut to it. On PostgreSQL ids are taken at insert, not at commit: a
         reader tailing the log with ``after_id`` can miss an event whose transaction commits late.
@@ -872,7 +874,7 @@ class AuditRepository(_Repository):
         if limit < 1:
             raise ValidationError(f"limit must be at least 1 (at most {MAX_PAGE_SIZE})")
         t = self._t
-        stmt = sa.select(t).order_by(t.c.id).limit(min(limit, MAX_PAGE_SIZE))
+        stmt = sa.select(t).order_by(t.c.id.desc() if newest else t.c.id).limit(min(limit, MAX_PAGE_SIZE))
         if since is not None:
             stmt = stmt.where(t.c.time >= since)
         if until is not None:
@@ -883,7 +885,8 @@ class AuditRepository(_Repository):
             stmt = stmt.where(t.c.username == user)
         if after_id is not None:
             stmt = stmt.where(t.c.id > after_id)
-        return [_audit(row) for row in self._conn.execute(stmt)]
+        records = [_audit(row) for row in self._conn.execute(stmt)]
+        return records[::-1] if newest else records
 
 
 class Store:

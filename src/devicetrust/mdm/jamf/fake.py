@@ -1050,7 +1050,10 @@ class FakeJamfServer:
 
     def __init__(self, fake: FakeJamf, pki: TestPKI, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.fake = fake
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio only turns Nagle off on accepted sockets of a TCP-typed listener, and
+        # with Nagle on every response written in two parts waits ~40 ms for the client's delayed ACK
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.host = host
