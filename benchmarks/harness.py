@@ -30,8 +30,14 @@ class LeanClient:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         payload = json.dumps(body).encode() if body is not None else None
-        self._conn.request(method, path, body=payload, headers=self._headers)
-        response = self._conn.getresponse()
+        try:
+            self._conn.request(method, path, body=payload, headers=self._headers)
+            response = self._conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server closes idle keep-alive connections; reconnect once (http.client does on the next request).
+            self._conn.close()
+            self._conn.request(method, path, body=payload, headers=self._headers)
+            response = self._conn.getresponse()
         data = response.read()
         if response.status >= 400:
             raise RuntimeError(f"{method} {path}: HTTP {response.status}: {data[:200]!r}")
