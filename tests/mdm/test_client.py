@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from tests.mdm.conftest import FAST_RETRY, PASSWORD, USERNAME, JamfSetup
 
 from devicetrust.errors import ConfigError, TrustError
 from devicetrust.mdm.jamf.client import MAX_CONCURRENT_REQUESTS, JamfClient, RetryPolicy
 from devicetrust.mdm.jamf.config import OAuthCredentials, PasswordCredentials
 from devicetrust.mdm.jamf.errors import JamfAPIError, JamfAuthError
 from devicetrust.mdm.jamf.fake import FakeJamf
+from tests.mdm.conftest import FAST_RETRY, PASSWORD, USERNAME, JamfSetup
 
 T = TypeVar("T")
 
@@ -168,7 +168,7 @@ def test_tls_is_verified_against_the_system_store_and_ssl_cert_file(
 ) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
-    with pytest.raises(TrustError, match="cannot verify the TLS certificate of Jamf at 127.0.0.1"):
+    with pytest.raises(TrustError, match=r"cannot verify the TLS certificate of Jamf at 127\.0\.0\.1"):
         run(jamf.client(ca_file=None), lambda c: c.count("computers", ""))
     monkeypatch.setenv("SSL_CERT_FILE", str(jamf.pki.ca_file))
     assert run(jamf.client(ca_file=None), lambda c: c.count("computers", "")) == 12
@@ -189,5 +189,5 @@ def test_transport_errors_are_retried_then_reported(jamf: JamfSetup) -> None:
         ca_file=jamf.pki.ca_file,
         retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.01),
     )
-    with pytest.raises(ConnectionFailedError, match="cannot reach Jamf at 127.0.0.1"):
+    with pytest.raises(ConnectionFailedError, match=r"cannot reach Jamf at 127\.0\.0\.1"):
         run(client, lambda c: c.count("computers", ""))

@@ -107,7 +107,9 @@ def test_absent_or_disabled_is_off_and_not_validated(secret: Path) -> None:
     assert not parse_jamf_service_config(None).enabled
     assert not parse_jamf_service_config({}).enabled
     # a disabled section may hold placeholders: nothing is read or checked
-    assert not parse_jamf_service_config({"enabled": False, "api_endpoint": "http://x", "client_secret_file": "/nope"}).enabled
+    assert not parse_jamf_service_config(
+        {"enabled": False, "api_endpoint": "http://x", "client_secret_file": "/nope"}
+    ).enabled
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,9 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 EARLIER = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-def observation(serial: str = "C02XJ0ABHX87", jamf_id: str = "1", os_type: str = "macos", **profile: object) -> Observation:
+def observation(
+    serial: str = "C02XJ0ABHX87", jamf_id: str = "1", os_type: str = "macos", **profile: object
+) -> Observation:
     values: dict[str, object] = {
         "model_identifier": "MacBookPro18,3",
         "os_version": "14.6.1",

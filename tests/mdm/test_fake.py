@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.mdm.conftest import CLIENT_ID, CLIENT_SECRET, PASSWORD, USERNAME
 
 from devicetrust.mdm.jamf.fake import (
     COMPUTER_SECTIONS,
@@ -19,6 +18,7 @@ from devicetrust.mdm.jamf.fake import (
     TestPKI,
     synthetic_computer,
 )
+from tests.mdm.conftest import CLIENT_ID, CLIENT_SECRET, PASSWORD, USERNAME
 
 
 @pytest.fixture
@@ -50,7 +50,9 @@ def test_invalid_token_uses_jamfs_error_envelope(fake: FakeJamf, http: httpx.Cli
         "httpStatus": 401,
         "errors": [{"code": "INVALID_TOKEN", "description": "Unauthorized", "id": "0", "field": None}],
     }
-    refused = http.post("/api/oauth/token", data={"client_id": CLIENT_ID, "client_secret": "x", "grant_type": "client_credentials"})
+    refused = http.post(
+        "/api/oauth/token", data={"client_id": CLIENT_ID, "client_secret": "x", "grant_type": "client_credentials"}
+    )
     assert (refused.status_code, refused.json()) == (401, {"error": "invalid_client"})
 
 
@@ -94,7 +96,9 @@ def test_filter_sort_and_paging(fake: FakeJamf, http: httpx.Client) -> None:
         ({"page-size": 0}, "INVALID_FIELD", None),
     ],
 )
-def test_bad_queries_are_400s(fake: FakeJamf, http: httpx.Client, params: dict[str, Any], code: str, field: str | None) -> None:
+def test_bad_queries_are_400s(
+    fake: FakeJamf, http: httpx.Client, params: dict[str, Any], code: str, field: str | None
+) -> None:
     reply = _get(http, "/api/v2/computers-inventory", **params)
     assert reply.status_code == 400
     error = reply.json()["errors"][0]
@@ -115,7 +119,9 @@ def test_synthetic_computers_are_realistic_and_distinct() -> None:
     first = records[0]
     assert first["id"] == "1" and first["general"]["platform"] == "Mac"
     assert first["general"]["reportDate"].endswith("Z")
-    assert first["localUserAccounts"][0]["username"].startswith("bob.smith") or first["localUserAccounts"][0]["username"]
+    assert (
+        first["localUserAccounts"][0]["username"].startswith("bob.smith") or first["localUserAccounts"][0]["username"]
+    )
 
 
 def test_v1_only_and_by_id(fake: FakeJamf, http: httpx.Client) -> None:
@@ -132,7 +138,11 @@ def test_v1_only_and_by_id(fake: FakeJamf, http: httpx.Client) -> None:
 
 def test_mobile_devices_detail(fake: FakeJamf, http: httpx.Client) -> None:
     body = _get(
-        http, "/api/v2/mobile-devices/detail", filter="managed==true", sort="mobileDeviceId:asc", section=["GENERAL", "HARDWARE"]
+        http,
+        "/api/v2/mobile-devices/detail",
+        filter="managed==true",
+        sort="mobileDeviceId:asc",
+        section=["GENERAL", "HARDWARE"],
     ).json()
     assert body["totalCount"] == 5
     first = body["results"][0]
@@ -166,12 +176,17 @@ def test_faults(fake: FakeJamf, http: httpx.Client) -> None:
     assert http.get("/api/v1/computers-inventory", headers=headers).status_code == 200
     fake.faults.redirect_to = "https://elsewhere.example"
     moved = http.get("/api/v1/computers-inventory", headers=headers)
-    assert (moved.status_code, moved.headers["Location"]) == (302, "https://elsewhere.example/api/v1/computers-inventory")
+    assert (moved.status_code, moved.headers["Location"]) == (
+        302,
+        "https://elsewhere.example/api/v1/computers-inventory",
+    )
     fake.faults.redirect_to = None
     # a gap: after the first page, the first device of the walk is retired
     fake.faults.gap_after_pages = 1
     first = http.get("/api/v1/computers-inventory", params={"sort": "id:asc", "page-size": 3}, headers=headers).json()
-    second = http.get("/api/v1/computers-inventory", params={"sort": "id:asc", "page-size": 3, "page": 1}, headers=headers).json()
+    second = http.get(
+        "/api/v1/computers-inventory", params={"sort": "id:asc", "page-size": 3, "page": 1}, headers=headers
+    ).json()
     assert [r["id"] for r in first["results"]] == ["1", "2", "3"]
     assert [r["id"] for r in second["results"]] == ["5", "6", "7"]  # "4" moved up to the first page
     assert second["totalCount"] == 11

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from tests.mdm.conftest import EXAMPLES
 
 from devicetrust.mdm.diff import Observation, Skipped
 from devicetrust.mdm.jamf.mapping import map_computer, map_mobile_device, parse_jamf_time, recheck_identity
+from tests.mdm.conftest import EXAMPLES
 
 
 def _computers() -> list[dict[str, Any]]:
@@ -127,7 +127,9 @@ def test_recheck_identity() -> None:
         None,
         None,
     )
-    assert recheck_identity("mobile_devices", {"id": "2", "serialNumber": "DMPZN4KLQ1GH", "modelIdentifier": "iPad13,18"}) == (
+    assert recheck_identity(
+        "mobile_devices", {"id": "2", "serialNumber": "DMPZN4KLQ1GH", "modelIdentifier": "iPad13,18"}
+    ) == (
         "ipados",
         "DMPZN4KLQ1GH",
     )

@@ -66,7 +66,16 @@ def test_selectors() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["general.name", "general.name==", "==x", "general.name==x;", "(general.name==x", 'general.name=="open', "a=b=c", "a=~b"],
+    [
+        "general.name",
+        "general.name==",
+        "==x",
+        "general.name==x;",
+        "(general.name==x",
+        'general.name=="open',
+        "a=b=c",
+        "a=~b",
+    ],
 )
 def test_syntax_errors(text: str) -> None:
     with pytest.raises(rsql.RSQLError):

@@ -8,7 +8,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from tests.mdm.conftest import JamfSetup
 
 from devicetrust.mdm.jamf.config import InventoryEntry
 from devicetrust.mdm.jamf.engine import JamfSync, cut_state_key
@@ -24,6 +23,7 @@ from devicetrust.types import (
     parse_resource,
     resource_to_dict,
 )
+from tests.mdm.conftest import JamfSetup
 
 COMPUTERS = InventoryEntry()
 MOBILE = InventoryEntry(kind="mobile_devices", filter_rsql="managed==true")
@@ -103,9 +103,7 @@ def test_first_full_sync_registers_then_nothing_changes(jamf: JamfSetup, backend
     assert summaries[0].body["origin"] == "jamf" and summaries[0].body["duration_s"] >= 0
 
 
-def test_partial_sync_reads_only_what_reported_since_the_cut(
-    jamf: JamfSetup, fake: FakeJamf, backend: Backend
-) -> None:
+def test_partial_sync_reads_only_what_reported_since_the_cut(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
     sync(jamf, backend, full=True)
     fake.computers.patch(4, "general", {"reportDate": "2026-11-25T11:30:00Z"})
     fake.computers.patch(4, "operatingSystem", {"version": "14.7.1", "build": "23H222"})
@@ -131,11 +129,11 @@ def test_partial_sync_without_a_cut_runs_a_full_one(jamf: JamfSetup, backend: Ba
     assert (report.kind, report.created) == ("full", SYNCED_MACS)
 
 
-def test_enrolled_device_keeps_credential_owner_and_history(
-    jamf: JamfSetup, fake: FakeJamf, backend: Backend
-) -> None:
+def test_enrolled_device_keeps_credential_owner_and_history(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None:
     # Alice's Mac was synced before and has since been enrolled by alice
-    credential = DeviceCredential(id="cred-alice", attestation_type="macos_secure_enclave", public_key_der=b"0Y0\x13key")
+    credential = DeviceCredential(
+        id="cred-alice", attestation_type="macos_secure_enclave", public_key_der=b"0Y0\x13key"
+    )
     enrolled = Device(
         id=str(uuid.uuid4()),
         os_type="macos",

@@ -57,8 +57,8 @@ _PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
 #: 64 bits: two different registrations collide with probability 2**-64 per comparison; a collision only means
 #: one device's profile update waits for its next change
 _FINGERPRINT_BYTES = 8
-#: observations whose document parts are remembered: a few pages' worth
-REGISTRATION_CACHE_ENTRIES = 8192
+#: observations whose document parts are remembered: a page's worth (planned, then written)
+REGISTRATION_CACHE_ENTRIES = 2048
 
 
 def device_key(os_type: str, asset_tag: str) -> str:

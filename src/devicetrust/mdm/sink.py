@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -181,13 +182,18 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _interned(value: str | None) -> str | None:
+    return None if value is None else sys.intern(value)
+
+
 def stored_device(record: DeviceRecord) -> StoredDevice:
+    # a full sync holds one of these per stored device: the few distinct OS and source names are shared
     return StoredDevice(
         id=record.id,
-        os_type=record.os_type,
+        os_type=sys.intern(record.os_type),
         asset_tag=record.asset_tag,
-        source_name=record.source_name,
-        source_origin=record.source_origin,
+        source_name=_interned(record.source_name),
+        source_origin=_interned(record.source_origin),
         external_id=record.external_id,
         revision=record.revision,
         fingerprint=spec_fingerprint(record.body),

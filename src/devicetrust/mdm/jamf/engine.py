@@ -63,6 +63,7 @@ __all__ = [
     "FULL",
     "MAX_LOGGED_SKIPS",
     "PARTIAL",
+    "PARTIAL_PAGE_SIZE",
     "PARTIAL_SYNC_OVERLAP",
     "RECHECK_BATCH_SIZE",
     "JamfSync",
@@ -79,6 +80,9 @@ PARTIAL = "partial"
 #: a partial sync re-reads devices reported this long before the last cut: Jamf stamps reportDate when an
 #: inventory report starts, and may commit it after a sync that began later has read past it
 PARTIAL_SYNC_OVERLAP = timedelta(minutes=10)
+#: a partial sync reads at most this many devices per page: each changed device costs a lookup and a write, so
+#: smaller pages let the next ones download while one is written, and the first write starts sooner
+PARTIAL_PAGE_SIZE = 250
 #: missing devices re-checked concurrently per round (the client still keeps to MAX_CONCURRENT_REQUESTS)
 RECHECK_BATCH_SIZE = 50
 #: devices deleted per transaction
@@ -203,11 +207,14 @@ class JamfSync:
         )
         async with contextlib.aclosing(pages):
             async for page in pages:
+                records = len(page.results)
                 observations = self._observe(page.results, report, walk)
+                # the raw records are the bulk of a page's memory; drop them before the (slow) write
+                page.results.clear()
                 await self._write(observations, index, walk, report)
                 report.pages += 1
                 if self._progress is not None:
-                    self._progress.page(records=len(page.results), total=page.total_count)
+                    self._progress.page(records=records, total=page.total_count)
         cut = self._next_cut(walk, time.monotonic() - started) or self._clock()
         await self._settle_missing(index, walk, report)
         await self._sink.save_state(cut_state_key(self._source.name, entry), cut.isoformat())
@@ -221,7 +228,10 @@ class JamfSync:
         started = time.monotonic()
         query = await self._since_filter(stop_before)
         pages = self._client.pages(
-            entry.kind, sort=PARTIAL_SORT[entry.kind], filter_rsql=query, page_size=entry.page_size
+            entry.kind,
+            sort=PARTIAL_SORT[entry.kind],
+            filter_rsql=query,
+            page_size=min(entry.page_size, PARTIAL_PAGE_SIZE),
         )
         async with contextlib.aclosing(pages):
             async for page in pages:
