@@ -102,6 +102,8 @@ class Config:
     log_severity: str = "INFO"
     auth_service: AuthServiceConfig = field(default_factory=AuthServiceConfig)
     ssh_service: SSHServiceConfig = field(default_factory=SSHServiceConfig)
+    #: the raw ``jamf_service`` section, validated by devicetrust.mdm.jamf when the daemon starts
+    jamf_service: Mapping[str, Any] | None = None
     source: Path | None = None
 
     @property
@@ -300,6 +302,11 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
                 ca_file=ca_file,
             ),
         )
+    jamf = doc.get("jamf_service")
+    if jamf is not None:
+        if not isinstance(jamf, dict):
+            raise ConfigError("jamf_service: expected a mapping")
+        config = replace(config, jamf_service=jamf)
     return config
 
 

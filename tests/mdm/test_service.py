@@ -69,6 +69,15 @@ def test_a_restart_does_not_force_a_full_sync(jamf: JamfSetup, sqlite_backend: B
     assert _sync_kinds(sqlite_backend) == ["full", "partial"]
 
 
+def test_stopping_cancels_a_sync_in_flight(jamf: JamfSetup, fake: FakeJamf, sqlite_backend: Backend) -> None:
+    fake.faults.page_delay_s = 0.5  # six pages of two: three seconds
+    config = jamf.config(inventory=[{"page_size": 2}])
+    started = time.monotonic()
+    _run_for(JamfService(config, BackendSink(sqlite_backend), client_factory=_fast_client), 0.6)
+    assert time.monotonic() - started < 2
+    assert _sync_kinds(sqlite_backend) == []  # no summary for a sync that did not finish
+
+
 def test_sync_delay_spreads_the_first_syncs(jamf: JamfSetup, sqlite_backend: Backend) -> None:
     config = jamf.config(sync_delay="2s")
 

@@ -8,7 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from devicetrust.mdm.jamf import fake as fake_module
 from devicetrust.mdm.jamf.config import InventoryEntry
 from devicetrust.mdm.jamf.engine import JamfSync, cut_state_key
 from devicetrust.mdm.jamf.errors import JamfAuthError
@@ -374,3 +376,29 @@ def test_v1_only_jamf(jamf: JamfSetup, fake: FakeJamf, backend: Backend) -> None
     report = sync(jamf, backend, full=True)
     assert (report.created, report.error) == (SYNCED_MACS - 1, None)
     assert not [r for r in fake.api_requests("/api/v2/computers-inventory") if r.status == 200]
+
+
+def test_a_partial_sync_without_date_filters_stops_at_the_cut(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync(jamf, backend, full=True)
+    # a Jamf that refuses general.reportDate in filters: the walk by date order still stops at the cut
+    monkeypatch.setattr(
+        fake_module, "COMPUTER_FILTER_FIELDS", fake_module.COMPUTER_FILTER_FIELDS - {"general.reportDate"}
+    )
+    fake.computers.patch(4, "general", {"reportDate": "2026-11-25T11:30:00Z"})
+    fake.computers.patch(4, "operatingSystem", {"version": "14.7.1"})
+    report = sync(jamf, backend, full=False, entry=replace(COMPUTERS, page_size=2))
+    assert (report.kind, report.error, report.updated) == ("partial", None, 1)
+    assert (report.records, report.pages) == (2, 2)  # the newest two; the next page starts past the cut
+
+
+def test_an_unavailable_database_fails_the_sync_not_the_service(
+    jamf: JamfSetup, sqlite_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def locked(*args: object) -> None:
+        raise sa.exc.OperationalError("INSERT …", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(BackendSink, "_apply", locked)
+    report = sync(jamf, sqlite_backend, full=True)
+    assert report.error == "the device inventory's database is unavailable: database is locked"

@@ -756,7 +756,7 @@ class AuthServer:
             for r in records
         ]
 
-    def audit(self, store: Store, event: tuple[str, str], user: str, success: bool, **body: Any) -> None:
+    def audit(self, store: Store, event: tuple[str, str], user: str, success: bool, /, **body: Any) -> None:
         name, code = event
         body.setdefault("cluster_name", self.cluster_name)
         store.audit.append(name, code, self.clock(), user, success, body)

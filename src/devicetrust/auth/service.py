@@ -156,6 +156,33 @@ def run_services(config: Config) -> None:
     asyncio.run(_serve(config))
 
 
+#: Seconds the Jamf service gets to abandon an in-flight sync at shutdown.
+JAMF_STOP_SECONDS = 10
+
+
+def _jamf_config(config: Config) -> Any:
+    """The validated jamf_service section when it is enabled (ConfigError before anything is served)."""
+    if not config.jamf_service:
+        return None
+    from devicetrust.mdm.jamf import parse_jamf_service_config
+
+    jamf = parse_jamf_service_config(config.jamf_service)
+    if not jamf.enabled:
+        return None
+    if not config.auth_service.enabled:
+        raise ConfigError("jamf_service runs beside the auth service: enable auth_service in this config")
+    return jamf
+
+
+def _report_jamf_exit(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        # The service has already logged the cause; the daemon keeps serving auth and SSH.
+        log.error("jamf service stopped", extra={"error": str(error)})
+
+
 async def _serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -165,6 +192,8 @@ async def _serve(config: Config) -> None:
     web: _EmbeddedUvicorn | None = None
     web_task: asyncio.Task[None] | None = None
     node: SSHNode | None = None
+    jamf_task: asyncio.Task[None] | None = None
+    jamf = _jamf_config(config)
     try:
         if config.auth_service.enabled:
             server = prepare_auth_server(config)
@@ -187,6 +216,13 @@ async def _serve(config: Config) -> None:
                 logging.getLogger(chatty).setLevel(logging.WARNING)
             node = SSHNode(node_config(config, server))
             await node.start()
+        if jamf is not None and server is not None and not stop.is_set():
+            from devicetrust.mdm.jamf.service import run_jamf_service
+
+            jamf_task = loop.create_task(
+                run_jamf_service(jamf, server.backend, audit=server.audit, stop=stop), name="jamf-service"
+            )
+            jamf_task.add_done_callback(_report_jamf_exit)
         waiters: list[asyncio.Future[Any]] = [loop.create_task(stop.wait())]
         if web_task is not None:
             waiters.append(web_task)
@@ -195,6 +231,10 @@ async def _serve(config: Config) -> None:
             if task is not web_task:
                 task.cancel()
     finally:
+        if jamf_task is not None:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(jamf_task, JAMF_STOP_SECONDS)
         if node is not None:
             await node.stop()
         if web is not None and web_task is not None:

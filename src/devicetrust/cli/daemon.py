@@ -89,6 +89,15 @@ def version() -> None:
     click.echo(f"devicetrust {__version__}")
 
 
+def _register_jamf() -> None:
+    from devicetrust.cli.jamf import jamf
+
+    cli.add_command(jamf)
+
+
+_register_jamf()
+
+
 def main() -> None:
     cli(prog_name="devicetrust")
 

@@ -30,6 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from devicetrust.cli.common import DevicetrustGroup
 from devicetrust.config import load_config
 from devicetrust.errors import ConfigError, DevicetrustError
 from devicetrust.logs import configure_json_logging
@@ -153,3 +154,19 @@ def _once(service: JamfService, *, full: bool) -> list[SyncReport]:
     for report in reports:
         out.print(_summary(report), soft_wrap=True)
     return reports
+
+
+@click.group(cls=DevicetrustGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def _standalone() -> None:
+    """devicetrust jamf, runnable before the daemon's CLI registers it: python -m devicetrust.cli.jamf jamf sync …"""
+
+
+_standalone.add_command(jamf)
+
+
+def main() -> None:
+    _standalone(prog_name="python -m devicetrust.cli.jamf")
+
+
+if __name__ == "__main__":
+    main()

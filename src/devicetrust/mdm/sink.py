@@ -15,6 +15,12 @@ A sync engine needs six operations, and nothing else, from the cluster:
 service enabled, and ``devicetrust jamf sync``). A remote MDM agent joining with a ``--type=mdm`` token would
 implement the same protocol over HTTPS; the merge of the MDM's parts into a stored document happens on the
 cluster side (in ``apply``), so the agent never sees a device's credential.
+
+Audit, in the same transaction as the change: ``device.create``/``device.update``/``device.delete`` by
+``jamf_service:<name>`` with ``source: {name, origin: jamf}`` — one event per device, or one event listing them
+all when a batch changes more than AUDIT_PER_DEVICE_LIMIT devices of a kind (a first import of 100k devices would
+otherwise spend most of its time appending audit rows one at a time) — and one ``mdm.sync`` event per sync. Names
+and codes come from :mod:`devicetrust.auth.events` (constants only); MDM_SYNC is defined here until it moves there.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
+
+import sqlalchemy as sa
 
 from devicetrust.auth import events
-from devicetrust.errors import ConflictError, NotFoundError
+from devicetrust.errors import ConflictError, ConnectionFailedError, NotFoundError
 from devicetrust.mdm.diff import (
     Action,
     Observation,
@@ -61,12 +69,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: the summary of one sync (counts, duration); W: the sync failed. To move to devicetrust.auth.events.
 MDM_SYNC: Final = ("mdm.sync", "TMDM001I")
 MDM_SYNC_FAILURE: Final = ("mdm.sync", "TMDM001W")
-#: batches with more changes of one kind than this get one event listing them all instead of one per device: a
-#: first import of 100k devices would otherwise spend most of its time appending audit rows one by one
+#: batches with more changes of one kind than this get one event listing them all instead of one per device
 AUDIT_PER_DEVICE_LIMIT = 100
 #: rows per scan page (the storage layer's largest page)
 SCAN_PAGE_SIZE = MAX_PAGE_SIZE
@@ -216,6 +224,16 @@ def _credential_id(body: dict[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
+async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
+    """Run a storage call in a worker thread; an unreachable or busy database fails the sync (a
+    ConnectionFailedError, retried at the next period), it does not crash the service."""
+    try:
+        return await asyncio.to_thread(function, *args)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+        reason = " ".join(str(err.orig if err.orig is not None else err).split())
+        raise ConnectionFailedError(f"the device inventory's database is unavailable: {reason}") from err
+
+
 class _Collision(Exception):
     """A bulk insert met a device registered since it was looked up: redo the batch device by device."""
 
@@ -231,24 +249,24 @@ class BackendSink:
 
     # -- protocol -----------------------------------------------------------------------------------------
     async def scan(self, page_token: str | None) -> tuple[list[StoredDevice], str | None]:
-        return await asyncio.to_thread(self._scan, page_token)
+        return await _in_thread(self._scan, page_token)
 
     async def apply(
         self, source: DeviceSource, observations: Sequence[Observation], *, new_keys: frozenset[str]
     ) -> ApplyResult:
-        return await asyncio.to_thread(self._apply, source, observations, new_keys)
+        return await _in_thread(self._apply, source, observations, new_keys)
 
     async def delete(self, source: DeviceSource, removals: Sequence[Removal]) -> int:
-        return await asyncio.to_thread(self._delete, source, removals)
+        return await _in_thread(self._delete, source, removals)
 
     async def load_state(self, key: str) -> str | None:
-        return await asyncio.to_thread(self._load_state, key)
+        return await _in_thread(self._load_state, key)
 
     async def save_state(self, key: str, value: str) -> None:
-        await asyncio.to_thread(self._save_state, key, value)
+        await _in_thread(self._save_state, key, value)
 
     async def record_sync(self, report: SyncReport) -> None:
-        await asyncio.to_thread(self._record_sync, report)
+        await _in_thread(self._record_sync, report)
 
     # -- implementation -----------------------------------------------------------------------------------
     def _audit(self, store: Store, event: tuple[str, str], user: str, success: bool, **body: Any) -> None:

@@ -63,7 +63,6 @@ __all__ = [
     "FULL",
     "MAX_LOGGED_SKIPS",
     "PARTIAL",
-    "PARTIAL_PAGE_SIZE",
     "PARTIAL_SYNC_OVERLAP",
     "RECHECK_BATCH_SIZE",
     "JamfSync",
@@ -80,9 +79,6 @@ PARTIAL = "partial"
 #: a partial sync re-reads devices reported this long before the last cut: Jamf stamps reportDate when an
 #: inventory report starts, and may commit it after a sync that began later has read past it
 PARTIAL_SYNC_OVERLAP = timedelta(minutes=10)
-#: a partial sync reads at most this many devices per page: each changed device costs a lookup and a write, so
-#: smaller pages let the next ones download while one is written, and the first write starts sooner
-PARTIAL_PAGE_SIZE = 250
 #: missing devices re-checked concurrently per round (the client still keeps to MAX_CONCURRENT_REQUESTS)
 RECHECK_BATCH_SIZE = 50
 #: devices deleted per transaction
@@ -156,9 +152,11 @@ class JamfSync:
         entry = self._entry
         cut: datetime | None = None
         if not full:
-            cut = parse_jamf_time(await self._sink.load_state(cut_state_key(self._source.name, entry)))
-            if cut is None:
-                full = True
+            try:
+                cut = parse_jamf_time(await self._sink.load_state(cut_state_key(self._source.name, entry)))
+            except DevicetrustError as err:
+                log.warning("cannot read the last partial sync's cut: %s", err)
+            full = cut is None
         report = SyncReport(
             source=self._source.name,
             inventory=entry.describe(),
@@ -228,10 +226,7 @@ class JamfSync:
         started = time.monotonic()
         query = await self._since_filter(stop_before)
         pages = self._client.pages(
-            entry.kind,
-            sort=PARTIAL_SORT[entry.kind],
-            filter_rsql=query,
-            page_size=min(entry.page_size, PARTIAL_PAGE_SIZE),
+            entry.kind, sort=PARTIAL_SORT[entry.kind], filter_rsql=query, page_size=entry.page_size
         )
         async with contextlib.aclosing(pages):
             async for page in pages:

@@ -31,9 +31,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from devicetrust.errors import ConfigError, ConnectionFailedError, DevicetrustError
 from devicetrust.mdm.jamf.client import DEFAULT_RETRY, JamfClient, RetryPolicy
@@ -143,11 +144,33 @@ class JamfService:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), timeout=delay)
                         continue
-                    await self._run_due(client, current)
+                    if not await self._until_stopped(self._run_due(client, current), stop):
+                        log.info("jamf sync cancelled: the service is stopping", extra={"source": self._config.name})
         except (JamfAuthError, JamfPermissionError, ConfigError) as err:
             log.error("jamf service stopped: %s", err, extra={"source": self._config.name})
             raise
         log.info("jamf service stopped", extra={"source": self._config.name})
+
+    @staticmethod
+    async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+        """Run ``work`` unless ``stop`` is set first, in which case it is cancelled (False). A page being
+        written when that happens is written whole or not at all: each is one transaction."""
+        task = asyncio.create_task(work)
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stopped.cancel()
+        if task.done():
+            task.result()  # fatal errors propagate
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
 
     async def _run_due(self, client: JamfClient, schedule: _Schedule) -> None:
         entry = schedule.entry
