@@ -82,6 +82,57 @@ class BodyLimitMiddleware:
             await _too_large(scope, send, self.limit)
 
 
+class RequestContextMiddleware:
+    """Gives every request an id (echoed as X-Request-ID, in every log line) and logs one line per request.
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which streams every response through extra tasks."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), "")
+        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "")
+            # Agents poll and heartbeat every few seconds: their successful calls are routine, not news.
+            routine = path in _ROUTINE_PATHS and status < 400
+            level = logging.DEBUG if routine else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "request",
+                    extra={
+                        "method": scope.get("method"),
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "caller": scope.get("state", {}).get("caller"),
+                    },
+                )
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -244,29 +295,6 @@ def build_app(server: AuthServer) -> FastAPI:
     )
     app.state.auth_server = server
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        incoming = request.headers.get("x-request-id", "")
-        request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
-        request_id_var.set(request_id)
-        started = time.perf_counter()
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
-        # Agents poll and heartbeat every few seconds: their successful calls are routine, not news.
-        routine = request.url.path in _ROUTINE_PATHS and response.status_code < 400
-        log.log(
-            logging.DEBUG if routine else logging.INFO,
-            "request",
-            extra={
-                "method": request.method,
-                "path": request.url.path,
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "caller": getattr(request.state, "caller", None),
-            },
-        )
-        return response
-
     @app.exception_handler(DevicetrustError)
     async def domain_error(_: Request, err: DevicetrustError) -> JSONResponse:
         headers = {"Retry-After": str(err.retry_after)} if isinstance(err, RateLimitedError) else None
@@ -285,6 +313,7 @@ def build_app(server: AuthServer) -> FastAPI:
         )
 
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(RequestContextMiddleware)
 
     @app.get("/v1/ping")
     def ping() -> dict[str, Any]:
