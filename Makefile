@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KEEP ?= 0
 
-.PHONY: all deps system-deps check fmt test test-fast demo bench clean
+.PHONY: all deps system-deps check fmt test test-fast demo demo-jamf bench clean
 
 all: test
 
@@ -40,8 +40,12 @@ test-fast: deps
 demo: deps
 	@KEEP=$(KEEP) scripts/demo.sh
 
+# The MDM variant: a fake Jamf Pro synced into a cluster.
+demo-jamf: deps
+	@KEEP=$(KEEP) scripts/demo-jamf.sh
+
 bench: deps
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .demo .demo-jamf .mypy_cache .ruff_cache .pytest_cache

@@ -174,10 +174,7 @@ def _jamf_config(config: Config) -> Any:
     return jamf
 
 
-def _report_jamf_exit(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    error = task.exception()
+def _report_jamf_exit(error: BaseException | None) -> None:
     if error is not None:
         # The service has already logged the cause; the daemon keeps serving auth and SSH.
         log.error("jamf service stopped", extra={"error": str(error)})
@@ -192,7 +189,7 @@ async def _serve(config: Config) -> None:
     web: _EmbeddedUvicorn | None = None
     web_task: asyncio.Task[None] | None = None
     node: SSHNode | None = None
-    jamf_task: asyncio.Task[None] | None = None
+    jamf_thread: Any = None
     jamf = _jamf_config(config)
     try:
         if config.auth_service.enabled:
@@ -217,12 +214,11 @@ async def _serve(config: Config) -> None:
             node = SSHNode(node_config(config, server))
             await node.start()
         if jamf is not None and server is not None and not stop.is_set():
-            from devicetrust.mdm.jamf.service import run_jamf_service
+            from devicetrust.mdm.jamf.service import JamfServiceThread
 
-            jamf_task = loop.create_task(
-                run_jamf_service(jamf, server.backend, audit=server.audit, stop=stop), name="jamf-service"
-            )
-            jamf_task.add_done_callback(_report_jamf_exit)
+            # Its own thread and loop: parsing and mapping inventory pages must not delay auth requests.
+            jamf_thread = JamfServiceThread(jamf, server.backend, audit=server.audit, on_exit=_report_jamf_exit)
+            jamf_thread.start()
         waiters: list[asyncio.Future[Any]] = [loop.create_task(stop.wait())]
         if web_task is not None:
             waiters.append(web_task)
@@ -231,10 +227,8 @@ async def _serve(config: Config) -> None:
             if task is not web_task:
                 task.cancel()
     finally:
-        if jamf_task is not None:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(jamf_task, JAMF_STOP_SECONDS)
+        if jamf_thread is not None:
+            await asyncio.to_thread(jamf_thread.stop, JAMF_STOP_SECONDS)
         if node is not None:
             await node.stop()
         if web is not None and web_task is not None:
