@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 
@@ -87,21 +87,13 @@ def test_bad_config_is_one_line(tmp_path: Path, text: str, message: str) -> None
 
 
 @pytest.fixture
-def postgres_schema() -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
+def postgres_schema(postgres_admin: psycopg.Connection[tuple[object, ...]]) -> Iterator[str]:
     schema = f"dt_daemon_{secrets.token_hex(4)}"
+    postgres_admin.execute(f"CREATE SCHEMA {schema}")
     try:
-        conn = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as err:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI: {err}")
-        pytest.skip(f"PostgreSQL not reachable: {err}")
-    with conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-        try:
-            yield schema
-        finally:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        yield schema
+    finally:
+        postgres_admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.mark.postgres
@@ -116,7 +108,6 @@ def test_cluster_on_postgresql(tmp_path: Path, postgres_schema: str) -> None:
         assert any(e["event"] == "user.login" for e in events)
     finally:
         assert cluster.stop() == 0
-    psycopg = pytest.importorskip("psycopg")
     with psycopg.connect(POSTGRES_ADMIN_URL) as conn:
         tables = {
             row[0]

@@ -7,14 +7,11 @@ The fake server runs once per module; each test gets a fresh :class:`FakeJamf` (
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from devicetrust.mdm.jamf.client import JamfClient, RetryPolicy
@@ -36,8 +33,6 @@ USERNAME = "sync-user"
 PASSWORD = "correct horse battery staple"
 #: fast retries: tests exercise the logic, not the patience
 FAST_RETRY = RetryPolicy(max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02, max_retry_after_s=2)
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-POSTGRES_CONNECT_TIMEOUT_S = 3
 
 
 def example_fake(**options: Any) -> FakeJamf:
@@ -115,33 +110,6 @@ class JamfSetup:
 @pytest.fixture
 def jamf(jamf_server: FakeJamfServer, pki: TestPKI, secret_file: Path, fake: FakeJamf) -> JamfSetup:
     return JamfSetup(jamf_server, pki, secret_file)
-
-
-@pytest.fixture(scope="session")
-def postgres_admin() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    try:
-        conn = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=POSTGRES_CONNECT_TIMEOUT_S)
-    except psycopg.OperationalError as err:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required in CI: {err}")
-        pytest.skip(f"PostgreSQL not reachable: {err}")
-    with conn:
-        yield conn
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database: a SQLite file, or a PostgreSQL schema of its own (dropped afterwards)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'backend.sqlite'}"
-        return
-    admin: psycopg.Connection[tuple[object, ...]] = request.getfixturevalue("postgres_admin")
-    schema = f"dt_mdm_{secrets.token_hex(6)}"
-    admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture
