@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from devicetrust import __version__
+from devicetrust.auth.mdm import MdmService
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
 from devicetrust.ceremony.messages import ChallengeResponse, CollectedData, KeyEnrollPayload, TPMEnrollPayload
 from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
@@ -233,6 +234,11 @@ class NodeJoinRequest(BaseModel):
 class HeartbeatRequest(BaseModel):
     addr: str = Field(min_length=3, max_length=300)
     labels: dict[str, str] = Field(default_factory=dict)
+
+
+class MdmJoinRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=64)
 
 
 class PutResourceRequest(BaseModel):
@@ -496,6 +502,37 @@ def build_app(server: AuthServer) -> FastAPI:
     @app.get("/v1/nodes")
     def list_nodes(caller: CallerDep) -> dict[str, Any]:
         return {"items": server.nodes.list_visible(caller)}
+
+    # -- remote MDM agents (devicetrust.auth.mdm): a session bound to one source name ---------------------
+    mdm = MdmService(server)
+
+    @app.post("/v1/mdm/join")
+    def mdm_join(req: MdmJoinRequest) -> dict[str, Any]:
+        return mdm.join(req.token, req.name)
+
+    @app.get("/v1/mdm/devices")
+    async def mdm_scan(caller: CallerDep, page_token: Annotated[str | None, Query(max_length=512)] = None) -> Any:
+        return await mdm.scan(caller, page_token)
+
+    @app.post("/v1/mdm/devices/apply")
+    async def mdm_apply(body: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
+        return await mdm.apply(caller, body)
+
+    @app.post("/v1/mdm/devices/delete")
+    async def mdm_delete(body: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
+        return await mdm.delete(caller, body)
+
+    @app.get("/v1/mdm/state/{key:path}")
+    async def mdm_load_state(key: str, caller: CallerDep) -> dict[str, Any]:
+        return await mdm.load_state(caller, key)
+
+    @app.put("/v1/mdm/state/{key:path}")
+    async def mdm_save_state(key: str, body: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
+        return await mdm.save_state(caller, key, body.get("value"))
+
+    @app.post("/v1/mdm/syncs")
+    async def mdm_record_sync(body: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
+        return await mdm.record_sync(caller, body)
 
     @app.get("/v1/events")
     def events(

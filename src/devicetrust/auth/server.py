@@ -226,6 +226,8 @@ class AuthServer:
                 raise expired from None
             if session.kind == "node":
                 return Caller(session.user, "node", (), {}, token_hash)
+            if session.kind == "mdm":
+                return Caller(session.user, "mdm", (), {}, token_hash)
             if session.kind == "admin":
                 roles = self._load_roles(store, session.body.get("roles", []))
                 return Caller(session.user, "admin", roles, {}, token_hash)

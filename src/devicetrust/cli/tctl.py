@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,12 @@ def _display_os(os_type: str) -> str:
     return os_display_name(os_type)
 
 
+def device_selector(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The --device-id / --asset-tag pair of every command that acts on one device."""
+    command = click.option("--asset-tag", help="The device's asset tag (serial number).")(command)
+    return click.option("--device-id", help="The device's id.")(command)
+
+
 def _resolve_device(ctx: Context, device_id: str | None, asset_tag: str | None) -> dict[str, Any]:
     if bool(device_id) == bool(asset_tag):
         raise click.UsageError("give exactly one of --device-id or --asset-tag")
@@ -506,8 +513,7 @@ def devices_ls(ctx: Context, fmt: str) -> None:
 
 
 @devices.command("get")
-@click.option("--device-id", help="The device's id.")
-@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@device_selector
 @format_option(default="yaml")
 @pass_ctx
 def devices_get(ctx: Context, device_id: str | None, asset_tag: str | None, fmt: str) -> None:
@@ -521,8 +527,7 @@ def devices_get(ctx: Context, device_id: str | None, asset_tag: str | None, fmt:
 
 
 @devices.command("rm")
-@click.option("--device-id", help="The device's id.")
-@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@device_selector
 @pass_ctx
 def devices_rm(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
     """Remove a device from the inventory (issued certificates stay valid until they expire: use locks)."""
@@ -533,8 +538,7 @@ def devices_rm(ctx: Context, device_id: str | None, asset_tag: str | None) -> No
 
 
 @devices.command("enroll")
-@click.option("--device-id", help="The device's id.")
-@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@device_selector
 @click.option("--ttl", help="Lifetime of the enrollment token (default 1h).")
 @format_option()
 @pass_ctx
@@ -547,8 +551,7 @@ def devices_enroll(ctx: Context, device_id: str | None, asset_tag: str | None, t
 
 
 @devices.command("unenroll")
-@click.option("--device-id", help="The device's id.")
-@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@device_selector
 @pass_ctx
 def devices_unenroll(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
     """Unenroll a device: clear its credential, owner and collected data (it stays registered)."""
@@ -599,8 +602,7 @@ def lock(
 
 
 @devices.command("lock")
-@click.option("--device-id", help="The device's id.")
-@click.option("--asset-tag", help="The device's asset tag (serial number).")
+@device_selector
 @click.option("--message", default="", help="Shown to whoever the lock stops.")
 @click.option("--ttl", help="Lift the lock after this long (default: until removed).")
 @pass_ctx

@@ -71,7 +71,7 @@ MAX_PAGE_SIZE = 1000
 #: rows per query when streaming devices (``DeviceRepository.list_by_source``)
 STREAM_CHUNK_SIZE = 1000
 
-SESSION_KINDS = ("user", "bot", "admin", "node")
+SESSION_KINDS = ("user", "bot", "admin", "node", "mdm")
 
 # One message per family, whatever failed (missing, expired, wrong kind): nothing to learn from it.
 INVALID_TOKEN_MESSAGE = "invalid token"

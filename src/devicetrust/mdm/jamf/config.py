@@ -12,6 +12,9 @@ missing or unreadable secret stops the service at start rather than at the first
       client_secret_file: /var/lib/devicetrust/jamf_secret
       # username: sync  / password_file: …         # … or a Jamf user (legacy bearer tokens)
       # ca_file: /etc/ssl/private-ca.pem           # a private CA, added to the system trust store
+      # auth_server: auth.example.com:3025         # run apart from the auth service (a jamf-only daemon):
+      # join_token: …  / token_file: …             #   join it with a `tctl tokens add --type=mdm` token,
+      # auth_ca_file: /etc/devicetrust/host-ca.pem #   verifying it with the cluster's host CA (pinned)
       sync_delay: 30s                              # random extra delay before each sync (0 = none)
       inventory:
         - filter_rsql: 'general.remoteManagement.managed==true'
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+from devicetrust.config import split_host_port
 from devicetrust.errors import ConfigError
 from devicetrust.types import parse_duration
 
@@ -101,6 +105,10 @@ _TOP_FIELDS = frozenset(
         "ca_file",
         "sync_delay",
         "inventory",
+        "auth_server",
+        "join_token",
+        "token_file",
+        "auth_ca_file",
     }
 )
 _ENTRY_FIELDS = frozenset({"kind", "filter_rsql", "sync_period_partial", "sync_period_full", "on_missing", "page_size"})
@@ -158,6 +166,14 @@ class JamfServiceConfig:
     ca_file: Path | None = None
     sync_delay: timedelta = DEFAULT_SYNC_DELAY
     inventory: tuple[InventoryEntry, ...] = (InventoryEntry(),)
+    #: HOST:PORT of the auth service when this service runs apart from it (joins with an mdm token); "" = in-process
+    auth_server: str = ""
+    #: the mdm join token (from join_token or token_file)
+    join_token: str = field(default="", repr=False)
+    token_file: Path | None = None
+    #: the cluster's host CA (PEM file), the only trust anchor for auth_server
+    auth_ca_file: Path | None = None
+    auth_ca_pem: str | None = field(default=None, repr=False)
 
 
 def _where(*parts: str | int) -> str:
@@ -218,8 +234,8 @@ def _endpoint(value: object) -> str:
     return text
 
 
-def _ca_file(value: object) -> Path:
-    where = _where("ca_file")
+def _ca_file(value: object, name: str = "ca_file") -> Path:
+    where = _where(name)
     path = Path(_text(value, where))
     try:
         ssl.create_default_context(cafile=str(path))
@@ -228,6 +244,36 @@ def _ca_file(value: object) -> Path:
     except OSError as err:
         raise ConfigError(f"{where}: cannot read {path}: {err.strerror or err}") from None
     return path
+
+
+def _remote(section: Mapping[str, Any]) -> dict[str, Any]:
+    """auth_server, join_token/token_file, auth_ca_file: all or nothing."""
+    remote_fields = ("auth_server", "join_token", "token_file", "auth_ca_file")
+    if not any(section.get(name) is not None for name in remote_fields):
+        return {}
+    if section.get("auth_server") is None:
+        raise ConfigError(f"{_where('auth_server')}: required with join_token, token_file or auth_ca_file")
+    auth_server = _text(section["auth_server"], _where("auth_server"))
+    split_host_port(auth_server, what=_where("auth_server"))
+    has_token, has_file = section.get("join_token") is not None, section.get("token_file") is not None
+    if has_token == has_file:
+        raise ConfigError(f"{SECTION}: with auth_server, give one of join_token or token_file (an mdm join token)")
+    token_file = Path(_text(section["token_file"], _where("token_file"))) if has_file else None
+    token = (
+        _read_secret(section["token_file"], _where("token_file"))
+        if has_file
+        else _text(section["join_token"], _where("join_token"))
+    )
+    if section.get("auth_ca_file") is None:
+        raise ConfigError(f"{_where('auth_ca_file')}: required with auth_server (the cluster's host CA, PEM)")
+    ca_path = _ca_file(section["auth_ca_file"], "auth_ca_file")
+    return {
+        "auth_server": auth_server,
+        "join_token": token,
+        "token_file": token_file,
+        "auth_ca_file": ca_path,
+        "auth_ca_pem": ca_path.read_text(),
+    }
 
 
 def _credentials(section: Mapping[str, Any]) -> Credentials:
@@ -335,6 +381,7 @@ def parse_jamf_service_config(section: Mapping[str, Any] | None) -> JamfServiceC
     credentials = _credentials(section)
     ca_file = _ca_file(section["ca_file"]) if section.get("ca_file") is not None else None
     sync_delay = _duration(section.get("sync_delay", "30s"), _where("sync_delay"), allow_zero=True)
+    remote = _remote(section)
     raw_inventory = section.get("inventory")
     if raw_inventory is None:
         inventory: tuple[InventoryEntry, ...] = (InventoryEntry(),)
@@ -359,4 +406,5 @@ def parse_jamf_service_config(section: Mapping[str, Any] | None) -> JamfServiceC
         ca_file=ca_file,
         sync_delay=sync_delay,
         inventory=inventory,
+        **remote,
     )
