@@ -169,8 +169,11 @@ def _jamf_config(config: Config) -> Any:
     jamf = parse_jamf_service_config(config.jamf_service)
     if not jamf.enabled:
         return None
-    if not config.auth_service.enabled:
-        raise ConfigError("jamf_service runs beside the auth service: enable auth_service in this config")
+    if not config.auth_service.enabled and not jamf.auth_server:
+        raise ConfigError(
+            "jamf_service runs beside the auth service: enable auth_service in this config, or set "
+            "jamf_service.auth_server (with join_token or token_file, and auth_ca_file) to join a remote one"
+        )
     return jamf
 
 
@@ -178,6 +181,11 @@ def _report_jamf_exit(error: BaseException | None) -> None:
     if error is not None:
         # The service has already logged the cause; the daemon keeps serving auth and SSH.
         log.error("jamf service stopped", extra={"error": str(error)})
+
+
+def _report_jamf_task_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        _report_jamf_exit(task.exception())
 
 
 async def _serve(config: Config) -> None:
@@ -190,6 +198,8 @@ async def _serve(config: Config) -> None:
     web_task: asyncio.Task[None] | None = None
     node: SSHNode | None = None
     jamf_thread: Any = None
+    jamf_task: asyncio.Task[None] | None = None
+    jamf_stop = asyncio.Event()
     jamf = _jamf_config(config)
     try:
         if config.auth_service.enabled:
@@ -213,7 +223,13 @@ async def _serve(config: Config) -> None:
                 logging.getLogger(chatty).setLevel(logging.WARNING)
             node = SSHNode(node_config(config, server))
             await node.start()
-        if jamf is not None and server is not None and not stop.is_set():
+        if jamf is not None and jamf.auth_server and not stop.is_set():
+            from devicetrust.mdm.api_sink import run_remote_jamf_service
+
+            # Apart from the auth service: joins it with the mdm token and writes through /v1/mdm/...
+            jamf_task = loop.create_task(run_remote_jamf_service(jamf, jamf_stop), name="jamf-service")
+            jamf_task.add_done_callback(_report_jamf_task_exit)
+        elif jamf is not None and server is not None and not stop.is_set():
             from devicetrust.mdm.jamf.service import JamfServiceThread
 
             # Its own thread and loop: parsing and mapping inventory pages must not delay auth requests.
@@ -222,11 +238,19 @@ async def _serve(config: Config) -> None:
         waiters: list[asyncio.Future[Any]] = [loop.create_task(stop.wait())]
         if web_task is not None:
             waiters.append(web_task)
+        if jamf_task is not None and web_task is None and node is None:
+            waiters.append(jamf_task)  # the only service: the daemon ends with it
         _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
-            if task is not web_task:
+            if task is not web_task and task is not jamf_task:
                 task.cancel()
+        if jamf_task is not None and jamf_task.done() and web_task is None and node is None:
+            jamf_task.result()  # a fatal error (refused token, untrusted certificate) is the daemon's exit
     finally:
+        if jamf_task is not None and not jamf_task.done():
+            jamf_stop.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(jamf_task, JAMF_STOP_SECONDS)
         if jamf_thread is not None:
             await asyncio.to_thread(jamf_thread.stop, JAMF_STOP_SECONDS)
         if node is not None:

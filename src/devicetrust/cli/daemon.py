@@ -51,7 +51,7 @@ def start(config_path: Path | None, data_dir: Path | None, listen_addr: str | No
                 public_addrs=auth.public_addrs,
             ),
         )
-    if not config.auth_service.enabled and not config.ssh_service.enabled:
+    if not config.auth_service.enabled and not config.ssh_service.enabled and not config.jamf_service:
         raise ConfigError("nothing to run: auth_service and ssh_service are both disabled")
     if config.ssh_service.enabled:
         config.node_auth_server()  # a remote-only node must name its auth service
