@@ -81,6 +81,8 @@ MAX_REDIRECTS = 3
 #: pages fetched ahead of the one being written: two keep the writer busy (measured: one leaves it waiting a
 #: third of the time), and each in flight costs a page of memory (~30 MB at 2000 computers)
 PAGE_PREFETCH = 2
+#: Seconds prefetched pages get to finish when a walk stops early (a partial sync at its cut).
+PREFETCH_DRAIN_S: Final = 5.0
 #: renew a token this long before it expires (or a quarter of its lifetime, if shorter)
 TOKEN_RENEW_MARGIN_S = 15.0
 TOKEN_RENEW_FRACTION = 0.25
@@ -365,9 +367,13 @@ class JamfClient:
                 if short:
                     return
         finally:
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            if in_flight:
+                # Letting prefetched requests finish closes their connections cleanly (cancelling one mid-request
+                # can leave its socket to the garbage collector); whatever is slower than the grace is cancelled.
+                _, slow = await asyncio.wait(in_flight, timeout=PREFETCH_DRAIN_S)
+                for task in slow:
+                    task.cancel()
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def device(
         self, kind: InventoryKind, jamf_id: str, *, sections: Sequence[str] = RECHECK_SECTIONS
