@@ -6,7 +6,8 @@ Server errors come back as the same :mod:`devicetrust.errors` classes the server
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -70,21 +71,14 @@ class AuthClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> Any:
-        try:
+        with transport_errors(
+            self.addr,
+            untrusted="a certificate not issued by the pinned cluster CA; "
+            "if the cluster was re-created, run 'tsh login --trust-new-ca'",
+        ):
             response = self._http.request(method, path, json=json, params=params)
-        except httpx.ConnectError as err:
-            if isinstance(err.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
-                raise TrustError(
-                    f"the auth service at {self.addr} presented a certificate not issued by the pinned cluster CA; "
-                    "if the cluster was re-created, run 'tsh login --trust-new-ca'"
-                ) from None
-            raise ConnectionFailedError(f"cannot reach the auth service at {self.addr}: {_reason(err)}") from None
-        except httpx.TimeoutException:
-            raise ConnectionFailedError(f"the auth service at {self.addr} did not answer in time") from None
-        except httpx.TransportError as err:
-            raise ConnectionFailedError(f"cannot talk to the auth service at {self.addr}: {_reason(err)}") from None
         if response.status_code >= 400:
-            raise _error_from(response)
+            raise error_from_response(response)
         return response.json()
 
     def get(self, path: str, **params: Any) -> Any:
@@ -103,12 +97,29 @@ class AuthClient:
         return self.request("DELETE", path)
 
 
+@contextmanager
+def transport_errors(addr: str, *, untrusted: str) -> Iterator[None]:
+    """Turn httpx's transport failures into one-line errors naming the auth service. ``untrusted`` completes
+    "the auth service at ADDR presented …" when its certificate does not verify against the pinned CA."""
+    try:
+        yield
+    except httpx.ConnectError as err:
+        if isinstance(err.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
+            raise TrustError(f"the auth service at {addr} presented {untrusted}") from None
+        raise ConnectionFailedError(f"cannot reach the auth service at {addr}: {_reason(err)}") from None
+    except httpx.TimeoutException:
+        raise ConnectionFailedError(f"the auth service at {addr} did not answer in time") from None
+    except httpx.TransportError as err:
+        raise ConnectionFailedError(f"cannot talk to the auth service at {addr}: {_reason(err)}") from None
+
+
 def _reason(err: Exception) -> str:
     text = str(err) or type(err).__name__
     return text.splitlines()[0]
 
 
-def _error_from(response: httpx.Response) -> DevicetrustError:
+def error_from_response(response: httpx.Response) -> DevicetrustError:
+    """The error the auth service raised, rebuilt from its ``{"error": {"kind", "message"}}`` reply."""
     try:
         error = response.json()["error"]
         kind, message = str(error["kind"]), str(error["message"])

@@ -6,14 +6,13 @@ service quickly and carry on with its cached state.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from devicetrust.client import pinned_ssl_context
-from devicetrust.errors import ERROR_KINDS, ConnectionFailedError, DevicetrustError, TrustError
+from devicetrust.client import error_from_response, pinned_ssl_context, transport_errors
+from devicetrust.errors import ConnectionFailedError
 
 __all__ = ["NODE_CONNECT_TIMEOUT_SECONDS", "NODE_REQUEST_TIMEOUT_SECONDS", "NodeAPI"]
 
@@ -37,22 +36,12 @@ class NodeAPI:
         await self._http.aclose()
 
     async def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        try:
+        with transport_errors(self.addr, untrusted="a certificate not issued by the cluster's host CA"):
             response = await self._http.request(method, path, json=body)
-        except httpx.ConnectError as err:
-            if isinstance(err.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
-                raise TrustError(
-                    f"the auth service at {self.addr} presented a certificate not issued by the cluster's host CA"
-                ) from None
-            raise ConnectionFailedError(f"cannot reach the auth service at {self.addr}: {_reason(err)}") from None
-        except httpx.TimeoutException:
-            raise ConnectionFailedError(f"the auth service at {self.addr} did not answer in time") from None
-        except httpx.TransportError as err:
-            raise ConnectionFailedError(f"cannot talk to the auth service at {self.addr}: {_reason(err)}") from None
         if response.status_code >= 500:
             raise ConnectionFailedError(f"the auth service at {self.addr} answered HTTP {response.status_code}")
         if response.status_code >= 400:
-            raise _error_from(response)
+            raise error_from_response(response)
         return response.json()
 
     async def join(
@@ -71,17 +60,3 @@ class NodeAPI:
 
     async def event(self, event: Mapping[str, Any]) -> None:
         await self.request("POST", "/v1/nodes/events", event)
-
-
-def _reason(err: Exception) -> str:
-    text = str(err) or type(err).__name__
-    return text.splitlines()[0]
-
-
-def _error_from(response: httpx.Response) -> DevicetrustError:
-    try:
-        error = response.json()["error"]
-        kind, message = str(error["kind"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        return DevicetrustError(f"the auth service answered HTTP {response.status_code}")
-    return ERROR_KINDS.get(kind, DevicetrustError)(message)

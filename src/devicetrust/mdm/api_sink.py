@@ -25,15 +25,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
-from devicetrust.client import CONNECT_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS, pinned_ssl_context
+from devicetrust.client import (
+    CONNECT_TIMEOUT_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
+    error_from_response,
+    pinned_ssl_context,
+    transport_errors,
+)
 from devicetrust.errors import (
-    ERROR_KINDS,
     AuthenticationError,
     ConnectionFailedError,
-    DevicetrustError,
-    RateLimitedError,
     SessionExpiredError,
-    TrustError,
     ValidationError,
 )
 from devicetrust.mdm.diff import Observation, StoredDevice
@@ -308,22 +310,6 @@ def sync_report_from_json(value: object) -> SyncReport:
 # -- the sink -------------------------------------------------------------------------------------------------
 
 
-def _reason(err: Exception) -> str:
-    text = str(err) or type(err).__name__
-    return text.splitlines()[0]
-
-
-def _error_from(response: httpx.Response) -> DevicetrustError:
-    try:
-        error = response.json()["error"]
-        kind, message = str(error["kind"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        return DevicetrustError(f"the auth service answered HTTP {response.status_code}")
-    if kind == RateLimitedError.kind:
-        return RateLimitedError(message, int(response.headers.get("retry-after", "0") or 0))
-    return ERROR_KINDS.get(kind, DevicetrustError)(message)
-
-
 class ApiSink:
     """:class:`~devicetrust.mdm.sink.InventorySink` over HTTPS to the auth service.
 
@@ -385,21 +371,12 @@ class ApiSink:
         session: str | None = None,
     ) -> Any:
         headers = {"Authorization": f"Bearer {session}"} if session else {}
-        try:
+        with transport_errors(
+            self.addr, untrusted="a certificate not issued by the cluster's host CA (jamf_service.auth_ca_file)"
+        ):
             response = await self._client().request(method, path, json=json, params=params, headers=headers)
-        except httpx.ConnectError as err:
-            if isinstance(err.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
-                raise TrustError(
-                    f"the auth service at {self.addr} presented a certificate not issued by the cluster's host CA "
-                    "(jamf_service.auth_ca_file)"
-                ) from None
-            raise ConnectionFailedError(f"cannot reach the auth service at {self.addr}: {_reason(err)}") from None
-        except httpx.TimeoutException:
-            raise ConnectionFailedError(f"the auth service at {self.addr} did not answer in time") from None
-        except httpx.TransportError as err:
-            raise ConnectionFailedError(f"cannot talk to the auth service at {self.addr}: {_reason(err)}") from None
         if response.status_code >= 400:
-            raise _error_from(response)
+            raise error_from_response(response)
         return response.json()
 
     async def join(self) -> str:
