@@ -187,11 +187,7 @@ def decide(
     required = mode == _REQUIRED or (mode == _REQUIRED_FOR_HUMANS and not identity.is_bot)
     # Login-time device values still name the device in optional mode; where a device is required, only a
     # device proven as the cluster requires does.
-    audit_device = (
-        mode not in (MODE_OFF, "")
-        and identity.device is not None
-        and (device_verified or mode == _OPTIONAL)
-    )
+    audit_device = mode not in (MODE_OFF, "") and identity.device is not None and (device_verified or mode == _OPTIONAL)
 
     def deny(reason: str, audit_reason: str = "") -> Decision:
         return Decision(False, reason, device_verified, mode, granting, audit_device, audit_reason or reason)
