@@ -148,6 +148,21 @@ run tctl devices ls
 step "The same command from the trusted device is admitted"
 run tsh ssh "$login@prod-server" uname -a
 
+step "A thief copies alice's whole profile to another machine: without the laptop's TPM it opens nothing"
+# Each session is preceded by a device challenge bound to the node, which only the laptop's TPM can answer.
+run cp -r "$TSH_HOME" "$demo/thief-tsh"
+printf '$ TSH_HOME=%s DEVICETRUST_TPM_TCTI=<no TPM here> tsh ssh %s@prod-server uname -a
+' "$demo/thief-tsh" "$login"
+if stolen=$(TSH_HOME=$demo/thief-tsh DEVICETRUST_TPM_TCTI="swtpm:host=127.0.0.1,port=$(pick_port 0)" \
+    tsh ssh "$login@prod-server" uname -a 2>&1); then
+  echo "ERROR: the copied profile opened a session" >&2; exit 1
+fi
+echo "$stolen"
+[ "$(tail -n 1 <<<"$stolen")" = "ERROR: ssh: rejected: administratively prohibited (unauthorized device)" ] || {
+  echo "ERROR: unexpected rejection text for the copied profile" >&2; exit 1; }
+step "On the real laptop, alice notices nothing"
+run tsh ssh "$login@prod-server" uname -a
+
 step "A bot (machine identity) and an agent join token"
 bot_json=$(tctl bots add robot --roles=access --logins=robot --format=json)
 bot_token=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' <<<"$bot_json")
@@ -169,4 +184,5 @@ e = events[-1]
 print(json.dumps({"event": e["event"], "user": e["user"], "device": e["device"]}, indent=2))'
 
 printf '\nDemo complete: alice was rejected from prod-server from an untrusted laptop, then admitted once the\n'
-printf 'laptop was registered and enrolled with its TPM; the audit log names the device behind the session.\n'
+printf 'laptop was registered and enrolled with its TPM; a copy of her profile on another machine was rejected;\n'
+printf 'the audit log names the device behind the session.\n'

@@ -26,10 +26,16 @@ ClientKey = tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]
 
 
 # ------------------------------------------------------------------------------------------------ settings
-def set_device_trust(admin: LeanClient, mode: str, *, allow_unsafe_software_keys: bool = True) -> None:
+def set_device_trust(
+    admin: LeanClient, mode: str, *, allow_unsafe_software_keys: bool = True, session_proof: str = "per_session"
+) -> None:
     """Replace the cluster auth preference's device_trust settings."""
     cap = admin.call("GET", CAP_PATH)
-    cap["spec"]["device_trust"] = {"mode": mode, "allow_unsafe_software_keys": allow_unsafe_software_keys}
+    cap["spec"]["device_trust"] = {
+        "mode": mode,
+        "allow_unsafe_software_keys": allow_unsafe_software_keys,
+        "session_proof": session_proof,
+    }
     admin.call("PUT", "/v1/resources", {"resource": cap, "force": True})
 
 
