@@ -135,7 +135,7 @@ class JamfService:
                 schedules = [await self._initial(entry) for entry in self._config.inventory]
                 log.info(
                     "jamf service started",
-                    extra={"source": self._config.name, "jamf_host": client.host, "entries": len(schedules)},
+                    extra={"source": self._config.name, "jamf_host": client.address, "entries": len(schedules)},
                 )
                 while not stop.is_set():
                     current = min(schedules, key=_Schedule.due)
