@@ -51,7 +51,11 @@ stop() {
   if [ "${KEEP:-0}" = 1 ]; then
     printf '\nCluster left running (pid %s, log %s).\n' "$(cat "$demo/devicetrust.pid")" "$demo/devicetrust.log"
     printf 'Explore with:\n  export DEVICETRUST_CONFIG=%s TSH_HOME=%s PATH=%s:$PATH\n' "$DEVICETRUST_CONFIG" "$TSH_HOME" "$bin"
-    printf '  tsh status; tctl get roles; tctl audit ls\nStop it with: kill %s\n' "$(cat "$demo/devicetrust.pid")"
+    # the stop command covers everything the demo started: the cluster and, once it exists, the laptop's swtpm
+    stop_cmd="kill $(cat "$demo/devicetrust.pid")"
+    [ -d "$demo/alice-laptop/tpm" ] &&
+      stop_cmd+="; $(printf '%q' "$bin/python") -m devicetrust.device.swtpm stop --dir $(printf '%q' "$demo/alice-laptop/tpm")"
+    printf '  tsh status; tctl get roles; tctl audit ls\nStop it with: %s\n' "$stop_cmd"
   else
     kill "$(cat "$demo/devicetrust.pid")" 2>/dev/null || true
     [ -d "$demo/alice-laptop/tpm" ] && "$bin/python" -m devicetrust.device.swtpm stop --dir "$demo/alice-laptop/tpm" 2>/dev/null
