@@ -134,6 +134,9 @@ def test_the_owner_proves_the_device_for_each_session(world: World) -> None:
     first = ok(world.laptop.tsh("ssh", world.target, 'echo "$DEVICETRUST_SESSION_ID"')).strip()
     second = ok(world.laptop.tsh("ssh", world.target, 'echo "$DEVICETRUST_SESSION_ID"')).strip()
     assert first and second and first != second
+    # an interactive session (a terminal) takes the same path
+    terminal = ok(world.laptop.tsh("ssh", "-t", world.target, "tty"))
+    assert terminal.startswith("/dev/pts/"), terminal
     start = world.wait_for_event("session.start", lambda e: e.get("sid") == second)
     assert start["device"]["asset_tag"] == SERIAL and start["device"]["os"] == "Linux", start
     # the session's device block comes from its own ceremony, which names this node as its target
