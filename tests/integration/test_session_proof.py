@@ -208,6 +208,26 @@ def test_openssh_through_tsh_config_works_for_the_owner_only(world: World, tmp_p
     assert "administratively prohibited" in thief.stderr.lower() and "unauthorized device" in thief.stderr, thief.stderr
 
 
+def test_a_profile_from_before_the_cluster_required_session_proofs_proves_on_demand(
+    world: World, tmp_path: Path
+) -> None:
+    """Logged in under ``session_proof: login``, the profile skips the proof; once the cluster switches to
+    per_session, the node's refusal makes tsh prove the device and retry, so the owner notices nothing."""
+    _set_cap(world.cluster, tmp_path, session_proof="login")
+    try:
+        ok(world.laptop.login())
+    finally:
+        _set_cap(world.cluster, tmp_path)
+    deadline = time.monotonic() + 10
+    while world.thief("ssh", world.target, "true").returncode == 0:  # until the node enforces per_session again
+        assert time.monotonic() < deadline, "the node did not pick up session_proof: per_session"
+        time.sleep(0.3)
+    session_id = ok(world.laptop.tsh("ssh", world.target, 'echo "$DEVICETRUST_SESSION_ID"')).strip()
+    start = world.wait_for_event("session.start", lambda e: e.get("sid") == session_id)
+    assert start["device_proof"]["id"], start
+    ok(world.laptop.login())
+
+
 def test_a_locked_then_unenrolled_then_deleted_device_is_refused_at_the_next_session(world: World) -> None:
     cluster, laptop = world.cluster, world.laptop
     ok(cluster.tctl("devices", "lock", f"--asset-tag={SERIAL}", "--message=reported stolen"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -71,6 +72,8 @@ _REJECTION_NAMES = {
 }
 #: Marks our line in $TSH_HOME/known_hosts so re-running `tsh config` replaces it (one line per cluster).
 _KNOWN_HOSTS_TAG = "devicetrust-cluster:"
+#: The node's reason when a device is required and none was proven.
+UNAUTHORIZED_DEVICE_REJECTION = "(unauthorized device)"
 
 
 # ------------------------------------------------------------------------------------------------ nodes
@@ -544,18 +547,23 @@ def ssh_command(
     logging.getLogger("asyncssh").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(run_ssh(req))
-    except AccessDeniedError:
+    except AccessDeniedError as err:
+        if proof_error is None and session_cert is None and UNAUTHORIZED_DEVICE_REJECTION in str(err):
+            # The cluster's settings changed since login (the profile said no proof was needed): prove and retry.
+            session_cert, proof_error = _session_proof(store, profile, node, device_key, always=True)
+            if session_cert is not None:
+                return asyncio.run(run_ssh(dataclasses.replace(req, session_cert=session_cert)))
         if proof_error is not None:
             warn(f"this device could not prove itself for the session: {proof_error}")
         raise
 
 
 def _session_proof(
-    store: ProfileStore, profile: Profile, node: Node, device_key: str | None
+    store: ProfileStore, profile: Profile, node: Node, device_key: str | None, *, always: bool = False
 ) -> tuple[bytes | None, DevicetrustError | None]:
-    """The session certificate for ``node`` (None when this profile does not use session proofs or this home
-    has no enrolled device), or the error that kept the device from proving itself."""
-    if not wants_session_proof(profile) or enrolled_backend(store, device_key) is None:
+    """The session certificate for ``node`` (None when this profile does not use session proofs, unless
+    ``always``, or this home has no enrolled device), or the error that kept the device from proving itself."""
+    if not (always or wants_session_proof(profile)) or enrolled_backend(store, device_key) is None:
         return None, None
     try:
         return prove_for_session(store, profile, "ssh", node.host_id, backend=device_key).ssh_cert, None
