@@ -92,7 +92,7 @@ def test_ekcert_trusted_enrollment(tpm: FakeTPM, ek_ca: Issued) -> None:
     assert tpm.activate(challenge) == secret
     proof = finish_enrollment(pending, tpm.enroll_answer(challenge), now=NOW + timedelta(seconds=59))
     assert proof.credential == credential
-    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events)"
+    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events, data verified for {QUOTED_EVENT_COUNT})"
 
 
 def test_ekcert_with_matching_ek_key_is_trusted(tpm: FakeTPM, ek_ca: Issued) -> None:
@@ -131,7 +131,7 @@ def test_p384_ek_and_rsa_ak(ecc_tpm: FakeTPM) -> None:
     assert pending.credential.attestation_type == "tpm_ekpub"
     proof = finish_enrollment(pending, ecc_tpm.enroll_answer(challenge), now=NOW)
     assert proof.credential.tpm_ak_public == ecc_tpm.ak_public
-    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events)"
+    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events, data verified for {QUOTED_EVENT_COUNT})"
 
 
 def test_empty_event_log_is_accepted_and_recorded_as_none(tpm: FakeTPM) -> None:
@@ -427,8 +427,22 @@ def test_event_log_of_another_boot_is_refused(tpm: FakeTPM) -> None:
     _refused(tpm, "^event log does not reproduce PCR 4$", event_log=other)
 
 
-def test_garbage_event_log_is_refused(tpm: FakeTPM) -> None:
-    _refused(tpm, "event log", event_log=b"\x00" * 40)
+def test_unreadable_event_log_enrolls_as_without_a_log_and_says_so(tpm: FakeTPM) -> None:
+    """An event log the server cannot read proves nothing either way: it must not make the enrollment fail when
+    the same device sending no log would enroll, and it is recorded as unverified with the reason."""
+    legacy_sha1 = b"\x00" * 4 + b"\x08\x00\x00\x00" + bytes(20) + b"\x01\x00\x00\x00x"  # TCG 1.2 format
+    for log, reason in [
+        (b"\x00" * 40, "malformed event log: truncated"),
+        (tpm.event_log[:-1], "malformed event log: truncated"),
+        (
+            legacy_sha1,
+            "TCG 1.2 (SHA-1) event log (1 event) has only SHA-1 digests, and the SHA-1 PCR bank was not quoted",
+        ),
+    ]:
+        pending, challenge = begin_enroll(LINUX, tpm=tpm.payload())
+        proof = finish_enrollment(pending, _answer(tpm, challenge, event_log=log), now=NOW)
+        assert proof.event_log == f"unverified: {reason}"
+        assert proof.credential == pending.credential
 
 
 def test_quote_over_fewer_pcrs_is_refused(tpm: FakeTPM) -> None:
