@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.attestation import fakes
+from tests.attestation.real_eventlogs import OPTION_ROM, SHA256, UBUNTU_VM
 from tests.ceremony.conftest import (
     BOOT_EVENTS,
     CEREMONY_ID,
@@ -38,7 +39,13 @@ from tests.ceremony.conftest import (
     trusting,
 )
 
-from devicetrust.attestation import Attest, ObjectAttributes, PCRSelection, build_event_log
+from devicetrust.attestation import (
+    EV_EFI_VARIABLE_DRIVER_CONFIG,
+    Attest,
+    ObjectAttributes,
+    PCRSelection,
+    build_event_log,
+)
 from devicetrust.ceremony.ceremonies import (
     AUTHENTICATE,
     CEREMONY_TTL,
@@ -443,6 +450,31 @@ def test_unreadable_event_log_enrolls_as_without_a_log_and_says_so(tpm: FakeTPM)
         proof = finish_enrollment(pending, _answer(tpm, challenge, event_log=log), now=NOW)
         assert proof.event_log == f"unverified: {reason}"
         assert proof.credential == pending.credential
+
+
+def test_real_firmware_logs_at_enrollment(tpm: FakeTPM) -> None:
+    """A TPM whose PCRs hold a real firmware boot: its crypto-agile log replays; with SecureBoot flipped in the log
+    it is refused; a TCG 1.2 (SHA-1) log enrolls as unverified since only the SHA-256 bank is quoted."""
+    sha256_pcrs = UBUNTU_VM.pcrs(SHA256)
+    pending, challenge = begin_enroll(LINUX, tpm=tpm.payload())
+    proof = finish_enrollment(
+        pending, _answer(tpm, challenge, pcr_values=sha256_pcrs, event_log=UBUNTU_VM.log), now=NOW
+    )
+    assert proof.event_log == "replayed (27 events, data verified for 20)"
+
+    secure_boot = next(
+        r for r in UBUNTU_VM.records if r.event_type == EV_EFI_VARIABLE_DRIVER_CONFIG and b"S\x00e\x00c" in r.data
+    )
+    flipped = bytearray(UBUNTU_VM.log)
+    flipped[secure_boot.size_offset + 4 + len(secure_boot.data) - 1] ^= 0x01  # its one-byte value, 0 -> 1
+    _refused(tpm, "EV_EFI_VARIABLE_DRIVER_CONFIG, PCR 7", pcr_values=sha256_pcrs, event_log=bytes(flipped))
+
+    pending, challenge = begin_enroll(LINUX, tpm=tpm.payload())
+    proof = finish_enrollment(pending, _answer(tpm, challenge, event_log=OPTION_ROM.log), now=NOW)
+    assert proof.event_log == (
+        "unverified: TCG 1.2 (SHA-1) event log (60 events) has only SHA-1 digests, "
+        "and the SHA-1 PCR bank was not quoted"
+    )
 
 
 def test_quote_over_fewer_pcrs_is_refused(tpm: FakeTPM) -> None:
