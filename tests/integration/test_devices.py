@@ -185,14 +185,14 @@ def test_an_unreadable_event_log_is_no_worse_than_none(
     """A real TCG 1.2 (SHA-1) firmware log, then a garbage one: the device enrolls and authenticates as it would
     without a log, and its record and the audit log say the log is unverified, and why."""
     cluster = devices_cluster
-    laptop = new_laptop(cluster, laptops, tmp_path, "erin", "SN-LOG1")
+    laptop = new_laptop(cluster, laptops, tmp_path, "lena", "SN-LOG1")
     laptop.event_log = tmp_path / "sha1-eventlog"
     shutil.copyfile(SHA1_FIRMWARE_LOG, laptop.event_log)
     ok(cluster.tctl("devices", "add", "--os=linux", "--asset-tag=SN-LOG1"))
-    invite = cluster.add_user("erin", logins="erin")
+    invite = cluster.add_user("lena", logins="lena")
     ok(
         laptop.tsh(
-            "login", f"--proxy={cluster.proxy}", "--user=erin", f"--token={invite}", "--password-stdin", input=PASSWORD
+            "login", f"--proxy={cluster.proxy}", "--user=lena", f"--token={invite}", "--password-stdin", input=PASSWORD
         )
     )
     token = enroll_token(cluster, "SN-LOG1")
