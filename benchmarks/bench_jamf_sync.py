@@ -165,7 +165,9 @@ def _touch(fake: Any, count: int) -> None:
 
 
 def _parent() -> None:
-    from devicetrust.mdm.jamf.fake import FakeJamf, FakeJamfServer, Inventory, make_test_pki
+    from tests.fakes.jamf.server import FakeJamf, FakeJamfServer, Inventory
+    from tests.fakes.pki import make_test_pki
+
     from devicetrust.mdm.jamf.mapping import FULL_SORT, PARTIAL_SORT
 
     with tempfile.TemporaryDirectory(prefix="dt-bench-jamf-") as tmp:

@@ -30,7 +30,7 @@ stop() {
 trap stop EXIT
 
 step "A fake Jamf Pro with the inventory in examples/jamf/"
-"$bin/python" -m devicetrust.mdm.jamf.fake serve --dir "$demo/jamf" \
+"$bin/python" -m tests.fakes.jamf.server serve --dir "$demo/jamf" \
   --computers examples/jamf/computers.json --mobile-devices examples/jamf/mobile-devices.json \
   >"$demo/jamf.log" 2>&1 &
 echo $! >"$demo/jamf.pid"

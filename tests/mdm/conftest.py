@@ -16,15 +16,9 @@ import pytest
 
 from devicetrust.mdm.jamf.client import JamfClient, RetryPolicy
 from devicetrust.mdm.jamf.config import JamfServiceConfig, OAuthCredentials, parse_jamf_service_config
-from devicetrust.mdm.jamf.fake import (
-    FakeJamf,
-    FakeJamfServer,
-    Inventory,
-    TestPKI,
-    load_inventory_json,
-    make_test_pki,
-)
 from devicetrust.storage import Backend
+from tests.fakes.jamf.server import FakeJamf, FakeJamfServer, Inventory, load_inventory_json
+from tests.fakes.pki import TestPKI, make_test_pki
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "jamf"
 CLIENT_ID = "7c1c4b1e-2f7e-4c5e-9a55-devicetrust"

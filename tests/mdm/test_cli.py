@@ -13,9 +13,9 @@ from click.testing import CliRunner, Result
 
 from devicetrust.cli.common import DevicetrustGroup
 from devicetrust.cli.jamf import jamf as jamf_group
-from devicetrust.mdm.jamf.fake import FakeJamf
 from devicetrust.storage import Backend
 from devicetrust.types import Device, resource_to_dict
+from tests.fakes.jamf.server import FakeJamf
 from tests.mdm.conftest import CLIENT_ID, JamfSetup
 
 

@@ -13,7 +13,7 @@ from devicetrust.errors import ConfigError, TrustError
 from devicetrust.mdm.jamf.client import MAX_CONCURRENT_REQUESTS, JamfClient, RetryPolicy
 from devicetrust.mdm.jamf.config import OAuthCredentials, PasswordCredentials
 from devicetrust.mdm.jamf.errors import JamfAPIError, JamfAuthError
-from devicetrust.mdm.jamf.fake import FakeJamf
+from tests.fakes.jamf.server import FakeJamf
 from tests.mdm.conftest import FAST_RETRY, PASSWORD, USERNAME, JamfSetup
 
 T = TypeVar("T")

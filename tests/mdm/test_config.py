@@ -18,7 +18,7 @@ from devicetrust.mdm.jamf.config import (
     PasswordCredentials,
     parse_jamf_service_config,
 )
-from devicetrust.mdm.jamf.fake import make_test_pki
+from tests.fakes.pki import make_test_pki
 
 
 @pytest.fixture

@@ -9,15 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-from devicetrust.mdm.jamf.fake import (
+from tests.fakes.jamf.server import (
     COMPUTER_SECTIONS,
     JAMF_MAX_PAGE_SIZE,
     FakeJamf,
     FakeJamfServer,
     Inventory,
-    TestPKI,
     synthetic_computer,
 )
+from tests.fakes.pki import TestPKI
 from tests.mdm.conftest import CLIENT_ID, CLIENT_SECRET, PASSWORD, USERNAME
 
 

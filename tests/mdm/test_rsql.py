@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from devicetrust.mdm.jamf import rsql
+from tests.fakes.jamf import rsql
 
 RECORD: dict[str, Any] = {
     "id": 42,

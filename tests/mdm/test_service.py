@@ -17,10 +17,10 @@ from devicetrust.errors import ConfigError
 from devicetrust.mdm.jamf.client import JamfClient
 from devicetrust.mdm.jamf.config import JamfServiceConfig
 from devicetrust.mdm.jamf.errors import JamfAuthError
-from devicetrust.mdm.jamf.fake import FakeJamf
 from devicetrust.mdm.jamf.service import JamfService, JamfServiceThread, default_client
 from devicetrust.mdm.sink import BackendSink, SyncReport
 from devicetrust.storage import Backend, Store
+from tests.fakes.jamf.server import FakeJamf
 from tests.mdm.conftest import FAST_RETRY, JamfSetup
 
 FAST_PERIODS = [{"sync_period_partial": "1s", "sync_period_full": "2s"}]

@@ -10,11 +10,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from devicetrust.mdm.jamf import fake as fake_module
 from devicetrust.mdm.jamf.config import InventoryEntry
 from devicetrust.mdm.jamf.engine import JamfSync, cut_state_key
 from devicetrust.mdm.jamf.errors import JamfAuthError
-from devicetrust.mdm.jamf.fake import FakeJamf
 from devicetrust.mdm.sink import STATE_KEY_PREFIX, BackendSink, SyncReport
 from devicetrust.storage import Backend, DeviceRecord
 from devicetrust.types import (
@@ -25,6 +23,8 @@ from devicetrust.types import (
     parse_resource,
     resource_to_dict,
 )
+from tests.fakes.jamf import server as fake_module
+from tests.fakes.jamf.server import FakeJamf
 from tests.mdm.conftest import JamfSetup
 
 COMPUTERS = InventoryEntry()

@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from devicetrust import __version__
 from devicetrust.auth.mdm import MdmService

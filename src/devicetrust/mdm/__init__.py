@@ -2,5 +2,5 @@
 
 ``diff`` is the pure core (inventory observations vs stored devices -> what to write, what is missing);
 ``sink`` the narrow interface the sync writes through (in-process against the Backend, or remote);
-``jamf`` the Jamf Pro client, sync engine, service and a faithful fake Jamf server for tests and the demo.
+``jamf`` the Jamf Pro client, sync engine and service (the fake Jamf server is in ``tests/fakes/jamf``).
 """

@@ -6,7 +6,7 @@ What the daemon calls (see :mod:`devicetrust.mdm.jamf.service` for the full reci
     if config.enabled:
         JamfServiceThread(config, backend, audit=server.audit).start()  # or: await run_jamf_service(...)
 
-The fake Jamf server for tests and the demo is :mod:`devicetrust.mdm.jamf.fake` (not imported here).
+The fake Jamf server for tests and the demo is ``tests/fakes/jamf/server.py``, outside the package.
 """
 
 from devicetrust.mdm.jamf.client import InventoryPage, JamfClient, RetryPolicy

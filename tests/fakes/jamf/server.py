@@ -15,8 +15,8 @@ where the sync depends on it:
 - switchable faults (:class:`Faults`): 401 mid-sync, 500s, 429 with Retry-After, slow pages, redirects to
   another host, no v2 API, and offset-paging gaps (a device retired mid-walk, so the next page skips one).
 
-Run it by hand for the demo: ``python -m devicetrust.mdm.jamf.fake serve --dir .demo/jamf --computers
-examples/jamf/computers.json`` (writes a test CA and the API client's secret to ``--dir``).
+Run it by hand for the demo, from the repository root: ``python -m tests.fakes.jamf.server serve --dir
+.demo/jamf --computers examples/jamf/computers.json`` (writes a test CA and the API client's secret to ``--dir``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import ipaddress
 import json
 import secrets
 import socket
@@ -42,17 +41,14 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from devicetrust.mdm.jamf import rsql
+from tests.fakes.jamf import rsql
+from tests.fakes.pki import TestPKI, make_test_pki
 
 __all__ = [
     "JAMF_MAX_PAGE_SIZE",
@@ -60,9 +56,7 @@ __all__ = [
     "FakeJamfServer",
     "Faults",
     "Inventory",
-    "TestPKI",
     "load_inventory_json",
-    "make_test_pki",
     "synthetic_computer",
 ]
 
@@ -73,8 +67,6 @@ DEFAULT_TOKEN_LIFETIME_S = 60.0
 QUERY_CACHE_ENTRIES = 16
 #: requests remembered for tests to inspect
 REQUEST_LOG_ENTRIES = 10_000
-#: validity of the test certificates
-TEST_CERT_VALIDITY = timedelta(days=2)
 
 # ComputerSection -> (JSON key, is a list)
 COMPUTER_SECTIONS: Mapping[str, tuple[str, bool]] = {
@@ -977,71 +969,6 @@ class _Descending:
         return hash(self.value)
 
 
-# -- TLS for tests and the demo -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TestPKI:
-    """A throwaway CA and a server certificate for 127.0.0.1/localhost it issued."""
-
-    __test__ = False  # not a pytest class
-
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
-def make_test_pki(
-    directory: Path, *, hosts: Sequence[str] = ("localhost", "127.0.0.1"), name: str = "Fake Jamf Test CA"
-) -> TestPKI:
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + TEST_CERT_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + TEST_CERT_VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pki = TestPKI(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
-    pki.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    pki.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    pki.key_file.chmod(0o600)
-    return pki
-
-
 # -- serving ------------------------------------------------------------------------------------------------
 
 
@@ -1143,7 +1070,7 @@ def _serve_main(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m devicetrust.mdm.jamf.fake", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.jamf.server", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a fake Jamf Pro over HTTPS on loopback")
     serve.add_argument("--dir", type=Path, required=True, help="where to write the test CA, secret and endpoint.json")

@@ -1,0 +1,1 @@
+"""Test doubles for the tests, the demos and the benchmarks; not part of the devicetrust package."""
