@@ -176,6 +176,7 @@ def test_a_captured_session_certificate_is_good_for_its_node_only(world: World) 
 def test_a_captured_session_certificate_is_refused_after_its_window(world: World, tmp_path: Path) -> None:
     _set_cap(world.cluster, tmp_path, session_proof_ttl="5s")
     try:
+        assert "session proof per_session (5s)" in ok(world.cluster.tctl("status"))
         captured = ok(world.laptop.tsh("device", "session-cert", f"--ssh-node={world.node.host_id}"))
     finally:
         _set_cap(world.cluster, tmp_path)
