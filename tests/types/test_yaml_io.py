@@ -6,6 +6,7 @@ import pytest
 
 from devicetrust.errors import ValidationError
 from devicetrust.types import MAX_YAML_TEXT_CHARS, dump_yaml, load_resources, load_yaml_documents
+from devicetrust.types.yaml_io import MAX_YAML_DEPTH, MAX_YAML_NODES
 
 
 def load_error(text: str, source: str = "f.yaml") -> str:
@@ -97,6 +98,46 @@ def test_too_large_input_is_refused_before_parsing() -> None:
     text = "a: " + "x" * MAX_YAML_TEXT_CHARS
 
     assert load_error(text).startswith("f.yaml: too large")
+
+
+def alias_bomb(levels: int) -> str:
+    """A few hundred bytes that expand to 9**levels values."""
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "kind: role\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [7, 10])
+def test_alias_bomb_is_refused_while_parsing(levels: int) -> None:
+    assert len(alias_bomb(levels)) < 500
+    assert load_error(alias_bomb(levels)) == (
+        f"f.yaml: line 7: more than {MAX_YAML_NODES} values once aliases are expanded (an alias bomb?)"
+    )
+
+
+def test_ordinary_aliases_and_merge_keys_still_work() -> None:
+    text = "base: &base {logins: [a, b]}\nrole: {<<: *base, extra: *base}\n---\nagain: &base [1]\n"
+
+    assert load_yaml_documents(text) == [
+        {"base": {"logins": ["a", "b"]}, "role": {"logins": ["a", "b"], "extra": {"logins": ["a", "b"]}}},
+        {"again": [1]},
+    ]
+
+
+def test_alias_inside_its_own_anchor_is_refused() -> None:
+    assert load_error("a: &a [x, *a]\n") == 'f.yaml: line 1: alias "*a" is inside its own anchor'
+
+
+def test_deep_nesting_is_refused() -> None:
+    text = "a: " + "[" * 10_000 + "]" * 10_000 + "\n"
+
+    assert load_error(text) == f"f.yaml: line 1: nested deeper than {MAX_YAML_DEPTH} levels"
+
+
+def test_bytes_must_be_utf8() -> None:
+    assert load_yaml_documents("a: é\n".encode(), "f.yaml") == [{"a": "é"}]
+    assert load_yaml_documents(b"\xef\xbb\xbfa: 1\n", "f.yaml") == [{"a": 1}]  # a byte order mark is fine
+    assert load_error(b"a: 1\nb: \xff\xfe\n") == "f.yaml: line 2: not UTF-8 text (byte 0xff); save the file as UTF-8"
 
 
 def test_default_source_name() -> None:

@@ -207,11 +207,12 @@ def users_reset(ctx: Context, name: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------- resources
-def _read_source(path: str) -> tuple[str, str]:
+def _read_source(path: str) -> tuple[bytes, str]:
+    """The file's bytes: the YAML loader decodes them, so a file that is not UTF-8 is a one-line error."""
     if path == "-":
-        return sys.stdin.read(), "<stdin>"
+        return sys.stdin.buffer.read(), "<stdin>"
     try:
-        return Path(path).read_text(), path
+        return Path(path).read_bytes(), path
     except OSError as err:
         raise ValidationError(f"cannot read {path}: {err.strerror}") from None
 
