@@ -7,6 +7,7 @@ profile and is limited by that user's roles.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
@@ -14,11 +15,14 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from devicetrust import __version__
 from devicetrust.cli.common import (
@@ -32,8 +36,9 @@ from devicetrust.cli.common import (
 from devicetrust.cli.profile import ProfileStore
 from devicetrust.client import AuthClient
 from devicetrust.config import ENV_CONFIG, AdminIdentity, load_config
-from devicetrust.errors import ConfigError, NotFoundError, ValidationError
-from devicetrust.types import dump_yaml, load_yaml_documents, normalize_kind, os_display_name
+from devicetrust.crypto import fingerprint_sha256, load_public_key
+from devicetrust.errors import ConfigError, DevicetrustError, NotFoundError, ValidationError
+from devicetrust.types import dump_yaml, load_yaml_documents, normalize_kind, os_display_name, parse_resource
 
 
 class Context:
@@ -73,6 +78,13 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def _url(*segments: str) -> str:
+    """An API path from names as typed: each is one path segment, so "role/../user/alice" cannot re-route."""
+    quoted = [quote(segment, safe="") for segment in segments]
+    # "." and ".." survive quote() and would be resolved away by the HTTP client.
+    return "/v1/" + "/".join("%2E" * len(q) if q in (".", "..") else q for q in quoted)
 
 
 @click.group(cls=DevicetrustGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -161,7 +173,7 @@ def users_update(
     body: dict[str, Any] = {"set_traits": traits or None}
     if set_roles is not None:
         body["set_roles"] = split_list(set_roles)
-    reply = ctx.client.patch(f"/v1/users/{name}", body)
+    reply = ctx.client.patch(_url("users", name), body)
     click.echo(f'User "{name}" has been updated (roles: {", ".join(reply["roles"])}).')
 
 
@@ -193,7 +205,7 @@ def users_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def users_rm(ctx: Context, name: str) -> None:
     """Delete a user and end their sessions."""
-    ctx.client.delete(f"/v1/resources/user/{name}")
+    ctx.client.delete(_url("resources", "user", name))
     click.echo(f'User "{name}" has been deleted.')
 
 
@@ -202,7 +214,7 @@ def users_rm(ctx: Context, name: str) -> None:
 @pass_ctx
 def users_reset(ctx: Context, name: str) -> None:
     """Clear a user's password and print a new signup token."""
-    reply = ctx.client.post(f"/v1/users/{name}/reset")
+    reply = ctx.client.post(_url("users", name, "reset"))
     _print_invite(ctx, name, reply["invite_token"], "reset")
 
 
@@ -223,16 +235,45 @@ def _read_source(path: str) -> tuple[bytes, str]:
 @pass_ctx
 def create(ctx: Context, filename: str, force: bool) -> None:
     """Create resources from a YAML file (roles, users, bots, cluster_auth_preference)."""
-    text, source = _read_source(filename)
-    documents = load_yaml_documents(text, source)
+    data, source = _read_source(filename)
+    documents = load_yaml_documents(data, source)
     if not documents:
         raise ValidationError(f"{source}: no resources found")
-    for doc in documents:
-        reply = ctx.client.put("/v1/resources", {"resource": doc, "force": force})
+    labels = _check_documents(documents, source)
+    applied: list[str] = []
+    for number, (doc, label) in enumerate(zip(documents, labels, strict=True), start=1):
+        try:
+            reply = ctx.client.put("/v1/resources", {"resource": doc, "force": force})
+        except DevicetrustError as err:
+            done = f"applied before it: {', '.join(applied)}" if applied else "nothing was applied"
+            err.message = f"{source}: document {number} ({label}): {err.message} ({done}; nothing after it)"
+            raise
         if reply["outcome"] == "unchanged":
             click.echo(f'{reply["kind"]} "{reply["name"]}" already exists with this content; nothing to change')
         else:
             click.echo(f'{reply["kind"]} "{reply["name"]}" has been {reply["outcome"]}')
+        applied.append(f"{label} {reply['outcome']}")
+
+
+def _check_documents(documents: list[dict[str, Any]], source: str) -> list[str]:
+    """Validate every document before any is sent, so a bad one late in a file leaves the cluster untouched.
+    Returns each document's label ('role "access"')."""
+    labels: list[str] = []
+    seen: dict[tuple[str, str], int] = {}
+    for number, doc in enumerate(documents, start=1):
+        try:
+            resource = parse_resource(doc)
+        except ValidationError as err:
+            raise ValidationError(f"{source}: document {number}: {err.message} (nothing was applied)") from None
+        key = (resource.kind, resource.metadata.name)
+        label = f'{key[0]} "{key[1]}"'
+        if key in seen:
+            raise ValidationError(
+                f"{source}: document {number}: {label} is also document {seen[key]} (nothing was applied)"
+            )
+        seen[key] = number
+        labels.append(label)
+    return labels
 
 
 def _split_ref(ref: str) -> tuple[str, str | None]:
@@ -243,8 +284,8 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 def _fetch(ctx: Context, ref: str) -> list[dict[str, Any]]:
     kind, name = _split_ref(ref)
     if name:
-        return [ctx.client.get(f"/v1/resources/{kind}/{name}")]
-    items: list[dict[str, Any]] = ctx.client.get(f"/v1/resources/{kind}")["items"]
+        return [ctx.client.get(_url("resources", kind, name))]
+    items: list[dict[str, Any]] = ctx.client.get(_url("resources", kind))["items"]
     return items
 
 
@@ -272,7 +313,7 @@ def rm(ctx: Context, ref: str) -> None:
     kind, name = _split_ref(ref)
     if not name:
         raise click.UsageError("give KIND/NAME, e.g. role/contractor")
-    ctx.client.delete(f"/v1/resources/{kind}/{name}")
+    ctx.client.delete(_url("resources", kind, name))
     click.echo(f'{kind} "{name}" has been deleted')
 
 
@@ -299,9 +340,13 @@ def edit(ctx: Context, ref: str) -> None:
     documents = load_yaml_documents(edited, "edited resource")
     if len(documents) != 1:
         raise ValidationError("edited resource: expected exactly one resource")
-    before, after = docs[0]["metadata"]["name"], documents[0].get("metadata", {}).get("name")
+    kind_before, kind_after = docs[0].get("kind"), documents[0].get("kind")
+    if kind_after != kind_before:
+        raise ValidationError(f"edited resource: kind cannot change ({kind_before!r} -> {kind_after!r}); nothing saved")
+    metadata = documents[0].get("metadata")
+    before, after = docs[0]["metadata"]["name"], metadata.get("name") if isinstance(metadata, dict) else None
     if after != before:
-        raise ValidationError(f"edited resource: metadata.name cannot change ({before!r} -> {after!r})")
+        raise ValidationError(f"edited resource: metadata.name cannot change ({before!r} -> {after!r}); nothing saved")
     reply = ctx.client.put("/v1/resources", {"resource": documents[0], "force": True})
     click.echo(f'{reply["kind"]} "{reply["name"]}" has been updated')
 
@@ -359,7 +404,7 @@ def bots_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def bots_rm(ctx: Context, name: str) -> None:
     """Delete a bot, its unused token and its sessions."""
-    ctx.client.delete(f"/v1/resources/bot/{name}")
+    ctx.client.delete(_url("resources", "bot", name))
     click.echo(f'Bot "{name}" has been deleted.')
 
 
@@ -412,7 +457,7 @@ def tokens_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def tokens_rm(ctx: Context, token_id: str) -> None:
     """Delete a token by the id 'tctl tokens ls' shows."""
-    ctx.client.delete(f"/v1/tokens/{token_id}")
+    ctx.client.delete(_url("tokens", token_id))
     click.echo(f"Token {token_id} has been deleted.")
 
 
@@ -436,7 +481,7 @@ def _resolve_device(ctx: Context, device_id: str | None, asset_tag: str | None) 
     if bool(device_id) == bool(asset_tag):
         raise click.UsageError("give exactly one of --device-id or --asset-tag")
     if device_id:
-        device: dict[str, Any] = ctx.client.get(f"/v1/devices/{device_id}")
+        device: dict[str, Any] = ctx.client.get(_url("devices", device_id))
         return device
     found = ctx.client.get("/v1/devices", asset_tag=asset_tag)["items"]
     if not found:
@@ -444,6 +489,18 @@ def _resolve_device(ctx: Context, device_id: str | None, asset_tag: str | None) 
     if len(found) > 1:
         raise ValidationError(f'several devices have asset tag "{asset_tag}"; use --device-id')
     return dict(found[0])
+
+
+def _enroll_ttl_seconds(text: str | None, flag: str) -> int | None:
+    """Checked here too, so the error names the flag the user typed rather than the server's."""
+    if not text:
+        return None
+    from devicetrust.auth.devices import MAX_ENROLL_TOKEN_TTL  # only when the flag is given: a heavy import
+
+    ttl = parse_duration(text, what=flag)
+    if ttl <= timedelta(0) or ttl > MAX_ENROLL_TOKEN_TTL:
+        raise ValidationError(f"{flag} must be positive and at most {MAX_ENROLL_TOKEN_TTL.days} days, got {text}")
+    return int(ttl.total_seconds())
 
 
 def _print_enroll_command(asset_tag: str, token: str) -> None:
@@ -459,7 +516,7 @@ def _print_enroll_command(asset_tag: str, token: str) -> None:
 @pass_ctx
 def devices_add(ctx: Context, os_type: str, asset_tag: str, enroll: bool, enroll_ttl: str | None, fmt: str) -> None:
     """Register a device in the inventory."""
-    ttl = int(parse_duration(enroll_ttl, what="--enroll-ttl").total_seconds()) if enroll_ttl else None
+    ttl = _enroll_ttl_seconds(enroll_ttl, "--enroll-ttl")
     reply = ctx.client.post(
         "/v1/devices",
         {"os_type": os_type, "asset_tag": asset_tag, "create_enroll_token": enroll, "enroll_token_ttl_seconds": ttl},
@@ -533,7 +590,7 @@ def devices_get(ctx: Context, device_id: str | None, asset_tag: str | None, fmt:
 def devices_rm(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
     """Remove a device from the inventory (issued certificates stay valid until they expire: use locks)."""
     device = _resolve_device(ctx, device_id, asset_tag)
-    ctx.client.delete(f"/v1/devices/{device['metadata']['name']}")
+    ctx.client.delete(_url("devices", device["metadata"]["name"]))
     spec = device["spec"]
     click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} removed")
 
@@ -546,8 +603,8 @@ def devices_rm(ctx: Context, device_id: str | None, asset_tag: str | None) -> No
 def devices_enroll(ctx: Context, device_id: str | None, asset_tag: str | None, ttl: str | None, fmt: str) -> None:
     """Create an enrollment token for a registered device (it replaces any earlier one)."""
     device = _resolve_device(ctx, device_id, asset_tag)
-    seconds = int(parse_duration(ttl, what="--ttl").total_seconds()) if ttl else None
-    reply = ctx.client.post(f"/v1/devices/{device['metadata']['name']}/enroll-token", {"ttl_seconds": seconds})
+    seconds = _enroll_ttl_seconds(ttl, "--ttl")
+    reply = ctx.client.post(_url("devices", device["metadata"]["name"], "enroll-token"), {"ttl_seconds": seconds})
     emit(reply, fmt, lambda r: _print_enroll_command(r["device"]["spec"]["asset_tag"], r["enroll_token"]))
 
 
@@ -557,7 +614,7 @@ def devices_enroll(ctx: Context, device_id: str | None, asset_tag: str | None, t
 def devices_unenroll(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
     """Unenroll a device: clear its credential, owner and collected data (it stays registered)."""
     device = _resolve_device(ctx, device_id, asset_tag)
-    ctx.client.post(f"/v1/devices/{device['metadata']['name']}/unenroll")
+    ctx.client.post(_url("devices", device["metadata"]["name"], "unenroll"))
     spec = device["spec"]
     click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} unenrolled")
 
@@ -660,6 +717,17 @@ def audit_ls(
     )
 
 
+def _ca_fingerprints(cas: dict[str, str]) -> dict[str, str]:
+    """What ``ssh-keygen -l`` prints for each SSH CA key, and the host CA's pin (SHA-256 of its public key)."""
+    host_cert = x509.load_pem_x509_certificate(cas["host_ca_pem"].encode())
+    spki = host_cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return {
+        "user_ca": fingerprint_sha256(load_public_key(cas["user_ca_ssh"])),
+        "host_ca": fingerprint_sha256(load_public_key(cas["host_ca_ssh"])),
+        "ca_pin": f"sha256:{hashlib.sha256(spki).hexdigest()}",
+    }
+
+
 @cli.command()
 @format_option()
 @pass_ctx
@@ -667,7 +735,7 @@ def status(ctx: Context, fmt: str) -> None:
     """Show the cluster name, version, device trust settings and CA fingerprints."""
     ping = ctx.client.get("/v1/ping")
     who = ctx.client.get("/v1/whoami")
-    data = {**ping, "caller": who}
+    data = {**ping, "caller": who, "cas": _ca_fingerprints(ctx.client.get("/v1/cas"))}
     emit(
         data,
         fmt,
@@ -675,9 +743,52 @@ def status(ctx: Context, fmt: str) -> None:
             f"Cluster:       {d['cluster_name']}\nVersion:       {d['server_version']}\n"
             f"Device trust:  mode {d['auth']['device_trust']['mode']}, "
             f"auto_enroll {str(d['auth']['device_trust']['auto_enroll']).lower()}\n"
-            f"Acting as:     {d['caller']['user']} ({', '.join(d['caller']['roles'])})"
+            f"Acting as:     {d['caller']['user']} ({', '.join(d['caller']['roles'])})\n"
+            f"User CA:       {d['cas']['user_ca']}\n"
+            f"Host CA:       {d['cas']['host_ca']}\n"
+            f"CA pin:        {d['cas']['ca_pin']}"
         ),
     )
+
+
+# ------------------------------------------------------------------------------------------------- auth
+@cli.group("auth")
+def auth_group() -> None:
+    """The cluster's certificate authorities."""
+
+
+#: --type values: the SSH CAs as OpenSSH lines, the TLS CAs as PEM certificates ("tls" is the host CA, which
+#: clients trust the auth service with).
+EXPORT_TYPES = ("user", "host", "tls", "tls-host", "tls-user")
+
+
+@auth_group.command("export")
+@click.option(
+    "--type",
+    "ca_type",
+    type=click.Choice(EXPORT_TYPES),
+    help="user: for sshd's TrustedUserCAKeys (drop the leading 'cert-authority '); host: a known_hosts line; "
+    "tls, tls-host, tls-user: PEM certificates. Default: the user and host lines.",
+)
+@pass_ctx
+def auth_export(ctx: Context, ca_type: str | None) -> None:
+    """Print the public half of the cluster's CAs, never their private keys."""
+    cas = ctx.client.get("/v1/cas")
+    cluster = ctx.client.get("/v1/ping")["cluster_name"]
+    lines = {
+        "user": f"cert-authority {_ssh_key(cas['user_ca_ssh'])} clustername={cluster}&type=user",
+        "host": f"@cert-authority * {_ssh_key(cas['host_ca_ssh'])} clustername={cluster}&type=host",
+        "tls": cas["host_ca_pem"].rstrip("\n"),
+        "tls-host": cas["host_ca_pem"].rstrip("\n"),
+        "tls-user": cas["user_ca_pem"].rstrip("\n"),
+    }
+    for wanted in (ca_type,) if ca_type else ("user", "host"):
+        click.echo(lines[wanted])
+
+
+def _ssh_key(line: str) -> str:
+    """``type base64`` of an OpenSSH public key line, without any comment."""
+    return " ".join(line.split()[:2])
 
 
 def main() -> None:
