@@ -385,9 +385,12 @@ def test_create_refuses_non_utf8_and_alias_bombs_in_one_line(cluster: Cluster, t
 
 def test_names_cannot_reroute_requests(cluster: Cluster) -> None:
     cluster.add_user("victim")
-    one_line_error(cluster.tctl("rm", "role/../user/victim"))
-    one_line_error(cluster.tctl("get", "role/.."))
-    one_line_error(cluster.tctl("users", "rm", "../resources/role/access"))
+    assert 'invalid name "../user/victim"' in one_line_error(cluster.tctl("rm", "role/../user/victim"))
+    assert 'invalid name ".."' in one_line_error(cluster.tctl("get", "role/.."))
+    assert "invalid name" in one_line_error(cluster.tctl("users", "rm", "../resources/role/access"))
+    # Ids that are not resource names are quoted, never resolved as paths.
+    assert one_line_error(cluster.tctl("tokens", "rm", "..")) == 'ERROR: token ".." not found'
+    one_line_error(cluster.tctl("tokens", "rm", "../resources/user/victim"))
     assert "victim" in ok(cluster.tctl("users", "ls"))
     assert "access" in ok(cluster.tctl("get", "role/access"))
 
@@ -437,6 +440,17 @@ def test_ca_export_fingerprints_and_cert_authority_resources(cluster: Cluster, t
 
     tls = ok(cluster.tctl("auth", "export", "--type=tls"))
     assert tls.strip() == host_ca(cluster).strip()
+    exported = tmp_path / "cluster-ca.pem"
+    exported.write_text(tls)
+    openssl_fingerprint = ok(
+        subprocess.run(
+            [require_tool("openssl"), "x509", "-noout", "-fingerprint", "-sha256", "-in", str(exported)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    )
+    assert f"Host CA (TLS): SHA256 {openssl_fingerprint.strip().split('=', 1)[1]}\n" in status + "\n"
     assert x509.load_pem_x509_certificate(ok(cluster.tctl("auth", "export", "--type=tls-user")).encode())
 
     cas = json.loads(ok(cluster.tctl("get", "cert_authority", "--format=json")))

@@ -7,7 +7,6 @@ profile and is limited by that user's roles.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import subprocess
@@ -22,7 +21,7 @@ from urllib.parse import quote
 
 import click
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives import hashes
 
 from devicetrust import __version__
 from devicetrust.cli.common import (
@@ -38,7 +37,14 @@ from devicetrust.client import AuthClient
 from devicetrust.config import ENV_CONFIG, AdminIdentity, load_config
 from devicetrust.crypto import fingerprint_sha256, load_public_key
 from devicetrust.errors import ConfigError, DevicetrustError, NotFoundError, ValidationError
-from devicetrust.types import dump_yaml, load_yaml_documents, normalize_kind, os_display_name, parse_resource
+from devicetrust.types import (
+    Metadata,
+    dump_yaml,
+    load_yaml_documents,
+    normalize_kind,
+    os_display_name,
+    parse_resource,
+)
 
 
 class Context:
@@ -173,7 +179,7 @@ def users_update(
     body: dict[str, Any] = {"set_traits": traits or None}
     if set_roles is not None:
         body["set_roles"] = split_list(set_roles)
-    reply = ctx.client.patch(_url("users", name), body)
+    reply = ctx.client.patch(_url("users", _checked_name(name)), body)
     click.echo(f'User "{name}" has been updated (roles: {", ".join(reply["roles"])}).')
 
 
@@ -205,7 +211,7 @@ def users_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def users_rm(ctx: Context, name: str) -> None:
     """Delete a user and end their sessions."""
-    ctx.client.delete(_url("resources", "user", name))
+    ctx.client.delete(_url("resources", "user", _checked_name(name)))
     click.echo(f'User "{name}" has been deleted.')
 
 
@@ -214,7 +220,7 @@ def users_rm(ctx: Context, name: str) -> None:
 @pass_ctx
 def users_reset(ctx: Context, name: str) -> None:
     """Clear a user's password and print a new signup token."""
-    reply = ctx.client.post(_url("users", name, "reset"))
+    reply = ctx.client.post(_url("users", _checked_name(name), "reset"))
     _print_invite(ctx, name, reply["invite_token"], "reset")
 
 
@@ -278,7 +284,12 @@ def _check_documents(documents: list[dict[str, Any]], source: str) -> list[str]:
 
 def _split_ref(ref: str) -> tuple[str, str | None]:
     kind, _, name = ref.partition("/")
-    return normalize_kind(kind), name or None
+    return normalize_kind(kind), _checked_name(name) if name else None
+
+
+def _checked_name(name: str) -> str:
+    """A resource name as every resource's metadata.name must be: a clear error instead of a failed lookup."""
+    return Metadata(name=name).name
 
 
 def _fetch(ctx: Context, ref: str) -> list[dict[str, Any]]:
@@ -404,7 +415,7 @@ def bots_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def bots_rm(ctx: Context, name: str) -> None:
     """Delete a bot, its unused token and its sessions."""
-    ctx.client.delete(_url("resources", "bot", name))
+    ctx.client.delete(_url("resources", "bot", _checked_name(name)))
     click.echo(f'Bot "{name}" has been deleted.')
 
 
@@ -718,13 +729,13 @@ def audit_ls(
 
 
 def _ca_fingerprints(cas: dict[str, str]) -> dict[str, str]:
-    """What ``ssh-keygen -l`` prints for each SSH CA key, and the host CA's pin (SHA-256 of its public key)."""
+    """What ``ssh-keygen -l`` prints for each SSH CA key, and what ``openssl x509 -fingerprint -sha256`` prints for
+    the host CA's certificate (the one the auth service's TLS certificate chains to)."""
     host_cert = x509.load_pem_x509_certificate(cas["host_ca_pem"].encode())
-    spki = host_cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return {
         "user_ca": fingerprint_sha256(load_public_key(cas["user_ca_ssh"])),
         "host_ca": fingerprint_sha256(load_public_key(cas["host_ca_ssh"])),
-        "ca_pin": f"sha256:{hashlib.sha256(spki).hexdigest()}",
+        "host_ca_tls": "SHA256 " + host_cert.fingerprint(hashes.SHA256()).hex(":").upper(),
     }
 
 
@@ -746,7 +757,7 @@ def status(ctx: Context, fmt: str) -> None:
             f"Acting as:     {d['caller']['user']} ({', '.join(d['caller']['roles'])})\n"
             f"User CA:       {d['cas']['user_ca']}\n"
             f"Host CA:       {d['cas']['host_ca']}\n"
-            f"CA pin:        {d['cas']['ca_pin']}"
+            f"Host CA (TLS): {d['cas']['host_ca_tls']}"
         ),
     )
 
