@@ -105,6 +105,13 @@ _StrictLoader.yaml_implicit_resolvers = {
 _StrictLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
+class _ConfigLoader(_StrictLoader):
+    """The same limits and duplicate-key check, with YAML 1.1 booleans: config files are written for them."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = yaml.SafeLoader.yaml_implicit_resolvers
+
+
 def _decode(data: bytes, source: str) -> str:
     try:
         return data.decode("utf-8-sig")
@@ -115,8 +122,8 @@ def _decode(data: bytes, source: str) -> str:
         ) from None
 
 
-def _iter_documents(text: str) -> Iterator[Any]:
-    loader = _StrictLoader(text)
+def _iter_documents(text: str, loader_class: type[_StrictLoader] = _StrictLoader) -> Iterator[Any]:
+    loader = loader_class(text)
     try:
         while loader.check_data():  # type: ignore[no-untyped-call]
             yield loader.get_data()
@@ -127,25 +134,43 @@ def _iter_documents(text: str) -> Iterator[Any]:
 def load_yaml_documents(text: str | bytes, source: str = "<input>") -> list[dict[str, Any]]:
     """The non-empty documents in ``text`` (bytes must be UTF-8). ValidationError ``"<source>: line N: <problem>"``
     on bad YAML."""
+    documents: list[dict[str, Any]] = []
+    for number, document in enumerate(_load(text, source, _StrictLoader), start=1):
+        if document is None:
+            continue
+        if not isinstance(document, dict):
+            raise ValidationError(f"{source}: document {number}: expected a mapping, got {describe(document)}")
+        documents.append(document)
+    return documents
+
+
+def load_yaml_config(text: str | bytes, source: str) -> dict[str, Any]:
+    """A config file: one mapping (empty if the file is), YAML 1.1 booleans as in ``yaml.safe_load``, the same
+    limits and errors as :func:`load_yaml_documents`."""
+    documents = _load(text, source, _ConfigLoader)
+    if len(documents) > 1:
+        raise ValidationError(f"{source}: expected one YAML document, found {len(documents)}")
+    document = documents[0] if documents else None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ValidationError(f"{source}: expected a mapping at the top level, got {describe(document)}")
+    return document
+
+
+def _load(text: str | bytes, source: str, loader_class: type[_StrictLoader]) -> list[Any]:
     if len(text) > MAX_YAML_TEXT_CHARS:
         raise ValidationError(f"{source}: too large ({len(text)} characters, the limit is {MAX_YAML_TEXT_CHARS})")
     if isinstance(text, bytes):
         text = _decode(text, source)
-    documents: list[dict[str, Any]] = []
     try:
-        for number, document in enumerate(_iter_documents(text), start=1):
-            if document is None:
-                continue
-            if not isinstance(document, dict):
-                raise ValidationError(f"{source}: document {number}: expected a mapping, got {describe(document)}")
-            documents.append(document)
+        return list(_iter_documents(text, loader_class))
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise ValidationError(f"{source}: {where}{err.problem or err.context or 'invalid YAML'}") from err
     except yaml.YAMLError as err:
         raise ValidationError(f"{source}: invalid YAML: {err}") from err
-    return documents
 
 
 class _BlockDumper(yaml.SafeDumper):
