@@ -14,6 +14,14 @@ p50/p99 latency, the daemon's CPU per session (including the session processes i
 enforced/off of time per session (target ≤ 1.05). Where Debian's /usr/sbin/sshd exists, the same figure for a
 plain sshd on a loopback port trusting the cluster's user CA (TrustedUserCAKeys), as a reference.
 
+Session-time device proof: phases ``per_session`` and ``login`` (cluster mode required, the cluster's
+``session_proof`` switched between them, ABBA again) with a device whose key lives in a swtpm TPM. In
+``per_session`` each sample is what ``tsh ssh`` does before the session (a new HTTPS connection to the auth
+service, the device ceremony bound to the node with its TPM quote) plus the session on the session certificate;
+in ``login`` it is the session alone on the login-time device certificate. One client, back to back. Reported:
+p50 time to open a session in each phase and their ratio (target ≤ 1.25), and the daemon's CPU per session
+(auth service and node share the process: the difference is the ceremony's cost on the auth service).
+
 Needs root (sessions run as the test login ``dt-test``, created when missing).
 """
 
@@ -152,9 +160,11 @@ class NodeBench:
 
     def switch(self, mode: str) -> None:
         """Set the cluster mode and wait until the node enforces it: the device-less user is refused for want of
-        a device (required), or admitted (off). Anything else (the node has not seen the role yet) waits too."""
+        a device (required), or admitted (off). Anything else (the node has not seen the role yet) waits too.
+        These phases measure the decision alone, so the login-time device certificate is admitted
+        (``session_proof: login``); the per-session proof is measured by its own phases."""
         with closing(self.running.admin()) as admin:  # fresh: idle keep-alive connections get closed
-            set_device_trust(admin, mode)
+            set_device_trust(admin, mode, session_proof="login")
         want = "allowed" if mode == "off" else UNAUTHORIZED_DEVICE
         deadline = time.monotonic() + MODE_PICKUP_SECONDS
         while self._plain_outcome() != want:
@@ -273,6 +283,137 @@ def run_sshd_phase(user_ca_ssh: str, trusted: ClientKey) -> Phase | None:
     return phase
 
 
+# ---------------------------------------------------------------------------------- session-time device proof
+PROOF_SAMPLES = int(os.environ.get("BENCH_PROOF_SAMPLES", "15"))
+PROOF_TARGET_RATIO = 1.25
+PROOF_SERIAL = "BENCH-SSH-TPM-1"
+
+
+@dataclass
+class ProofBench:
+    running: RunningCluster
+    node: NodeInfo
+    host_ca_ssh: str
+    login: Any  # UserLogin
+    login_device_cert: str
+    key: Any  # TPMKey
+    collected: Any  # CollectedData
+
+    def session_cert(self) -> str:
+        """What tsh ssh does before a session: a fresh HTTPS connection, the ceremony bound to the node."""
+        from devicetrust.ceremony.messages import Challenge
+        from devicetrust.client import AuthClient
+
+        with AuthClient(self.running.addr, ca_pem=self.running.ca_pem, token=self.login.session_token) as client:
+            begin = client.post(
+                "/v1/devices/authenticate/begin",
+                {
+                    "credential_id": self.key.credential_id(),
+                    "device_data": self.collected.to_dict(),
+                    "ssh_cert": self.login.ssh_cert,
+                    "target": {"kind": "ssh", "id": self.node.host_id},
+                },
+            )
+            answer = self.key.answer_authentication(Challenge.from_json(begin))
+            return str(client.post("/v1/devices/authenticate/finish", answer.to_json())["ssh_cert"])
+
+    def sample(self, per_session: bool) -> None:
+        cert = self.session_cert() if per_session else self.login_device_cert
+        asyncio.run(_session(connect_options(self.node, self.host_ca_ssh, self.login.client_key(cert))))
+
+    def switch(self, session_proof: str) -> None:
+        """Set session_proof and wait until the node enforces it: the login-time certificate opens (login) or not."""
+        with closing(self.running.admin()) as admin:
+            set_device_trust(admin, "required", session_proof=session_proof)
+        want = "allowed" if session_proof == "login" else UNAUTHORIZED_DEVICE
+        deadline = time.monotonic() + MODE_PICKUP_SECONDS
+        while True:
+            try:
+                asyncio.run(run_command(self.node, self.host_ca_ssh, self.login.client_key(self.login_device_cert)))
+                outcome = "allowed"
+            except asyncssh.ChannelOpenError as err:
+                outcome = str(err.reason)
+            if outcome == want:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the node did not enforce session_proof {session_proof} in {MODE_PICKUP_SECONDS} s")
+            time.sleep(0.1)
+
+
+def _enroll_tpm_device(running: RunningCluster, login: Any, state: Path, tcti: str) -> tuple[Any, Any]:
+    from datetime import UTC, datetime
+
+    from devicetrust.ceremony.messages import Challenge, CollectedData
+    from devicetrust.client import AuthClient
+    from devicetrust.device.keys import TPMKey
+
+    with closing(running.admin()) as admin:
+        added = admin.call("POST", "/v1/devices", {"os_type": "linux", "asset_tag": PROOF_SERIAL})
+        device_id = added["device"]["metadata"]["name"]
+        token = admin.call("POST", f"/v1/devices/{device_id}/enroll-token", {})["enroll_token"]
+    collected = CollectedData(collect_time=datetime.now(UTC).isoformat(), os_type="linux", serial_number=PROOF_SERIAL)
+    key = TPMKey(state / "tsh", tcti)
+    with AuthClient(running.addr, ca_pem=running.ca_pem, token=login.session_token) as client:
+        begin = client.post(
+            "/v1/devices/enroll/begin",
+            {
+                "token": token,
+                "credential_id": key.credential_id(),
+                "device_data": collected.to_dict(),
+                **key.enroll_payload(),
+            },
+        )
+        client.post("/v1/devices/enroll/finish", key.answer_enrollment(Challenge.from_json(begin)).to_json())
+        begin = client.post(
+            "/v1/devices/authenticate/begin",
+            {"credential_id": key.credential_id(), "device_data": collected.to_dict(), "ssh_cert": login.ssh_cert},
+        )
+        augmented = client.post(
+            "/v1/devices/authenticate/finish", key.answer_authentication(Challenge.from_json(begin)).to_json()
+        )
+    return key, (collected, str(augmented["ssh_cert"]))
+
+
+def run_proof_phases() -> tuple[Phase, Phase]:
+    from devicetrust.device.swtpm import SimulatedTPM, manufacture
+
+    per_session, login_phase = Phase("per_session"), Phase("login")
+    with tempfile.TemporaryDirectory(prefix="dt-bench-proof-") as tmp, cluster() as running:
+        state = Path(tmp)
+        manufacture(state / "tpm")
+        with (
+            SimulatedTPM(state / "tpm") as simulated,
+            closing(running.admin()) as admin,
+            closing(running.anonymous()) as anonymous,
+        ):
+            set_device_trust(admin, "optional")
+            put_role(admin, "bench-proof", None)
+            login = signup_and_login(admin, anonymous, "bench-proof", ["bench-proof"], PASSWORD)
+            key, (collected, device_cert) = _enroll_tpm_device(running, login, state, simulated.tcti)
+            cas = anonymous.call("GET", "/v1/cas")
+            bench = ProofBench(
+                running, wait_for_node(admin), str(cas["host_ca_ssh"]), login, device_cert, key, collected
+            )
+            pid = running.cluster.process.pid
+            try:
+                for index in range(ROUNDS):
+                    order = (("per_session", per_session), ("login", login_phase))
+                    for setting, phase in order[:: 1 if index % 2 == 0 else -1]:
+                        bench.switch(setting)
+                        bench.sample(setting == "per_session")  # warm-up
+                        wait_idle(lambda: process_cpu_seconds(pid, children=True))
+                        before, started = process_cpu_seconds(pid, children=True), time.perf_counter()
+                        for _ in range(PROOF_SAMPLES):
+                            begun = time.perf_counter()
+                            bench.sample(setting == "per_session")
+                            phase.latencies.append(time.perf_counter() - begun)
+                        phase.elapsed += time.perf_counter() - started
+                        phase.cpu += process_cpu_seconds(pid, children=True) - before
+            finally:
+                key.close()
+    return per_session, login_phase
+
+
 def main() -> None:
     if os.geteuid() != 0:
         print("bench_ssh_session: skipped (needs root: sessions run as the test login dt-test)")
@@ -290,6 +431,18 @@ def main() -> None:
     print(
         f"bench_ssh_session[ratio]: enforced/off time per session {time_ratio:.3f} ({verdict} the {TARGET_RATIO} "
         f"target); p50 latency {p50_ratio:.3f}; server CPU per session {cpu_ratio:.3f}"
+    )
+    per_session, login_phase = run_proof_phases()
+    print(per_session.report(1))
+    print(login_phase.report(1))
+    proof_p50 = percentile(per_session.latencies, 0.5) / percentile(login_phase.latencies, 0.5)
+    per_cpu = per_session.cpu / max(per_session.sessions, 1)
+    login_cpu = login_phase.cpu / max(login_phase.sessions, 1)
+    print(
+        f"bench_ssh_session[proof]: per_session/login p50 time to open a session {proof_p50:.3f} "
+        f"({'ok' if proof_p50 <= PROOF_TARGET_RATIO else 'short'}, target <= {PROOF_TARGET_RATIO}); daemon CPU "
+        f"per session {per_cpu * 1000:.2f} / {login_cpu * 1000:.2f} ms, the ceremony's share "
+        f"{(per_cpu - login_cpu) * 1000:.2f} ms"
     )
     sshd = run_sshd_phase(user_ca_ssh, trusted)
     if sshd is None:

@@ -51,7 +51,11 @@ stop() {
   if [ "${KEEP:-0}" = 1 ]; then
     printf '\nCluster left running (pid %s, log %s).\n' "$(cat "$demo/devicetrust.pid")" "$demo/devicetrust.log"
     printf 'Explore with:\n  export DEVICETRUST_CONFIG=%s TSH_HOME=%s PATH=%s:$PATH\n' "$DEVICETRUST_CONFIG" "$TSH_HOME" "$bin"
-    printf '  tsh status; tctl get roles; tctl audit ls\nStop it with: kill %s\n' "$(cat "$demo/devicetrust.pid")"
+    # the stop command covers everything the demo started: the cluster and, once it exists, the laptop's swtpm
+    stop_cmd="kill $(cat "$demo/devicetrust.pid")"
+    [ -d "$demo/alice-laptop/tpm" ] &&
+      stop_cmd+="; $(printf '%q' "$bin/python") -m devicetrust.device.swtpm stop --dir $(printf '%q' "$demo/alice-laptop/tpm")"
+    printf '  tsh status; tctl get roles; tctl audit ls\nStop it with: %s\n' "$stop_cmd"
   else
     kill "$(cat "$demo/devicetrust.pid")" 2>/dev/null || true
     [ -d "$demo/alice-laptop/tpm" ] && "$bin/python" -m devicetrust.device.swtpm stop --dir "$demo/alice-laptop/tpm" 2>/dev/null
@@ -148,6 +152,21 @@ run tctl devices ls
 step "The same command from the trusted device is admitted"
 run tsh ssh "$login@prod-server" uname -a
 
+step "A thief copies alice's whole profile to another machine: without the laptop's TPM it opens nothing"
+# Each session is preceded by a device challenge bound to the node, which only the laptop's TPM can answer.
+run cp -r "$TSH_HOME" "$demo/thief-tsh"
+printf '$ TSH_HOME=%s DEVICETRUST_TPM_TCTI=<no TPM here> tsh ssh %s@prod-server uname -a
+' "$demo/thief-tsh" "$login"
+if stolen=$(TSH_HOME=$demo/thief-tsh DEVICETRUST_TPM_TCTI="swtpm:host=127.0.0.1,port=$(pick_port 0)" \
+    tsh ssh "$login@prod-server" uname -a 2>&1); then
+  echo "ERROR: the copied profile opened a session" >&2; exit 1
+fi
+echo "$stolen"
+[ "$(tail -n 1 <<<"$stolen")" = "ERROR: ssh: rejected: administratively prohibited (unauthorized device)" ] || {
+  echo "ERROR: unexpected rejection text for the copied profile" >&2; exit 1; }
+step "On the real laptop, alice notices nothing"
+run tsh ssh "$login@prod-server" uname -a
+
 step "A bot (machine identity) and an agent join token"
 bot_json=$(tctl bots add robot --roles=access --logins=robot --format=json)
 bot_token=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' <<<"$bot_json")
@@ -169,4 +188,5 @@ e = events[-1]
 print(json.dumps({"event": e["event"], "user": e["user"], "device": e["device"]}, indent=2))'
 
 printf '\nDemo complete: alice was rejected from prod-server from an untrusted laptop, then admitted once the\n'
-printf 'laptop was registered and enrolled with its TPM; the audit log names the device behind the session.\n'
+printf 'laptop was registered and enrolled with its TPM; a copy of her profile on another machine was rejected;\n'
+printf 'the audit log names the device behind the session.\n'

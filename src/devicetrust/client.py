@@ -23,6 +23,7 @@ from devicetrust.errors import (
 #: Seconds to wait for the auth service before telling the user it is unreachable.
 REQUEST_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 5.0
+HTTPS_PORT = 443
 
 
 def pinned_ssl_context(ca_pem: str) -> ssl.SSLContext:
@@ -101,6 +102,7 @@ class AuthClient:
 def transport_errors(addr: str, *, untrusted: str) -> Iterator[None]:
     """Turn httpx's transport failures into one-line errors naming the auth service. ``untrusted`` completes
     "the auth service at ADDR presented …" when its certificate does not verify against the pinned CA."""
+    addr = with_port(addr)
     try:
         yield
     except httpx.ConnectError as err:
@@ -111,6 +113,15 @@ def transport_errors(addr: str, *, untrusted: str) -> Iterator[None]:
         raise ConnectionFailedError(f"the auth service at {addr} did not answer in time") from None
     except httpx.TransportError as err:
         raise ConnectionFailedError(f"cannot talk to the auth service at {addr}: {_reason(err)}") from None
+
+
+def with_port(addr: str) -> str:
+    """``addr`` as HOST:PORT for messages: an address without a port is reached on HTTPS's."""
+    try:
+        port = httpx.URL(f"https://{addr}").port
+    except httpx.InvalidURL:
+        return addr
+    return addr if port is not None or addr.endswith(":443") else f"{addr}:{HTTPS_PORT}"
 
 
 def _reason(err: Exception) -> str:

@@ -1,4 +1,4 @@
-"""decide(): the session-time access decision, exhaustively (DESIGN §6)."""
+"""decide(): the session-time access decision, exhaustively."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from devicetrust.access import UNAUTHORIZED_DEVICE, Decision, NodeTarget, decide, lock_reason
-from devicetrust.crypto import DeviceExtensions, Identity
+from devicetrust.access.decision import (
+    NO_SESSION_PROOF,
+    NO_TRUSTED_DEVICE,
+    PROOF_EXPIRED,
+    PROOF_FOR_ANOTHER_TARGET,
+    PROOF_NOT_YET_VALID,
+)
+from devicetrust.crypto import DeviceExtensions, Identity, SessionProof
 from devicetrust.types import Lock, LockTarget, Metadata, Role, RoleConditions, RoleOptions, preset_roles
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -20,6 +27,11 @@ DEVICE = DeviceExtensions(
 PROD = NodeTarget(host_id="0b6c3f1e-7d0e-4a57-9a43-2d0c3e9b8f11", hostname="prod-server", labels={"env": "prod"})
 DEV = NodeTarget(host_id="9d1f2c7a-5e3b-4f8a-a1c2-3b4d5e6f7a8b", hostname="dev-server", labels={"env": "dev"})
 PRESETS = {role.name: role for role in preset_roles()}
+#: A proof taken for PROD 10 s before NOW, admitting sessions for a minute.
+PROOF = SessionProof(
+    kind="ssh", target=PROD.host_id, time=NOW - timedelta(seconds=10), expires=NOW + timedelta(seconds=50), id="c-1"
+)
+SESSION_PROOF_SETTINGS = ("per_session", "login")
 
 CLUSTER_MODES = ("off", "optional", "required", "required-for-humans")
 ROLE_MODES = ("", "off", "optional", "required", "required-for-humans")
@@ -51,6 +63,7 @@ def identity(
     traits: Mapping[str, Sequence[str]] | None = None,
     device: DeviceExtensions | None = None,
     bot: bool = False,
+    proof: SessionProof | None = None,
 ) -> Identity:
     return Identity(
         username="bot-ci" if bot else "alice",
@@ -61,6 +74,7 @@ def identity(
         not_after=NOW + timedelta(hours=11),
         bot_name="ci" if bot else None,
         device=device,
+        session_proof=proof,
     )
 
 
@@ -77,39 +91,114 @@ def run(
     cluster_mode: str = "optional",
     locks: Sequence[Lock] = (),
     now: datetime = NOW,
+    session_proof: str = "per_session",
+    authenticated_at: datetime | None = None,
 ) -> Decision:
-    return decide(who, login=login, node=node, roles=roles, cluster_mode=cluster_mode, locks=locks, now=now)
+    return decide(
+        who,
+        login=login,
+        node=node,
+        roles=roles,
+        cluster_mode=cluster_mode,
+        locks=locks,
+        now=now,
+        session_proof=session_proof,
+        authenticated_at=authenticated_at,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ mode matrix
 
 IDENTITIES = {
-    "human-with-device": identity(["access", "moded"], device=DEVICE),
+    # a fresh session proof for PROD
+    "human-with-device": identity(["access", "moded"], device=DEVICE, proof=PROOF),
+    # device values from login only: a copied profile looks exactly like this
+    "human-login-device": identity(["access", "moded"], device=DEVICE),
     "human-without-device": identity(["access", "moded"]),
     "bot": identity(["access", "moded"], bot=True),
 }
 
 
+@pytest.mark.parametrize("session_proof", SESSION_PROOF_SETTINGS)
 @pytest.mark.parametrize("who", list(IDENTITIES))
 @pytest.mark.parametrize(("cluster_mode", "role_mode"), list(itertools.product(CLUSTER_MODES, ROLE_MODES)))
-def test_mode_matrix(cluster_mode: str, role_mode: str, who: str) -> None:
+def test_mode_matrix(cluster_mode: str, role_mode: str, who: str, session_proof: str) -> None:
     roles = cache(PRESETS["access"], role("moded", mode=role_mode))
     effective = max((m for m in (cluster_mode, role_mode) if m), key=STRICTNESS.index)
-    has_device = who == "human-with-device"
+    proven = who == "human-with-device" or (who == "human-login-device" and session_proof == "login")
+    carries_device = who in ("human-with-device", "human-login-device")
     needs_device = effective == "required" or (effective == "required-for-humans" and who != "bot")
 
-    decision = run(IDENTITIES[who], roles, cluster_mode=cluster_mode)
+    decision = run(IDENTITIES[who], roles, cluster_mode=cluster_mode, session_proof=session_proof)
 
     assert decision.mode == effective
-    assert decision.device_verified is has_device
-    assert decision.allowed is (has_device or not needs_device)
+    assert decision.device_verified is proven
+    assert decision.allowed is (proven or not needs_device)
     assert decision.reason == ("" if decision.allowed else UNAUTHORIZED_DEVICE)
-    # Device data goes to audit only when verified and device trust is not off.
-    assert decision.audit_device is (has_device and effective != "off")
+    # Device data goes to audit only when device trust is not off, and where a device is required only when
+    # it was proven as the cluster requires (optional mode still names a login-time device).
+    assert decision.audit_device is (carries_device and effective != "off" and (proven or effective == "optional"))
+    if not decision.allowed:
+        expected = NO_TRUSTED_DEVICE if session_proof == "login" else NO_SESSION_PROOF
+        assert decision.audit_reason == expected
+
+
+@pytest.mark.parametrize(
+    ("proof", "now", "authenticated_at", "problem"),
+    [
+        pytest.param(PROOF, NOW, None, None, id="fresh"),
+        pytest.param(PROOF, PROOF.expires - timedelta(seconds=1), None, None, id="last-second"),
+        pytest.param(PROOF, PROOF.expires, None, PROOF_EXPIRED, id="at-expiry"),
+        pytest.param(PROOF, NOW + timedelta(hours=1), None, PROOF_EXPIRED, id="replayed-an-hour-later"),
+        # a connection authenticated while the proof was fresh may open channels later (port forwards)
+        pytest.param(PROOF, NOW + timedelta(hours=1), NOW, None, id="later-channel-on-a-proven-connection"),
+        pytest.param(PROOF, NOW + timedelta(hours=1), NOW + timedelta(minutes=2), PROOF_EXPIRED, id="late-connection"),
+        pytest.param(PROOF, PROOF.time - timedelta(minutes=5), None, PROOF_NOT_YET_VALID, id="from-the-future"),
+        pytest.param(PROOF, PROOF.time - timedelta(seconds=20), None, None, id="within-clock-skew"),
+        pytest.param(
+            SessionProof(kind="ssh", target=DEV.host_id, time=PROOF.time, expires=PROOF.expires, id="c-2"),
+            NOW,
+            None,
+            PROOF_FOR_ANOTHER_TARGET,
+            id="another-node",
+        ),
+        pytest.param(
+            SessionProof(kind="db", target=PROD.host_id, time=PROOF.time, expires=PROOF.expires, id="c-3"),
+            NOW,
+            None,
+            PROOF_FOR_ANOTHER_TARGET,
+            id="same-id-another-kind",
+        ),
+        pytest.param(
+            SessionProof(kind="ssh", target=PROD.host_id, time=PROOF.time, expires=NOW + timedelta(days=1), id="c-4"),
+            NOW + timedelta(hours=1),
+            None,
+            PROOF_EXPIRED,
+            id="window-longer-than-the-maximum-is-capped",
+        ),
+    ],
+)
+def test_session_proof_freshness_and_binding(
+    proof: SessionProof, now: datetime, authenticated_at: datetime | None, problem: str | None
+) -> None:
+    roles = cache(PRESETS["access"], PRESETS["require-trusted-device"])
+    who = identity(["access", "require-trusted-device"], device=DEVICE, proof=proof)
+    decision = run(who, roles, now=now, authenticated_at=authenticated_at)
+    assert decision.allowed is (problem is None)
+    assert decision.device_verified is (problem is None)
+    if problem is not None:
+        assert (decision.reason, decision.audit_reason) == (UNAUTHORIZED_DEVICE, problem)
+
+
+def test_an_unknown_session_proof_setting_denies() -> None:
+    roles = cache(PRESETS["access"], PRESETS["require-trusted-device"])
+    who = identity(["access", "require-trusted-device"], device=DEVICE, proof=PROOF)
+    decision = run(who, roles, session_proof="sometimes")
+    assert not decision.allowed and decision.reason == UNAUTHORIZED_DEVICE
 
 
 def test_cluster_mode_unset_means_the_default_optional() -> None:
-    decision = run(identity(device=DEVICE), cache(PRESETS["access"]), cluster_mode="")
+    decision = run(identity(device=DEVICE, proof=PROOF), cache(PRESETS["access"]), cluster_mode="")
     assert decision.allowed and decision.mode == "optional" and decision.audit_device
 
 
@@ -129,7 +218,8 @@ def test_required_role_granting_only_labels_still_requires_for_its_node() -> Non
     roles = cache(PRESETS["access"], PRESETS["require-trusted-device"])
     alice = identity(["access", "require-trusted-device"])
     assert run(alice, roles, node=DEV).reason == UNAUTHORIZED_DEVICE
-    assert run(identity(["access", "require-trusted-device"], device=DEVICE), roles, node=DEV).allowed
+    proof = SessionProof(kind="ssh", target=DEV.host_id, time=PROOF.time, expires=PROOF.expires, id="c-dev")
+    assert run(identity(["access", "require-trusted-device"], device=DEVICE, proof=proof), roles, node=DEV).allowed
 
 
 @pytest.mark.parametrize("cluster_mode", ["strict", "REQUIRED", "on", " off"])

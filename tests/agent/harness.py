@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from devicetrust.crypto import (
     CertAuthority,
     DeviceExtensions,
     Identity,
+    SessionProof,
     generate_private_key,
     issue_ssh_user_cert,
     private_key_to_pem,
@@ -174,9 +176,19 @@ class Cluster:
         bot_name: str | None = None,
         ca: CertAuthority | None = None,
         expired: bool = False,
+        proof_for: str | None = None,
+        proof_age: timedelta = timedelta(0),
     ) -> ClientKey:
+        """A key and certificate minted with the cluster's user CA. ``proof_for`` (a node's host id) makes it a
+        session certificate carrying a device proof for that node, taken ``proof_age`` ago (needs ``device``)."""
         now = datetime.now(UTC) - (timedelta(hours=2) if expired else timedelta(0))
         key = generate_private_key()
+        proof = None
+        if proof_for is not None:
+            taken = datetime.now(UTC) - proof_age
+            proof = SessionProof(
+                kind="ssh", target=proof_for, time=taken, expires=taken + timedelta(minutes=1), id=str(uuid.uuid4())
+            )
         identity = Identity(
             username=username,
             roles=tuple(roles),
@@ -186,6 +198,7 @@ class Cluster:
             not_after=now + timedelta(hours=1),
             bot_name=bot_name,
             device=device,
+            session_proof=proof,
         )
         line = issue_ssh_user_cert(ca or self.user_ca, key.public_key(), identity)
         return asyncssh.import_private_key(private_key_to_pem(key)), asyncssh.import_certificate(line)
@@ -193,8 +206,8 @@ class Cluster:
     def put_role(self, role: Role) -> None:
         self.server.put_resource(self.admin, resource_to_dict(role), force=True)
 
-    def set_cluster_mode(self, mode: str) -> None:
-        cap = ClusterAuthPreference(device_trust=DeviceTrustSettings(mode=mode))
+    def set_cluster_mode(self, mode: str, session_proof: str = "per_session") -> None:
+        cap = ClusterAuthPreference(device_trust=DeviceTrustSettings(mode=mode, session_proof=session_proof))
         self.server.put_resource(self.admin, resource_to_dict(cap), force=True)
 
     def lock(self, name: str, kind: str, value: str, message: str) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncssh
 import pytest
 
 from devicetrust.access import UNAUTHORIZED_DEVICE
+from devicetrust.access.decision import NO_SESSION_PROOF, PROOF_EXPIRED, PROOF_FOR_ANOTHER_TARGET
 from devicetrust.agent.server import SSHNode
 from devicetrust.agent.state import STATE_POLL_SECONDS
 from devicetrust.crypto import CertAuthority, DeviceExtensions
@@ -76,14 +77,16 @@ def test_device_required_rejects_with_unauthorized_device(cluster: Cluster, tmp_
                 with pytest.raises(asyncssh.ChannelOpenError) as denied:
                     await conn.run("true")
             assert (denied.value.code, denied.value.reason) == (ADMIN_PROHIBITED, UNAUTHORIZED_DEVICE)
-            async with cluster.connect(node.port, cluster.client_key("dave", roles=roles, device=DEVICE)) as conn:
+            assert node.identity is not None
+            proven = cluster.client_key("dave", roles=roles, device=DEVICE, proof_for=node.identity.host_id)
+            async with cluster.connect(node.port, proven) as conn:
                 result = await conn.run("echo trusted")
                 assert result.stdout == "trusted\n"
             assert await node.audit.flush(5) if node.audit else False
 
     run(scenario())
     rejected = [e for e in cluster.events("session.rejected") if e["user"] == "dave"]
-    assert rejected and rejected[-1]["reason"] == UNAUTHORIZED_DEVICE and rejected[-1]["success"] is False
+    assert rejected and rejected[-1]["reason"] == NO_SESSION_PROOF and rejected[-1]["success"] is False
     assert "device" not in rejected[-1]  # no verified device to report
     started = [e for e in cluster.events("session.start") if e["user"] == "dave"]
     assert started[-1]["device"] == {
@@ -94,6 +97,85 @@ def test_device_required_rejects_with_unauthorized_device(cluster: Cluster, tmp_
     }
     ended = cluster.events("session.end", session_id=started[-1]["session_id"])
     assert ended[0]["exit_status"] == 0 and ended[0]["device"] == started[-1]["device"]
+
+
+def test_only_a_fresh_session_proof_for_this_node_opens_a_session(cluster: Cluster, tmp_path: Path) -> None:
+    """Login-time device values (a copied profile), a proof for another node, a proof replayed after its window:
+    each refused as "unauthorized device", each with its precise reason in the audit."""
+    roles = ("access", "require-trusted-device")
+
+    async def attempt(node: SSHNode, key: ClientKey) -> str | None:
+        async with cluster.connect(node.port, key) as conn:
+            try:
+                await conn.run("true", check=True)
+            except asyncssh.ChannelOpenError as err:
+                assert err.code == ADMIN_PROHIBITED
+                return str(err.reason)
+        return None
+
+    async def scenario() -> None:
+        async with cluster.node(tmp_path / "node") as node, cluster.node(tmp_path / "other", hostname="other") as other:
+            assert node.identity is not None and other.identity is not None and node.audit is not None
+            here, there = node.identity.host_id, other.identity.host_id
+            login_only = cluster.client_key("fay", roles=roles, device=DEVICE)
+            assert await attempt(node, login_only) == UNAUTHORIZED_DEVICE
+            for_other = cluster.client_key("fay", roles=roles, device=DEVICE, proof_for=there)
+            assert await attempt(node, for_other) == UNAUTHORIZED_DEVICE
+            assert await attempt(other, for_other) is None  # the control: it is good where it was meant
+            stale = cluster.client_key(
+                "fay", roles=roles, device=DEVICE, proof_for=here, proof_age=timedelta(minutes=2)
+            )
+            assert await attempt(node, stale) == UNAUTHORIZED_DEVICE
+            assert await attempt(node, cluster.client_key("fay", roles=roles, device=DEVICE, proof_for=here)) is None
+            assert await node.audit.flush(5)
+
+    run(scenario())
+    reasons = [e["reason"] for e in cluster.events("session.rejected") if e["user"] == "fay"]
+    assert reasons[-3:] == [NO_SESSION_PROOF, PROOF_FOR_ANOTHER_TARGET, PROOF_EXPIRED]
+    started = [e for e in cluster.events("session.start") if e["user"] == "fay"]
+    assert started[-1]["device"]["device_id"] == DEVICE.device_id and started[-1]["device_proof"]["id"]
+
+
+def test_session_proof_login_admits_login_time_device_values(cluster: Cluster, tmp_path: Path) -> None:
+    """``session_proof: login``: the cluster's choice for plain OpenSSH clients, today's behaviour."""
+    roles = ("access", "require-trusted-device")
+
+    async def scenario() -> None:
+        async with cluster.node(tmp_path / "node") as node:
+            assert node.state is not None
+            cluster.set_cluster_mode("optional", session_proof="login")
+            try:
+                await node.state.refresh()
+                async with cluster.connect(node.port, cluster.client_key("gus", roles=roles, device=DEVICE)) as conn:
+                    assert (await conn.run("echo in")).stdout == "in\n"
+                async with cluster.connect(node.port, cluster.client_key("gus", roles=roles)) as conn:
+                    with pytest.raises(asyncssh.ChannelOpenError) as denied:
+                        await conn.run("true")
+                    assert denied.value.reason == UNAUTHORIZED_DEVICE
+            finally:
+                cluster.set_cluster_mode("optional")
+                await node.state.refresh()
+
+    run(scenario())
+
+
+def test_session_events_have_the_product_shape(cluster: Cluster, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with cluster.node(tmp_path / "node") as node:
+            assert node.audit is not None
+            async with cluster.connect(node.port, cluster.client_key("hal")) as conn:
+                await conn.run("true")
+            assert await node.audit.flush(5)
+
+    run(scenario())
+    start = next(e for e in cluster.events("session.start") if e["user"] == "hal")
+    assert start["code"] == "T2000I" and start["ei"] == 0 and start["namespace"] == "default"
+    assert start["proto"] == "ssh" and start["user_kind"] == 1 and start["login"] == LOGIN
+    assert start["sid"] == start["session_id"] and start["server_id"] and start["server_hostname"] == "prod-server"
+    assert start["addr.remote"].startswith("127.0.0.1:") and start["addr.local"].startswith("127.0.0.1:")
+    assert start["server_addr"] == start["addr.local"]
+    end = next(e for e in cluster.events("session.end") if e.get("sid") == start["sid"])
+    assert end["code"] == "T2004I" and end["ei"] == 1
 
 
 def test_no_device_data_in_audit_when_device_trust_is_off(cluster: Cluster, tmp_path: Path) -> None:

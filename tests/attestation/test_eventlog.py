@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from devicetrust.attestation import (
     EV_EFI_ACTION,
     EV_NO_ACTION,
+    LOG_FORMAT_TCG_1_2,
     MAX_EVENT_LOG_BYTES,
     MAX_EVENT_LOG_EVENTS,
     AttestationError,
+    UnreadableEventLogError,
     build_event_log,
     replay_event_log,
 )
@@ -114,17 +116,24 @@ def test_events_of_pcrs_outside_the_quote_are_set_aside() -> None:
     assert replay_event_log(LOG, PCRS).unverified_pcrs == ()
 
 
-def test_legacy_sha1_log_is_rejected() -> None:
-    legacy = struct.pack("<II", 0, 0x8) + hashlib.sha1(b"x").digest() + struct.pack("<I", 1) + b"x"  # noqa: S324
-    with pytest.raises(AttestationError, match="crypto-agile"):
+def test_tcg_1_2_log_is_parsed_but_unreplayable_without_a_quoted_sha1_bank() -> None:
+    digest = hashlib.sha1(b"x").digest()  # noqa: S324  (the TCG 1.2 log format is SHA-1)
+    legacy = struct.pack("<II", 0, 0x8) + digest + struct.pack("<I", 1) + b"x"
+    with pytest.raises(UnreadableEventLogError, match=r"^TCG 1\.2 \(SHA-1\) event log \(1 event\) .*not quoted$"):
         replay_event_log(legacy, PCRS)
+    pcr0 = hashlib.sha1(bytes(20) + digest).digest()  # noqa: S324
+    summary = replay_event_log(legacy, {0: bytes(32)}, sha1_pcr_values={0: pcr0})
+    assert (summary.log_format, summary.bank, summary.pcrs) == (LOG_FORMAT_TCG_1_2, 0x0004, (0,))
+    assert summary.events[0].data_verified
+    with pytest.raises(AttestationError, match=r"^event log does not reproduce PCR 0$"):
+        replay_event_log(legacy, {0: bytes(32)}, sha1_pcr_values={0: bytes(20)})
 
 
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        (_header(signature=b"Spec ID Event02\x00"), "signature"),
-        (_header(algorithms=[(0x0004, 20)]), "SHA-256"),
+        (_header(signature=b"Spec ID Event04\x00"), "signature"),
+        (_header(algorithms=[(0x000C, 48)]), "neither SHA-256 nor SHA-1"),
         (_header(algorithms=[(0x000B, 20)]), "digest size"),
         (_header(algorithms=[(0x000B, 32), (0x000B, 32)]), "algorithm list"),
         (_header(algorithms=[]), "number of algorithms"),

@@ -326,7 +326,12 @@ def test_put_resource_create_update_and_singleton(server: AuthServer, admin: Cal
     cap = server.get_resource(admin, "cap", "ignored")
     cap["spec"]["device_trust"] = {"mode": "required", "auto_enroll": True}
     server.put_resource(admin, cap, force=False)
-    assert server.ping()["auth"]["device_trust"] == {"mode": "required", "auto_enroll": True}
+    assert server.ping()["auth"]["device_trust"] == {
+        "mode": "required",
+        "auto_enroll": True,
+        "session_proof": "per_session",
+        "session_proof_ttl": "1m",
+    }
     with pytest.raises(ValidationError):
         server.delete_resource(admin, "cap", "cluster-auth-preference")
     with pytest.raises(NotFoundError):

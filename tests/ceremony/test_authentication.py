@@ -86,7 +86,7 @@ def test_tpm_authentication(tpm: FakeTPM, tpm_device: Device) -> None:
 
     proof = finish_auth(pending, tpm_device, tpm.authenticate_answer(challenge), now=NOW + timedelta(seconds=59))
     assert proof.credential == tpm_device.credential
-    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events)"
+    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events, data verified for {QUOTED_EVENT_COUNT})"
 
 
 def test_tpm_authentication_with_an_empty_event_log(tpm: FakeTPM, tpm_device: Device) -> None:

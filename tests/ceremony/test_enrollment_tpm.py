@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.attestation import fakes
+from tests.attestation.real_eventlogs import OPTION_ROM, SHA256, UBUNTU_VM
 from tests.ceremony.conftest import (
     BOOT_EVENTS,
     CEREMONY_ID,
@@ -38,7 +39,13 @@ from tests.ceremony.conftest import (
     trusting,
 )
 
-from devicetrust.attestation import Attest, ObjectAttributes, PCRSelection, build_event_log
+from devicetrust.attestation import (
+    EV_EFI_VARIABLE_DRIVER_CONFIG,
+    Attest,
+    ObjectAttributes,
+    PCRSelection,
+    build_event_log,
+)
 from devicetrust.ceremony.ceremonies import (
     AUTHENTICATE,
     CEREMONY_TTL,
@@ -92,7 +99,7 @@ def test_ekcert_trusted_enrollment(tpm: FakeTPM, ek_ca: Issued) -> None:
     assert tpm.activate(challenge) == secret
     proof = finish_enrollment(pending, tpm.enroll_answer(challenge), now=NOW + timedelta(seconds=59))
     assert proof.credential == credential
-    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events)"
+    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events, data verified for {QUOTED_EVENT_COUNT})"
 
 
 def test_ekcert_with_matching_ek_key_is_trusted(tpm: FakeTPM, ek_ca: Issued) -> None:
@@ -131,7 +138,7 @@ def test_p384_ek_and_rsa_ak(ecc_tpm: FakeTPM) -> None:
     assert pending.credential.attestation_type == "tpm_ekpub"
     proof = finish_enrollment(pending, ecc_tpm.enroll_answer(challenge), now=NOW)
     assert proof.credential.tpm_ak_public == ecc_tpm.ak_public
-    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events)"
+    assert proof.event_log == f"replayed ({QUOTED_EVENT_COUNT} events, data verified for {QUOTED_EVENT_COUNT})"
 
 
 def test_empty_event_log_is_accepted_and_recorded_as_none(tpm: FakeTPM) -> None:
@@ -427,8 +434,47 @@ def test_event_log_of_another_boot_is_refused(tpm: FakeTPM) -> None:
     _refused(tpm, "^event log does not reproduce PCR 4$", event_log=other)
 
 
-def test_garbage_event_log_is_refused(tpm: FakeTPM) -> None:
-    _refused(tpm, "event log", event_log=b"\x00" * 40)
+def test_unreadable_event_log_enrolls_as_without_a_log_and_says_so(tpm: FakeTPM) -> None:
+    """An event log the server cannot read proves nothing either way: it must not make the enrollment fail when
+    the same device sending no log would enroll, and it is recorded as unverified with the reason."""
+    legacy_sha1 = b"\x00" * 4 + b"\x08\x00\x00\x00" + bytes(20) + b"\x01\x00\x00\x00x"  # TCG 1.2 format
+    for log, reason in [
+        (b"\x00" * 40, "malformed event log: truncated"),
+        (tpm.event_log[:-1], "malformed event log: truncated"),
+        (
+            legacy_sha1,
+            "TCG 1.2 (SHA-1) event log (1 event) has only SHA-1 digests, and the SHA-1 PCR bank was not quoted",
+        ),
+    ]:
+        pending, challenge = begin_enroll(LINUX, tpm=tpm.payload())
+        proof = finish_enrollment(pending, _answer(tpm, challenge, event_log=log), now=NOW)
+        assert proof.event_log == f"unverified: {reason}"
+        assert proof.credential == pending.credential
+
+
+def test_real_firmware_logs_at_enrollment(tpm: FakeTPM) -> None:
+    """A TPM whose PCRs hold a real firmware boot: its crypto-agile log replays; with SecureBoot flipped in the log
+    it is refused; a TCG 1.2 (SHA-1) log enrolls as unverified since only the SHA-256 bank is quoted."""
+    sha256_pcrs = UBUNTU_VM.pcrs(SHA256)
+    pending, challenge = begin_enroll(LINUX, tpm=tpm.payload())
+    proof = finish_enrollment(
+        pending, _answer(tpm, challenge, pcr_values=sha256_pcrs, event_log=UBUNTU_VM.log), now=NOW
+    )
+    assert proof.event_log == "replayed (27 events, data verified for 20)"
+
+    secure_boot = next(
+        r for r in UBUNTU_VM.records if r.event_type == EV_EFI_VARIABLE_DRIVER_CONFIG and b"S\x00e\x00c" in r.data
+    )
+    flipped = bytearray(UBUNTU_VM.log)
+    flipped[secure_boot.size_offset + 4 + len(secure_boot.data) - 1] ^= 0x01  # its one-byte value, 0 -> 1
+    _refused(tpm, "EV_EFI_VARIABLE_DRIVER_CONFIG, PCR 7", pcr_values=sha256_pcrs, event_log=bytes(flipped))
+
+    pending, challenge = begin_enroll(LINUX, tpm=tpm.payload())
+    proof = finish_enrollment(pending, _answer(tpm, challenge, event_log=OPTION_ROM.log), now=NOW)
+    assert proof.event_log == (
+        "unverified: TCG 1.2 (SHA-1) event log (60 events) has only SHA-1 digests, "
+        "and the SHA-1 PCR bank was not quoted"
+    )
 
 
 def test_quote_over_fewer_pcrs_is_refused(tpm: FakeTPM) -> None:

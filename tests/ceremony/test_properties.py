@@ -5,7 +5,8 @@ exception. Mutated ``begin`` payloads may only ever raise CeremonyError / Valida
 The one field with accepted mutations is the event log, by design: it is not signed (only the PCRs it replays to
 are), so bytes the replay does not depend on (the Spec ID header's platform class / errata / UINTN size, an event's
 type label, trailing EV_NO_ACTION records, events of unquoted PCRs) may change — but an accepted log must replay to
-exactly the same measured events, and an empty log is accepted and recorded as "none" (DESIGN §5).
+exactly the same measured events, an empty log is accepted and recorded as "none" (DESIGN §5), and a log that can
+no longer be read is no worse than none: accepted and recorded as "unverified" with the reason.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tests.ceremony.conftest import (
     trusting,
 )
 
-from devicetrust.attestation import replay_event_log
+from devicetrust.attestation import UnreadableEventLogError, replay_event_log
 from devicetrust.ceremony.ceremonies import (
     PendingCeremony,
     VerifiedProof,
@@ -256,6 +257,11 @@ def test_event_log_mutations_never_change_what_was_measured(
         return
     if not mutated:
         assert proof.event_log == "none"
+    elif proof.event_log.startswith("unverified: "):
+        assert dataclasses.replace(proof, event_log="none") == case.finish(put(case.response, "event_log", b""))
+        assert case.response.quote is not None
+        with pytest.raises(UnreadableEventLogError):
+            replay_event_log(mutated, case.response.quote.pcr_values)
     else:
         assert proof == case.finish(case.response)
         assert _measured(mutated, case) == _measured(original, case)

@@ -26,10 +26,16 @@ ClientKey = tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]
 
 
 # ------------------------------------------------------------------------------------------------ settings
-def set_device_trust(admin: LeanClient, mode: str, *, allow_unsafe_software_keys: bool = True) -> None:
+def set_device_trust(
+    admin: LeanClient, mode: str, *, allow_unsafe_software_keys: bool = True, session_proof: str = "per_session"
+) -> None:
     """Replace the cluster auth preference's device_trust settings."""
     cap = admin.call("GET", CAP_PATH)
-    cap["spec"]["device_trust"] = {"mode": mode, "allow_unsafe_software_keys": allow_unsafe_software_keys}
+    cap["spec"]["device_trust"] = {
+        "mode": mode,
+        "allow_unsafe_software_keys": allow_unsafe_software_keys,
+        "session_proof": session_proof,
+    }
     admin.call("PUT", "/v1/resources", {"resource": cap, "force": True})
 
 
@@ -136,13 +142,19 @@ def enroll_software_device(admin: LeanClient, user: LeanClient, asset_tag: str, 
     return SoftwareDevice(str(added["device"]["metadata"]["name"]), asset_tag, credential_id, key, device_data)
 
 
-def authenticate_device(user: LeanClient, device: SoftwareDevice, ssh_cert: str) -> str:
-    """Run the device-authentication ceremony for ``ssh_cert``; returns the device-augmented SSH certificate."""
-    challenge = user.call(
-        "POST",
-        "/v1/devices/authenticate/begin",
-        {"credential_id": device.credential_id, "device_data": device.device_data, "ssh_cert": ssh_cert},
-    )
+def authenticate_device(
+    user: LeanClient, device: SoftwareDevice, ssh_cert: str, target: tuple[str, str] | None = None
+) -> str:
+    """Run the device-authentication ceremony for ``ssh_cert``; returns the device-augmented SSH certificate, or
+    with ``target`` (kind, id) the session certificate for it."""
+    begin: dict[str, Any] = {
+        "credential_id": device.credential_id,
+        "device_data": device.device_data,
+        "ssh_cert": ssh_cert,
+    }
+    if target is not None:
+        begin["target"] = {"kind": target[0], "id": target[1]}
+    challenge = user.call("POST", "/v1/devices/authenticate/begin", begin)
     reply = user.call("POST", "/v1/devices/authenticate/finish", answer(device.key, challenge))
     return str(reply["ssh_cert"])
 

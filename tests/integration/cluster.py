@@ -115,8 +115,9 @@ class Cluster:
         return int(self.process.returncode)
 
 
-def start_cluster(root: Path, storage_url: str = "", port: int = 0) -> Cluster:
-    """Start ``devicetrust start`` on its own data dir; ``storage_url`` selects PostgreSQL."""
+def start_cluster(root: Path, storage_url: str = "", port: int = 0, extra_config: str = "") -> Cluster:
+    """Start ``devicetrust start`` on its own data dir; ``storage_url`` selects PostgreSQL; ``extra_config``: more
+    top-level sections of devicetrust.yaml (e.g. jamf_service)."""
     root.mkdir(parents=True, exist_ok=True)
     proxy = f"127.0.0.1:{port or free_port()}"
     config_path = root / "devicetrust.yaml"
@@ -128,7 +129,7 @@ def start_cluster(root: Path, storage_url: str = "", port: int = 0) -> Cluster:
     )
     if storage_url:
         text = text.replace("    type: sqlite ", f"    type: postgres\n    conn_string: {storage_url}\n    #")
-    config_path.write_text(text)
+    config_path.write_text(text + extra_config)
     log_path = root / "devicetrust.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(

@@ -59,7 +59,12 @@ def test_https_with_host_ca_ping_and_openapi(cluster: Cluster) -> None:
         assert ping.status_code == 200
         body = ping.json()
         assert body["cluster_name"] == "test.cluster"
-        assert body["auth"]["device_trust"] == {"mode": "optional", "auto_enroll": False}
+        assert body["auth"]["device_trust"] == {
+            "mode": "optional",
+            "auto_enroll": False,
+            "session_proof": "per_session",
+            "session_proof_ttl": "1m",
+        }
         assert ping.headers["x-request-id"]
         schema = client.get("/v1/openapi.json").json()
         assert "/v1/ping" in schema["paths"] and "/v1/login" in schema["paths"]

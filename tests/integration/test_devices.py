@@ -20,6 +20,7 @@ from tests.integration.test_cluster_cli import ok, one_line_error, require_tool
 
 pytestmark = pytest.mark.integration
 
+SHA1_FIRMWARE_LOG = Path(__file__).parents[1] / "attestation" / "vectors" / "go-attestation" / "option_rom_eventlog"
 DEVICE_EXTENSIONS = {"teleport-device-asset-tag", "teleport-device-credential-id", "teleport-device-id"}
 
 
@@ -46,10 +47,13 @@ class Laptop:
         self.tpm = SimulatedTPM(self.tpm_dir)
         self.tpm.start()
         self.home = cluster.home(f"{user}@{serial}")
+        #: the event log the device sends with its quotes (none by default: swtpm has no firmware)
+        self.event_log: Path | None = None
 
     def env(self) -> dict[str, str]:
+        extra = {} if self.event_log is None else {"DEVICETRUST_TPM_EVENT_LOG": str(self.event_log)}
         return self.cluster.env(
-            TSH_HOME=str(self.home), DEVICETRUST_TPM_TCTI=self.tpm.tcti, DEVICETRUST_ASSET_TAG=self.serial
+            TSH_HOME=str(self.home), DEVICETRUST_TPM_TCTI=self.tpm.tcti, DEVICETRUST_ASSET_TAG=self.serial, **extra
         )
 
     def tsh(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -173,6 +177,49 @@ def test_seed_enrollment_story_with_a_real_tpm(devices_cluster: Cluster, laptops
     assert codes["device.enroll"] == "TV005I" and codes["device.authenticate"] == "TV006I"
     failed = [e for e in events if e["event"] == "device.token.spent" and not e["success"]]
     assert failed and failed[-1]["reason"] == "invalid device enrollment token"
+
+
+def test_an_unreadable_event_log_is_no_worse_than_none(
+    devices_cluster: Cluster, laptops: list[Laptop], tmp_path: Path
+) -> None:
+    """A real TCG 1.2 (SHA-1) firmware log, then a garbage one: the device enrolls and authenticates as it would
+    without a log, and its record and the audit log say the log is unverified, and why."""
+    cluster = devices_cluster
+    laptop = new_laptop(cluster, laptops, tmp_path, "lena", "SN-LOG1")
+    laptop.event_log = tmp_path / "sha1-eventlog"
+    shutil.copyfile(SHA1_FIRMWARE_LOG, laptop.event_log)
+    ok(cluster.tctl("devices", "add", "--os=linux", "--asset-tag=SN-LOG1"))
+    invite = cluster.add_user("lena", logins="lena")
+    ok(
+        laptop.tsh(
+            "login", f"--proxy={cluster.proxy}", "--user=lena", f"--token={invite}", "--password-stdin", input=PASSWORD
+        )
+    )
+    token = enroll_token(cluster, "SN-LOG1")
+    assert ok(laptop.tsh("device", "enroll", f"--token={token}")).strip() == 'Device "SN-LOG1"/Linux enrolled'
+
+    laptop.event_log.write_bytes(b"\x00" * 40)
+    ok(laptop.tsh("logout"))
+    ok(laptop.login())
+    assert laptop.status()["device"]["asset_tag"] == "SN-LOG1"  # type: ignore[index]
+
+    sha1_unverified = (
+        "unverified: TCG 1.2 (SHA-1) event log (60 events) has only SHA-1 digests, "
+        "and the SHA-1 PCR bank was not quoted"
+    )
+    garbage_unverified = "unverified: malformed event log: truncated"
+    device = json.loads(ok(cluster.tctl("devices", "get", "--asset-tag=SN-LOG1", "--format=json")))
+    assert [record["event_log"] for record in device["spec"]["collected_data"]] == [
+        sha1_unverified,
+        garbage_unverified,
+    ]
+    events = json.loads(ok(cluster.tctl("audit", "ls", "--format=json", "--limit=1000")))
+    logged = {
+        e["event"]: e["event_log"]
+        for e in events
+        if e.get("device", {}).get("asset_tag") == "SN-LOG1" and e["event"] in ("device.enroll", "device.authenticate")
+    }
+    assert logged == {"device.enroll": sha1_unverified, "device.authenticate": garbage_unverified}
 
 
 def test_a_device_cannot_change_tpm_without_an_admin(

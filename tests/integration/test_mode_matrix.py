@@ -1,5 +1,6 @@
-"""The device trust mode matrix, end to end (issue 4 part 6, DESIGN §6): the real daemon (auth service + SSH node),
-real certificates from the real ceremonies, and a real SSH handshake for every cell.
+"""The device trust mode matrix, end to end: the real daemon (auth service + SSH node), real certificates from the
+real ceremonies, and a real SSH handshake for every cell. The human with a trusted device proves it before every
+session (a session certificate from a ceremony bound to the node), as tsh does.
 
 cluster mode {off, optional, required, required-for-humans} x role mode {unset, off, optional, required,
 required-for-humans} x identity {human with a trusted device, human without, bot}: 60 cells against one cluster.
@@ -32,6 +33,7 @@ from devicetrust.crypto import (
     CertAuthority,
     DeviceExtensions,
     Identity,
+    SessionProof,
     generate_private_key,
     issue_ssh_user_cert,
     private_key_to_pem,
@@ -109,6 +111,21 @@ class Matrix:
         finally:
             client.close()
 
+    def key(self, role_mode: str, identity: str) -> ClientKey:
+        """The cell's key and certificate; the device's human gets a fresh session certificate for the node."""
+        if identity != "human-device":
+            return self.keys[role_mode, identity]
+        login = self.logins[role_mode, identity]
+        with self.admin() as client:
+            user = client.with_token(login.session_token)
+            try:
+                session_cert = authenticate_device(user, self.device, login.ssh_cert, ("ssh", self.node.host_id))
+            except RuntimeError as err:
+                # device trust off everywhere for this user: there is nothing to prove (tsh goes on the same way)
+                assert "device trust disabled" in str(err), err
+                return self.keys[role_mode, identity]
+        return login.client_key(session_cert)
+
     def session(self, key: ClientKey, command: str = "true") -> asyncssh.SSHCompletedProcess:
         """One real SSH connection and exec session; raises what asyncssh raises."""
         return asyncio.run(run_command(self.node, self.host_ca_ssh, key, command))
@@ -124,7 +141,7 @@ class Matrix:
 
     def allowed(self, role_mode: str, identity: str) -> bool:
         """Whether the cell's session starts; a refusal must be for want of a trusted device."""
-        refused = self.attempt(self.keys[role_mode, identity])
+        refused = self.attempt(self.key(role_mode, identity))
         if refused is not None and refused.reason != UNAUTHORIZED_DEVICE:
             raise AssertionError(f"{role_mode}/{identity} refused: {refused.reason}")
         return refused is None
@@ -151,7 +168,7 @@ class Matrix:
     def wait_until_allowed(self, role_mode: str, identity: str) -> None:
         """Until the node has the role (it refuses the session with another reason before)."""
         deadline = time.monotonic() + MODE_PICKUP_SECONDS
-        while self.attempt(self.keys[role_mode, identity]) is not None:
+        while self.attempt(self.key(role_mode, identity)) is not None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{role_mode}/{identity} still refused after {MODE_PICKUP_SECONDS} s")
             time.sleep(0.1)
@@ -242,7 +259,7 @@ CELLS = [
 @pytest.mark.parametrize(("cluster_mode", "role_mode", "identity"), CELLS)
 def test_mode_matrix(matrix: Matrix, cluster_mode: str, role_mode: str, identity: str) -> None:
     matrix.use_cluster_mode(cluster_mode)
-    refused = matrix.attempt(matrix.keys[role_mode, identity])
+    refused = matrix.attempt(matrix.key(role_mode, identity))
     if expected_allowed(cluster_mode, role_mode, identity):
         assert refused is None, f"refused: {refused and refused.reason}"
     else:
@@ -291,14 +308,32 @@ def test_session_start_audit_names_the_device_unless_trust_is_off(matrix: Matrix
     }
     matrix.use_cluster_mode("off")
     # cluster off, role off: a device-verified session, but nothing device-related in audit
-    quiet = _session_start(matrix, "dev-off", _session_id(matrix, matrix.keys["off", "human-device"]))
+    quiet = _session_start(matrix, "dev-off", _session_id(matrix, matrix.key("off", "human-device")))
     assert quiet["success"] is True and "device" not in quiet, quiet
     # cluster off, role optional: the effective mode is optional, so the device is named
-    named = _session_start(matrix, "dev-optional", _session_id(matrix, matrix.keys["optional", "human-device"]))
+    named = _session_start(matrix, "dev-optional", _session_id(matrix, matrix.key("optional", "human-device")))
     assert named["device"] == expected, named
     # cluster off, role required
-    named = _session_start(matrix, "dev-required", _session_id(matrix, matrix.keys["required", "human-device"]))
+    named = _session_start(matrix, "dev-required", _session_id(matrix, matrix.key("required", "human-device")))
     assert named["device"] == expected, named
+
+
+def test_login_time_device_values_alone_open_no_session_that_requires_a_device(matrix: Matrix) -> None:
+    """What a copied profile holds: the login certificate with the device values from login. It names the device
+    in tsh status and in optional-mode audit, but where a device is required only a session proof opens."""
+    matrix.use_cluster_mode("optional")
+    login_only = matrix.keys["required", "human-device"]
+    refused = matrix.attempt(login_only)
+    assert refused is not None and (refused.code, refused.reason) == (
+        asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+        UNAUTHORIZED_DEVICE,
+    )
+    # optional: it opens, and the audit names the login-time device
+    named = _session_start(matrix, "dev-optional", _session_id(matrix, matrix.keys["optional", "human-device"]))
+    assert named["device"]["device_id"] == matrix.device.device_id and "device_proof" not in named, named
+    # a session certificate for this node opens the required one, and its proof is in the audit
+    proven = _session_start(matrix, "dev-required", _session_id(matrix, matrix.key("required", "human-device")))
+    assert proven["device"]["device_id"] == matrix.device.device_id and proven["device_proof"]["id"], proven
 
 
 # ------------------------------------------------------------------------------------------- (a) node labels
@@ -320,8 +355,11 @@ def test_a_required_role_that_does_not_match_the_node_requires_nothing_there(mat
 
 
 # ------------------------------------------------------------------------------------- (b), (c) forged certs
-def _identity(device: DeviceExtensions | None, roles: tuple[str, ...]) -> Identity:
+def _identity(device: DeviceExtensions | None, roles: tuple[str, ...], proof_for: str | None = None) -> Identity:
     now = datetime.now(UTC)
+    proof = None
+    if proof_for is not None:
+        proof = SessionProof(kind="ssh", target=proof_for, time=now, expires=now + timedelta(minutes=1), id="forged")
     return Identity(
         username="dev-required",
         roles=roles,
@@ -330,6 +368,7 @@ def _identity(device: DeviceExtensions | None, roles: tuple[str, ...]) -> Identi
         not_before=now - timedelta(minutes=1),
         not_after=now + timedelta(hours=1),
         device=device,
+        session_proof=proof,
     )
 
 
@@ -402,7 +441,8 @@ def test_a_cluster_cert_missing_a_device_value_is_unverified(matrix: Matrix, dro
     ca = _cluster_user_ca(matrix)
     key = generate_private_key()
     # role mode-required: a device is required whatever the cluster mode
-    cert = issue_ssh_user_cert(ca, key.public_key(), _identity(_device_extensions(matrix), ("mode-required",)))
+    identity = _identity(_device_extensions(matrix), ("mode-required",), proof_for=matrix.node.host_id)
+    cert = issue_ssh_user_cert(ca, key.public_key(), identity)
     if drop:
         cert = _reissue(ca, cert, drop, empty=empty)
     refused = matrix.attempt(_client_key(key, cert))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from devicetrust.cli.common import DevicetrustGroup
 from devicetrust.cli.jamf import jamf as jamf_group
 from devicetrust.mdm.jamf.fake import FakeJamf
 from devicetrust.storage import Backend
+from devicetrust.types import Device, resource_to_dict
 from tests.mdm.conftest import CLIENT_ID, JamfSetup
 
 
@@ -67,6 +69,24 @@ def test_sync_once_full_with_progress(jamf: JamfSetup, fake: FakeJamf, tmp_path:
     fake.computers.remove(7)
     removal = _invoke("jamf", "sync", "-c", str(config), "--once", "--full")
     assert removal.exit_code == 0 and "1 removed" in removal.stdout
+
+
+def test_the_summary_counts_devices_registered_by_hand_as_foreign(
+    jamf: JamfSetup, fake: FakeJamf, tmp_path: Path
+) -> None:
+    config = _config(jamf, tmp_path)
+    manual = Device(id=str(uuid.uuid4()), os_type="macos", asset_tag="C02XJ0ABHX87")  # a Mac Jamf also has
+    with Backend.open(f"sqlite:///{tmp_path / 'backend.sqlite'}") as backend:
+        backend.migrate()
+        with backend.begin() as store:
+            store.devices.create(manual.id, "macos", manual.asset_tag, resource_to_dict(manual))
+    result = _invoke("jamf", "sync", "--config", str(config), "--once", "--full")
+    assert result.exit_code == 0, result.output
+    assert "11 read, 9 new" in result.stdout
+    assert "1 skipped, 1 foreign (left alone)" in result.stdout  # the Mac without a serial; the one by hand
+    with Backend.open(f"sqlite:///{tmp_path / 'backend.sqlite'}") as backend, backend.begin() as store:
+        (summary,) = store.audit.search(event_types=["mdm.sync"])
+    assert (summary.body["skipped"], summary.body["foreign"]) == (1, 1)
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,8 @@ def test_tls_is_verified_against_the_system_store_and_ssl_cert_file(
 ) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
-    with pytest.raises(TrustError, match=r"cannot verify the TLS certificate of Jamf at 127\.0\.0\.1"):
+    port = jamf.url.rsplit(":", 1)[1]
+    with pytest.raises(TrustError, match=rf"cannot verify the TLS certificate of Jamf at 127\.0\.0\.1:{port}:"):
         run(jamf.client(ca_file=None), lambda c: c.count("computers", ""))
     monkeypatch.setenv("SSL_CERT_FILE", str(jamf.pki.ca_file))
     assert run(jamf.client(ca_file=None), lambda c: c.count("computers", "")) == 12
@@ -189,5 +190,12 @@ def test_transport_errors_are_retried_then_reported(jamf: JamfSetup) -> None:
         ca_file=jamf.pki.ca_file,
         retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.01),
     )
-    with pytest.raises(ConnectionFailedError, match=r"cannot reach Jamf at 127\.0\.0\.1"):
+    with pytest.raises(ConnectionFailedError, match=r"cannot reach Jamf at 127\.0\.0\.1:9:"):
         run(client, lambda c: c.count("computers", ""))
+
+
+def test_messages_name_the_port_even_when_the_endpoint_does_not() -> None:
+    credentials = OAuthCredentials("a", "b")
+    assert JamfClient("https://jamf.example.com", credentials).address == "jamf.example.com:443"
+    assert JamfClient("https://jamf.example.com:8443/", credentials).address == "jamf.example.com:8443"
+    assert JamfClient("https://[::1]:8443", credentials).address == "[::1]:8443"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import threading
 import time
@@ -18,7 +19,7 @@ from devicetrust.mdm.jamf.config import JamfServiceConfig
 from devicetrust.mdm.jamf.errors import JamfAuthError
 from devicetrust.mdm.jamf.fake import FakeJamf
 from devicetrust.mdm.jamf.service import JamfService, JamfServiceThread, default_client
-from devicetrust.mdm.sink import BackendSink
+from devicetrust.mdm.sink import BackendSink, SyncReport
 from devicetrust.storage import Backend, Store
 from tests.mdm.conftest import FAST_RETRY, JamfSetup
 
@@ -174,3 +175,42 @@ def test_run_jamf_service_coroutine(jamf: JamfSetup, sqlite_backend: Backend) ->
 
     asyncio.run(main(until_synced))
     assert _sync_kinds(sqlite_backend) == ["full"]
+
+
+class _FlakySink(BackendSink):
+    """Fails its first ``record_sync`` with an unexpected error; stops the service after ``syncs`` recorded."""
+
+    def __init__(self, backend: Backend, stop: asyncio.Event, syncs: int) -> None:
+        super().__init__(backend)
+        self._stop = stop
+        self._left = syncs
+        self.failed = False
+
+    async def record_sync(self, report: SyncReport) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug in the middle of a sync")
+        await super().record_sync(report)
+        self._left -= 1
+        if self._left == 0:
+            self._stop.set()
+
+
+def test_an_unexpected_error_fails_one_sync_not_the_service(
+    jamf: JamfSetup, sqlite_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)  # the daemon's default level: every log call builds its record
+
+    async def main() -> _FlakySink:
+        stop = asyncio.Event()
+        sink = _FlakySink(sqlite_backend, stop, syncs=2)
+        service = JamfService(jamf.config(inventory=FAST_PERIODS), sink, client_factory=_fast_client)
+        await asyncio.wait_for(service.run(stop), timeout=60)
+        return sink
+
+    sink = asyncio.run(main())
+    assert sink.failed
+    assert len(_sync_kinds(sqlite_backend)) == 2
+    failures = [r for r in caplog.records if r.getMessage() == "jamf sync failed"]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert any(r.getMessage() == "jamf full sync done" for r in caplog.records)

@@ -187,7 +187,7 @@ def test_default_cluster_auth_preference_document() -> None:
         "kind": "cluster_auth_preference",
         "version": "v2",
         "metadata": {"name": "cluster-auth-preference"},
-        "spec": {"type": "local", "device_trust": {"mode": "optional"}},
+        "spec": {"type": "local", "device_trust": {"mode": "optional", "session_proof": "per_session"}},
     }
 
 
@@ -203,6 +203,7 @@ def test_full_cluster_auth_preference_document() -> None:
             "auto_enroll": True,
             "ekcert_allowed_cas": [PEM, PEM.strip()],
             "allow_unsafe_software_keys": True,
+            "session_proof": "per_session",
         },
     }
 

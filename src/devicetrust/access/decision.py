@@ -1,30 +1,63 @@
-"""The session-time access decision (DESIGN §6): one pure function every service asks before a session starts.
+"""The session-time access decision: one pure function every service asks before a session starts.
 
 ``decide`` never raises for a denial and never guesses: anything it cannot read (an unknown device trust mode)
 denies. Callers show ``Decision.reason`` to the user as it is; device denials read exactly
-:data:`~devicetrust.access.modes.UNAUTHORIZED_DEVICE`.
+:data:`~devicetrust.access.modes.UNAUTHORIZED_DEVICE`, and ``Decision.audit_reason`` says precisely why.
+
+Where a device is required, what counts as the device depends on the cluster's ``session_proof`` setting:
+``per_session`` admits only a session proof (:class:`~devicetrust.crypto.SessionProof`) taken for this very
+target and still fresh; ``login`` admits the device values that login put in the certificate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from devicetrust.access.checker import AccessChecker
 from devicetrust.access.modes import UNAUTHORIZED_DEVICE, strictest_mode
 from devicetrust.crypto.identity import Identity
 from devicetrust.errors import ValidationError
-from devicetrust.types.cluster_auth_preference import DEFAULT_CLUSTER_DEVICE_TRUST_MODE
+from devicetrust.types.cluster_auth_preference import (
+    DEFAULT_CLUSTER_DEVICE_TRUST_MODE,
+    MAX_SESSION_PROOF_TTL,
+    SESSION_PROOF_LOGIN,
+    SESSION_PROOF_PER_SESSION,
+)
 from devicetrust.types.lock import Lock, locks_in_force
 from devicetrust.types.role import Role
 
-__all__ = ["MODE_OFF", "Decision", "NodeTarget", "decide", "lock_reason", "session_locks"]
+__all__ = [
+    "MODE_OFF",
+    "NO_SESSION_PROOF",
+    "NO_TRUSTED_DEVICE",
+    "PROOF_CLOCK_SKEW",
+    "PROOF_EXPIRED",
+    "PROOF_FOR_ANOTHER_TARGET",
+    "PROOF_NOT_YET_VALID",
+    "Decision",
+    "NodeTarget",
+    "decide",
+    "lock_reason",
+    "session_locks",
+    "session_proof_problem",
+]
 
-#: The effective mode in which device data stays out of audit events (DESIGN §6).
+#: The effective mode in which device data stays out of audit events.
 MODE_OFF = "off"
+_OPTIONAL = "optional"
 _REQUIRED = "required"
 _REQUIRED_FOR_HUMANS = "required-for-humans"
+
+#: Why a device requirement was not met (audit only: users see "unauthorized device").
+NO_SESSION_PROOF = "no session device proof"
+PROOF_FOR_ANOTHER_TARGET = "device proof is for another target"
+PROOF_EXPIRED = "device proof expired"
+PROOF_NOT_YET_VALID = "device proof is not valid yet"
+NO_TRUSTED_DEVICE = "certificate carries no trusted device"
+#: The auth service's and the enforcing service's clocks may disagree by this much.
+PROOF_CLOCK_SKEW = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +68,11 @@ class NodeTarget:
     hostname: str
     labels: Mapping[str, str]
 
+    @property
+    def proof_target(self) -> tuple[str, str]:
+        """What a session proof for this node is bound to."""
+        return ("ssh", self.host_id)
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -42,7 +80,10 @@ class Decision:
 
     ``mode`` is the effective device trust mode (the strictest of the cluster's and the granting roles'), or ""
     when a mode could not be read (the session is then denied). ``roles`` are the roles that grant access to
-    this resource (their options decide port and agent forwarding).
+    this resource (their options decide port and agent forwarding). ``device_verified``: the device is proven
+    the way the cluster requires (a fresh session proof for this target, or login-time values). ``audit_device``:
+    audit events may name the certificate's device (never when device trust is off). ``audit_reason``: what the
+    audit records for a denial, more precise than ``reason``.
     """
 
     allowed: bool
@@ -50,11 +91,8 @@ class Decision:
     device_verified: bool
     mode: str
     roles: tuple[Role, ...] = ()
-
-    @property
-    def audit_device(self) -> bool:
-        """Whether audit events may carry the device: verified, and device trust not off (DESIGN §6)."""
-        return self.device_verified and self.mode not in (MODE_OFF, "")
+    audit_device: bool = False
+    audit_reason: str = ""
 
     @property
     def port_forwarding(self) -> bool:
@@ -86,6 +124,22 @@ def session_locks(
     return tuple(found.values())
 
 
+def session_proof_problem(identity: Identity, target: tuple[str, str], now: datetime) -> str | None:
+    """None if ``identity`` carries a session proof for ``target`` (kind, id) that admits a session at ``now``;
+    otherwise why not, for the audit."""
+    proof = identity.session_proof
+    if identity.device is None or proof is None:
+        return NO_SESSION_PROOF
+    if (proof.kind, proof.target) != target:
+        return PROOF_FOR_ANOTHER_TARGET
+    if now < proof.time - PROOF_CLOCK_SKEW:
+        return PROOF_NOT_YET_VALID
+    # the window is capped here too, so a proof minted with a long window by mistake is still refused
+    if now >= proof.expires or now >= proof.time + MAX_SESSION_PROOF_TTL + PROOF_CLOCK_SKEW:
+        return PROOF_EXPIRED
+    return None
+
+
 def decide(
     identity: Identity,
     *,
@@ -95,6 +149,8 @@ def decide(
     cluster_mode: str,
     locks: Iterable[Lock],
     now: datetime,
+    session_proof: str = SESSION_PROOF_PER_SESSION,
+    authenticated_at: datetime | None = None,
 ) -> Decision:
     """May ``identity`` start a session as ``login`` on ``node``?
 
@@ -105,9 +161,18 @@ def decide(
       allow; trait templates expand from the certificate's traits).
     - A device is required when the strictest of ``cluster_mode`` and the modes of the roles granting access to
       the node is ``required``, or ``required-for-humans`` for a human; then only a device-verified certificate
-      (``identity.device`` set) passes. An unknown mode denies.
+      passes: with ``session_proof`` ``per_session``, one whose session proof is for this node and fresh at
+      ``authenticated_at`` (when the client authenticated the connection the session runs on; default ``now``:
+      a connection proven once may open more channels, e.g. port forwards, later); with ``login``, one carrying
+      the device values. An unknown mode or setting denies.
     """
-    device_verified = identity.device is not None
+    if session_proof == SESSION_PROOF_LOGIN:
+        problem = None if identity.device is not None else NO_TRUSTED_DEVICE
+    elif session_proof == SESSION_PROOF_PER_SESSION:
+        problem = session_proof_problem(identity, node.proof_target, authenticated_at or now)
+    else:
+        problem = f"unknown session_proof setting {session_proof!r}"
+    device_verified = problem is None
     in_force = session_locks(identity, login, node, locks, now)
     known = tuple(roles[name] for name in identity.roles if name in roles)
     checker = AccessChecker(known, identity.traits)
@@ -119,16 +184,20 @@ def decide(
     else:
         mode = mode or DEFAULT_CLUSTER_DEVICE_TRUST_MODE
 
-    def deny(reason: str) -> Decision:
-        return Decision(False, reason, device_verified, mode, granting)
+    required = mode == _REQUIRED or (mode == _REQUIRED_FOR_HUMANS and not identity.is_bot)
+    # Login-time device values still name the device in optional mode; where a device is required, only a
+    # device proven as the cluster requires does.
+    audit_device = mode not in (MODE_OFF, "") and identity.device is not None and (device_verified or mode == _OPTIONAL)
+
+    def deny(reason: str, audit_reason: str = "") -> Decision:
+        return Decision(False, reason, device_verified, mode, granting, audit_device, audit_reason or reason)
 
     if in_force:
         return deny(lock_reason(in_force[0]))
     if not granting or login not in identity.logins or login not in checker.node_logins(node.labels):
         return deny(f"access denied to {identity.username} connecting to {node.hostname}")
     if not mode:
-        return deny(UNAUTHORIZED_DEVICE)  # fail closed: a mode we cannot read
-    required = mode == _REQUIRED or (mode == _REQUIRED_FOR_HUMANS and not identity.is_bot)
+        return deny(UNAUTHORIZED_DEVICE, "unreadable device trust mode")  # fail closed
     if required and not device_verified:
-        return deny(UNAUTHORIZED_DEVICE)
-    return Decision(True, "", device_verified, mode, granting)
+        return deny(UNAUTHORIZED_DEVICE, problem or UNAUTHORIZED_DEVICE)
+    return Decision(True, "", device_verified, mode, granting, audit_device)

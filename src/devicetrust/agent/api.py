@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from devicetrust.client import error_from_response, pinned_ssl_context, transport_errors
+from devicetrust.client import error_from_response, pinned_ssl_context, transport_errors, with_port
 from devicetrust.errors import ConnectionFailedError
 
 __all__ = ["NODE_CONNECT_TIMEOUT_SECONDS", "NODE_REQUEST_TIMEOUT_SECONDS", "NodeAPI"]
@@ -39,7 +39,9 @@ class NodeAPI:
         with transport_errors(self.addr, untrusted="a certificate not issued by the cluster's host CA"):
             response = await self._http.request(method, path, json=body)
         if response.status_code >= 500:
-            raise ConnectionFailedError(f"the auth service at {self.addr} answered HTTP {response.status_code}")
+            raise ConnectionFailedError(
+                f"the auth service at {with_port(self.addr)} answered HTTP {response.status_code}"
+            )
         if response.status_code >= 400:
             raise error_from_response(response)
         return response.json()

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncssh
 
@@ -64,12 +64,24 @@ STOP_SESSIONS_SECONDS = 5.0
 STOP_AUDIT_FLUSH_SECONDS = 3.0
 #: Remote forwards below this port need the root login, as with OpenSSH.
 FIRST_UNPRIVILEGED_PORT = 1024
+#: Audit ``user_kind`` values, as Teleport writes them.
+USER_KIND_HUMAN = 1
+USER_KIND_BOT = 2
+SESSION_NAMESPACE = "default"
 NO_STATE_REASON = "this node has not received the cluster's access policy yet; try again shortly"
 SERVER_VERSION = "devicetrust"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _addr(sockaddr: object) -> str:
+    """``HOST:PORT`` of a socket address tuple ("" if there is none)."""
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        host = str(sockaddr[0])
+        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -318,6 +330,8 @@ class SSHNode:
             cluster_mode=state.device_trust_mode,
             locks=state.locks,
             now=self.clock(),
+            session_proof=state.auth_preference.device_trust.session_proof,
+            authenticated_at=connection.authenticated_at,
         )
 
     def open_session(self, connection: NodeConnection) -> NodeSession:
@@ -329,11 +343,10 @@ class SSHNode:
         decision = self.decide(connection)
         if decision is None:
             self._reject(connection, session_id, NO_STATE_REASON, None)
-        elif not decision.allowed:
+        if not decision.allowed:
             self._reject(connection, session_id, decision.reason, decision)
-        elif identity.not_after <= self.clock():
+        if identity.not_after <= self.clock():
             self._reject(connection, session_id, "your certificate has expired; run 'tsh login'", decision)
-        assert decision is not None
         account = self._account(connection, session_id, decision)
         session = NodeSession(
             account=account,
@@ -356,7 +369,6 @@ class SSHNode:
         account = lookup_account(login)
         if account is None:
             self._reject(connection, session_id, f'login "{login}" does not exist on {self.hostname}', decision)
-        assert account is not None
         if os.geteuid() != 0 and account.uid != os.geteuid():
             self._reject(
                 connection,
@@ -366,14 +378,16 @@ class SSHNode:
             )
         return account
 
-    def _reject(self, connection: NodeConnection, session_id: str, reason: str, decision: Decision | None) -> None:
-        self._emit("session.rejected", connection, session_id, decision, success=False, reason=reason)
+    def _reject(self, connection: NodeConnection, session_id: str, reason: str, decision: Decision | None) -> NoReturn:
+        """Refuse the session channel with ``reason``; the audit gets the decision's more precise reason."""
+        audit_reason = decision.audit_reason if decision is not None and decision.audit_reason else reason
+        self._emit("session.rejected", connection, session_id, decision, success=False, reason=audit_reason)
         log.info(
             "session rejected",
             extra={
                 "user": connection.identity.username if connection.identity else "",
                 "login": connection.login,
-                "reason": reason,
+                "reason": audit_reason,
             },
         )
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
@@ -401,19 +415,33 @@ class SSHNode:
         **extra: Any,
     ) -> None:
         identity = connection.identity
+        # Teleport's session event shape (sid, addr.*, ei, namespace, proto, user_kind, server_*), plus our own
+        # session_id / remote_addr names kept for existing consumers.
         event: dict[str, Any] = {
             "event": name,
+            "ei": 0 if name != "session.end" else 1,
             "user": identity.username if identity is not None else "",
+            "user_kind": USER_KIND_BOT if identity is not None and identity.is_bot else USER_KIND_HUMAN,
             "login": connection.login,
+            "namespace": SESSION_NAMESPACE,
+            "proto": "ssh",
             "server_hostname": self.hostname,
+            "server_addr": self.advertised_addr(self.port),
+            "server_labels": dict(self.config.labels),
             "success": success,
+            "sid": session_id,
             "session_id": session_id,
             **{key: value for key, value in extra.items() if value is not None},
         }
+        if self.identity is not None:
+            event["server_id"] = self.identity.host_id
         if identity is not None and identity.bot_name is not None:
             event["bot_name"] = identity.bot_name
         if connection.peer:
+            event["addr.remote"] = connection.peer
             event["remote_addr"] = connection.peer
+        if connection.local:
+            event["addr.local"] = connection.local
         if identity is not None and identity.device is not None and decision is not None and decision.audit_device:
             event["device"] = {
                 "asset_tag": identity.device.asset_tag,
@@ -422,6 +450,10 @@ class SSHNode:
                 "os": "",
                 "credential_id": identity.device.credential_id,
             }
+            proof = identity.session_proof
+            if proof is not None and decision.device_verified:
+                # correlates the session with the device.authenticate event of its ceremony
+                event["device_proof"] = {"id": proof.id, "time": proof.time.isoformat()}
         if self.audit is not None:
             self.audit.emit(event)
 
@@ -473,6 +505,9 @@ class NodeConnection(asyncssh.SSHServer):
         self.identity: Identity | None = None
         self.login = ""
         self.peer = ""
+        self.local = ""
+        #: when user authentication completed: a session proof must have been fresh then
+        self.authenticated_at: datetime | None = None
         self.sessions: set[NodeSession] = set()
         self._closing = False
 
@@ -481,9 +516,8 @@ class NodeConnection(asyncssh.SSHServer):
         self._node.register(self)
         self._capture = ClientKeyCapture(conn)
         gate_agent_forwarding(conn, lambda: self._node.agent_forwarding_allowed(self))
-        peer = conn.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = f"{peer[0]}:{peer[1]}"
+        self.peer = _addr(conn.get_extra_info("peername"))
+        self.local = _addr(conn.get_extra_info("sockname"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._node.unregister(self)
@@ -520,6 +554,7 @@ class NodeConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         blob = self._capture.authenticated if self._capture is not None else None
         self.identity = self._offered.get(blob) if blob is not None else None
+        self.authenticated_at = self._node.clock()
         self._offered.clear()
         if self.identity is None:  # cannot happen: only certificates validate
             self.close("authentication state lost")

@@ -7,6 +7,9 @@ sessions as its own account (checked before the channel is accepted, see :func:`
 A PTY session gets a fresh ``pty.openpty()`` pair; the child makes the slave its controlling terminal (one
 ``TIOCSCTTY`` ioctl in ``preexec_fn``, after the uid switch, so job control and ^C work), the node pumps the
 master to the channel and applies window changes with ``TIOCSWINSZ`` (the kernel then sends ``SIGWINCH``).
+
+Every session process starts with default signal dispositions and an empty signal mask, whatever the node runs
+under, so the SIGHUP that ends a session (a lock, node shutdown) ends it without waiting for SIGKILL.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Client environment variables passed to sessions (OpenSSH's usual AcceptEnv).
 ACCEPTED_CLIENT_ENV_PREFIXES = ("LANG", "LC_")
 _SIGNALS = {name: getattr(signal, f"SIG{name}") for name in ("HUP", "INT", "QUIT", "TERM", "KILL", "USR1", "USR2")}
+_CATCHABLE_SIGNALS = tuple(sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}))
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,17 @@ def lookup_account(login: str) -> LoginAccount | None:
     return LoginAccount(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell or "/bin/sh", groups)
 
 
-def _take_controlling_terminal() -> None:  # pragma: no cover - runs in the child between fork and exec
+def _reset_signals() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Default dispositions and an empty signal mask, as sshd gives a session: what the node inherited (SIGHUP
+    ignored under nohup, say) must not keep a lock's SIGHUP from ending the session."""
+    for number in _CATCHABLE_SIGNALS:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _reset_signals_and_take_terminal() -> None:  # pragma: no cover - runs in the child between fork and exec
+    _reset_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -229,13 +243,14 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
             with contextlib.suppress(OSError):
                 os.chown(path, self.account.uid, self.account.gid)
 
-    def _spawn_options(self) -> dict[str, Any]:
+    def _spawn_options(self, *, pty: bool = False) -> dict[str, Any]:
         home = self.account.home if Path(self.account.home).is_dir() else "/"
         options: dict[str, Any] = {
             "cwd": home,
             "env": self._environment(),
             "start_new_session": True,
             "close_fds": True,
+            "preexec_fn": _reset_signals_and_take_terminal if pty else _reset_signals,
         }
         if os.geteuid() == 0 and self.account.uid != 0:
             options.update(user=self.account.uid, group=self.account.gid, extra_groups=list(self.account.groups))
@@ -331,8 +346,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
-                preexec_fn=_take_controlling_terminal,
-                **self._spawn_options(),
+                **self._spawn_options(pty=True),
             )
         except BaseException:
             os.close(master)

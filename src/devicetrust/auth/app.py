@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from fastapi import Depends, FastAPI, Query, Request
@@ -213,10 +213,19 @@ class EnrollBeginRequest(BaseModel):
     key: dict[str, Any] | None = None
 
 
+class SessionTargetModel(BaseModel):
+    """What a session proof is for: ``ssh`` + the node's host id (later ``db``, ``kube``)."""
+
+    kind: Literal["ssh", "db", "kube"]
+    id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@/-]+$")
+
+
 class AuthenticateBeginRequest(BaseModel):
     credential_id: str = Field(min_length=1, max_length=256)
     device_data: dict[str, Any]
     ssh_cert: str = Field(max_length=16 * 1024)
+    #: With a target: a session proof for it (session certificates); without: login-time device certificates.
+    target: SessionTargetModel | None = None
 
 
 def _device_json(device: Device) -> dict[str, Any]:
@@ -283,7 +292,11 @@ def _login_response(result: LoginResult, server: AuthServer) -> dict[str, Any]:
         },
         **server.cluster_cas(),
         "cluster_name": server.cluster_name,
-        "device_trust": {"enabled": result.device_trust_enabled, "auto_enroll": result.auto_enroll},
+        "device_trust": {
+            "enabled": result.device_trust_enabled,
+            "auto_enroll": result.auto_enroll,
+            "session_proof": result.session_proof,
+        },
     }
 
 
@@ -469,6 +482,7 @@ def build_app(server: AuthServer) -> FastAPI:
             credential_id=req.credential_id,
             collected=CollectedData.from_dict(req.device_data),
             ssh_cert=req.ssh_cert.encode(),
+            target=(req.target.kind, req.target.id) if req.target is not None else None,
         )
         return challenge.to_json()
 

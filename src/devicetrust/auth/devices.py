@@ -6,6 +6,7 @@ spending tokens and pending ceremonies exactly once, locks, audit, and minting t
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -38,6 +39,8 @@ from devicetrust.ceremony.messages import (
 )
 from devicetrust.crypto import (
     DeviceExtensions,
+    Identity,
+    SessionProof,
     issue_ssh_user_cert,
     issue_x509_client_cert,
     load_ssh_certificate,
@@ -428,11 +431,23 @@ class DeviceService:
 
     # ---------------------------------------------------------------------------------- authentication
     def authenticate_begin(
-        self, caller: Caller, *, credential_id: str, collected: CollectedData, ssh_cert: bytes
+        self,
+        caller: Caller,
+        *,
+        credential_id: str,
+        collected: CollectedData,
+        ssh_cert: bytes,
+        target: tuple[str, str] | None = None,
     ) -> Challenge:
+        """Start device authentication for the caller's login certificate ``ssh_cert``. Without ``target`` it
+        yields device-augmented login certificates; with ``target`` (kind, id) a session certificate whose proof
+        admits one session to that target for the cluster's ``session_proof_ttl``."""
         if caller.kind not in ("user", "bot"):
             raise AccessDeniedError("device authentication is for users and bots")
-        self._verified_unaugmented(caller, ssh_cert)
+        if target is None:
+            self._verified_unaugmented(caller, ssh_cert)
+        else:
+            self._verified_login_cert(caller, ssh_cert)
         now = self._now()
         device: Device | None = None
         refusal: CeremonyError | AccessDeniedError | None = None
@@ -470,16 +485,25 @@ class DeviceService:
                     else:
                         body = pending.to_body()
                         body["ssh_cert"] = ssh_cert.decode()
+                        if target is not None:
+                            body["target"] = {"kind": target[0], "id": target[1]}
                         store.pending.create(pending.id, AUTHENTICATE, device.id, body, pending.expires)
         if refusal is not None:
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, reason)
             raise refusal
         return challenge
 
-    def _verified_unaugmented(self, caller: Caller, ssh_cert: bytes) -> Any:
+    def _verified_login_cert(self, caller: Caller, ssh_cert: bytes) -> Identity:
+        """The caller's own login certificate (device-augmented or not; never a session certificate)."""
         identity = verify_ssh_user_cert(ssh_cert, [self.server.user_ca.ssh_public_key()], self._now())
         if identity.username != caller.name:
             raise TrustError("the certificate does not belong to the logged-in user")
+        if identity.session_proof is not None:
+            raise CeremonyError("a session certificate cannot be used to prove the device again; use the login one")
+        return identity
+
+    def _verified_unaugmented(self, caller: Caller, ssh_cert: bytes) -> Identity:
+        identity = self._verified_login_cert(caller, ssh_cert)
         if identity.device is not None:
             raise CeremonyError("the certificate already carries device extensions; run 'tsh login' for new ones")
         return identity
@@ -487,16 +511,28 @@ class DeviceService:
     def authenticate_finish(self, caller: Caller, response: ChallengeResponse) -> AugmentedCerts:
         now = self._now()
         with self._backend.begin() as store:
-            try:
-                raw = store.pending.consume(response.ceremony_id, AUTHENTICATE, now)
-            except NotFoundError:
-                raise CeremonyError("unknown or expired device ceremony") from None
-            pending = PendingCeremony.from_body(raw.id, AUTHENTICATE, raw.expires, raw.body)
-            record = store.devices.find(pending.device_id)
-            locks = [parse_lock(r.body) for r in store.locks.list(now)]
+            # Who may finish is checked before anything is spent: another user's finish must not consume (and so
+            # destroy) the owner's pending ceremony.
+            found = store.pending.find(response.ceremony_id, AUTHENTICATE, now)
+            if found is None:
+                raise CeremonyError("unknown or expired device ceremony")
+            foreign = not hmac.compare_digest(str(found.body.get("user", "")).encode(), caller.name.encode())
+            if not foreign:
+                try:
+                    raw = store.pending.consume(response.ceremony_id, AUTHENTICATE, now)
+                except NotFoundError:
+                    raise CeremonyError("unknown or expired device ceremony") from None
+                record = store.devices.find(raw.subject)
+                locks = [parse_lock(r.body) for r in store.locks.list(now)]
+                settings = self.server.auth_preference_in(store).device_trust
+        if foreign:
+            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, None, "ceremony belongs to another user")
+            raise CeremonyError("unknown or expired device ceremony")
+        pending = PendingCeremony.from_body(raw.id, AUTHENTICATE, raw.expires, raw.body)
         if record is None:
             raise CeremonyError("this device is not registered")
         device = device_from_record(record)
+        target = _pending_target(raw.body)
         try:
             if pending.user != caller.name:
                 raise CeremonyError("unknown or expired device ceremony")
@@ -507,10 +543,22 @@ class DeviceService:
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, str(err))
             raise
         ssh_cert = str(raw.body["ssh_cert"]).encode()
-        identity = self._verified_unaugmented(caller, ssh_cert)
-        augmented = identity.with_device(
-            DeviceExtensions(device_id=device.id, asset_tag=device.asset_tag, credential_id=proof.credential.id)
+        extensions = DeviceExtensions(
+            device_id=device.id, asset_tag=device.asset_tag, credential_id=proof.credential.id
         )
+        session_proof: SessionProof | None = None
+        if target is None:
+            augmented = self._verified_unaugmented(caller, ssh_cert).with_device(extensions)
+        else:
+            session_proof = SessionProof(
+                kind=target[0],
+                target=target[1],
+                time=now,
+                expires=now + settings.session_proof_window,
+                id=pending.id,
+            )
+            login_identity = replace(self._verified_login_cert(caller, ssh_cert), device=None)
+            augmented = login_identity.for_session(extensions, session_proof)
         public_key = require_p256_public_key(load_ssh_certificate(ssh_cert).public_key(), "certificate key")
         new_ssh = issue_ssh_user_cert(self.server.user_ca, public_key, augmented)
         new_tls = issue_x509_client_cert(self.server.user_ca, public_key, augmented)
@@ -519,6 +567,10 @@ class DeviceService:
             history = [*current.collected_data[1:], self._record(pending, proof, now)]
             kept = history[-(MAX_COLLECTED_RECORDS - 1) :]
             current = self._save(store, replace(current, collected_data=(*current.collected_data[:1], *kept)))
+            details: dict[str, Any] = {}
+            if session_proof is not None:
+                details["target"] = {"kind": session_proof.kind, "id": session_proof.target}
+                details["proof"] = {"id": session_proof.id, "expires": session_proof.expires.isoformat()}
             self._audit(
                 store,
                 events.DEVICE_AUTHENTICATE,
@@ -526,14 +578,29 @@ class DeviceService:
                 True,
                 device=device_audit(current, proof.credential.id),
                 event_log=proof.event_log,
+                **details,
             )
-            self._audit(
-                store,
-                events.CERT_CREATE,
-                caller.name,
-                True,
-                cert_type="user",
-                identity={"user": caller.name, "expires": augmented.not_after.isoformat()},
-                device=device_audit(current, proof.credential.id),
-            )
+            if session_proof is None:
+                self._audit(
+                    store,
+                    events.CERT_CREATE,
+                    caller.name,
+                    True,
+                    cert_type="user",
+                    identity={"user": caller.name, "expires": augmented.not_after.isoformat()},
+                    device=device_audit(current, proof.credential.id),
+                )
         return AugmentedCerts(new_ssh, new_tls, current)
+
+
+def _pending_target(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    target = body.get("target")
+    if target is None:
+        return None
+    if (
+        not isinstance(target, Mapping)
+        or not isinstance(target.get("kind"), str)
+        or not isinstance(target.get("id"), str)
+    ):
+        raise CeremonyError("unknown or expired device ceremony")
+    return str(target["kind"]), str(target["id"])

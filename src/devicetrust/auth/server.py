@@ -48,6 +48,7 @@ from devicetrust.errors import (
 )
 from devicetrust.storage import Backend, Store
 from devicetrust.types import (
+    SESSION_PROOF_PER_SESSION,
     Bot,
     ClusterAuthPreference,
     Device,
@@ -141,6 +142,8 @@ class LoginResult:
     #: whether tsh should run device authentication next (cluster or role mode not off)
     device_trust_enabled: bool = False
     auto_enroll: bool = False
+    #: the cluster's session_proof setting: tsh proves the device before each session unless it is "login"
+    session_proof: str = SESSION_PROOF_PER_SESSION
 
 
 class AuthServer:
@@ -376,6 +379,7 @@ class AuthServer:
             tls_cert,
             device_trust_enabled=any(mode != "off" for mode in modes),
             auto_enroll=settings.auto_enroll,
+            session_proof=settings.session_proof,
         )
 
     @staticmethod
@@ -797,7 +801,12 @@ class AuthServer:
             "auth": {
                 "type": cap.type,
                 "second_factors": list(cap.second_factors),
-                "device_trust": {"mode": cap.device_trust.mode, "auto_enroll": cap.device_trust.auto_enroll},
+                "device_trust": {
+                    "mode": cap.device_trust.mode,
+                    "auto_enroll": cap.device_trust.auto_enroll,
+                    "session_proof": cap.device_trust.session_proof,
+                    "session_proof_ttl": cap.device_trust.session_proof_ttl,
+                },
             },
         }
 

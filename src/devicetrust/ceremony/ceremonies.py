@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicetrust.attestation import (
     AttestationError,
+    UnreadableEventLogError,
     check_ak,
     evaluate_ek,
     make_credential,
@@ -135,7 +136,8 @@ class VerifiedProof:
     """What a successful ``finish`` established, for the device's collected-data record and the audit log."""
 
     credential: DeviceCredential
-    event_log: str  # "none" | "replayed (N events)"
+    #: "none", "replayed (N events, data verified for K)", or "unverified: <why the log could not be read>"
+    event_log: str
 
 
 def _check_device_data(device: Device, collected: CollectedData) -> None:
@@ -273,8 +275,16 @@ def _verify_tpm_quote(credential: DeviceCredential, nonce: bytes, response: Chal
             pcr_values=quote.pcr_values,
         )
     )
-    summary = _attestation(lambda: replay_event_log(quote.event_log, quote.pcr_values))
-    return "none" if summary.empty else f"replayed ({len(summary.events)} events)"
+    try:
+        summary = replay_event_log(quote.event_log, quote.pcr_values)
+    except UnreadableEventLogError as err:
+        # A log that cannot be read (another format, a bank not quoted, firmware bugs) proves nothing either way:
+        # the device is no worse off than one sending no log, and the record says the log is unverified.
+        return f"unverified: {err}"
+    except AttestationError as err:
+        # A readable log that contradicts the signed PCRs or its own digests is a forgery: refuse it.
+        raise CeremonyError(str(err)) from None
+    return summary.describe()
 
 
 def _check_live(pending: PendingCeremony, response: ChallengeResponse, kind: str, now: datetime) -> None:

@@ -88,7 +88,8 @@ def _summary(report: SyncReport) -> str:
     """One line per sync, readable at any terminal width."""
     counts = (
         f"{report.records:,} read, {report.created:,} new, {report.updated:,} changed, {report.unchanged:,} unchanged, "
-        f"{report.deleted:,} removed, {report.skipped + report.foreign:,} skipped, {report.kept:,} missing but kept"
+        f"{report.deleted:,} removed, {report.skipped:,} skipped, {report.foreign:,} foreign (left alone), "
+        f"{report.kept:,} missing but kept"
     )
     outcome = "[green]ok[/green]" if report.error is None else f"[red]failed: {escape(report.error)}[/red]"
     notes = f" ({escape('; '.join(report.notes))})" if report.notes else ""

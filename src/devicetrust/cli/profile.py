@@ -10,6 +10,7 @@ Layout under ``$TSH_HOME`` (default ``~/.tsh``)::
     keys/<proxy>/<user>-cert.pub    SSH user certificate
     keys/<proxy>/<user>-x509.pem    X.509 client certificate
     keys/<proxy>/<user>.session     API session token (0600)
+    keys/<proxy>/<user>-sessions/   session certificates for OpenSSH, one per node (tsh config)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ class Profile:
     user_ca_ssh: str
     user_ca_pem: str
     host_ca_ssh: str
+    #: from the login reply: whether device trust is in use for this user, and the cluster's session_proof
+    device_trust: bool = True
+    session_proof: str = "per_session"
 
     @property
     def url(self) -> str:
@@ -97,7 +101,8 @@ class ProfileStore:
         if not path.exists():
             return None
         data: dict[str, Any] = json.loads(path.read_text())
-        return Profile(**data)
+        known = {field.name for field in fields(Profile)}
+        return Profile(**{key: value for key, value in data.items() if key in known})
 
     def save(
         self,

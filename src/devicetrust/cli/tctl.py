@@ -753,7 +753,9 @@ def status(ctx: Context, fmt: str) -> None:
         lambda d: click.echo(
             f"Cluster:       {d['cluster_name']}\nVersion:       {d['server_version']}\n"
             f"Device trust:  mode {d['auth']['device_trust']['mode']}, "
-            f"auto_enroll {str(d['auth']['device_trust']['auto_enroll']).lower()}\n"
+            f"auto_enroll {str(d['auth']['device_trust']['auto_enroll']).lower()}, "
+            f"session proof {d['auth']['device_trust'].get('session_proof', 'per_session')}"
+            f" ({d['auth']['device_trust'].get('session_proof_ttl', '1m')})\n"
             f"Acting as:     {d['caller']['user']} ({', '.join(d['caller']['roles'])})\n"
             f"User CA:       {d['cas']['user_ca']}\n"
             f"Host CA:       {d['cas']['host_ca']}\n"

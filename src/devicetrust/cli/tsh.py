@@ -24,6 +24,7 @@ from devicetrust.cli.common import (
     parse_duration,
     warn,
 )
+from devicetrust.cli.device_proof import ENV_DEVICE_KEY, device_state_dir, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore
 from devicetrust.client import AuthClient
 from devicetrust.crypto import (
@@ -38,10 +39,8 @@ from devicetrust.device.collect import collect
 from devicetrust.device.keys import BACKENDS, DeviceKey, UnsafeSoftwareKey, default_backend, open_device_key
 from devicetrust.errors import AlreadyExistsError, DevicetrustError, TrustError, ValidationError
 from devicetrust.files import write_atomic
-from devicetrust.types import os_display_name
+from devicetrust.types import SESSION_PROOF_PER_SESSION, os_display_name
 
-#: Default device key backend for scripts (same values as --device-key).
-ENV_DEVICE_KEY = "DEVICETRUST_DEVICE_KEY"
 PASSWORD_PROMPT = "Enter password for user {user}: "
 
 
@@ -99,6 +98,7 @@ def _client_for(store: ProfileStore, proxy: str, insecure: bool, token: str | No
 
 
 def _save_login(store: ProfileStore, proxy: str, kind: str, reply: dict[str, Any], key: Any) -> Profile:
+    trust = reply.get("device_trust") or {}
     profile = Profile(
         proxy=proxy,
         user=str(reply["identity"]["user"]),
@@ -107,6 +107,8 @@ def _save_login(store: ProfileStore, proxy: str, kind: str, reply: dict[str, Any
         user_ca_ssh=str(reply["user_ca_ssh"]),
         user_ca_pem=str(reply["user_ca_pem"]),
         host_ca_ssh=str(reply["host_ca_ssh"]),
+        device_trust=bool(trust.get("enabled", True)),
+        session_proof=str(trust.get("session_proof") or SESSION_PROOF_PER_SESSION),
     )
     store.save(
         profile,
@@ -299,7 +301,7 @@ def logout() -> None:
 
 # ------------------------------------------------------------------------------------------------ device
 def _device_state(store: ProfileStore) -> Path:
-    return store.home / "device"
+    return device_state_dir(store)
 
 
 def _session_client(store: ProfileStore, profile: Profile) -> AuthClient:
@@ -440,6 +442,30 @@ def device_authenticate(device_key: str | None, fmt: str) -> None:
         _warn_unsafe(key)
         _authenticate_device(store, profile, key, collect())
     emit(_status_data(store, profile), fmt, _print_status)
+
+
+@device.command("session-cert")
+@click.option("--ssh-node", "host_id", required=True, help="Host id of the node the session is for (see tsh ls).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the SSH session certificate to this file (default: print it).",
+)
+@device_key_option
+def device_session_cert(host_id: str, out: Path | None, device_key: str | None) -> None:
+    """Prove this device for one SSH session and print (or write) its session certificate.
+
+    The certificate admits one connection to that node for a short while (the cluster's session_proof_ttl).
+    'tsh ssh' does this by itself; the OpenSSH configuration from 'tsh config' runs this command."""
+    store = ProfileStore()
+    profile = store.require_current()
+    if not wants_session_proof(profile):
+        raise ValidationError("this cluster does not use session proofs (device trust off or session_proof: login)")
+    certificate = prove_for_session(store, profile, "ssh", host_id, backend=device_key)
+    if out is None:
+        click.echo(certificate.ssh_cert.decode().rstrip())
+    else:
+        write_atomic(out, certificate.ssh_cert, 0o644)
 
 
 # ------------------------------------------------------------------------------------ ssh, ls, config

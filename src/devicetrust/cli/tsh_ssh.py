@@ -5,16 +5,26 @@ straight to its address with asyncssh. The node must prove itself with a host ce
 CA that names the node's host id (every certificate the auth service issues at join does); nothing else is
 trusted, and no ``~/.ssh`` file (config, known_hosts, agent, keys) is consulted.
 
+Where device trust is in use, every session first proves the device (:mod:`devicetrust.cli.device_proof`): the
+enrolled device answers a challenge bound to the node's host id and the session runs on the session certificate
+that comes back. If the proof fails, the session is still attempted with the login certificate, so the node
+gives its verdict (a node that requires a device refuses it as "unauthorized device").
+
 ``tsh config`` prints an OpenSSH client configuration that does the same with ``/usr/bin/ssh``, and writes the
-``@cert-authority`` line it relies on to ``$TSH_HOME/known_hosts``.
+``@cert-authority`` line it relies on to ``$TSH_HOME/known_hosts``. For the device proof it uses ``Match exec``:
+ssh runs those commands synchronously while it reads its configuration, before it loads any certificate file,
+so ``tsh device session-cert`` can write the node's session certificate that the block then names first. (A
+ProxyCommand would race ssh: ssh reads ``CertificateFile`` right after starting it, without waiting.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import shlex
 import signal
 import stat
 import sys
@@ -28,6 +38,7 @@ import asyncssh
 import click
 
 from devicetrust.cli.common import emit, format_option, print_table, warn
+from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore
 from devicetrust.client import AuthClient
 from devicetrust.crypto import Identity, identity_from_ssh_cert
@@ -61,6 +72,8 @@ _REJECTION_NAMES = {
 }
 #: Marks our line in $TSH_HOME/known_hosts so re-running `tsh config` replaces it (one line per cluster).
 _KNOWN_HOSTS_TAG = "devicetrust-cluster:"
+#: The node's reason when a device is required and none was proven.
+UNAUTHORIZED_DEVICE_REJECTION = "(unauthorized device)"
 
 
 # ------------------------------------------------------------------------------------------------ nodes
@@ -205,6 +218,8 @@ class SSHRequest:
     #: None: the login shell
     command: str | None
     pty: bool
+    #: the session certificate from this session's device proof (None: present the login certificate)
+    session_cert: bytes | None = None
 
     @property
     def where(self) -> str:
@@ -403,7 +418,10 @@ class _StdinForwarder:
 
 def _connect_options(req: SSHRequest) -> dict[str, Any]:
     key = asyncssh.read_private_key(str(req.client.key_path))
-    cert = asyncssh.read_certificate(str(req.client.cert_path))
+    if req.session_cert is not None:
+        cert = asyncssh.import_certificate(req.session_cert)
+    else:
+        cert = asyncssh.read_certificate(str(req.client.cert_path))
     ca_line = f"@cert-authority * {req.client.profile.host_ca_ssh.strip()}\n"
     return {
         "username": req.login,
@@ -507,6 +525,7 @@ def ssh_command(
     login: str | None = None,
     port: int | None = None,
     force_pty: bool = False,
+    device_key: str | None = None,
 ) -> int:
     """``tsh ssh``: everything but process exit. Raises DevicetrustError for what users can fix."""
     profile = store.require_current()
@@ -514,6 +533,7 @@ def ssh_command(
     target_login, host = split_target(target)
     node = resolve_node(fetch_nodes(store, profile), host, profile.cluster_name)
     text = " ".join(command) if command else None
+    session_cert, proof_error = _session_proof(store, profile, node, device_key)
     req = SSHRequest(
         client=client,
         node=node,
@@ -521,10 +541,34 @@ def ssh_command(
         port=port or node.port,
         command=text,
         pty=force_pty or (text is None and os.isatty(0)),
+        session_cert=session_cert,
     )
     # asyncssh would log handshake failures to stderr through logging's last-resort handler
     logging.getLogger("asyncssh").setLevel(logging.CRITICAL)
-    return asyncio.run(run_ssh(req))
+    try:
+        return asyncio.run(run_ssh(req))
+    except AccessDeniedError as err:
+        if proof_error is None and session_cert is None and UNAUTHORIZED_DEVICE_REJECTION in str(err):
+            # The cluster's settings changed since login (the profile said no proof was needed): prove and retry.
+            session_cert, proof_error = _session_proof(store, profile, node, device_key, always=True)
+            if session_cert is not None:
+                return asyncio.run(run_ssh(dataclasses.replace(req, session_cert=session_cert)))
+        if proof_error is not None:
+            warn(f"this device could not prove itself for the session: {proof_error}")
+        raise
+
+
+def _session_proof(
+    store: ProfileStore, profile: Profile, node: Node, device_key: str | None, *, always: bool = False
+) -> tuple[bytes | None, DevicetrustError | None]:
+    """The session certificate for ``node`` (None when this profile does not use session proofs, unless
+    ``always``, or this home has no enrolled device), or the error that kept the device from proving itself."""
+    if not (always or wants_session_proof(profile)) or enrolled_backend(store, device_key) is None:
+        return None, None
+    try:
+        return prove_for_session(store, profile, "ssh", node.host_id, backend=device_key).ssh_cert, None
+    except DevicetrustError as err:
+        return None, err
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -571,6 +615,30 @@ def write_known_hosts(path: Path, profile: Profile, nodes: Sequence[Node]) -> No
     write_atomic(path, text.encode(), 0o644)
 
 
+def session_cert_path(store: ProfileStore, profile: Profile, host_id: str) -> Path:
+    """Where ``tsh config``'s OpenSSH setup keeps the session certificate for one node."""
+    base = store.key_path(profile.proxy, profile.user)
+    return base.with_name(base.name + "-sessions") / f"{host_id}-cert.pub"
+
+
+def _proof_command(store: ProfileStore, node: Node, out: Path) -> str:
+    """The ``Match exec`` command proving the device for ``node``: this tsh, this tsh home, quoted for sh."""
+    argv = [
+        sys.executable,
+        "-m",
+        "devicetrust.cli.tsh",
+        "device",
+        "session-cert",
+        f"--ssh-node={node.host_id}",
+        f"--out={out}",
+    ]
+    command = f"TSH_HOME={shlex.quote(str(store.home))} " + " ".join(shlex.quote(arg) for arg in argv)
+    if any(c in command for c in '"\n\r'):
+        raise ValidationError(f"{command!r}: OpenSSH cannot run a command with quotes or line breaks; set TSH_HOME")
+    # ssh_config expands %-tokens in exec commands too
+    return '"' + command.replace("%", "%%") + '"'
+
+
 def render_ssh_config(store: ProfileStore, profile: Profile, nodes: Sequence[Node], known_hosts: Path) -> str:
     cluster = profile.cluster_name
     key_path = store.key_path(profile.proxy, profile.user)
@@ -579,6 +647,7 @@ def render_ssh_config(store: ProfileStore, profile: Profile, nodes: Sequence[Nod
         f"# Use: ssh LOGIN@NODE.{cluster}, or ssh LOGIN@NODE (tsh ls lists the nodes).",
         "",
     ]
+    unique: list[Node] = []
     seen: dict[str, str] = {}
     for node in nodes:
         if node.hostname in seen:
@@ -588,6 +657,21 @@ def render_ssh_config(store: ProfileStore, profile: Profile, nodes: Sequence[Nod
             )
             continue
         seen[node.hostname] = node.host_id
+        unique.append(node)
+    if wants_session_proof(profile):
+        lines += [
+            "# Each connection first proves this device: the session certificate it yields is offered first.",
+            "",
+        ]
+        for node in unique:
+            out = session_cert_path(store, profile, node.host_id)
+            names = ",".join([node.hostname, f"{node.hostname}.{cluster}", node.host_id])
+            lines += [
+                f"Match originalhost {names} exec {_proof_command(store, node, out)}",
+                f"    CertificateFile {_ssh_config_path(out)}",
+                "",
+            ]
+    for node in unique:
         lines += [
             f"Host {node.hostname} {node.hostname}.{cluster}",
             f"    HostName {node.host}",

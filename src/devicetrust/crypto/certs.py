@@ -39,15 +39,18 @@ from .identity import (
     EXT_DEVICE_CREDENTIAL_ID,
     EXT_DEVICE_ID,
     EXT_ROLES,
+    EXT_SESSION_PROOF,
     EXT_TRAITS,
     OID_BOT_NAME,
     OID_DEVICE_ASSET_TAG,
     OID_DEVICE_CREDENTIAL_ID,
     OID_DEVICE_ID,
     OID_LOGINS,
+    OID_SESSION_PROOF,
     OID_TRAITS,
     DeviceExtensions,
     Identity,
+    SessionProof,
     require_utc,
 )
 from .keys import require_p256_public_key
@@ -219,6 +222,8 @@ def issue_ssh_user_cert(ca: CertAuthority, public_key: ec.EllipticCurvePublicKey
         extensions[EXT_DEVICE_ID] = identity.device.device_id
         extensions[EXT_DEVICE_ASSET_TAG] = identity.device.asset_tag
         extensions[EXT_DEVICE_CREDENTIAL_ID] = identity.device.credential_id
+    if identity.session_proof is not None:
+        extensions[EXT_SESSION_PROOF] = identity.session_proof.to_json()
     for name, value in extensions.items():
         builder = builder.add_extension(name.encode("ascii"), value.encode("utf-8"))
     return builder.sign(ca.private_key).public_bytes()
@@ -298,13 +303,14 @@ def _identity_from_ssh(cert: SSHCertificate, err: ErrorType) -> Identity:
         text_ext(EXT_DEVICE_ASSET_TAG),
         text_ext(EXT_DEVICE_CREDENTIAL_ID),
     )
+    proof_raw = text_ext(EXT_SESSION_PROOF)
     not_before = _from_timestamp(cert.valid_after, "valid-after", err)
     not_after = _from_timestamp(cert.valid_before, "valid-before", err)
 
     def make() -> Identity:
         device_id, asset_tag, credential_id = device_values
         device = None
-        # any missing (or empty) device value: the device is unverified, not an error (DESIGN §4)
+        # any missing (or empty) device value: the device is unverified, not an error
         if device_id and asset_tag and credential_id:
             device = DeviceExtensions(device_id=device_id, asset_tag=asset_tag, credential_id=credential_id)
         return Identity(
@@ -316,9 +322,18 @@ def _identity_from_ssh(cert: SSHCertificate, err: ErrorType) -> Identity:
             not_after=not_after,
             bot_name=bot_name,
             device=device,
+            session_proof=_session_proof(proof_raw, device),
         )
 
     return _build_identity(err, "SSH certificate", make)
+
+
+def _session_proof(raw: str | None, device: DeviceExtensions | None) -> SessionProof | None:
+    """A proof is only worth something with the device it proves: without all three device values it is ignored,
+    exactly as the device values are, so the certificate reads as not device-verified."""
+    if raw is None or device is None:
+        return None
+    return SessionProof.from_json(raw)
 
 
 def _ssh_key_blob(key: SSHPublicKeyTypes | SSHCertPublicKeyTypes) -> bytes:
@@ -464,6 +479,8 @@ def issue_x509_client_cert(
             x509.NameAttribute(OID_DEVICE_ASSET_TAG, identity.device.asset_tag),
             x509.NameAttribute(OID_DEVICE_CREDENTIAL_ID, identity.device.credential_id),
         ]
+    if identity.session_proof is not None:
+        attrs.append(x509.NameAttribute(OID_SESSION_PROOF, identity.session_proof.to_json()))
     builder = _leaf_builder(
         ca,
         public_key,
@@ -546,10 +563,11 @@ def _identity_from_x509(cert: x509.Certificate, err: ErrorType) -> Identity:
     device_id = _single_text(subject, OID_DEVICE_ID, "device id", err)
     asset_tag = _single_text(subject, OID_DEVICE_ASSET_TAG, "device asset tag", err)
     credential_id = _single_text(subject, OID_DEVICE_CREDENTIAL_ID, "device credential id", err)
+    proof_raw = _single_text(subject, OID_SESSION_PROOF, "session proof", err)
 
     def make() -> Identity:
         device = None
-        # any missing device value: the device is unverified, not an error (DESIGN §4)
+        # any missing device value: the device is unverified, not an error
         if device_id and asset_tag and credential_id:
             device = DeviceExtensions(device_id=device_id, asset_tag=asset_tag, credential_id=credential_id)
         return Identity(
@@ -561,6 +579,7 @@ def _identity_from_x509(cert: x509.Certificate, err: ErrorType) -> Identity:
             not_after=cert.not_valid_after_utc,
             bot_name=bot_name,
             device=device,
+            session_proof=_session_proof(proof_raw, device),
         )
 
     return _build_identity(err, "X.509 certificate", make)

@@ -8,6 +8,8 @@ X.509 client certificates carry it in the subject:
     CN = username; one ``O=`` per role (as Teleport does: readable in ``openssl x509 -text``);
     one :data:`OID_LOGINS` attribute per login; :data:`OID_TRAITS` = traits as JSON; :data:`OID_BOT_NAME`;
     device data under :data:`OID_DEVICE_ID` / :data:`OID_DEVICE_ASSET_TAG` / :data:`OID_DEVICE_CREDENTIAL_ID`.
+A session certificate also carries the session-time device proof (:class:`SessionProof`) as JSON, in the SSH
+extension :data:`EXT_SESSION_PROOF` or the X.509 attribute :data:`OID_SESSION_PROOF`.
 The 1.3.9999.1.1xx numbers deliberately avoid Teleport's own 1.3.9999.1.x assignments (kube users, …) so
 a Teleport certificate can never be misread as ours.
 """
@@ -15,6 +17,7 @@ a Teleport certificate can never be misread as ours.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,15 +33,19 @@ __all__ = [
     "EXT_DEVICE_CREDENTIAL_ID",
     "EXT_DEVICE_ID",
     "EXT_ROLES",
+    "EXT_SESSION_PROOF",
     "EXT_TRAITS",
     "OID_BOT_NAME",
     "OID_DEVICE_ASSET_TAG",
     "OID_DEVICE_CREDENTIAL_ID",
     "OID_DEVICE_ID",
     "OID_LOGINS",
+    "OID_SESSION_PROOF",
     "OID_TRAITS",
+    "PROOF_TARGET_KINDS",
     "DeviceExtensions",
     "Identity",
+    "SessionProof",
     "require_utc",
 ]
 
@@ -48,10 +55,12 @@ EXT_DEVICE_CREDENTIAL_ID = "teleport-device-credential-id"
 EXT_ROLES = "teleport-roles"
 EXT_TRAITS = "teleport-traits"
 EXT_BOT_NAME = "teleport-bot-name"
+EXT_SESSION_PROOF = "devicetrust-session-proof"
 
 OID_DEVICE_ID = x509.ObjectIdentifier("1.3.9999.3.1")
 OID_DEVICE_ASSET_TAG = x509.ObjectIdentifier("1.3.9999.3.2")
 OID_DEVICE_CREDENTIAL_ID = x509.ObjectIdentifier("1.3.9999.3.3")
+OID_SESSION_PROOF = x509.ObjectIdentifier("1.3.9999.3.4")
 OID_LOGINS = x509.ObjectIdentifier("1.3.9999.1.101")
 OID_TRAITS = x509.ObjectIdentifier("1.3.9999.1.102")
 OID_BOT_NAME = x509.ObjectIdentifier("1.3.9999.1.103")
@@ -96,6 +105,71 @@ class DeviceExtensions:
         _check_text(self.credential_id, "credential_id")
 
 
+#: What a session proof can be bound to: an SSH node (host id), a database service's database, a Kubernetes cluster.
+PROOF_TARGET_KINDS = ("ssh", "db", "kube")
+
+
+@dataclass(frozen=True)
+class SessionProof:
+    """A device proven at session time, for one target: the enrolled device answered a challenge at ``time``
+    for the target ``kind``/``target`` (SSH: the node's host id), and the proof admits a session until
+    ``expires``. ``id`` names the ceremony (audit correlates the session with its ``device.authenticate``)."""
+
+    kind: str
+    target: str
+    time: datetime
+    expires: datetime
+    id: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROOF_TARGET_KINDS:
+            raise ValidationError(f"session proof kind: expected one of {', '.join(PROOF_TARGET_KINDS)}")
+        _check_text(self.target, "session proof target")
+        _check_text(self.id, "session proof id")
+        time = require_utc(self.time, "session proof time").replace(microsecond=0)
+        expires = require_utc(self.expires, "session proof expiry").replace(microsecond=0)
+        if expires <= time:
+            raise ValidationError("session proof expiry: must be later than its time")
+        object.__setattr__(self, "time", time)
+        object.__setattr__(self, "expires", expires)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "target": self.target,
+                "time": int(self.time.timestamp()),
+                "expires": int(self.expires.timestamp()),
+                "id": self.id,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> SessionProof:
+        """ValidationError unless ``text`` is exactly what :meth:`to_json` writes."""
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            raise ValidationError("session proof: not JSON") from None
+        fields = ("expires", "id", "kind", "target", "time")
+        if not isinstance(doc, dict) or sorted(doc) != list(fields):
+            raise ValidationError(f"session proof: expected exactly the fields {', '.join(fields)}")
+        times = (doc["time"], doc["expires"])
+        if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**37 for t in times):
+            raise ValidationError("session proof: times must be Unix seconds")
+        if not all(isinstance(doc[name], str) for name in ("kind", "target", "id")):
+            raise ValidationError("session proof: kind, target and id must be strings")
+        return cls(
+            kind=doc["kind"],
+            target=doc["target"],
+            time=datetime.fromtimestamp(doc["time"], UTC),
+            expires=datetime.fromtimestamp(doc["expires"], UTC),
+            id=doc["id"],
+        )
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who a certificate speaks for. Times are normalised to UTC whole seconds (what certs can carry)."""
@@ -108,6 +182,8 @@ class Identity:
     not_after: datetime
     bot_name: str | None = None
     device: DeviceExtensions | None = field(default=None)
+    #: Set only on session certificates: the device proof taken for one session target.
+    session_proof: SessionProof | None = field(default=None)
 
     def __post_init__(self) -> None:
         _check_text(self.username, "username")
@@ -135,6 +211,11 @@ class Identity:
             _check_text(self.bot_name, "bot_name")
         if self.device is not None and not isinstance(self.device, DeviceExtensions):
             raise ValidationError("device: expected DeviceExtensions")
+        if self.session_proof is not None:
+            if not isinstance(self.session_proof, SessionProof):
+                raise ValidationError("session_proof: expected SessionProof")
+            if self.device is None:
+                raise ValidationError("session_proof: a session proof needs the device values")
 
     @property
     def is_bot(self) -> bool:
@@ -145,3 +226,8 @@ class Identity:
         if self.device is not None:
             raise ValidationError("identity already carries device extensions; refusing to augment it again")
         return dataclasses.replace(self, device=device)
+
+    def for_session(self, device: DeviceExtensions, proof: SessionProof) -> Identity:
+        """The session certificate's identity: this identity (device values from login dropped) with the device
+        and the proof of this session's ceremony."""
+        return dataclasses.replace(self, device=device, session_proof=proof)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from devicetrust.types._validation import (
@@ -19,11 +20,21 @@ from devicetrust.types._validation import (
     join_path,
     show,
 )
+from devicetrust.types.duration import format_duration, parse_duration
 from devicetrust.types.metadata import Metadata
 from devicetrust.types.role import check_device_trust_mode
 
 CLUSTER_AUTH_PREFERENCE_NAME = "cluster-auth-preference"
 DEFAULT_CLUSTER_DEVICE_TRUST_MODE = "optional"
+#: When the device is proven: ``per_session`` (a device ceremony before every session, bound to its target) or
+#: ``login`` (once, at login: the certificate files alone then carry the device, for plain OpenSSH clients).
+SESSION_PROOF_PER_SESSION = "per_session"
+SESSION_PROOF_LOGIN = "login"
+SESSION_PROOF_MODES: tuple[str, ...] = (SESSION_PROOF_PER_SESSION, SESSION_PROOF_LOGIN)
+#: How long a session proof admits a session: long enough to connect, short enough that a copy is worthless.
+DEFAULT_SESSION_PROOF_TTL = "1m"
+MIN_SESSION_PROOF_TTL = timedelta(seconds=5)
+MAX_SESSION_PROOF_TTL = timedelta(minutes=5)
 #: Only local users exist in this cluster; SSO connectors (github, oidc, saml) are not implemented.
 AUTH_TYPES: tuple[str, ...] = ("local",)
 SECOND_FACTORS: tuple[str, ...] = ("otp", "webauthn", "sso")
@@ -53,6 +64,8 @@ class DeviceTrustSettings:
     ekcert_allowed_cas: tuple[str, ...] = ()
     #: Development only: accept software keys that prove nothing about the hardware.
     allow_unsafe_software_keys: bool = False
+    session_proof: str = SESSION_PROOF_PER_SESSION
+    session_proof_ttl: str = DEFAULT_SESSION_PROOF_TTL
 
     def __post_init__(self) -> None:
         mode = check_device_trust_mode(self.mode, "mode", allow_unset=True) or DEFAULT_CLUSTER_DEVICE_TRUST_MODE
@@ -67,6 +80,27 @@ class DeviceTrustSettings:
                 )
         object.__setattr__(self, "ekcert_allowed_cas", cas)
         as_bool(self.allow_unsafe_software_keys, "allow_unsafe_software_keys")
+        proof = as_str(self.session_proof, "session_proof") or SESSION_PROOF_PER_SESSION
+        if proof not in SESSION_PROOF_MODES:
+            raise FieldError("session_proof", f"unknown value {show(proof)} (valid: {', '.join(SESSION_PROOF_MODES)})")
+        object.__setattr__(self, "session_proof", proof)
+        ttl_text = as_str(self.session_proof_ttl, "session_proof_ttl") or DEFAULT_SESSION_PROOF_TTL
+        try:
+            ttl = parse_duration(ttl_text)
+        except ValueError as err:
+            raise FieldError("session_proof_ttl", str(err)) from None
+        if not MIN_SESSION_PROOF_TTL <= ttl <= MAX_SESSION_PROOF_TTL:
+            bounds = f"{format_duration(MIN_SESSION_PROOF_TTL)} and {format_duration(MAX_SESSION_PROOF_TTL)}"
+            raise FieldError("session_proof_ttl", f"must be between {bounds}")
+        object.__setattr__(self, "session_proof_ttl", ttl_text)
+
+    @property
+    def per_session(self) -> bool:
+        return self.session_proof == SESSION_PROOF_PER_SESSION
+
+    @property
+    def session_proof_window(self) -> timedelta:
+        return parse_duration(self.session_proof_ttl)
 
 
 def as_webauthn(value: object, field: str) -> Mapping[str, Any]:

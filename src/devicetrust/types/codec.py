@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from devicetrust.errors import ValidationError
 from devicetrust.types._validation import FieldError, build, describe, join_path, present, show
 from devicetrust.types.cluster_auth_preference import (
+    DEFAULT_SESSION_PROOF_TTL,
     WEBAUTHN_FIELDS,
     ClusterAuthPreference,
     DeviceTrustSettings,
@@ -431,6 +432,9 @@ def _cluster_auth_preference_spec(cap: ClusterAuthPreference) -> dict[str, Any]:
         device_trust["ekcert_allowed_cas"] = list(settings.ekcert_allowed_cas)
     if settings.allow_unsafe_software_keys:
         device_trust["allow_unsafe_software_keys"] = True
+    device_trust["session_proof"] = settings.session_proof
+    if settings.session_proof_ttl != DEFAULT_SESSION_PROOF_TTL:
+        device_trust["session_proof_ttl"] = settings.session_proof_ttl
     spec["device_trust"] = device_trust
     return spec
 

@@ -78,6 +78,8 @@ REQUEST_TIMEOUT_S = 120.0
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 #: same-origin redirects followed per request (another host is never followed)
 MAX_REDIRECTS = 3
+#: the port of an https:// endpoint that names none
+HTTPS_PORT = 443
 #: pages fetched ahead of the one being written: two keep the writer busy (measured: one leaves it waiting a
 #: third of the time), and each in flight costs a page of memory (~30 MB at 2000 computers)
 PAGE_PREFETCH = 2
@@ -289,6 +291,12 @@ class JamfClient:
         return self._base.host
 
     @property
+    def address(self) -> str:
+        """HOST:PORT of Jamf, for messages (the port is HTTPS's when the endpoint names none)."""
+        host = f"[{self._base.host}]" if ":" in self._base.host else self._base.host
+        return f"{host}:{self._base.port or HTTPS_PORT}"
+
+    @property
     def computers_api_version(self) -> str | None:
         return self._computers_version
 
@@ -405,7 +413,7 @@ class JamfClient:
             except JamfAPIError as err:
                 if err.status != 404:
                     raise
-                log.info("Jamf has no /api/v2/computers-inventory; using /api/v1", extra={"jamf_host": self.host})
+                log.info("Jamf has no /api/v2/computers-inventory; using /api/v1", extra={"jamf_host": self.address})
                 self._computers_version = "v1"
         return await self._api("GET", f"/api/{self._computers_version}/computers-inventory{suffix}", params)
 
@@ -439,11 +447,11 @@ class JamfClient:
             code, description = _describe(reply)
             if attempt == 1:
                 log.info(
-                    "Jamf refused the token (%s); getting a new one", code or "401", extra={"jamf_host": self.host}
+                    "Jamf refused the token (%s); getting a new one", code or "401", extra={"jamf_host": self.address}
                 )
                 continue
             raise JamfAuthError(
-                f"Jamf at {self.host} refused a freshly issued token for {path} (401 {code or 'Unauthorized'}"
+                f"Jamf at {self.address} refused a freshly issued token for {path} (401 {code or 'Unauthorized'}"
                 f"{': ' + description if description else ''}); check the API client's role and that its "
                 "credentials were not rotated"
             )
@@ -456,10 +464,10 @@ class JamfClient:
         detail = f"{reply.status} {code}".strip() + (f": {description}" if description else "")
         if reply.status == 403:
             raise JamfPermissionError(
-                f"Jamf at {self.host} refused {path} ({detail}); the API role needs Read Computers "
+                f"Jamf at {self.address} refused {path} ({detail}); the API role needs Read Computers "
                 "(and Read Mobile Devices for mobile inventories)"
             )
-        raise JamfAPIError(f"Jamf at {self.host} answered {path} with {detail}", status=reply.status, code=code)
+        raise JamfAPIError(f"Jamf at {self.address} answered {path} with {detail}", status=reply.status, code=code)
 
     async def _bearer(self) -> str:
         async with self._token_lock:
@@ -493,14 +501,14 @@ class JamfClient:
             if reply.status in (400, 401):
                 code, description = _describe(reply)
                 raise JamfAuthError(
-                    f"Jamf at {self.host} refused the API client credentials ({code or reply.status}"
+                    f"Jamf at {self.address} refused the API client credentials ({code or reply.status}"
                     f"{': ' + description if description else ''}); check client_id and client_secret_file"
                 )
             data = self._json(self._checked(reply, _OAUTH_TOKEN_PATH))
             value = data.get("access_token") if isinstance(data, dict) else None
             lifetime = data.get("expires_in") if isinstance(data, dict) else None
             if not isinstance(value, str) or not value:
-                raise JamfAPIError(f"Jamf at {self.host} issued no access_token")
+                raise JamfAPIError(f"Jamf at {self.address} issued no access_token")
             if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
                 lifetime = DEFAULT_OAUTH_TOKEN_LIFETIME_S
             return self._token_for(value, float(lifetime))
@@ -509,7 +517,7 @@ class JamfClient:
         if reply.status == 401:
             code, description = _describe(reply)
             raise JamfAuthError(
-                f"Jamf at {self.host} refused user {credentials.username!r} ({code or 401}"
+                f"Jamf at {self.address} refused user {credentials.username!r} ({code or 401}"
                 f"{': ' + description if description else ''}); check username and password_file"
             )
         return self._legacy_token(self._checked(reply, _LEGACY_TOKEN_PATH))
@@ -523,7 +531,9 @@ class JamfClient:
                 return self._legacy_token(reply)
             except JamfAPIError:
                 pass
-        log.info("Jamf did not extend the token (%s); logging in again", reply.status, extra={"jamf_host": self.host})
+        log.info(
+            "Jamf did not extend the token (%s); logging in again", reply.status, extra={"jamf_host": self.address}
+        )
         return await self._issue()
 
     def _legacy_token(self, reply: _Reply) -> _Token:
@@ -531,7 +541,7 @@ class JamfClient:
         value = data.get("token") if isinstance(data, dict) else None
         expires = data.get("expires") if isinstance(data, dict) else None
         if not isinstance(value, str) or not value:
-            raise JamfAPIError(f"Jamf at {self.host} issued no token")
+            raise JamfAPIError(f"Jamf at {self.address} issued no token")
         lifetime = LEGACY_TOKEN_FALLBACK_LIFETIME_S
         if isinstance(expires, str):
             try:
@@ -569,12 +579,13 @@ class JamfClient:
             except httpx.TransportError as err:
                 if _is_tls_failure(err):
                     raise TrustError(
-                        f"cannot verify the TLS certificate of Jamf at {self.host}: {_one_line(str(err))} "
+                        f"cannot verify the TLS certificate of Jamf at {self.address}: {_one_line(str(err))} "
                         "(for a private CA set jamf_service.ca_file)"
                     ) from None
                 if last:
+                    detail = _one_line(str(err)) or "no detail"
                     raise ConnectionFailedError(
-                        f"cannot reach Jamf at {self.host}: {type(err).__name__}: {_one_line(str(err)) or 'no detail'}"
+                        f"cannot reach Jamf at {self.address}: {type(err).__name__}: {detail}"
                     ) from None
                 wait = delay
                 log.warning("Jamf request failed (%s); retrying in %.1fs", type(err).__name__, wait)
@@ -588,7 +599,7 @@ class JamfClient:
                     reply.status,
                     path,
                     wait,
-                    extra={"jamf_host": self.host},
+                    extra={"jamf_host": self.address},
                 )
             await self._sleep(wait)
             # full jitter keeps several auth servers from retrying in lockstep
@@ -614,14 +625,14 @@ class JamfClient:
             target = reply.url.join(location)
             if (target.scheme, target.host, target.port) != (self._base.scheme, self._base.host, self._base.port):
                 raise JamfAPIError(
-                    f"Jamf at {self.host} redirected {url.path} to {target.scheme}://{target.host}; refusing to "
+                    f"Jamf at {self.address} redirected {url.path} to {target.scheme}://{target.host}; refusing to "
                     "follow a redirect to another host (check jamf_service.api_endpoint)",
                     status=reply.status,
                 )
             if method != "GET" and reply.status not in (307, 308):
                 raise JamfAPIError(f"Jamf redirected {method} {url.path}; refusing", status=reply.status)
             url, params = target, None
-        raise JamfAPIError(f"Jamf at {self.host} redirected {url.path} more than {MAX_REDIRECTS} times")
+        raise JamfAPIError(f"Jamf at {self.address} redirected {url.path} more than {MAX_REDIRECTS} times")
 
     async def _send(
         self,

@@ -13,8 +13,8 @@ How the daemon runs it (``devicetrust start`` with ``jamf_service.enabled: true`
 or, from a coroutine on the daemon's loop, ``await run_jamf_service(jamf, server.backend, audit=server.audit,
 stop=event)``. Either ends with an exception when the service cannot go on — refused credentials
 (:class:`~devicetrust.mdm.jamf.errors.JamfAuthError`), a missing privilege, a filter Jamf rejects
-(ConfigError) — after logging it; transient failures (Jamf down, 5xx, database busy) only fail that sync, which
-is retried after FAILED_SYNC_RETRY.
+(ConfigError) — after logging it; any other failure of a sync (Jamf down, 5xx, database busy, a bug) only fails
+that sync: it is logged and retried after FAILED_SYNC_RETRY, or at the next period if that is sooner.
 
 Schedule per entry: at start a full sync if none completed within ``sync_period_full`` (the time of the last
 one is kept in the cluster state, so restarts do not force one), else a partial sync; then partial syncs every
@@ -135,7 +135,7 @@ class JamfService:
                 schedules = [await self._initial(entry) for entry in self._config.inventory]
                 log.info(
                     "jamf service started",
-                    extra={"source": self._config.name, "jamf_host": client.host, "entries": len(schedules)},
+                    extra={"source": self._config.name, "jamf_host": client.address, "entries": len(schedules)},
                 )
                 while not stop.is_set():
                     current = min(schedules, key=_Schedule.due)
@@ -144,7 +144,15 @@ class JamfService:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), timeout=delay)
                         continue
-                    if not await self._until_stopped(self._run_due(client, current), stop):
+                    try:
+                        completed = await self._until_stopped(self._run_due(client, current), stop)
+                    except (JamfAuthError, JamfPermissionError, ConfigError):
+                        raise
+                    except Exception:  # one bad run must not end the schedule: log it and try again later
+                        log.exception("jamf sync failed", extra={"source": self._config.name})
+                        self._retry_later(current)
+                        continue
+                    if not completed:
                         log.info("jamf sync cancelled: the service is stopping", extra={"source": self._config.name})
         except (JamfAuthError, JamfPermissionError, ConfigError) as err:
             log.error("jamf service stopped: %s", err, extra={"source": self._config.name})
@@ -179,10 +187,7 @@ class JamfService:
         report = await self._sync(client, entry, None).run(full=full)
         finished = self._monotonic()
         if report.error is not None:
-            retry = finished + min(FAILED_SYNC_RETRY, entry.sync_period_partial).total_seconds() + self._jitter()
-            if report.kind == "full":
-                schedule.next_full = retry
-            schedule.next_partial = retry
+            self._retry_later(schedule)
             return
         log.info(
             "jamf %s sync done",
@@ -190,9 +195,9 @@ class JamfService:
             extra={
                 "source": report.source,
                 "inventory": report.inventory,
-                "created": report.created,
-                "updated": report.updated,
-                "deleted": report.deleted,
+                "devices_created": report.created,
+                "devices_updated": report.updated,
+                "devices_deleted": report.deleted,
                 "duration_s": round(report.duration_s, 3),
             },
         )
@@ -200,9 +205,21 @@ class JamfService:
             schedule.next_full = finished + entry.sync_period_full.total_seconds() + self._jitter()
         schedule.next_partial = finished + entry.sync_period_partial.total_seconds() + self._jitter()
 
+    def _retry_later(self, schedule: _Schedule) -> None:
+        """After a failed sync: try again after FAILED_SYNC_RETRY, or at the normal period if that is sooner."""
+        now = self._monotonic()
+        retry = now + min(FAILED_SYNC_RETRY, schedule.entry.sync_period_partial).total_seconds() + self._jitter()
+        if schedule.next_full <= now:
+            schedule.next_full = retry
+        schedule.next_partial = retry
+
     async def _initial(self, entry: InventoryEntry) -> _Schedule:
         now = self._monotonic()
-        last_full = parse_jamf_time(await self._sink.load_state(last_full_state_key(self._config.name, entry)))
+        try:
+            last_full = parse_jamf_time(await self._sink.load_state(last_full_state_key(self._config.name, entry)))
+        except DevicetrustError as err:  # e.g. the database is busy: a full sync first is always safe
+            log.warning("cannot read the time of the last full jamf sync: %s", err)
+            last_full = None
         next_full = now + self._jitter()
         if last_full is not None:
             since = (self._clock() - last_full).total_seconds()

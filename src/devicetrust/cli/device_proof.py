@@ -1,0 +1,96 @@
+"""The device's side of session-time proof: before a session, the enrolled device answers a challenge bound to
+the session's target and the auth service returns a session certificate for it.
+
+The session certificate certifies the profile's own key; what makes it worth anything is the proof inside it,
+which only the device's TPM or Secure Enclave can obtain and which admits a session to one target for a short
+window (the cluster's ``session_proof_ttl``). A copied ``$TSH_HOME`` therefore opens nothing that requires a
+device: its copy of the device state names a key that lives in hardware it does not have.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from devicetrust.ceremony.messages import Challenge
+from devicetrust.cli.profile import Profile, ProfileStore
+from devicetrust.client import AuthClient
+from devicetrust.crypto import SessionProof, identity_from_ssh_cert
+from devicetrust.device.collect import collect
+from devicetrust.device.keys import BACKENDS, default_backend, open_device_key
+from devicetrust.errors import DevicetrustError
+from devicetrust.types import SESSION_PROOF_LOGIN
+
+__all__ = [
+    "ENV_DEVICE_KEY",
+    "SessionCertificate",
+    "device_state_dir",
+    "enrolled_backend",
+    "prove_for_session",
+    "wants_session_proof",
+]
+
+#: Default device key backend for scripts (same values as --device-key).
+ENV_DEVICE_KEY = "DEVICETRUST_DEVICE_KEY"
+
+
+@dataclass(frozen=True)
+class SessionCertificate:
+    """A session certificate pair for one target, and the proof it carries."""
+
+    ssh_cert: bytes
+    tls_cert_pem: str
+    proof: SessionProof
+
+
+def device_state_dir(store: ProfileStore) -> Path:
+    return store.home / "device"
+
+
+def enrolled_backend(store: ProfileStore, preferred: str | None = None) -> str | None:
+    """The key backend this tsh home enrolled a device with: ``preferred`` (or ``$DEVICETRUST_DEVICE_KEY``, or the
+    platform's hardware) when it holds a credential, else the one backend that does; None if none does."""
+    state = device_state_dir(store)
+    choice = preferred or os.environ.get(ENV_DEVICE_KEY) or default_backend()
+    candidates = [choice, *(name for name in BACKENDS if name != choice)]
+    for name in candidates:
+        if (state / f"{name}.credential-id").exists():
+            return name
+    return None
+
+
+def wants_session_proof(profile: Profile) -> bool:
+    """Whether sessions should be preceded by a device proof: device trust is in use for this login and the
+    cluster does not rely on login-time device values alone."""
+    return profile.device_trust and profile.session_proof != SESSION_PROOF_LOGIN
+
+
+def prove_for_session(
+    store: ProfileStore, profile: Profile, kind: str, target: str, *, backend: str | None = None
+) -> SessionCertificate:
+    """Run the device authentication ceremony bound to ``kind``/``target`` and return the session certificate.
+    Raises DevicetrustError (one line) when the device cannot prove itself."""
+    chosen = enrolled_backend(store, backend)
+    if chosen is None:
+        raise DevicetrustError("this device is not enrolled (tsh device enroll)")
+    login_cert = store.ssh_cert_path(profile).read_text()
+    collected = collect()
+    client = AuthClient(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
+    with client, open_device_key(chosen, device_state_dir(store)) as key:
+        begin = client.post(
+            "/v1/devices/authenticate/begin",
+            {
+                "credential_id": key.credential_id(),
+                "device_data": collected.to_dict(),
+                "ssh_cert": login_cert,
+                "target": {"kind": kind, "id": target},
+            },
+        )
+        answer = key.answer_authentication(Challenge.from_json(begin))
+        reply = client.post("/v1/devices/authenticate/finish", answer.to_json())
+    ssh_cert = str(reply["ssh_cert"]).strip().encode() + b"\n"
+    proof = identity_from_ssh_cert(ssh_cert).session_proof
+    if proof is None or (proof.kind, proof.target) != (kind, target):
+        raise DevicetrustError("the auth service returned a session certificate for another target")
+    return SessionCertificate(ssh_cert, str(reply["tls_cert"]), proof)
