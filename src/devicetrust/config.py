@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from devicetrust.errors import ConfigError
+from devicetrust.errors import ConfigError, ValidationError
+from devicetrust.types.yaml_io import load_yaml_config
 
 CONFIG_VERSION = "v1"
 DEFAULT_CLUSTER_NAME = "devicetrust.local"
@@ -317,17 +316,13 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
     try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f": line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        doc = load_yaml_config(data, str(path))
+    except ValidationError as err:
+        raise ConfigError(err.message) from None
     return parse_config(doc, source=path)
 
 

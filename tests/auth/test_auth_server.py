@@ -224,10 +224,42 @@ def test_reset_user_revokes_password_and_sessions(server: AuthServer, admin: Cal
 
 def test_admin_identity_rotation_revokes_the_old_one(server: AuthServer) -> None:
     first = server.issue_admin_identity("host-a")
-    second = server.issue_admin_identity("host-a")
+    second = server.issue_admin_identity("host-a", replaces=first)
     with pytest.raises(SessionExpiredError):
         server.authenticate(first)
     assert server.authenticate(second).kind == "admin"
+
+
+def test_auth_servers_on_hosts_of_one_name_keep_each_others_admin_identity(backend: Backend, clock: Clock) -> None:
+    first, second = make_server(backend, clock), make_server(backend, clock)
+    first_token = first.issue_admin_identity("same-host")
+    second_token = second.issue_admin_identity("same-host")
+    assert first.authenticate(first_token).kind == "admin"
+    # The second server restarts: only its own previous token goes.
+    renewed = second.issue_admin_identity("same-host", replaces=second_token)
+    assert first.authenticate(first_token).kind == "admin"
+    assert second.authenticate(renewed).kind == "admin"
+    with pytest.raises(SessionExpiredError):
+        second.authenticate(second_token)
+
+
+def test_admin_identity_never_revokes_a_non_admin_session(server: AuthServer, admin: Caller) -> None:
+    signed_up(server, admin, "alice")
+    alice = server.login("alice", PASSWORD, public_key(), None).session_token
+    server.issue_admin_identity("host-a", replaces=alice)
+    assert server.authenticate(alice).name == "alice"
+
+
+def test_cert_authorities_are_served_without_private_keys(server: AuthServer, admin: Caller) -> None:
+    listed = server.list_resources(admin, "cert_authorities")
+    assert [doc["metadata"]["name"] for doc in listed] == ["user", "host"]
+    assert server.get_resource(admin, "ca", "host") == listed[1]
+    assert listed[1]["spec"]["active_keys"]["ssh"][0]["public_key"] == server.host_ca.ssh_public_key()
+    assert "PRIVATE" not in repr(listed)
+    with pytest.raises(NotFoundError):
+        server.get_resource(admin, "cert_authority", "db")
+    with pytest.raises(ValidationError, match="cannot be deleted"):
+        server.delete_resource(admin, "cert_authority", "user")
 
 
 def test_bot_join_is_single_use_and_marks_the_identity(server: AuthServer, admin: Caller, clock: Clock) -> None:

@@ -342,3 +342,128 @@ def test_audit_ls_filters_and_json(cluster: Cluster) -> None:
     assert all(e["code"] == "T1000I" and e["success"] for e in ivan)
     future = json.loads(ok(cluster.tctl("audit", "ls", "--until=2h", "--since=3h", "--format=json")))
     assert future == []
+
+
+def test_edit_cannot_change_the_kind(cluster: Cluster, tmp_path: Path) -> None:
+    as_role = tmp_path / "as-role.yaml"
+    as_role.write_text("kind: role\nversion: v7\nmetadata:\n  name: cluster-auth-preference\nspec: {}\n")
+    error = one_line_error(cluster.tctl("edit", "cap", EDITOR=f"cp {as_role}"))
+    assert "kind cannot change ('cluster_auth_preference' -> 'role')" in error
+    assert "not found" in one_line_error(cluster.tctl("get", "role/cluster-auth-preference"))
+
+
+def test_create_validates_every_document_before_applying_any(cluster: Cluster, tmp_path: Path) -> None:
+    role = "kind: role\nversion: v7\nmetadata:\n  name: {name}\nspec:\n  allow:\n    logins: [{login}]\n"
+    bad_late = tmp_path / "bad-late.yaml"
+    bad_late.write_text(
+        role.format(name="batch-one", login="a") + "---\n" + role.format(name="batch-two", login="a") + "  nope: 1\n"
+    )
+    error = one_line_error(cluster.tctl("create", "-f", str(bad_late)))
+    assert error.startswith(f"ERROR: {bad_late}: document 2: ") and "nothing was applied" in error
+    assert "not found" in one_line_error(cluster.tctl("get", "role/batch-one"))
+    repeated = tmp_path / "repeated.yaml"
+    repeated.write_text(role.format(name="batch-one", login="a") + "---\n" + role.format(name="batch-one", login="b"))
+    error = one_line_error(cluster.tctl("create", "-f", str(repeated)))
+    assert 'document 2: role "batch-one" is also document 1 (nothing was applied)' in error
+    assert "not found" in one_line_error(cluster.tctl("get", "role/batch-one"))
+    # What only the server can refuse (here: overwriting without --force) names what was applied before it.
+    ok(cluster.tctl("create", "-f", "-", input=role.format(name="batch-two", login="a")))
+    conflict = tmp_path / "conflict.yaml"
+    conflict.write_text(role.format(name="batch-one", login="a") + "---\n" + role.format(name="batch-two", login="b"))
+    error = one_line_error(cluster.tctl("create", "-f", str(conflict)))
+    assert f'{conflict}: document 2 (role "batch-two"): ' in error and "already exists" in error
+    assert '(applied before it: role "batch-one" created; nothing after it)' in error
+
+
+def test_create_refuses_non_utf8_and_alias_bombs_in_one_line(cluster: Cluster, tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("kind: role\nversion: v7\nmetadata:\n  name: caf\xe9\n".encode("latin-1"))
+    assert one_line_error(cluster.tctl("create", "-f", str(latin1))) == (
+        f"ERROR: {latin1}: line 4: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+    )
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("kind: role\n" + "\n".join(lines) + "\n")
+    assert "once aliases are expanded" in one_line_error(cluster.tctl("create", "-f", str(bomb)))
+
+
+def test_names_cannot_reroute_requests(cluster: Cluster) -> None:
+    cluster.add_user("victim")
+    assert 'invalid name "../user/victim"' in one_line_error(cluster.tctl("rm", "role/../user/victim"))
+    assert 'invalid name ".."' in one_line_error(cluster.tctl("get", "role/.."))
+    assert "invalid name" in one_line_error(cluster.tctl("users", "rm", "../resources/role/access"))
+    # Ids that are not resource names are quoted, never resolved as paths.
+    assert one_line_error(cluster.tctl("tokens", "rm", "..")) == 'ERROR: token ".." not found'
+    one_line_error(cluster.tctl("tokens", "rm", "../resources/user/victim"))
+    assert "victim" in ok(cluster.tctl("users", "ls"))
+    assert "access" in ok(cluster.tctl("get", "role/access"))
+
+
+def test_device_enroll_ttl_error_names_the_flag_typed(cluster: Cluster) -> None:
+    ok(cluster.tctl("devices", "add", "--os=linux", "--asset-tag=TTL-FLAG-1"))
+    error = one_line_error(cluster.tctl("devices", "enroll", "--asset-tag=TTL-FLAG-1", "--ttl=169h"))
+    assert "--ttl must be positive and at most 7 days" in error and "--enroll-ttl" not in error
+    error = one_line_error(
+        cluster.tctl("devices", "add", "--os=linux", "--asset-tag=TTL-FLAG-2", "--enroll", "--enroll-ttl=169h")
+    )
+    assert "--enroll-ttl must be positive and at most 7 days" in error
+
+
+def test_ca_export_fingerprints_and_cert_authority_resources(cluster: Cluster, tmp_path: Path) -> None:
+    ssh_keygen = require_tool("ssh-keygen")
+    user_line = ok(cluster.tctl("auth", "export", "--type=user")).strip()
+    host_line = ok(cluster.tctl("auth", "export", "--type=host")).strip()
+    assert user_line.startswith("cert-authority ecdsa-sha2-nistp256 AAAA")
+    assert user_line.endswith(" clustername=test.cluster&type=user")
+    assert host_line.startswith("@cert-authority * ecdsa-sha2-nistp256 AAAA")
+    assert ok(cluster.tctl("auth", "export")).splitlines() == [user_line, host_line]
+    # What an admin writes for a plain sshd (TrustedUserCAKeys), for authorized_keys and for known_hosts.
+    trusted_user_ca = tmp_path / "teleport_user_ca.pub"
+    trusted_user_ca.write_text(user_line.removeprefix("cert-authority ") + "\n")
+    authorized_keys = tmp_path / "authorized_keys"
+    authorized_keys.write_text(user_line + "\n")
+    host_ca_key = tmp_path / "host_ca.pub"
+    host_ca_key.write_text(host_line.removeprefix("@cert-authority * ") + "\n")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(host_line + "\n")
+
+    def ssh_keygen_run(*args: str) -> str:
+        return ok(subprocess.run([ssh_keygen, *args], capture_output=True, text=True, check=False))
+
+    assert "found: line 1 CA" in ssh_keygen_run("-F", "node-1.example.com", "-f", str(known_hosts))
+    fingerprints = {}
+    for name, path in (("user", trusted_user_ca), ("user", authorized_keys), ("host", host_ca_key)):
+        listed = ssh_keygen_run("-l", "-f", str(path))
+        assert listed.startswith("256 SHA256:") and listed.rstrip().endswith("(ECDSA)"), listed
+        assert fingerprints.setdefault(name, listed.split()[1]) == listed.split()[1]
+    assert fingerprints["user"] != fingerprints["host"]
+    status = ok(cluster.tctl("status"))
+    assert f"User CA:       {fingerprints['user']}\n" in status
+    assert f"Host CA:       {fingerprints['host']}\n" in status
+    assert json.loads(ok(cluster.tctl("status", "--format=json")))["cas"]["host_ca"] == fingerprints["host"]
+
+    tls = ok(cluster.tctl("auth", "export", "--type=tls"))
+    assert tls.strip() == host_ca(cluster).strip()
+    exported = tmp_path / "cluster-ca.pem"
+    exported.write_text(tls)
+    openssl_fingerprint = ok(
+        subprocess.run(
+            [require_tool("openssl"), "x509", "-noout", "-fingerprint", "-sha256", "-in", str(exported)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    )
+    assert f"Host CA (TLS): SHA256 {openssl_fingerprint.strip().split('=', 1)[1]}\n" in status + "\n"
+    assert x509.load_pem_x509_certificate(ok(cluster.tctl("auth", "export", "--type=tls-user")).encode())
+
+    cas = json.loads(ok(cluster.tctl("get", "cert_authority", "--format=json")))
+    assert [(ca["kind"], ca["metadata"]["name"]) for ca in cas] == [
+        ("cert_authority", "user"),
+        ("cert_authority", "host"),
+    ]
+    assert cas[0]["spec"]["active_keys"]["ssh"][0]["public_key"].split()[:2] == user_line.split()[1:3]
+    everything = ok(cluster.tctl("get", "cas", "--format=yaml")) + ok(cluster.tctl("get", "cert_authority/host"))
+    assert "PRIVATE" not in everything and "private" not in everything
+    assert "cannot be deleted" in one_line_error(cluster.tctl("rm", "cert_authority/user"))

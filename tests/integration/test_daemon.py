@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import yaml
 
-from devicetrust.config import parse_config
+from devicetrust.config import load_config, parse_config
 from tests.integration.cluster import BIN, Cluster, start_cluster
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,12 @@ def test_configure_prints_a_complete_valid_config(tmp_path: Path) -> None:
         ("auth_service:\n  listen_addr: nowhere\n", "auth_service.listen_addr"),
         ("version: v9\n", "version"),
         ("auth_service: [\n", "line"),
+        ("auth_service:\n  enabled: true\n  enabled: false\n", 'line 3: duplicate key "enabled"'),
+        (
+            'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+            + "".join(f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)),
+            "values once aliases are expanded",
+        ),
     ],
 )
 def test_bad_config_is_one_line(tmp_path: Path, text: str, message: str) -> None:
@@ -84,6 +90,23 @@ def test_bad_config_is_one_line(tmp_path: Path, text: str, message: str) -> None
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("ERROR: ") and message in result.stderr
+
+
+def test_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "devicetrust.yaml"
+    config.write_bytes("auth_service:\n  cluster_name: caf\xe9\n".encode("latin-1"))
+    result = subprocess.run(
+        [str(BIN / "devicetrust"), "start", "--config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"ERROR: {config}: line 2: not UTF-8 text (byte 0xe9); save the file as UTF-8\n"
+
+
+def test_config_keeps_yaml_1_1_booleans(tmp_path: Path) -> None:
+    config = tmp_path / "devicetrust.yaml"
+    config.write_text("auth_service:\n  enabled: yes\nssh_service:\n  enabled: off\n")
+    loaded = load_config(config)
+    assert loaded.auth_service.enabled and not loaded.ssh_service.enabled
 
 
 @pytest.fixture

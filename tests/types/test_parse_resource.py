@@ -665,5 +665,6 @@ def test_normalize_kind_lists_the_valid_kinds(name: str) -> None:
         normalize_kind(name)
 
     assert str(info.value) == (
-        f'unknown resource kind "{name}" (valid kinds: role, user, bot, cluster_auth_preference, token, device, lock)'
+        f'unknown resource kind "{name}" '
+        "(valid kinds: role, user, bot, cluster_auth_preference, token, device, lock, cert_authority)"
     )

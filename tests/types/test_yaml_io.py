@@ -6,6 +6,7 @@ import pytest
 
 from devicetrust.errors import ValidationError
 from devicetrust.types import MAX_YAML_TEXT_CHARS, dump_yaml, load_resources, load_yaml_documents
+from devicetrust.types.yaml_io import MAX_YAML_DEPTH, MAX_YAML_NODES, load_yaml_config
 
 
 def load_error(text: str, source: str = "f.yaml") -> str:
@@ -99,6 +100,46 @@ def test_too_large_input_is_refused_before_parsing() -> None:
     assert load_error(text).startswith("f.yaml: too large")
 
 
+def alias_bomb(levels: int) -> str:
+    """A few hundred bytes that expand to 9**levels values."""
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "kind: role\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [7, 10])
+def test_alias_bomb_is_refused_while_parsing(levels: int) -> None:
+    assert len(alias_bomb(levels)) < 500
+    assert load_error(alias_bomb(levels)) == (
+        f"f.yaml: line 7: more than {MAX_YAML_NODES} values once aliases are expanded (an alias bomb?)"
+    )
+
+
+def test_ordinary_aliases_and_merge_keys_still_work() -> None:
+    text = "base: &base {logins: [a, b]}\nrole: {<<: *base, extra: *base}\n---\nagain: &base [1]\n"
+
+    assert load_yaml_documents(text) == [
+        {"base": {"logins": ["a", "b"]}, "role": {"logins": ["a", "b"], "extra": {"logins": ["a", "b"]}}},
+        {"again": [1]},
+    ]
+
+
+def test_alias_inside_its_own_anchor_is_refused() -> None:
+    assert load_error("a: &a [x, *a]\n") == 'f.yaml: line 1: alias "*a" is inside its own anchor'
+
+
+def test_deep_nesting_is_refused() -> None:
+    text = "a: " + "[" * 10_000 + "]" * 10_000 + "\n"
+
+    assert load_error(text) == f"f.yaml: line 1: nested deeper than {MAX_YAML_DEPTH} levels"
+
+
+def test_bytes_must_be_utf8() -> None:
+    assert load_yaml_documents("a: é\n".encode(), "f.yaml") == [{"a": "é"}]
+    assert load_yaml_documents(b"\xef\xbb\xbfa: 1\n", "f.yaml") == [{"a": 1}]  # a byte order mark is fine
+    assert load_error(b"a: 1\nb: \xff\xfe\n") == "f.yaml: line 2: not UTF-8 text (byte 0xff); save the file as UTF-8"
+
+
 def test_default_source_name() -> None:
     with pytest.raises(ValidationError, match=r"^<input>: line 1: "):
         load_yaml_documents("a: b: c\n")
@@ -167,3 +208,14 @@ def test_long_strings_are_not_folded() -> None:
     value = " ".join(["word"] * 100)
 
     assert dump_yaml([{"v": value}]) == f"v: {value}\n"
+
+
+def test_config_loader_keeps_yaml_1_1_booleans_and_the_limits() -> None:
+    assert load_yaml_config(b"a: yes\nb: off\nc: 'on'\n", "c.yaml") == {"a": True, "b": False, "c": "on"}
+    assert load_yaml_config("# nothing\n", "c.yaml") == {}
+    with pytest.raises(ValidationError, match=r"^c\.yaml: expected one YAML document, found 2$"):
+        load_yaml_config("a: 1\n---\nb: 2\n", "c.yaml")
+    with pytest.raises(ValidationError, match=r"^c\.yaml: expected a mapping at the top level, got a list$"):
+        load_yaml_config("[1]\n", "c.yaml")
+    with pytest.raises(ValidationError, match=r"^c\.yaml: line 7: more than \d+ values once aliases are expanded"):
+        load_yaml_config(alias_bomb(10), "c.yaml")

@@ -6,6 +6,7 @@ lives in the backend only, so any number of ``AuthServer`` instances over one da
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import socket
@@ -102,6 +103,7 @@ RES_TOKEN = "token"
 RES_CAP = CAP_KIND
 RES_EVENT = "event"
 RES_LOCK = "lock"
+RES_CERT_AUTHORITY = "cert_authority"
 
 
 def utcnow() -> datetime:
@@ -192,12 +194,18 @@ class AuthServer:
         self.user_ca = cas["user"]
         self.host_ca = cas["host"]
 
-    def issue_admin_identity(self, host: str | None = None) -> str:
-        """A fresh token for the local admin (tctl on this host); older ones for this host are revoked."""
+    def issue_admin_identity(self, host: str | None = None, *, replaces: str | None = None) -> str:
+        """A fresh token for the local admin (tctl on this host). ``replaces``, the token this server wrote at its
+        previous start, is revoked; the tokens of other auth servers on the same backend, even on hosts of the same
+        name, stay valid."""
         subject = f"admin@{host or socket.gethostname()}"
         token = new_token()
         with self.backend.begin() as store:
-            store.sessions.delete_for_user(subject)
+            if replaces:
+                with contextlib.suppress(NotFoundError):
+                    previous = store.sessions.get_valid(hash_token(replaces), self.clock())
+                    if previous.kind == "admin":
+                        store.sessions.delete(previous.token_hash)
             store.sessions.create(
                 hash_token(token),
                 subject,
@@ -578,6 +586,8 @@ class AuthServer:
     # -------------------------------------------------------------------------------- generic resources
     def list_resources(self, caller: Caller, kind: str) -> list[dict[str, Any]]:
         kind = normalize_kind(kind)
+        if kind == RES_CERT_AUTHORITY:
+            return self.cert_authority_documents()
         caller.check(kind, "list")
         caller.check(kind, "read")
         if kind == RES_DEVICE:
@@ -594,6 +604,11 @@ class AuthServer:
 
     def get_resource(self, caller: Caller, kind: str, name: str) -> dict[str, Any]:
         kind = normalize_kind(kind)
+        if kind == RES_CERT_AUTHORITY:
+            found = [doc for doc in self.cert_authority_documents() if doc["metadata"]["name"] == name]
+            if not found:
+                raise NotFoundError(f'cert_authority "{name}" not found (the cluster has "user" and "host")')
+            return found[0]
         caller.check(kind, "read")
         if kind == RES_DEVICE:
             return resource_to_dict(self.devices.get(caller, name))
@@ -680,6 +695,8 @@ class AuthServer:
         if kind == RES_LOCK:
             self.delete_lock(caller, name)
             return
+        if kind == RES_CERT_AUTHORITY:
+            raise ValidationError("cert_authority cannot be deleted: every certificate of the cluster depends on it")
         caller.check(kind, "delete")
         with self.backend.begin() as store:
             if kind == RES_USER:
@@ -800,6 +817,25 @@ class AuthServer:
             "host_ca_ssh": self.host_ca.ssh_public_key(),
             "host_ca_pem": self.host_ca.certificate_pem().decode(),
         }
+
+    def cert_authority_documents(self) -> list[dict[str, Any]]:
+        """The cluster's CAs as resources: public halves only (anyone may fetch them from /v1/cas)."""
+        return [
+            {
+                "kind": RES_CERT_AUTHORITY,
+                "version": "v2",
+                "metadata": {"name": ca.kind},
+                "spec": {
+                    "type": ca.kind,
+                    "cluster_name": ca.cluster_name,
+                    "active_keys": {
+                        "ssh": [{"public_key": ca.ssh_public_key()}],
+                        "tls": [{"cert": ca.certificate_pem().decode()}],
+                    },
+                },
+            }
+            for ca in (self.user_ca, self.host_ca)
+        ]
 
     def whoami(self, caller: Caller) -> dict[str, Any]:
         return {

@@ -95,13 +95,21 @@ def _uvicorn_config(config: Config, server: AuthServer) -> uvicorn.Config:
 
 
 def write_admin_identity(config: Config, server: AuthServer) -> None:
+    """A new local admin token replacing only this server's previous one (found in its own data dir)."""
     admin = AdminIdentity(
         auth_addr=config.auth_service.listen_addr,
         cluster_name=server.cluster_name,
-        token=server.issue_admin_identity(),
+        token=server.issue_admin_identity(replaces=_previous_admin_token(config)),
         host_ca_pem=server.host_ca.certificate_pem().decode(),
     )
     write_atomic(config.admin_identity_path, admin.to_json().encode())
+
+
+def _previous_admin_token(config: Config) -> str | None:
+    try:
+        return AdminIdentity.from_json(config.admin_identity_path.read_text()).token
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return None  # nothing (readable) to revoke
 
 
 def mint_node_join_token(server: AuthServer) -> str:

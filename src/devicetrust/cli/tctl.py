@@ -14,11 +14,14 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from devicetrust import __version__
 from devicetrust.cli.common import (
@@ -32,8 +35,16 @@ from devicetrust.cli.common import (
 from devicetrust.cli.profile import ProfileStore
 from devicetrust.client import AuthClient
 from devicetrust.config import ENV_CONFIG, AdminIdentity, load_config
-from devicetrust.errors import ConfigError, NotFoundError, ValidationError
-from devicetrust.types import dump_yaml, load_yaml_documents, normalize_kind, os_display_name
+from devicetrust.crypto import fingerprint_sha256, load_public_key
+from devicetrust.errors import ConfigError, DevicetrustError, NotFoundError, ValidationError
+from devicetrust.types import (
+    Metadata,
+    dump_yaml,
+    load_yaml_documents,
+    normalize_kind,
+    os_display_name,
+    parse_resource,
+)
 
 
 class Context:
@@ -73,6 +84,13 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def _url(*segments: str) -> str:
+    """An API path from names as typed: each is one path segment, so "role/../user/alice" cannot re-route."""
+    quoted = [quote(segment, safe="") for segment in segments]
+    # "." and ".." survive quote() and would be resolved away by the HTTP client.
+    return "/v1/" + "/".join("%2E" * len(q) if q in (".", "..") else q for q in quoted)
 
 
 @click.group(cls=DevicetrustGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -161,7 +179,7 @@ def users_update(
     body: dict[str, Any] = {"set_traits": traits or None}
     if set_roles is not None:
         body["set_roles"] = split_list(set_roles)
-    reply = ctx.client.patch(f"/v1/users/{name}", body)
+    reply = ctx.client.patch(_url("users", _checked_name(name)), body)
     click.echo(f'User "{name}" has been updated (roles: {", ".join(reply["roles"])}).')
 
 
@@ -193,7 +211,7 @@ def users_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def users_rm(ctx: Context, name: str) -> None:
     """Delete a user and end their sessions."""
-    ctx.client.delete(f"/v1/resources/user/{name}")
+    ctx.client.delete(_url("resources", "user", _checked_name(name)))
     click.echo(f'User "{name}" has been deleted.')
 
 
@@ -202,16 +220,17 @@ def users_rm(ctx: Context, name: str) -> None:
 @pass_ctx
 def users_reset(ctx: Context, name: str) -> None:
     """Clear a user's password and print a new signup token."""
-    reply = ctx.client.post(f"/v1/users/{name}/reset")
+    reply = ctx.client.post(_url("users", _checked_name(name), "reset"))
     _print_invite(ctx, name, reply["invite_token"], "reset")
 
 
 # -------------------------------------------------------------------------------------------- resources
-def _read_source(path: str) -> tuple[str, str]:
+def _read_source(path: str) -> tuple[bytes, str]:
+    """The file's bytes: the YAML loader decodes them, so a file that is not UTF-8 is a one-line error."""
     if path == "-":
-        return sys.stdin.read(), "<stdin>"
+        return sys.stdin.buffer.read(), "<stdin>"
     try:
-        return Path(path).read_text(), path
+        return Path(path).read_bytes(), path
     except OSError as err:
         raise ValidationError(f"cannot read {path}: {err.strerror}") from None
 
@@ -222,28 +241,62 @@ def _read_source(path: str) -> tuple[str, str]:
 @pass_ctx
 def create(ctx: Context, filename: str, force: bool) -> None:
     """Create resources from a YAML file (roles, users, bots, cluster_auth_preference)."""
-    text, source = _read_source(filename)
-    documents = load_yaml_documents(text, source)
+    data, source = _read_source(filename)
+    documents = load_yaml_documents(data, source)
     if not documents:
         raise ValidationError(f"{source}: no resources found")
-    for doc in documents:
-        reply = ctx.client.put("/v1/resources", {"resource": doc, "force": force})
+    labels = _check_documents(documents, source)
+    applied: list[str] = []
+    for number, (doc, label) in enumerate(zip(documents, labels, strict=True), start=1):
+        try:
+            reply = ctx.client.put("/v1/resources", {"resource": doc, "force": force})
+        except DevicetrustError as err:
+            done = f"applied before it: {', '.join(applied)}" if applied else "nothing was applied"
+            err.message = f"{source}: document {number} ({label}): {err.message} ({done}; nothing after it)"
+            raise
         if reply["outcome"] == "unchanged":
             click.echo(f'{reply["kind"]} "{reply["name"]}" already exists with this content; nothing to change')
         else:
             click.echo(f'{reply["kind"]} "{reply["name"]}" has been {reply["outcome"]}')
+        applied.append(f"{label} {reply['outcome']}")
+
+
+def _check_documents(documents: list[dict[str, Any]], source: str) -> list[str]:
+    """Validate every document before any is sent, so a bad one late in a file leaves the cluster untouched.
+    Returns each document's label ('role "access"')."""
+    labels: list[str] = []
+    seen: dict[tuple[str, str], int] = {}
+    for number, doc in enumerate(documents, start=1):
+        try:
+            resource = parse_resource(doc)
+        except ValidationError as err:
+            raise ValidationError(f"{source}: document {number}: {err.message} (nothing was applied)") from None
+        key = (resource.kind, resource.metadata.name)
+        label = f'{key[0]} "{key[1]}"'
+        if key in seen:
+            raise ValidationError(
+                f"{source}: document {number}: {label} is also document {seen[key]} (nothing was applied)"
+            )
+        seen[key] = number
+        labels.append(label)
+    return labels
 
 
 def _split_ref(ref: str) -> tuple[str, str | None]:
     kind, _, name = ref.partition("/")
-    return normalize_kind(kind), name or None
+    return normalize_kind(kind), _checked_name(name) if name else None
+
+
+def _checked_name(name: str) -> str:
+    """A resource name as every resource's metadata.name must be: a clear error instead of a failed lookup."""
+    return Metadata(name=name).name
 
 
 def _fetch(ctx: Context, ref: str) -> list[dict[str, Any]]:
     kind, name = _split_ref(ref)
     if name:
-        return [ctx.client.get(f"/v1/resources/{kind}/{name}")]
-    items: list[dict[str, Any]] = ctx.client.get(f"/v1/resources/{kind}")["items"]
+        return [ctx.client.get(_url("resources", kind, name))]
+    items: list[dict[str, Any]] = ctx.client.get(_url("resources", kind))["items"]
     return items
 
 
@@ -271,7 +324,7 @@ def rm(ctx: Context, ref: str) -> None:
     kind, name = _split_ref(ref)
     if not name:
         raise click.UsageError("give KIND/NAME, e.g. role/contractor")
-    ctx.client.delete(f"/v1/resources/{kind}/{name}")
+    ctx.client.delete(_url("resources", kind, name))
     click.echo(f'{kind} "{name}" has been deleted')
 
 
@@ -298,9 +351,13 @@ def edit(ctx: Context, ref: str) -> None:
     documents = load_yaml_documents(edited, "edited resource")
     if len(documents) != 1:
         raise ValidationError("edited resource: expected exactly one resource")
-    before, after = docs[0]["metadata"]["name"], documents[0].get("metadata", {}).get("name")
+    kind_before, kind_after = docs[0].get("kind"), documents[0].get("kind")
+    if kind_after != kind_before:
+        raise ValidationError(f"edited resource: kind cannot change ({kind_before!r} -> {kind_after!r}); nothing saved")
+    metadata = documents[0].get("metadata")
+    before, after = docs[0]["metadata"]["name"], metadata.get("name") if isinstance(metadata, dict) else None
     if after != before:
-        raise ValidationError(f"edited resource: metadata.name cannot change ({before!r} -> {after!r})")
+        raise ValidationError(f"edited resource: metadata.name cannot change ({before!r} -> {after!r}); nothing saved")
     reply = ctx.client.put("/v1/resources", {"resource": documents[0], "force": True})
     click.echo(f'{reply["kind"]} "{reply["name"]}" has been updated')
 
@@ -358,7 +415,7 @@ def bots_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def bots_rm(ctx: Context, name: str) -> None:
     """Delete a bot, its unused token and its sessions."""
-    ctx.client.delete(f"/v1/resources/bot/{name}")
+    ctx.client.delete(_url("resources", "bot", _checked_name(name)))
     click.echo(f'Bot "{name}" has been deleted.')
 
 
@@ -411,7 +468,7 @@ def tokens_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def tokens_rm(ctx: Context, token_id: str) -> None:
     """Delete a token by the id 'tctl tokens ls' shows."""
-    ctx.client.delete(f"/v1/tokens/{token_id}")
+    ctx.client.delete(_url("tokens", token_id))
     click.echo(f"Token {token_id} has been deleted.")
 
 
@@ -435,7 +492,7 @@ def _resolve_device(ctx: Context, device_id: str | None, asset_tag: str | None) 
     if bool(device_id) == bool(asset_tag):
         raise click.UsageError("give exactly one of --device-id or --asset-tag")
     if device_id:
-        device: dict[str, Any] = ctx.client.get(f"/v1/devices/{device_id}")
+        device: dict[str, Any] = ctx.client.get(_url("devices", device_id))
         return device
     found = ctx.client.get("/v1/devices", asset_tag=asset_tag)["items"]
     if not found:
@@ -443,6 +500,18 @@ def _resolve_device(ctx: Context, device_id: str | None, asset_tag: str | None) 
     if len(found) > 1:
         raise ValidationError(f'several devices have asset tag "{asset_tag}"; use --device-id')
     return dict(found[0])
+
+
+def _enroll_ttl_seconds(text: str | None, flag: str) -> int | None:
+    """Checked here too, so the error names the flag the user typed rather than the server's."""
+    if not text:
+        return None
+    from devicetrust.auth.devices import MAX_ENROLL_TOKEN_TTL  # only when the flag is given: a heavy import
+
+    ttl = parse_duration(text, what=flag)
+    if ttl <= timedelta(0) or ttl > MAX_ENROLL_TOKEN_TTL:
+        raise ValidationError(f"{flag} must be positive and at most {MAX_ENROLL_TOKEN_TTL.days} days, got {text}")
+    return int(ttl.total_seconds())
 
 
 def _print_enroll_command(asset_tag: str, token: str) -> None:
@@ -458,7 +527,7 @@ def _print_enroll_command(asset_tag: str, token: str) -> None:
 @pass_ctx
 def devices_add(ctx: Context, os_type: str, asset_tag: str, enroll: bool, enroll_ttl: str | None, fmt: str) -> None:
     """Register a device in the inventory."""
-    ttl = int(parse_duration(enroll_ttl, what="--enroll-ttl").total_seconds()) if enroll_ttl else None
+    ttl = _enroll_ttl_seconds(enroll_ttl, "--enroll-ttl")
     reply = ctx.client.post(
         "/v1/devices",
         {"os_type": os_type, "asset_tag": asset_tag, "create_enroll_token": enroll, "enroll_token_ttl_seconds": ttl},
@@ -532,7 +601,7 @@ def devices_get(ctx: Context, device_id: str | None, asset_tag: str | None, fmt:
 def devices_rm(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
     """Remove a device from the inventory (issued certificates stay valid until they expire: use locks)."""
     device = _resolve_device(ctx, device_id, asset_tag)
-    ctx.client.delete(f"/v1/devices/{device['metadata']['name']}")
+    ctx.client.delete(_url("devices", device["metadata"]["name"]))
     spec = device["spec"]
     click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} removed")
 
@@ -545,8 +614,8 @@ def devices_rm(ctx: Context, device_id: str | None, asset_tag: str | None) -> No
 def devices_enroll(ctx: Context, device_id: str | None, asset_tag: str | None, ttl: str | None, fmt: str) -> None:
     """Create an enrollment token for a registered device (it replaces any earlier one)."""
     device = _resolve_device(ctx, device_id, asset_tag)
-    seconds = int(parse_duration(ttl, what="--ttl").total_seconds()) if ttl else None
-    reply = ctx.client.post(f"/v1/devices/{device['metadata']['name']}/enroll-token", {"ttl_seconds": seconds})
+    seconds = _enroll_ttl_seconds(ttl, "--ttl")
+    reply = ctx.client.post(_url("devices", device["metadata"]["name"], "enroll-token"), {"ttl_seconds": seconds})
     emit(reply, fmt, lambda r: _print_enroll_command(r["device"]["spec"]["asset_tag"], r["enroll_token"]))
 
 
@@ -556,7 +625,7 @@ def devices_enroll(ctx: Context, device_id: str | None, asset_tag: str | None, t
 def devices_unenroll(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
     """Unenroll a device: clear its credential, owner and collected data (it stays registered)."""
     device = _resolve_device(ctx, device_id, asset_tag)
-    ctx.client.post(f"/v1/devices/{device['metadata']['name']}/unenroll")
+    ctx.client.post(_url("devices", device["metadata"]["name"], "unenroll"))
     spec = device["spec"]
     click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} unenrolled")
 
@@ -659,6 +728,17 @@ def audit_ls(
     )
 
 
+def _ca_fingerprints(cas: dict[str, str]) -> dict[str, str]:
+    """What ``ssh-keygen -l`` prints for each SSH CA key, and what ``openssl x509 -fingerprint -sha256`` prints for
+    the host CA's certificate (the one the auth service's TLS certificate chains to)."""
+    host_cert = x509.load_pem_x509_certificate(cas["host_ca_pem"].encode())
+    return {
+        "user_ca": fingerprint_sha256(load_public_key(cas["user_ca_ssh"])),
+        "host_ca": fingerprint_sha256(load_public_key(cas["host_ca_ssh"])),
+        "host_ca_tls": "SHA256 " + host_cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+    }
+
+
 @cli.command()
 @format_option()
 @pass_ctx
@@ -666,7 +746,7 @@ def status(ctx: Context, fmt: str) -> None:
     """Show the cluster name, version, device trust settings and CA fingerprints."""
     ping = ctx.client.get("/v1/ping")
     who = ctx.client.get("/v1/whoami")
-    data = {**ping, "caller": who}
+    data = {**ping, "caller": who, "cas": _ca_fingerprints(ctx.client.get("/v1/cas"))}
     emit(
         data,
         fmt,
@@ -676,9 +756,52 @@ def status(ctx: Context, fmt: str) -> None:
             f"auto_enroll {str(d['auth']['device_trust']['auto_enroll']).lower()}, "
             f"session proof {d['auth']['device_trust'].get('session_proof', 'per_session')}"
             f" ({d['auth']['device_trust'].get('session_proof_ttl', '1m')})\n"
-            f"Acting as:     {d['caller']['user']} ({', '.join(d['caller']['roles'])})"
+            f"Acting as:     {d['caller']['user']} ({', '.join(d['caller']['roles'])})\n"
+            f"User CA:       {d['cas']['user_ca']}\n"
+            f"Host CA:       {d['cas']['host_ca']}\n"
+            f"Host CA (TLS): {d['cas']['host_ca_tls']}"
         ),
     )
+
+
+# ------------------------------------------------------------------------------------------------- auth
+@cli.group("auth")
+def auth_group() -> None:
+    """The cluster's certificate authorities."""
+
+
+#: --type values: the SSH CAs as OpenSSH lines, the TLS CAs as PEM certificates ("tls" is the host CA, which
+#: clients trust the auth service with).
+EXPORT_TYPES = ("user", "host", "tls", "tls-host", "tls-user")
+
+
+@auth_group.command("export")
+@click.option(
+    "--type",
+    "ca_type",
+    type=click.Choice(EXPORT_TYPES),
+    help="user: for sshd's TrustedUserCAKeys (drop the leading 'cert-authority '); host: a known_hosts line; "
+    "tls, tls-host, tls-user: PEM certificates. Default: the user and host lines.",
+)
+@pass_ctx
+def auth_export(ctx: Context, ca_type: str | None) -> None:
+    """Print the public half of the cluster's CAs, never their private keys."""
+    cas = ctx.client.get("/v1/cas")
+    cluster = ctx.client.get("/v1/ping")["cluster_name"]
+    lines = {
+        "user": f"cert-authority {_ssh_key(cas['user_ca_ssh'])} clustername={cluster}&type=user",
+        "host": f"@cert-authority * {_ssh_key(cas['host_ca_ssh'])} clustername={cluster}&type=host",
+        "tls": cas["host_ca_pem"].rstrip("\n"),
+        "tls-host": cas["host_ca_pem"].rstrip("\n"),
+        "tls-user": cas["user_ca_pem"].rstrip("\n"),
+    }
+    for wanted in (ca_type,) if ca_type else ("user", "host"):
+        click.echo(lines[wanted])
+
+
+def _ssh_key(line: str) -> str:
+    """``type base64`` of an OpenSSH public key line, without any comment."""
+    return " ".join(line.split()[:2])
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ RESOURCE_KINDS: tuple[str, ...] = (
     "token",
     "device",
     "lock",
+    "cert_authority",
 )
 #: Kinds that parse_resource reads.
 DOCUMENT_KINDS: tuple[str, ...] = ("role", "user", "bot", "cluster_auth_preference", "device", "lock")
@@ -55,6 +56,9 @@ _KIND_ALIASES: Mapping[str, str] = {
     **{kind: kind for kind in RESOURCE_KINDS},
     **{f"{kind}s": kind for kind in RESOURCE_KINDS},
     "cap": "cluster_auth_preference",
+    "cert_authorities": "cert_authority",
+    "ca": "cert_authority",
+    "cas": "cert_authority",
 }
 
 _FlatT = TypeVar("_FlatT", RoleOptions, DeviceTrustSettings)
