@@ -363,8 +363,9 @@ def build_app(server: AuthServer) -> FastAPI:
         return server.cluster_cas()
 
     @app.post("/v1/login")
-    def login(req: LoginRequest) -> dict[str, Any]:
-        result = server.login(req.user, req.password, req.public_key, _ttl(req.ttl_seconds))
+    def login(req: LoginRequest, request: Request) -> dict[str, Any]:
+        client_addr = request.client.host if request.client else None
+        result = server.login(req.user, req.password, req.public_key, _ttl(req.ttl_seconds), client_addr=client_addr)
         return _login_response(result, server)
 
     @app.post("/v1/signup")
