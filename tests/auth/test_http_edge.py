@@ -161,3 +161,4 @@ def test_openapi_documents_error_replies_and_the_bearer_scheme(api: RunningApi) 
                 secured.add((method, path))
     assert ("get", "/v1/whoami") in secured and ("post", "/v1/tokens") in secured
     assert ("post", "/v1/login") not in secured and ("get", "/v1/ping") not in secured
+    assert document["paths"]["/v1/devices/enroll/begin"]["post"]["security"] == [{}, {"session": []}]

@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
@@ -307,6 +308,11 @@ def _openapi_with_errors(app: FastAPI) -> dict[str, Any]:
     schemas["ErrorReply"] = ErrorReply.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas["ErrorReply"].pop("$defs", None)
     reply = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}}
+    for route in app.routes:
+        if isinstance(route, APIRoute) and any(d.call is optional_caller for d in route.dependant.dependencies):
+            for method in route.methods or ():
+                # anonymous or with a session: an empty requirement makes the scheme optional
+                document["paths"][route.path_format][method.lower()]["security"] = [{}, {"session": []}]
     for path_item in document.get("paths", {}).values():
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
