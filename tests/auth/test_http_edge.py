@@ -90,6 +90,7 @@ def test_nul_characters_never_reach_the_backend(api: RunningApi) -> None:
         error_of(admin.get("/v1/devices", params={"asset_tag": "SN\u00001"}), 400)
         error_of(admin.put("/v1/resources", json={"resource": role}), 400)
         error_of(admin.post("/v1/users", json={"name": "u", "roles": ["access"], "traits": {"k\u0000": ["v"]}}), 400)
+        error_of(admin.post("/v1/users", json={"name": "line\nbreak", "roles": ["access"]}), 400)
         # an escaped backslash followed by "u0000" is six ordinary characters
         role["metadata"]["description"] = "\\u0000"
         assert admin.put("/v1/resources", json={"resource": role}).status_code == 200

@@ -103,8 +103,8 @@ class RequestContextMiddleware:
 
 
 # ------------------------------------------------------------------------------------------- wire models
-#: A resource, role or trait name as it travels in requests.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+#: A user, resource, role or trait name as it travels in requests; control characters make no sense in one.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 TraitValue = Annotated[str, StringConstraints(max_length=1024)]
 Traits = Annotated[dict[Name, Annotated[list[TraitValue], Field(max_length=256)]], Field(max_length=256)]
 RoleNames = Annotated[list[Name], Field(max_length=256)]
@@ -124,7 +124,7 @@ class ErrorReply(BaseModel):
 
 
 class LoginRequest(BaseModel):
-    user: str = Field(min_length=1, max_length=256)
+    user: Name
     password: str = Field(max_length=1024)
     public_key: str = Field(max_length=4096, description="PEM or OpenSSH P-256 public key")
     ttl_seconds: CertTTL = None
