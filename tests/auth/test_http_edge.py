@@ -163,3 +163,13 @@ def test_openapi_documents_error_replies_and_the_bearer_scheme(api: RunningApi) 
     assert ("get", "/v1/whoami") in secured and ("post", "/v1/tokens") in secured
     assert ("post", "/v1/login") not in secured and ("get", "/v1/ping") not in secured
     assert document["paths"]["/v1/devices/enroll/begin"]["post"]["security"] == [{}, {"session": []}]
+
+
+def test_an_unexpected_failure_is_a_500_in_the_error_shape(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(api.server, "ping", broken)
+    with api.client() as anonymous:
+        error = error_of(anonymous.get("/v1/ping"), 500)
+    assert error["kind"] == "internal" and "secret" not in error["message"]
