@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
-
 from tests.auth.api_harness import RunningApi
 
 #: Per operation and generation mode; keeps the four runs (2 backends x 2 callers) near a minute in total.

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.auth.api_harness import RunningApi
 
 from devicetrust.auth.edge import MAX_ERROR_MESSAGE_CHARS, MAX_REQUEST_BODY_BYTES
 from devicetrust.crypto import generate_private_key, public_key_to_openssh
-from tests.auth.api_harness import RunningApi
 
 PASSWORD = "a long enough password"
 HUGE = "1e18"

@@ -7,12 +7,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
+from tests.auth.api_harness import RunningApi, fast_auth_server
 
 from devicetrust.auth.server import MAX_LOGIN_FAILURES, MAX_LOGIN_FAILURES_PER_ADDRESS, AuthServer
 from devicetrust.crypto import generate_private_key, public_key_to_openssh
 from devicetrust.errors import AuthenticationError, RateLimitedError
 from devicetrust.storage import Backend
-from tests.auth.api_harness import RunningApi, fast_auth_server
 
 PASSWORD = "a long enough password"
 RACERS = 40
