@@ -92,8 +92,7 @@ class RequestGuardMiddleware:
             if body.strip():
                 check_json_body(body)
         except _Refused as refused:
-            kind = "validation"
-            await error_response(refused.status, kind, refused.message)(scope, _no_receive, send)
+            await error_response(refused.status, "validation", refused.message)(scope, _no_receive, send)
             return
         replayed = False
 
