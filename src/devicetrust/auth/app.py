@@ -15,10 +15,15 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from devicetrust import __version__
+from devicetrust.auth.edge import INT64_MAX, RequestGuardMiddleware, error_response
 from devicetrust.auth.mdm import MdmService
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
 from devicetrust.ceremony.messages import ChallengeResponse, CollectedData, KeyEnrollPayload, TPMEnrollPayload
@@ -27,11 +32,11 @@ from devicetrust.types import Device, resource_to_dict
 
 log = logging.getLogger("devicetrust.auth.http")
 
-#: Largest request body accepted; the biggest legitimate one is a resource document or a TPM event log.
-MAX_REQUEST_BODY_BYTES = 1024 * 1024
 #: Page size bounds for listings (audit events).
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+#: No TTL the service grants comes near a year; larger requests are refused rather than converted.
+MAX_TTL_SECONDS = 366 * 24 * 3600
 #: Incoming request ids are echoed only when they look like ids, so logs can't be forged through them.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -44,43 +49,6 @@ ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
     Awaitable[None],
 ]
-
-
-class BodyLimitMiddleware:
-    """Refuses bodies over ``MAX_REQUEST_BODY_BYTES`` whether or not Content-Length is declared."""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BODY_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _too_large(scope, send, self.limit)
-                return
-        received = 0
-
-        async def limited_receive() -> Any:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await _too_large(scope, send, self.limit)
 
 
 class RequestContextMiddleware:
@@ -134,34 +102,38 @@ class RequestContextMiddleware:
                 )
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _too_large(scope: MutableMapping[str, Any], send: Callable[[Any], Awaitable[None]], limit: int) -> None:
-    response = JSONResponse(
-        {"error": {"kind": "validation", "message": f"request body larger than {limit} bytes"}},
-        status_code=413,
-    )
-    await response(scope, _no_receive, send)
-
-
-async def _no_receive() -> Any:  # pragma: no cover - responses never read
-    return {"type": "http.disconnect"}
-
-
 # ------------------------------------------------------------------------------------------- wire models
+#: A user, resource, role or trait name as it travels in requests; control characters make no sense in one.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+TraitValue = Annotated[str, StringConstraints(max_length=1024)]
+Traits = Annotated[dict[Name, Annotated[list[TraitValue], Field(max_length=256)]], Field(max_length=256)]
+RoleNames = Annotated[list[Name], Field(max_length=256)]
+CertTTL = Annotated[int | None, Field(ge=60, le=MAX_TTL_SECONDS)]
+TokenTTL = Annotated[int | None, Field(ge=1, le=MAX_TTL_SECONDS)]
+
+
+class ErrorDetail(BaseModel):
+    kind: str = Field(description="stable machine-readable kind, e.g. validation, not_found, access_denied")
+    message: str = Field(description="one line a user can act on")
+
+
+class ErrorReply(BaseModel):
+    """Every error the service answers with (4xx and 5xx)."""
+
+    error: ErrorDetail
+
+
 class LoginRequest(BaseModel):
-    user: str = Field(min_length=1, max_length=256)
+    user: Name
     password: str = Field(max_length=1024)
     public_key: str = Field(max_length=4096, description="PEM or OpenSSH P-256 public key")
-    ttl_seconds: int | None = Field(default=None, ge=60)
+    ttl_seconds: CertTTL = None
 
 
 class BotJoinRequest(BaseModel):
     token: str = Field(min_length=1, max_length=256)
     public_key: str = Field(max_length=4096)
-    ttl_seconds: int | None = Field(default=None, ge=60)
+    ttl_seconds: CertTTL = None
 
 
 class SignupRequest(BaseModel):
@@ -170,37 +142,37 @@ class SignupRequest(BaseModel):
 
 
 class CreateUserRequest(BaseModel):
-    name: str
-    roles: list[str]
-    traits: dict[str, list[str]] = Field(default_factory=dict)
+    name: Name
+    roles: RoleNames
+    traits: Traits = Field(default_factory=dict)
 
 
 class UpdateUserRequest(BaseModel):
-    set_roles: list[str] | None = None
-    set_traits: dict[str, list[str]] | None = None
+    set_roles: RoleNames | None = None
+    set_traits: Traits | None = None
 
 
 class CreateBotRequest(BaseModel):
-    name: str
-    roles: list[str]
-    traits: dict[str, list[str]] = Field(default_factory=dict)
-    token_ttl_seconds: int | None = None
+    name: Name
+    roles: RoleNames
+    traits: Traits = Field(default_factory=dict)
+    token_ttl_seconds: TokenTTL = None
 
 
 class CreateTokenRequest(BaseModel):
-    type: str
-    ttl_seconds: int | None = None
+    type: Name
+    ttl_seconds: TokenTTL = None
 
 
 class AddDeviceRequest(BaseModel):
-    os_type: str
-    asset_tag: str
+    os_type: Name
+    asset_tag: Name
     create_enroll_token: bool = False
-    enroll_token_ttl_seconds: int | None = None
+    enroll_token_ttl_seconds: TokenTTL = None
 
 
 class EnrollTokenRequest(BaseModel):
-    ttl_seconds: int | None = None
+    ttl_seconds: TokenTTL = None
 
 
 class EnrollBeginRequest(BaseModel):
@@ -255,12 +227,18 @@ class PutResourceRequest(BaseModel):
     force: bool = False
 
 
-async def caller_dep(request: Request) -> Caller:
+#: Declares the bearer scheme in the OpenAPI document; the token is checked by :func:`caller_dep`.
+bearer_scheme = HTTPBearer(
+    scheme_name="session", description="a session token from /v1/login or /v1/bots/join", auto_error=False
+)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+async def caller_dep(request: Request, credentials: BearerDep) -> Caller:
     """The authenticated caller from ``Authorization: Bearer <session token>``."""
     server: AuthServer = request.app.state.auth_server
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    caller = await run_in_threadpool(server.authenticate, token if scheme.lower() == "bearer" else "")
+    token = credentials.credentials if credentials is not None else ""
+    caller = await run_in_threadpool(server.authenticate, token)
     request.state.caller = caller.name
     return caller
 
@@ -268,11 +246,11 @@ async def caller_dep(request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(caller_dep)]
 
 
-async def optional_caller(request: Request) -> Caller | None:
+async def optional_caller(request: Request, credentials: BearerDep) -> Caller | None:
     """The caller when the request carries a session (token-less enrollment needs one); else None."""
     if not request.headers.get("authorization"):
         return None
-    return await caller_dep(request)
+    return await caller_dep(request, credentials)
 
 
 OptionalCallerDep = Annotated[Caller | None, Depends(optional_caller)]
@@ -304,6 +282,47 @@ def _ttl(seconds: int | None) -> timedelta | None:
     return timedelta(seconds=seconds) if seconds is not None else None
 
 
+_HTTP_KINDS = {400: "validation", 401: "authentication", 403: "access_denied", 404: "not_found", 409: "conflict"}
+#: Documented for every operation: the edge answers 400 and 413 to any request, the rest depend on the route.
+_ERROR_STATUSES = {
+    "400": "invalid request (malformed JSON, a value out of range, NUL or control characters)",
+    "401": "no valid session, or wrong credentials",
+    "403": "the caller lacks a permission",
+    "404": "no such resource",
+    "409": "the resource already exists or changed meanwhile",
+    "413": "request body larger than 1 MiB",
+    "429": "too many attempts; see Retry-After",
+    "500": "internal error",
+}
+
+
+def _openapi_with_errors(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, plus the error replies every route can give in place of its 422."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    schemas["ErrorDetail"] = ErrorDetail.model_json_schema()
+    schemas["ErrorReply"] = ErrorReply.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas["ErrorReply"].pop("$defs", None)
+    reply = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}}
+    for route in app.routes:
+        if isinstance(route, APIRoute) and any(d.call is optional_caller for d in route.dependant.dependencies):
+            for method in route.methods or ():
+                # anonymous or with a session: an empty requirement makes the scheme optional
+                document["paths"][route.path_format][method.lower()]["security"] = [{}, {"session": []}]
+    for path_item in document.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status, description in _ERROR_STATUSES.items():
+                responses.setdefault(status, {"description": description, "content": reply})
+    app.openapi_schema = document
+    return document
+
+
 def build_app(server: AuthServer) -> FastAPI:
     app = FastAPI(
         title="devicetrust auth service",
@@ -313,25 +332,30 @@ def build_app(server: AuthServer) -> FastAPI:
         redoc_url=None,
     )
     app.state.auth_server = server
+    app.openapi = lambda: _openapi_with_errors(app)  # type: ignore[method-assign]
 
     @app.exception_handler(DevicetrustError)
     async def domain_error(_: Request, err: DevicetrustError) -> JSONResponse:
         headers = {"Retry-After": str(err.retry_after)} if isinstance(err, RateLimitedError) else None
-        return JSONResponse(
-            {"error": {"kind": err.kind, "message": err.message}},
-            status_code=err.http_status,
-            headers=headers,
-        )
+        return error_response(err.http_status, err.kind, err.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return JSONResponse(
-            {"error": {"kind": "validation", "message": f"{where}: {first.get('msg')}"}}, status_code=400
-        )
+        return error_response(400, "validation", f"{where}: {first.get('msg')}")
 
-    app.add_middleware(BodyLimitMiddleware)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths, wrong methods and the framework's own refusals, in the same shape as every other error.
+        return error_response(err.status_code, _HTTP_KINDS.get(err.status_code, "error"), str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, err: Exception) -> JSONResponse:
+        # Logged with its traceback by the server; the caller learns only that it failed.
+        return error_response(500, "internal", "internal error; the auth service logged the details")
+
+    app.add_middleware(RequestGuardMiddleware)
     app.add_middleware(RequestContextMiddleware)
 
     @app.get("/v1/ping")
@@ -345,8 +369,9 @@ def build_app(server: AuthServer) -> FastAPI:
         return server.cluster_cas()
 
     @app.post("/v1/login")
-    def login(req: LoginRequest) -> dict[str, Any]:
-        result = server.login(req.user, req.password, req.public_key, _ttl(req.ttl_seconds))
+    def login(req: LoginRequest, request: Request) -> dict[str, Any]:
+        client_addr = request.client.host if request.client else None
+        result = server.login(req.user, req.password, req.public_key, _ttl(req.ttl_seconds), client_addr=client_addr)
         return _login_response(result, server)
 
     @app.post("/v1/signup")
@@ -432,7 +457,7 @@ def build_app(server: AuthServer) -> FastAPI:
     @app.get("/v1/devices")
     def list_devices(
         caller: CallerDep,
-        page_size: int = DEFAULT_PAGE_SIZE,
+        page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,
         asset_tag: str | None = None,
     ) -> dict[str, Any]:
@@ -555,8 +580,8 @@ def build_app(server: AuthServer) -> FastAPI:
         until: datetime | None = None,
         event_type: Annotated[list[str] | None, Query(alias="type")] = None,
         user: str | None = None,
-        limit: Annotated[int, Query(ge=1)] = DEFAULT_PAGE_SIZE,
-        after: int | None = None,
+        limit: Annotated[int, Query(ge=1, le=INT64_MAX)] = DEFAULT_PAGE_SIZE,
+        after: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
         newest: bool = False,
     ) -> dict[str, Any]:
         if limit > MAX_PAGE_SIZE:

@@ -107,7 +107,7 @@ def device_audit(device: Device, credential_id: str = "") -> dict[str, str]:
 def _bounded(ttl: timedelta | None) -> timedelta:
     ttl = ttl or DEFAULT_ENROLL_TOKEN_TTL
     if ttl <= timedelta(0) or ttl > MAX_ENROLL_TOKEN_TTL:
-        raise ValidationError(f"--enroll-ttl must be positive and at most {MAX_ENROLL_TOKEN_TTL.days} days")
+        raise ValidationError(f"an enrollment token TTL must be positive and at most {MAX_ENROLL_TOKEN_TTL.days} days")
     return ttl
 
 

@@ -82,6 +82,8 @@ MAX_TOKEN_TTL = timedelta(days=7)
 #: Login failures allowed per user per window before further attempts are refused outright.
 MAX_LOGIN_FAILURES = 5
 LOGIN_FAILURE_WINDOW = timedelta(minutes=10)
+#: Login failures allowed from one client address per window, whatever user names it tries.
+MAX_LOGIN_FAILURES_PER_ADDRESS = 20
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 #: The local admin identity tctl uses on the auth host; rotated at every start.
@@ -273,33 +275,49 @@ class AuthServer:
             roles.append(_parse(record.body, Role))
         return tuple(roles)
 
-    def login(self, username: str, password: str, public_key_text: str, ttl: timedelta | None) -> LoginResult:
+    def login(
+        self,
+        username: str,
+        password: str,
+        public_key_text: str,
+        ttl: timedelta | None,
+        *,
+        client_addr: str | None = None,
+    ) -> LoginResult:
         public_key = load_public_key(public_key_text)
         now = self.clock()
-        limit_key = f"login:{username}"
+        user_key = f"login:{username}"
+        addr_key = f"login-addr:{client_addr}" if client_addr else None
         failure = AuthenticationError("invalid username or password")
+        # The attempt is counted (reserved) before the password is checked, in one transaction: concurrent
+        # attempts each get their own count, so no more than the allowed number are ever evaluated.
         with self.backend.begin() as store:
-            limited = store.rate_limits.count(limit_key, now, LOGIN_FAILURE_WINDOW) >= MAX_LOGIN_FAILURES
+            user_attempts = store.rate_limits.hit(user_key, now, LOGIN_FAILURE_WINDOW)
+            addr_attempts = store.rate_limits.hit(addr_key, now, LOGIN_FAILURE_WINDOW) if addr_key else 0
+            limited = user_attempts > MAX_LOGIN_FAILURES or addr_attempts > MAX_LOGIN_FAILURES_PER_ADDRESS
             if limited:
                 # Audited in this transaction, which commits: the refusal is raised after it.
                 self.audit(store, events.USER_LOGIN_FAILURE, username, False, reason="rate limited")
             record = store.users.find(username)
         if limited:
+            where = f'for "{username}"' if user_attempts > MAX_LOGIN_FAILURES else "from this address"
             raise RateLimitedError(
-                f'too many failed login attempts for "{username}"; try again later',
+                f"too many failed login attempts {where}; try again later",
                 retry_after=int(LOGIN_FAILURE_WINDOW.total_seconds()),
             )
         stored_hash = record.password_hash if record is not None else None
         if not self._password_matches(stored_hash or self._dummy_hash, password) or stored_hash is None:
             with self.backend.begin() as store:
-                store.rate_limits.hit(limit_key, now, LOGIN_FAILURE_WINDOW)
                 reason = "unknown user" if record is None else "no password set" if stored_hash is None else ""
                 self.audit(store, events.USER_LOGIN_FAILURE, username, False, reason=reason or "bad password")
             raise failure
         assert record is not None
         user = _parse(record.body, User)
         with self.backend.begin() as store:
-            store.rate_limits.reset(limit_key)
+            # A success clears the user's failures and gives its reserved attempt back to the address.
+            store.rate_limits.reset(user_key)
+            if addr_key:
+                store.rate_limits.release(addr_key, now, LOGIN_FAILURE_WINDOW)
             roles = self._load_roles(store, user.roles)
             self._check_locks(store, user.metadata.name, user.roles)
             result = self._issue_user_certs(

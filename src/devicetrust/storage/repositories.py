@@ -436,6 +436,14 @@ class RateLimitRepository(_Repository):
         ).scalar_one_or_none()
         return count or 0
 
+    def release(self, key: str, now: datetime, window: timedelta) -> None:
+        """Take back one event counted in the current window (an attempt that turned out to be legitimate)."""
+        t = self._t
+        start = _window_start(now, window)
+        self._conn.execute(
+            sa.update(t).where(t.c.key == key, t.c.window_start >= start, t.c.count > 0).values(count=t.c.count - 1)
+        )
+
     def reset(self, key: str) -> None:
         self._conn.execute(sa.delete(self._t).where(self._t.c.key == key))
 
