@@ -31,7 +31,7 @@ from devicetrust.cli.common import (
 )
 from devicetrust.cli.profile import ProfileStore
 from devicetrust.client import AuthClient
-from devicetrust.config import ENV_CONFIG, AdminIdentity, load_config
+from devicetrust.config import AdminIdentity, load_config
 from devicetrust.errors import ConfigError, NotFoundError, ValidationError
 from devicetrust.types import dump_yaml, load_yaml_documents, normalize_kind, os_display_name
 
@@ -49,8 +49,8 @@ class Context:
         return self._client
 
     def _connect(self) -> AuthClient:
-        explicit = self.config_path is not None or bool(os.environ.get(ENV_CONFIG))
         config = load_config(self.config_path)
+        explicit = config.source is not None
         path = config.admin_identity_path
         if path.exists() or explicit:
             try:
