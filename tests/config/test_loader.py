@@ -3,11 +3,13 @@ DEVICETRUST_* variables sit between the flags and the file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from devicetrust.config import (
+    ENVIRONMENT,
     Config,
     Overrides,
     environment_settings,
@@ -17,6 +19,7 @@ from devicetrust.config import (
 from devicetrust.errors import ConfigError
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "devicetrust"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -171,3 +174,11 @@ def test_a_bad_variable_is_named(environ: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, environ=environ)
     assert str(caught.value) == message
+
+
+def test_every_devicetrust_variable_is_in_the_table_and_the_docs() -> None:
+    used = {name for path in SRC.rglob("*.py") for name in re.findall(r"\bDEVICETRUST_[A-Z_]+\b", path.read_text())}
+    listed = {variable.name for variable in ENVIRONMENT}
+    assert used <= listed
+    documented = (DOCS / "architecture.md").read_text()
+    assert [name for name in sorted(listed) if f"`{name}`" not in documented] == []
