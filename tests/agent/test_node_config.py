@@ -75,7 +75,7 @@ def test_the_node_reaches_a_local_auth_service_where_it_listens(listen: str, exp
 @pytest.mark.parametrize(
     ("ssh", "auth", "message"),
     [
-        ({"listen": "x"}, None, "ssh_service: unknown field 'listen'"),
+        ({"listen": "x"}, None, r"ssh_service\.listen: unknown key \(did you mean listen_addr\?\)"),
         ({"listen_addr": "nowhere"}, None, "ssh_service.listen_addr"),
         ({"hostname": "bad host"}, None, "ssh_service.hostname"),
         ({"auth_server": "no-port"}, None, "ssh_service.auth_server"),

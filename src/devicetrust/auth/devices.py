@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 RES_DEVICE = "device"
 TOKEN_KIND = "device_enroll"
-#: Enrollment tokens last an hour unless asked otherwise (DESIGN §5), at most a week.
+#: Enrollment tokens last an hour unless asked otherwise, at most a week.
 DEFAULT_ENROLL_TOKEN_TTL = timedelta(hours=1)
 MAX_ENROLL_TOKEN_TTL = timedelta(days=7)
 DEFAULT_PAGE_SIZE = 100

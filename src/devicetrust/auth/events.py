@@ -1,4 +1,4 @@
-"""Audit event names and codes (DESIGN §7). Codes follow the anchor where it defines them."""
+"""Audit event names and codes (docs/architecture.md, Audit events). Codes follow Teleport's where it defines them."""
 
 from __future__ import annotations
 

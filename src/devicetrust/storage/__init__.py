@@ -1,4 +1,4 @@
-"""Storage: SQLAlchemy Core over SQLite or PostgreSQL, Alembic migrations, repositories (DESIGN §9).
+"""Storage: SQLAlchemy Core over SQLite or PostgreSQL, Alembic migrations, repositories (docs/architecture.md, Storage).
 
 Stores plain values (str, bytes, datetimes, JSON bodies) and knows nothing of ``devicetrust.types``::
 
