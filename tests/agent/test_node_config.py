@@ -12,9 +12,9 @@ from argon2 import PasswordHasher
 
 from devicetrust.agent.identity import NodeIdentity, load_host_key, load_identity, save_identity
 from devicetrust.auth.server import AuthServer
-from devicetrust.auth.service import node_config
 from devicetrust.config import AdminIdentity, Config, parse_config, render_default_config
 from devicetrust.crypto import generate_private_key, public_key_to_openssh
+from devicetrust.daemon import node_config
 from devicetrust.errors import ConfigError
 from devicetrust.storage import Backend
 
