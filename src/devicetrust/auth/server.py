@@ -21,8 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from devicetrust import __version__
+from devicetrust import audit as events
 from devicetrust.access import AccessChecker
-from devicetrust.auth import events
 from devicetrust.auth.devices import RES_DEVICE, DeviceService, parse_lock
 from devicetrust.auth.nodes import NodeService
 from devicetrust.auth.parsing import parse_stored
@@ -46,7 +46,7 @@ from devicetrust.errors import (
     SessionExpiredError,
     ValidationError,
 )
-from devicetrust.storage import Backend, Store
+from devicetrust.storage import CLUSTER_NAME_KEY, Backend, Store
 from devicetrust.types import (
     SESSION_PROOF_PER_SESSION,
     Bot,
@@ -93,7 +93,6 @@ TLS_CERT_TTL = timedelta(days=365)
 JOIN_TOKEN_TYPES = ("node", "db", "kube", "mdm")
 BOT_USER_PREFIX = "bot-"
 
-CLUSTER_NAME_KEY = "cluster_name"
 CAP_KIND = "cluster_auth_preference"
 CAP_NAME = "cluster-auth-preference"
 

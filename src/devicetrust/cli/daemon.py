@@ -54,7 +54,7 @@ def start(config_path: Path | None, data_dir: Path | None, listen_addr: str | No
         config.node_auth_server()  # a remote-only node must name its auth service
     # Imported late (the web and SSH stacks are only needed to serve), and before logging is configured: the JSON
     # formatter reads the request id from the web app, which must not be half-imported when a library logs.
-    from devicetrust.auth.service import run_services
+    from devicetrust.daemon import run_services
 
     configure_json_logging(config.log_severity)
     run_services(config)
