@@ -535,6 +535,7 @@ def test_config_works_with_openssh(world: World, tmp_path: Path) -> None:
     home = world.cluster.home("alice")
     assert f"Host *.{CLUSTER} " in text
     assert "IdentitiesOnly yes" in text and "StrictHostKeyChecking yes" in text
+    assert "Match originalhost" not in text  # no enrolled device in this tsh home: nothing to prove
     known_hosts = (home / "known_hosts").read_text()
     assert known_hosts.startswith(f"@cert-authority *.{CLUSTER},")
     assert len(known_hosts.splitlines()) == 1
