@@ -82,7 +82,7 @@ SCAN_PAGE_SIZE = MAX_PAGE_SIZE
 MAX_APPLY_ATTEMPTS = 3
 #: where the sync keeps its state in the cluster key/value store
 STATE_KEY_PREFIX = "mdm/"
-#: the auth service's cluster key/value entries this module reads (see devicetrust.auth.server)
+#: the auth service's cluster key/value entries this module reads (see devicetrust.auth.cluster)
 CLUSTER_NAME_KEY = "cluster_name"
 #: enrollment tokens of a deleted device go with it (as tctl devices rm does)
 DEVICE_ENROLL_TOKEN_KIND = "device_enroll"
