@@ -26,6 +26,7 @@ check: deps
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: deps
 	$(BIN)/ruff format src tests benchmarks
@@ -48,4 +49,4 @@ bench: deps
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .demo .demo-jamf .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .demo .demo-jamf .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

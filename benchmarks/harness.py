@@ -19,7 +19,7 @@ from tests.integration.cluster import Cluster, start_cluster
 
 class LeanClient:
     """One keep-alive HTTPS connection speaking JSON. httpx costs more CPU per request than the server under
-    test would (DESIGN §12), so load is generated with the standard library."""
+    test would, so load is generated with the standard library."""
 
     def __init__(self, addr: str, ca_pem: str, token: str = "") -> None:
         host, _, port = addr.rpartition(":")

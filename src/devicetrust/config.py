@@ -1,24 +1,29 @@
 """The daemon's configuration, read in one place.
 
-Precedence: command-line flags > environment (``DEVICETRUST_*``) > ``devicetrust.yaml`` > defaults. Every value
-has a default, so ``devicetrust start`` with no file runs the embedded cluster: auth on loopback, SQLite under
-the data dir.
+Precedence: command-line flags > environment (``DEVICETRUST_*``, see :data:`ENVIRONMENT`) > ``devicetrust.yaml``
+> defaults. Every value has a default, so ``devicetrust start`` with no file runs the embedded cluster: auth on
+loopback, SQLite under the data dir.
+
+The file is read with the same strict YAML loader as resources (only ``true``/``false`` are booleans, a key given
+twice is an error), and every key is checked against :data:`CONFIG_KEYS`, so a misspelt key is refused with the
+path of the key and the closest known one.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from devicetrust.errors import ConfigError, ValidationError
-from devicetrust.types.yaml_io import load_yaml_config
+from devicetrust.types.yaml_io import load_yaml_documents
 
 CONFIG_VERSION = "v1"
 DEFAULT_CLUSTER_NAME = "devicetrust.local"
@@ -27,6 +32,51 @@ DEFAULT_SSH_LISTEN_ADDR = "127.0.0.1:3022"
 SQLITE_FILE_NAME = "backend.sqlite"
 ENV_CONFIG = "DEVICETRUST_CONFIG"
 ENV_DATA_DIR = "DEVICETRUST_DATA_DIR"
+ENV_LISTEN_ADDR = "DEVICETRUST_LISTEN_ADDR"
+ENV_CLUSTER_NAME = "DEVICETRUST_CLUSTER_NAME"
+
+
+@dataclass(frozen=True)
+class EnvironmentVariable:
+    name: str
+    #: the flag it stands in for, or "" when it has none
+    flag: str
+    #: who reads it: the daemon and tctl (here, in :func:`load_config`) or tsh and the device code (where noted)
+    read_by: str
+    meaning: str
+
+
+#: Every ``DEVICETRUST_*`` variable. The daemon's are read only by :func:`environment_settings`; a flag beats
+#: them and they beat the file. The rest describe the device tsh runs on, not the daemon, and are read where
+#: they are used (the module named in ``read_by``).
+ENVIRONMENT: tuple[EnvironmentVariable, ...] = (
+    EnvironmentVariable(ENV_CONFIG, "--config", "devicetrust, tctl", "the devicetrust.yaml to read"),
+    EnvironmentVariable(ENV_DATA_DIR, "--data-dir", "devicetrust, tctl", "devicetrust.data_dir"),
+    EnvironmentVariable(ENV_LISTEN_ADDR, "--listen-addr", "devicetrust", "auth_service.listen_addr"),
+    EnvironmentVariable(ENV_CLUSTER_NAME, "--cluster-name", "devicetrust", "auth_service.cluster_name"),
+    EnvironmentVariable(
+        "DEVICETRUST_DEVICE_KEY",
+        "--device-key",
+        "tsh (devicetrust.cli.device_proof)",
+        "the device key backend: tpm, secure-enclave or unsafe-software",
+    ),
+    EnvironmentVariable(
+        "DEVICETRUST_TPM_TCTI", "", "tsh (devicetrust.device.keys)", "how to reach the TPM (e.g. swtpm:host=…)"
+    ),
+    EnvironmentVariable(
+        "DEVICETRUST_TPM_EVENT_LOG", "", "tsh (devicetrust.device.keys)", "the TPM's measured-boot event log file"
+    ),
+    EnvironmentVariable(
+        "DEVICETRUST_ASSET_TAG",
+        "",
+        "tsh (devicetrust.device.collect)",
+        "the serial number to report instead of the one the machine reports (a simulated device)",
+    ),
+    EnvironmentVariable(
+        "DEVICETRUST_SESSION_ID", "", "set by the SSH node for the session's shell", "the audit session id"
+    ),
+    EnvironmentVariable("DEVICETRUST_USER", "", "set by the SSH node for the session's shell", "the cluster user"),
+)
 
 _CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -35,8 +85,6 @@ _SSH_FIELDS = ("enabled", "listen_addr", "labels", "hostname", "auth_server", "j
 
 def default_data_dir() -> Path:
     """``/var/lib/devicetrust`` for root (as a service runs), else a directory in the user's home."""
-    if os.environ.get(ENV_DATA_DIR):
-        return Path(os.environ[ENV_DATA_DIR])
     if os.geteuid() == 0:
         return Path("/var/lib/devicetrust")
     return Path.home() / ".local" / "share" / "devicetrust"
@@ -172,31 +220,90 @@ def is_ip_address(host: str) -> bool:
     return True
 
 
-_KNOWN_SECTIONS = {
-    "version",
-    "devicetrust",
-    "auth_service",
-    "ssh_service",
-    "db_service",
-    "kube_service",
-    "jamf_service",
+#: The keys of the jamf_service section and of each of its ``inventory`` entries (validated by
+#: devicetrust.mdm.jamf.config; listed here so the whole file is checked when it is read).
+JAMF_SERVICE_KEYS = frozenset(
+    {
+        "enabled",
+        "name",
+        "api_endpoint",
+        "client_id",
+        "client_secret_file",
+        "username",
+        "password_file",
+        "ca_file",
+        "sync_delay",
+        "inventory",
+        "auth_server",
+        "join_token",
+        "token_file",
+        "auth_ca_file",
+    }
+)
+JAMF_INVENTORY_KEYS = frozenset(
+    {"kind", "filter_rsql", "sync_period_partial", "sync_period_full", "on_missing", "page_size"}
+)
+
+#: Every key devicetrust.yaml may hold: None is a value, a mapping a nested section, ``[mapping]`` a list of
+#: sections. The values themselves are checked by :func:`parse_config` (and the jamf_service parser).
+CONFIG_KEYS: Mapping[str, Any] = {
+    "version": None,
+    "devicetrust": {
+        "data_dir": None,
+        "storage": dict.fromkeys(("type", "path", "conn_string")),
+        "log": {"severity": None},
+    },
+    "auth_service": dict.fromkeys(("enabled", "listen_addr", "cluster_name", "public_addr")),
+    "ssh_service": dict.fromkeys(_SSH_FIELDS),
+    "jamf_service": {**dict.fromkeys(JAMF_SERVICE_KEYS), "inventory": [dict.fromkeys(JAMF_INVENTORY_KEYS)]},
 }
 
 
-def _section(doc: Mapping[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
+def unknown_key_error(where: str, key: object, known: Collection[str]) -> ConfigError:
+    """``<where>.<key>: unknown key (did you mean <closest>?)``, or the known keys when none is close."""
+    path = f"{where}.{key}" if where else str(key)
+    close = difflib.get_close_matches(key, sorted(known), n=1) if isinstance(key, str) else []
+    hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(known))}"
+    return ConfigError(f"{path}: unknown key ({hint})")
+
+
+def check_keys(value: object, schema: object, where: str = "") -> None:
+    """Refuse the first key of ``value`` (in document order) that ``schema`` does not know."""
+    if isinstance(schema, list):
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                check_keys(item, schema[0], f"{where}[{index}]")
+        return
+    if not isinstance(schema, Mapping) or not isinstance(value, Mapping):
+        return  # a value of the wrong type is reported by the parser, naming the field
+    for key, item in value.items():
+        if key not in schema:
+            raise unknown_key_error(where, key, schema)
+        check_keys(item, schema[key], f"{where}.{key}" if where else key)
+
+
+def _section(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
     value = doc.get(name) or {}
     if not isinstance(value, dict):
         raise ConfigError(f"{name}: expected a mapping")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ConfigError(f"{name}: unknown field {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
     return value
 
 
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    return value
+#: YAML 1.1's boolean words, accepted where a setting is a boolean. The file is read with YAML 1.2 booleans, so
+#: these stay strings everywhere else (``mode: off`` is the mode "off", not False).
+_BOOLEAN_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
+def config_bool(value: Any, where: str) -> bool:
+    """A boolean setting: true/false, or one of YAML 1.1's yes/no/on/off."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
+        return _BOOLEAN_WORDS[value.lower()]
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
+_bool = config_bool
 
 
 def _str(value: Any, where: str) -> str:
@@ -205,21 +312,25 @@ def _str(value: Any, where: str) -> str:
     return value
 
 
+def _cluster_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _CLUSTER_NAME_RE.match(value):
+        raise ConfigError(f"{where}: invalid name {value!r}")
+    return value
+
+
 def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Config:
     """Turn a parsed ``devicetrust.yaml`` into a :class:`Config`, naming the field of any mistake."""
-    unknown = sorted(set(doc) - _KNOWN_SECTIONS)
-    if unknown:
-        raise ConfigError(f"unknown top-level field {unknown[0]!r}")
+    check_keys(doc, CONFIG_KEYS)
     version = doc.get("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
         raise ConfigError(f"version: unsupported {version!r}, expected {CONFIG_VERSION!r}")
     config = Config(source=source)
 
-    main = _section(doc, "devicetrust", {"data_dir", "storage", "log"})
+    main = _section(doc, "devicetrust")
     if "data_dir" in main:
         config = replace(config, data_dir=Path(_str(main["data_dir"], "devicetrust.data_dir")))
     if "storage" in main:
-        storage = _section(main, "storage", {"type", "path", "conn_string"})
+        storage = _section(main, "storage")
         kind = storage.get("type", "sqlite")
         if kind not in ("sqlite", "postgres"):
             raise ConfigError(f"devicetrust.storage.type: expected sqlite or postgres, got {kind!r}")
@@ -236,17 +347,15 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
             ),
         )
     if "log" in main:
-        log = _section(main, "log", {"severity"})
+        log = _section(main, "log")
         severity = str(log.get("severity", "INFO")).upper()
         if severity not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"devicetrust.log.severity: unknown level {severity!r}")
         config = replace(config, log_severity=severity)
 
-    auth = _section(doc, "auth_service", {"enabled", "listen_addr", "cluster_name", "public_addr"})
+    auth = _section(doc, "auth_service")
     if auth:
-        cluster_name = auth.get("cluster_name", DEFAULT_CLUSTER_NAME)
-        if not isinstance(cluster_name, str) or not _CLUSTER_NAME_RE.match(cluster_name):
-            raise ConfigError(f"auth_service.cluster_name: invalid name {cluster_name!r}")
+        cluster_name = _cluster_name(auth.get("cluster_name", DEFAULT_CLUSTER_NAME), "auth_service.cluster_name")
         listen = _str(auth.get("listen_addr", DEFAULT_AUTH_LISTEN_ADDR), "auth_service.listen_addr")
         split_host_port(listen, what="auth_service.listen_addr")
         public = auth.get("public_addr", [])
@@ -264,7 +373,7 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
             ),
         )
 
-    ssh = _section(doc, "ssh_service", set(_SSH_FIELDS))
+    ssh = _section(doc, "ssh_service")
     if ssh:
         labels = ssh.get("labels", {}) or {}
         if not isinstance(labels, dict) or not all(
@@ -309,21 +418,81 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
     return config
 
 
-def load_config(path: Path | None) -> Config:
-    """Read the config file (``path``, else ``$DEVICETRUST_CONFIG``); no file means all defaults."""
-    if path is None and os.environ.get(ENV_CONFIG):
-        path = Path(os.environ[ENV_CONFIG])
-    if path is None:
-        return Config()
+@dataclass(frozen=True)
+class Overrides:
+    """Settings given as flags or in the environment, which beat the file; None: not given."""
+
+    config: Path | None = None
+    data_dir: Path | None = None
+    listen_addr: str | None = None
+    cluster_name: str | None = None
+
+
+#: what an error calls a value given as a flag or in the environment
+_FLAG_NAMES = {"listen_addr": "--listen-addr", "cluster_name": "--cluster-name"}
+_ENV_NAMES = {"listen_addr": ENV_LISTEN_ADDR, "cluster_name": ENV_CLUSTER_NAME}
+
+
+def environment_settings(environ: Mapping[str, str] | None = None) -> Overrides:
+    """The daemon's ``DEVICETRUST_*`` variables (see :data:`ENVIRONMENT`); an empty one is not set."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        return env.get(name, "").strip() or None
+
+    config, data_dir = get(ENV_CONFIG), get(ENV_DATA_DIR)
+    return Overrides(
+        config=Path(config) if config else None,
+        data_dir=Path(data_dir) if data_dir else None,
+        listen_addr=get(ENV_LISTEN_ADDR),
+        cluster_name=get(ENV_CLUSTER_NAME),
+    )
+
+
+def _apply(config: Config, given: Overrides, names: Mapping[str, str]) -> Config:
+    if given.data_dir is not None:
+        config = replace(config, data_dir=given.data_dir)
+    auth = config.auth_service
+    if given.listen_addr is not None:
+        split_host_port(given.listen_addr, what=names["listen_addr"])
+        auth = replace(auth, listen_addr=given.listen_addr)
+    if given.cluster_name is not None:
+        auth = replace(auth, cluster_name=_cluster_name(given.cluster_name, names["cluster_name"]))
+    return replace(config, auth_service=auth)
+
+
+def read_config_file(path: Path) -> Config:
+    """One devicetrust.yaml; every mistake is one ConfigError line starting with the file's name."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
     try:
-        doc = load_yaml_config(data, str(path))
+        documents = load_yaml_documents(data, str(path))
     except ValidationError as err:
-        raise ConfigError(err.message) from None
-    return parse_config(doc, source=path)
+        raise ConfigError(str(err)) from None
+    if len(documents) > 1:
+        raise ConfigError(f"{path}: expected one YAML document, found {len(documents)}")
+    try:
+        return parse_config(documents[0] if documents else {}, source=path)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def load_config(
+    path: Path | None = None, *, flags: Overrides | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """The daemon's configuration: ``flags`` (``path`` is ``--config``) > environment > file > defaults.
+
+    No file (neither ``--config`` nor ``$DEVICETRUST_CONFIG``) means all defaults.
+    """
+    given = flags or Overrides()
+    if path is not None:
+        given = replace(given, config=path)
+    env = environment_settings(environ)
+    source = given.config or env.config
+    config = Config() if source is None else read_config_file(source)
+    return _apply(_apply(config, env, _ENV_NAMES), given, _FLAG_NAMES)
 
 
 def render_default_config(

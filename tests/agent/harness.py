@@ -23,7 +23,6 @@ from argon2 import PasswordHasher
 
 from devicetrust.agent.server import NodeConfig, SSHNode
 from devicetrust.auth.server import AuthServer, Caller
-from devicetrust.auth.service import mint_node_join_token
 from devicetrust.config import render_default_config
 from devicetrust.crypto import (
     CertAuthority,
@@ -34,6 +33,7 @@ from devicetrust.crypto import (
     issue_ssh_user_cert,
     private_key_to_pem,
 )
+from devicetrust.daemon import mint_node_join_token
 from devicetrust.storage import Backend
 from devicetrust.types import ClusterAuthPreference, DeviceTrustSettings, Lock, LockTarget, Role, resource_to_dict
 from tests.integration.cluster import free_port

@@ -12,9 +12,9 @@ from argon2 import PasswordHasher
 
 from devicetrust.agent.identity import NodeIdentity, load_host_key, load_identity, save_identity
 from devicetrust.auth.server import AuthServer
-from devicetrust.auth.service import node_config
 from devicetrust.config import AdminIdentity, Config, parse_config, render_default_config
 from devicetrust.crypto import generate_private_key, public_key_to_openssh
+from devicetrust.daemon import node_config
 from devicetrust.errors import ConfigError
 from devicetrust.storage import Backend
 
@@ -75,13 +75,13 @@ def test_the_node_reaches_a_local_auth_service_where_it_listens(listen: str, exp
 @pytest.mark.parametrize(
     ("ssh", "auth", "message"),
     [
-        ({"listen": "x"}, None, "ssh_service: unknown field 'listen'"),
+        ({"listen": "x"}, None, r"ssh_service\.listen: unknown key \(did you mean listen_addr\?\)"),
         ({"listen_addr": "nowhere"}, None, "ssh_service.listen_addr"),
         ({"hostname": "bad host"}, None, "ssh_service.hostname"),
         ({"auth_server": "no-port"}, None, "ssh_service.auth_server"),
         ({"join_token": "a", "token_file": "/t"}, None, "not both"),
         ({"labels": ["env"]}, None, "ssh_service.labels"),
-        ({"enabled": "yes"}, None, "ssh_service.enabled"),
+        ({"enabled": "sometimes"}, None, "ssh_service.enabled"),
     ],
 )
 def test_bad_ssh_service_fields_name_the_field(ssh: dict[str, Any], auth: dict[str, Any] | None, message: str) -> None:

@@ -1,4 +1,4 @@
-"""EK certificates: chain building to the configured CAs, and the attestation-type decision of DESIGN §5."""
+"""EK certificates: chain building to the configured CAs, and the attestation-type decision at enrollment."""
 
 from __future__ import annotations
 
@@ -227,7 +227,7 @@ def test_ek_public_matches() -> None:
         ek_public_matches(EK.cert, b"junk")
 
 
-# -- attestation type (DESIGN §5) ---------------------------------------------------------------------------------
+# -- attestation type ---------------------------------------------------------------------------------------------
 
 SPKI = _EK_KEY.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 

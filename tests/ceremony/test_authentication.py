@@ -1,4 +1,4 @@
-"""Device authentication (DESIGN §5): enrolled credential, drift checks, the proof, and the binding of the
+"""Device authentication: enrolled credential, drift checks, the proof, and the binding of the
 ceremony to its API session and to the credential the device holds when it finishes."""
 
 from __future__ import annotations

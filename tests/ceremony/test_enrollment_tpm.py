@@ -1,4 +1,4 @@
-"""TPM enrollment (DESIGN §5): EK classification, AK policy, MakeCredential/ActivateCredential, quote and event-log
+"""TPM enrollment: EK classification, AK policy, MakeCredential/ActivateCredential, quote and event-log
 verification, and the ceremony's lifetime and binding."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ exception. Mutated ``begin`` payloads may only ever raise CeremonyError / Valida
 The one field with accepted mutations is the event log, by design: it is not signed (only the PCRs it replays to
 are), so bytes the replay does not depend on (the Spec ID header's platform class / errata / UINTN size, an event's
 type label, trailing EV_NO_ACTION records, events of unquoted PCRs) may change — but an accepted log must replay to
-exactly the same measured events, an empty log is accepted and recorded as "none" (DESIGN §5), and a log that can
+exactly the same measured events, an empty log is accepted and recorded as "none", and a log that can
 no longer be read is no worse than none: accepted and recorded as "unverified" with the reason.
 """
 

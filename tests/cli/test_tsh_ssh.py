@@ -3,7 +3,8 @@
 The test nodes join the cluster through the real ``POST /v1/nodes/join`` with a token from ``tctl tokens add``, so
 ``GET /v1/nodes`` lists them and their host certificates come from the cluster's host CA. They trust the cluster's
 user CA, run commands with ``/bin/sh -c`` as the current user, and — when told to require a trusted device — reject
-session channels whose certificate lacks the teleport-device-* extensions, as the real node does (DESIGN §6, §12).
+session channels whose certificate lacks the teleport-device-* extensions, as the real node does
+(docs/architecture.md, Enforcement).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ spec:
 
 # ------------------------------------------------------------------------------------------ test node
 def has_device_extensions(key_data: bytes) -> bool:
-    """Read the raw certificate (asyncssh drops unknown extensions, DESIGN §12)."""
+    """Read the raw certificate (asyncssh drops unknown extensions)."""
     name_len = int.from_bytes(key_data[:4], "big")
     line = key_data[4 : 4 + name_len] + b" " + base64.b64encode(key_data)
     cert = load_ssh_public_identity(line)
@@ -534,6 +535,7 @@ def test_config_works_with_openssh(world: World, tmp_path: Path) -> None:
     home = world.cluster.home("alice")
     assert f"Host *.{CLUSTER} " in text
     assert "IdentitiesOnly yes" in text and "StrictHostKeyChecking yes" in text
+    assert "Match originalhost" not in text  # no enrolled device in this tsh home: nothing to prove
     known_hosts = (home / "known_hosts").read_text()
     assert known_hosts.startswith(f"@cert-authority *.{CLUSTER},")
     assert len(known_hosts.splitlines()) == 1

@@ -38,8 +38,10 @@ class Cluster:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DEVICETRUST_", "TSH_"))}
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-        # No admin identity in the default data dir: tctl without --config must fall back to the tsh profile.
-        env["DEVICETRUST_DATA_DIR"] = str(self.root / "no-data-dir")
+        if "DEVICETRUST_CONFIG" not in extra:
+            # No admin identity in the default data dir: tctl without a config must fall back to the tsh profile.
+            # (With a config, the variable would beat the file's data_dir.)
+            env["DEVICETRUST_DATA_DIR"] = str(self.root / "no-data-dir")
         env["HOME"] = str(self.root / "home")
         env.update(extra)
         return env

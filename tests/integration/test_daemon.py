@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -64,7 +65,11 @@ def test_configure_prints_a_complete_valid_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("auth_service:\n  listen: 1\n", "auth_service: unknown field 'listen'"),
+        ("auth_service:\n  listen: 1\n", "auth_service.listen: unknown key (did you mean listen_addr?)"),
+        ("auth_service:\n  listen_adr: 1\n", "auth_service.listen_adr: unknown key (did you mean listen_addr?)"),
+        ("ssh_service:\n  enabled: false\nssh_service:\n  enabled: true\n", 'line 3: duplicate key "ssh_service"'),
+        ("jamf_service:\n  inventory:\n    - filter: x\n", "jamf_service.inventory[0].filter: unknown key"),
+        ("ssh_service:\n  enabled: maybe\n", "ssh_service.enabled: expected true or false, got 'maybe'"),
         ("devicetrust:\n  storage:\n    type: mysql\n", "devicetrust.storage.type"),
         ("devicetrust:\n  storage:\n    type: postgres\n", "devicetrust.storage.conn_string"),
         ("auth_service:\n  listen_addr: nowhere\n", "auth_service.listen_addr"),
@@ -90,6 +95,21 @@ def test_bad_config_is_one_line(tmp_path: Path, text: str, message: str) -> None
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("ERROR: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_bad_environment_variable_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "devicetrust.yaml"
+    config.write_text("auth_service:\n  listen_addr: 127.0.0.1:3080\n")
+    result = subprocess.run(
+        [str(BIN / "devicetrust"), "start"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": os.environ.get("PATH", ""), "DEVICETRUST_CONFIG": str(config), "DEVICETRUST_LISTEN_ADDR": "x"},
+    )
+    assert result.returncode == 2
+    assert result.stderr == "ERROR: DEVICETRUST_LISTEN_ADDR: expected HOST:PORT, got 'x'\n"
 
 
 def test_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
@@ -102,7 +122,7 @@ def test_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     assert result.stderr == f"ERROR: {config}: line 2: not UTF-8 text (byte 0xe9); save the file as UTF-8\n"
 
 
-def test_config_keeps_yaml_1_1_booleans(tmp_path: Path) -> None:
+def test_config_booleans_take_yaml_1_1_words_while_off_stays_a_string_elsewhere(tmp_path: Path) -> None:
     config = tmp_path / "devicetrust.yaml"
     config.write_text("auth_service:\n  enabled: yes\nssh_service:\n  enabled: off\n")
     loaded = load_config(config)

@@ -269,7 +269,7 @@ def test_mode_matrix(matrix: Matrix, cluster_mode: str, role_mode: str, identity
 
 
 def test_the_matrix_expectation_itself() -> None:
-    """The oracle above, spot-checked against DESIGN §6 by hand."""
+    """The oracle above, spot-checked by hand against docs/architecture.md, Enforcement."""
     assert device_required("optional", "required", "bot")
     assert not device_required("required-for-humans", "off", "bot")
     assert device_required("off", "required-for-humans", "human-no-device")

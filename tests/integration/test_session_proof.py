@@ -191,7 +191,10 @@ def _openssh(
     world: World, env: dict[str, str], home: Path, tmp_path: Path, *args: str
 ) -> subprocess.CompletedProcess[str]:
     config = tmp_path / f"ssh_config-{home.name}"
-    config.write_text(ok(world.cluster.run("tsh", "config", env=env)) + "\n")
+    text = ok(world.cluster.run("tsh", "config", env=env))
+    # the device proof runs while ssh reads its configuration, before it loads certificate files
+    assert f"Match originalhost {world.node.hostname}," in text and "device session-cert" in text, text
+    config.write_text(text + "\n")
     env = {key: value for key, value in env.items() if key != "SSH_AUTH_SOCK"}
     argv = [require_tool("ssh"), "-F", str(config), "-o", "BatchMode=yes", *args]
     return subprocess.run(

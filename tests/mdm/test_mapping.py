@@ -1,4 +1,4 @@
-"""Jamf records -> observations (DESIGN §8), on the recorded example inventory and edge cases."""
+"""Jamf records -> observations, on the recorded example inventory and edge cases."""
 
 from __future__ import annotations
 

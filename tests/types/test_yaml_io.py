@@ -6,7 +6,7 @@ import pytest
 
 from devicetrust.errors import ValidationError
 from devicetrust.types import MAX_YAML_TEXT_CHARS, dump_yaml, load_resources, load_yaml_documents
-from devicetrust.types.yaml_io import MAX_YAML_DEPTH, MAX_YAML_NODES, load_yaml_config
+from devicetrust.types.yaml_io import MAX_YAML_DEPTH, MAX_YAML_NODES
 
 
 def load_error(text: str, source: str = "f.yaml") -> str:
@@ -210,12 +210,9 @@ def test_long_strings_are_not_folded() -> None:
     assert dump_yaml([{"v": value}]) == f"v: {value}\n"
 
 
-def test_config_loader_keeps_yaml_1_1_booleans_and_the_limits() -> None:
-    assert load_yaml_config(b"a: yes\nb: off\nc: 'on'\n", "c.yaml") == {"a": True, "b": False, "c": "on"}
-    assert load_yaml_config("# nothing\n", "c.yaml") == {}
-    with pytest.raises(ValidationError, match=r"^c\.yaml: expected one YAML document, found 2$"):
-        load_yaml_config("a: 1\n---\nb: 2\n", "c.yaml")
-    with pytest.raises(ValidationError, match=r"^c\.yaml: expected a mapping at the top level, got a list$"):
-        load_yaml_config("[1]\n", "c.yaml")
+def test_yaml_1_1_words_stay_strings_and_the_limits_hold() -> None:
+    # booleans only as true/false: "off" is a device trust mode, not False (config booleans accept yes/no/on/off)
+    assert load_yaml_documents(b"a: yes\nb: off\nc: true\n", "c.yaml") == [{"a": "yes", "b": "off", "c": True}]
+    assert load_yaml_documents("# nothing\n", "c.yaml") == []
     with pytest.raises(ValidationError, match=r"^c\.yaml: line 7: more than \d+ values once aliases are expanded"):
-        load_yaml_config(alias_bomb(10), "c.yaml")
+        load_yaml_documents(alias_bomb(10), "c.yaml")

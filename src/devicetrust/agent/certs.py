@@ -1,10 +1,11 @@
 """The one place that reaches into asyncssh's server internals (asyncssh is pinned to 2.24.x in pyproject).
 
-asyncssh keeps only the OpenSSH-defined extensions of a client certificate and silently drops the rest
-(DESIGN §12), and none of its public server hooks hands over the certificate itself: ``validate_ca_key`` gets
-only the signing key. So the node wraps, per connection, ``SSHServerConnection.validate_public_key`` (what the
-public-key user-auth handler calls with the raw key blob the client sent) to see that blob, then re-parses and
-verifies it with ``cryptography`` through :func:`devicetrust.crypto.verify_ssh_user_cert`.
+asyncssh keeps only the OpenSSH-defined extensions of a client certificate and silently drops the rest (the
+device values among them), and none of its public server hooks hands over the certificate itself:
+``validate_ca_key`` gets only the signing key. So the node wraps, per connection,
+``SSHServerConnection.validate_public_key`` (what the public-key user-auth handler calls with the raw key blob the
+client sent) to see that blob, then re-parses and verifies it with ``cryptography`` through
+:func:`devicetrust.crypto.verify_ssh_user_cert`.
 
 It also wraps ``create_agent_listener`` so agent forwarding is refused unless the session's roles allow it:
 asyncssh decides agent forwarding per server, not per user.

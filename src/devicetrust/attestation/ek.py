@@ -298,7 +298,7 @@ def evaluate_ek(
     now: datetime,
     intermediates_der: Sequence[bytes] = (),
 ) -> EKAttestation:
-    """Classify a device's endorsement per DESIGN §5:
+    """Classify a device's endorsement (docs/architecture.md, Enrollment):
 
     - CAs configured: the EK certificate must chain to one → ``tpm_ekcert_trusted``; a bare EK key, or a cert
       that does not chain, is refused.

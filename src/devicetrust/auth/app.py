@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
 import time
@@ -28,6 +27,7 @@ from devicetrust.auth.mdm import MdmService
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
 from devicetrust.ceremony.messages import ChallengeResponse, CollectedData, KeyEnrollPayload, TPMEnrollPayload
 from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
+from devicetrust.logs import request_id_var
 from devicetrust.types import Device, resource_to_dict
 
 log = logging.getLogger("devicetrust.auth.http")
@@ -42,8 +42,6 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 #: Paths agents call on a timer; logged at DEBUG when they succeed.
 _ROUTINE_PATHS = frozenset({"/v1/nodes/state", "/v1/nodes/heartbeat"})
-
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],

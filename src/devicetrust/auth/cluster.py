@@ -13,9 +13,9 @@ from devicetrust import __version__
 from devicetrust.auth.context import CAP_KIND, CAP_NAME, RES_CERT_AUTHORITY, RES_ROLE, AuthContext
 from devicetrust.crypto import CA_KINDS, CertAuthority, issue_tls_server_cert
 from devicetrust.errors import ConfigError
+from devicetrust.storage import CLUSTER_NAME_KEY
 from devicetrust.types import default_cluster_auth_preference, preset_roles, resource_to_dict
 
-CLUSTER_NAME_KEY = "cluster_name"
 TLS_CERT_TTL = timedelta(days=365)
 #: Backdating absorbs small clock differences between the auth server and nodes.
 CERT_BACKDATE = timedelta(minutes=1)

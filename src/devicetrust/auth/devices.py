@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from devicetrust.auth import events
+from devicetrust import audit as events
 from devicetrust.auth.parsing import parse_stored
 from devicetrust.auth.secrets import hash_token, new_token
 from devicetrust.ceremony.ceremonies import (
@@ -48,6 +48,7 @@ from devicetrust.crypto import (
     verify_ssh_user_cert,
 )
 from devicetrust.errors import AccessDeniedError, AlreadyExistsError, NotFoundError, TrustError, ValidationError
+from devicetrust.storage import DEVICE_ENROLL_TOKEN_KIND as TOKEN_KIND
 from devicetrust.storage import DeviceRecord, Store
 from devicetrust.types import (
     MAX_COLLECTED_RECORDS,
@@ -63,8 +64,7 @@ if TYPE_CHECKING:
     from devicetrust.auth.context import AuthContext, Caller
 
 RES_DEVICE = "device"
-TOKEN_KIND = "device_enroll"
-#: Enrollment tokens last an hour unless asked otherwise (DESIGN §5), at most a week.
+#: Enrollment tokens last an hour unless asked otherwise, at most a week.
 DEFAULT_ENROLL_TOKEN_TTL = timedelta(hours=1)
 MAX_ENROLL_TOKEN_TTL = timedelta(days=7)
 DEFAULT_PAGE_SIZE = 100

@@ -8,7 +8,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 
-from devicetrust.auth import events
+from devicetrust import audit as events
 from devicetrust.auth.context import (
     BOT_USER_PREFIX,
     RES_BOT,

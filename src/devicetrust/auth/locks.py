@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from devicetrust.auth import events
+from devicetrust import audit as events
 from devicetrust.auth.context import RES_LOCK, AuthContext, Caller
 from devicetrust.auth.devices import parse_lock
 from devicetrust.errors import AccessDeniedError

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from devicetrust.auth import events
+from devicetrust import audit as events
 from devicetrust.auth.cluster import ClusterService
 from devicetrust.auth.context import (
     CAP_KIND,

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-#: 32 random bytes — the size DESIGN §5 asks for tokens; urlsafe base64 makes them 43 characters.
+#: 32 random bytes (docs/architecture.md, Tokens); urlsafe base64 makes them 43 characters.
 TOKEN_BYTES = 32
 
 

@@ -15,8 +15,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from cryptography import x509
 
+from devicetrust import audit as events
 from devicetrust.access import AccessChecker
-from devicetrust.auth import events
 from devicetrust.auth.cluster import CERT_BACKDATE
 from devicetrust.auth.context import BOT_USER_PREFIX, RES_BOT, RES_ROLE, AuthContext, Caller, parse_as
 from devicetrust.auth.locks import require_unlocked

@@ -1,4 +1,4 @@
-"""The server side of enrollment and device authentication as I/O-free steps (DESIGN §5).
+"""The server side of enrollment and device authentication as I/O-free steps (docs/architecture.md, Ceremonies).
 
 ``begin_*`` takes the registered device and what the device sent, checks everything that can be checked before
 the device proves anything, and returns the pending state to store plus the challenge to send. ``finish_*``
@@ -45,9 +45,9 @@ from devicetrust.ceremony.messages import (
 )
 from devicetrust.types import Device, DeviceCredential, DeviceTrustSettings
 
-#: A ceremony must finish within a minute of its begin (DESIGN §5).
+#: A ceremony must finish within a minute of its begin.
 CEREMONY_TTL = timedelta(seconds=60)
-#: TPM quote nonces: 20 bytes (the anchor's size); software/Secure Enclave challenges: 32 bytes.
+#: TPM quote nonces: 20 bytes (as Teleport's); software/Secure Enclave challenges: 32 bytes.
 NONCE_BYTES = 20
 CHALLENGE_BYTES = 32
 #: The credential secret wrapped by MakeCredential.

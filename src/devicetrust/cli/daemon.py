@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -12,10 +11,10 @@ from devicetrust import __version__
 from devicetrust.cli.common import DevicetrustGroup
 from devicetrust.config import (
     DEFAULT_CLUSTER_NAME,
-    AuthServiceConfig,
+    Overrides,
+    environment_settings,
     load_config,
     render_default_config,
-    split_host_port,
 )
 from devicetrust.errors import ConfigError
 from devicetrust.logs import configure_json_logging
@@ -28,36 +27,34 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path), help="Path to devicetrust.yaml.")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Override devicetrust.data_dir.")
-@click.option("--listen-addr", help="Override auth_service.listen_addr (HOST:PORT).")
-@click.option("--cluster-name", help="Override auth_service.cluster_name (first start only).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Path to devicetrust.yaml (env: DEVICETRUST_CONFIG).",
+)
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), help="Override devicetrust.data_dir (env: DEVICETRUST_DATA_DIR)."
+)
+@click.option("--listen-addr", help="Override auth_service.listen_addr, HOST:PORT (env: DEVICETRUST_LISTEN_ADDR).")
+@click.option(
+    "--cluster-name", help="Override auth_service.cluster_name, first start only (env: DEVICETRUST_CLUSTER_NAME)."
+)
 def start(config_path: Path | None, data_dir: Path | None, listen_addr: str | None, cluster_name: str | None) -> None:
     """Start the services enabled in the config (default: auth on 127.0.0.1:3080 with SQLite, an SSH node on
-    127.0.0.1:3022)."""
-    config = load_config(config_path)
-    if data_dir:
-        config = replace(config, data_dir=data_dir)
-    if listen_addr or cluster_name:
-        if listen_addr:
-            split_host_port(listen_addr, what="--listen-addr")
-        auth = config.auth_service
-        config = replace(
-            config,
-            auth_service=AuthServiceConfig(
-                enabled=auth.enabled,
-                listen_addr=listen_addr or auth.listen_addr,
-                cluster_name=cluster_name or auth.cluster_name,
-                public_addrs=auth.public_addrs,
-            ),
-        )
+    127.0.0.1:3022). Flags beat DEVICETRUST_* variables, which beat the file."""
+    config = load_config(
+        config_path,
+        flags=Overrides(data_dir=data_dir, listen_addr=listen_addr or None, cluster_name=cluster_name or None),
+    )
     if not config.auth_service.enabled and not config.ssh_service.enabled and not config.jamf_service:
         raise ConfigError("nothing to run: auth_service and ssh_service are both disabled")
     if config.ssh_service.enabled:
         config.node_auth_server()  # a remote-only node must name its auth service
     # Imported late (the web and SSH stacks are only needed to serve), and before logging is configured: the JSON
     # formatter reads the request id from the web app, which must not be half-imported when a library logs.
-    from devicetrust.auth.service import run_services
+    from devicetrust.daemon import run_services
 
     configure_json_logging(config.log_severity)
     run_services(config)
@@ -74,7 +71,10 @@ def configure(
 ) -> None:
     """Print a complete default devicetrust.yaml."""
     text = render_default_config(
-        cluster_name=cluster_name, data_dir=data_dir, listen_addr=listen_addr, ssh_listen_addr=ssh_listen_addr
+        cluster_name=cluster_name,
+        data_dir=data_dir or environment_settings().data_dir,
+        listen_addr=listen_addr,
+        ssh_listen_addr=ssh_listen_addr,
     )
     if output:
         output.write_text(text)

@@ -13,10 +13,8 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import click
-import yaml
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -52,11 +50,7 @@ def load_jamf_service_config(path: Path | None) -> tuple[JamfServiceConfig, str]
     config = load_config(path)
     if config.source is None:
         raise ConfigError("no config file: pass --config devicetrust.yaml (or set DEVICETRUST_CONFIG)")
-    try:
-        doc: Any = yaml.safe_load(config.source.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:  # load_config read it a moment ago; report, do not trace
-        raise ConfigError(f"cannot read {config.source}: {err}") from None
-    jamf_config = parse_jamf_service_config(doc.get(SECTION) if isinstance(doc, dict) else None)
+    jamf_config = parse_jamf_service_config(config.jamf_service)
     if not jamf_config.enabled:
         raise ConfigError(f"{SECTION} is not enabled in {config.source} (set {SECTION}.enabled: true)")
     return jamf_config, config.storage_url

@@ -34,7 +34,7 @@ from devicetrust.cli.common import (
 )
 from devicetrust.cli.profile import ProfileStore
 from devicetrust.client import AuthClient
-from devicetrust.config import ENV_CONFIG, AdminIdentity, load_config
+from devicetrust.config import AdminIdentity, load_config
 from devicetrust.crypto import fingerprint_sha256, load_public_key
 from devicetrust.errors import AlreadyExistsError, ConfigError, DevicetrustError, NotFoundError, ValidationError
 from devicetrust.types import (
@@ -60,8 +60,8 @@ class Context:
         return self._client
 
     def _connect(self) -> AuthClient:
-        explicit = self.config_path is not None or bool(os.environ.get(ENV_CONFIG))
         config = load_config(self.config_path)
+        explicit = config.source is not None
         path = config.admin_identity_path
         if path.exists() or explicit:
             try:

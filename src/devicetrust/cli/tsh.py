@@ -36,7 +36,8 @@ from devicetrust.crypto import (
     ssh_cert_extension_names,
 )
 from devicetrust.device.collect import collect
-from devicetrust.device.keys import BACKENDS, DeviceKey, UnsafeSoftwareKey, default_backend, open_device_key
+from devicetrust.device.device_key import DeviceKey
+from devicetrust.device.keys import BACKENDS, UnsafeSoftwareKey, default_backend, open_device_key
 from devicetrust.errors import AlreadyExistsError, DevicetrustError, TrustError, ValidationError
 from devicetrust.files import write_atomic
 from devicetrust.types import SESSION_PROOF_PER_SESSION, os_display_name

@@ -658,7 +658,8 @@ def render_ssh_config(store: ProfileStore, profile: Profile, nodes: Sequence[Nod
             continue
         seen[node.hostname] = node.host_id
         unique.append(node)
-    if wants_session_proof(profile):
+    # only where this tsh home holds an enrolled device: anywhere else the proof could only fail, on every ssh
+    if wants_session_proof(profile) and enrolled_backend(store) is not None:
         lines += [
             "# Each connection first proves this device: the session certificate it yields is offered first.",
             "",

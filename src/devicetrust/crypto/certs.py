@@ -1,8 +1,8 @@
 """Issuing and verifying SSH and X.509 certificates. Pure: time is passed in, nothing is read or written.
 
-Device trust rests on one rule (DESIGN §4, §10): a certificate is device-verified only if it chains to the
-user CA *and* carries all three device values. Verification therefore returns ``device=None`` whenever any
-of them is missing, and raises :class:`TrustError` for everything else that is wrong.
+Device trust rests on one rule (docs/architecture.md, Certificates): a certificate is device-verified only if it
+chains to the user CA *and* carries all three device values. Verification therefore returns ``device=None``
+whenever any of them is missing, and raises :class:`TrustError` for everything else that is wrong.
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ class Identity:
         return self.bot_name is not None
 
     def with_device(self, device: DeviceExtensions) -> Identity:
-        """The device-augmented copy. Refuses an identity that already carries device data (DESIGN §4)."""
+        """The device-augmented copy. Refuses an identity that already carries device data."""
         if self.device is not None:
             raise ValidationError("identity already carries device extensions; refusing to augment it again")
         return dataclasses.replace(self, device=device)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,8 @@ from devicetrust.ceremony.messages import (
     TPMEnrollPayload,
 )
 from devicetrust.crypto import generate_private_key, load_private_key_pem, private_key_to_pem
-from devicetrust.errors import DevicetrustError, ValidationError
+from devicetrust.device.device_key import DeviceKey, DeviceKeyError
+from devicetrust.errors import ValidationError
 from devicetrust.files import write_atomic
 
 ENV_TPM_TCTI = "DEVICETRUST_TPM_TCTI"
@@ -38,48 +37,6 @@ DEFAULT_TPM_TCTI = "device:/dev/tpmrm0"
 #: Where Linux exposes the firmware's TCG event log (root-only on most distributions).
 LINUX_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 BACKENDS = ("tpm", "secure-enclave", "unsafe-software")
-
-
-class DeviceKeyError(DevicetrustError):
-    kind = "device_key"
-
-
-class DeviceKey(ABC):
-    """One device credential: enrolls it, then proves possession of it."""
-
-    #: the backend's name, as ``--device-key`` takes it
-    name: str
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-
-    def credential_id(self) -> str:
-        """A stable random id for this credential, created with it."""
-        path = self.state_dir / f"{self.name}.credential-id"
-        if path.exists():
-            return path.read_text().strip()
-        credential_id = str(uuid.uuid4())
-        write_atomic(path, credential_id.encode())
-        return credential_id
-
-    @abstractmethod
-    def enroll_payload(self) -> dict[str, Any]:
-        """The ``tpm`` or ``key`` part of an enrollment begin."""
-
-    @abstractmethod
-    def answer_enrollment(self, challenge: Challenge) -> ChallengeResponse: ...
-
-    @abstractmethod
-    def answer_authentication(self, challenge: Challenge) -> ChallengeResponse: ...
-
-    def close(self) -> None:
-        return None
-
-    def __enter__(self) -> DeviceKey:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 class UnsafeSoftwareKey(DeviceKey):

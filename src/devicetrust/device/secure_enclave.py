@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicetrust.ceremony.messages import Challenge, ChallengeResponse, KeyEnrollPayload
-from devicetrust.device.keys import DeviceKey, DeviceKeyError
+from devicetrust.device.device_key import DeviceKey, DeviceKeyError
 
-#: Keychain application tag of the device key (one per macOS user, like the anchor's).
+#: Keychain application tag of the device key (one per macOS user, like Teleport's).
 KEY_TAG = b"dev.devicetrust.device-key"
 
 

@@ -1,4 +1,4 @@
-"""MDM inventory sync (DESIGN §8): registers the devices an MDM knows about; never enrolls them.
+"""MDM inventory sync (docs/architecture.md, MDM sync): registers the devices an MDM knows about; never enrolls them.
 
 ``diff`` is the pure core (inventory observations vs stored devices -> what to write, what is missing);
 ``sink`` the narrow interface the sync writes through (in-process against the Backend, or remote);

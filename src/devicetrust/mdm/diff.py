@@ -321,7 +321,7 @@ class Verdict:
 
 
 def decide_missing(device: StoredDevice, recheck: Recheck) -> Verdict:
-    """DESIGN §8: 404 -> delete; serial or platform mismatch -> delete; error -> keep."""
+    """Gone from the MDM (404) -> delete; now another serial or platform -> delete; the re-check failed -> keep."""
     if isinstance(recheck, Gone):
         return Verdict(True, "no longer in the MDM")
     if isinstance(recheck, Unknown):

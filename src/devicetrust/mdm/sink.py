@@ -20,7 +20,7 @@ Audit, in the same transaction as the change: ``device.create``/``device.update`
 ``jamf_service:<name>`` with ``source: {name, origin: jamf}`` — one event per device, or one event listing them
 all when a batch changes more than AUDIT_PER_DEVICE_LIMIT devices of a kind (a first import of 100k devices would
 otherwise spend most of its time appending audit rows one at a time) — and one ``mdm.sync`` event per sync. Names
-and codes come from :mod:`devicetrust.auth.events` (constants only); MDM_SYNC is defined here until it moves there.
+and codes come from :mod:`devicetrust.audit`, as the auth service's do.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
-from devicetrust.auth import events
+from devicetrust import audit as events
 from devicetrust.errors import ConflictError, ConnectionFailedError, NotFoundError
 from devicetrust.mdm.diff import (
     Action,
@@ -47,16 +47,20 @@ from devicetrust.mdm.diff import (
     reconcile,
     spec_fingerprint,
 )
-from devicetrust.storage import MAX_PAGE_SIZE, Backend, DeviceRecord, DeviceUpsert, Store
+from devicetrust.storage import (
+    CLUSTER_NAME_KEY,
+    DEVICE_ENROLL_TOKEN_KIND,
+    MAX_PAGE_SIZE,
+    Backend,
+    DeviceRecord,
+    DeviceUpsert,
+    Store,
+)
 from devicetrust.types import DeviceSource, os_display_name
 
 __all__ = [
     "AUDIT_PER_DEVICE_LIMIT",
-    "CLUSTER_NAME_KEY",
-    "DEVICE_ENROLL_TOKEN_KIND",
     "MAX_APPLY_ATTEMPTS",
-    "MDM_SYNC",
-    "MDM_SYNC_FAILURE",
     "SCAN_PAGE_SIZE",
     "STATE_KEY_PREFIX",
     "ApplyResult",
@@ -71,9 +75,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-#: the summary of one sync (counts, duration); W: the sync failed. To move to devicetrust.auth.events.
-MDM_SYNC: Final = ("mdm.sync", "TMDM001I")
-MDM_SYNC_FAILURE: Final = ("mdm.sync", "TMDM001W")
 #: batches with more changes of one kind than this get one event listing them all instead of one per device
 AUDIT_PER_DEVICE_LIMIT = 100
 #: rows per scan page (the storage layer's largest page)
@@ -82,10 +83,6 @@ SCAN_PAGE_SIZE = MAX_PAGE_SIZE
 MAX_APPLY_ATTEMPTS = 3
 #: where the sync keeps its state in the cluster key/value store
 STATE_KEY_PREFIX = "mdm/"
-#: the auth service's cluster key/value entries this module reads (see devicetrust.auth.cluster)
-CLUSTER_NAME_KEY = "cluster_name"
-#: enrollment tokens of a deleted device go with it (as tctl devices rm does)
-DEVICE_ENROLL_TOKEN_KIND = "device_enroll"
 
 
 def audit_user(source: DeviceSource) -> str:
@@ -444,7 +441,7 @@ class BackendSink:
             store.cluster.set(STATE_KEY_PREFIX + key, value)
 
     def _record_sync(self, report: SyncReport) -> None:
-        event = MDM_SYNC if report.error is None else MDM_SYNC_FAILURE
+        event = events.MDM_SYNC if report.error is None else events.MDM_SYNC_FAILURE
         source = DeviceSource(report.source, report.origin)
         with self._backend.begin() as store:
             self._audit(store, event, audit_user(source), report.error is None, **report.audit_body())

@@ -1,4 +1,4 @@
-"""Storage: SQLAlchemy Core over SQLite or PostgreSQL, Alembic migrations, repositories (DESIGN §9).
+"""Storage: SQLAlchemy Core over SQLite or PostgreSQL, Alembic migrations, repositories (docs/architecture.md, Storage).
 
 Stores plain values (str, bytes, datetimes, JSON bodies) and knows nothing of ``devicetrust.types``::
 
@@ -22,7 +22,9 @@ from devicetrust.storage.records import (
     UserRecord,
 )
 from devicetrust.storage.repositories import (
+    CLUSTER_NAME_KEY,
     DEFAULT_PAGE_SIZE,
+    DEVICE_ENROLL_TOKEN_KIND,
     INVALID_PAGE_TOKEN_MESSAGE,
     INVALID_PENDING_MESSAGE,
     INVALID_SESSION_MESSAGE,
@@ -46,7 +48,9 @@ from devicetrust.storage.repositories import (
 )
 
 __all__ = [
+    "CLUSTER_NAME_KEY",
     "DEFAULT_PAGE_SIZE",
+    "DEVICE_ENROLL_TOKEN_KIND",
     "INVALID_PAGE_TOKEN_MESSAGE",
     "INVALID_PENDING_MESSAGE",
     "INVALID_SESSION_MESSAGE",

@@ -39,7 +39,9 @@ from devicetrust.storage.records import (
 )
 
 __all__ = [
+    "CLUSTER_NAME_KEY",
     "DEFAULT_PAGE_SIZE",
+    "DEVICE_ENROLL_TOKEN_KIND",
     "INVALID_PAGE_TOKEN_MESSAGE",
     "INVALID_PENDING_MESSAGE",
     "INVALID_SESSION_MESSAGE",
@@ -72,6 +74,10 @@ MAX_PAGE_SIZE = 1000
 STREAM_CHUNK_SIZE = 1000
 
 SESSION_KINDS = ("user", "bot", "admin", "node", "mdm")
+#: the cluster key/value entry holding the cluster's name (set at the first start)
+CLUSTER_NAME_KEY = "cluster_name"
+#: the token kind of a device's enrollment token; the auth service mints it, a device's removal deletes it
+DEVICE_ENROLL_TOKEN_KIND = "device_enroll"
 
 # One message per family, whatever failed (missing, expired, wrong kind): nothing to learn from it.
 INVALID_TOKEN_MESSAGE = "invalid token"

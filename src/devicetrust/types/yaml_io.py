@@ -105,13 +105,6 @@ _StrictLoader.yaml_implicit_resolvers = {
 _StrictLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
-class _ConfigLoader(_StrictLoader):
-    """The same limits and duplicate-key check, with YAML 1.1 booleans: config files are written for them."""
-
-
-_ConfigLoader.yaml_implicit_resolvers = yaml.SafeLoader.yaml_implicit_resolvers
-
-
 def _decode(data: bytes, source: str) -> str:
     try:
         return data.decode("utf-8-sig")
@@ -142,20 +135,6 @@ def load_yaml_documents(text: str | bytes, source: str = "<input>") -> list[dict
             raise ValidationError(f"{source}: document {number}: expected a mapping, got {describe(document)}")
         documents.append(document)
     return documents
-
-
-def load_yaml_config(text: str | bytes, source: str) -> dict[str, Any]:
-    """A config file: one mapping (empty if the file is), YAML 1.1 booleans as in ``yaml.safe_load``, the same
-    limits and errors as :func:`load_yaml_documents`."""
-    documents = _load(text, source, _ConfigLoader)
-    if len(documents) > 1:
-        raise ValidationError(f"{source}: expected one YAML document, found {len(documents)}")
-    document = documents[0] if documents else None
-    if document is None:
-        return {}
-    if not isinstance(document, dict):
-        raise ValidationError(f"{source}: expected a mapping at the top level, got {describe(document)}")
-    return document
 
 
 def _load(text: str | bytes, source: str, loader_class: type[_StrictLoader]) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Jamf Pro inventory sync: config, API client, sync engine and service (DESIGN §8).
+"""Jamf Pro inventory sync: config, API client, sync engine and service (docs/architecture.md, MDM sync).
 
 What the daemon calls (see :mod:`devicetrust.mdm.jamf.service` for the full recipe)::
 

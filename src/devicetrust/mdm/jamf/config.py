@@ -38,7 +38,13 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from devicetrust.config import split_host_port
+from devicetrust.config import (
+    JAMF_INVENTORY_KEYS,
+    JAMF_SERVICE_KEYS,
+    config_bool,
+    split_host_port,
+    unknown_key_error,
+)
 from devicetrust.errors import ConfigError
 from devicetrust.types import parse_duration
 
@@ -70,7 +76,7 @@ COMPUTERS: Final = "computers"
 MOBILE_DEVICES: Final = "mobile_devices"
 INVENTORY_KINDS = (COMPUTERS, MOBILE_DEVICES)
 InventoryKind = Literal["computers", "mobile_devices"]
-#: DESIGN §8: only devices Jamf manages, unless the admin says otherwise
+#: only devices Jamf manages, unless the admin says otherwise
 DEFAULT_COMPUTER_FILTER = "general.remoteManagement.managed==true"
 #: the mobile-device inventory names its fields flat
 DEFAULT_MOBILE_FILTER = "managed==true"
@@ -93,25 +99,8 @@ MAX_SECRET_BYTES = 4096
 MAX_FILTER_CHARS = 2048
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_TOP_FIELDS = frozenset(
-    {
-        "enabled",
-        "name",
-        "api_endpoint",
-        "client_id",
-        "client_secret_file",
-        "username",
-        "password_file",
-        "ca_file",
-        "sync_delay",
-        "inventory",
-        "auth_server",
-        "join_token",
-        "token_file",
-        "auth_ca_file",
-    }
-)
-_ENTRY_FIELDS = frozenset({"kind", "filter_rsql", "sync_period_partial", "sync_period_full", "on_missing", "page_size"})
+_TOP_FIELDS = JAMF_SERVICE_KEYS
+_ENTRY_FIELDS = JAMF_INVENTORY_KEYS
 
 
 @dataclass(frozen=True)
@@ -305,11 +294,9 @@ def _credentials(section: Mapping[str, Any]) -> Credentials:
 def _entry(value: object, index: int) -> InventoryEntry:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{_where('inventory', index)}: expected a mapping, got {value!r}")
-    unknown = sorted(set(value) - _ENTRY_FIELDS)
+    unknown = [key for key in value if key not in _ENTRY_FIELDS]
     if unknown:
-        raise ConfigError(
-            f"{_where('inventory', index)}: unknown field {unknown[0]!r} (known: {', '.join(sorted(_ENTRY_FIELDS))})"
-        )
+        raise unknown_key_error(_where("inventory", index), unknown[0], _ENTRY_FIELDS)
     kind = value.get("kind", COMPUTERS)
     if kind not in INVENTORY_KINDS:
         raise ConfigError(
@@ -361,12 +348,10 @@ def parse_jamf_service_config(section: Mapping[str, Any] | None) -> JamfServiceC
         return JamfServiceConfig()
     if not isinstance(section, Mapping):
         raise ConfigError(f"{SECTION}: expected a mapping")
-    unknown = sorted(set(section) - _TOP_FIELDS)
+    unknown = [key for key in section if key not in _TOP_FIELDS]
     if unknown:
-        raise ConfigError(f"{SECTION}: unknown field {unknown[0]!r} (known: {', '.join(sorted(_TOP_FIELDS))})")
-    enabled = section.get("enabled", False)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"{_where('enabled')}: expected true or false, got {enabled!r}")
+        raise unknown_key_error(SECTION, unknown[0], _TOP_FIELDS)
+    enabled = config_bool(section.get("enabled", False), _where("enabled"))
     if not enabled:
         return JamfServiceConfig()
     name = section.get("name", DEFAULT_SERVICE_NAME)

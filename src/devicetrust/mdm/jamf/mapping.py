@@ -1,4 +1,4 @@
-"""Jamf inventory records -> :class:`~devicetrust.mdm.diff.Observation` (DESIGN §8). Pure.
+"""Jamf inventory records -> :class:`~devicetrust.mdm.diff.Observation`. Pure.
 
 Computers (``/api/v{1,2}/computers-inventory``)::
 

@@ -1,4 +1,5 @@
-"""Audit event names and codes (DESIGN §7). Codes follow the anchor where it defines them."""
+"""Audit event names and codes, shared by every writer of audit events (the auth service, the MDM sync);
+see docs/architecture.md, Audit events. Codes follow Teleport's where it defines them."""
 
 from __future__ import annotations
 
@@ -31,3 +32,6 @@ DEVICE_AUTHENTICATE: Final = ("device.authenticate", "TV006I")
 DEVICE_UPDATE: Final = ("device.update", "TV007I")
 LOCK_CREATE: Final = ("lock.created", "TLK00I")
 LOCK_DELETE: Final = ("lock.deleted", "TLK01I")
+#: the summary of one MDM sync (counts, duration); W: the sync failed
+MDM_SYNC: Final = ("mdm.sync", "TMDM001I")
+MDM_SYNC_FAILURE: Final = ("mdm.sync", "TMDM001W")
