@@ -179,6 +179,30 @@ def test_ttl_flag_and_cap(cluster: Cluster) -> None:
     assert "--ttl" in one_line_error(cluster.tsh("ttl-user", "login", "--ttl=soon", "--password-stdin", input=PASSWORD))
 
 
+def test_cli_errors_name_the_flags_the_auth_service_does_not(cluster: Cluster, tmp_path: Path) -> None:
+    assert (
+        one_line_error(cluster.tctl("tokens", "add", "--type=x"))
+        == "ERROR: --type: expected one of node, db, kube, mdm, got 'x'"
+    )
+    assert (
+        one_line_error(cluster.tctl("tokens", "add", "--type=node", "--ttl=169h"))
+        == "ERROR: --ttl must be at most 7 days"
+    )
+    assert "--ttl must be at most 7 days" in one_line_error(
+        cluster.tctl("bots", "add", "b", "--roles=access", "--ttl=169h")
+    )
+    assert "at least one role is required (--roles)" in one_line_error(cluster.tctl("users", "add", "u", "--roles=,"))
+    assert "(--set-roles)" in one_line_error(cluster.tctl("users", "update", "u", "--set-roles=,"))
+    short = cluster.tsh("nobody", "login", f"--proxy={cluster.proxy}", "--user=nobody", "--ttl=30s")
+    assert one_line_error(short) == "ERROR: --ttl must be at least 1 minute"
+    # --force overwrites neither a lock nor anything else it cannot: no hint to use it there.
+    lock = tmp_path / "lock.yaml"
+    lock.write_text("kind: lock\nversion: v2\nmetadata:\n  name: flag-lock\nspec:\n  target:\n    user: nobody\n")
+    ok(cluster.tctl("create", "-f", str(lock)))
+    again = one_line_error(cluster.tctl("create", "-f", str(lock)))
+    assert 'lock "flag-lock" already exists' in again and "--force" not in again
+
+
 def test_seed_role_create_force_and_user_update(cluster: Cluster, tmp_path: Path) -> None:
     cluster.signup_and_login("carol", logins="carol")
     # The seed's role is also a preset: applying it verbatim succeeds without a change.

@@ -61,7 +61,7 @@ from devicetrust.types import (
 )
 
 if TYPE_CHECKING:
-    from devicetrust.auth.server import AuthServer, Caller
+    from devicetrust.auth.context import AuthContext, Caller
 
 RES_DEVICE = "device"
 #: Enrollment tokens last an hour unless asked otherwise, at most a week.
@@ -112,19 +112,19 @@ def _bounded(ttl: timedelta | None) -> timedelta:
 
 
 class DeviceService:
-    def __init__(self, server: AuthServer) -> None:
-        self.server = server
+    def __init__(self, context: AuthContext) -> None:
+        self.context = context
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
     def _backend(self) -> Any:
-        return self.server.backend
+        return self.context.backend
 
     def _now(self) -> datetime:
-        return self.server.clock()
+        return self.context.clock()
 
     def _audit(self, store: Store, event: tuple[str, str], user: str, success: bool, **body: Any) -> None:
-        self.server.audit(store, event, user, success, **body)
+        self.context.audit(store, event, user, success, **body)
 
     def _save(self, store: Store, device: Device, *, expected_revision: int | None = None) -> Device:
         device = replace(device, update_time=self._now())
@@ -141,7 +141,7 @@ class DeviceService:
         return device
 
     def _settings(self) -> DeviceTrustSettings:
-        return self.server.auth_preference().device_trust
+        return self.context.auth_preference().device_trust
 
     # -------------------------------------------------------------------------------------- inventory
     def add(
@@ -192,8 +192,7 @@ class DeviceService:
             caller.check(RES_DEVICE, "update")
             if not force:
                 raise AlreadyExistsError(
-                    f'device "{device.asset_tag}"/{os_display_name(device.os_type)} already exists; '
-                    "use --force to overwrite it"
+                    f'device "{device.asset_tag}"/{os_display_name(device.os_type)} already exists'
                 )
             current = device_from_record(existing)
             if (current.os_type, current.asset_tag) != (device.os_type, device.asset_tag):
@@ -454,7 +453,7 @@ class DeviceService:
         reason = ""
         # One transaction: everything read, the pure checks, and the pending ceremony written together.
         with self._backend.begin() as store:
-            settings = self.server.auth_preference_in(store).device_trust
+            settings = self.context.auth_preference_in(store).device_trust
             role_modes = [r.options.device_trust_mode for r in caller.roles if r.options.device_trust_mode]
             if all(mode == "off" for mode in [settings.mode, *role_modes]):
                 raise CeremonyError(TRUST_DISABLED)
@@ -495,7 +494,7 @@ class DeviceService:
 
     def _verified_login_cert(self, caller: Caller, ssh_cert: bytes) -> Identity:
         """The caller's own login certificate (device-augmented or not; never a session certificate)."""
-        identity = verify_ssh_user_cert(ssh_cert, [self.server.user_ca.ssh_public_key()], self._now())
+        identity = verify_ssh_user_cert(ssh_cert, [self.context.user_ca.ssh_public_key()], self._now())
         if identity.username != caller.name:
             raise TrustError("the certificate does not belong to the logged-in user")
         if identity.session_proof is not None:
@@ -524,7 +523,7 @@ class DeviceService:
                     raise CeremonyError("unknown or expired device ceremony") from None
                 record = store.devices.find(raw.subject)
                 locks = [parse_lock(r.body) for r in store.locks.list(now)]
-                settings = self.server.auth_preference_in(store).device_trust
+                settings = self.context.auth_preference_in(store).device_trust
         if foreign:
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, None, "ceremony belongs to another user")
             raise CeremonyError("unknown or expired device ceremony")
@@ -560,8 +559,8 @@ class DeviceService:
             login_identity = replace(self._verified_login_cert(caller, ssh_cert), device=None)
             augmented = login_identity.for_session(extensions, session_proof)
         public_key = require_p256_public_key(load_ssh_certificate(ssh_cert).public_key(), "certificate key")
-        new_ssh = issue_ssh_user_cert(self.server.user_ca, public_key, augmented)
-        new_tls = issue_x509_client_cert(self.server.user_ca, public_key, augmented)
+        new_ssh = issue_ssh_user_cert(self.context.user_ca, public_key, augmented)
+        new_tls = issue_x509_client_cert(self.context.user_ca, public_key, augmented)
         with self._backend.begin() as store:
             current = device_from_record(store.devices.get(device.id))
             history = [*current.collected_data[1:], self._record(pending, proof, now)]

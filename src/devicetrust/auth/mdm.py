@@ -18,8 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from devicetrust.auth.context import AuthContext
 from devicetrust.auth.secrets import hash_token, new_token
 from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
 from devicetrust.mdm.api_sink import (
@@ -35,7 +36,7 @@ from devicetrust.mdm.sink import BackendSink
 from devicetrust.types import DeviceSource
 
 if TYPE_CHECKING:
-    from devicetrust.auth.server import AuthServer, Caller
+    from devicetrust.auth.context import Caller
 
 __all__ = ["MDM_JOIN", "MDM_SESSION_TTL", "MdmService"]
 
@@ -51,18 +52,24 @@ MAX_STATE_VALUE_CHARS: Final = 4096
 STATE_NAMESPACE: Final = "agent"
 
 
+class CarriesAuthContext(Protocol):
+    @property
+    def context(self) -> AuthContext: ...
+
+
 class MdmService:
-    def __init__(self, server: AuthServer) -> None:
-        self.server = server
-        self.sink = BackendSink(server.backend, audit=server.audit, clock=server.clock)
+    def __init__(self, context: AuthContext | CarriesAuthContext) -> None:
+        # Also built from the AuthServer facade, which carries the context its services share.
+        self.context = context if isinstance(context, AuthContext) else context.context
+        self.sink = BackendSink(self.context.backend, audit=self.context.audit, clock=self.context.clock)
 
     # -- join -------------------------------------------------------------------------------------------------
     def join(self, token: str, name: str) -> dict[str, Any]:
         if not _NAME_RE.fullmatch(name):
             raise ValidationError(f"name: {name!r} is not a valid source name (1-64 letters, digits, '.', '_', '-')")
-        server = self.server
-        now = server.clock()
-        with server.backend.begin() as store:
+        context = self.context
+        now = context.clock()
+        with context.backend.begin() as store:
             try:
                 store.tokens.consume(hash_token(token), MDM_TOKEN_KIND, now)
             except NotFoundError:
@@ -72,10 +79,10 @@ class MdmService:
         if failure:
             raise AuthenticationError("invalid or expired mdm join token")
         session = new_token()
-        with server.backend.begin() as store:
+        with context.backend.begin() as store:
             store.sessions.create(hash_token(session), name, "mdm", {"source": name}, now + MDM_SESSION_TTL)
-            server.audit(store, MDM_JOIN, f"mdm:{name}", True, source=name)
-        return {"session_token": session, "cluster_name": server.cluster_name}
+            context.audit(store, MDM_JOIN, f"mdm:{name}", True, source=name)
+        return {"session_token": session, "cluster_name": context.cluster_name}
 
     # -- the sink's operations, limited to the caller's source -----------------------------------------------
     @staticmethod

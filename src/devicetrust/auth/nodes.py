@@ -16,7 +16,7 @@ from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundE
 from devicetrust.types import os_display_name
 
 if TYPE_CHECKING:
-    from devicetrust.auth.server import AuthServer, Caller
+    from devicetrust.auth.context import AuthContext, Caller
 
 RES_NODE = "node"
 #: A node's host certificate and API session last this long; restarting the node with its stored identity
@@ -42,17 +42,17 @@ def _labels(value: Mapping[str, Any]) -> dict[str, str]:
 
 
 class NodeService:
-    def __init__(self, server: AuthServer) -> None:
-        self.server = server
+    def __init__(self, context: AuthContext) -> None:
+        self.context = context
 
     def join(self, token: str, hostname: str, addr: str, labels: Mapping[str, Any], public_key: str) -> dict[str, Any]:
         if not _HOSTNAME_RE.match(hostname):
             raise ValidationError(f"hostname: {hostname!r} is not a valid host name")
         key = require_p256_public_key(load_public_key(public_key), "host key")
         clean_labels = _labels(labels)
-        server = self.server
-        now = server.clock()
-        with server.backend.begin() as store:
+        context = self.context
+        now = context.clock()
+        with context.backend.begin() as store:
             try:
                 store.tokens.consume(hash_token(token), "node", now)
             except NotFoundError:
@@ -63,9 +63,9 @@ class NodeService:
             raise AuthenticationError("invalid or expired node join token")
         host_id = str(uuid.uuid4())
         host, _, _ = addr.rpartition(":")
-        principals = sorted({host_id, hostname, f"{hostname}.{server.cluster_name}", host or "127.0.0.1"})
+        principals = sorted({host_id, hostname, f"{hostname}.{context.cluster_name}", host or "127.0.0.1"})
         host_cert = issue_ssh_host_cert(
-            server.host_ca, key, host_id, principals, now - timedelta(minutes=1), now + NODE_IDENTITY_TTL
+            context.host_ca, key, host_id, principals, now - timedelta(minutes=1), now + NODE_IDENTITY_TTL
         )
         session = new_token()
         node = {
@@ -76,16 +76,16 @@ class NodeService:
             "joined": now.isoformat(),
             "last_seen": now.isoformat(),
         }
-        with server.backend.begin() as store:
+        with context.backend.begin() as store:
             store.resources.create(RES_NODE, host_id, node)
             store.sessions.create(hash_token(session), host_id, "node", {"hostname": hostname}, now + NODE_IDENTITY_TTL)
-            server.audit(store, ("node.join", "TJ002I"), hostname, True, host_id=host_id, labels=clean_labels)
+            context.audit(store, ("node.join", "TJ002I"), hostname, True, host_id=host_id, labels=clean_labels)
         return {
             "host_id": host_id,
             "host_cert": host_cert.decode(),
             "session_token": session,
-            "cluster_name": server.cluster_name,
-            **server.cluster_cas(),
+            "cluster_name": context.cluster_name,
+            **context.cluster_cas(),
         }
 
     @staticmethod
@@ -95,27 +95,27 @@ class NodeService:
 
     def heartbeat(self, caller: Caller, addr: str, labels: Mapping[str, Any]) -> None:
         self._require_node(caller)
-        server = self.server
-        with server.backend.begin() as store:
+        context = self.context
+        with context.backend.begin() as store:
             record = store.resources.get(RES_NODE, caller.name)
-            body = {**record.body, "addr": addr, "labels": _labels(labels), "last_seen": server.clock().isoformat()}
+            body = {**record.body, "addr": addr, "labels": _labels(labels), "last_seen": context.clock().isoformat()}
             store.resources.update(RES_NODE, caller.name, body)
 
     def state(self, caller: Caller) -> dict[str, Any]:
         """Everything a node needs to decide on sessions by itself while the auth service is away."""
         self._require_node(caller)
-        server = self.server
-        with server.backend.begin() as store:
+        context = self.context
+        with context.backend.begin() as store:
             roles = [record.body for record in store.resources.list("role")]
             cap = store.resources.get("cluster_auth_preference", "cluster-auth-preference").body
-            locks = [record.body for record in store.locks.list(server.clock())]
+            locks = [record.body for record in store.locks.list(context.clock())]
         return {
-            "cluster_name": server.cluster_name,
+            "cluster_name": context.cluster_name,
             "roles": roles,
             "cluster_auth_preference": cap,
             "locks": locks,
-            "user_ca_ssh": server.user_ca.ssh_public_key(),
-            "generated": server.clock().isoformat(),
+            "user_ca_ssh": context.user_ca.ssh_public_key(),
+            "generated": context.clock().isoformat(),
         }
 
     def record_event(self, caller: Caller, event: Mapping[str, Any]) -> None:
@@ -125,14 +125,14 @@ class NodeService:
             raise ValidationError(f"event: nodes may only report {', '.join(sorted(NODE_EVENTS))}")
         body = {k: v for k, v in event.items() if k not in ("event", "code", "user", "success", "time")}
         body["server_id"] = caller.name
-        with self.server.backend.begin() as store:
+        with self.context.backend.begin() as store:
             device = body.get("device")
             if isinstance(device, Mapping) and not device.get("os") and isinstance(device.get("device_id"), str):
                 # Certificates carry the device's id, asset tag and credential, not its OS: the inventory does.
                 record = store.devices.find(device["device_id"])
                 if record is not None:
                     body["device"] = {**device, "os": os_display_name(record.os_type)}
-            self.server.audit(
+            self.context.audit(
                 store,
                 (str(name), NODE_EVENTS[str(name)]),
                 str(event.get("user", "")),
@@ -142,7 +142,7 @@ class NodeService:
 
     def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
         """Nodes whose labels one of the caller's roles allows (and none denies)."""
-        with self.server.backend.begin() as store:
+        with self.context.backend.begin() as store:
             nodes = [record.body for record in store.resources.list(RES_NODE)]
         if caller.kind == "admin":
             return nodes

@@ -36,7 +36,7 @@ from devicetrust.cli.profile import ProfileStore
 from devicetrust.client import AuthClient
 from devicetrust.config import AdminIdentity, load_config
 from devicetrust.crypto import fingerprint_sha256, load_public_key
-from devicetrust.errors import ConfigError, DevicetrustError, NotFoundError, ValidationError
+from devicetrust.errors import AlreadyExistsError, ConfigError, DevicetrustError, NotFoundError, ValidationError
 from devicetrust.types import (
     Metadata,
     dump_yaml,
@@ -152,7 +152,7 @@ def users_add(
     """Create a user and print a one-time signup token."""
     reply = ctx.client.post(
         "/v1/users",
-        {"name": name, "roles": split_list(roles), "traits": _traits(logins, kubernetes_groups, db_users)},
+        {"name": name, "roles": _roles(roles, "--roles"), "traits": _traits(logins, kubernetes_groups, db_users)},
     )
     emit(reply, fmt, lambda r: _print_invite(ctx, r["user"], r["invite_token"], "created"))
 
@@ -178,7 +178,7 @@ def users_update(
         raise click.UsageError("nothing to update: give --set-roles or --set-logins")
     body: dict[str, Any] = {"set_traits": traits or None}
     if set_roles is not None:
-        body["set_roles"] = split_list(set_roles)
+        body["set_roles"] = _roles(set_roles, "--set-roles")
     reply = ctx.client.patch(_url("users", _checked_name(name)), body)
     click.echo(f'User "{name}" has been updated (roles: {", ".join(reply["roles"])}).')
 
@@ -251,6 +251,8 @@ def create(ctx: Context, filename: str, force: bool) -> None:
         try:
             reply = ctx.client.put("/v1/resources", {"resource": doc, "force": force})
         except DevicetrustError as err:
+            if isinstance(err, AlreadyExistsError) and doc.get("kind") in _FORCE_OVERWRITES:
+                err.message += "; use --force to overwrite it"
             done = f"applied before it: {', '.join(applied)}" if applied else "nothing was applied"
             err.message = f"{source}: document {number} ({label}): {err.message} ({done}; nothing after it)"
             raise
@@ -259,6 +261,10 @@ def create(ctx: Context, filename: str, force: bool) -> None:
         else:
             click.echo(f'{reply["kind"]} "{reply["name"]}" has been {reply["outcome"]}')
         applied.append(f"{label} {reply['outcome']}")
+
+
+#: kinds `tctl create --force` overwrites (a lock is never overwritten; the auth preference always is)
+_FORCE_OVERWRITES = frozenset({"role", "user", "bot", "device"})
 
 
 def _check_documents(documents: list[dict[str, Any]], source: str) -> list[str]:
@@ -379,9 +385,9 @@ def bots_add(ctx: Context, name: str, roles: str, logins: str | None, ttl: str |
     """Create a bot and print its one-time join token."""
     body = {
         "name": name,
-        "roles": split_list(roles),
+        "roles": _roles(roles, "--roles"),
         "traits": _traits(logins, None, None),
-        "token_ttl_seconds": int(parse_duration(ttl, what="--ttl").total_seconds()) if ttl else None,
+        "token_ttl_seconds": _token_ttl_seconds(ttl),
     }
     reply = ctx.client.post("/v1/bots", body)
     emit(
@@ -432,9 +438,11 @@ def tokens() -> None:
 @pass_ctx
 def tokens_add(ctx: Context, token_type: str, ttl: str | None, fmt: str) -> None:
     """Create a join token."""
+    from devicetrust.auth.identities import check_join_token_type  # a heavy import, for this command only
+
     body = {
-        "type": token_type,
-        "ttl_seconds": int(parse_duration(ttl, what="--ttl").total_seconds()) if ttl else None,
+        "type": check_join_token_type(token_type, "--type"),
+        "ttl_seconds": _token_ttl_seconds(ttl),
     }
     reply = ctx.client.post("/v1/tokens", body)
     emit(
@@ -500,6 +508,22 @@ def _resolve_device(ctx: Context, device_id: str | None, asset_tag: str | None) 
     if len(found) > 1:
         raise ValidationError(f'several devices have asset tag "{asset_tag}"; use --device-id')
     return dict(found[0])
+
+
+def _roles(text: str, flag: str) -> list[str]:
+    roles = split_list(text)
+    if not roles:
+        raise ValidationError(f"at least one role is required ({flag})")
+    return roles
+
+
+def _token_ttl_seconds(text: str | None) -> int | None:
+    """A join token's --ttl, checked here so the error names the flag."""
+    if not text:
+        return None
+    from devicetrust.auth.identities import check_token_ttl  # only when the flag is given: a heavy import
+
+    return int(check_token_ttl(parse_duration(text, what="--ttl"), "--ttl").total_seconds())
 
 
 def _enroll_ttl_seconds(text: str | None, flag: str) -> int | None:

@@ -172,6 +172,18 @@ def cli() -> None:
     """tsh: log in to a devicetrust cluster and use its resources from a trusted device."""
 
 
+def _cert_ttl_seconds(text: str | None) -> int | None:
+    """Checked here too, so the error names the flag."""
+    if not text:
+        return None
+    from devicetrust.auth.sessions import MIN_CERT_TTL  # only when the flag is given: a heavy import
+
+    ttl = parse_duration(text, what="--ttl")
+    if ttl < MIN_CERT_TTL:
+        raise ValidationError(f"--ttl must be at least {int(MIN_CERT_TTL.total_seconds() // 60)} minute")
+    return int(ttl.total_seconds())
+
+
 @cli.command()
 @click.option("--proxy", help="Auth service address HOST:PORT (default: the current profile's).")
 @click.option("--user", help="User name (default: the current profile's, else your local user name).")
@@ -205,7 +217,7 @@ def login(
     proxy = proxy or (current.proxy if current else None)
     if not proxy:
         fail("--proxy is required for the first login")
-    ttl_seconds = int(parse_duration(ttl, what="--ttl").total_seconds()) if ttl else None
+    ttl_seconds = _cert_ttl_seconds(ttl)
     ca_pem = _trusted_ca(store, proxy, insecure=insecure, trust_new_ca=trust_new_ca)
     key = generate_private_key()
     public_key = public_key_to_openssh(key.public_key())
