@@ -9,7 +9,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -99,7 +99,7 @@ class AuthClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> AuthClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -141,7 +141,9 @@ class AuthClient:
 
 def segment(value: str) -> str:
     """``value`` as one path segment: a name with ``/``, ``?`` or ``%`` in it cannot reach another route."""
-    return quote(value, safe="")
+    quoted = quote(value, safe="")
+    # "." and ".." survive quote() and would be resolved away by the HTTP client.
+    return "%2E" * len(quoted) if quoted in (".", "..") else quoted
 
 
 def body(request: Message) -> dict[str, Any]:

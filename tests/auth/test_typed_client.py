@@ -31,6 +31,7 @@ def test_methods_return_protocol_models(api: RunningApi) -> None:
 
 def test_a_name_with_url_syntax_in_it_is_one_path_segment(api: RunningApi) -> None:
     assert segment("x/unenroll?y=%") == "x%2Funenroll%3Fy%3D%25"
+    assert (segment("."), segment("..")) == ("%2E", "%2E%2E")
     with typed_client(api) as client, pytest.raises(NotFoundError) as refused:
         # unquoted, this would ask for device "x" with a query string
         client.get_device("x?page_size=1")
