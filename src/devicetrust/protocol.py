@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, StringConstraints
 
 #: No TTL the service grants comes near a year; larger requests are refused rather than converted.
 MAX_TTL_SECONDS = 366 * 24 * 3600
@@ -346,15 +346,15 @@ class MdmDevicePage(Message):
 
 
 class MdmApplyResponse(Message):
-    created: int
-    updated: int
-    unchanged: int
-    foreign: int
-    conflicts: int
+    created: NonNegativeInt
+    updated: NonNegativeInt
+    unchanged: NonNegativeInt
+    foreign: NonNegativeInt
+    conflicts: NonNegativeInt
 
 
 class MdmDeleteResponse(Message):
-    deleted: int
+    deleted: NonNegativeInt
 
 
 class MdmStateValue(Message):
