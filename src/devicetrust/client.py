@@ -8,9 +8,12 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from datetime import datetime
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import httpx
+import pydantic
 
 from devicetrust.errors import (
     ERROR_KINDS,
@@ -19,6 +22,44 @@ from devicetrust.errors import (
     RateLimitedError,
     TrustError,
 )
+from devicetrust.protocol import (
+    AddDeviceRequest,
+    AuthenticateBeginRequest,
+    BotJoinRequest,
+    ChallengeMessage,
+    ClusterCAs,
+    CreateBotRequest,
+    CreateBotResponse,
+    CreateTokenRequest,
+    CreateTokenResponse,
+    CreateUserRequest,
+    CreateUserResponse,
+    DeviceCertificates,
+    DeviceList,
+    DeviceWithToken,
+    EnrollBeginRequest,
+    EnrollTokenRequest,
+    EventPage,
+    JsonObject,
+    LoginRequest,
+    LoginResponse,
+    Message,
+    NodeList,
+    PingResponse,
+    PutResourceRequest,
+    PutResourceResponse,
+    ResourceDocument,
+    ResourceList,
+    SessionTarget,
+    SignupRequest,
+    SignupResponse,
+    TokenList,
+    UpdateUserRequest,
+    UpdateUserResponse,
+    WhoamiResponse,
+)
+
+_Reply = TypeVar("_Reply", bound=Message)
 
 #: Seconds to wait for the auth service before telling the user it is unreachable.
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -58,7 +99,7 @@ class AuthClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> AuthClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -96,6 +137,201 @@ class AuthClient:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+
+def segment(value: str) -> str:
+    """``value`` as one path segment: a name with ``/``, ``?`` or ``%`` in it cannot reach another route."""
+    quoted = quote(value, safe="")
+    # "." and ".." survive quote() and would be resolved away by the HTTP client.
+    return "%2E" * len(quoted) if quoted in (".", "..") else quoted
+
+
+def body(request: Message) -> dict[str, Any]:
+    """A request model as JSON. Built unvalidated by :class:`AuthApi`: the service validates, and its one-line
+    errors are the ones users see."""
+    return request.model_dump(mode="json")
+
+
+def reply_as(model: type[_Reply], reply: Any, what: str) -> _Reply:
+    """The service's ``reply`` as ``model``; a reply of another shape is an error, never a partial value."""
+    try:
+        return model.model_validate(reply)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "reply"
+        raise DevicetrustError(
+            f"the auth service sent an unexpected reply to {what} ({where}: {first['msg']})"
+        ) from None
+
+
+def document(reply: Any, what: str) -> ResourceDocument:
+    if not isinstance(reply, dict):
+        raise DevicetrustError(f"the auth service sent an unexpected reply to {what} (expected an object)")
+    return reply
+
+
+class AuthApi(AuthClient):
+    """The auth service's operations as methods taking and returning :mod:`devicetrust.protocol` models."""
+
+    def ping(self) -> PingResponse:
+        return reply_as(PingResponse, self.get("/v1/ping"), "ping")
+
+    def cas(self) -> ClusterCAs:
+        return reply_as(ClusterCAs, self.get("/v1/cas"), "cas")
+
+    def login(self, user: str, password: str, public_key: str, ttl_seconds: int | None = None) -> LoginResponse:
+        request = LoginRequest.model_construct(
+            user=user, password=password, public_key=public_key, ttl_seconds=ttl_seconds
+        )
+        return reply_as(LoginResponse, self.post("/v1/login", body(request)), "login")
+
+    def bot_join(self, token: str, public_key: str, ttl_seconds: int | None = None) -> LoginResponse:
+        request = BotJoinRequest.model_construct(token=token, public_key=public_key, ttl_seconds=ttl_seconds)
+        return reply_as(LoginResponse, self.post("/v1/bots/join", body(request)), "bots/join")
+
+    def signup(self, token: str, password: str) -> SignupResponse:
+        request = SignupRequest.model_construct(token=token, password=password)
+        return reply_as(SignupResponse, self.post("/v1/signup", body(request)), "signup")
+
+    def logout(self) -> None:
+        self.post("/v1/logout")
+
+    def whoami(self) -> WhoamiResponse:
+        return reply_as(WhoamiResponse, self.get("/v1/whoami"), "whoami")
+
+    # -- users, bots, tokens
+    def create_user(self, name: str, roles: list[str], traits: dict[str, list[str]]) -> CreateUserResponse:
+        request = CreateUserRequest.model_construct(name=name, roles=roles, traits=traits)
+        return reply_as(CreateUserResponse, self.post("/v1/users", body(request)), "users")
+
+    def update_user(
+        self, name: str, *, set_roles: list[str] | None = None, set_traits: dict[str, list[str]] | None = None
+    ) -> UpdateUserResponse:
+        request = UpdateUserRequest.model_construct(set_roles=set_roles, set_traits=set_traits)
+        return reply_as(UpdateUserResponse, self.patch(f"/v1/users/{segment(name)}", body(request)), "users")
+
+    def reset_user(self, name: str) -> CreateUserResponse:
+        return reply_as(CreateUserResponse, self.post(f"/v1/users/{segment(name)}/reset"), "users/reset")
+
+    def create_bot(
+        self, name: str, roles: list[str], traits: dict[str, list[str]], token_ttl_seconds: int | None = None
+    ) -> CreateBotResponse:
+        request = CreateBotRequest.model_construct(
+            name=name, roles=roles, traits=traits, token_ttl_seconds=token_ttl_seconds
+        )
+        return reply_as(CreateBotResponse, self.post("/v1/bots", body(request)), "bots")
+
+    def create_token(self, kind: str, ttl_seconds: int | None = None) -> CreateTokenResponse:
+        request = CreateTokenRequest.model_construct(type=kind, ttl_seconds=ttl_seconds)
+        return reply_as(CreateTokenResponse, self.post("/v1/tokens", body(request)), "tokens")
+
+    def list_tokens(self) -> TokenList:
+        return reply_as(TokenList, self.get("/v1/tokens"), "tokens")
+
+    def delete_token(self, identifier: str) -> None:
+        self.delete(f"/v1/tokens/{segment(identifier)}")
+
+    # -- resources
+    def list_resources(self, kind: str) -> ResourceList:
+        return reply_as(ResourceList, self.get(f"/v1/resources/{segment(kind)}"), "resources")
+
+    def get_resource(self, kind: str, name: str) -> ResourceDocument:
+        return document(self.get(f"/v1/resources/{segment(kind)}/{segment(name)}"), "resources")
+
+    def put_resource(self, resource: ResourceDocument, *, force: bool = False) -> PutResourceResponse:
+        request = PutResourceRequest.model_construct(resource=resource, force=force)
+        return reply_as(PutResourceResponse, self.put("/v1/resources", body(request)), "resources")
+
+    def delete_resource(self, kind: str, name: str) -> None:
+        self.delete(f"/v1/resources/{segment(kind)}/{segment(name)}")
+
+    # -- devices
+    def add_device(
+        self, os_type: str, asset_tag: str, *, create_enroll_token: bool = False, enroll_token_ttl_seconds: int | None
+    ) -> DeviceWithToken:
+        request = AddDeviceRequest.model_construct(
+            os_type=os_type,
+            asset_tag=asset_tag,
+            create_enroll_token=create_enroll_token,
+            enroll_token_ttl_seconds=enroll_token_ttl_seconds,
+        )
+        return reply_as(DeviceWithToken, self.post("/v1/devices", body(request)), "devices")
+
+    def list_devices(self, *, page_size: int | None = None, page_token: str | None = None) -> DeviceList:
+        return reply_as(DeviceList, self.get("/v1/devices", page_size=page_size, page_token=page_token), "devices")
+
+    def find_devices(self, asset_tag: str) -> DeviceList:
+        return reply_as(DeviceList, self.get("/v1/devices", asset_tag=asset_tag), "devices")
+
+    def get_device(self, device_id: str) -> ResourceDocument:
+        return document(self.get(f"/v1/devices/{segment(device_id)}"), "devices")
+
+    def delete_device(self, device_id: str) -> ResourceDocument:
+        return document(self.delete(f"/v1/devices/{segment(device_id)}"), "devices")
+
+    def create_enroll_token(self, device_id: str, ttl_seconds: int | None = None) -> DeviceWithToken:
+        request = EnrollTokenRequest.model_construct(ttl_seconds=ttl_seconds)
+        path = f"/v1/devices/{segment(device_id)}/enroll-token"
+        return reply_as(DeviceWithToken, self.post(path, body(request)), "enroll-token")
+
+    def unenroll_device(self, device_id: str) -> ResourceDocument:
+        return document(self.post(f"/v1/devices/{segment(device_id)}/unenroll"), "unenroll")
+
+    def enroll_begin(
+        self,
+        *,
+        token: str | None,
+        credential_id: str,
+        device_data: JsonObject,
+        tpm: JsonObject | None = None,
+        key: JsonObject | None = None,
+    ) -> ChallengeMessage:
+        request = EnrollBeginRequest.model_construct(
+            token=token, credential_id=credential_id, device_data=device_data, tpm=tpm, key=key
+        )
+        return reply_as(ChallengeMessage, self.post("/v1/devices/enroll/begin", body(request)), "enroll/begin")
+
+    def enroll_finish(self, answer: JsonObject) -> ResourceDocument:
+        return document(self.post("/v1/devices/enroll/finish", answer), "enroll/finish")
+
+    def authenticate_begin(
+        self, *, credential_id: str, device_data: JsonObject, ssh_cert: str, target: SessionTarget | None = None
+    ) -> ChallengeMessage:
+        request = AuthenticateBeginRequest.model_construct(
+            credential_id=credential_id, device_data=device_data, ssh_cert=ssh_cert, target=target
+        )
+        path = "/v1/devices/authenticate/begin"
+        return reply_as(ChallengeMessage, self.post(path, body(request)), "authenticate/begin")
+
+    def authenticate_finish(self, answer: JsonObject) -> DeviceCertificates:
+        path = "/v1/devices/authenticate/finish"
+        return reply_as(DeviceCertificates, self.post(path, answer), "authenticate/finish")
+
+    # -- nodes, audit
+    def list_nodes(self) -> NodeList:
+        return reply_as(NodeList, self.get("/v1/nodes"), "nodes")
+
+    def events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        types: list[str] | None = None,
+        user: str | None = None,
+        limit: int | None = None,
+        after: int | None = None,
+        newest: bool = False,
+    ) -> EventPage:
+        params = {
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+            "type": types or None,
+            "user": user,
+            "limit": limit,
+            "after": after,
+            "newest": "true" if newest else None,
+        }
+        return reply_as(EventPage, self.get("/v1/events", **params), "events")
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import pytest
 from devicetrust.agent.audit import AuditForwarder
 from devicetrust.agent.state import ClusterState, StateCache
 from devicetrust.errors import ConnectionFailedError, ValidationError
+from devicetrust.protocol import NodeState
 from devicetrust.types import Lock, LockTarget, default_cluster_auth_preference, preset_roles, resource_to_dict
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -76,11 +77,10 @@ class FakeAPI:
         self.event_failures: list[Exception] = []
         self.events: list[Mapping[str, Any]] = []
 
-    async def state(self) -> dict[str, Any]:
+    async def state(self) -> NodeState:
         if isinstance(self.state_reply, Exception):
             raise self.state_reply
-        reply: dict[str, Any] = copy.deepcopy(self.state_reply)
-        return reply
+        return NodeState.model_validate(copy.deepcopy(self.state_reply))
 
     async def event(self, event: Mapping[str, Any]) -> None:
         if self.event_failures:

@@ -165,6 +165,27 @@ def test_openapi_documents_error_replies_and_the_bearer_scheme(api: RunningApi) 
     assert document["paths"]["/v1/devices/enroll/begin"]["post"]["security"] == [{}, {"session": []}]
 
 
+def test_openapi_describes_every_reply_of_the_protocol(api: RunningApi) -> None:
+    with api.client() as anonymous:
+        document = anonymous.get("/v1/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    untyped = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            reply = operation["responses"]["200"]["content"]["application/json"]["schema"]
+            # resource documents (devices among them) are free-form: their spec depends on their kind
+            document_reply = path.startswith(("/v1/resources/", "/v1/devices/"))
+            if not document_reply and (reply == {} or reply.get("additionalProperties") is True):
+                untyped.append((method, path))
+    assert untyped == []
+    login = document["paths"]["/v1/login"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert login == {"$ref": "#/components/schemas/LoginResponse"}
+    assert {"session_token", "ssh_cert", "tls_cert", "identity", "device_trust", "host_ca_pem"} <= set(
+        schemas["LoginResponse"]["properties"]
+    )
+    assert set(schemas["NodeState"]["properties"]) >= {"roles", "locks", "cluster_auth_preference", "user_ca_ssh"}
+
+
 def test_an_unexpected_failure_is_a_500_in_the_error_shape(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> dict[str, Any]:
         raise RuntimeError("secret internals")

@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 
-from devicetrust.client import error_from_response, pinned_ssl_context, transport_errors, with_port
+from devicetrust.client import body, error_from_response, pinned_ssl_context, reply_as, transport_errors, with_port
 from devicetrust.errors import ConnectionFailedError
+from devicetrust.protocol import AuditEvent, HeartbeatRequest, NodeJoinRequest, NodeJoinResponse, NodeState
 
 __all__ = ["NODE_CONNECT_TIMEOUT_SECONDS", "NODE_REQUEST_TIMEOUT_SECONDS", "NodeAPI"]
 
@@ -48,17 +49,18 @@ class NodeAPI:
 
     async def join(
         self, *, token: str, hostname: str, addr: str, labels: Mapping[str, str], public_key: str
-    ) -> dict[str, Any]:
-        body = {"token": token, "hostname": hostname, "addr": addr, "labels": dict(labels), "public_key": public_key}
-        reply: dict[str, Any] = await self.request("POST", "/v1/nodes/join", body)
-        return reply
+    ) -> NodeJoinResponse:
+        request = NodeJoinRequest.model_construct(
+            token=token, hostname=hostname, addr=addr, labels=dict(labels), public_key=public_key
+        )
+        return reply_as(NodeJoinResponse, await self.request("POST", "/v1/nodes/join", body(request)), "nodes/join")
 
     async def heartbeat(self, *, hostname: str, addr: str, labels: Mapping[str, str]) -> None:
-        await self.request("POST", "/v1/nodes/heartbeat", {"hostname": hostname, "addr": addr, "labels": dict(labels)})
+        request = HeartbeatRequest.model_construct(addr=addr, labels=dict(labels))
+        await self.request("POST", "/v1/nodes/heartbeat", body(request))
 
-    async def state(self) -> dict[str, Any]:
-        reply: dict[str, Any] = await self.request("GET", "/v1/nodes/state")
-        return reply
+    async def state(self) -> NodeState:
+        return reply_as(NodeState, await self.request("GET", "/v1/nodes/state"), "nodes/state")
 
-    async def event(self, event: Mapping[str, Any]) -> None:
+    async def event(self, event: AuditEvent) -> None:
         await self.request("POST", "/v1/nodes/events", event)

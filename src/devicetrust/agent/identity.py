@@ -8,16 +8,15 @@ identity.json   host id, API session token, cluster CAs and the auth server it j
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicetrust.crypto import generate_private_key, load_private_key_pem, private_key_to_pem
 from devicetrust.errors import ConfigError, ValidationError
 from devicetrust.files import write_atomic
+from devicetrust.protocol import NodeJoinResponse
 
 __all__ = ["NodeIdentity", "load_host_key", "load_identity", "save_identity"]
 
@@ -49,21 +48,18 @@ class NodeIdentity:
     host_cert: str
 
     @classmethod
-    def from_join(cls, reply: Mapping[str, Any], *, hostname: str, auth_server: str) -> NodeIdentity:
-        try:
-            return cls(
-                host_id=str(reply["host_id"]),
-                hostname=hostname,
-                cluster_name=str(reply["cluster_name"]),
-                auth_server=auth_server,
-                session_token=str(reply["session_token"]),
-                host_ca_pem=str(reply["host_ca_pem"]),
-                host_ca_ssh=str(reply["host_ca_ssh"]),
-                user_ca_ssh=str(reply["user_ca_ssh"]),
-                host_cert=str(reply["host_cert"]),
-            )
-        except KeyError as err:
-            raise ValidationError(f"the auth service's join reply has no {err.args[0]}") from None
+    def from_join(cls, reply: NodeJoinResponse, *, hostname: str, auth_server: str) -> NodeIdentity:
+        return cls(
+            host_id=reply.host_id,
+            hostname=hostname,
+            cluster_name=reply.cluster_name,
+            auth_server=auth_server,
+            session_token=reply.session_token,
+            host_ca_pem=reply.host_ca_pem,
+            host_ca_ssh=reply.host_ca_ssh,
+            user_ca_ssh=reply.user_ca_ssh,
+            host_cert=reply.host_cert,
+        )
 
 
 def load_host_key(node_dir: Path) -> ec.EllipticCurvePrivateKey:

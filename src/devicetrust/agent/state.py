@@ -97,7 +97,7 @@ class StateCache:
     async def refresh(self) -> bool:
         """Fetch and install the state once; False (and the old state kept) if that failed."""
         try:
-            state = ClusterState.from_json(await self._api.state())
+            state = ClusterState.from_json((await self._api.state()).model_dump())
         except DevicetrustError as err:
             if not self._failing:
                 log.warning(

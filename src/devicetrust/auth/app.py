@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from cryptography.hazmat.primitives import serialization
 from fastapi import Depends, FastAPI, Query, Request
@@ -18,7 +18,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from devicetrust import __version__
@@ -28,6 +27,56 @@ from devicetrust.auth.server import AuthServer, Caller, LoginResult
 from devicetrust.ceremony.messages import ChallengeResponse, CollectedData, KeyEnrollPayload, TPMEnrollPayload
 from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
 from devicetrust.logs import request_id_var
+from devicetrust.protocol import (
+    AddDeviceRequest,
+    AuditEvent,
+    AuthenticateBeginRequest,
+    BotJoinRequest,
+    ChallengeMessage,
+    ClusterCAs,
+    CreateBotRequest,
+    CreateBotResponse,
+    CreateTokenRequest,
+    CreateTokenResponse,
+    CreateUserRequest,
+    CreateUserResponse,
+    DeviceCertificates,
+    DeviceList,
+    DeviceWithToken,
+    Empty,
+    EnrollBeginRequest,
+    EnrollTokenRequest,
+    ErrorDetail,
+    ErrorReply,
+    EventPage,
+    HeartbeatRequest,
+    JsonObject,
+    LoginDeviceTrust,
+    LoginIdentity,
+    LoginRequest,
+    LoginResponse,
+    MdmApplyResponse,
+    MdmDeleteResponse,
+    MdmDevicePage,
+    MdmJoinRequest,
+    MdmJoinResponse,
+    MdmStateValue,
+    NodeJoinRequest,
+    NodeJoinResponse,
+    NodeList,
+    NodeState,
+    PingResponse,
+    PutResourceRequest,
+    PutResourceResponse,
+    ResourceDocument,
+    ResourceList,
+    SignupRequest,
+    SignupResponse,
+    TokenList,
+    UpdateUserRequest,
+    UpdateUserResponse,
+    WhoamiResponse,
+)
 from devicetrust.types import Device, resource_to_dict
 
 log = logging.getLogger("devicetrust.auth.http")
@@ -35,8 +84,6 @@ log = logging.getLogger("devicetrust.auth.http")
 #: Page size bounds for listings (audit events).
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-#: No TTL the service grants comes near a year; larger requests are refused rather than converted.
-MAX_TTL_SECONDS = 366 * 24 * 3600
 #: Incoming request ids are echoed only when they look like ids, so logs can't be forged through them.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -100,129 +147,8 @@ class RequestContextMiddleware:
                 )
 
 
-# ------------------------------------------------------------------------------------------- wire models
-#: A user, resource, role or trait name as it travels in requests; control characters make no sense in one.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
-TraitValue = Annotated[str, StringConstraints(max_length=1024)]
-Traits = Annotated[dict[Name, Annotated[list[TraitValue], Field(max_length=256)]], Field(max_length=256)]
-RoleNames = Annotated[list[Name], Field(max_length=256)]
-CertTTL = Annotated[int | None, Field(ge=60, le=MAX_TTL_SECONDS)]
-TokenTTL = Annotated[int | None, Field(ge=1, le=MAX_TTL_SECONDS)]
-
-
-class ErrorDetail(BaseModel):
-    kind: str = Field(description="stable machine-readable kind, e.g. validation, not_found, access_denied")
-    message: str = Field(description="one line a user can act on")
-
-
-class ErrorReply(BaseModel):
-    """Every error the service answers with (4xx and 5xx)."""
-
-    error: ErrorDetail
-
-
-class LoginRequest(BaseModel):
-    user: Name
-    password: str = Field(max_length=1024)
-    public_key: str = Field(max_length=4096, description="PEM or OpenSSH P-256 public key")
-    ttl_seconds: CertTTL = None
-
-
-class BotJoinRequest(BaseModel):
-    token: str = Field(min_length=1, max_length=256)
-    public_key: str = Field(max_length=4096)
-    ttl_seconds: CertTTL = None
-
-
-class SignupRequest(BaseModel):
-    token: str = Field(min_length=1, max_length=256)
-    password: str = Field(max_length=1024)
-
-
-class CreateUserRequest(BaseModel):
-    name: Name
-    roles: RoleNames
-    traits: Traits = Field(default_factory=dict)
-
-
-class UpdateUserRequest(BaseModel):
-    set_roles: RoleNames | None = None
-    set_traits: Traits | None = None
-
-
-class CreateBotRequest(BaseModel):
-    name: Name
-    roles: RoleNames
-    traits: Traits = Field(default_factory=dict)
-    token_ttl_seconds: TokenTTL = None
-
-
-class CreateTokenRequest(BaseModel):
-    type: Name
-    ttl_seconds: TokenTTL = None
-
-
-class AddDeviceRequest(BaseModel):
-    os_type: Name
-    asset_tag: Name
-    create_enroll_token: bool = False
-    enroll_token_ttl_seconds: TokenTTL = None
-
-
-class EnrollTokenRequest(BaseModel):
-    ttl_seconds: TokenTTL = None
-
-
-class EnrollBeginRequest(BaseModel):
-    """``token`` for a token enrollment; without it, the caller's session asks for auto-enrollment."""
-
-    token: str | None = Field(default=None, max_length=256)
-    credential_id: str = Field(min_length=1, max_length=256)
-    device_data: dict[str, Any]
-    tpm: dict[str, Any] | None = None
-    key: dict[str, Any] | None = None
-
-
-class SessionTargetModel(BaseModel):
-    """What a session proof is for: ``ssh`` + the node's host id (later ``db``, ``kube``)."""
-
-    kind: Literal["ssh", "db", "kube"]
-    id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@/-]+$")
-
-
-class AuthenticateBeginRequest(BaseModel):
-    credential_id: str = Field(min_length=1, max_length=256)
-    device_data: dict[str, Any]
-    ssh_cert: str = Field(max_length=16 * 1024)
-    #: With a target: a session proof for it (session certificates); without: login-time device certificates.
-    target: SessionTargetModel | None = None
-
-
-def _device_json(device: Device) -> dict[str, Any]:
+def _device_json(device: Device) -> ResourceDocument:
     return resource_to_dict(device)
-
-
-class NodeJoinRequest(BaseModel):
-    token: str = Field(min_length=1, max_length=256)
-    hostname: str = Field(min_length=1, max_length=253)
-    addr: str = Field(min_length=3, max_length=300)
-    labels: dict[str, str] = Field(default_factory=dict)
-    public_key: str = Field(max_length=4096)
-
-
-class HeartbeatRequest(BaseModel):
-    addr: str = Field(min_length=3, max_length=300)
-    labels: dict[str, str] = Field(default_factory=dict)
-
-
-class MdmJoinRequest(BaseModel):
-    token: str = Field(min_length=1, max_length=256)
-    name: str = Field(min_length=1, max_length=64)
-
-
-class PutResourceRequest(BaseModel):
-    resource: dict[str, Any]
-    force: bool = False
 
 
 #: Declares the bearer scheme in the OpenAPI document; the token is checked by :func:`caller_dep`.
@@ -254,26 +180,26 @@ async def optional_caller(request: Request, credentials: BearerDep) -> Caller | 
 OptionalCallerDep = Annotated[Caller | None, Depends(optional_caller)]
 
 
-def _login_response(result: LoginResult, server: AuthServer) -> dict[str, Any]:
-    return {
-        "session_token": result.session_token,
-        "expires": result.identity.not_after.isoformat(),
-        "ssh_cert": result.ssh_cert.decode(),
-        "tls_cert": result.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
-        "identity": {
-            "user": result.identity.username,
-            "roles": list(result.identity.roles),
-            "logins": list(result.identity.logins),
-            "bot_name": result.identity.bot_name,
-        },
+def _login_response(result: LoginResult, server: AuthServer) -> LoginResponse:
+    return LoginResponse(
+        session_token=result.session_token,
+        expires=result.identity.not_after.isoformat(),
+        ssh_cert=result.ssh_cert.decode(),
+        tls_cert=result.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
+        identity=LoginIdentity(
+            user=result.identity.username,
+            roles=list(result.identity.roles),
+            logins=list(result.identity.logins),
+            bot_name=result.identity.bot_name,
+        ),
         **server.cluster_cas(),
-        "cluster_name": server.cluster_name,
-        "device_trust": {
-            "enabled": result.device_trust_enabled,
-            "auto_enroll": result.auto_enroll,
-            "session_proof": result.session_proof,
-        },
-    }
+        cluster_name=server.cluster_name,
+        device_trust=LoginDeviceTrust(
+            enabled=result.device_trust_enabled,
+            auto_enroll=result.auto_enroll,
+            session_proof=result.session_proof,
+        ),
+    )
 
 
 def _ttl(seconds: int | None) -> timedelta | None:
@@ -357,92 +283,92 @@ def build_app(server: AuthServer) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
 
     @app.get("/v1/ping")
-    def ping() -> dict[str, Any]:
+    def ping() -> PingResponse:
         """Cluster name, version and the auth preference summary (device trust mode, auto-enroll)."""
-        return server.ping()
+        return PingResponse.model_validate(server.ping())
 
     @app.get("/v1/cas")
-    def cas() -> dict[str, str]:
+    def cas() -> ClusterCAs:
         """Public halves of the cluster's certificate authorities."""
-        return server.cluster_cas()
+        return ClusterCAs.model_validate(server.cluster_cas())
 
     @app.post("/v1/login")
-    def login(req: LoginRequest, request: Request) -> dict[str, Any]:
+    def login(req: LoginRequest, request: Request) -> LoginResponse:
         client_addr = request.client.host if request.client else None
         result = server.login(req.user, req.password, req.public_key, _ttl(req.ttl_seconds), client_addr=client_addr)
         return _login_response(result, server)
 
     @app.post("/v1/signup")
-    def signup(req: SignupRequest) -> dict[str, Any]:
-        return {"user": server.signup(req.token, req.password)}
+    def signup(req: SignupRequest) -> SignupResponse:
+        return SignupResponse(user=server.signup(req.token, req.password))
 
     @app.post("/v1/bots/join")
-    def bot_join(req: BotJoinRequest) -> dict[str, Any]:
+    def bot_join(req: BotJoinRequest) -> LoginResponse:
         result = server.bot_join(req.token, req.public_key, _ttl(req.ttl_seconds))
         return _login_response(result, server)
 
     @app.post("/v1/logout")
-    def logout(caller: CallerDep) -> dict[str, Any]:
+    def logout(caller: CallerDep) -> Empty:
         server.logout(caller)
-        return {}
+        return Empty()
 
     @app.get("/v1/whoami")
-    def whoami(caller: CallerDep) -> dict[str, Any]:
-        return server.whoami(caller)
+    def whoami(caller: CallerDep) -> WhoamiResponse:
+        return WhoamiResponse.model_validate(server.whoami(caller))
 
     @app.post("/v1/users")
-    def create_user(req: CreateUserRequest, caller: CallerDep) -> dict[str, Any]:
+    def create_user(req: CreateUserRequest, caller: CallerDep) -> CreateUserResponse:
         user, invite = server.create_user(caller, req.name, req.roles, req.traits)
-        return {"user": user.metadata.name, "invite_token": invite}
+        return CreateUserResponse(user=user.metadata.name, invite_token=invite)
 
     @app.patch("/v1/users/{name}")
-    def update_user(name: str, req: UpdateUserRequest, caller: CallerDep) -> dict[str, Any]:
+    def update_user(name: str, req: UpdateUserRequest, caller: CallerDep) -> UpdateUserResponse:
         user = server.update_user(caller, name, set_roles=req.set_roles, set_traits=req.set_traits)
-        return {"user": user.metadata.name, "roles": list(user.roles)}
+        return UpdateUserResponse(user=user.metadata.name, roles=list(user.roles))
 
     @app.post("/v1/users/{name}/reset")
-    def reset_user(name: str, caller: CallerDep) -> dict[str, Any]:
-        return {"user": name, "invite_token": server.reset_user(caller, name)}
+    def reset_user(name: str, caller: CallerDep) -> CreateUserResponse:
+        return CreateUserResponse(user=name, invite_token=server.reset_user(caller, name))
 
     @app.post("/v1/bots")
-    def create_bot(req: CreateBotRequest, caller: CallerDep) -> dict[str, Any]:
+    def create_bot(req: CreateBotRequest, caller: CallerDep) -> CreateBotResponse:
         bot, token, expires = server.create_bot(caller, req.name, req.roles, req.traits, _ttl(req.token_ttl_seconds))
-        return {"bot": bot.metadata.name, "token": token, "expires": expires.isoformat()}
+        return CreateBotResponse(bot=bot.metadata.name, token=token, expires=expires.isoformat())
 
     @app.post("/v1/tokens")
-    def create_token(req: CreateTokenRequest, caller: CallerDep) -> dict[str, Any]:
+    def create_token(req: CreateTokenRequest, caller: CallerDep) -> CreateTokenResponse:
         token, expires = server.create_join_token(caller, req.type, _ttl(req.ttl_seconds))
-        return {"token": token, "type": req.type, "expires": expires.isoformat()}
+        return CreateTokenResponse(token=token, type=req.type, expires=expires.isoformat())
 
     @app.get("/v1/tokens")
-    def list_tokens(caller: CallerDep) -> dict[str, Any]:
-        return {"items": server.list_tokens(caller)}
+    def list_tokens(caller: CallerDep) -> TokenList:
+        return TokenList.model_validate({"items": server.list_tokens(caller)})
 
     @app.delete("/v1/tokens/{identifier}")
-    def delete_token(identifier: str, caller: CallerDep) -> dict[str, Any]:
+    def delete_token(identifier: str, caller: CallerDep) -> Empty:
         server.delete_token(caller, identifier)
-        return {}
+        return Empty()
 
     @app.get("/v1/resources/{kind}")
-    def list_resources(kind: str, caller: CallerDep) -> dict[str, Any]:
-        return {"items": server.list_resources(caller, kind)}
+    def list_resources(kind: str, caller: CallerDep) -> ResourceList:
+        return ResourceList(items=server.list_resources(caller, kind))
 
     @app.get("/v1/resources/{kind}/{name}")
-    def get_resource(kind: str, name: str, caller: CallerDep) -> dict[str, Any]:
+    def get_resource(kind: str, name: str, caller: CallerDep) -> ResourceDocument:
         return server.get_resource(caller, kind, name)
 
     @app.put("/v1/resources")
-    def put_resource(req: PutResourceRequest, caller: CallerDep) -> dict[str, Any]:
+    def put_resource(req: PutResourceRequest, caller: CallerDep) -> PutResourceResponse:
         resource, outcome = server.put_resource(caller, req.resource, force=req.force)
-        return {"kind": resource.kind, "name": resource.metadata.name, "outcome": outcome}
+        return PutResourceResponse(kind=resource.kind, name=resource.metadata.name, outcome=outcome)
 
     @app.delete("/v1/resources/{kind}/{name}")
-    def delete_resource(kind: str, name: str, caller: CallerDep) -> dict[str, Any]:
+    def delete_resource(kind: str, name: str, caller: CallerDep) -> Empty:
         server.delete_resource(caller, kind, name)
-        return {}
+        return Empty()
 
     @app.post("/v1/devices")
-    def add_device(req: AddDeviceRequest, caller: CallerDep) -> dict[str, Any]:
+    def add_device(req: AddDeviceRequest, caller: CallerDep) -> DeviceWithToken:
         device, token = server.devices.add(
             caller,
             req.os_type,
@@ -450,7 +376,7 @@ def build_app(server: AuthServer) -> FastAPI:
             create_token=req.create_enroll_token,
             enroll_token_ttl=_ttl(req.enroll_token_ttl_seconds),
         )
-        return {"device": _device_json(device), "enroll_token": token}
+        return DeviceWithToken(device=_device_json(device), enroll_token=token)
 
     @app.get("/v1/devices")
     def list_devices(
@@ -458,32 +384,32 @@ def build_app(server: AuthServer) -> FastAPI:
         page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,
         asset_tag: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> DeviceList:
         if asset_tag is not None:
             found = server.devices.find_by_asset_tag(caller, asset_tag)
-            return {"items": [_device_json(d) for d in found], "next_page_token": None}
+            return DeviceList(items=[_device_json(d) for d in found], next_page_token=None)
         devices, next_token = server.devices.list_page(caller, page_size=page_size, page_token=page_token)
-        return {"items": [_device_json(d) for d in devices], "next_page_token": next_token}
+        return DeviceList(items=[_device_json(d) for d in devices], next_page_token=next_token)
 
     @app.get("/v1/devices/{device_id}")
-    def get_device(device_id: str, caller: CallerDep) -> dict[str, Any]:
+    def get_device(device_id: str, caller: CallerDep) -> ResourceDocument:
         return _device_json(server.devices.get(caller, device_id))
 
     @app.delete("/v1/devices/{device_id}")
-    def delete_device(device_id: str, caller: CallerDep) -> dict[str, Any]:
+    def delete_device(device_id: str, caller: CallerDep) -> ResourceDocument:
         return _device_json(server.devices.delete(caller, device_id))
 
     @app.post("/v1/devices/{device_id}/enroll-token")
-    def enroll_token(device_id: str, req: EnrollTokenRequest, caller: CallerDep) -> dict[str, Any]:
+    def enroll_token(device_id: str, req: EnrollTokenRequest, caller: CallerDep) -> DeviceWithToken:
         device, token = server.devices.create_enroll_token(caller, device_id, _ttl(req.ttl_seconds))
-        return {"device": _device_json(device), "enroll_token": token}
+        return DeviceWithToken(device=_device_json(device), enroll_token=token)
 
     @app.post("/v1/devices/{device_id}/unenroll")
-    def unenroll_device(device_id: str, caller: CallerDep) -> dict[str, Any]:
+    def unenroll_device(device_id: str, caller: CallerDep) -> ResourceDocument:
         return _device_json(server.devices.unenroll(caller, device_id))
 
     @app.post("/v1/devices/enroll/begin")
-    def enroll_begin(req: EnrollBeginRequest, caller: OptionalCallerDep) -> dict[str, Any]:
+    def enroll_begin(req: EnrollBeginRequest, caller: OptionalCallerDep) -> ChallengeMessage:
         challenge = server.devices.enroll_begin(
             token=req.token,
             caller=caller,
@@ -492,14 +418,14 @@ def build_app(server: AuthServer) -> FastAPI:
             tpm=TPMEnrollPayload.from_json(req.tpm) if req.tpm is not None else None,
             key=KeyEnrollPayload.from_json(req.key) if req.key is not None else None,
         )
-        return challenge.to_json()
+        return ChallengeMessage.model_validate(challenge.to_json())
 
     @app.post("/v1/devices/enroll/finish")
-    def enroll_finish(response: dict[str, Any]) -> dict[str, Any]:
+    def enroll_finish(response: JsonObject) -> ResourceDocument:
         return _device_json(server.devices.enroll_finish(ChallengeResponse.from_json(response)))
 
     @app.post("/v1/devices/authenticate/begin")
-    def authenticate_begin(req: AuthenticateBeginRequest, caller: CallerDep) -> dict[str, Any]:
+    def authenticate_begin(req: AuthenticateBeginRequest, caller: CallerDep) -> ChallengeMessage:
         challenge = server.devices.authenticate_begin(
             caller,
             credential_id=req.credential_id,
@@ -507,69 +433,75 @@ def build_app(server: AuthServer) -> FastAPI:
             ssh_cert=req.ssh_cert.encode(),
             target=(req.target.kind, req.target.id) if req.target is not None else None,
         )
-        return challenge.to_json()
+        return ChallengeMessage.model_validate(challenge.to_json())
 
     @app.post("/v1/devices/authenticate/finish")
-    def authenticate_finish(response: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
+    def authenticate_finish(response: JsonObject, caller: CallerDep) -> DeviceCertificates:
         certs = server.devices.authenticate_finish(caller, ChallengeResponse.from_json(response))
-        return {
-            "ssh_cert": certs.ssh_cert.decode(),
-            "tls_cert": certs.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
-            "device": _device_json(certs.device),
-        }
+        return DeviceCertificates(
+            ssh_cert=certs.ssh_cert.decode(),
+            tls_cert=certs.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
+            device=_device_json(certs.device),
+        )
 
     @app.post("/v1/nodes/join")
-    def node_join(req: NodeJoinRequest) -> dict[str, Any]:
-        return server.nodes.join(req.token, req.hostname, req.addr, req.labels, req.public_key)
+    def node_join(req: NodeJoinRequest) -> NodeJoinResponse:
+        return NodeJoinResponse.model_validate(
+            server.nodes.join(req.token, req.hostname, req.addr, req.labels, req.public_key)
+        )
 
     @app.post("/v1/nodes/heartbeat")
-    def node_heartbeat(req: HeartbeatRequest, caller: CallerDep) -> dict[str, Any]:
+    def node_heartbeat(req: HeartbeatRequest, caller: CallerDep) -> Empty:
         server.nodes.heartbeat(caller, req.addr, req.labels)
-        return {}
+        return Empty()
 
     @app.get("/v1/nodes/state")
-    def node_state(caller: CallerDep) -> dict[str, Any]:
-        return server.nodes.state(caller)
+    def node_state(caller: CallerDep) -> NodeState:
+        return NodeState.model_validate(server.nodes.state(caller))
 
     @app.post("/v1/nodes/events")
-    def node_event(event: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
+    def node_event(event: AuditEvent, caller: CallerDep) -> Empty:
         server.nodes.record_event(caller, event)
-        return {}
+        return Empty()
 
     @app.get("/v1/nodes")
-    def list_nodes(caller: CallerDep) -> dict[str, Any]:
-        return {"items": server.nodes.list_visible(caller)}
+    def list_nodes(caller: CallerDep) -> NodeList:
+        return NodeList.model_validate({"items": server.nodes.list_visible(caller)})
 
     # -- remote MDM agents (devicetrust.auth.mdm): a session bound to one source name ---------------------
     mdm = MdmService(server)
 
     @app.post("/v1/mdm/join")
-    def mdm_join(req: MdmJoinRequest) -> dict[str, Any]:
-        return mdm.join(req.token, req.name)
+    def mdm_join(req: MdmJoinRequest) -> MdmJoinResponse:
+        return MdmJoinResponse.model_validate(mdm.join(req.token, req.name))
 
     @app.get("/v1/mdm/devices")
-    async def mdm_scan(caller: CallerDep, page_token: Annotated[str | None, Query(max_length=512)] = None) -> Any:
-        return await mdm.scan(caller, page_token)
+    async def mdm_scan(
+        caller: CallerDep, page_token: Annotated[str | None, Query(max_length=512)] = None
+    ) -> MdmDevicePage:
+        return MdmDevicePage.model_validate(await mdm.scan(caller, page_token))
 
     @app.post("/v1/mdm/devices/apply")
-    async def mdm_apply(body: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
-        return await mdm.apply(caller, body)
+    async def mdm_apply(body: JsonObject, caller: CallerDep) -> MdmApplyResponse:
+        return MdmApplyResponse.model_validate(await mdm.apply(caller, body))
 
     @app.post("/v1/mdm/devices/delete")
-    async def mdm_delete(body: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
-        return await mdm.delete(caller, body)
+    async def mdm_delete(body: JsonObject, caller: CallerDep) -> MdmDeleteResponse:
+        return MdmDeleteResponse.model_validate(await mdm.delete(caller, body))
 
     @app.get("/v1/mdm/state/{key:path}")
-    async def mdm_load_state(key: str, caller: CallerDep) -> dict[str, Any]:
-        return await mdm.load_state(caller, key)
+    async def mdm_load_state(key: str, caller: CallerDep) -> MdmStateValue:
+        return MdmStateValue.model_validate(await mdm.load_state(caller, key))
 
     @app.put("/v1/mdm/state/{key:path}")
-    async def mdm_save_state(key: str, body: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
-        return await mdm.save_state(caller, key, body.get("value"))
+    async def mdm_save_state(key: str, body: JsonObject, caller: CallerDep) -> Empty:
+        await mdm.save_state(caller, key, body.get("value"))
+        return Empty()
 
     @app.post("/v1/mdm/syncs")
-    async def mdm_record_sync(body: dict[str, Any], caller: CallerDep) -> dict[str, Any]:
-        return await mdm.record_sync(caller, body)
+    async def mdm_record_sync(body: JsonObject, caller: CallerDep) -> Empty:
+        await mdm.record_sync(caller, body)
+        return Empty()
 
     @app.get("/v1/events")
     def events(
@@ -581,7 +513,7 @@ def build_app(server: AuthServer) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=INT64_MAX)] = DEFAULT_PAGE_SIZE,
         after: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
         newest: bool = False,
-    ) -> dict[str, Any]:
+    ) -> EventPage:
         if limit > MAX_PAGE_SIZE:
             raise ValidationError(f"limit must be at most {MAX_PAGE_SIZE}")
         items = server.search_events(
@@ -595,6 +527,6 @@ def build_app(server: AuthServer) -> FastAPI:
             newest=newest,
         )
         next_after = items[-1]["id"] if len(items) == limit else None
-        return {"items": items, "next_after": next_after}
+        return EventPage(items=items, next_after=next_after)
 
     return app

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from devicetrust.ceremony.messages import Challenge
 from devicetrust.cli.profile import Profile, ProfileStore
-from devicetrust.client import AuthClient
+from devicetrust.client import AuthApi
 from devicetrust.crypto import SessionProof, identity_from_ssh_cert
 from devicetrust.device.collect import collect
 from devicetrust.device.keys import BACKENDS, default_backend, open_device_key
 from devicetrust.errors import DevicetrustError
+from devicetrust.protocol import SessionTarget
 from devicetrust.types import SESSION_PROOF_LOGIN
 
 __all__ = [
@@ -76,21 +77,18 @@ def prove_for_session(
         raise DevicetrustError("this device is not enrolled (tsh device enroll)")
     login_cert = store.ssh_cert_path(profile).read_text()
     collected = collect()
-    client = AuthClient(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
+    client = AuthApi(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
     with client, open_device_key(chosen, device_state_dir(store)) as key:
-        begin = client.post(
-            "/v1/devices/authenticate/begin",
-            {
-                "credential_id": key.credential_id(),
-                "device_data": collected.to_dict(),
-                "ssh_cert": login_cert,
-                "target": {"kind": kind, "id": target},
-            },
+        begin = client.authenticate_begin(
+            credential_id=key.credential_id(),
+            device_data=collected.to_dict(),
+            ssh_cert=login_cert,
+            target=SessionTarget.model_construct(kind=kind, id=target),
         )
-        answer = key.answer_authentication(Challenge.from_json(begin))
-        reply = client.post("/v1/devices/authenticate/finish", answer.to_json())
-    ssh_cert = str(reply["ssh_cert"]).strip().encode() + b"\n"
+        answer = key.answer_authentication(Challenge.from_json(begin.model_dump()))
+        reply = client.authenticate_finish(answer.to_json())
+    ssh_cert = reply.ssh_cert.strip().encode() + b"\n"
     proof = identity_from_ssh_cert(ssh_cert).session_proof
     if proof is None or (proof.kind, proof.target) != (kind, target):
         raise DevicetrustError("the auth service returned a session certificate for another target")
-    return SessionCertificate(ssh_cert, str(reply["tls_cert"]), proof)
+    return SessionCertificate(ssh_cert, reply.tls_cert, proof)

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import click
 from cryptography import x509
@@ -33,10 +32,11 @@ from devicetrust.cli.common import (
     split_list,
 )
 from devicetrust.cli.profile import ProfileStore
-from devicetrust.client import AuthClient
+from devicetrust.client import AuthApi
 from devicetrust.config import AdminIdentity, load_config
 from devicetrust.crypto import fingerprint_sha256, load_public_key
 from devicetrust.errors import AlreadyExistsError, ConfigError, DevicetrustError, NotFoundError, ValidationError
+from devicetrust.protocol import ClusterCAs, ResourceDocument
 from devicetrust.types import (
     Metadata,
     dump_yaml,
@@ -50,16 +50,16 @@ from devicetrust.types import (
 class Context:
     def __init__(self, config_path: Path | None) -> None:
         self.config_path = config_path
-        self._client: AuthClient | None = None
+        self._client: AuthApi | None = None
         self.auth_addr = ""
 
     @property
-    def client(self) -> AuthClient:
+    def client(self) -> AuthApi:
         if self._client is None:
             self._client = self._connect()
         return self._client
 
-    def _connect(self) -> AuthClient:
+    def _connect(self) -> AuthApi:
         config = load_config(self.config_path)
         explicit = config.source is not None
         path = config.admin_identity_path
@@ -75,22 +75,15 @@ class Context:
                     f"cannot read the admin identity {path}: run tctl as the user that runs devicetrust"
                 ) from None
             self.auth_addr = identity.auth_addr
-            return AuthClient(identity.auth_addr, ca_pem=identity.host_ca_pem, token=identity.token)
+            return AuthApi(identity.auth_addr, ca_pem=identity.host_ca_pem, token=identity.token)
         store = ProfileStore()
         profile = store.require_current()
         self.auth_addr = profile.proxy
         pinned = store.pinned_ca(profile.proxy)
-        return AuthClient(profile.proxy, ca_pem=pinned, token=store.session_token(profile))
+        return AuthApi(profile.proxy, ca_pem=pinned, token=store.session_token(profile))
 
 
 pass_ctx = click.make_pass_decorator(Context)
-
-
-def _url(*segments: str) -> str:
-    """An API path from names as typed: each is one path segment, so "role/../user/alice" cannot re-route."""
-    quoted = [quote(segment, safe="") for segment in segments]
-    # "." and ".." survive quote() and would be resolved away by the HTTP client.
-    return "/v1/" + "/".join("%2E" * len(q) if q in (".", "..") else q for q in quoted)
 
 
 @click.group(cls=DevicetrustGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,11 +143,8 @@ def users_add(
     fmt: str,
 ) -> None:
     """Create a user and print a one-time signup token."""
-    reply = ctx.client.post(
-        "/v1/users",
-        {"name": name, "roles": _roles(roles, "--roles"), "traits": _traits(logins, kubernetes_groups, db_users)},
-    )
-    emit(reply, fmt, lambda r: _print_invite(ctx, r["user"], r["invite_token"], "created"))
+    reply = ctx.client.create_user(name, _roles(roles, "--roles"), _traits(logins, kubernetes_groups, db_users))
+    emit(reply.model_dump(), fmt, lambda r: _print_invite(ctx, r["user"], r["invite_token"], "created"))
 
 
 @users.command("update")
@@ -176,11 +166,9 @@ def users_update(
     traits = _traits(set_logins, set_kubernetes_groups, set_db_users)
     if set_roles is None and not traits:
         raise click.UsageError("nothing to update: give --set-roles or --set-logins")
-    body: dict[str, Any] = {"set_traits": traits or None}
-    if set_roles is not None:
-        body["set_roles"] = _roles(set_roles, "--set-roles")
-    reply = ctx.client.patch(_url("users", _checked_name(name)), body)
-    click.echo(f'User "{name}" has been updated (roles: {", ".join(reply["roles"])}).')
+    new_roles = _roles(set_roles, "--set-roles") if set_roles is not None else None
+    reply = ctx.client.update_user(_checked_name(name), set_roles=new_roles, set_traits=traits or None)
+    click.echo(f'User "{name}" has been updated (roles: {", ".join(reply.roles)}).')
 
 
 @users.command("ls")
@@ -188,7 +176,7 @@ def users_update(
 @pass_ctx
 def users_ls(ctx: Context, fmt: str) -> None:
     """List users."""
-    items = ctx.client.get("/v1/resources/user")["items"]
+    items = ctx.client.list_resources("user").items
     emit(
         items,
         fmt,
@@ -211,7 +199,7 @@ def users_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def users_rm(ctx: Context, name: str) -> None:
     """Delete a user and end their sessions."""
-    ctx.client.delete(_url("resources", "user", _checked_name(name)))
+    ctx.client.delete_resource("user", _checked_name(name))
     click.echo(f'User "{name}" has been deleted.')
 
 
@@ -220,8 +208,8 @@ def users_rm(ctx: Context, name: str) -> None:
 @pass_ctx
 def users_reset(ctx: Context, name: str) -> None:
     """Clear a user's password and print a new signup token."""
-    reply = ctx.client.post(_url("users", _checked_name(name), "reset"))
-    _print_invite(ctx, name, reply["invite_token"], "reset")
+    reply = ctx.client.reset_user(_checked_name(name))
+    _print_invite(ctx, name, reply.invite_token, "reset")
 
 
 # -------------------------------------------------------------------------------------------- resources
@@ -249,18 +237,18 @@ def create(ctx: Context, filename: str, force: bool) -> None:
     applied: list[str] = []
     for number, (doc, label) in enumerate(zip(documents, labels, strict=True), start=1):
         try:
-            reply = ctx.client.put("/v1/resources", {"resource": doc, "force": force})
+            reply = ctx.client.put_resource(doc, force=force)
         except DevicetrustError as err:
             if isinstance(err, AlreadyExistsError) and doc.get("kind") in _FORCE_OVERWRITES:
                 err.message += "; use --force to overwrite it"
             done = f"applied before it: {', '.join(applied)}" if applied else "nothing was applied"
             err.message = f"{source}: document {number} ({label}): {err.message} ({done}; nothing after it)"
             raise
-        if reply["outcome"] == "unchanged":
-            click.echo(f'{reply["kind"]} "{reply["name"]}" already exists with this content; nothing to change')
+        if reply.outcome == "unchanged":
+            click.echo(f'{reply.kind} "{reply.name}" already exists with this content; nothing to change')
         else:
-            click.echo(f'{reply["kind"]} "{reply["name"]}" has been {reply["outcome"]}')
-        applied.append(f"{label} {reply['outcome']}")
+            click.echo(f'{reply.kind} "{reply.name}" has been {reply.outcome}')
+        applied.append(f"{label} {reply.outcome}")
 
 
 #: kinds `tctl create --force` overwrites (a lock is never overwritten; the auth preference always is)
@@ -298,12 +286,11 @@ def _checked_name(name: str) -> str:
     return Metadata(name=name).name
 
 
-def _fetch(ctx: Context, ref: str) -> list[dict[str, Any]]:
+def _fetch(ctx: Context, ref: str) -> list[ResourceDocument]:
     kind, name = _split_ref(ref)
     if name:
-        return [ctx.client.get(_url("resources", kind, name))]
-    items: list[dict[str, Any]] = ctx.client.get(_url("resources", kind))["items"]
-    return items
+        return [ctx.client.get_resource(kind, name)]
+    return ctx.client.list_resources(kind).items
 
 
 @cli.command()
@@ -330,7 +317,7 @@ def rm(ctx: Context, ref: str) -> None:
     kind, name = _split_ref(ref)
     if not name:
         raise click.UsageError("give KIND/NAME, e.g. role/contractor")
-    ctx.client.delete(_url("resources", kind, name))
+    ctx.client.delete_resource(kind, name)
     click.echo(f'{kind} "{name}" has been deleted')
 
 
@@ -364,8 +351,8 @@ def edit(ctx: Context, ref: str) -> None:
     before, after = docs[0]["metadata"]["name"], metadata.get("name") if isinstance(metadata, dict) else None
     if after != before:
         raise ValidationError(f"edited resource: metadata.name cannot change ({before!r} -> {after!r}); nothing saved")
-    reply = ctx.client.put("/v1/resources", {"resource": documents[0], "force": True})
-    click.echo(f'{reply["kind"]} "{reply["name"]}" has been updated')
+    reply = ctx.client.put_resource(documents[0], force=True)
+    click.echo(f'{reply.kind} "{reply.name}" has been updated')
 
 
 # ------------------------------------------------------------------------------------------------- bots
@@ -383,15 +370,9 @@ def bots() -> None:
 @pass_ctx
 def bots_add(ctx: Context, name: str, roles: str, logins: str | None, ttl: str | None, fmt: str) -> None:
     """Create a bot and print its one-time join token."""
-    body = {
-        "name": name,
-        "roles": _roles(roles, "--roles"),
-        "traits": _traits(logins, None, None),
-        "token_ttl_seconds": _token_ttl_seconds(ttl),
-    }
-    reply = ctx.client.post("/v1/bots", body)
+    reply = ctx.client.create_bot(name, _roles(roles, "--roles"), _traits(logins, None, None), _token_ttl_seconds(ttl))
     emit(
-        reply,
+        reply.model_dump(),
         fmt,
         lambda r: click.echo(
             f'Bot "{r["bot"]}" has been created. Its join token expires at {r["expires"]}.\n'
@@ -406,7 +387,7 @@ def bots_add(ctx: Context, name: str, roles: str, logins: str | None, ttl: str |
 @pass_ctx
 def bots_ls(ctx: Context, fmt: str) -> None:
     """List bots."""
-    items = ctx.client.get("/v1/resources/bot")["items"]
+    items = ctx.client.list_resources("bot").items
     emit(
         items,
         fmt,
@@ -421,7 +402,7 @@ def bots_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def bots_rm(ctx: Context, name: str) -> None:
     """Delete a bot, its unused token and its sessions."""
-    ctx.client.delete(_url("resources", "bot", _checked_name(name)))
+    ctx.client.delete_resource("bot", _checked_name(name))
     click.echo(f'Bot "{name}" has been deleted.')
 
 
@@ -440,13 +421,9 @@ def tokens_add(ctx: Context, token_type: str, ttl: str | None, fmt: str) -> None
     """Create a join token."""
     from devicetrust.auth.identities import check_join_token_type  # a heavy import, for this command only
 
-    body = {
-        "type": check_join_token_type(token_type, "--type"),
-        "ttl_seconds": _token_ttl_seconds(ttl),
-    }
-    reply = ctx.client.post("/v1/tokens", body)
+    reply = ctx.client.create_token(check_join_token_type(token_type, "--type"), _token_ttl_seconds(ttl))
     emit(
-        reply,
+        reply.model_dump(),
         fmt,
         lambda r: click.echo(
             f"The invite token: {r['token']}\nThis token will expire at {r['expires']}.\n"
@@ -460,7 +437,7 @@ def tokens_add(ctx: Context, token_type: str, ttl: str | None, fmt: str) -> None
 @pass_ctx
 def tokens_ls(ctx: Context, fmt: str) -> None:
     """List unexpired tokens (by id: tokens themselves are stored only as hashes)."""
-    items = ctx.client.get("/v1/tokens")["items"]
+    items = ctx.client.list_tokens().model_dump()["items"]
     emit(
         items,
         fmt,
@@ -476,7 +453,7 @@ def tokens_ls(ctx: Context, fmt: str) -> None:
 @pass_ctx
 def tokens_rm(ctx: Context, token_id: str) -> None:
     """Delete a token by the id 'tctl tokens ls' shows."""
-    ctx.client.delete(_url("tokens", token_id))
+    ctx.client.delete_token(token_id)
     click.echo(f"Token {token_id} has been deleted.")
 
 
@@ -496,13 +473,12 @@ def device_selector(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--device-id", help="The device's id.")(command)
 
 
-def _resolve_device(ctx: Context, device_id: str | None, asset_tag: str | None) -> dict[str, Any]:
+def _resolve_device(ctx: Context, device_id: str | None, asset_tag: str | None) -> ResourceDocument:
     if bool(device_id) == bool(asset_tag):
         raise click.UsageError("give exactly one of --device-id or --asset-tag")
     if device_id:
-        device: dict[str, Any] = ctx.client.get(_url("devices", device_id))
-        return device
-    found = ctx.client.get("/v1/devices", asset_tag=asset_tag)["items"]
+        return ctx.client.get_device(device_id)
+    found = ctx.client.find_devices(asset_tag or "").items
     if not found:
         raise NotFoundError(f'no device with asset tag "{asset_tag}"')
     if len(found) > 1:
@@ -552,10 +528,7 @@ def _print_enroll_command(asset_tag: str, token: str) -> None:
 def devices_add(ctx: Context, os_type: str, asset_tag: str, enroll: bool, enroll_ttl: str | None, fmt: str) -> None:
     """Register a device in the inventory."""
     ttl = _enroll_ttl_seconds(enroll_ttl, "--enroll-ttl")
-    reply = ctx.client.post(
-        "/v1/devices",
-        {"os_type": os_type, "asset_tag": asset_tag, "create_enroll_token": enroll, "enroll_token_ttl_seconds": ttl},
-    )
+    reply = ctx.client.add_device(os_type, asset_tag, create_enroll_token=enroll, enroll_token_ttl_seconds=ttl)
 
     def text(r: dict[str, Any]) -> None:
         spec = r["device"]["spec"]
@@ -563,7 +536,7 @@ def devices_add(ctx: Context, os_type: str, asset_tag: str, enroll: bool, enroll
         if r["enroll_token"]:
             _print_enroll_command(spec["asset_tag"], r["enroll_token"])
 
-    emit(reply, fmt, text)
+    emit(reply.model_dump(), fmt, text)
 
 
 def _device_rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -591,9 +564,9 @@ def devices_ls(ctx: Context, fmt: str) -> None:
     items: list[dict[str, Any]] = []
     token: str | None = None
     while True:
-        page = ctx.client.get("/v1/devices", page_size=1000, page_token=token)
-        items.extend(page["items"])
-        token = page["next_page_token"]
+        page = ctx.client.list_devices(page_size=1000, page_token=token)
+        items.extend(page.items)
+        token = page.next_page_token
         if not token:
             break
     emit(
@@ -625,7 +598,7 @@ def devices_get(ctx: Context, device_id: str | None, asset_tag: str | None, fmt:
 def devices_rm(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
     """Remove a device from the inventory (issued certificates stay valid until they expire: use locks)."""
     device = _resolve_device(ctx, device_id, asset_tag)
-    ctx.client.delete(_url("devices", device["metadata"]["name"]))
+    ctx.client.delete_device(device["metadata"]["name"])
     spec = device["spec"]
     click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} removed")
 
@@ -639,8 +612,8 @@ def devices_enroll(ctx: Context, device_id: str | None, asset_tag: str | None, t
     """Create an enrollment token for a registered device (it replaces any earlier one)."""
     device = _resolve_device(ctx, device_id, asset_tag)
     seconds = _enroll_ttl_seconds(ttl, "--ttl")
-    reply = ctx.client.post(_url("devices", device["metadata"]["name"], "enroll-token"), {"ttl_seconds": seconds})
-    emit(reply, fmt, lambda r: _print_enroll_command(r["device"]["spec"]["asset_tag"], r["enroll_token"]))
+    reply = ctx.client.create_enroll_token(device["metadata"]["name"], seconds)
+    emit(reply.model_dump(), fmt, lambda r: _print_enroll_command(r["device"]["spec"]["asset_tag"], r["enroll_token"]))
 
 
 @devices.command("unenroll")
@@ -649,7 +622,7 @@ def devices_enroll(ctx: Context, device_id: str | None, asset_tag: str | None, t
 def devices_unenroll(ctx: Context, device_id: str | None, asset_tag: str | None) -> None:
     """Unenroll a device: clear its credential, owner and collected data (it stays registered)."""
     device = _resolve_device(ctx, device_id, asset_tag)
-    ctx.client.post(_url("devices", device["metadata"]["name"], "unenroll"))
+    ctx.client.unenroll_device(device["metadata"]["name"])
     spec = device["spec"]
     click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} unenrolled")
 
@@ -661,7 +634,7 @@ def _create_lock(ctx: Context, target: dict[str, str], message: str, ttl: str | 
         spec["expires"] = (datetime.now(UTC) + parse_duration(ttl, what="--ttl")).isoformat()
     name = str(uuid.uuid4())
     doc = {"kind": "lock", "version": "v2", "metadata": {"name": name}, "spec": spec}
-    ctx.client.put("/v1/resources", {"resource": doc, "force": False})
+    ctx.client.put_resource(doc, force=False)
     return name
 
 
@@ -731,14 +704,14 @@ def audit_ls(
 ) -> None:
     """List the latest audit events (up to --limit), oldest first."""
     now = datetime.now(UTC)
-    params: dict[str, Any] = {"limit": limit, "user": user, "newest": "true"}
-    if since:
-        params["since"] = (now - parse_duration(since, what="--since")).isoformat()
-    if until_:
-        params["until"] = (now - parse_duration(until_, what="--until")).isoformat()
-    if event_types:
-        params["type"] = list(event_types)
-    items = ctx.client.get("/v1/events", **params)["items"]
+    items = ctx.client.events(
+        since=now - parse_duration(since, what="--since") if since else None,
+        until=now - parse_duration(until_, what="--until") if until_ else None,
+        types=list(event_types),
+        user=user,
+        limit=limit,
+        newest=True,
+    ).items
     emit(
         items,
         fmt,
@@ -752,13 +725,13 @@ def audit_ls(
     )
 
 
-def _ca_fingerprints(cas: dict[str, str]) -> dict[str, str]:
+def _ca_fingerprints(cas: ClusterCAs) -> dict[str, str]:
     """What ``ssh-keygen -l`` prints for each SSH CA key, and what ``openssl x509 -fingerprint -sha256`` prints for
     the host CA's certificate (the one the auth service's TLS certificate chains to)."""
-    host_cert = x509.load_pem_x509_certificate(cas["host_ca_pem"].encode())
+    host_cert = x509.load_pem_x509_certificate(cas.host_ca_pem.encode())
     return {
-        "user_ca": fingerprint_sha256(load_public_key(cas["user_ca_ssh"])),
-        "host_ca": fingerprint_sha256(load_public_key(cas["host_ca_ssh"])),
+        "user_ca": fingerprint_sha256(load_public_key(cas.user_ca_ssh)),
+        "host_ca": fingerprint_sha256(load_public_key(cas.host_ca_ssh)),
         "host_ca_tls": "SHA256 " + host_cert.fingerprint(hashes.SHA256()).hex(":").upper(),
     }
 
@@ -768,9 +741,9 @@ def _ca_fingerprints(cas: dict[str, str]) -> dict[str, str]:
 @pass_ctx
 def status(ctx: Context, fmt: str) -> None:
     """Show the cluster name, version, device trust settings and CA fingerprints."""
-    ping = ctx.client.get("/v1/ping")
-    who = ctx.client.get("/v1/whoami")
-    data = {**ping, "caller": who, "cas": _ca_fingerprints(ctx.client.get("/v1/cas"))}
+    ping = ctx.client.ping()
+    who = ctx.client.whoami()
+    data = {**ping.model_dump(), "caller": who.model_dump(), "cas": _ca_fingerprints(ctx.client.cas())}
     emit(
         data,
         fmt,
@@ -810,14 +783,14 @@ EXPORT_TYPES = ("user", "host", "tls", "tls-host", "tls-user")
 @pass_ctx
 def auth_export(ctx: Context, ca_type: str | None) -> None:
     """Print the public half of the cluster's CAs, never their private keys."""
-    cas = ctx.client.get("/v1/cas")
-    cluster = ctx.client.get("/v1/ping")["cluster_name"]
+    cas = ctx.client.cas()
+    cluster = ctx.client.ping().cluster_name
     lines = {
-        "user": f"cert-authority {_ssh_key(cas['user_ca_ssh'])} clustername={cluster}&type=user",
-        "host": f"@cert-authority * {_ssh_key(cas['host_ca_ssh'])} clustername={cluster}&type=host",
-        "tls": cas["host_ca_pem"].rstrip("\n"),
-        "tls-host": cas["host_ca_pem"].rstrip("\n"),
-        "tls-user": cas["user_ca_pem"].rstrip("\n"),
+        "user": f"cert-authority {_ssh_key(cas.user_ca_ssh)} clustername={cluster}&type=user",
+        "host": f"@cert-authority * {_ssh_key(cas.host_ca_ssh)} clustername={cluster}&type=host",
+        "tls": cas.host_ca_pem.rstrip("\n"),
+        "tls-host": cas.host_ca_pem.rstrip("\n"),
+        "tls-user": cas.user_ca_pem.rstrip("\n"),
     }
     for wanted in (ca_type,) if ca_type else ("user", "host"):
         click.echo(lines[wanted])

@@ -26,7 +26,7 @@ from devicetrust.cli.common import (
 )
 from devicetrust.cli.device_proof import ENV_DEVICE_KEY, device_state_dir, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore
-from devicetrust.client import AuthClient
+from devicetrust.client import AuthApi
 from devicetrust.crypto import (
     generate_private_key,
     identity_from_ssh_cert,
@@ -40,6 +40,7 @@ from devicetrust.device.device_key import DeviceKey
 from devicetrust.device.keys import BACKENDS, UnsafeSoftwareKey, default_backend, open_device_key
 from devicetrust.errors import AlreadyExistsError, DevicetrustError, TrustError, ValidationError
 from devicetrust.files import write_atomic
+from devicetrust.protocol import LoginResponse, ResourceDocument
 from devicetrust.types import SESSION_PROOF_PER_SESSION, os_display_name
 
 PASSWORD_PROMPT = "Enter password for user {user}: "
@@ -71,11 +72,11 @@ def _trusted_ca(store: ProfileStore, proxy: str, *, insecure: bool, trust_new_ca
     if insecure:
         warn("--insecure: the auth service's certificate is not verified; use only in development")
         return None
-    with AuthClient(proxy, insecure=True) as probe:
-        fetched = str(probe.get("/v1/cas")["host_ca_pem"])
+    with AuthApi(proxy, insecure=True) as probe:
+        fetched = probe.cas().host_ca_pem
     # Prove the server we will talk to holds a certificate from this CA before pinning it.
-    with AuthClient(proxy, ca_pem=fetched) as check:
-        check.get("/v1/ping")
+    with AuthApi(proxy, ca_pem=fetched) as check:
+        check.ping()
     fingerprint = ca_fingerprint(fetched)
     if pinned and pinned != fetched:
         click.echo(f"Trusting the NEW cluster CA of {proxy} ({fingerprint}).", err=True)
@@ -91,33 +92,32 @@ def ca_fingerprint(ca_pem: str) -> str:
     return "SHA256:" + ":".join(f"{b:02X}" for b in digest)
 
 
-def _client_for(store: ProfileStore, proxy: str, insecure: bool, token: str | None = None) -> AuthClient:
+def _client_for(store: ProfileStore, proxy: str, insecure: bool, token: str | None = None) -> AuthApi:
     pinned = store.pinned_ca(proxy)
     if pinned is None and not insecure:
         raise TrustError(f"no pinned CA for {proxy}; run 'tsh login --proxy={proxy}'")
-    return AuthClient(proxy, ca_pem=pinned, insecure=insecure and pinned is None, token=token)
+    return AuthApi(proxy, ca_pem=pinned, insecure=insecure and pinned is None, token=token)
 
 
-def _save_login(store: ProfileStore, proxy: str, kind: str, reply: dict[str, Any], key: Any) -> Profile:
-    trust = reply.get("device_trust") or {}
+def _save_login(store: ProfileStore, proxy: str, kind: str, reply: LoginResponse, key: Any) -> Profile:
     profile = Profile(
         proxy=proxy,
-        user=str(reply["identity"]["user"]),
-        cluster_name=str(reply["cluster_name"]),
+        user=reply.identity.user,
+        cluster_name=reply.cluster_name,
         kind=kind,
-        user_ca_ssh=str(reply["user_ca_ssh"]),
-        user_ca_pem=str(reply["user_ca_pem"]),
-        host_ca_ssh=str(reply["host_ca_ssh"]),
-        device_trust=bool(trust.get("enabled", True)),
-        session_proof=str(trust.get("session_proof") or SESSION_PROOF_PER_SESSION),
+        user_ca_ssh=reply.user_ca_ssh,
+        user_ca_pem=reply.user_ca_pem,
+        host_ca_ssh=reply.host_ca_ssh,
+        device_trust=reply.device_trust.enabled,
+        session_proof=reply.device_trust.session_proof or SESSION_PROOF_PER_SESSION,
     )
     store.save(
         profile,
         private_key_pem=private_key_to_pem(key),
         public_key_openssh=public_key_to_openssh(key.public_key()),
-        ssh_cert=str(reply["ssh_cert"]),
-        tls_cert_pem=str(reply["tls_cert"]),
-        session_token=str(reply["session_token"]),
+        ssh_cert=reply.ssh_cert,
+        tls_cert_pem=reply.tls_cert,
+        session_token=reply.session_token,
     )
     return profile
 
@@ -221,34 +221,30 @@ def login(
     ca_pem = _trusted_ca(store, proxy, insecure=insecure, trust_new_ca=trust_new_ca)
     key = generate_private_key()
     public_key = public_key_to_openssh(key.public_key())
-    with AuthClient(proxy, ca_pem=ca_pem, insecure=ca_pem is None) as client:
+    with AuthApi(proxy, ca_pem=ca_pem, insecure=ca_pem is None) as client:
         if bot:
             if not token:
                 fail("--bot needs --token (from 'tctl bots add')")
-            reply = client.post("/v1/bots/join", {"token": token, "public_key": public_key, "ttl_seconds": ttl_seconds})
+            reply = client.bot_join(token, public_key, ttl_seconds)
             kind = "bot"
         else:
             if token:
                 user = _signup(client, token, password_stdin)
             user = user or (current.user if current and current.proxy == proxy else None) or getpass.getuser()
             password = _read_secret(PASSWORD_PROMPT.format(user=user), password_stdin)
-            reply = client.post(
-                "/v1/login",
-                {"user": user, "password": password, "public_key": public_key, "ttl_seconds": ttl_seconds},
-            )
+            reply = client.login(user, password, public_key, ttl_seconds)
             kind = "user"
     profile = _save_login(store, proxy, kind, reply, key)
-    trust = reply.get("device_trust") or {}
-    if trust.get("enabled"):
-        _device_login_step(store, profile, device_key, auto_enroll=bool(trust.get("auto_enroll")))
+    if reply.device_trust.enabled:
+        _device_login_step(store, profile, device_key, auto_enroll=reply.device_trust.auto_enroll)
     emit(_status_data(store, profile), fmt, _print_status)
 
 
-def _signup(client: AuthClient, token: str, password_stdin: bool) -> str:
+def _signup(client: AuthApi, token: str, password_stdin: bool) -> str:
     password = _read_secret("Choose a password: ", password_stdin)
     if not password_stdin and _read_secret("Confirm password: ", False) != password:
         raise ValidationError("passwords do not match")
-    user = str(client.post("/v1/signup", {"token": token, "password": password})["user"])
+    user = client.signup(token, password).user
     click.echo(f'Password set for user "{user}".', err=True)
     if password_stdin:
         # The same line logs in right after signup.
@@ -279,7 +275,7 @@ def signup(proxy: str, token: str, password_stdin: bool, insecure: bool) -> None
     """Set your password with a signup token."""
     store = ProfileStore()
     ca_pem = _trusted_ca(store, proxy, insecure=insecure, trust_new_ca=False)
-    with AuthClient(proxy, ca_pem=ca_pem, insecure=ca_pem is None) as client:
+    with AuthApi(proxy, ca_pem=ca_pem, insecure=ca_pem is None) as client:
         user = _signup(client, token, password_stdin)
     click.echo(f"Run 'tsh login --proxy={proxy} --user={user}' to log in.")
 
@@ -305,7 +301,7 @@ def logout() -> None:
         return
     try:
         with _client_for(store, profile.proxy, False, store.session_token(profile)) as client:
-            client.post("/v1/logout")
+            client.logout()
     except Exception as err:
         warn(f"could not end the session on the server: {err}")
     store.remove(profile)
@@ -317,26 +313,22 @@ def _device_state(store: ProfileStore) -> Path:
     return device_state_dir(store)
 
 
-def _session_client(store: ProfileStore, profile: Profile) -> AuthClient:
+def _session_client(store: ProfileStore, profile: Profile) -> AuthApi:
     return _client_for(store, profile.proxy, False, store.session_token(profile))
 
 
-def _enroll(client: AuthClient, key: DeviceKey, collected: CollectedData, token: str | None) -> dict[str, Any]:
-    begin = client.post(
-        "/v1/devices/enroll/begin",
-        {
-            "token": token,
-            "credential_id": key.credential_id(),
-            "device_data": collected.to_dict(),
-            **key.enroll_payload(),
-        },
+def _enroll(client: AuthApi, key: DeviceKey, collected: CollectedData, token: str | None) -> ResourceDocument:
+    begin = client.enroll_begin(
+        token=token,
+        credential_id=key.credential_id(),
+        device_data=collected.to_dict(),
+        **key.enroll_payload(),
     )
-    answer = key.answer_enrollment(Challenge.from_json(begin))
-    device: dict[str, Any] = client.post("/v1/devices/enroll/finish", answer.to_json())
-    return device
+    answer = key.answer_enrollment(Challenge.from_json(begin.model_dump()))
+    return client.enroll_finish(answer.to_json())
 
 
-def _enrolled_message(device: dict[str, Any]) -> str:
+def _enrolled_message(device: ResourceDocument) -> str:
     spec = device["spec"]
     return f'Device "{spec["asset_tag"]}"/{os_display_name(spec["os_type"])} enrolled'
 
@@ -345,18 +337,13 @@ def _authenticate_device(store: ProfileStore, profile: Profile, key: DeviceKey, 
     """Run the authentication ceremony and replace the profile's certificates with the augmented pair."""
     cert_path = store.ssh_cert_path(profile)
     with _session_client(store, profile) as client:
-        begin = client.post(
-            "/v1/devices/authenticate/begin",
-            {
-                "credential_id": key.credential_id(),
-                "device_data": collected.to_dict(),
-                "ssh_cert": cert_path.read_text(),
-            },
+        begin = client.authenticate_begin(
+            credential_id=key.credential_id(), device_data=collected.to_dict(), ssh_cert=cert_path.read_text()
         )
-        answer = key.answer_authentication(Challenge.from_json(begin))
-        reply = client.post("/v1/devices/authenticate/finish", answer.to_json())
-    write_atomic(cert_path, str(reply["ssh_cert"]).rstrip().encode() + b"\n", 0o644)
-    write_atomic(store.tls_cert_path(profile), str(reply["tls_cert"]).encode(), 0o644)
+        answer = key.answer_authentication(Challenge.from_json(begin.model_dump()))
+        reply = client.authenticate_finish(answer.to_json())
+    write_atomic(cert_path, reply.ssh_cert.rstrip().encode() + b"\n", 0o644)
+    write_atomic(store.tls_cert_path(profile), reply.tls_cert.encode(), 0o644)
 
 
 def _warn_unsafe(key: DeviceKey) -> None:
@@ -428,19 +415,18 @@ def device_enroll(token: str | None, current_device: bool, device_key: str | Non
     click.echo(_enrolled_message(device_doc))
 
 
-def _self_enroll_token(client: AuthClient, collected: CollectedData) -> str:
+def _self_enroll_token(client: AuthApi, collected: CollectedData) -> str:
     try:
-        reply = client.post(
-            "/v1/devices",
-            {"os_type": collected.os_type, "asset_tag": collected.serial_number, "create_enroll_token": True},
+        reply = client.add_device(
+            collected.os_type, collected.serial_number, create_enroll_token=True, enroll_token_ttl_seconds=None
         )
     except AlreadyExistsError:
-        found = client.get("/v1/devices", asset_tag=collected.serial_number)["items"]
+        found = client.find_devices(collected.serial_number).items
         matching = [d for d in found if d["spec"]["os_type"] == collected.os_type]
         if not matching:
             raise
-        reply = client.post(f"/v1/devices/{matching[0]['metadata']['name']}/enroll-token", {})
-    return str(reply["enroll_token"])
+        reply = client.create_enroll_token(matching[0]["metadata"]["name"])
+    return str(reply.enroll_token)
 
 
 @device.command("authenticate")

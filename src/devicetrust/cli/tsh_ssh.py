@@ -40,7 +40,7 @@ import click
 from devicetrust.cli.common import emit, format_option, print_table, warn
 from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore
-from devicetrust.client import AuthClient
+from devicetrust.client import AuthApi
 from devicetrust.crypto import Identity, identity_from_ssh_cert
 from devicetrust.errors import (
     AccessDeniedError,
@@ -52,6 +52,7 @@ from devicetrust.errors import (
     ValidationError,
 )
 from devicetrust.files import write_atomic
+from devicetrust.protocol import NodeInfo
 
 #: Seconds to wait for a node to accept the TCP connection and finish the SSH handshake.
 CONNECT_TIMEOUT_SECONDS = 15.0
@@ -88,18 +89,14 @@ class Node:
     last_seen: str = ""
 
     @classmethod
-    def from_json(cls, item: Mapping[str, Any]) -> Node:
-        try:
-            labels = item.get("labels") or {}
-            return cls(
-                host_id=str(item["host_id"]),
-                hostname=str(item["hostname"]),
-                addr=str(item["addr"]),
-                labels={str(k): str(v) for k, v in dict(labels).items()},
-                last_seen=str(item.get("last_seen") or ""),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise DevicetrustError(f"the auth service listed a malformed node ({err})") from None
+    def from_reply(cls, item: NodeInfo) -> Node:
+        return cls(
+            host_id=item.host_id,
+            hostname=item.hostname,
+            addr=item.addr,
+            labels=dict(item.labels),
+            last_seen=item.last_seen,
+        )
 
     @property
     def host(self) -> str:
@@ -138,16 +135,16 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host, port
 
 
-def nodes_client(store: ProfileStore, profile: Profile) -> AuthClient:
+def nodes_client(store: ProfileStore, profile: Profile) -> AuthApi:
     """An API client for the profile's auth service, authenticated by its session token."""
-    return AuthClient(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
+    return AuthApi(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
 
 
 def fetch_nodes(store: ProfileStore, profile: Profile) -> list[Node]:
     """The nodes the current user may reach (``GET /v1/nodes``), by host name. Tests may replace this."""
     with nodes_client(store, profile) as client:
-        items = client.get("/v1/nodes").get("items", [])
-    return sorted((Node.from_json(item) for item in items), key=lambda n: (n.hostname, n.host_id))
+        items = client.list_nodes().items
+    return sorted((Node.from_reply(item) for item in items), key=lambda n: (n.hostname, n.host_id))
 
 
 def resolve_node(nodes: Sequence[Node], name: str, cluster_name: str) -> Node:

@@ -28,8 +28,10 @@ import httpx
 from devicetrust.client import (
     CONNECT_TIMEOUT_SECONDS,
     REQUEST_TIMEOUT_SECONDS,
+    body,
     error_from_response,
     pinned_ssl_context,
+    reply_as,
     transport_errors,
 )
 from devicetrust.errors import (
@@ -40,6 +42,14 @@ from devicetrust.errors import (
 )
 from devicetrust.mdm.diff import Observation, StoredDevice
 from devicetrust.mdm.sink import ApplyResult, Removal, SyncReport
+from devicetrust.protocol import (
+    MdmApplyResponse,
+    MdmDeleteResponse,
+    MdmDevicePage,
+    MdmJoinRequest,
+    MdmJoinResponse,
+    MdmStateValue,
+)
 from devicetrust.types import DeviceProfile, DeviceSource
 from devicetrust.types.device import check_asset_tag, check_os_type, format_timestamp
 
@@ -384,9 +394,10 @@ class ApiSink:
         token = self._join_token() if callable(self._join_token) else self._join_token
         if not token:
             raise AuthenticationError("no mdm join token configured (jamf_service.join_token or token_file)")
-        answer = await self._send("POST", "/v1/mdm/join", json={"token": token, "name": self.name})
-        self._session = str(answer["session_token"])
-        self.cluster_name = str(answer.get("cluster_name", "")) or None
+        request = MdmJoinRequest.model_construct(token=token, name=self.name)
+        answer = reply_as(MdmJoinResponse, await self._send("POST", "/v1/mdm/join", json=body(request)), "mdm/join")
+        self._session = answer.session_token
+        self.cluster_name = answer.cluster_name or None
         log.info("joined the cluster as an mdm agent", extra={"auth_server": self.addr, "source": self.name})
         return self._session
 
@@ -418,10 +429,9 @@ class ApiSink:
     # -- protocol -----------------------------------------------------------------------------------------
     async def scan(self, page_token: str | None) -> tuple[list[StoredDevice], str | None]:
         params = {"page_token": page_token} if page_token else None
-        answer = await self._call("GET", "/v1/mdm/devices", params=params)
-        items = [stored_device_from_json(item) for item in answer.get("items", [])]
-        next_token = answer.get("next_page_token")
-        return items, str(next_token) if next_token else None
+        answer = reply_as(MdmDevicePage, await self._call("GET", "/v1/mdm/devices", params=params), "mdm/devices")
+        items = [stored_device_from_json(item.model_dump()) for item in answer.items]
+        return items, answer.next_page_token or None
 
     async def apply(
         self, source: DeviceSource, observations: Sequence[Observation], *, new_keys: frozenset[str]
@@ -435,7 +445,8 @@ class ApiSink:
                 "observations": [observation_to_json(observation) for observation in batch],
                 "new_keys": keys,
             }
-            result = apply_result_from_json(await self._call("POST", "/v1/mdm/devices/apply", json=body))
+            reply = await self._call("POST", "/v1/mdm/devices/apply", json=body)
+            result = ApplyResult(**reply_as(MdmApplyResponse, reply, "mdm/devices/apply").model_dump())
             totals = ApplyResult(
                 created=totals.created + result.created,
                 updated=totals.updated + result.updated,
@@ -453,13 +464,12 @@ class ApiSink:
                 "removals": [removal_to_json(removal) for removal in removals[start : start + MAX_BATCH_ITEMS]],
             }
             answer = await self._call("POST", "/v1/mdm/devices/delete", json=body)
-            deleted += _int(answer.get("deleted"), "deleted")
+            deleted += reply_as(MdmDeleteResponse, answer, "mdm/devices/delete").deleted
         return deleted
 
     async def load_state(self, key: str) -> str | None:
         answer = await self._call("GET", f"/v1/mdm/state/{key}")
-        value = answer.get("value")
-        return None if value is None else str(value)
+        return reply_as(MdmStateValue, answer, "mdm/state").value
 
     async def save_state(self, key: str, value: str) -> None:
         await self._call("PUT", f"/v1/mdm/state/{key}", json={"value": value})

@@ -1,0 +1,367 @@
+"""The auth service's wire protocol: every ``/v1/…`` request and response, as pydantic models.
+
+The service validates requests and serializes responses with these (so ``/v1/openapi.json`` describes them), and
+:class:`devicetrust.client.AuthApi` returns them. Domain values stay frozen dataclasses in ``devicetrust.types``;
+routes and callers convert at the edge.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, StringConstraints
+
+#: No TTL the service grants comes near a year; larger requests are refused rather than converted.
+MAX_TTL_SECONDS = 366 * 24 * 3600
+
+#: A user, resource, role or trait name as it travels in requests; control characters make no sense in one.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+TraitValue = Annotated[str, StringConstraints(max_length=1024)]
+Traits = Annotated[dict[Name, Annotated[list[TraitValue], Field(max_length=256)]], Field(max_length=256)]
+RoleNames = Annotated[list[Name], Field(max_length=256)]
+CertTTL = Annotated[int | None, Field(ge=60, le=MAX_TTL_SECONDS)]
+TokenTTL = Annotated[int | None, Field(ge=1, le=MAX_TTL_SECONDS)]
+
+#: A resource document (``kind``, ``version``, ``metadata``, ``spec``) as stored and as ``tctl get`` shows it;
+#: its spec depends on the kind, so it is parsed by ``devicetrust.types.parse_resource``, not here.
+ResourceDocument = dict[str, Any]
+#: An audit event: ``id``, ``uid``, ``event``, ``code``, ``time``, ``user``, ``success`` and the event's own fields.
+AuditEvent = dict[str, Any]
+#: A JSON object a ceremony or MDM message parser checks field by field (with its own one-line errors).
+JsonObject = dict[str, Any]
+
+
+class Message(BaseModel):
+    """Base of every request and response: unknown request fields are ignored, as they always were."""
+
+
+# ------------------------------------------------------------------------------------------------- errors
+class ErrorDetail(BaseModel):
+    kind: str = Field(description="stable machine-readable kind, e.g. validation, not_found, access_denied")
+    message: str = Field(description="one line a user can act on")
+
+
+class ErrorReply(BaseModel):
+    """Every error the service answers with (4xx and 5xx)."""
+
+    error: ErrorDetail
+
+
+class Empty(Message):
+    """The reply of an operation that has nothing to say beyond its success."""
+
+
+# ------------------------------------------------------------------------------------------------ cluster
+class DeviceTrustPreference(Message):
+    mode: str
+    auto_enroll: bool
+    session_proof: str
+    session_proof_ttl: str
+
+
+class AuthPreference(Message):
+    type: str
+    second_factors: list[str]
+    device_trust: DeviceTrustPreference
+
+
+class PingResponse(Message):
+    cluster_name: str
+    server_version: str
+    auth: AuthPreference
+
+
+class ClusterCAs(Message):
+    """Public halves of the cluster's certificate authorities."""
+
+    user_ca_ssh: str
+    user_ca_pem: str
+    host_ca_ssh: str
+    host_ca_pem: str
+
+
+# ----------------------------------------------------------------------------------------- login, sessions
+class LoginRequest(Message):
+    user: Name
+    password: str = Field(max_length=1024)
+    public_key: str = Field(max_length=4096, description="PEM or OpenSSH P-256 public key")
+    ttl_seconds: CertTTL = None
+
+
+class BotJoinRequest(Message):
+    token: str = Field(min_length=1, max_length=256)
+    public_key: str = Field(max_length=4096)
+    ttl_seconds: CertTTL = None
+
+
+class SignupRequest(Message):
+    token: str = Field(min_length=1, max_length=256)
+    password: str = Field(max_length=1024)
+
+
+class SignupResponse(Message):
+    user: str
+
+
+class LoginIdentity(Message):
+    user: str
+    roles: list[str]
+    logins: list[str]
+    bot_name: str | None
+
+
+class LoginDeviceTrust(Message):
+    enabled: bool
+    auto_enroll: bool
+    session_proof: str
+
+
+class LoginResponse(ClusterCAs):
+    session_token: str
+    expires: str
+    ssh_cert: str
+    tls_cert: str
+    identity: LoginIdentity
+    cluster_name: str
+    device_trust: LoginDeviceTrust
+
+
+class WhoamiResponse(Message):
+    user: str
+    kind: str
+    roles: list[str]
+    logins: list[str]
+    bot_name: str | None
+
+
+# ------------------------------------------------------------------------------------- users, bots, tokens
+class CreateUserRequest(Message):
+    name: Name
+    roles: RoleNames
+    traits: Traits = Field(default_factory=dict)
+
+
+class CreateUserResponse(Message):
+    user: str
+    invite_token: str
+
+
+class UpdateUserRequest(Message):
+    set_roles: RoleNames | None = None
+    set_traits: Traits | None = None
+
+
+class UpdateUserResponse(Message):
+    user: str
+    roles: list[str]
+
+
+class CreateBotRequest(Message):
+    name: Name
+    roles: RoleNames
+    traits: Traits = Field(default_factory=dict)
+    token_ttl_seconds: TokenTTL = None
+
+
+class CreateBotResponse(Message):
+    bot: str
+    token: str
+    expires: str
+
+
+class CreateTokenRequest(Message):
+    type: Name
+    ttl_seconds: TokenTTL = None
+
+
+class CreateTokenResponse(Message):
+    token: str
+    type: str
+    expires: str
+
+
+class TokenInfo(Message):
+    id: str
+    type: str
+    subject: str
+    expires: str
+
+
+class TokenList(Message):
+    items: list[TokenInfo]
+
+
+# ---------------------------------------------------------------------------------------------- resources
+class PutResourceRequest(Message):
+    resource: ResourceDocument
+    force: bool = False
+
+
+class PutResourceResponse(Message):
+    kind: str
+    name: str
+    outcome: str
+
+
+class ResourceList(Message):
+    items: list[ResourceDocument]
+
+
+# ------------------------------------------------------------------------------------------------ devices
+class AddDeviceRequest(Message):
+    os_type: Name
+    asset_tag: Name
+    create_enroll_token: bool = False
+    enroll_token_ttl_seconds: TokenTTL = None
+
+
+class EnrollTokenRequest(Message):
+    ttl_seconds: TokenTTL = None
+
+
+class DeviceWithToken(Message):
+    device: ResourceDocument
+    enroll_token: str | None
+
+
+class DeviceList(Message):
+    items: list[ResourceDocument]
+    next_page_token: str | None
+
+
+class EnrollBeginRequest(Message):
+    """``token`` for a token enrollment; without it, the caller's session asks for auto-enrollment."""
+
+    token: str | None = Field(default=None, max_length=256)
+    credential_id: str = Field(min_length=1, max_length=256)
+    device_data: JsonObject
+    tpm: JsonObject | None = None
+    key: JsonObject | None = None
+
+
+class SessionTarget(Message):
+    """What a session proof is for: ``ssh`` + the node's host id (later ``db``, ``kube``)."""
+
+    kind: Literal["ssh", "db", "kube"]
+    id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@/-]+$")
+
+
+class AuthenticateBeginRequest(Message):
+    credential_id: str = Field(min_length=1, max_length=256)
+    device_data: JsonObject
+    ssh_cert: str = Field(max_length=16 * 1024)
+    #: With a target: a session proof for it (session certificates); without: login-time device certificates.
+    target: SessionTarget | None = None
+
+
+class ChallengeMessage(Message):
+    """The reply to a ceremony's ``begin`` (base64 fields; empty when the ceremony does not use them)."""
+
+    ceremony_id: str
+    nonce: str
+    challenge: str
+    credential_blob: str
+    encrypted_secret: str
+
+
+class DeviceCertificates(Message):
+    ssh_cert: str
+    tls_cert: str
+    device: ResourceDocument
+
+
+# -------------------------------------------------------------------------------------------------- nodes
+class NodeJoinRequest(Message):
+    token: str = Field(min_length=1, max_length=256)
+    hostname: str = Field(min_length=1, max_length=253)
+    addr: str = Field(min_length=3, max_length=300)
+    labels: dict[str, str] = Field(default_factory=dict)
+    public_key: str = Field(max_length=4096)
+
+
+class NodeJoinResponse(ClusterCAs):
+    host_id: str
+    host_cert: str
+    session_token: str
+    cluster_name: str
+
+
+class HeartbeatRequest(Message):
+    addr: str = Field(min_length=3, max_length=300)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class NodeState(Message):
+    """Everything a node needs to decide on sessions by itself while the auth service is away."""
+
+    cluster_name: str
+    roles: list[ResourceDocument]
+    cluster_auth_preference: ResourceDocument
+    locks: list[ResourceDocument]
+    user_ca_ssh: str
+    generated: str
+
+
+class NodeInfo(Message):
+    # stored documents may carry fields a later version added: pass them on
+    model_config = ConfigDict(extra="allow")
+
+    host_id: str
+    hostname: str
+    addr: str
+    labels: dict[str, str]
+    joined: str
+    last_seen: str
+
+
+class NodeList(Message):
+    items: list[NodeInfo]
+
+
+# ---------------------------------------------------------------------------------------------------- mdm
+class MdmJoinRequest(Message):
+    token: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=64)
+
+
+class MdmJoinResponse(Message):
+    session_token: str
+    cluster_name: str
+
+
+class MdmDevice(Message):
+    id: str
+    os_type: str
+    asset_tag: str
+    source_name: str | None
+    source_origin: str | None
+    external_id: str | None
+    revision: int
+    fingerprint: str = Field(description="64-bit unsigned, as 16 hex digits")
+
+
+class MdmDevicePage(Message):
+    items: list[MdmDevice]
+    next_page_token: str | None
+
+
+class MdmApplyResponse(Message):
+    created: NonNegativeInt
+    updated: NonNegativeInt
+    unchanged: NonNegativeInt
+    foreign: NonNegativeInt
+    conflicts: NonNegativeInt
+
+
+class MdmDeleteResponse(Message):
+    deleted: NonNegativeInt
+
+
+class MdmStateValue(Message):
+    value: str | None
+
+
+# ------------------------------------------------------------------------------------------------- audit
+class EventPage(Message):
+    items: list[AuditEvent]
+    next_after: int | None
