@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from tests.integration.ceremony_helpers import (
     LOGIN,
     ClientKey,
     NodeInfo,
+    UserLogin,
     authenticate_device,
     connect_options,
     enroll_software_device,
@@ -57,6 +59,10 @@ from tests.integration.ceremony_helpers import (
 from tests.integration.cluster import free_port
 
 from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, process_cpu_seconds, summary_ms
+from devicetrust.ceremony.messages import Challenge, CollectedData
+from devicetrust.client import AuthClient
+from devicetrust.device.keys import TPMKey
+from devicetrust.device.swtpm import SimulatedTPM, manufacture
 
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "4"))
 PHASE_SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
@@ -294,16 +300,13 @@ class ProofBench:
     running: RunningCluster
     node: NodeInfo
     host_ca_ssh: str
-    login: Any  # UserLogin
+    login: UserLogin
     login_device_cert: str
-    key: Any  # TPMKey
-    collected: Any  # CollectedData
+    key: TPMKey
+    collected: CollectedData
 
     def session_cert(self) -> str:
         """What tsh ssh does before a session: a fresh HTTPS connection, the ceremony bound to the node."""
-        from devicetrust.ceremony.messages import Challenge
-        from devicetrust.client import AuthClient
-
         with AuthClient(self.running.addr, ca_pem=self.running.ca_pem, token=self.login.session_token) as client:
             begin = client.post(
                 "/v1/devices/authenticate/begin",
@@ -340,13 +343,9 @@ class ProofBench:
             time.sleep(0.1)
 
 
-def _enroll_tpm_device(running: RunningCluster, login: Any, state: Path, tcti: str) -> tuple[Any, Any]:
-    from datetime import UTC, datetime
-
-    from devicetrust.ceremony.messages import Challenge, CollectedData
-    from devicetrust.client import AuthClient
-    from devicetrust.device.keys import TPMKey
-
+def _enroll_tpm_device(
+    running: RunningCluster, login: UserLogin, state: Path, tcti: str
+) -> tuple[TPMKey, tuple[CollectedData, str]]:
     with closing(running.admin()) as admin:
         added = admin.call("POST", "/v1/devices", {"os_type": "linux", "asset_tag": PROOF_SERIAL})
         device_id = added["device"]["metadata"]["name"]
@@ -375,8 +374,6 @@ def _enroll_tpm_device(running: RunningCluster, login: Any, state: Path, tcti: s
 
 
 def run_proof_phases() -> tuple[Phase, Phase]:
-    from devicetrust.device.swtpm import SimulatedTPM, manufacture
-
     per_session, login_phase = Phase("per_session"), Phase("login")
     with tempfile.TemporaryDirectory(prefix="dt-bench-proof-") as tmp, cluster() as running:
         state = Path(tmp)

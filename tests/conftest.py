@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -41,7 +42,14 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         yield f"sqlite:///{tmp_path / 'backend.sqlite'}"
         return
     admin: psycopg.Connection[tuple[object, ...]] = request.getfixturevalue("postgres_admin")
-    schema = f"dt_test_{secrets.token_hex(6)}"
+    with postgres_schema_url(admin, "dt_test") as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema_url(admin: psycopg.Connection[tuple[object, ...]], prefix: str) -> Iterator[str]:
+    """A database URL whose search path is a fresh schema of its own, dropped afterwards."""
+    schema = f"{prefix}_{secrets.token_hex(6)}"
     admin.execute(f"CREATE SCHEMA {schema}")
     try:
         yield f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}"

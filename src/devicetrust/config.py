@@ -303,9 +303,6 @@ def config_bool(value: Any, where: str) -> bool:
     raise ConfigError(f"{where}: expected true or false, got {value!r}")
 
 
-_bool = config_bool
-
-
 def _str(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
@@ -366,7 +363,7 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
         config = replace(
             config,
             auth_service=AuthServiceConfig(
-                enabled=_bool(auth.get("enabled", True), "auth_service.enabled"),
+                enabled=config_bool(auth.get("enabled", True), "auth_service.enabled"),
                 listen_addr=listen,
                 cluster_name=cluster_name,
                 public_addrs=tuple(public),
@@ -400,7 +397,7 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
         config = replace(
             config,
             ssh_service=SSHServiceConfig(
-                enabled=_bool(ssh.get("enabled", True), "ssh_service.enabled"),
+                enabled=config_bool(ssh.get("enabled", True), "ssh_service.enabled"),
                 listen_addr=listen,
                 labels=labels,
                 hostname=hostname or "",

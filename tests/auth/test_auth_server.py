@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
@@ -47,15 +46,6 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-@pytest.fixture
-def backend(tmp_path: Path) -> Iterator[Backend]:
-    opened = Backend.open(f"sqlite:///{tmp_path / 'backend.sqlite'}")
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def make_server(backend: Backend, clock: Clock, cluster_name: str = "unit.test") -> AuthServer:

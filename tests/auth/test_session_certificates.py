@@ -4,9 +4,7 @@ backend, a frozen clock. What the service issues, to whom, for which target, and
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,15 +18,6 @@ from devicetrust.storage import Backend
 
 SERIAL = "SN-SESSION-1"
 NODE = ("ssh", "0b6c3f1e-7d0e-4a57-9a43-2d0c3e9b8f11")
-
-
-@pytest.fixture
-def backend(tmp_path: Path) -> Iterator[Backend]:
-    opened = Backend.open(f"sqlite:///{tmp_path / 'backend.sqlite'}")
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 class World:

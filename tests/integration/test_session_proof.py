@@ -26,7 +26,7 @@ from tests.agent.harness import require_root_login
 from tests.integration.ceremony_helpers import LOGIN, NodeInfo, run_command
 from tests.integration.cluster import Cluster, free_port, start_cluster
 from tests.integration.test_cluster_cli import ok, require_tool
-from tests.integration.test_devices import Laptop, _require_swtpm, enroll_token
+from tests.integration.test_devices import Laptop, _require_swtpm, enroll_token, set_device_trust
 
 pytestmark = pytest.mark.integration
 
@@ -76,14 +76,6 @@ class World:
         """A raw SSH client presenting ``cert`` with the profile's key from ``home``."""
         key = asyncssh.read_private_key(str(home / "keys" / self.cluster.proxy / "alice"))
         return asyncio.run(run_command(self.node, self.host_ca_ssh, (key, asyncssh.import_certificate(cert))))
-
-
-def _set_cap(cluster: Cluster, tmp_path: Path, **device_trust: object) -> None:
-    doc = json.loads(ok(cluster.tctl("get", "cap", "--format=json")))[0]
-    doc["spec"]["device_trust"] = {"mode": "optional", **device_trust}
-    path = tmp_path / "cap.json"
-    path.write_text(json.dumps(doc))
-    ok(cluster.tctl("create", "-f", str(path)))
 
 
 @pytest.fixture(scope="module")
@@ -174,12 +166,12 @@ def test_a_captured_session_certificate_is_good_for_its_node_only(world: World) 
 
 
 def test_a_captured_session_certificate_is_refused_after_its_window(world: World, tmp_path: Path) -> None:
-    _set_cap(world.cluster, tmp_path, session_proof_ttl="5s")
+    set_device_trust(world.cluster, tmp_path, session_proof_ttl="5s")
     try:
         assert "session proof per_session (5s)" in ok(world.cluster.tctl("status"))
         captured = ok(world.laptop.tsh("device", "session-cert", f"--ssh-node={world.node.host_id}"))
     finally:
-        _set_cap(world.cluster, tmp_path)
+        set_device_trust(world.cluster, tmp_path)
     time.sleep(6)
     with pytest.raises(asyncssh.ChannelOpenError) as refused:
         world.present(world.thief_home, captured.encode())
@@ -217,11 +209,11 @@ def test_a_profile_from_before_the_cluster_required_session_proofs_proves_on_dem
 ) -> None:
     """Logged in under ``session_proof: login``, the profile skips the proof; once the cluster switches to
     per_session, the node's refusal makes tsh prove the device and retry, so the owner notices nothing."""
-    _set_cap(world.cluster, tmp_path, session_proof="login")
+    set_device_trust(world.cluster, tmp_path, session_proof="login")
     try:
         ok(world.laptop.login())
     finally:
-        _set_cap(world.cluster, tmp_path)
+        set_device_trust(world.cluster, tmp_path)
     deadline = time.monotonic() + 10
     while world.thief("ssh", world.target, "true").returncode == 0:  # until the node enforces per_session again
         assert time.monotonic() < deadline, "the node did not pick up session_proof: per_session"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import ssl
 import threading
 import time
@@ -15,7 +14,7 @@ import psycopg
 import pytest
 
 from devicetrust.crypto import generate_private_key, public_key_to_openssh
-from tests.conftest import POSTGRES_ADMIN_URL
+from tests.conftest import postgres_schema_url
 from tests.integration.cluster import PASSWORD, Cluster, start_cluster
 from tests.integration.test_cluster_cli import host_ca, ok
 
@@ -27,12 +26,8 @@ PROGRESS_DEADLINE_SECONDS = 120
 
 @pytest.fixture
 def database_url(postgres_admin: psycopg.Connection[tuple[object, ...]]) -> Iterator[str]:
-    schema = f"dt_servers_{secrets.token_hex(4)}"
-    postgres_admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        postgres_admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    with postgres_schema_url(postgres_admin, "dt_servers") as url:
+        yield url
 
 
 @dataclass

@@ -82,7 +82,8 @@ class JamfSetup:
     def url(self) -> str:
         return self.server.url
 
-    def config(self, **overrides: Any) -> JamfServiceConfig:
+    def section(self, **overrides: Any) -> dict[str, Any]:
+        """A ``jamf_service`` section of devicetrust.yaml for this fake Jamf."""
         section: dict[str, Any] = {
             "enabled": True,
             "api_endpoint": self.url,
@@ -92,7 +93,10 @@ class JamfSetup:
             "sync_delay": "0s",
         }
         section.update(overrides)
-        return parse_jamf_service_config(section)
+        return section
+
+    def config(self, **overrides: Any) -> JamfServiceConfig:
+        return parse_jamf_service_config(self.section(**overrides))
 
     def client(self, **options: Any) -> JamfClient:
         options.setdefault("retry", FAST_RETRY)

@@ -16,7 +16,7 @@ from devicetrust.cli.jamf import jamf as jamf_group
 from devicetrust.storage import Backend
 from devicetrust.types import Device, resource_to_dict
 from tests.fakes.jamf.server import FakeJamf
-from tests.mdm.conftest import CLIENT_ID, JamfSetup
+from tests.mdm.conftest import JamfSetup
 
 
 @click.group(cls=DevicetrustGroup)
@@ -28,17 +28,11 @@ devicetrust.add_command(jamf_group)
 
 
 def _config(jamf: JamfSetup, tmp_path: Path, **overrides: Any) -> Path:
-    section: dict[str, Any] = {
-        "enabled": True,
+    defaults = {
         "name": "jamf",
-        "api_endpoint": jamf.url,
-        "client_id": CLIENT_ID,
-        "client_secret_file": str(jamf.secret_file),
-        "ca_file": str(jamf.pki.ca_file),
-        "sync_delay": "0s",
         "inventory": [{"filter_rsql": "general.remoteManagement.managed==true", "page_size": 4}],
     }
-    section.update(overrides)
+    section = jamf.section(**{**defaults, **overrides})
     doc = {
         "version": "v1",
         "devicetrust": {"data_dir": str(tmp_path / "data"), "storage": {"path": str(tmp_path / "backend.sqlite")}},

@@ -16,7 +16,7 @@ import yaml
 
 from devicetrust.storage import Backend
 from tests.integration.cluster import BIN, start_cluster
-from tests.mdm.conftest import CLIENT_ID, JamfSetup
+from tests.mdm.conftest import JamfSetup
 
 #: a first full sync, then at least three more periods
 SYNCS = 4
@@ -25,16 +25,7 @@ DEADLINE_S = 90
 
 
 def _jamf_section(jamf: JamfSetup) -> dict[str, Any]:
-    return {
-        "enabled": True,
-        "name": "jamf",
-        "api_endpoint": jamf.url,
-        "client_id": CLIENT_ID,
-        "client_secret_file": str(jamf.secret_file),
-        "ca_file": str(jamf.pki.ca_file),
-        "sync_delay": "0s",
-        "inventory": [{"sync_period_partial": "1s", "sync_period_full": "3s"}],
-    }
+    return jamf.section(name="jamf", inventory=[{"sync_period_partial": "1s", "sync_period_full": "3s"}])
 
 
 def _wait_for_syncs(count: Callable[[], list[str]], process: subprocess.Popen[bytes], log_path: Path) -> list[str]:

@@ -37,6 +37,7 @@ from typing import IO, Any
 import asyncssh
 import click
 
+from devicetrust.access import UNAUTHORIZED_DEVICE
 from devicetrust.cli.common import emit, format_option, print_table, warn
 from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore
@@ -73,8 +74,6 @@ _REJECTION_NAMES = {
 }
 #: Marks our line in $TSH_HOME/known_hosts so re-running `tsh config` replaces it (one line per cluster).
 _KNOWN_HOSTS_TAG = "devicetrust-cluster:"
-#: The node's reason when a device is required and none was proven.
-UNAUTHORIZED_DEVICE_REJECTION = "(unauthorized device)"
 
 
 # ------------------------------------------------------------------------------------------------ nodes
@@ -545,7 +544,7 @@ def ssh_command(
     try:
         return asyncio.run(run_ssh(req))
     except AccessDeniedError as err:
-        if proof_error is None and session_cert is None and UNAUTHORIZED_DEVICE_REJECTION in str(err):
+        if proof_error is None and session_cert is None and f"({UNAUTHORIZED_DEVICE})" in str(err):
             # The cluster's settings changed since login (the profile said no proof was needed): prove and retry.
             session_cert, proof_error = _session_proof(store, profile, node, device_key, always=True)
             if session_cert is not None:

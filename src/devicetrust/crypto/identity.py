@@ -84,6 +84,15 @@ def _check_text(value: object, what: str) -> str:
     return value
 
 
+def _window(start: object, end: object, start_name: str, end_name: str) -> tuple[datetime, datetime]:
+    """``start`` < ``end``, both UTC whole seconds (what certificates carry)."""
+    first = require_utc(start, start_name).replace(microsecond=0)
+    last = require_utc(end, end_name).replace(microsecond=0)
+    if last <= first:
+        raise ValidationError(f"{end_name}: must be later than {start_name}")
+    return first, last
+
+
 def _text_tuple(values: Iterable[str], what: str) -> tuple[str, ...]:
     if isinstance(values, str):
         # a bare string would otherwise silently become a tuple of characters
@@ -126,10 +135,7 @@ class SessionProof:
             raise ValidationError(f"session proof kind: expected one of {', '.join(PROOF_TARGET_KINDS)}")
         _check_text(self.target, "session proof target")
         _check_text(self.id, "session proof id")
-        time = require_utc(self.time, "session proof time").replace(microsecond=0)
-        expires = require_utc(self.expires, "session proof expiry").replace(microsecond=0)
-        if expires <= time:
-            raise ValidationError("session proof expiry: must be later than its time")
+        time, expires = _window(self.time, self.expires, "session proof time", "session proof expiry")
         object.__setattr__(self, "time", time)
         object.__setattr__(self, "expires", expires)
 
@@ -201,10 +207,7 @@ class Identity:
             traits[name] = tuple(str(v) for v in values)
         # read-only view so a frozen Identity really cannot change
         object.__setattr__(self, "traits", MappingProxyType(traits))
-        not_before = require_utc(self.not_before, "not_before").replace(microsecond=0)
-        not_after = require_utc(self.not_after, "not_after").replace(microsecond=0)
-        if not_after <= not_before:
-            raise ValidationError("not_after: must be later than not_before")
+        not_before, not_after = _window(self.not_before, self.not_after, "not_before", "not_after")
         object.__setattr__(self, "not_before", not_before)
         object.__setattr__(self, "not_after", not_after)
         if self.bot_name is not None:
