@@ -4,6 +4,8 @@ backend, a frozen clock. What the service issues, to whom, for which target, and
 from __future__ import annotations
 
 import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -146,3 +148,24 @@ def test_a_login_time_augmentation_still_needs_an_unaugmented_certificate(world:
     # a device-augmented login certificate may still seed session proofs (what tsh holds after login)
     certs = world.server.devices.authenticate_finish(alice, world.answer(*world.begin(alice, augmented.ssh_cert)))
     assert identity_from_ssh_cert(certs.ssh_cert).session_proof is not None
+
+
+def test_concurrent_finishes_of_one_ceremony_yield_one_session_certificate(world: World) -> None:
+    alice, login_cert = world.user("alice")
+    world.enroll(alice)
+    ceremony_id, challenge = world.begin(alice, login_cert)
+    answer = world.answer(ceremony_id, challenge)
+    barrier = threading.Barrier(8)
+
+    def finish() -> str:
+        barrier.wait()
+        try:
+            world.server.devices.authenticate_finish(alice, answer)
+        except CeremonyError as err:
+            return str(err)
+        return "issued"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: finish(), range(8)))
+    assert outcomes.count("issued") == 1, outcomes
+    assert set(outcomes) - {"issued"} == {"unknown or expired device ceremony"}
