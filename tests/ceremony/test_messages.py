@@ -13,6 +13,7 @@ from tests.ceremony.conftest import CEREMONY_ID, exactly
 
 from devicetrust.ceremony.messages import (
     MAX_BLOB_B64,
+    MAX_CEREMONY_ID_CHARS,
     MAX_COLLECTED_FIELD_CHARS,
     MAX_EK_CERT_B64,
     MAX_EVENT_LOG_B64,
@@ -347,12 +348,12 @@ def test_challenge_must_be_an_object(data: Any) -> None:
     refused(Challenge.from_json, data, "challenge: expected an object")
 
 
-@pytest.mark.parametrize("ceremony_id", [None, "", 5, "x" * (MAX_ID_CHARS + 1), ["id"]])
+@pytest.mark.parametrize("ceremony_id", [None, "", 5, "x" * (MAX_CEREMONY_ID_CHARS + 1), ["id"]])
 def test_challenge_bad_ceremony_id(ceremony_id: Any) -> None:
     refused(
         Challenge.from_json,
         {"ceremony_id": ceremony_id},
-        f"ceremony_id: expected a non-empty string of at most {MAX_ID_CHARS} characters",
+        f"ceremony_id: expected a non-empty string of at most {MAX_CEREMONY_ID_CHARS} characters",
     )
 
 
@@ -397,9 +398,18 @@ def test_challenge_response_must_be_an_object(data: Any) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"ceremony_id": None}, f"ceremony_id: expected a non-empty string of at most {MAX_ID_CHARS} characters"),
-        ({"ceremony_id": ""}, f"ceremony_id: expected a non-empty string of at most {MAX_ID_CHARS} characters"),
-        ({"ceremony_id": "i" * 65}, f"ceremony_id: expected a non-empty string of at most {MAX_ID_CHARS} characters"),
+        (
+            {"ceremony_id": None},
+            f"ceremony_id: expected a non-empty string of at most {MAX_CEREMONY_ID_CHARS} characters",
+        ),
+        (
+            {"ceremony_id": ""},
+            f"ceremony_id: expected a non-empty string of at most {MAX_CEREMONY_ID_CHARS} characters",
+        ),
+        (
+            {"ceremony_id": "i" * (MAX_CEREMONY_ID_CHARS + 1)},
+            f"ceremony_id: expected a non-empty string of at most {MAX_CEREMONY_ID_CHARS} characters",
+        ),
         ({"activated_secret": 1}, "activated_secret: expected base64 text"),
         ({"activated_secret": "%%%%"}, "activated_secret: not valid base64"),
         ({"activated_secret": "A" * (MAX_BLOB_B64 + 4)}, f"activated_secret: larger than {MAX_BLOB_B64} characters"),
@@ -421,7 +431,7 @@ def test_challenge_response_missing_ceremony_id_is_refused() -> None:
     refused(
         ChallengeResponse.from_json,
         {"signature": b64(b"sig")},
-        f"ceremony_id: expected a non-empty string of at most {MAX_ID_CHARS} characters",
+        f"ceremony_id: expected a non-empty string of at most {MAX_CEREMONY_ID_CHARS} characters",
     )
 
 

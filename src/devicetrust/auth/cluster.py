@@ -3,6 +3,7 @@ about itself (ping, CAs, the auth server's TLS certificate)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -11,6 +12,7 @@ from cryptography import x509
 
 from devicetrust import __version__
 from devicetrust.auth.context import CAP_KIND, CAP_NAME, RES_CERT_AUTHORITY, RES_ROLE, AuthContext
+from devicetrust.ceremony.sealed import SEAL_KEY_BYTES
 from devicetrust.crypto import CA_KINDS, CertAuthority, issue_tls_server_cert
 from devicetrust.errors import ConfigError
 from devicetrust.storage import CLUSTER_NAME_KEY
@@ -19,6 +21,8 @@ from devicetrust.types import default_cluster_auth_preference, preset_roles, res
 TLS_CERT_TTL = timedelta(days=365)
 #: Backdating absorbs small clock differences between the auth server and nodes.
 CERT_BACKDATE = timedelta(minutes=1)
+#: The cluster key/value entry holding the key that seals pending device-authentication ceremonies.
+CEREMONY_KEY_NAME = "ceremony_seal_key"
 
 
 class ClusterService:
@@ -49,6 +53,8 @@ class ClusterService:
                     store.resources.create(RES_ROLE, role.metadata.name, resource_to_dict(role))
             if store.resources.find(CAP_KIND, CAP_NAME) is None:
                 store.resources.create(CAP_KIND, CAP_NAME, resource_to_dict(default_cluster_auth_preference()))
+            ceremony_key = store.cluster.insert_if_absent(CEREMONY_KEY_NAME, secrets.token_hex(SEAL_KEY_BYTES))
+        context.ceremony_key = bytes.fromhex(ceremony_key)
         context.user_ca = cas["user"]
         context.host_ca = cas["host"]
 

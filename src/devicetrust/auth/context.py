@@ -6,16 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from devicetrust.access import AccessChecker
-from devicetrust.auth.parsing import parse_stored
+from devicetrust.auth.cache import CachedState, StateCache
+from devicetrust.auth.parsing import parse_as
 from devicetrust.crypto import CertAuthority
-from devicetrust.errors import ValidationError
 from devicetrust.storage import Backend, Store
-from devicetrust.types import Bot, ClusterAuthPreference, Resource, Role, User
-
-_R = TypeVar("_R", Role, User, Bot, ClusterAuthPreference)
+from devicetrust.types import ClusterAuthPreference, Lock, Role, locks_in_force
 
 CAP_KIND = "cluster_auth_preference"
 CAP_NAME = "cluster-auth-preference"
@@ -68,19 +66,29 @@ class AuthContext:
         self.cluster_name = cluster_name
         self.user_ca: CertAuthority
         self.host_ca: CertAuthority
+        #: the HMAC key sealing device-authentication ceremony state (shared by every server of the cluster)
+        self.ceremony_key: bytes = b""
+        self.cache = StateCache()
 
     def audit(self, store: Store, event: tuple[str, str], user: str, success: bool, /, **body: Any) -> None:
         name, code = event
         body.setdefault("cluster_name", self.cluster_name)
         store.audit.append(name, code, self.clock(), user, success, body)
 
-    def auth_preference(self) -> ClusterAuthPreference:
-        with self.backend.begin() as store:
-            return self.auth_preference_in(store)
+    def state(self, store: Store) -> CachedState:
+        """The cached roles, auth preference, bots and locks, current as of this transaction."""
+        return self.cache.current(store)
 
-    @staticmethod
-    def auth_preference_in(store: Store) -> ClusterAuthPreference:
-        return parse_as(store.resources.get(CAP_KIND, CAP_NAME).body, ClusterAuthPreference)
+    def auth_preference(self) -> ClusterAuthPreference:
+        with self.backend.read() as store:
+            return self.state(store).auth_preference
+
+    def auth_preference_in(self, store: Store) -> ClusterAuthPreference:
+        return self.state(store).auth_preference
+
+    def locks_in_force(self, store: Store, now: datetime, **targets: Any) -> tuple[Lock, ...]:
+        """The locks in force at ``now`` on any of ``targets`` (see :func:`devicetrust.types.locks_in_force`)."""
+        return locks_in_force(self.state(store).locks, now, **targets)
 
     def cluster_cas(self) -> dict[str, str]:
         return {
@@ -91,9 +99,4 @@ class AuthContext:
         }
 
 
-def parse_as(body: Mapping[str, Any], cls: type[_R]) -> _R:
-    """A stored document as the resource class it must be."""
-    resource: Resource = parse_stored(body)
-    if not isinstance(resource, cls):
-        raise ValidationError(f"stored resource is a {type(resource).__name__}, expected {cls.__name__}")
-    return resource
+__all__ = ["AuthContext", "Caller", "parse_as", "utcnow"]

@@ -37,10 +37,12 @@ from devicetrust.ceremony.messages import (
     KeyEnrollPayload,
     TPMEnrollPayload,
 )
+from devicetrust.ceremony.sealed import open_sealed, seal
 from devicetrust.crypto import (
     DeviceExtensions,
     Identity,
     SessionProof,
+    identity_from_ssh_cert,
     issue_ssh_user_cert,
     issue_x509_client_cert,
     load_ssh_certificate,
@@ -72,6 +74,8 @@ MAX_PAGE_SIZE = 1000
 #: Every enrollment-token failure reads the same, so a caller learns nothing about which check failed.
 INVALID_ENROLL_TOKEN = "invalid device enrollment token"
 TRUST_DISABLED = "device trust disabled by cluster settings"
+#: How long a spent ceremony id is kept past the ceremony's expiry: auth servers' clocks may differ this much.
+SPENT_CEREMONY_MARGIN = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -440,7 +444,10 @@ class DeviceService:
     ) -> Challenge:
         """Start device authentication for the caller's login certificate ``ssh_cert``. Without ``target`` it
         yields device-augmented login certificates; with ``target`` (kind, id) a session certificate whose proof
-        admits one session to that target for the cluster's ``session_proof_ttl``."""
+        admits one session to that target for the cluster's ``session_proof_ttl``.
+
+        Nothing is written: the pending state goes to the device sealed, as the ceremony id
+        (:mod:`devicetrust.ceremony.sealed`)."""
         if caller.kind not in ("user", "bot"):
             raise AccessDeniedError("device authentication is for users and bots")
         if target is None:
@@ -451,50 +458,55 @@ class DeviceService:
         device: Device | None = None
         refusal: CeremonyError | AccessDeniedError | None = None
         reason = ""
-        # One transaction: everything read, the pure checks, and the pending ceremony written together.
-        with self._backend.begin() as store:
-            settings = self.context.auth_preference_in(store).device_trust
-            role_modes = [r.options.device_trust_mode for r in caller.roles if r.options.device_trust_mode]
-            if all(mode == "off" for mode in [settings.mode, *role_modes]):
-                raise CeremonyError(TRUST_DISABLED)
+        with self._backend.read() as store:
+            state = self.context.state(store)
             record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
-            if record is None:
-                refusal, reason = CeremonyError("this device is not registered"), "device not registered"
+        settings = state.auth_preference.device_trust
+        role_modes = [r.options.device_trust_mode for r in caller.roles if r.options.device_trust_mode]
+        if all(mode == "off" for mode in [settings.mode, *role_modes]):
+            raise CeremonyError(TRUST_DISABLED)
+        if record is None:
+            refusal, reason = CeremonyError("this device is not registered"), "device not registered"
+        else:
+            device = device_from_record(record)
+            in_force = locks_in_force(state.locks, now, user=caller.name, roles=caller.role_names, device_id=device.id)
+            if in_force:
+                message = in_force[0].message or "locked by an administrator"
+                refusal, reason = AccessDeniedError(f"device authentication refused: {message}"), "locked"
             else:
-                device = device_from_record(record)
-                locks = [parse_lock(r.body) for r in store.locks.list(now)]
-                in_force = locks_in_force(locks, now, user=caller.name, roles=caller.role_names, device_id=device.id)
-                if in_force:
-                    message = in_force[0].message or "locked by an administrator"
-                    refusal, reason = AccessDeniedError(f"device authentication refused: {message}"), "locked"
-                else:
-                    try:
-                        pending, challenge = begin_authentication(
-                            ceremony_id=str(uuid.uuid4()),
-                            device=device,
-                            user=caller.name,
-                            session_hash=caller.session_hash,
-                            credential_id=credential_id,
-                            collected=collected,
-                            now=now,
-                            random_bytes=secrets.token_bytes,
-                        )
-                    except CeremonyError as err:
-                        refusal, reason = err, str(err)
-                    else:
-                        body = pending.to_body()
-                        body["ssh_cert"] = ssh_cert.decode()
-                        if target is not None:
-                            body["target"] = {"kind": target[0], "id": target[1]}
-                        store.pending.create(pending.id, AUTHENTICATE, device.id, body, pending.expires)
+                try:
+                    pending, challenge = begin_authentication(
+                        ceremony_id=str(uuid.uuid4()),
+                        device=device,
+                        user=caller.name,
+                        session_hash=caller.session_hash,
+                        credential_id=credential_id,
+                        collected=collected,
+                        now=now,
+                        random_bytes=secrets.token_bytes,
+                    )
+                except CeremonyError as err:
+                    refusal, reason = err, str(err)
         if refusal is not None:
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, reason)
             raise refusal
-        return challenge
+        sealed: dict[str, Any] = {
+            **pending.to_body(),
+            "id": pending.id,
+            "expires": pending.expires.isoformat(),
+            "ssh_cert": ssh_cert.decode(),
+        }
+        if target is not None:
+            sealed["target"] = {"kind": target[0], "id": target[1]}
+        return replace(challenge, ceremony_id=seal(self.context.ceremony_key, sealed))
 
     def _verified_login_cert(self, caller: Caller, ssh_cert: bytes) -> Identity:
         """The caller's own login certificate (device-augmented or not; never a session certificate)."""
         identity = verify_ssh_user_cert(ssh_cert, [self.context.user_ca.ssh_public_key()], self._now())
+        return self._login_identity(caller, identity)
+
+    @staticmethod
+    def _login_identity(caller: Caller, identity: Identity) -> Identity:
         if identity.username != caller.name:
             raise TrustError("the certificate does not belong to the logged-in user")
         if identity.session_proof is not None:
@@ -507,62 +519,83 @@ class DeviceService:
             raise CeremonyError("the certificate already carries device extensions; run 'tsh login' for new ones")
         return identity
 
-    def authenticate_finish(self, caller: Caller, response: ChallengeResponse) -> AugmentedCerts:
-        now = self._now()
-        with self._backend.begin() as store:
-            # Who may finish is checked before anything is spent: another user's finish must not consume (and so
-            # destroy) the owner's pending ceremony.
-            found = store.pending.find(response.ceremony_id, AUTHENTICATE, now)
-            if found is None:
-                raise CeremonyError("unknown or expired device ceremony")
-            foreign = not hmac.compare_digest(str(found.body.get("user", "")).encode(), caller.name.encode())
-            if not foreign:
-                try:
-                    raw = store.pending.consume(response.ceremony_id, AUTHENTICATE, now)
-                except NotFoundError:
-                    raise CeremonyError("unknown or expired device ceremony") from None
-                record = store.devices.find(raw.subject)
-                locks = [parse_lock(r.body) for r in store.locks.list(now)]
-                settings = self.context.auth_preference_in(store).device_trust
-        if foreign:
+    def _opened(self, caller: Caller, ceremony_id: str, now: datetime) -> tuple[PendingCeremony, dict[str, Any]]:
+        """The pending state sealed into ``ceremony_id`` at begin, if it is the caller's and still live.
+        Ownership is checked before anything is spent: another user's finish must not burn the owner's ceremony."""
+        unknown = CeremonyError("unknown or expired device ceremony")
+        state = open_sealed(self.context.ceremony_key, ceremony_id)
+        try:
+            expires = datetime.fromisoformat(str(state["expires"]))
+            pending = PendingCeremony.from_body(str(state["id"]), AUTHENTICATE, expires, state)
+            login_cert = str(state["ssh_cert"]).encode()
+        except (KeyError, TypeError, ValueError):
+            raise unknown from None
+        if not hmac.compare_digest(pending.user.encode(), caller.name.encode()):
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, None, "ceremony belongs to another user")
-            raise CeremonyError("unknown or expired device ceremony")
-        pending = PendingCeremony.from_body(raw.id, AUTHENTICATE, raw.expires, raw.body)
+            raise unknown
+        if now >= pending.expires:
+            raise unknown
+        return pending, {"ssh_cert": login_cert, "target": _pending_target(state)}
+
+    def authenticate_finish(self, caller: Caller, response: ChallengeResponse) -> AugmentedCerts:
+        """Verify the device's answer against the credential it holds now, then, in ONE write transaction, spend
+        the ceremony (its id's primary key: of concurrent finishes exactly one commits), record the
+        authentication on the device and audit it."""
+        now = self._now()
+        pending, sealed = self._opened(caller, response.ceremony_id, now)
+        target: tuple[str, str] | None = sealed["target"]
+        login_cert: bytes = sealed["ssh_cert"]
+        with self._backend.read() as store:
+            state = self.context.state(store)
+            record = store.devices.find(pending.device_id)
         if record is None:
             raise CeremonyError("this device is not registered")
         device = device_from_record(record)
-        target = _pending_target(raw.body)
         try:
-            if pending.user != caller.name:
-                raise CeremonyError("unknown or expired device ceremony")
-            if locks_in_force(locks, now, user=caller.name, roles=caller.role_names, device_id=device.id):
+            if locks_in_force(state.locks, now, user=caller.name, roles=caller.role_names, device_id=device.id):
                 raise CeremonyError("device authentication refused: locked by an administrator")
-            proof = finish_authentication(pending, device, response, session_hash=caller.session_hash, now=now)
+            proof = finish_authentication(
+                pending,
+                device,
+                replace(response, ceremony_id=pending.id),
+                session_hash=caller.session_hash,
+                now=now,
+            )
+            # Verified at begin, and sealed since: only its validity can have changed.
+            login_identity = self._login_identity(caller, identity_from_ssh_cert(login_cert))
+            if now >= login_identity.not_after:
+                raise CeremonyError("the login certificate has expired; run 'tsh login'")
         except CeremonyError as err:
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, str(err))
             raise
-        ssh_cert = str(raw.body["ssh_cert"]).encode()
         extensions = DeviceExtensions(
             device_id=device.id, asset_tag=device.asset_tag, credential_id=proof.credential.id
         )
         session_proof: SessionProof | None = None
         if target is None:
-            augmented = self._verified_unaugmented(caller, ssh_cert).with_device(extensions)
+            if login_identity.device is not None:
+                raise CeremonyError("the certificate already carries device extensions; run 'tsh login' for new ones")
+            augmented = login_identity.with_device(extensions)
         else:
             session_proof = SessionProof(
                 kind=target[0],
                 target=target[1],
                 time=now,
-                expires=now + settings.session_proof_window,
+                expires=now + state.auth_preference.device_trust.session_proof_window,
                 id=pending.id,
             )
-            login_identity = replace(self._verified_login_cert(caller, ssh_cert), device=None)
-            augmented = login_identity.for_session(extensions, session_proof)
-        public_key = require_p256_public_key(load_ssh_certificate(ssh_cert).public_key(), "certificate key")
+            augmented = replace(login_identity, device=None).for_session(extensions, session_proof)
+        public_key = require_p256_public_key(load_ssh_certificate(login_cert).public_key(), "certificate key")
         new_ssh = issue_ssh_user_cert(self.context.user_ca, public_key, augmented)
         new_tls = issue_x509_client_cert(self.context.user_ca, public_key, augmented)
         with self._backend.begin() as store:
-            current = device_from_record(store.devices.get(device.id))
+            try:
+                store.spent_ceremonies.spend(pending.id, pending.expires + SPENT_CEREMONY_MARGIN)
+            except NotFoundError:
+                raise CeremonyError("unknown or expired device ceremony") from None
+            current = device_from_record(store.devices.get(device.id, for_update=True))
+            if current.credential != device.credential:
+                raise CeremonyError("device is not enrolled")
             history = [*current.collected_data[1:], self._record(pending, proof, now)]
             kept = history[-(MAX_COLLECTED_RECORDS - 1) :]
             current = self._save(store, replace(current, collected_data=(*current.collected_data[:1], *kept)))

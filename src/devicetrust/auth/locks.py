@@ -9,16 +9,14 @@ from typing import Any
 
 from devicetrust import audit as events
 from devicetrust.auth.context import RES_LOCK, AuthContext, Caller
-from devicetrust.auth.devices import parse_lock
 from devicetrust.errors import AccessDeniedError
 from devicetrust.storage import Store
-from devicetrust.types import Lock, locks_in_force, resource_to_dict
+from devicetrust.types import Lock, resource_to_dict
 
 
-def require_unlocked(store: Store, now: datetime, username: str, roles: Sequence[str]) -> None:
+def require_unlocked(context: AuthContext, store: Store, now: datetime, username: str, roles: Sequence[str]) -> None:
     """No certificates for a locked user or role."""
-    locks = [parse_lock(record.body) for record in store.locks.list(now)]
-    in_force = locks_in_force(locks, now, user=username, roles=roles)
+    in_force = context.locks_in_force(store, now, user=username, roles=roles)
     if in_force:
         raise AccessDeniedError(f"{in_force[0].target} is locked: {in_force[0].message or 'by an administrator'}")
 

@@ -17,8 +17,9 @@ from cryptography import x509
 
 from devicetrust import audit as events
 from devicetrust.access import AccessChecker
+from devicetrust.auth.cache import CachedState
 from devicetrust.auth.cluster import CERT_BACKDATE
-from devicetrust.auth.context import BOT_USER_PREFIX, RES_BOT, RES_ROLE, AuthContext, Caller, parse_as
+from devicetrust.auth.context import BOT_USER_PREFIX, RES_BOT, AuthContext, Caller, parse_as
 from devicetrust.auth.locks import require_unlocked
 from devicetrust.auth.secrets import hash_token, new_token
 from devicetrust.crypto import Identity, issue_ssh_user_cert, issue_x509_client_cert, load_public_key
@@ -61,16 +62,9 @@ class LoginResult:
     session_proof: str = SESSION_PROOF_PER_SESSION
 
 
-def load_roles(store: Store, names: Sequence[str]) -> tuple[Role, ...]:
-    roles = []
-    for name in names:
-        record = store.resources.find(RES_ROLE, name)
-        if record is None:
-            # A role deleted after assignment grants nothing; failing the whole request would lock admins out.
-            log.warning("role %r assigned but missing; ignoring it", name)
-            continue
-        roles.append(parse_as(record.body, Role))
-    return tuple(roles)
+def load_roles(context: AuthContext, store: Store, names: Sequence[str]) -> tuple[Role, ...]:
+    """The roles of these names (cached); a role deleted after assignment grants nothing."""
+    return context.state(store).roles_named(list(names))
 
 
 class SessionService:
@@ -103,42 +97,49 @@ class SessionService:
         return token
 
     def authenticate(self, token: str) -> Caller:
-        """Resolve a bearer token to a caller. One message for every failure: nothing to learn from it."""
+        """Resolve a bearer token to a caller. One message for every failure: nothing to learn from it.
+
+        One statement reads the session and the state generation; while neither the session's user, bot or
+        roles changed (the generation did not move), the caller resolved before is reused."""
         expired = SessionExpiredError("your session has expired or is not valid; run 'tsh login'")
         if not token:
             raise expired
         token_hash = hash_token(token)
-        with self.context.backend.begin() as store:
+        with self.context.backend.read() as store:
             try:
-                session = store.sessions.get_valid(token_hash, self.context.clock())
+                session, generation = store.sessions.get_valid_at_generation(token_hash, self.context.clock())
             except NotFoundError:
                 raise expired from None
             if session.kind == "node":
                 return Caller(session.user, "node", (), {}, token_hash)
             if session.kind == "mdm":
                 return Caller(session.user, "mdm", (), {}, token_hash)
-            if session.kind == "admin":
-                roles = load_roles(store, session.body.get("roles", []))
-                return Caller(session.user, "admin", roles, {}, token_hash)
-            if session.kind == "bot":
-                bot_name = str(session.body["bot"])
-                record = store.resources.find(RES_BOT, bot_name)
-                if record is None:
-                    raise expired
-                bot = parse_as(record.body, Bot)
-                return Caller(
-                    session.user,
-                    "bot",
-                    load_roles(store, bot.roles),
-                    bot.traits,
-                    token_hash,
-                    bot_name=bot_name,
-                )
-            user_record = store.users.find(session.user)
-            if user_record is None:
+            state = self.context.cache.at(store, generation)
+            known = state.callers.get(token_hash)
+            if isinstance(known, Caller):
+                return known
+            caller = self._resolve(store, state, session.kind, session.user, session.body, token_hash)
+            if caller is None:
                 raise expired
-            user = parse_as(user_record.body, User)
-            return Caller(user.metadata.name, "user", load_roles(store, user.roles), user.traits, token_hash)
+            state.remember_caller(token_hash, caller)
+            return caller
+
+    @staticmethod
+    def _resolve(
+        store: Store, state: CachedState, kind: str, name: str, body: Mapping[str, Any], token_hash: str
+    ) -> Caller | None:
+        if kind == "admin":
+            return Caller(name, "admin", state.roles_named(body.get("roles", [])), {}, token_hash)
+        if kind == "bot":
+            bot_name = str(body["bot"])
+            bot = state.bots.get(bot_name)
+            if bot is None:
+                return None
+            return Caller(name, "bot", state.roles_named(list(bot.roles)), bot.traits, token_hash, bot_name=bot_name)
+        user = state.user(store, name)
+        if user is None:
+            return None
+        return Caller(user.metadata.name, "user", state.roles_named(list(user.roles)), user.traits, token_hash)
 
     def login(
         self,
@@ -184,8 +185,8 @@ class SessionService:
             store.rate_limits.reset(user_key)
             if addr_key:
                 store.rate_limits.release(addr_key, now, LOGIN_FAILURE_WINDOW)
-            roles = load_roles(store, user.roles)
-            require_unlocked(store, context.clock(), user.metadata.name, user.roles)
+            roles = load_roles(context, store, user.roles)
+            require_unlocked(context, store, context.clock(), user.metadata.name, user.roles)
             result = self._issue_user_certs(
                 store, user.metadata.name, "user", roles, user.traits, public_key, ttl, bot_name=None
             )
@@ -205,8 +206,8 @@ class SessionService:
             else:
                 bot = parse_as(store.resources.get(RES_BOT, record.subject).body, Bot)
                 username = BOT_USER_PREFIX + bot.metadata.name
-                roles = load_roles(store, bot.roles)
-                require_unlocked(store, context.clock(), username, bot.roles)
+                roles = load_roles(context, store, bot.roles)
+                require_unlocked(context, store, context.clock(), username, bot.roles)
                 result = self._issue_user_certs(
                     store, username, "bot", roles, bot.traits, public_key, ttl, bot_name=bot.metadata.name
                 )

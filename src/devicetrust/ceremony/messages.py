@@ -23,6 +23,8 @@ MAX_BLOB_B64 = 2 * 1024
 MAX_EVENT_LOG_B64 = 1400 * 1024  # the 1 MiB event-log limit, base64-encoded
 MAX_PCRS = 24
 MAX_ID_CHARS = 64
+#: Ceremony ids are opaque to the device; a device-authentication one carries the sealed pending state.
+MAX_CEREMONY_ID_CHARS = 8 * 1024
 MAX_CERT_CHARS = 16 * 1024
 
 MAX_COLLECTED_FIELD_CHARS = 256
@@ -174,7 +176,7 @@ class Challenge:
     def from_json(cls, data: Any) -> Challenge:
         data = mapping(data, "challenge")
         return cls(
-            ceremony_id=text(data.get("ceremony_id"), "ceremony_id"),
+            ceremony_id=text(data.get("ceremony_id"), "ceremony_id", MAX_CEREMONY_ID_CHARS),
             nonce=b64d(data.get("nonce", ""), "nonce", MAX_BLOB_B64, allow_empty=True),
             challenge=b64d(data.get("challenge", ""), "challenge", MAX_BLOB_B64, allow_empty=True),
             credential_blob=b64d(data.get("credential_blob", ""), "credential_blob", MAX_BLOB_B64, allow_empty=True),
@@ -204,7 +206,7 @@ class ChallengeResponse:
         data = mapping(data, "response")
         quote = data.get("quote")
         return cls(
-            ceremony_id=text(data.get("ceremony_id"), "ceremony_id"),
+            ceremony_id=text(data.get("ceremony_id"), "ceremony_id", MAX_CEREMONY_ID_CHARS),
             activated_secret=b64d(data.get("activated_secret", ""), "activated_secret", MAX_BLOB_B64, allow_empty=True),
             quote=QuoteResponse.from_json(quote) if quote is not None else None,
             signature=b64d(data.get("signature", ""), "signature", MAX_BLOB_B64, allow_empty=True),

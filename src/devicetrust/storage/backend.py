@@ -121,6 +121,16 @@ class Backend:
         with self._engine.begin() as conn:
             yield Store(conn, self._clock)
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Store]:
+        """A transaction for reading only. On SQLite it takes no write lock, so readers never queue behind
+        writers (WAL gives them a snapshot); writing through it is a bug and may fail with "database is
+        locked"."""
+        with self._engine.connect() as conn:
+            conn.execution_options(devicetrust_read_only=True)
+            with conn.begin():
+                yield Store(conn, self._clock)
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -173,7 +183,9 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_on_begin(conn: Connection) -> None:
     # Take the write lock up front: a deferred transaction that reads, then writes, cannot wait for the lock
     # (SQLITE_BUSY at once, busy_timeout or not), so concurrent writers would fail instead of queueing.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Read-only transactions (Backend.read) need no lock.
+    read_only = conn.get_execution_options().get("devicetrust_read_only", False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _postgres_engine(url: URL) -> tuple[Engine, str]:

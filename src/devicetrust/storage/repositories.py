@@ -39,6 +39,7 @@ from devicetrust.storage.records import (
 )
 
 __all__ = [
+    "CACHED_RESOURCE_KINDS",
     "CLUSTER_NAME_KEY",
     "DEFAULT_PAGE_SIZE",
     "DEVICE_ENROLL_TOKEN_KIND",
@@ -59,6 +60,8 @@ __all__ = [
     "RateLimitRepository",
     "ResourceRepository",
     "SessionRepository",
+    "SpentCeremonyRepository",
+    "StateGenerationRepository",
     "Store",
     "TokenRepository",
     "UserRepository",
@@ -74,6 +77,8 @@ MAX_PAGE_SIZE = 1000
 STREAM_CHUNK_SIZE = 1000
 
 SESSION_KINDS = ("user", "bot", "admin", "node", "mdm")
+#: resource kinds that servers cache: writing one moves the state generation on
+CACHED_RESOURCE_KINDS = frozenset({"role", "cluster_auth_preference", "bot"})
 #: the cluster key/value entry holding the cluster's name (set at the first start)
 CLUSTER_NAME_KEY = "cluster_name"
 #: the token kind of a device's enrollment token; the auth service mints it, a device's removal deletes it
@@ -102,6 +107,41 @@ class _Repository:
     def __init__(self, conn: Connection, clock: Clock) -> None:
         self._conn = conn
         self._clock = clock
+
+    def _cached_state_changed(self) -> None:
+        StateGenerationRepository(self._conn, self._clock).bump()
+
+
+_GENERATION = schema.state_generation
+_SELECT_GENERATION = sa.select(_GENERATION.c.generation).where(_GENERATION.c.id == 1)
+_BUMP_GENERATION = sa.update(_GENERATION).where(_GENERATION.c.id == 1).values(generation=_GENERATION.c.generation + 1)
+
+
+class StateGenerationRepository(_Repository):
+    """The generation of what servers cache (roles, the auth preference, bots, users, locks). Every write to
+    those moves it on in the same transaction, so a cache filled at generation N is current while N is read."""
+
+    def current(self) -> int:
+        generation: int = self._conn.execute(_SELECT_GENERATION).scalar_one()
+        return generation
+
+    def bump(self) -> None:
+        self._conn.execute(_BUMP_GENERATION)
+
+
+class SpentCeremonyRepository(_Repository):
+    """Ids of finished device-authentication ceremonies, kept until the ceremony would have expired anyway."""
+
+    _t = schema.spent_ceremonies
+
+    def spend(self, id: str, expires: datetime) -> None:
+        """Record ``id`` as spent; NotFoundError if it already was (a replay, or a concurrent finish)."""
+        stmt = _insert(self._conn, self._t).values(id=id, expires=expires)
+        if self._conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"])).rowcount != 1:
+            raise NotFoundError(INVALID_PENDING_MESSAGE)
+
+    def purge_expired(self, now: datetime) -> int:
+        return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
 
 
 class ClusterRepository(_Repository):
@@ -184,6 +224,8 @@ class ResourceRepository(_Repository):
         ).one_or_none()
         if row is None:
             raise AlreadyExistsError(f'{kind} "{name}" already exists')
+        if kind in CACHED_RESOURCE_KINDS:
+            self._cached_state_changed()
         return _resource(row)
 
     def upsert(self, kind: str, name: str, body: Mapping[str, Any]) -> ResourceRecord:
@@ -196,7 +238,10 @@ class ResourceRepository(_Repository):
             index_elements=["kind", "name"],
             set_={"body": stmt.excluded.body, "revision": t.c.revision + 1, "updated": stmt.excluded.updated},
         )
-        return _resource(self._conn.execute(stmt.returning(*t.c)).one())
+        record = _resource(self._conn.execute(stmt.returning(*t.c)).one())
+        if kind in CACHED_RESOURCE_KINDS:
+            self._cached_state_changed()
+        return record
 
     def update(
         self, kind: str, name: str, body: Mapping[str, Any], expected_revision: int | None = None
@@ -214,12 +259,16 @@ class ResourceRepository(_Repository):
                 f'{kind} "{name}" was changed by someone else (revision {current.revision}, '
                 f"expected {expected_revision}); read it again and retry"
             )
+        if kind in CACHED_RESOURCE_KINDS:
+            self._cached_state_changed()
         return _resource(row)
 
     def delete(self, kind: str, name: str) -> None:
         t = self._t
         if self._conn.execute(sa.delete(t).where(t.c.kind == kind, t.c.name == name)).rowcount == 0:
             raise NotFoundError(f'{kind} "{name}" not found')
+        if kind in CACHED_RESOURCE_KINDS:
+            self._cached_state_changed()
 
 
 def _user(row: Row[Any]) -> UserRecord:
@@ -254,6 +303,7 @@ class UserRepository(_Repository):
         ).one_or_none()
         if row is None:
             raise AlreadyExistsError(f'user "{name}" already exists')
+        self._cached_state_changed()
         return _user(row)
 
     def update(self, name: str, body: Mapping[str, Any]) -> UserRecord:
@@ -269,11 +319,14 @@ class UserRepository(_Repository):
         row = self._conn.execute(stmt).one_or_none()
         if row is None:
             raise NotFoundError(f'user "{name}" not found')
+        if "body" in values:
+            self._cached_state_changed()
         return _user(row)
 
     def delete(self, name: str) -> None:
         if self._conn.execute(sa.delete(self._t).where(self._t.c.name == name)).rowcount == 0:
             raise NotFoundError(f'user "{name}" not found')
+        self._cached_state_changed()
 
 
 def _token(row: Row[Any]) -> TokenRecord:
@@ -390,6 +443,17 @@ class SessionRepository(_Repository):
         if row is None:
             raise NotFoundError(INVALID_SESSION_MESSAGE)
         return _session(row)
+
+    def get_valid_at_generation(self, token_hash: str, now: datetime) -> tuple[SessionRecord, int]:
+        """The session and, read by the same statement, the state generation (what a request needs first)."""
+        t = self._t
+        stmt = sa.select(t, _SELECT_GENERATION.scalar_subquery().label("state_generation")).where(
+            t.c.token_hash == token_hash, t.c.expires > now
+        )
+        row = self._conn.execute(stmt).one_or_none()
+        if row is None:
+            raise NotFoundError(INVALID_SESSION_MESSAGE)
+        return _session(row), int(row.state_generation)
 
     def delete(self, token_hash: str) -> bool:
         """End one session; True if it existed. Ending a gone session is not an error (logout twice)."""
@@ -577,12 +641,17 @@ class DeviceRepository(_Repository):
             raise AlreadyExistsError(f'device "{os_type}/{asset_tag}" already exists')
         return _device(row)
 
-    def find(self, id: str) -> DeviceRecord | None:
-        row = self._conn.execute(sa.select(self._t).where(self._t.c.id == id)).one_or_none()
+    def find(self, id: str, *, for_update: bool = False) -> DeviceRecord | None:
+        """With ``for_update``, the row stays locked until the transaction ends (PostgreSQL; SQLite's write
+        transactions hold the whole database already)."""
+        stmt = sa.select(self._t).where(self._t.c.id == id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = self._conn.execute(stmt).one_or_none()
         return None if row is None else _device(row)
 
-    def get(self, id: str) -> DeviceRecord:
-        record = self.find(id)
+    def get(self, id: str, *, for_update: bool = False) -> DeviceRecord:
+        record = self.find(id, for_update=for_update)
         if record is None:
             raise NotFoundError(f'device "{id}" not found')
         return record
@@ -824,6 +893,7 @@ class LockRepository(_Repository):
         ).one_or_none()
         if row is None:
             raise AlreadyExistsError(f'lock "{name}" already exists')
+        self._cached_state_changed()
         return _lock(row)
 
     def find(self, name: str) -> LockRecord | None:
@@ -847,6 +917,7 @@ class LockRepository(_Repository):
     def delete(self, name: str) -> None:
         if self._conn.execute(sa.delete(self._t).where(self._t.c.name == name)).rowcount == 0:
             raise NotFoundError(f'lock "{name}" not found')
+        self._cached_state_changed()
 
     def purge_expired(self, now: datetime) -> int:
         return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
@@ -925,3 +996,5 @@ class Store:
         self.audit = AuditRepository(conn, clock)
         self.devices = DeviceRepository(conn, clock)
         self.locks = LockRepository(conn, clock)
+        self.generation = StateGenerationRepository(conn, clock)
+        self.spent_ceremonies = SpentCeremonyRepository(conn, clock)

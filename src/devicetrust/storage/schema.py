@@ -29,6 +29,8 @@ __all__ = [
     "rate_limits",
     "resources",
     "sessions",
+    "spent_ceremonies",
+    "state_generation",
     "tokens",
     "users",
 ]
@@ -213,4 +215,24 @@ locks = sa.Table(
     sa.Column("body", JSONBody, nullable=False),
     sa.Column("expires", UTCDateTime, nullable=True, index=True),
     sa.Column("created", UTCDateTime, nullable=False),
+)
+
+# One row. Its ``generation`` grows with every write to what servers cache (roles, the auth preference, bots,
+# users, locks), in the writing transaction: a server whose cache was filled at the generation it reads now may
+# use its cache.
+state_generation = sa.Table(
+    "state_generation",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+)
+
+# Device authentication ceremonies keep their pending state with the client, sealed; finishing one inserts its
+# id here, so the primary key makes each ceremony single-use across every server. Rows outlive the ceremony's
+# expiry only until the janitor purges them.
+spent_ceremonies = sa.Table(
+    "spent_ceremonies",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("expires", UTCDateTime, nullable=False, index=True),
 )
