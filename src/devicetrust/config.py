@@ -28,6 +28,8 @@ from devicetrust.types.yaml_io import load_yaml_documents
 CONFIG_VERSION = "v1"
 DEFAULT_CLUSTER_NAME = "devicetrust.local"
 DEFAULT_AUTH_LISTEN_ADDR = "127.0.0.1:3080"
+#: Upper bound on auth_service.workers: far beyond any machine the daemon should share with others.
+MAX_AUTH_WORKERS = 64
 DEFAULT_SSH_LISTEN_ADDR = "127.0.0.1:3022"
 SQLITE_FILE_NAME = "backend.sqlite"
 ENV_CONFIG = "DEVICETRUST_CONFIG"
@@ -109,6 +111,15 @@ class AuthServiceConfig:
     listen_addr: str = DEFAULT_AUTH_LISTEN_ADDR
     cluster_name: str = DEFAULT_CLUSTER_NAME
     public_addrs: tuple[str, ...] = ()
+    #: Processes serving the auth API. 1 serves it inside the daemon's own process; more start that many worker
+    #: processes on one listening socket (auth servers keep no state of their own, so any worker serves any
+    #: request).
+    workers: int = field(default_factory=lambda: default_auth_workers())
+
+
+def default_auth_workers() -> int:
+    """One auth worker per CPU this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -253,7 +264,7 @@ CONFIG_KEYS: Mapping[str, Any] = {
         "storage": dict.fromkeys(("type", "path", "conn_string")),
         "log": {"severity": None},
     },
-    "auth_service": dict.fromkeys(("enabled", "listen_addr", "cluster_name", "public_addr")),
+    "auth_service": dict.fromkeys(("enabled", "listen_addr", "cluster_name", "public_addr", "workers")),
     "ssh_service": dict.fromkeys(_SSH_FIELDS),
     "jamf_service": {**dict.fromkeys(JAMF_SERVICE_KEYS), "inventory": [dict.fromkeys(JAMF_INVENTORY_KEYS)]},
 }
@@ -360,6 +371,9 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
             public = [public]
         if not isinstance(public, list) or not all(isinstance(p, str) for p in public):
             raise ConfigError("auth_service.public_addr: expected a list of host names or addresses")
+        workers = auth.get("workers", default_auth_workers())
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_AUTH_WORKERS:
+            raise ConfigError(f"auth_service.workers: expected a whole number from 1 to {MAX_AUTH_WORKERS}")
         config = replace(
             config,
             auth_service=AuthServiceConfig(
@@ -367,6 +381,7 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
                 listen_addr=listen,
                 cluster_name=cluster_name,
                 public_addrs=tuple(public),
+                workers=workers,
             ),
         )
 
@@ -521,6 +536,8 @@ auth_service:
   listen_addr: {listen}
   cluster_name: {cluster_name}
   # public_addr: [auth.example.com]
+  # Processes serving the auth API (default: one per CPU; 1 serves it inside this process).
+  # workers: 2
 ssh_service:
   enabled: true
   listen_addr: {ssh_listen}

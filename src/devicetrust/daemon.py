@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import pickle
 import signal
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -77,8 +80,8 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(config: Config, server: AuthServer) -> uvicorn.Config:
-    key_path, cert_path = tls_files(config, server)
+def _uvicorn_config(config: Config, server: AuthServer, tls: tuple[Path, Path] | None = None) -> uvicorn.Config:
+    key_path, cert_path = tls or tls_files(config, server)
     host, port = split_host_port(config.auth_service.listen_addr, what="auth_service.listen_addr")
     return uvicorn.Config(
         build_app(server),
@@ -92,6 +95,150 @@ def _uvicorn_config(config: Config, server: AuthServer) -> uvicorn.Config:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         server_header=False,
     )
+
+
+#: How long the daemon waits for its auth workers to listen before it gives up starting.
+WORKER_START_TIMEOUT_SECONDS = 60
+#: A worker that dies is restarted after this delay, doubled after each quick death, up to the maximum.
+WORKER_RESTART_DELAY_SECONDS = 1.0
+WORKER_MAX_RESTART_DELAY_SECONDS = 30.0
+#: A worker that ran at least this long before dying counts as healthy: its restart delay starts over.
+WORKER_HEALTHY_SECONDS = 60.0
+
+
+def listening_socket(config: Config) -> socket.socket:
+    """The auth service's listening socket, bound by the daemon and shared by its workers."""
+    host, port = split_host_port(config.auth_service.listen_addr, what="auth_service.listen_addr")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ConfigError(
+            f"auth_service.listen_addr: cannot listen on {config.auth_service.listen_addr}: {err.strerror}"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class AuthWorkers:
+    """``auth_service.workers`` processes serving the auth API on one listening socket, restarted if they die.
+
+    Each worker is ``python -m devicetrust.daemon`` reading its configuration from stdin; it opens its own
+    backend connections and shares nothing else with its siblings, since auth servers keep no state of their
+    own (the caches they keep are checked against the backend at every request)."""
+
+    def __init__(self, config: Config, sock: socket.socket) -> None:
+        self._config = config
+        self._sock = sock
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes.values()]
+
+    async def start(self) -> None:
+        """Start every worker and wait until each one listens (ConfigError if one cannot)."""
+        ready = [asyncio.get_running_loop().create_future() for _ in range(self._config.auth_service.workers)]
+        for index, future in enumerate(ready):
+            self._tasks.append(asyncio.create_task(self._supervise(index, future), name=f"auth-worker-{index}"))
+        try:
+            await asyncio.wait_for(asyncio.gather(*ready), WORKER_START_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise ConfigError(f"the auth workers did not start within {WORKER_START_TIMEOUT_SECONDS} s") from None
+
+    async def _spawn(self) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader]:
+        read_fd, write_fd = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "devicetrust.daemon",
+                str(self._sock.fileno()),
+                str(write_fd),
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=(self._sock.fileno(), write_fd),
+            )
+        finally:
+            os.close(write_fd)
+        assert process.stdin is not None
+        process.stdin.write(pickle.dumps(self._config))
+        process.stdin.close()
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb"))
+        return process, reader
+
+    async def _supervise(self, index: int, ready: asyncio.Future[None]) -> None:
+        delay = WORKER_RESTART_DELAY_SECONDS
+        loop = asyncio.get_running_loop()
+        while not self._stopped():
+            process, reader = await self._spawn()
+            self._processes[index] = process
+            started = loop.time()
+            if await reader.read(1) and not ready.done():
+                ready.set_result(None)
+            code = await process.wait()
+            if self._stopped():
+                return
+            if not ready.done():
+                ready.set_exception(ConfigError(f"an auth worker exited at start (exit status {code})"))
+                return
+            delay = WORKER_RESTART_DELAY_SECONDS if loop.time() - started >= WORKER_HEALTHY_SECONDS else delay
+            log.error("auth worker exited; restarting it", extra={"worker": index, "status": code, "delay": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WORKER_MAX_RESTART_DELAY_SECONDS)
+
+    def _stopped(self) -> bool:
+        return self._stopping
+
+    async def stop(self) -> None:
+        """SIGTERM to every worker (they finish in-flight requests), SIGKILL to those still running after the
+        graceful shutdown period."""
+        self._stopping = True
+        for process in self._processes.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self._processes.values():
+            try:
+                await asyncio.wait_for(process.wait(), GRACEFUL_SHUTDOWN_SECONDS + 5)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._sock.close()
+
+
+def serve_auth_worker(config: Config, listen_fd: int, ready_fd: int) -> None:
+    """One auth worker: the auth API on the daemon's listening socket ``listen_fd``; writes one byte to
+    ``ready_fd`` once it accepts connections. SIGTERM stops it gracefully."""
+    backend = Backend.open(config.storage_url)
+    try:
+        server = AuthServer(backend, cluster_name=config.auth_service.cluster_name)
+        server.initialize()  # already done by the daemon: this loads the CAs and keys
+        tls = (config.tls_dir / "auth.key", config.tls_dir / "auth.crt")
+        web = uvicorn.Server(_uvicorn_config(config, server, tls))
+        sock = socket.socket(fileno=listen_fd)
+
+        async def serve() -> None:
+            task = asyncio.create_task(web.serve(sockets=[sock]))
+            while not web.started and not task.done():  # noqa: ASYNC110 - uvicorn has no "started" event
+                await asyncio.sleep(STARTUP_POLL_SECONDS)
+            if web.started:
+                os.write(ready_fd, b"1")
+            os.close(ready_fd)
+            await task
+
+        asyncio.run(serve())
+    finally:
+        backend.close()
 
 
 def write_admin_identity(config: Config, server: AuthServer) -> None:
@@ -185,6 +332,24 @@ def _jamf_config(config: Config) -> Any:
     return jamf
 
 
+#: How often expired sessions, tokens, rate-limit windows and spent ceremonies are deleted.
+JANITOR_PERIOD_SECONDS = 60
+
+
+async def _janitor(server: AuthServer) -> None:
+    """Deletes what has expired, once per period, for as long as the auth service runs. A failed round (the
+    database away, say) is logged and the next one tries again."""
+    while True:
+        await asyncio.sleep(JANITOR_PERIOD_SECONDS)
+        try:
+            purged = await asyncio.to_thread(server.purge_expired)
+        except Exception as err:
+            log.warning("expired records not purged; trying again later", extra={"error": str(err)})
+        else:
+            if any(purged.values()):
+                log.debug("expired records purged", extra={"purged": purged})
+
+
 def _report_jamf_exit(error: BaseException | None) -> None:
     if error is not None:
         # The service has already logged the cause; the daemon keeps serving auth and SSH.
@@ -208,21 +373,35 @@ async def _serve(config: Config) -> None:
     jamf_thread: Any = None
     jamf_task: asyncio.Task[None] | None = None
     jamf_stop = asyncio.Event()
+    workers: AuthWorkers | None = None
+    janitor_task: asyncio.Task[None] | None = None
     jamf = _jamf_config(config)
     try:
         if config.auth_service.enabled:
             server = prepare_auth_server(config)
-            web = _EmbeddedUvicorn(_uvicorn_config(config, server))
-            write_admin_identity(config, server)
+            worker_count = config.auth_service.workers
             log.info(
                 "auth service starting",
-                extra={"listen_addr": config.auth_service.listen_addr, "cluster_name": server.cluster_name},
+                extra={
+                    "listen_addr": config.auth_service.listen_addr,
+                    "cluster_name": server.cluster_name,
+                    "workers": worker_count,
+                },
             )
-            web_task = loop.create_task(web.serve(), name="auth-service")
-            while not web.started:
-                if web_task.done() or stop.is_set():
-                    break
-                await asyncio.sleep(STARTUP_POLL_SECONDS)
+            if worker_count > 1:
+                tls_files(config, server)
+                workers = AuthWorkers(config, listening_socket(config))
+                write_admin_identity(config, server)
+                await workers.start()
+            else:
+                web = _EmbeddedUvicorn(_uvicorn_config(config, server))
+                write_admin_identity(config, server)
+                web_task = loop.create_task(web.serve(), name="auth-service")
+                while not web.started:
+                    if web_task.done() or stop.is_set():
+                        break
+                    await asyncio.sleep(STARTUP_POLL_SECONDS)
+            janitor_task = loop.create_task(_janitor(server), name="janitor")
         if config.ssh_service.enabled and not stop.is_set() and (web_task is None or not web_task.done()):
             from devicetrust.agent.server import SSHNode
 
@@ -263,6 +442,12 @@ async def _serve(config: Config) -> None:
             await asyncio.to_thread(jamf_thread.stop, JAMF_STOP_SECONDS)
         if node is not None:
             await node.stop()
+        if janitor_task is not None:
+            janitor_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await janitor_task
+        if workers is not None:
+            await workers.stop()
         if web is not None and web_task is not None:
             web.should_exit = True
             await web_task
@@ -271,3 +456,21 @@ async def _serve(config: Config) -> None:
             log.info("auth service stopped")
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(stop_signal)
+
+
+def _auth_worker_main() -> None:
+    """``python -m devicetrust.daemon LISTEN_FD READY_FD``, configuration (pickled) on stdin: started by
+    :class:`AuthWorkers`, never by hand."""
+    from devicetrust.logs import configure_json_logging
+
+    if len(sys.argv) != 3 or sys.stdin.isatty():
+        sys.exit("devicetrust.daemon is started by 'devicetrust start' (auth_service.workers), not by hand")
+    config = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - written by the parent daemon over a pipe
+    if not isinstance(config, Config):
+        sys.exit("devicetrust.daemon: expected a configuration on stdin")
+    configure_json_logging(config.log_severity)
+    serve_auth_worker(config, int(sys.argv[1]), int(sys.argv[2]))
+
+
+if __name__ == "__main__":
+    _auth_worker_main()

@@ -117,9 +117,12 @@ class Cluster:
         return int(self.process.returncode)
 
 
-def start_cluster(root: Path, storage_url: str = "", port: int = 0, extra_config: str = "") -> Cluster:
+def start_cluster(
+    root: Path, storage_url: str = "", port: int = 0, extra_config: str = "", auth_workers: int | None = None
+) -> Cluster:
     """Start ``devicetrust start`` on its own data dir; ``storage_url`` selects PostgreSQL; ``extra_config``: more
-    top-level sections of devicetrust.yaml (e.g. jamf_service)."""
+    top-level sections of devicetrust.yaml (e.g. jamf_service); ``auth_workers``: auth_service.workers (default:
+    the daemon's, one per CPU)."""
     root.mkdir(parents=True, exist_ok=True)
     proxy = f"127.0.0.1:{port or free_port()}"
     config_path = root / "devicetrust.yaml"
@@ -131,6 +134,9 @@ def start_cluster(root: Path, storage_url: str = "", port: int = 0, extra_config
     )
     if storage_url:
         text = text.replace("    type: sqlite ", f"    type: postgres\n    conn_string: {storage_url}\n    #")
+    if auth_workers is not None:
+        text = text.replace("  # workers: 2\n", f"  workers: {auth_workers}\n")
+        assert f"workers: {auth_workers}" in text
     config_path.write_text(text + extra_config)
     log_path = root / "devicetrust.log"
     with log_path.open("wb") as log_file:

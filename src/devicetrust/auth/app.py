@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives import serialization
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -168,6 +169,23 @@ async def caller_dep(request: Request, credentials: BearerDep) -> Caller:
 
 
 CallerDep = Annotated[Caller, Depends(caller_dep)]
+
+
+async def inline_caller_dep(request: Request, credentials: BearerDep) -> Caller:
+    """:func:`caller_dep` without the hop to a worker thread, for routes that run on the event loop."""
+    server: AuthServer = request.app.state.auth_server
+    caller = server.authenticate(credentials.credentials if credentials is not None else "")
+    request.state.caller = caller.name
+    return caller
+
+
+InlineCallerDep = Annotated[Caller, Depends(inline_caller_dep)]
+
+
+def _json_response(body: Any) -> Response:
+    """A JSON response built directly: the route's ``response_model`` documents it, without validating again
+    what the domain layer has just produced."""
+    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")
 
 
 async def optional_caller(request: Request, credentials: BearerDep) -> Caller | None:
@@ -424,8 +442,10 @@ def build_app(server: AuthServer) -> FastAPI:
     def enroll_finish(response: JsonObject) -> ResourceDocument:
         return _device_json(server.devices.enroll_finish(ChallengeResponse.from_json(response)))
 
-    @app.post("/v1/devices/authenticate/begin")
-    def authenticate_begin(req: AuthenticateBeginRequest, caller: CallerDep) -> ChallengeMessage:
+    # The device ceremony runs before every session. Its routes run on the event loop: their work is short (a
+    # cached read, the crypto, one write), and a hop to a worker thread would cost more than the work itself.
+    @app.post("/v1/devices/authenticate/begin", response_model=ChallengeMessage)
+    async def authenticate_begin(req: AuthenticateBeginRequest, caller: InlineCallerDep) -> Response:
         challenge = server.devices.authenticate_begin(
             caller,
             credential_id=req.credential_id,
@@ -433,15 +453,17 @@ def build_app(server: AuthServer) -> FastAPI:
             ssh_cert=req.ssh_cert.encode(),
             target=(req.target.kind, req.target.id) if req.target is not None else None,
         )
-        return ChallengeMessage.model_validate(challenge.to_json())
+        return _json_response(challenge.to_json())
 
-    @app.post("/v1/devices/authenticate/finish")
-    def authenticate_finish(response: JsonObject, caller: CallerDep) -> DeviceCertificates:
+    @app.post("/v1/devices/authenticate/finish", response_model=DeviceCertificates)
+    async def authenticate_finish(response: JsonObject, caller: InlineCallerDep) -> Response:
         certs = server.devices.authenticate_finish(caller, ChallengeResponse.from_json(response))
-        return DeviceCertificates(
-            ssh_cert=certs.ssh_cert.decode(),
-            tls_cert=certs.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
-            device=_device_json(certs.device),
+        return _json_response(
+            {
+                "ssh_cert": certs.ssh_cert.decode(),
+                "tls_cert": certs.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
+                "device": _device_json(certs.device),
+            }
         )
 
     @app.post("/v1/nodes/join")

@@ -64,7 +64,8 @@ def open_sealed(key: bytes, sealed: str) -> dict[str, Any]:
         given = _unb64(tag)
     except (binascii.Error, ValueError):
         raise CeremonyError(_UNKNOWN) from None
-    if not hmac.compare_digest(given, _mac(key, payload)):
+    # Only the canonical spelling of the tag: no other string may open the same state.
+    if _b64(given) != tag or not hmac.compare_digest(given, _mac(key, payload)):
         raise CeremonyError(_UNKNOWN)
     try:
         state = json.loads(_unb64(payload))

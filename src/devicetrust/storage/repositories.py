@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -134,10 +134,17 @@ class SpentCeremonyRepository(_Repository):
 
     _t = schema.spent_ceremonies
 
+    #: the statement, built once per dialect
+    _spend_by_dialect: ClassVar[dict[str, sa.Executable]] = {}
+
     def spend(self, id: str, expires: datetime) -> None:
         """Record ``id`` as spent; NotFoundError if it already was (a replay, or a concurrent finish)."""
-        stmt = _insert(self._conn, self._t).values(id=id, expires=expires)
-        if self._conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"])).rowcount != 1:
+        dialect = self._conn.dialect.name
+        stmt = self._spend_by_dialect.get(dialect)
+        if stmt is None:
+            stmt = _insert(self._conn, self._t).on_conflict_do_nothing(index_elements=["id"]).returning(self._t.c.id)
+            self._spend_by_dialect[dialect] = stmt
+        if self._conn.execute(stmt, {"id": id, "expires": expires}).first() is None:
             raise NotFoundError(INVALID_PENDING_MESSAGE)
 
     def purge_expired(self, now: datetime) -> int:
@@ -396,6 +403,12 @@ class TokenRepository(_Repository):
         return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
 
 
+# Statements on every request's path are built once: building one costs more than running it.
+_SESSION_AT_GENERATION = sa.select(
+    schema.sessions, _SELECT_GENERATION.scalar_subquery().label("state_generation")
+).where(schema.sessions.c.token_hash == sa.bindparam("token_hash"), schema.sessions.c.expires > sa.bindparam("now"))
+
+
 def _session(row: Row[Any]) -> SessionRecord:
     return SessionRecord(row.token_hash, row.username, row.kind, row.body, row.expires, row.created)
 
@@ -446,11 +459,7 @@ class SessionRepository(_Repository):
 
     def get_valid_at_generation(self, token_hash: str, now: datetime) -> tuple[SessionRecord, int]:
         """The session and, read by the same statement, the state generation (what a request needs first)."""
-        t = self._t
-        stmt = sa.select(t, _SELECT_GENERATION.scalar_subquery().label("state_generation")).where(
-            t.c.token_hash == token_hash, t.c.expires > now
-        )
-        row = self._conn.execute(stmt).one_or_none()
+        row = self._conn.execute(_SESSION_AT_GENERATION, {"token_hash": token_hash, "now": now}).one_or_none()
         if row is None:
             raise NotFoundError(INVALID_SESSION_MESSAGE)
         return _session(row), int(row.state_generation)
@@ -597,6 +606,20 @@ def _page_key(token: str) -> tuple[str, str]:
     return key[0], key[1]
 
 
+_DEVICE_BY_ID = sa.select(schema.devices).where(schema.devices.c.id == sa.bindparam("id"))
+_DEVICE_BY_ID_FOR_UPDATE = _DEVICE_BY_ID.with_for_update()
+_DEVICE_BY_ASSET_TAG = sa.select(schema.devices).where(
+    schema.devices.c.os_type == sa.bindparam("os_type"), schema.devices.c.asset_tag == sa.bindparam("asset_tag")
+)
+_DEVICE_UPDATE = (
+    sa.update(schema.devices)
+    .where(schema.devices.c.id == sa.bindparam("device_id"))
+    .values(revision=schema.devices.c.revision + 1)
+    .returning(*schema.devices.c)
+)
+_DEVICE_UPDATE_AT_REVISION = _DEVICE_UPDATE.where(schema.devices.c.revision == sa.bindparam("expected_revision"))
+
+
 class DeviceRepository(_Repository):
     """Registered devices: the device document plus the columns looked up by (id, os/asset tag, MDM source).
 
@@ -644,10 +667,8 @@ class DeviceRepository(_Repository):
     def find(self, id: str, *, for_update: bool = False) -> DeviceRecord | None:
         """With ``for_update``, the row stays locked until the transaction ends (PostgreSQL; SQLite's write
         transactions hold the whole database already)."""
-        stmt = sa.select(self._t).where(self._t.c.id == id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        row = self._conn.execute(stmt).one_or_none()
+        stmt = _DEVICE_BY_ID_FOR_UPDATE if for_update else _DEVICE_BY_ID
+        row = self._conn.execute(stmt, {"id": id}).one_or_none()
         return None if row is None else _device(row)
 
     def get(self, id: str, *, for_update: bool = False) -> DeviceRecord:
@@ -657,8 +678,7 @@ class DeviceRepository(_Repository):
         return record
 
     def find_by_asset_tag(self, os_type: str, asset_tag: str) -> DeviceRecord | None:
-        t = self._t
-        row = self._conn.execute(sa.select(t).where(t.c.os_type == os_type, t.c.asset_tag == asset_tag)).one_or_none()
+        row = self._conn.execute(_DEVICE_BY_ASSET_TAG, {"os_type": os_type, "asset_tag": asset_tag}).one_or_none()
         return None if row is None else _device(row)
 
     def find_all_by_asset_tag(self, asset_tag: str) -> builtins.list[DeviceRecord]:
@@ -680,21 +700,22 @@ class DeviceRepository(_Repository):
         expected_revision: int | None = None,
     ) -> DeviceRecord:
         """Replace the body and the columns. With ``expected_revision``, ConflictError if someone wrote in between."""
-        t = self._t
-        stmt = sa.update(t).where(t.c.id == id)
-        if expected_revision is not None:
-            stmt = stmt.where(t.c.revision == expected_revision)
-        stmt = stmt.values(
-            body=_canonical_body(body),
-            enroll_status=enroll_status,
-            owner=owner,
-            source_name=source_name,
-            source_origin=source_origin,
-            external_id=external_id,
-            revision=t.c.revision + 1,
-            updated=self._clock(),
-        )
-        row = self._conn.execute(stmt.returning(*t.c)).one_or_none()
+        values = {
+            "device_id": id,
+            "body": _canonical_body(body),
+            "enroll_status": enroll_status,
+            "owner": owner,
+            "source_name": source_name,
+            "source_origin": source_origin,
+            "external_id": external_id,
+            "updated": self._clock(),
+        }
+        if expected_revision is None:
+            row = self._conn.execute(_DEVICE_UPDATE, values).one_or_none()
+        else:
+            row = self._conn.execute(
+                _DEVICE_UPDATE_AT_REVISION, {**values, "expected_revision": expected_revision}
+            ).one_or_none()
         if row is None:
             current = self.get(id)
             raise ConflictError(
@@ -927,6 +948,9 @@ def _audit(row: Row[Any]) -> AuditRecord:
     return AuditRecord(row.id, row.uid, row.event, row.code, row.time, row.username, row.success, row.body)
 
 
+_AUDIT_INSERT = sa.insert(schema.audit_events).returning(*schema.audit_events.c)
+
+
 class AuditRepository(_Repository):
     """Append-only event log; the database itself refuses UPDATE and DELETE (triggers)."""
 
@@ -935,16 +959,16 @@ class AuditRepository(_Repository):
     def append(
         self, event: str, code: str, time: datetime, user: str, success: bool, body: Mapping[str, Any]
     ) -> AuditRecord:
-        stmt = sa.insert(self._t).values(
-            uid=str(uuid.uuid4()),
-            event=event,
-            code=code,
-            time=time,
-            username=user,
-            success=success,
-            body=dict(body),
-        )
-        return _audit(self._conn.execute(stmt.returning(*self._t.c)).one())
+        values = {
+            "uid": str(uuid.uuid4()),
+            "event": event,
+            "code": code,
+            "time": time,
+            "username": user,
+            "success": success,
+            "body": dict(body),
+        }
+        return _audit(self._conn.execute(_AUDIT_INSERT, values).one())
 
     def search(
         self,

@@ -1,0 +1,191 @@
+"""The auth service as several worker processes on one socket (auth_service.workers): single use, cache
+coherence and supervision hold across processes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from benchmarks.harness import LeanClient, process_tree
+
+from devicetrust.crypto import identity_from_ssh_cert
+from tests.integration.ceremony_helpers import (
+    SoftwareDevice,
+    answer,
+    authenticate_device,
+    enroll_software_device,
+    set_device_trust,
+    signup_and_login,
+)
+from tests.integration.cluster import Cluster, start_cluster
+
+WORKERS = 2
+PASSWORD = "workers password 1"
+#: Concurrent finishes of one ceremony, each on a connection of its own.
+RACERS = 200
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], scope="module")
+def workers_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp(f"workers-{request.param}")
+    if request.param == "sqlite":
+        running = start_cluster(root, auth_workers=WORKERS)
+        try:
+            yield running
+        finally:
+            running.stop()
+        return
+    from tests.conftest import postgres_schema_url
+
+    admin = request.getfixturevalue("postgres_admin")
+    with postgres_schema_url(admin, "dt_workers") as url:
+        running = start_cluster(root, storage_url=url, auth_workers=WORKERS)
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+class World:
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.cluster = cluster
+        identity = json.loads((cluster.root / "data" / "admin" / "identity.json").read_text())
+        self.ca_pem = str(identity["host_ca_pem"])
+        self.opened: list[LeanClient] = []
+        self.admin = self.track(LeanClient(cluster.proxy, self.ca_pem, identity["token"]))
+        set_device_trust(self.admin, "required")
+        anonymous = self.track(LeanClient(cluster.proxy, self.ca_pem))
+        self.login = signup_and_login(self.admin, anonymous, name, ["access"], PASSWORD)
+        self.user = self.client()
+        self.device: SoftwareDevice = enroll_software_device(self.admin, self.user, f"SN-{name}", f"cred-{name}")
+
+    def track(self, client: LeanClient) -> LeanClient:
+        self.opened.append(client)
+        return client
+
+    def client(self) -> LeanClient:
+        return self.track(LeanClient(self.cluster.proxy, self.ca_pem, self.login.session_token))
+
+    def close(self) -> None:
+        for client in self.opened:
+            client.close()
+
+    def begin(self) -> dict[str, object]:
+        body = {
+            "credential_id": self.device.credential_id,
+            "device_data": self.device.device_data,
+            "ssh_cert": self.login.ssh_cert,
+            "target": {"kind": "ssh", "id": "node-1"},
+        }
+        challenge: dict[str, object] = self.user.call("POST", "/v1/devices/authenticate/begin", body)
+        return challenge
+
+
+def worker_pids(cluster: Cluster) -> list[int]:
+    return process_tree(cluster.process.pid)[1:]
+
+
+def test_the_daemon_runs_the_configured_number_of_workers(workers_cluster: Cluster) -> None:
+    pids = worker_pids(workers_cluster)
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in pids]
+    assert sum(b"devicetrust.daemon" in command for command in commands) == WORKERS
+
+
+@pytest.fixture
+def world_of(workers_cluster: Cluster) -> Iterator[Callable[[str], World]]:
+    worlds: list[World] = []
+
+    def make(name: str) -> World:
+        worlds.append(World(workers_cluster, name))
+        return worlds[-1]
+
+    yield make
+    for world in worlds:
+        world.close()
+
+
+def test_of_many_concurrent_finishes_of_one_ceremony_exactly_one_succeeds(world_of: Callable[[str], World]) -> None:
+    world = world_of("racer")
+    reply = answer(world.device.key, world.begin())
+    clients = [world.client() for _ in range(RACERS)]
+    for client in clients:  # connect (and so spread over the workers) before the race
+        client.call("GET", "/v1/ping")
+    start = threading.Barrier(RACERS)
+    outcomes: list[str] = []
+
+    def finish(client: LeanClient) -> None:
+        start.wait()
+        try:
+            client.call("POST", "/v1/devices/authenticate/finish", reply)
+        except RuntimeError as err:
+            outcomes.append(str(err))
+        else:
+            outcomes.append("ok")
+
+    threads = [threading.Thread(target=finish, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("ok") == 1, outcomes[:3]
+    refused = [o for o in outcomes if o != "ok"]
+    assert all("HTTP 400" in o and "unknown or expired device ceremony" in o for o in refused), refused[:3]
+
+
+def test_a_lock_made_through_one_worker_holds_on_every_worker_at_once(
+    workers_cluster: Cluster, world_of: Callable[[str], World]
+) -> None:
+    world = world_of("locked")
+    authenticate_device(world.user, world.device, world.login.ssh_cert)  # warms every cache
+    locked = workers_cluster.tctl("lock", f"--user={world.login.name}", "--message=stolen laptop", "--ttl=10m")
+    assert locked.returncode == 0, locked.stderr
+    for _ in range(4 * WORKERS):  # fresh connections land on any worker
+        client = world.client()
+        with pytest.raises(RuntimeError, match="stolen laptop"):
+            client.call(
+                "POST",
+                "/v1/devices/authenticate/begin",
+                {
+                    "credential_id": world.device.credential_id,
+                    "device_data": world.device.device_data,
+                    "ssh_cert": world.login.ssh_cert,
+                },
+            )
+
+
+def test_a_killed_worker_is_replaced_and_service_goes_on(
+    workers_cluster: Cluster, world_of: Callable[[str], World]
+) -> None:
+    world = world_of("survivor")
+    victim = worker_pids(workers_cluster)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = worker_pids(workers_cluster)
+        if victim not in pids and len(pids) >= WORKERS:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"worker {victim} was not replaced: {worker_pids(workers_cluster)}")
+    for _ in range(4 * WORKERS):
+        client = world.client()
+        augmented = identity_from_ssh_cert(authenticate_device(client, world.device, world.login.ssh_cert).encode())
+        assert augmented.device is not None and augmented.device.device_id == world.device.device_id
+    assert "auth worker exited; restarting it" in workers_cluster.log_path.read_text()
+
+
+def test_stopping_the_daemon_stops_its_workers(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path / "stop", auth_workers=WORKERS)
+    pids = worker_pids(cluster)
+    assert len(pids) >= WORKERS
+    assert cluster.stop() == 0
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
