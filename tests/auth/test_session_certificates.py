@@ -3,10 +3,9 @@ backend, a frozen clock. What the service issues, to whom, for which target, and
 
 from __future__ import annotations
 
-import uuid
-
 import base64
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
