@@ -1,8 +1,10 @@
 """bench_authn: full device-authentication ceremonies (begin + finish, augmented certificates issued) from C
 concurrent clients with the unsafe software key backend, against a real daemon on SQLite, then PostgreSQL.
 
-Reported in the same run: ceremonies/s, latency, the server's CPU time per ceremony, and the crypto-only rate
-(the same ECDSA verify + SSH and X.509 certificate signing in a tight loop) with the ratio between the two.
+Reported in the same run: ceremonies/s, latency, the server's CPU time per ceremony (the daemon and its auth
+workers), the load generator's own CPU time, and the crypto-only rate (the same ECDSA verify + SSH and X.509
+certificate signing in a tight loop, one core) with the ratio between the two. Each figure is printed with its
+target (issue 11) and "ok" or "short".
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from benchmarks.harness import LeanClient, RunningCluster, cluster, summary_ms
+from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, summary_ms
 from devicetrust.crypto import (
     CertAuthority,
     DeviceExtensions,
@@ -34,6 +36,15 @@ PASSWORD = "benchmark password 1"
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "8"))
 DURATION_SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+#: Targets on a 2-core machine with the load generator on the same machine.
+TARGET_RATE = {"sqlite": 600.0, "postgres": 500.0}
+TARGET_SERVER_CPU_MS = 2.5
+TARGET_P99_MS = 50.0
+TARGET_RATIO = 0.25
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "short"
 
 
 @dataclass
@@ -131,7 +142,7 @@ def crypto_only_rate(seconds: float = 3.0) -> float:
     return done / (time.perf_counter() - started)
 
 
-def run_against(label: str, storage_url: str = "") -> tuple[float, float]:
+def run_against(label: str, crypto: float, storage_url: str = "") -> None:
     with cluster(storage_url) as running:
         admin = running.admin()
         _allow_software_keys(admin)
@@ -154,6 +165,7 @@ def run_against(label: str, storage_url: str = "") -> tuple[float, float]:
                 errors.append(err)
 
         cpu_before = running.server_cpu_seconds()
+        client_cpu_before = time.process_time()
         started = time.perf_counter()
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(users))]
         for thread in threads:
@@ -162,6 +174,7 @@ def run_against(label: str, storage_url: str = "") -> tuple[float, float]:
             thread.join()
         elapsed = time.perf_counter() - started
         cpu = running.server_cpu_seconds() - cpu_before
+        client_cpu = time.process_time() - client_cpu_before
         for user in users:
             user.client.close()
     if errors:
@@ -169,18 +182,28 @@ def run_against(label: str, storage_url: str = "") -> tuple[float, float]:
     samples = [s for per_client in latencies for s in per_client]
     rate = len(samples) / elapsed
     cpu_ms = cpu / len(samples) * 1000
+    p99_ms = percentile(samples, 0.99) * 1000
     print(
         f"bench_authn[{label}]: {len(samples)} ceremonies in {elapsed:.1f} s with {CLIENTS} clients: "
-        f"{rate:.0f} ceremonies/s; {summary_ms(samples)}; server CPU {cpu_ms:.2f} ms/ceremony"
+        f"{rate:.0f} ceremonies/s (target >= {TARGET_RATE[label]:.0f}: {verdict(rate >= TARGET_RATE[label])}); "
+        f"{summary_ms(samples)} (p99 target <= {TARGET_P99_MS:.0f} ms: {verdict(p99_ms <= TARGET_P99_MS)})"
     )
-    return rate, cpu_ms
+    print(
+        f"bench_authn[{label}]: server CPU {cpu_ms:.2f} ms/ceremony (target <= {TARGET_SERVER_CPU_MS}: "
+        f"{verdict(cpu_ms <= TARGET_SERVER_CPU_MS)}); load generator CPU "
+        f"{client_cpu / len(samples) * 1000:.2f} ms/ceremony ({client_cpu / elapsed:.0%} of one core)"
+    )
+    ratio = rate / crypto
+    print(
+        f"bench_authn[{label}]: ratio to crypto-only {ratio:.3f} (target >= {TARGET_RATIO}: "
+        f"{verdict(ratio >= TARGET_RATIO)})"
+    )
 
 
 def main() -> None:
     crypto = crypto_only_rate()
     print(f"bench_authn[crypto-only]: {crypto:.0f} verify+SSH cert+X.509 cert per second (one core)")
-    sqlite_rate, _ = run_against("sqlite")
-    print(f"bench_authn[sqlite]: ratio to crypto-only {sqlite_rate / crypto:.3f}")
+    run_against("sqlite", crypto)
     try:
         import psycopg
 
@@ -188,8 +211,7 @@ def main() -> None:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
         try:
-            pg_rate, _ = run_against("postgres", f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
-            print(f"bench_authn[postgres]: ratio to crypto-only {pg_rate / crypto:.3f}")
+            run_against("postgres", crypto, f"{POSTGRES_URL}?options=-csearch_path%3D{schema}")
         finally:
             with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")

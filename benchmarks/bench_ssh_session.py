@@ -10,8 +10,11 @@ Phases alternate on the SAME node (ROUNDS times each): ``enforced`` (cluster mod
 presented) and ``off`` (cluster mode off, same certificate); the benchmark switches the cluster auth preference
 and waits until the node enforces the new mode (a device-less probe flips) and the daemon is idle again (audit
 events of the previous phase delivered) before measuring; ABBA order cancels drift. Reported: sessions/s,
-p50/p99 latency, the daemon's CPU per session (including the session processes it reaps), and the ratio
-enforced/off of time per session (target ≤ 1.05). Where Debian's /usr/sbin/sshd exists, the same figure for a
+p50/p99 latency, the daemon's CPU per session (its auth workers and the session processes it reaps included),
+and the ratio enforced/off of time per session (target ≤ 1.05). Then ``enforced+proof``: the same C clients,
+but every session carries a session-time device proof (cluster ``session_proof: per_session``): each sample is a
+new HTTPS connection to the auth service, the device ceremony bound to the node (software key), then the
+session on the session certificate (target ≥ 50 sessions/s). Where Debian's /usr/sbin/sshd exists, the same figure for a
 plain sshd on a loopback port trusting the cluster's user CA (TrustedUserCAKeys), as a reference.
 
 Session-time device proof: phases ``per_session`` and ``login`` (cluster mode required, the cluster's
@@ -46,6 +49,7 @@ from tests.integration.ceremony_helpers import (
     LOGIN,
     ClientKey,
     NodeInfo,
+    SoftwareDevice,
     UserLogin,
     authenticate_device,
     connect_options,
@@ -58,7 +62,7 @@ from tests.integration.ceremony_helpers import (
 )
 from tests.integration.cluster import free_port
 
-from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, process_cpu_seconds, summary_ms
+from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, summary_ms, tree_cpu_seconds
 from devicetrust.ceremony.messages import Challenge, CollectedData
 from devicetrust.client import AuthClient
 from devicetrust.device.keys import TPMKey
@@ -179,7 +183,7 @@ class NodeBench:
             time.sleep(0.1)
 
 
-def _prepare(admin: LeanClient, anonymous: LeanClient) -> tuple[ClientKey, ClientKey]:
+def _prepare(admin: LeanClient, anonymous: LeanClient) -> tuple[ClientKey, ClientKey, UserLogin, SoftwareDevice]:
     """A role granting dt-test everywhere (no mode of its own), a user with a trusted device, one without."""
     set_device_trust(admin, "optional")
     put_role(admin, "bench-ssh", None)
@@ -188,15 +192,54 @@ def _prepare(admin: LeanClient, anonymous: LeanClient) -> tuple[ClientKey, Clien
     user = anonymous.with_token(trusted.session_token)
     device = enroll_software_device(admin, user, "BENCH-SSH-1", "bench-ssh-credential")
     augmented = authenticate_device(user, device, trusted.ssh_cert)
-    return trusted.client_key(augmented), plain.client_key()
+    return trusted.client_key(augmented), plain.client_key(), trusted, device
 
 
-def run_node_phases() -> tuple[Phase, Phase, str, ClientKey]:
-    enforced, off = Phase("enforced"), Phase("off")
+#: Sessions/s target once every session carries a session-time device proof.
+TARGET_PROOF_SESSIONS_PER_S = 50.0
+
+
+@dataclass
+class ProofThroughput:
+    running: RunningCluster
+    node: NodeInfo
+    host_ca_ssh: str
+    login: UserLogin
+    device: SoftwareDevice
+
+    def session_cert(self) -> str:
+        client = LeanClient(self.running.addr, self.running.ca_pem, self.login.session_token)
+        try:
+            return authenticate_device(client, self.device, self.login.ssh_cert, ("ssh", self.node.host_id))
+        finally:
+            client.close()
+
+    async def session(self) -> None:
+        cert = await asyncio.to_thread(self.session_cert)
+        await _session(connect_options(self.node, self.host_ca_ssh, self.login.client_key(cert)))
+
+    async def drive(self, seconds: float, clients: int, phase: Phase) -> None:
+        for _ in range(WARMUP_SESSIONS):
+            await self.session()
+        deadline = time.perf_counter() + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                begun = time.perf_counter()
+                await self.session()
+                phase.latencies.append(time.perf_counter() - begun)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        phase.elapsed += time.perf_counter() - started
+
+
+def run_node_phases() -> tuple[Phase, Phase, Phase, str, ClientKey]:
+    enforced, off, proven = Phase("enforced"), Phase("off"), Phase("enforced+proof")
     with cluster() as running:
         admin, anonymous = running.admin(), running.anonymous()
         try:
-            trusted, plain = _prepare(admin, anonymous)
+            trusted, plain, login, device = _prepare(admin, anonymous)
             cas = anonymous.call("GET", "/v1/cas")
             host_ca_ssh, user_ca_ssh = str(cas["host_ca_ssh"]), str(cas["user_ca_ssh"])
             bench = NodeBench(running, wait_for_node(admin), host_ca_ssh, trusted, plain)
@@ -204,17 +247,24 @@ def run_node_phases() -> tuple[Phase, Phase, str, ClientKey]:
             pid = running.cluster.process.pid
 
             def daemon_cpu() -> float:
-                return process_cpu_seconds(pid, children=True)
+                return tree_cpu_seconds(pid)
 
             # ABBA order (enforced, off, off, enforced, ...) so that drift over the run favours neither phase
             for index in range(ROUNDS):
                 for mode, phase in (("required", enforced), ("off", off))[:: 1 if index % 2 == 0 else -1]:
                     bench.switch(mode)
                     measure(phase, options, daemon_cpu)
+            bench.switch("required")
+            set_device_trust(admin, "required", session_proof="per_session")
+            prover = ProofThroughput(running, bench.node, host_ca_ssh, login, device)
+            wait_idle(daemon_cpu)
+            before = daemon_cpu()
+            asyncio.run(prover.drive(PHASE_SECONDS * ROUNDS, CLIENTS, proven))
+            proven.cpu += daemon_cpu() - before
         finally:
             admin.close()
             anonymous.close()
-    return enforced, off, user_ca_ssh, trusted
+    return enforced, off, proven, user_ca_ssh, trusted
 
 
 # ------------------------------------------------------------------------------------------------ sshd
@@ -285,7 +335,7 @@ def run_sshd_phase(user_ca_ssh: str, trusted: ClientKey) -> Phase | None:
             "connect_timeout": 10,
         }
         for _ in range(ROUNDS):
-            measure(phase, options, lambda: process_cpu_seconds(pid, children=True))
+            measure(phase, options, lambda: tree_cpu_seconds(pid))
     return phase
 
 
@@ -398,14 +448,14 @@ def run_proof_phases() -> tuple[Phase, Phase]:
                     for setting, phase in order[:: 1 if index % 2 == 0 else -1]:
                         bench.switch(setting)
                         bench.sample(setting == "per_session")  # warm-up
-                        wait_idle(lambda: process_cpu_seconds(pid, children=True))
-                        before, started = process_cpu_seconds(pid, children=True), time.perf_counter()
+                        wait_idle(lambda: tree_cpu_seconds(pid))
+                        before, started = tree_cpu_seconds(pid), time.perf_counter()
                         for _ in range(PROOF_SAMPLES):
                             begun = time.perf_counter()
                             bench.sample(setting == "per_session")
                             phase.latencies.append(time.perf_counter() - begun)
                         phase.elapsed += time.perf_counter() - started
-                        phase.cpu += process_cpu_seconds(pid, children=True) - before
+                        phase.cpu += tree_cpu_seconds(pid) - before
             finally:
                 key.close()
     return per_session, login_phase
@@ -418,9 +468,14 @@ def main() -> None:
     from tests.agent.harness import require_root_login
 
     require_root_login()
-    enforced, off, user_ca_ssh, trusted = run_node_phases()
+    enforced, off, proven, user_ca_ssh, trusted = run_node_phases()
     print(enforced.report(CLIENTS))
     print(off.report(CLIENTS))
+    print(proven.report(CLIENTS))
+    print(
+        f"bench_ssh_session[enforced+proof]: {proven.rate:.1f} sessions/s with a device proof each (target >= "
+        f"{TARGET_PROOF_SESSIONS_PER_S:.0f}: {'ok' if proven.rate >= TARGET_PROOF_SESSIONS_PER_S else 'short'})"
+    )
     time_ratio = off.rate / enforced.rate if enforced.rate else float("nan")
     p50_ratio = percentile(enforced.latencies, 0.5) / percentile(off.latencies, 0.5)
     cpu_ratio = (enforced.cpu / enforced.sessions) / (off.cpu / off.sessions) if off.cpu else float("nan")

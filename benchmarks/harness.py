@@ -108,6 +108,12 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid``, of its live descendants (a daemon's auth workers) and of the children it has reaped
+    (sessions a node ran)."""
+    return sum(process_cpu_seconds(member, children=member == pid) for member in process_tree(pid))
+
+
 def process_cpu_seconds(pid: int, *, children: bool = False) -> float:
     """User + system CPU time of process ``pid`` so far (Linux /proc); with ``children``, also that of the
     children it has waited for (a forking server such as sshd, or the processes a node runs for sessions)."""

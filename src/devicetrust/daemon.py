@@ -401,6 +401,11 @@ async def _serve(config: Config) -> None:
                     if web_task.done() or stop.is_set():
                         break
                     await asyncio.sleep(STARTUP_POLL_SECONDS)
+            if web_task is None or not web_task.done():
+                log.info(
+                    "auth service ready",
+                    extra={"listen_addr": config.auth_service.listen_addr, "workers": worker_count},
+                )
             janitor_task = loop.create_task(_janitor(server), name="janitor")
         if config.ssh_service.enabled and not stop.is_set() and (web_task is None or not web_task.done()):
             from devicetrust.agent.server import SSHNode

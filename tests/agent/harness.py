@@ -102,7 +102,7 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "HOME": str(self.root)},
             )
-        ready = "ssh service started" if self.ssh_enabled else "Uvicorn running"
+        ready = "ssh service started" if self.ssh_enabled else "auth service ready"
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

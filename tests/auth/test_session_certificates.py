@@ -171,3 +171,33 @@ def test_concurrent_finishes_of_one_ceremony_yield_one_session_certificate(world
         outcomes = list(pool.map(lambda _: finish(), range(8)))
     assert outcomes.count("issued") == 1, outcomes
     assert set(outcomes) - {"issued"} == {"unknown or expired device ceremony"}
+
+
+def test_a_wrong_answer_spends_the_ceremony(world: World) -> None:
+    alice, login_cert = world.user("alice")
+    world.enroll(alice)
+    ceremony_id, challenge = world.begin(alice, login_cert)
+    with pytest.raises(CeremonyError):
+        world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, b"not the challenge"))
+    with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
+        world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge))
+
+
+def test_a_tampered_or_foreign_ceremony_id_is_refused(world: World) -> None:
+    alice, login_cert = world.user("alice")
+    world.enroll(alice)
+    ceremony_id, challenge = world.begin(alice, login_cert)
+    flipped = ceremony_id[:20] + ("A" if ceremony_id[20] != "A" else "B") + ceremony_id[21:]
+    for forged in (flipped, ceremony_id + "A", str(uuid.uuid4())):
+        with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
+            world.server.devices.authenticate_finish(alice, world.answer(forged, challenge))
+    world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge))  # still good
+
+
+def test_a_ceremony_expires_after_a_minute(world: World) -> None:
+    alice, login_cert = world.user("alice")
+    world.enroll(alice)
+    ceremony_id, challenge = world.begin(alice, login_cert)
+    world.clock.now += timedelta(seconds=61)
+    with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
+        world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge))

@@ -3,6 +3,7 @@ DEVICETRUST_* variables sit between the flags and the file."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -185,3 +186,20 @@ def test_every_devicetrust_variable_is_in_the_table_and_the_docs() -> None:
     assert used <= listed
     documented = (DOCS / "architecture.md").read_text()
     assert [name for name in sorted(listed) if f"`{name}`" not in documented] == []
+
+
+def test_auth_workers_default_to_one_per_cpu(tmp_path: Path) -> None:
+    config = read_config_file(write(tmp_path, "auth_service:\n  enabled: true\n"))
+    assert config.auth_service.workers == max(1, len(os.sched_getaffinity(0)))
+
+
+@pytest.mark.parametrize("workers", [1, 4, 64])
+def test_auth_workers_are_read(tmp_path: Path, workers: int) -> None:
+    config = read_config_file(write(tmp_path, f"auth_service:\n  workers: {workers}\n"))
+    assert config.auth_service.workers == workers
+
+
+@pytest.mark.parametrize("workers", ["0", "65", "-1", "two", "1.5", "true", "'2'", "[2]"])
+def test_bad_auth_workers_are_refused(tmp_path: Path, workers: str) -> None:
+    path = write(tmp_path, f"auth_service:\n  workers: {workers}\n")
+    assert error_of(path) == f"{path}: auth_service.workers: expected a whole number from 1 to 64"

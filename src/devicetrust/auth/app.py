@@ -88,8 +88,11 @@ MAX_PAGE_SIZE = 1000
 #: Incoming request ids are echoed only when they look like ids, so logs can't be forged through them.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-#: Paths agents call on a timer; logged at DEBUG when they succeed.
-_ROUTINE_PATHS = frozenset({"/v1/nodes/state", "/v1/nodes/heartbeat"})
+#: Paths called on a timer (agents) or before every session (the device ceremony, which the audit log records):
+#: logged at DEBUG when they succeed.
+_ROUTINE_PATHS = frozenset(
+    {"/v1/nodes/state", "/v1/nodes/heartbeat", "/v1/devices/authenticate/begin", "/v1/devices/authenticate/finish"}
+)
 
 ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -131,7 +134,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             path = scope.get("path", "")
-            # Agents poll and heartbeat every few seconds: their successful calls are routine, not news.
+            # Their successful calls are routine, not news.
             routine = path in _ROUTINE_PATHS and status < 400
             level = logging.DEBUG if routine else logging.INFO
             if log.isEnabledFor(level):

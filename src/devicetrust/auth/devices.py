@@ -6,6 +6,7 @@ spending tokens and pending ceremonies exactly once, locks, audit, and minting t
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
 import uuid
@@ -49,7 +50,14 @@ from devicetrust.crypto import (
     require_p256_public_key,
     verify_ssh_user_cert,
 )
-from devicetrust.errors import AccessDeniedError, AlreadyExistsError, NotFoundError, TrustError, ValidationError
+from devicetrust.errors import (
+    AccessDeniedError,
+    AlreadyExistsError,
+    ConflictError,
+    NotFoundError,
+    TrustError,
+    ValidationError,
+)
 from devicetrust.storage import DEVICE_ENROLL_TOKEN_KIND as TOKEN_KIND
 from devicetrust.storage import DeviceRecord, Store
 from devicetrust.types import (
@@ -519,6 +527,23 @@ class DeviceService:
             raise CeremonyError("the certificate already carries device extensions; run 'tsh login' for new ones")
         return identity
 
+    def _record_authentication(self, store: Store, device: Device, revision: int, record: dict[str, str]) -> Device:
+        """Append ``record`` to the device's collected data (the enrollment record stays first). Written only if
+        the device is as it was read (one statement); if it changed meanwhile (another session's ceremony, say),
+        re-read under a row lock, and refused if its credential is not the one that was proven."""
+
+        def appended(current: Device) -> Device:
+            kept = [*current.collected_data[1:], record][-(MAX_COLLECTED_RECORDS - 1) :]
+            return replace(current, collected_data=(*current.collected_data[:1], *kept))
+
+        try:
+            return self._save(store, appended(device), expected_revision=revision)
+        except ConflictError:
+            current = device_from_record(store.devices.get(device.id, for_update=True))
+        if current.credential != device.credential:
+            raise CeremonyError("device is not enrolled")
+        return self._save(store, appended(current))
+
     def _opened(self, caller: Caller, ceremony_id: str, now: datetime) -> tuple[PendingCeremony, dict[str, Any]]:
         """The pending state sealed into ``ceremony_id`` at begin, if it is the caller's and still live.
         Ownership is checked before anything is spent: another user's finish must not burn the owner's ceremony."""
@@ -566,7 +591,13 @@ class DeviceService:
             if now >= login_identity.not_after:
                 raise CeremonyError("the login certificate has expired; run 'tsh login'")
         except CeremonyError as err:
-            self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, str(err))
+            # A failed answer spends the ceremony too: one attempt per challenge.
+            with self._backend.begin() as store:
+                with contextlib.suppress(NotFoundError):
+                    store.spent_ceremonies.spend(pending.id, pending.expires + SPENT_CEREMONY_MARGIN)
+                self._audit(
+                    store, events.DEVICE_AUTHENTICATE, caller.name, False, reason=str(err), device=device_audit(device)
+                )
             raise
         extensions = DeviceExtensions(
             device_id=device.id, asset_tag=device.asset_tag, credential_id=proof.credential.id
@@ -593,12 +624,7 @@ class DeviceService:
                 store.spent_ceremonies.spend(pending.id, pending.expires + SPENT_CEREMONY_MARGIN)
             except NotFoundError:
                 raise CeremonyError("unknown or expired device ceremony") from None
-            current = device_from_record(store.devices.get(device.id, for_update=True))
-            if current.credential != device.credential:
-                raise CeremonyError("device is not enrolled")
-            history = [*current.collected_data[1:], self._record(pending, proof, now)]
-            kept = history[-(MAX_COLLECTED_RECORDS - 1) :]
-            current = self._save(store, replace(current, collected_data=(*current.collected_data[:1], *kept)))
+            current = self._record_authentication(store, device, record.revision, self._record(pending, proof, now))
             details: dict[str, Any] = {}
             if session_proof is not None:
                 details["target"] = {"kind": session_proof.kind, "id": session_proof.target}
