@@ -16,11 +16,11 @@ import httpx
 import pydantic
 
 from devicetrust.errors import (
-    ERROR_KINDS,
     ConnectionFailedError,
     DevicetrustError,
     RateLimitedError,
     TrustError,
+    error_class,
 )
 from devicetrust.protocol import (
     AddDeviceRequest,
@@ -374,4 +374,5 @@ def error_from_response(response: httpx.Response) -> DevicetrustError:
         return DevicetrustError(f"the auth service answered HTTP {response.status_code}")
     if kind == RateLimitedError.kind:
         return RateLimitedError(message, int(response.headers.get("retry-after", "0") or 0))
-    return ERROR_KINDS.get(kind, DevicetrustError)(message)
+    cls = error_class(kind)
+    return cls(message) if cls is not RateLimitedError else DevicetrustError(message)

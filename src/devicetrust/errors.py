@@ -35,8 +35,16 @@ class DevicetrustError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        _ERROR_CLASSES.setdefault(cls.kind, cls)
+
     def __str__(self) -> str:
         return self.message
+
+
+#: Every error class by its wire kind, registered as each is defined.
+_ERROR_CLASSES: dict[str, type[DevicetrustError]] = {DevicetrustError.kind: DevicetrustError}
 
 
 class ValidationError(DevicetrustError):
@@ -98,19 +106,7 @@ class ConnectionFailedError(DevicetrustError):
     http_status = 503
 
 
-ERROR_KINDS: dict[str, type[DevicetrustError]] = {
-    cls.kind: cls
-    for cls in (
-        DevicetrustError,
-        ValidationError,
-        ConfigError,
-        NotFoundError,
-        AlreadyExistsError,
-        ConflictError,
-        AuthenticationError,
-        SessionExpiredError,
-        AccessDeniedError,
-        TrustError,
-        ConnectionFailedError,
-    )
-}
+def error_class(kind: str) -> type[DevicetrustError]:
+    """The error class a wire ``kind`` names: the first defined with it, wherever it lives (the ceremony, device
+    and TPM errors are defined next to their code); ``DevicetrustError`` for kinds this version does not know."""
+    return _ERROR_CLASSES.get(kind, DevicetrustError)
