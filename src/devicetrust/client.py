@@ -23,6 +23,9 @@ from devicetrust.errors import (
     TrustError,
 )
 from devicetrust.protocol import (
+    DEFAULT_DEVICE_PAGE_SIZE,
+    NDJSON_MEDIA_TYPE,
+    NEXT_PAGE_TOKEN_HEADER,
     AddDeviceRequest,
     AuthenticateBeginRequest,
     BotJoinRequest,
@@ -36,6 +39,8 @@ from devicetrust.protocol import (
     CreateUserResponse,
     DeviceCertificates,
     DeviceList,
+    DeviceListQuery,
+    DeviceSummaryList,
     DeviceWithToken,
     EnrollBeginRequest,
     EnrollTokenRequest,
@@ -113,15 +118,27 @@ class AuthClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> Any:
+        return self.send(method, path, json=json, params=params).json()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """The service's successful response as it came; its error reply raised as the error it names."""
         with transport_errors(
             self.addr,
             untrusted="a certificate not issued by the pinned cluster CA; "
             "if the cluster was re-created, run 'tsh login --trust-new-ca'",
         ):
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
         if response.status_code >= 400:
             raise error_from_response(response)
-        return response.json()
+        return response
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
@@ -257,11 +274,26 @@ class AuthApi(AuthClient):
         )
         return reply_as(DeviceWithToken, self.post("/v1/devices", body(request)), "devices")
 
-    def list_devices(self, *, page_size: int | None = None, page_token: str | None = None) -> DeviceList:
-        return reply_as(DeviceList, self.get("/v1/devices", page_size=page_size, page_token=page_token), "devices")
+    def list_devices(self, query: DeviceListQuery | None = None) -> DeviceList:
+        """One page of the inventory, whole documents (``query.view`` is ignored)."""
+        params = _device_query(query, view="resource")
+        return reply_as(DeviceList, self.get("/v1/devices", **params), "devices")
+
+    def list_device_summaries(self, query: DeviceListQuery | None = None) -> DeviceSummaryList:
+        """One page of the inventory as ``tctl devices ls`` shows it."""
+        params = _device_query(query, view="summary")
+        return reply_as(DeviceSummaryList, self.get("/v1/devices", **params), "devices")
+
+    def device_lines(self, query: DeviceListQuery) -> tuple[list[bytes], str | None]:
+        """One page of the inventory in ``query.view``: each device as one line of JSON, unparsed (to pass on
+        or parse as needed), and the next page's token (None on the last page)."""
+        response = self.send("GET", "/v1/devices", params=_device_query(query), headers={"Accept": NDJSON_MEDIA_TYPE})
+        if not response.headers.get("content-type", "").startswith(NDJSON_MEDIA_TYPE):
+            raise DevicetrustError("the auth service sent an unexpected reply to devices (expected JSON lines)")
+        return response.content.splitlines(), response.headers.get(NEXT_PAGE_TOKEN_HEADER) or None
 
     def find_devices(self, asset_tag: str) -> DeviceList:
-        return reply_as(DeviceList, self.get("/v1/devices", asset_tag=asset_tag), "devices")
+        return self.list_devices(DeviceListQuery.model_construct(asset_tag=asset_tag))
 
     def get_device(self, device_id: str) -> ResourceDocument:
         return document(self.get(f"/v1/devices/{segment(device_id)}"), "devices")
@@ -332,6 +364,17 @@ class AuthApi(AuthClient):
             "newest": "true" if newest else None,
         }
         return reply_as(EventPage, self.get("/v1/events", **params), "events")
+
+
+def _device_query(query: DeviceListQuery | None, **override: str) -> dict[str, Any]:
+    """The query's parameters, leaving out what is unset (an empty filter is set: it means "none")."""
+    fields = (query or DeviceListQuery.model_construct()).model_dump(exclude_none=True)
+    fields.update(override)
+    if fields.get("page_size") == DEFAULT_DEVICE_PAGE_SIZE:
+        del fields["page_size"]
+    if fields.get("view") == "resource":
+        del fields["view"]
+    return fields
 
 
 @contextmanager

@@ -224,8 +224,58 @@ class DeviceWithToken(Message):
     enroll_token: str | None
 
 
+#: ``GET /v1/devices`` answers with this media type, one device per line, when the request accepts it; the next
+#: page's token then comes in the NEXT_PAGE_TOKEN_HEADER header (absent on the last page).
+NDJSON_MEDIA_TYPE = "application/x-ndjson"
+NEXT_PAGE_TOKEN_HEADER = "X-Next-Page-Token"
+DEFAULT_DEVICE_PAGE_SIZE = 100
+MAX_DEVICE_PAGE_SIZE = 1000
+#: A filter's text: an asset tag, an owner, a source name, a search string.
+FilterText = Annotated[str, StringConstraints(max_length=256)]
+#: ``resource``: each device's whole document; ``summary``: the listing's columns (:class:`DeviceSummary`).
+DeviceView = Literal["resource", "summary"]
+
+
+class DeviceListQuery(Message):
+    """The query of ``GET /v1/devices``: one page of the inventory in (asset tag, id) order, filtered by the
+    service. Every filter given must match. A misspelt parameter is refused rather than ignored: ignoring it
+    would list more than was asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    page_size: int = Field(default=DEFAULT_DEVICE_PAGE_SIZE, ge=1, le=MAX_DEVICE_PAGE_SIZE)
+    page_token: str | None = Field(
+        default=None, max_length=4096, description="next_page_token of the previous page: resume after it"
+    )
+    view: DeviceView = "resource"
+    search: FilterText | None = Field(
+        default=None, description="a case-insensitive substring of the asset tag, the owner or the device id"
+    )
+    asset_tag: FilterText | None = Field(default=None, description="exactly this asset tag (needs read, not list)")
+    os: FilterText | None = Field(default=None, description="linux, macos, windows, ios or ipados")
+    enroll_status: FilterText | None = Field(default=None, description="enrolled or not_enrolled")
+    source: FilterText | None = Field(default=None, description='the MDM source\'s name; "" for devices of none')
+    owner: FilterText | None = Field(default=None, description='the owning user; "" for devices nobody owns')
+
+
 class DeviceList(Message):
     items: list[ResourceDocument]
+    next_page_token: str | None
+
+
+class DeviceSummary(Message):
+    """A device as ``tctl devices ls`` shows it."""
+
+    id: str
+    os_type: str
+    asset_tag: str
+    enroll_status: str
+    owner: str = Field(description='"" when nobody owns the device')
+    source: str = Field(description='the MDM source\'s name; "" for a device registered by hand')
+
+
+class DeviceSummaryList(Message):
+    items: list[DeviceSummary]
     next_page_token: str | None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -15,12 +16,13 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from devicetrust import __version__
+from devicetrust.auth.devices import device_filter
 from devicetrust.auth.edge import INT64_MAX, RequestGuardMiddleware, error_response
 from devicetrust.auth.mdm import MdmService
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
@@ -28,6 +30,8 @@ from devicetrust.ceremony.messages import ChallengeResponse, CollectedData, KeyE
 from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
 from devicetrust.logs import request_id_var
 from devicetrust.protocol import (
+    NDJSON_MEDIA_TYPE,
+    NEXT_PAGE_TOKEN_HEADER,
     AddDeviceRequest,
     AuditEvent,
     AuthenticateBeginRequest,
@@ -42,6 +46,8 @@ from devicetrust.protocol import (
     CreateUserResponse,
     DeviceCertificates,
     DeviceList,
+    DeviceListQuery,
+    DeviceSummaryList,
     DeviceWithToken,
     Empty,
     EnrollBeginRequest,
@@ -378,18 +384,33 @@ def build_app(server: AuthServer) -> FastAPI:
         )
         return DeviceWithToken(device=_device_json(device), enroll_token=token)
 
-    @app.get("/v1/devices")
-    def list_devices(
-        caller: CallerDep,
-        page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-        page_token: str | None = None,
-        asset_tag: str | None = None,
-    ) -> DeviceList:
-        if asset_tag is not None:
-            found = server.devices.find_by_asset_tag(caller, asset_tag)
-            return DeviceList(items=[_device_json(d) for d in found], next_page_token=None)
-        devices, next_token = server.devices.list_page(caller, page_size=page_size, page_token=page_token)
-        return DeviceList(items=[_device_json(d) for d in devices], next_page_token=next_token)
+    @app.get("/v1/devices", response_model=DeviceList | DeviceSummaryList)
+    def list_devices(caller: CallerDep, query: Annotated[DeviceListQuery, Query()], request: Request) -> Response:
+        """One page of the inventory, filtered: JSON, or with ``Accept: application/x-ndjson`` one device per
+        line and the next page's token in the X-Next-Page-Token header."""
+        where = device_filter(
+            search=query.search,
+            asset_tag=query.asset_tag,
+            os=query.os,
+            enroll_status=query.enroll_status,
+            source=query.source,
+            owner=query.owner,
+        )
+        page = server.devices.list_page_json(
+            caller,
+            page_size=query.page_size,
+            page_token=query.page_token,
+            where=where,
+            summary=query.view == "summary",
+        )
+        # The database made each item's JSON: the reply is spliced from it, never parsed and re-encoded.
+        if NDJSON_MEDIA_TYPE in request.headers.get("accept", ""):
+            headers = {NEXT_PAGE_TOKEN_HEADER: page.next_page_token} if page.next_page_token else None
+            lines = "".join(f"{item}\n" for item in page.items)
+            return Response(lines.encode(), media_type=NDJSON_MEDIA_TYPE, headers=headers)
+        token = json.dumps(page.next_page_token)
+        reply = f'{{"items":[{",".join(page.items)}],"next_page_token":{token}}}'
+        return Response(reply.encode(), media_type="application/json")
 
     @app.get("/v1/devices/{device_id}")
     def get_device(device_id: str, caller: CallerDep) -> ResourceDocument:

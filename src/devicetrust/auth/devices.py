@@ -7,6 +7,7 @@ spending tokens and pending ceremonies exactly once, locks, audit, and minting t
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -49,9 +50,11 @@ from devicetrust.crypto import (
 )
 from devicetrust.errors import AccessDeniedError, AlreadyExistsError, NotFoundError, TrustError, ValidationError
 from devicetrust.storage import DEVICE_ENROLL_TOKEN_KIND as TOKEN_KIND
-from devicetrust.storage import DeviceRecord, Store
+from devicetrust.storage import DeviceFilter, DeviceRecord, JsonPage, Store
 from devicetrust.types import (
+    ENROLL_STATUSES,
     MAX_COLLECTED_RECORDS,
+    OS_TYPES,
     Device,
     DeviceTrustSettings,
     Lock,
@@ -109,6 +112,40 @@ def _bounded(ttl: timedelta | None) -> timedelta:
     if ttl <= timedelta(0) or ttl > MAX_ENROLL_TOKEN_TTL:
         raise ValidationError(f"an enrollment token TTL must be positive and at most {MAX_ENROLL_TOKEN_TTL.days} days")
     return ttl
+
+
+def device_filter(
+    *,
+    search: str | None = None,
+    asset_tag: str | None = None,
+    os: str | None = None,
+    enroll_status: str | None = None,
+    source: str | None = None,
+    owner: str | None = None,
+) -> DeviceFilter | None:
+    """A listing's filters, checked: the OS as stored or displayed (``macOS``), the enroll status with ``_``,
+    ``-`` or a space (``not enrolled``). An empty search matches everything; an empty source matches devices of
+    no MDM source and an empty owner devices nobody owns. None when nothing is filtered."""
+    if os is not None:
+        if os.strip().lower() not in OS_TYPES:
+            raise ValidationError(f'os: invalid OS type "{os}" (valid: {", ".join(OS_TYPES)})')
+        os = os.strip().lower()
+    if enroll_status is not None:
+        status = re.sub(r"[\s-]", "_", enroll_status.strip().lower())
+        if status not in ENROLL_STATUSES:
+            raise ValidationError(
+                f'enroll_status: invalid enroll status "{enroll_status}" (valid: {", ".join(ENROLL_STATUSES)})'
+            )
+        enroll_status = status
+    where = DeviceFilter(
+        search=search or None,
+        asset_tag=asset_tag,
+        os_type=os,
+        enroll_status=enroll_status,
+        source_name=source,
+        owner=owner,
+    )
+    return None if where == DeviceFilter() else where
 
 
 class DeviceService:
@@ -204,13 +241,41 @@ class DeviceService:
             self._audit(store, events.DEVICE_UPDATE, caller.name, True, device=device_audit(updated))
             return "updated"
 
-    def list_page(self, caller: Caller, *, page_size: int, page_token: str | None) -> tuple[list[Device], str | None]:
-        caller.check(RES_DEVICE, "list")
+    def list_page(
+        self, caller: Caller, *, page_size: int, page_token: str | None, where: DeviceFilter | None = None
+    ) -> tuple[list[Device], str | None]:
+        self._check_list(caller, where)
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValidationError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
         with self._backend.begin() as store:
-            records, next_token = store.devices.list_page(page_size=page_size, page_token=page_token)
+            records, next_token = store.devices.list_page(page_size=page_size, page_token=page_token, where=where)
         return [device_from_record(r) for r in records], next_token
+
+    def list_page_json(
+        self,
+        caller: Caller,
+        *,
+        page_size: int,
+        page_token: str | None,
+        where: DeviceFilter | None = None,
+        summary: bool = False,
+    ) -> JsonPage:
+        """:meth:`list_page` as JSON texts made by the database (documents, or with ``summary`` the listing's
+        columns), for big pages: nothing is parsed or validated again on the way out."""
+        self._check_list(caller, where)
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValidationError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        with self._backend.begin() as store:
+            page: JsonPage = store.devices.list_page_json(
+                page_size=page_size, page_token=page_token, where=where, summary=summary
+            )
+        return page
+
+    @staticmethod
+    def _check_list(caller: Caller, where: DeviceFilter | None) -> None:
+        # Looking devices up by their asset tag is reading them (tsh does it to enroll its own device);
+        # anything wider is listing the inventory.
+        caller.check(RES_DEVICE, "read" if where is not None and where.asset_tag is not None else "list")
 
     def list_all(self, caller: Caller) -> list[Device]:
         devices: list[Device] = []
