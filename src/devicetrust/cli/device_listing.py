@@ -127,17 +127,19 @@ def print_text(client: AuthApi, query: DeviceListQuery, limit: int | None) -> st
 
 def print_json(client: AuthApi, query: DeviceListQuery, limit: int | None) -> None:
     """A JSON array of the devices' documents, one per line. With ``limit``: ``{"items": [...],
-    "next_page_token": ...}``, the shape of one page of the API."""
+    "next_page_token": ...}``, the shape of one page of the API. Nothing is written before the first page has
+    come, so a refused listing prints no half document."""
     out = sys.stdout.buffer
-    out.write(b'{"items": [' if limit is not None else b"[")
+    opening = b'{"items": [' if limit is not None else b"["
     separator = b"\n"
     token: str | None = None
     for lines, next_token in pages(client, query.model_copy(update={"view": "resource"}), limit):
         token = next_token
-        chunk = b"".join(separator + line if index == 0 else b",\n" + line for index, line in enumerate(lines))
+        chunk = b"".join((separator if index == 0 else b",\n") + line for index, line in enumerate(lines))
         if lines:
             separator = b",\n"
-        out.write(chunk)
+        out.write(opening + chunk)
+        opening = b""
         out.flush()
     if limit is not None:
         out.write(b'\n], "next_page_token": ' + json.dumps(token).encode() + b"}\n")
