@@ -5,6 +5,7 @@ Server errors come back as the same :mod:`devicetrust.errors` classes the server
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,9 +24,7 @@ from devicetrust.errors import (
     TrustError,
 )
 from devicetrust.protocol import (
-    DEFAULT_DEVICE_PAGE_SIZE,
     NDJSON_MEDIA_TYPE,
-    NEXT_PAGE_TOKEN_HEADER,
     AddDeviceRequest,
     AuthenticateBeginRequest,
     BotJoinRequest,
@@ -70,6 +69,10 @@ _Reply = TypeVar("_Reply", bound=Message)
 REQUEST_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 HTTPS_PORT = 443
+#: What an auth service whose certificate does not verify presented (see transport_errors).
+UNTRUSTED_AUTH_SERVICE = (
+    "a certificate not issued by the pinned cluster CA; if the cluster was re-created, run 'tsh login --trust-new-ca'"
+)
 
 
 def pinned_ssl_context(ca_pem: str) -> ssl.SSLContext:
@@ -130,11 +133,7 @@ class AuthClient:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """The service's successful response as it came; its error reply raised as the error it names."""
-        with transport_errors(
-            self.addr,
-            untrusted="a certificate not issued by the pinned cluster CA; "
-            "if the cluster was re-created, run 'tsh login --trust-new-ca'",
-        ):
+        with transport_errors(self.addr, untrusted=UNTRUSTED_AUTH_SERVICE):
             response = self._http.request(method, path, json=json, params=params, headers=headers)
         if response.status_code >= 400:
             raise error_from_response(response)
@@ -284,13 +283,10 @@ class AuthApi(AuthClient):
         params = _device_query(query, view="summary")
         return reply_as(DeviceSummaryList, self.get("/v1/devices", **params), "devices")
 
-    def device_lines(self, query: DeviceListQuery) -> tuple[list[bytes], str | None]:
-        """One page of the inventory in ``query.view``: each device as one line of JSON, unparsed (to pass on
-        or parse as needed), and the next page's token (None on the last page)."""
-        response = self.send("GET", "/v1/devices", params=_device_query(query), headers={"Accept": NDJSON_MEDIA_TYPE})
-        if not response.headers.get("content-type", "").startswith(NDJSON_MEDIA_TYPE):
-            raise DevicetrustError("the auth service sent an unexpected reply to devices (expected JSON lines)")
-        return response.content.splitlines(), response.headers.get(NEXT_PAGE_TOKEN_HEADER) or None
+    def stream_devices(self, query: DeviceListQuery) -> DeviceStream:
+        """The listing streamed (``query.page_size``: at most that many devices, default all); see
+        :class:`DeviceStream`."""
+        return DeviceStream(self, _device_query(query))
 
     def find_devices(self, asset_tag: str) -> DeviceList:
         return self.list_devices(DeviceListQuery.model_construct(asset_tag=asset_tag))
@@ -366,12 +362,63 @@ class AuthApi(AuthClient):
         return reply_as(EventPage, self.get("/v1/events", **params), "events")
 
 
+class DeviceStream:
+    """A streamed device listing. Iterating yields the devices in batches as they arrive, each device one line of
+    JSON, unparsed (to pass on, or to parse as needed); once the iteration ends, ``next_page_token`` continues
+    after the streamed devices (None: the listing reached the end). The request is sent when iteration starts; a
+    refusal (a bad filter, a missing permission) raises before the first batch."""
+
+    def __init__(self, client: AuthClient, params: dict[str, Any]) -> None:
+        self._client = client
+        self._params = params
+        self.next_page_token: str | None = None
+
+    def __iter__(self) -> Iterator[list[bytes]]:
+        http = self._client._http
+        with (
+            transport_errors(self._client.addr, untrusted=UNTRUSTED_AUTH_SERVICE),
+            http.stream("GET", "/v1/devices", params=self._params, headers={"Accept": NDJSON_MEDIA_TYPE}) as reply,
+        ):
+            if reply.status_code >= 400:
+                reply.read()
+                raise error_from_response(reply)
+            if not reply.headers.get("content-type", "").startswith(NDJSON_MEDIA_TYPE):
+                raise DevicetrustError("the auth service sent an unexpected reply to devices (expected JSON lines)")
+            # The last complete line may be the one that ends the stream: it is held back until more arrive.
+            held: bytes | None = None
+            partial = b""
+            for chunk in reply.iter_bytes():
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+                if not lines:
+                    continue
+                batch = lines[:-1] if held is None else [held, *lines[:-1]]
+                held = lines[-1]
+                if batch:
+                    yield batch
+        self.next_page_token = self._end(held if not partial else None)
+
+    @staticmethod
+    def _end(line: bytes | None) -> str | None:
+        try:
+            end = json.loads(line) if line is not None else None
+        except ValueError:
+            end = None
+        if isinstance(end, dict) and isinstance(end.get("error"), dict):
+            kind, message = str(end["error"].get("kind")), str(end["error"].get("message"))
+            raise ERROR_KINDS.get(kind, DevicetrustError)(message)
+        if not (isinstance(end, dict) and set(end) == {"next_page_token"}):
+            raise DevicetrustError("the auth service's device listing ended early; run the command again")
+        token = end["next_page_token"]
+        if token is not None and not isinstance(token, str):
+            raise DevicetrustError("the auth service sent an unexpected reply to devices (next_page_token)")
+        return token
+
+
 def _device_query(query: DeviceListQuery | None, **override: str) -> dict[str, Any]:
     """The query's parameters, leaving out what is unset (an empty filter is set: it means "none")."""
     fields = (query or DeviceListQuery.model_construct()).model_dump(exclude_none=True)
     fields.update(override)
-    if fields.get("page_size") == DEFAULT_DEVICE_PAGE_SIZE:
-        del fields["page_size"]
     if fields.get("view") == "resource":
         del fields["view"]
     return fields

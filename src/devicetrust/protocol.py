@@ -224,12 +224,14 @@ class DeviceWithToken(Message):
     enroll_token: str | None
 
 
-#: ``GET /v1/devices`` answers with this media type, one device per line, when the request accepts it; the next
-#: page's token then comes in the NEXT_PAGE_TOKEN_HEADER header (absent on the last page).
+#: ``GET /v1/devices`` streams the listing in this media type when the request accepts it: one device per line,
+#: then one last line, :class:`DeviceStreamEnd` (``{"next_page_token": …}``), or, when the listing failed after it
+#: began, an :class:`ErrorReply`. A stream without that last line was cut short.
 NDJSON_MEDIA_TYPE = "application/x-ndjson"
-NEXT_PAGE_TOKEN_HEADER = "X-Next-Page-Token"
 DEFAULT_DEVICE_PAGE_SIZE = 100
+#: Largest page of a JSON reply; a stream may hold any number of devices.
 MAX_DEVICE_PAGE_SIZE = 1000
+MAX_DEVICE_STREAM_SIZE = 2**31 - 1
 #: A filter's text: an asset tag, an owner, a source name, a search string.
 FilterText = Annotated[str, StringConstraints(max_length=256)]
 #: ``resource``: each device's whole document; ``summary``: the listing's columns (:class:`DeviceSummary`).
@@ -237,15 +239,21 @@ DeviceView = Literal["resource", "summary"]
 
 
 class DeviceListQuery(Message):
-    """The query of ``GET /v1/devices``: one page of the inventory in (asset tag, id) order, filtered by the
-    service. Every filter given must match. A misspelt parameter is refused rather than ignored: ignoring it
-    would list more than was asked for."""
+    """The query of ``GET /v1/devices``: the inventory in (asset tag, id) order, filtered by the service. Every
+    filter given must match. A misspelt parameter is refused rather than ignored: ignoring it would list more
+    than was asked for."""
 
     model_config = ConfigDict(extra="forbid")
 
-    page_size: int = Field(default=DEFAULT_DEVICE_PAGE_SIZE, ge=1, le=MAX_DEVICE_PAGE_SIZE)
+    page_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DEVICE_STREAM_SIZE,
+        description=f"JSON: the page's size, at most {MAX_DEVICE_PAGE_SIZE} (default {DEFAULT_DEVICE_PAGE_SIZE}); "
+        "a stream of JSON lines: how many devices to send (default: all)",
+    )
     page_token: str | None = Field(
-        default=None, max_length=4096, description="next_page_token of the previous page: resume after it"
+        default=None, max_length=4096, description="the next_page_token of an earlier reply: resume after it"
     )
     view: DeviceView = "resource"
     search: FilterText | None = Field(
@@ -256,6 +264,12 @@ class DeviceListQuery(Message):
     enroll_status: FilterText | None = Field(default=None, description="enrolled or not_enrolled")
     source: FilterText | None = Field(default=None, description='the MDM source\'s name; "" for devices of none')
     owner: FilterText | None = Field(default=None, description='the owning user; "" for devices nobody owns')
+
+
+class DeviceStreamEnd(Message):
+    """The last line of a device stream."""
+
+    next_page_token: str | None = Field(description="continues after the streamed devices; null at the end")
 
 
 class DeviceList(Message):

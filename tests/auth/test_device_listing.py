@@ -6,25 +6,27 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
 from tests.auth.api_harness import RunningApi
 
-from devicetrust.client import AuthApi
+from devicetrust.auth import devices as devices_module
+from devicetrust.client import AuthApi, DeviceStream
 from devicetrust.crypto import generate_private_key, public_key_to_openssh
-from devicetrust.errors import DevicetrustError, ValidationError
+from devicetrust.errors import AccessDeniedError, DevicetrustError, ValidationError
 from devicetrust.protocol import (
     NDJSON_MEDIA_TYPE,
-    NEXT_PAGE_TOKEN_HEADER,
     DeviceList,
     DeviceListQuery,
     DeviceSummary,
     DeviceSummaryList,
 )
+from devicetrust.storage import DeviceRepository
 from devicetrust.types import Device, DeviceCredential, DeviceSource, resource_to_dict
 
 PASSWORD = "a long enough password"
@@ -85,31 +87,49 @@ def fleet(api: RunningApi) -> list[Seeded]:
     return devices
 
 
-def _pages(client: httpx.Client, *, lines: bool, **params: object) -> Iterator[tuple[list[object], str | None]]:
+def _pages(client: httpx.Client, **params: object) -> Iterator[tuple[list[object], str | None]]:
+    """JSON pages, following their tokens to the end."""
     token: str | None = None
-    headers = {"accept": NDJSON_MEDIA_TYPE} if lines else {}
     while True:
         query = {**params, **({"page_token": token} if token else {})}
-        response = client.get("/v1/devices", params=query, headers=headers)
+        response = client.get("/v1/devices", params=query)
         assert response.status_code == 200, response.text
-        if lines:
-            assert response.headers["content-type"] == NDJSON_MEDIA_TYPE
-            items: list[object] = [json.loads(line) for line in response.content.splitlines()]
-            token = response.headers.get(NEXT_PAGE_TOKEN_HEADER)
-        else:
-            reply = response.json()
-            items, token = reply["items"], reply["next_page_token"]
+        assert response.headers["content-type"] == "application/json"
+        reply = response.json()
+        items, token = reply["items"], reply["next_page_token"]
         yield items, token
         if token is None:
             return
 
 
-@pytest.mark.parametrize("lines", [False, True], ids=["json", "json-lines"])
+def _stream(client: httpx.Client, **params: object) -> tuple[list[object], object]:
+    """A stream of JSON lines: the devices, and its last line."""
+    response = client.get("/v1/devices", params=params, headers={"accept": NDJSON_MEDIA_TYPE})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == NDJSON_MEDIA_TYPE
+    assert response.content.endswith(b"\n")
+    *items, end = [json.loads(line) for line in response.content.splitlines()]
+    return items, end
+
+
+def _streamed_pages(client: httpx.Client, **params: object) -> Iterator[tuple[list[object], str | None]]:
+    """Streams of at most ``page_size`` devices, following their tokens to the end."""
+    token: str | None = None
+    while True:
+        items, end = _stream(client, **params, **({"page_token": token} if token else {}))
+        assert isinstance(end, dict) and set(end) == {"next_page_token"}
+        token = end["next_page_token"]
+        yield items, token
+        if token is None:
+            return
+
+
+@pytest.mark.parametrize("walk", [_pages, _streamed_pages], ids=["json", "json-lines"])
 def test_a_page_walk_sees_every_device_once_and_the_last_page_has_no_token(
-    api: RunningApi, fleet: list[Seeded], lines: bool
+    api: RunningApi, fleet: list[Seeded], walk: Callable[..., Iterator[tuple[list[object], str | None]]]
 ) -> None:
     with api.admin() as client:
-        pages = list(_pages(client, lines=lines, page_size=7))
+        pages = list(walk(client, page_size=7))
     assert [len(items) for items, _ in pages] == [7, 7, 7, 4]
     assert [token is None for _, token in pages] == [False, False, False, True]
     documents = [item for items, _ in pages for item in items]
@@ -121,10 +141,67 @@ def test_a_page_walk_sees_every_device_once_and_the_last_page_has_no_token(
 
 def test_an_exact_last_page_ends_the_walk_without_an_empty_page(api: RunningApi, fleet: list[Seeded]) -> None:
     with api.admin() as client:
-        pages = list(_pages(client, lines=False, page_size=25))
-        assert [(len(items), token) for items, token in pages] == [(25, None)]
-        lines = client.get("/v1/devices", params={"page_size": 25}, headers={"accept": NDJSON_MEDIA_TYPE})
-        assert NEXT_PAGE_TOKEN_HEADER.lower() not in lines.headers
+        assert [(len(items), token) for items, token in _pages(client, page_size=25)] == [(25, None)]
+        assert [(len(items), token) for items, token in _streamed_pages(client, page_size=25)] == [(25, None)]
+
+
+def test_a_stream_reads_in_chunks_and_holds_everything(
+    api: RunningApi, fleet: list[Seeded], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devices_module, "STREAM_FIRST_CHUNK", 2)
+    monkeypatch.setattr(devices_module, "STREAM_CHUNK", 3)
+    sizes: list[int] = []
+    original = DeviceRepository.list_page_json
+
+    def spy(self: DeviceRepository, **kwargs: object) -> object:
+        sizes.append(kwargs["page_size"])  # type: ignore[arg-type]
+        return original(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DeviceRepository, "list_page_json", spy)
+    with api.admin() as client:
+        items, end = _stream(client)
+        assert [d["metadata"]["name"] for d in items] == [d.id for d in fleet]  # type: ignore[index]
+        assert end == {"next_page_token": None}
+        # a small first chunk, then full ones until one comes back short
+        assert sizes == [2, *[3] * 8]
+        sizes.clear()
+        items, end = _stream(client, page_size=6, view="summary")
+        assert [d["id"] for d in items] == [d.id for d in fleet[:6]]  # type: ignore[index]
+        assert sizes == [2, 3, 1]
+        assert isinstance(end, dict) and end["next_page_token"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "line"),
+    [
+        (ValidationError("the database said no"), {"error": {"kind": "validation", "message": "the database said no"}}),
+        (
+            RuntimeError("boom"),
+            {"error": {"kind": "internal", "message": "internal error; the auth service logged the details"}},
+        ),
+    ],
+)
+def test_a_failure_after_the_stream_began_is_its_last_line(
+    api: RunningApi, fleet: list[Seeded], monkeypatch: pytest.MonkeyPatch, failure: Exception, line: object
+) -> None:
+    monkeypatch.setattr(devices_module, "STREAM_FIRST_CHUNK", 5)
+    original = DeviceRepository.list_page_json
+
+    def fail_after_the_first(self: DeviceRepository, **kwargs: object) -> object:
+        if kwargs.get("page_token"):
+            raise failure
+        return original(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DeviceRepository, "list_page_json", fail_after_the_first)
+    with api.admin() as client:
+        items, end = _stream(client)
+    assert len(items) == 5
+    assert end == line
+    with _typed(api) as typed:
+        stream = typed.stream_devices(DeviceListQuery.model_construct())
+        with pytest.raises(type(failure) if isinstance(failure, ValidationError) else DevicetrustError) as raised:
+            list(stream)
+    assert str(raised.value) == line["error"]["message"]  # type: ignore[index]
 
 
 def test_replies_match_the_protocol_models(api: RunningApi, fleet: list[Seeded]) -> None:
@@ -166,19 +243,22 @@ def test_replies_match_the_protocol_models(api: RunningApi, fleet: list[Seeded])
         ),
     ],
 )
-@pytest.mark.parametrize("lines", [False, True], ids=["json", "json-lines"])
+@pytest.mark.parametrize("walk", [_pages, _streamed_pages], ids=["json", "json-lines"])
 def test_filters_are_applied_by_the_service(
-    api: RunningApi, fleet: list[Seeded], params: dict[str, str], keep: object, lines: bool
+    api: RunningApi,
+    fleet: list[Seeded],
+    params: dict[str, str],
+    keep: object,
+    walk: Callable[..., Iterator[tuple[list[object], str | None]]],
 ) -> None:
     expected = [d.id for d in fleet if keep(d)]  # type: ignore[operator]
     assert expected
     with api.admin() as client:
-        found = [
-            item["id"]  # type: ignore[index]
-            for items, _ in _pages(client, lines=lines, page_size=4, view="summary", **params)
-            for item in items
-        ]
+        found = [item["id"] for items, _ in walk(client, page_size=4, view="summary", **params) for item in items]  # type: ignore[index]
     assert found == expected
+    with api.admin() as client:
+        streamed, _ = _stream(client, view="summary", **params)
+    assert [item["id"] for item in streamed] == expected  # type: ignore[index]
 
 
 def _error(response: httpx.Response) -> str:
@@ -218,7 +298,11 @@ def test_a_garbage_or_tampered_page_token_is_a_one_line_400(api: RunningApi, fle
         ({"view": "everything"}, "query.view: Input should be 'resource' or 'summary'"),
         ({"ownr": "alice"}, "query.ownr: Extra inputs are not permitted"),
         ({"page_size": "0"}, "query.page_size: Input should be greater than or equal to 1"),
-        ({"page_size": "1001"}, "query.page_size: Input should be less than or equal to 1000"),
+        (
+            {"page_size": "1001"},
+            "page_size: at most 1000 devices in one JSON page (a stream of application/x-ndjson may hold any number)",
+        ),
+        ({"page_size": str(2**31)}, "query.page_size: Input should be less than or equal to 2147483647"),
         ({"search": "x" * 257}, "query.search: String should have at most 256 characters"),
     ],
 )
@@ -281,24 +365,58 @@ def test_the_typed_client_pages_filters_and_streams(api: RunningApi, fleet: list
             DeviceListQuery.model_construct(page_size=1000, page_token=summaries.next_page_token)
         )
         assert [s.id for s in summaries.items + rest.items] == [d.id for d in fleet]
-        lines, token = client.device_lines(DeviceListQuery.model_construct(page_size=3, view="summary", owner=""))
-        assert token is not None
+        stream = client.stream_devices(DeviceListQuery.model_construct(page_size=3, view="summary", owner=""))
+        lines = [line for batch in stream for line in batch]
         assert [json.loads(line)["owner"] for line in lines] == ["", "", ""]
+        assert stream.next_page_token is not None
+        after = client.stream_devices(
+            DeviceListQuery.model_construct(view="summary", owner="", page_token=stream.next_page_token)
+        )
+        rest_ids = [json.loads(line)["id"] for batch in after for line in batch]
+        assert after.next_page_token is None
+        assert [json.loads(line)["id"] for line in lines] + rest_ids == [d.id for d in fleet if not d.owner]
         assert [d["metadata"]["name"] for d in client.find_devices("SN0003").items] == [fleet[3].id]
         with pytest.raises(ValidationError, match=r"^invalid page token$"):
-            client.device_lines(DeviceListQuery.model_construct(page_token="nope"))
+            list(client.stream_devices(DeviceListQuery.model_construct(page_token="nope")))
         with pytest.raises(ValidationError, match=r"^os: invalid OS type"):
             client.list_devices(DeviceListQuery.model_construct(os="plan9"))
+        with pytest.raises(ValidationError, match=r"^page_size: at most 1000 devices in one JSON page"):
+            client.list_devices(DeviceListQuery.model_construct(page_size=1001))
 
 
-def test_the_typed_client_refuses_a_non_lines_reply(api: RunningApi, fleet: list[Seeded]) -> None:
+@pytest.mark.parametrize(
+    ("last", "outcome"),
+    [
+        (b'{"next_page_token": "abc"}', "abc"),
+        (b'{"next_page_token": null}', None),
+        (b'{"error": {"kind": "access_denied", "message": "no"}}', AccessDeniedError("no")),
+        (b'{"error": {"kind": "made-up", "message": "odd"}}', DevicetrustError("odd")),
+        (None, DevicetrustError("the auth service's device listing ended early; run the command again")),
+        (
+            b'{"kind": "device"}',
+            DevicetrustError("the auth service's device listing ended early; run the command again"),
+        ),
+        (b"not json", DevicetrustError("the auth service's device listing ended early; run the command again")),
+        (b'{"next_page_token": 7}', DevicetrustError("the auth service sent an unexpected reply to devices")),
+    ],
+)
+def test_a_stream_is_complete_only_with_its_last_line(last: bytes | None, outcome: object) -> None:
+    if not isinstance(outcome, Exception):
+        assert DeviceStream._end(last) == outcome
+        return
+    with pytest.raises(type(outcome)) as raised:
+        DeviceStream._end(last)
+    assert str(raised.value).startswith(str(outcome))
+
+
+def test_the_typed_client_refuses_a_reply_that_is_not_a_stream(api: RunningApi, fleet: list[Seeded]) -> None:
     with _typed(api) as client:
-        original = client.send
+        original = client._http.stream
 
-        def json_only(method: str, path: str, **kwargs: object) -> httpx.Response:
+        def json_only(method: str, url: str, **kwargs: Any) -> Any:
             kwargs["headers"] = {"Accept": "application/json"}
-            return original(method, path, **kwargs)  # type: ignore[arg-type]
+            return original(method, url, **kwargs)
 
-        client.send = json_only  # type: ignore[method-assign]
+        client._http.stream = json_only  # type: ignore[method-assign]
         with pytest.raises(DevicetrustError, match=r"unexpected reply to devices \(expected JSON lines\)$"):
-            client.device_lines(DeviceListQuery.model_construct())
+            list(client.stream_devices(DeviceListQuery.model_construct()))

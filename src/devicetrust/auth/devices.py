@@ -10,7 +10,7 @@ import hmac
 import re
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -72,6 +72,10 @@ DEFAULT_ENROLL_TOKEN_TTL = timedelta(hours=1)
 MAX_ENROLL_TOKEN_TTL = timedelta(days=7)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+#: A streamed listing reads the database this many devices at a time; the first chunk is smaller: it is what a
+#: user sees first.
+STREAM_FIRST_CHUNK = 100
+STREAM_CHUNK = MAX_PAGE_SIZE
 #: Every enrollment-token failure reads the same, so a caller learns nothing about which check failed.
 INVALID_ENROLL_TOKEN = "invalid device enrollment token"
 TRUST_DISABLED = "device trust disabled by cluster settings"
@@ -270,6 +274,50 @@ class DeviceService:
                 page_size=page_size, page_token=page_token, where=where, summary=summary
             )
         return page
+
+    def stream_json(
+        self,
+        caller: Caller,
+        *,
+        page_token: str | None,
+        where: DeviceFilter | None = None,
+        summary: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[JsonPage]:
+        """The listing from ``page_token`` on, at most ``limit`` devices, as :meth:`list_page_json` pages read a
+        chunk at a time, each in a transaction of its own: a long listing holds no transaction open. The last
+        page's token continues after the listing (None when it reached the end).
+
+        The first chunk is small (it is what a user sees first) and read before this returns, so a refused
+        listing or a bad token fails here, not halfway through a stream.
+        """
+        self._check_list(caller, where)
+        if limit is not None and limit < 1:
+            raise ValidationError("a listing's limit must be at least 1")
+
+        seen = 0
+
+        def read(token: str | None, wanted: int) -> JsonPage:
+            nonlocal seen
+            size = wanted if limit is None else min(wanted, limit - seen)
+            with self._backend.begin() as store:
+                page: JsonPage = store.devices.list_page_json(
+                    page_size=size, page_token=token, where=where, summary=summary
+                )
+            seen += len(page.items)
+            return page
+
+        first = read(page_token, STREAM_FIRST_CHUNK)
+
+        def pages() -> Iterator[JsonPage]:
+            page = first
+            while True:
+                yield page
+                if page.next_page_token is None or (limit is not None and seen >= limit):
+                    return
+                page = read(page.next_page_token, STREAM_CHUNK)
+
+        return pages()
 
     @staticmethod
     def _check_list(caller: Caller, where: DeviceFilter | None) -> None:

@@ -1,9 +1,9 @@
-"""``tctl devices ls``: the inventory, filtered by the auth service and printed page by page as pages arrive.
+"""``tctl devices ls``: the inventory, filtered by the auth service and printed as it streams in.
 
-A fleet can hold a hundred thousand devices, so nothing here holds the whole listing: each page is printed and
-dropped while the next one is already on its way. Text is plain aligned columns (the widths of the first page,
-widened when a later page needs more); JSON passes each device's document through as the service sent it, one
-per line, inside one array; YAML is a stream of documents.
+A fleet can hold a hundred thousand devices, so nothing here holds the whole listing: the auth service streams it
+(one device per line) and each batch is printed as it arrives. Text is plain aligned columns (the widths of the
+first batch, widened when a later one needs more); JSON passes each device's document through as the service
+sent it, one per line, inside one array; YAML is a stream of documents.
 """
 
 from __future__ import annotations
@@ -11,49 +11,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
 import click
 
-from devicetrust.client import AuthApi
+from devicetrust.client import AuthApi, DeviceStream
 from devicetrust.errors import DevicetrustError
-from devicetrust.protocol import MAX_DEVICE_PAGE_SIZE, DeviceListQuery
+from devicetrust.protocol import DeviceListQuery
 from devicetrust.types import os_display_name
 
 COLUMNS = ("Asset Tag", "OS", "Source", "Enroll Status", "Owner", "Device ID")
-#: The first page is small so the first screen comes quickly; the rest come as large as the service allows.
-FIRST_PAGE_SIZE = 100
-PAGE_SIZE = MAX_DEVICE_PAGE_SIZE
 #: The keys a device document starts with in YAML, as ``tctl get`` prints resources.
 _DOCUMENT_ORDER = ("kind", "version", "metadata", "spec")
 
-Page = tuple[list[bytes], str | None]
 
-
-def pages(client: AuthApi, query: DeviceListQuery, limit: int | None) -> Iterator[Page]:
-    """The listing's pages (at most ``limit`` devices in all), each with the token that continues after it; the
-    next page is fetched while the caller prints the current one."""
-    remaining = limit
-
-    def size(wanted: int) -> int:
-        return wanted if remaining is None else min(wanted, remaining)
-
-    def fetch(token: str | None, page_size: int) -> Page:
-        return client.device_lines(query.model_copy(update={"page_token": token, "page_size": page_size}))
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="devices-ls") as pool:
-        pending = pool.submit(fetch, query.page_token, size(FIRST_PAGE_SIZE))
-        while True:
-            lines, token = pending.result()
-            if remaining is not None:
-                remaining -= len(lines)
-            more = token is not None and (remaining is None or remaining > 0)
-            if more:
-                pending = pool.submit(fetch, token, size(PAGE_SIZE))
-            yield lines, token
-            if not more:
-                return
+def _stream(client: AuthApi, query: DeviceListQuery, limit: int | None, view: str) -> DeviceStream:
+    return client.stream_devices(query.model_copy(update={"page_size": limit, "view": view}))
 
 
 def _parse(lines: Sequence[bytes]) -> list[Any]:
@@ -65,7 +38,7 @@ def _parse(lines: Sequence[bytes]) -> list[Any]:
 
 
 def summary_rows(lines: Sequence[bytes]) -> list[tuple[str, ...]]:
-    """The text columns of a page of summaries."""
+    """The text columns of a batch of summaries."""
     try:
         return [
             (
@@ -114,37 +87,32 @@ class ColumnWriter:
 def print_text(client: AuthApi, query: DeviceListQuery, limit: int | None) -> str | None:
     """The listing as columns; returns the token that continues after it, if any."""
     writer = ColumnWriter(COLUMNS, sys.stdout)
-    query = query.model_copy(update={"view": "summary"})
-    token: str | None = None
+    stream = _stream(client, query, limit, "summary")
     written = False
-    for lines, next_token in pages(client, query, limit):
-        token = next_token
-        if lines or not written:
-            writer.write(summary_rows(lines))
-            written = True
-    return token
+    for lines in stream:
+        writer.write(summary_rows(lines))
+        written = True
+    if not written:
+        writer.write([])
+    return stream.next_page_token
 
 
 def print_json(client: AuthApi, query: DeviceListQuery, limit: int | None) -> None:
     """A JSON array of the devices' documents, one per line. With ``limit``: ``{"items": [...],
-    "next_page_token": ...}``, the shape of one page of the API. Nothing is written before the first page has
-    come, so a refused listing prints no half document."""
+    "next_page_token": ...}``, the shape of one page of the API. Nothing is written before the listing has
+    begun, so a refused one prints no half document."""
     out = sys.stdout.buffer
     opening = b'{"items": [' if limit is not None else b"["
     separator = b"\n"
-    token: str | None = None
-    for lines, next_token in pages(client, query.model_copy(update={"view": "resource"}), limit):
-        token = next_token
-        chunk = b"".join((separator if index == 0 else b",\n") + line for index, line in enumerate(lines))
-        if lines:
-            separator = b",\n"
-        out.write(opening + chunk)
-        opening = b""
+    stream = _stream(client, query, limit, "resource")
+    for lines in stream:
+        out.write(opening + separator + b",\n".join(lines))
         out.flush()
+        opening, separator = b"", b",\n"
     if limit is not None:
-        out.write(b'\n], "next_page_token": ' + json.dumps(token).encode() + b"}\n")
+        out.write(opening + b'\n], "next_page_token": ' + json.dumps(stream.next_page_token).encode() + b"}\n")
     else:
-        out.write(b"\n]\n")
+        out.write(opening + b"\n]\n")
     out.flush()
 
 
@@ -153,27 +121,25 @@ def print_yaml(client: AuthApi, query: DeviceListQuery, limit: int | None) -> No
     ``next_page_token``, as in JSON."""
     import yaml  # only here: it is slow to import and only YAML output needs it
 
-    query = query.model_copy(update={"view": "resource"})
+    stream = _stream(client, query, limit, "resource")
     out = sys.stdout
     if limit is not None:
-        items: list[Any] = []
-        token: str | None = None
-        for lines, next_token in pages(client, query, limit):
-            token = next_token
-            items.extend(_document(item) for item in _parse(lines))
-        document = {"items": items, "next_page_token": token}
-        out.write(yaml.safe_dump(document, sort_keys=False, default_flow_style=False))
+        items = [document for batch in _documents(stream) for document in batch]
+        page = {"items": items, "next_page_token": stream.next_page_token}
+        out.write(yaml.safe_dump(page, sort_keys=False, default_flow_style=False))
         out.flush()
         return
     first = True
-    for lines, _ in pages(client, query, limit):
-        documents = [_document(item) for item in _parse(lines)]
-        if not documents:
-            continue
+    for documents in _documents(stream):
         text = yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False)
         out.write(text if first else "---\n" + text)
         out.flush()
         first = False
+
+
+def _documents(stream: DeviceStream) -> Iterator[list[Any]]:
+    for lines in stream:
+        yield [_document(item) for item in _parse(lines)]
 
 
 def _document(item: Any) -> Any:
