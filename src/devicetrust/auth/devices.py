@@ -339,11 +339,6 @@ class DeviceService:
         with self._backend.begin() as store:
             return device_from_record(store.devices.get(device_id))
 
-    def find_by_asset_tag(self, caller: Caller, asset_tag: str) -> list[Device]:
-        caller.check(RES_DEVICE, "read")
-        with self._backend.begin() as store:
-            return [device_from_record(r) for r in store.devices.find_all_by_asset_tag(asset_tag)]
-
     def delete(self, caller: Caller, device_id: str) -> Device:
         caller.check(RES_DEVICE, "delete")
         with self._backend.begin() as store:
