@@ -8,7 +8,8 @@ daemon has migrated it.
 
 Figures (issue 11): the text listing's first screen — the first 50 lines on tctl's stdout, counted from the moment
 tctl is started — <= 0.5 s; the whole `--format=json` output <= 3 s. Each run also reports the whole text
-listing, a filtered listing, and the CPU time of the daemon and of tctl (tctl's is the child's rusage).
+listing, filtered listings (owner, search, OS, enroll status), and the CPU time of the daemon and of tctl
+(tctl's is the child's rusage).
 
 Environment: BENCH_DEVICES_LS_DEVICES (94552), BENCH_DEVICES_LS_BACKENDS ("sqlite,postgres").
 """
@@ -258,6 +259,8 @@ def _verdict(value: float, target: float) -> str:
 
 def measure(label: str, storage_url: str = "") -> None:
     rows = fleet(DEVICES)
+    owner = next(str(row["owner"]) for row in rows if row["owner"])
+    search = str(rows[0]["asset_tag"])[:5].lower()
     with cluster(storage_url) as running:
         url = storage_url or f"sqlite:///{(running.cluster.root / 'data' / 'backend.sqlite').resolve()}"
         started = time.perf_counter()
@@ -284,19 +287,25 @@ def measure(label: str, storage_url: str = "") -> None:
             f"server CPU {listed.server_cpu_s:.2f} s, client CPU {listed.client_cpu_s:.2f} s"
         )
 
+        figures = []
+        for flag in (f"--owner={owner}", f"--search={search}", "--os=linux", "--enroll-status=enrolled"):
+            filtered = run_tctl(running, "devices", "ls", "--format=json", flag)
+            figures.append(f"{flag} {len(json.loads(filtered.output)):,} devices in {filtered.total_s:.2f} s")
+        print(f"bench_devices_ls[{label}]: filtered: {'; '.join(figures)}")
+
 
 def main() -> None:
     if "sqlite" in BACKENDS:
         measure("sqlite")
     if "postgres" not in BACKENDS:
         return
-    try:
-        import psycopg
+    import psycopg
 
-        schema_name = f"dt_bench_{secrets.token_hex(4)}"
+    schema_name = f"dt_bench_{secrets.token_hex(4)}"
+    try:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema_name}")
-    except (ImportError, OSError) as err:
+    except (OSError, psycopg.Error) as err:
         print(f"bench_devices_ls[postgres]: skipped ({err})")
         return
     try:

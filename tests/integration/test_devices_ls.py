@@ -244,4 +244,5 @@ def test_help_explains_filters_and_paging(cluster: Cluster) -> None:
     text = ok(cluster.tctl("devices", "ls", "--help"))
     for flag in ("--search", "--os", "--enroll-status", "--source", "--owner", "--limit", "--page-token"):
         assert flag in text
-    assert "Next page: --page-token=TOKEN" in text and "next_page_token" in text
+    words = " ".join(text.split())
+    assert 'on stderr, as "Next page: --page-token=TOKEN"' in words and "next_page_token" in words

@@ -603,20 +603,19 @@ def devices_ls(
     page_token: str | None,
     fmt: str,
 ) -> None:
-    """List registered devices in asset tag order, printed page by page as the auth service sends them.
+    """List registered devices in asset tag order, printed as the auth service streams them.
 
     \b
     The filters run on the auth service; all given must match:
-      tctl devices ls --search=c02x             # asset tag, owner or device id contains "c02x"
+      tctl devices ls --search=c02x    # asset tag, owner or device id contains "c02x"
       tctl devices ls --os=macos --enroll-status=not_enrolled --source=jamf
       tctl devices ls --owner=alice
 
-    \b
-    Paging: --limit=N prints at most N devices. When more match, the token that continues after them is
-    printed: in text mode on stderr, as "Next page: --page-token=TOKEN"; with --format=json or yaml as the
-    next_page_token field of {"items": [...], "next_page_token": ...} (null on the last page). Repeat the
-    command with the same filters and --page-token=TOKEN for the next page. Without --limit every page is
-    printed, and JSON is an array of device documents, one per line.
+    Paging: --limit=N prints at most N devices. When more match, the token that continues after them is printed:
+    in text mode on stderr, as "Next page: --page-token=TOKEN"; with --format=json or yaml as next_page_token in
+    {"items": [...], "next_page_token": ...} (null on the last page). Repeat the command with the same filters
+    and --page-token=TOKEN for the next page. Without --limit every device is printed, and JSON is an array of
+    device documents, one per line.
     """
     from devicetrust.cli import device_listing
 
