@@ -5,6 +5,7 @@ Server errors come back as the same :mod:`devicetrust.errors` classes the server
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from devicetrust.errors import (
     error_class,
 )
 from devicetrust.protocol import (
+    NDJSON_MEDIA_TYPE,
     AddDeviceRequest,
     AuthenticateBeginRequest,
     BotJoinRequest,
@@ -36,6 +38,8 @@ from devicetrust.protocol import (
     CreateUserResponse,
     DeviceCertificates,
     DeviceList,
+    DeviceListQuery,
+    DeviceSummaryList,
     DeviceWithToken,
     EnrollBeginRequest,
     EnrollTokenRequest,
@@ -65,6 +69,10 @@ _Reply = TypeVar("_Reply", bound=Message)
 REQUEST_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 HTTPS_PORT = 443
+#: What an auth service whose certificate does not verify presented (see transport_errors).
+UNTRUSTED_AUTH_SERVICE = (
+    "a certificate not issued by the pinned cluster CA; if the cluster was re-created, run 'tsh login --trust-new-ca'"
+)
 
 
 def pinned_ssl_context(ca_pem: str) -> ssl.SSLContext:
@@ -113,15 +121,23 @@ class AuthClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> Any:
-        with transport_errors(
-            self.addr,
-            untrusted="a certificate not issued by the pinned cluster CA; "
-            "if the cluster was re-created, run 'tsh login --trust-new-ca'",
-        ):
-            response = self._http.request(method, path, json=json, params=params)
+        return self.send(method, path, json=json, params=params).json()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """The service's successful response as it came; its error reply raised as the error it names."""
+        with transport_errors(self.addr, untrusted=UNTRUSTED_AUTH_SERVICE):
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
         if response.status_code >= 400:
             raise error_from_response(response)
-        return response.json()
+        return response
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
@@ -257,11 +273,23 @@ class AuthApi(AuthClient):
         )
         return reply_as(DeviceWithToken, self.post("/v1/devices", body(request)), "devices")
 
-    def list_devices(self, *, page_size: int | None = None, page_token: str | None = None) -> DeviceList:
-        return reply_as(DeviceList, self.get("/v1/devices", page_size=page_size, page_token=page_token), "devices")
+    def list_devices(self, query: DeviceListQuery | None = None) -> DeviceList:
+        """One page of the inventory, whole documents (``query.view`` is ignored)."""
+        params = _device_query(query, view="resource")
+        return reply_as(DeviceList, self.get("/v1/devices", **params), "devices")
+
+    def list_device_summaries(self, query: DeviceListQuery | None = None) -> DeviceSummaryList:
+        """One page of the inventory as ``tctl devices ls`` shows it."""
+        params = _device_query(query, view="summary")
+        return reply_as(DeviceSummaryList, self.get("/v1/devices", **params), "devices")
+
+    def stream_devices(self, query: DeviceListQuery) -> DeviceStream:
+        """The listing streamed (``query.page_size``: at most that many devices, default all); see
+        :class:`DeviceStream`."""
+        return DeviceStream(self, _device_query(query))
 
     def find_devices(self, asset_tag: str) -> DeviceList:
-        return reply_as(DeviceList, self.get("/v1/devices", asset_tag=asset_tag), "devices")
+        return self.list_devices(DeviceListQuery.model_construct(asset_tag=asset_tag))
 
     def get_device(self, device_id: str) -> ResourceDocument:
         return document(self.get(f"/v1/devices/{segment(device_id)}"), "devices")
@@ -332,6 +360,68 @@ class AuthApi(AuthClient):
             "newest": "true" if newest else None,
         }
         return reply_as(EventPage, self.get("/v1/events", **params), "events")
+
+
+class DeviceStream:
+    """A streamed device listing. Iterating yields the devices in batches as they arrive, each device one line of
+    JSON, unparsed (to pass on, or to parse as needed); once the iteration ends, ``next_page_token`` continues
+    after the streamed devices (None: the listing reached the end). The request is sent when iteration starts; a
+    refusal (a bad filter, a missing permission) raises before the first batch."""
+
+    def __init__(self, client: AuthClient, params: dict[str, Any]) -> None:
+        self._client = client
+        self._params = params
+        self.next_page_token: str | None = None
+
+    def __iter__(self) -> Iterator[list[bytes]]:
+        http = self._client._http
+        with (
+            transport_errors(self._client.addr, untrusted=UNTRUSTED_AUTH_SERVICE),
+            http.stream("GET", "/v1/devices", params=self._params, headers={"Accept": NDJSON_MEDIA_TYPE}) as reply,
+        ):
+            if reply.status_code >= 400:
+                reply.read()
+                raise error_from_response(reply)
+            if not reply.headers.get("content-type", "").startswith(NDJSON_MEDIA_TYPE):
+                raise DevicetrustError("the auth service sent an unexpected reply to devices (expected JSON lines)")
+            # The last complete line may be the one that ends the stream: it is held back until more arrive.
+            held: bytes | None = None
+            partial = b""
+            for chunk in reply.iter_bytes():
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+                if not lines:
+                    continue
+                batch = lines[:-1] if held is None else [held, *lines[:-1]]
+                held = lines[-1]
+                if batch:
+                    yield batch
+        self.next_page_token = self._end(held if not partial else None)
+
+    @staticmethod
+    def _end(line: bytes | None) -> str | None:
+        try:
+            end = json.loads(line) if line is not None else None
+        except ValueError:
+            end = None
+        if isinstance(end, dict) and isinstance(end.get("error"), dict):
+            kind, message = str(end["error"].get("kind")), str(end["error"].get("message"))
+            raise ERROR_KINDS.get(kind, DevicetrustError)(message)
+        if not (isinstance(end, dict) and set(end) == {"next_page_token"}):
+            raise DevicetrustError("the auth service's device listing ended early; run the command again")
+        token = end["next_page_token"]
+        if token is not None and not isinstance(token, str):
+            raise DevicetrustError("the auth service sent an unexpected reply to devices (next_page_token)")
+        return token
+
+
+def _device_query(query: DeviceListQuery | None, **override: str) -> dict[str, Any]:
+    """The query's parameters, leaving out what is unset (an empty filter is set: it means "none")."""
+    fields = (query or DeviceListQuery.model_construct()).model_dump(exclude_none=True)
+    fields.update(override)
+    if fields.get("view") == "resource":
+        del fields["view"]
+    return fields
 
 
 @contextmanager

@@ -224,8 +224,72 @@ class DeviceWithToken(Message):
     enroll_token: str | None
 
 
+#: ``GET /v1/devices`` streams the listing in this media type when the request accepts it: one device per line,
+#: then one last line, :class:`DeviceStreamEnd` (``{"next_page_token": …}``), or, when the listing failed after it
+#: began, an :class:`ErrorReply`. A stream without that last line was cut short.
+NDJSON_MEDIA_TYPE = "application/x-ndjson"
+DEFAULT_DEVICE_PAGE_SIZE = 100
+#: Largest page of a JSON reply; a stream may hold any number of devices.
+MAX_DEVICE_PAGE_SIZE = 1000
+MAX_DEVICE_STREAM_SIZE = 2**31 - 1
+#: A filter's text: an asset tag, an owner, a source name, a search string.
+FilterText = Annotated[str, StringConstraints(max_length=256)]
+#: ``resource``: each device's whole document; ``summary``: the listing's columns (:class:`DeviceSummary`).
+DeviceView = Literal["resource", "summary"]
+
+
+class DeviceListQuery(Message):
+    """The query of ``GET /v1/devices``: the inventory in (asset tag, id) order, filtered by the service. Every
+    filter given must match. A misspelt parameter is refused rather than ignored: ignoring it would list more
+    than was asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    page_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DEVICE_STREAM_SIZE,
+        description=f"JSON: the page's size, at most {MAX_DEVICE_PAGE_SIZE} (default {DEFAULT_DEVICE_PAGE_SIZE}); "
+        "a stream of JSON lines: how many devices to send (default: all)",
+    )
+    page_token: str | None = Field(
+        default=None, max_length=4096, description="the next_page_token of an earlier reply: resume after it"
+    )
+    view: DeviceView = "resource"
+    search: FilterText | None = Field(
+        default=None, description="a case-insensitive substring of the asset tag, the owner or the device id"
+    )
+    asset_tag: FilterText | None = Field(default=None, description="exactly this asset tag (needs read, not list)")
+    os: FilterText | None = Field(default=None, description="linux, macos, windows, ios or ipados")
+    enroll_status: FilterText | None = Field(default=None, description="enrolled or not_enrolled")
+    source: FilterText | None = Field(default=None, description='the MDM source\'s name; "" for devices of none')
+    owner: FilterText | None = Field(default=None, description='the owning user; "" for devices nobody owns')
+
+
+class DeviceStreamEnd(Message):
+    """The last line of a device stream."""
+
+    next_page_token: str | None = Field(description="continues after the streamed devices; null at the end")
+
+
 class DeviceList(Message):
     items: list[ResourceDocument]
+    next_page_token: str | None
+
+
+class DeviceSummary(Message):
+    """A device as ``tctl devices ls`` shows it."""
+
+    id: str
+    os_type: str
+    asset_tag: str
+    enroll_status: str
+    owner: str = Field(description='"" when nobody owns the device')
+    source: str = Field(description='the MDM source\'s name; "" for a device registered by hand')
+
+
+class DeviceSummaryList(Message):
+    items: list[DeviceSummary]
     next_page_token: str | None
 
 

@@ -7,7 +7,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -16,19 +16,21 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from devicetrust import __version__
-from devicetrust.auth.edge import INT64_MAX, RequestGuardMiddleware, error_response
+from devicetrust.auth.devices import device_filter
+from devicetrust.auth.edge import INT64_MAX, RequestGuardMiddleware, error_response, short_message
 from devicetrust.auth.mdm import MdmService
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
 from devicetrust.ceremony.messages import ChallengeResponse, CollectedData, KeyEnrollPayload, TPMEnrollPayload
 from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
 from devicetrust.logs import request_id_var
 from devicetrust.protocol import (
+    NDJSON_MEDIA_TYPE,
     AddDeviceRequest,
     AuditEvent,
     AuthenticateBeginRequest,
@@ -43,6 +45,9 @@ from devicetrust.protocol import (
     CreateUserResponse,
     DeviceCertificates,
     DeviceList,
+    DeviceListQuery,
+    DeviceStreamEnd,
+    DeviceSummaryList,
     DeviceWithToken,
     Empty,
     EnrollBeginRequest,
@@ -78,6 +83,7 @@ from devicetrust.protocol import (
     UpdateUserResponse,
     WhoamiResponse,
 )
+from devicetrust.storage import JsonPage
 from devicetrust.types import Device, resource_to_dict
 
 log = logging.getLogger("devicetrust.auth.http")
@@ -149,6 +155,29 @@ class RequestContextMiddleware:
                         "caller": scope.get("state", {}).get("caller"),
                     },
                 )
+
+
+def _device_lines(pages: Iterator[JsonPage]) -> Iterator[bytes]:
+    """A device stream's body: each page's devices as lines, then the line that ends the stream. A failure after
+    the reply began can no longer change its status: it becomes the last line."""
+    token: str | None = None
+    try:
+        for page in pages:
+            if page.items:
+                yield ("\n".join(page.items) + "\n").encode()
+            token = page.next_page_token
+    except DevicetrustError as err:
+        yield _error_line(err.kind, err.message)
+        return
+    except Exception:
+        log.exception("device stream failed")
+        yield _error_line("internal", "internal error; the auth service logged the details")
+        return
+    yield (DeviceStreamEnd(next_page_token=token).model_dump_json() + "\n").encode()
+
+
+def _error_line(kind: str, message: str) -> bytes:
+    return (ErrorReply(error=ErrorDetail(kind=kind, message=short_message(message))).model_dump_json() + "\n").encode()
 
 
 def _device_json(device: Device) -> ResourceDocument:
@@ -399,18 +428,37 @@ def build_app(server: AuthServer) -> FastAPI:
         )
         return DeviceWithToken(device=_device_json(device), enroll_token=token)
 
-    @app.get("/v1/devices")
-    def list_devices(
-        caller: CallerDep,
-        page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-        page_token: str | None = None,
-        asset_tag: str | None = None,
-    ) -> DeviceList:
-        if asset_tag is not None:
-            found = server.devices.find_by_asset_tag(caller, asset_tag)
-            return DeviceList(items=[_device_json(d) for d in found], next_page_token=None)
-        devices, next_token = server.devices.list_page(caller, page_size=page_size, page_token=page_token)
-        return DeviceList(items=[_device_json(d) for d in devices], next_page_token=next_token)
+    @app.get("/v1/devices", response_model=DeviceList | DeviceSummaryList)
+    def list_devices(caller: CallerDep, query: Annotated[DeviceListQuery, Query()], request: Request) -> Response:
+        """The inventory, filtered: one page as JSON, or with ``Accept: application/x-ndjson`` a stream of JSON
+        lines, one device per line, ended by a ``{"next_page_token": …}`` line."""
+        where = device_filter(
+            search=query.search,
+            asset_tag=query.asset_tag,
+            os=query.os,
+            enroll_status=query.enroll_status,
+            source=query.source,
+            owner=query.owner,
+        )
+        summary = query.view == "summary"
+        # The database makes each device's JSON: replies are spliced from it, never parsed and re-encoded.
+        if NDJSON_MEDIA_TYPE in request.headers.get("accept", ""):
+            pages = server.devices.stream_json(
+                caller, page_token=query.page_token, where=where, summary=summary, limit=query.page_size
+            )
+            return StreamingResponse(_device_lines(pages), media_type=NDJSON_MEDIA_TYPE)
+        page_size = DEFAULT_PAGE_SIZE if query.page_size is None else query.page_size
+        if page_size > MAX_PAGE_SIZE:
+            raise ValidationError(
+                f"page_size: at most {MAX_PAGE_SIZE} devices in one JSON page (a stream of {NDJSON_MEDIA_TYPE} "
+                "may hold any number)"
+            )
+        page = server.devices.list_page_json(
+            caller, page_size=page_size, page_token=query.page_token, where=where, summary=summary
+        )
+        token = json.dumps(page.next_page_token)
+        reply = f'{{"items":[{",".join(page.items)}],"next_page_token":{token}}}'
+        return Response(reply.encode(), media_type="application/json")
 
     @app.get("/v1/devices/{device_id}")
     def get_device(device_id: str, caller: CallerDep) -> ResourceDocument:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import re
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -59,9 +60,11 @@ from devicetrust.errors import (
     ValidationError,
 )
 from devicetrust.storage import DEVICE_ENROLL_TOKEN_KIND as TOKEN_KIND
-from devicetrust.storage import DeviceRecord, Store
+from devicetrust.storage import DeviceFilter, DeviceRecord, JsonPage, Store
 from devicetrust.types import (
+    ENROLL_STATUSES,
     MAX_COLLECTED_RECORDS,
+    OS_TYPES,
     Device,
     DeviceTrustSettings,
     Lock,
@@ -79,6 +82,10 @@ DEFAULT_ENROLL_TOKEN_TTL = timedelta(hours=1)
 MAX_ENROLL_TOKEN_TTL = timedelta(days=7)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+#: A streamed listing reads the database this many devices at a time; the first chunk is smaller: it is what a
+#: user sees first.
+STREAM_FIRST_CHUNK = 100
+STREAM_CHUNK = MAX_PAGE_SIZE
 #: Every enrollment-token failure reads the same, so a caller learns nothing about which check failed.
 INVALID_ENROLL_TOKEN = "invalid device enrollment token"
 TRUST_DISABLED = "device trust disabled by cluster settings"
@@ -121,6 +128,40 @@ def _bounded(ttl: timedelta | None) -> timedelta:
     if ttl <= timedelta(0) or ttl > MAX_ENROLL_TOKEN_TTL:
         raise ValidationError(f"an enrollment token TTL must be positive and at most {MAX_ENROLL_TOKEN_TTL.days} days")
     return ttl
+
+
+def device_filter(
+    *,
+    search: str | None = None,
+    asset_tag: str | None = None,
+    os: str | None = None,
+    enroll_status: str | None = None,
+    source: str | None = None,
+    owner: str | None = None,
+) -> DeviceFilter | None:
+    """A listing's filters, checked: the OS as stored or displayed (``macOS``), the enroll status with ``_``,
+    ``-`` or a space (``not enrolled``). An empty search matches everything; an empty source matches devices of
+    no MDM source and an empty owner devices nobody owns. None when nothing is filtered."""
+    if os is not None:
+        if os.strip().lower() not in OS_TYPES:
+            raise ValidationError(f'os: invalid OS type "{os}" (valid: {", ".join(OS_TYPES)})')
+        os = os.strip().lower()
+    if enroll_status is not None:
+        status = re.sub(r"[\s-]", "_", enroll_status.strip().lower())
+        if status not in ENROLL_STATUSES:
+            raise ValidationError(
+                f'enroll_status: invalid enroll status "{enroll_status}" (valid: {", ".join(ENROLL_STATUSES)})'
+            )
+        enroll_status = status
+    where = DeviceFilter(
+        search=search or None,
+        asset_tag=asset_tag,
+        os_type=os,
+        enroll_status=enroll_status,
+        source_name=source,
+        owner=owner,
+    )
+    return None if where == DeviceFilter() else where
 
 
 class DeviceService:
@@ -216,13 +257,85 @@ class DeviceService:
             self._audit(store, events.DEVICE_UPDATE, caller.name, True, device=device_audit(updated))
             return "updated"
 
-    def list_page(self, caller: Caller, *, page_size: int, page_token: str | None) -> tuple[list[Device], str | None]:
-        caller.check(RES_DEVICE, "list")
+    def list_page(
+        self, caller: Caller, *, page_size: int, page_token: str | None, where: DeviceFilter | None = None
+    ) -> tuple[list[Device], str | None]:
+        self._check_list(caller, where)
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValidationError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
         with self._backend.begin() as store:
-            records, next_token = store.devices.list_page(page_size=page_size, page_token=page_token)
+            records, next_token = store.devices.list_page(page_size=page_size, page_token=page_token, where=where)
         return [device_from_record(r) for r in records], next_token
+
+    def list_page_json(
+        self,
+        caller: Caller,
+        *,
+        page_size: int,
+        page_token: str | None,
+        where: DeviceFilter | None = None,
+        summary: bool = False,
+    ) -> JsonPage:
+        """:meth:`list_page` as JSON texts made by the database (documents, or with ``summary`` the listing's
+        columns), for big pages: nothing is parsed or validated again on the way out."""
+        self._check_list(caller, where)
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValidationError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+        with self._backend.begin() as store:
+            page: JsonPage = store.devices.list_page_json(
+                page_size=page_size, page_token=page_token, where=where, summary=summary
+            )
+        return page
+
+    def stream_json(
+        self,
+        caller: Caller,
+        *,
+        page_token: str | None,
+        where: DeviceFilter | None = None,
+        summary: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[JsonPage]:
+        """The listing from ``page_token`` on, at most ``limit`` devices, as :meth:`list_page_json` pages read a
+        chunk at a time, each in a transaction of its own: a long listing holds no transaction open. The last
+        page's token continues after the listing (None when it reached the end).
+
+        The first chunk is small (it is what a user sees first) and read before this returns, so a refused
+        listing or a bad token fails here, not halfway through a stream.
+        """
+        self._check_list(caller, where)
+        if limit is not None and limit < 1:
+            raise ValidationError("a listing's limit must be at least 1")
+
+        seen = 0
+
+        def read(token: str | None, wanted: int) -> JsonPage:
+            nonlocal seen
+            size = wanted if limit is None else min(wanted, limit - seen)
+            with self._backend.begin() as store:
+                page: JsonPage = store.devices.list_page_json(
+                    page_size=size, page_token=token, where=where, summary=summary
+                )
+            seen += len(page.items)
+            return page
+
+        first = read(page_token, STREAM_FIRST_CHUNK)
+
+        def pages() -> Iterator[JsonPage]:
+            page = first
+            while True:
+                yield page
+                if page.next_page_token is None or (limit is not None and seen >= limit):
+                    return
+                page = read(page.next_page_token, STREAM_CHUNK)
+
+        return pages()
+
+    @staticmethod
+    def _check_list(caller: Caller, where: DeviceFilter | None) -> None:
+        # Looking devices up by their asset tag is reading them (tsh does it to enroll its own device);
+        # anything wider is listing the inventory.
+        caller.check(RES_DEVICE, "read" if where is not None and where.asset_tag is not None else "list")
 
     def list_all(self, caller: Caller) -> list[Device]:
         devices: list[Device] = []
@@ -237,11 +350,6 @@ class DeviceService:
         caller.check(RES_DEVICE, "read")
         with self._backend.begin() as store:
             return device_from_record(store.devices.get(device_id))
-
-    def find_by_asset_tag(self, caller: Caller, asset_tag: str) -> list[Device]:
-        caller.check(RES_DEVICE, "read")
-        with self._backend.begin() as store:
-            return [device_from_record(r) for r in store.devices.find_all_by_asset_tag(asset_tag)]
 
     def delete(self, caller: Caller, device_id: str) -> Device:
         caller.check(RES_DEVICE, "delete")

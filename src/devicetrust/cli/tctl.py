@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from devicetrust import __version__
 from devicetrust.cli.common import (
@@ -34,10 +32,11 @@ from devicetrust.cli.common import (
 from devicetrust.cli.profile import ProfileStore
 from devicetrust.client import AuthApi
 from devicetrust.config import AdminIdentity, load_config
-from devicetrust.crypto import fingerprint_sha256, load_public_key
 from devicetrust.errors import AlreadyExistsError, ConfigError, DevicetrustError, NotFoundError, ValidationError
-from devicetrust.protocol import ClusterCAs, ResourceDocument
+from devicetrust.protocol import ClusterCAs, DeviceListQuery, ResourceDocument
 from devicetrust.types import (
+    ENROLL_STATUSES,
+    OS_TYPES,
     Metadata,
     dump_yaml,
     load_yaml_documents,
@@ -556,26 +555,85 @@ def _device_rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _normalized_choice(allowed: tuple[str, ...]) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A flag taking one of ``allowed`` in any case, with ``-`` or a space for ``_``."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        normalized = value.strip().lower().replace("-", "_").replace(" ", "_")
+        if normalized not in allowed:
+            raise click.BadParameter(f'"{value}" is not one of {", ".join(allowed)}')
+        return normalized
+
+    return check
+
+
 @devices.command("ls")
+@click.option(
+    "--search", metavar="TEXT", help="Only devices whose asset tag, owner or device id contains TEXT (any case)."
+)
+@click.option(
+    "--os", "os_type", metavar="OS", callback=_normalized_choice(OS_TYPES), help=f"Only this OS: {', '.join(OS_TYPES)}."
+)
+@click.option(
+    "--enroll-status",
+    metavar="STATUS",
+    callback=_normalized_choice(ENROLL_STATUSES),
+    help=f"Only this enroll status: {', '.join(ENROLL_STATUSES)}.",
+)
+@click.option(
+    "--source", metavar="NAME", help='Only devices of this MDM source (e.g. jamf); "" for those registered by hand.'
+)
+@click.option("--owner", metavar="USER", help='Only devices this user owns; "" for those nobody owns.')
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Print at most this many devices, then the token of the rest."
+)
+@click.option("--page-token", metavar="TOKEN", help="Continue a listing after the devices an earlier --limit printed.")
 @format_option()
 @pass_ctx
-def devices_ls(ctx: Context, fmt: str) -> None:
-    """List registered devices."""
-    items: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        page = ctx.client.list_devices(page_size=1000, page_token=token)
-        items.extend(page.items)
-        token = page.next_page_token
-        if not token:
-            break
-    emit(
-        items,
-        fmt,
-        lambda docs: print_table(
-            ["Asset Tag", "OS", "Source", "Enroll Status", "Owner", "Device ID"], _device_rows(docs)
-        ),
+def devices_ls(
+    ctx: Context,
+    search: str | None,
+    os_type: str | None,
+    enroll_status: str | None,
+    source: str | None,
+    owner: str | None,
+    limit: int | None,
+    page_token: str | None,
+    fmt: str,
+) -> None:
+    """List registered devices in asset tag order, printed as the auth service streams them.
+
+    \b
+    The filters run on the auth service; all given must match:
+      tctl devices ls --search=c02x    # asset tag, owner or device id contains "c02x"
+      tctl devices ls --os=macos --enroll-status=not_enrolled --source=jamf
+      tctl devices ls --owner=alice
+
+    Paging: --limit=N prints at most N devices. When more match, the token that continues after them is printed:
+    in text mode on stderr, as "Next page: --page-token=TOKEN"; with --format=json or yaml as next_page_token in
+    {"items": [...], "next_page_token": ...} (null on the last page). Repeat the command with the same filters
+    and --page-token=TOKEN for the next page. Without --limit every device is printed, and JSON is an array of
+    device documents, one per line.
+    """
+    from devicetrust.cli import device_listing
+
+    query = DeviceListQuery.model_construct(
+        search=search, os=os_type, enroll_status=enroll_status, source=source, owner=owner, page_token=page_token
     )
+    try:
+        if fmt == "json":
+            device_listing.print_json(ctx.client, query, limit)
+        elif fmt == "yaml":
+            device_listing.print_yaml(ctx.client, query, limit)
+        else:
+            token = device_listing.print_text(ctx.client, query, limit)
+            if limit is not None and token:
+                click.echo(f"Next page: --page-token={token}", err=True)
+    except BrokenPipeError:
+        # the reader stopped early (| head): not an error; keep Python from complaining about stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @devices.command("get")
@@ -728,6 +786,12 @@ def audit_ls(
 def _ca_fingerprints(cas: ClusterCAs) -> dict[str, str]:
     """What ``ssh-keygen -l`` prints for each SSH CA key, and what ``openssl x509 -fingerprint -sha256`` prints for
     the host CA's certificate (the one the auth service's TLS certificate chains to)."""
+    # imported here: cryptography's X.509 module is slow to import and only `tctl status` needs it
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from devicetrust.crypto import fingerprint_sha256, load_public_key
+
     host_cert = x509.load_pem_x509_certificate(cas.host_ca_pem.encode())
     return {
         "user_ca": fingerprint_sha256(load_public_key(cas.user_ca_ssh)),

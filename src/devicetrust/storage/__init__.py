@@ -11,8 +11,10 @@ Stores plain values (str, bytes, datetimes, JSON bodies) and knows nothing of ``
 from devicetrust.storage.backend import Backend
 from devicetrust.storage.records import (
     AuditRecord,
+    DeviceFilter,
     DeviceRecord,
     DeviceUpsert,
+    JsonPage,
     LockRecord,
     PendingRecord,
     ResourceRecord,
@@ -64,9 +66,11 @@ __all__ = [
     "CARepository",
     "Clock",
     "ClusterRepository",
+    "DeviceFilter",
     "DeviceRecord",
     "DeviceRepository",
     "DeviceUpsert",
+    "JsonPage",
     "LockRecord",
     "LockRepository",
     "PendingRecord",

@@ -11,8 +11,10 @@ from typing import Any
 
 __all__ = [
     "AuditRecord",
+    "DeviceFilter",
     "DeviceRecord",
     "DeviceUpsert",
+    "JsonPage",
     "LockRecord",
     "PendingRecord",
     "ResourceRecord",
@@ -108,6 +110,31 @@ class DeviceRecord:
     revision: int
     created: datetime
     updated: datetime
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    """Which devices a listing keeps: those matching every field that is set (None matches anything).
+
+    ``search`` is a case-insensitive substring of the asset tag, the owner or the id; the others are exact.
+    ``source_name=""`` keeps the devices of no source, ``owner=""`` those nobody owns.
+    """
+
+    search: str | None = None
+    asset_tag: str | None = None
+    os_type: str | None = None
+    enroll_status: str | None = None
+    source_name: str | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class JsonPage:
+    """A page of a listing as JSON texts straight from the database, and the token of the next page (None on the
+    last)."""
+
+    items: list[str]
+    next_page_token: str | None
 
 
 @dataclass(frozen=True)

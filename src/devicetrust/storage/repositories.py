@@ -16,6 +16,7 @@ import builtins
 import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -27,8 +28,10 @@ from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError,
 from devicetrust.storage import schema
 from devicetrust.storage.records import (
     AuditRecord,
+    DeviceFilter,
     DeviceRecord,
     DeviceUpsert,
+    JsonPage,
     LockRecord,
     PendingRecord,
     ResourceRecord,
@@ -592,8 +595,14 @@ def _canonical_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return canonical
 
 
-def _page_token(last: DeviceRecord) -> str:
-    return base64.urlsafe_b64encode(json.dumps([last.asset_tag, last.id]).encode()).decode()
+def _page_token(asset_tag: str, id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([asset_tag, id]).encode()).decode()
+
+
+def _page_limit(page_size: int) -> int:
+    if page_size < 1:
+        raise ValidationError(f"page size must be at least 1 (at most {MAX_PAGE_SIZE})")
+    return min(page_size, MAX_PAGE_SIZE)
 
 
 def _page_key(token: str) -> tuple[str, str]:
@@ -742,23 +751,69 @@ class DeviceRepository(_Repository):
         return count
 
     def list_page(
-        self, *, page_size: int = DEFAULT_PAGE_SIZE, page_token: str | None = None, source_name: str | None = None
+        self,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str | None = None,
+        source_name: str | None = None,
+        where: DeviceFilter | None = None,
     ) -> tuple[builtins.list[DeviceRecord], str | None]:
         """One page in (asset_tag, id) order and the token of the next one (None on the last page).
 
         ``page_size`` above MAX_PAGE_SIZE is cut to it. A page walk sees every device that exists throughout it
-        exactly once; devices added or removed meanwhile may or may not show.
+        exactly once; devices added or removed meanwhile may or may not show. ``where`` keeps only the matching
+        devices (``source_name`` is short for ``where=DeviceFilter(source_name=…)``).
         """
-        if page_size < 1:
-            raise ValidationError(f"page size must be at least 1 (at most {MAX_PAGE_SIZE})")
-        limit = min(page_size, MAX_PAGE_SIZE)
+        limit = _page_limit(page_size)
         after = None if page_token is None else _page_key(page_token)
+        if source_name is not None:
+            where = replace(where or DeviceFilter(), source_name=source_name)
         # one row more than asked: tells whether there is a next page without another query
-        records = self._after(after, limit + 1, source_name)
+        records = self._after(after, limit + 1, where)
         if len(records) <= limit:
             return records, None
         del records[limit:]
-        return records, _page_token(records[-1])
+        return records, _page_token(records[-1].asset_tag, records[-1].id)
+
+    def list_page_json(
+        self,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str | None = None,
+        where: DeviceFilter | None = None,
+        summary: bool = False,
+    ) -> JsonPage:
+        """The page :meth:`list_page` would return, each device as JSON text made by the database: the stored
+        document, or with ``summary`` an object of the listing's columns (``id``, ``os_type``, ``asset_tag``,
+        ``enroll_status``, ``owner``, ``source``: the source name or ""). Nothing is parsed in Python, so a big
+        page costs little more than its bytes. Keys come in the database's order.
+        """
+        t = self._t
+        limit = _page_limit(page_size)
+        after = None if page_token is None else _page_key(page_token)
+        postgres = self._conn.dialect.name == "postgresql"
+        text: sa.ColumnElement[str]
+        if summary:
+            pairs: builtins.list[Any] = []
+            for key, column in (
+                ("id", t.c.id),
+                ("os_type", t.c.os_type),
+                ("asset_tag", t.c.asset_tag),
+                ("enroll_status", t.c.enroll_status),
+                ("owner", t.c.owner),
+                ("source", sa.func.coalesce(t.c.source_name, "")),
+            ):
+                pairs += [sa.literal(key), column]
+            built = sa.func.json_build_object(*pairs) if postgres else sa.func.json_object(*pairs)
+            text = sa.cast(built, sa.Text) if postgres else sa.type_coerce(built, sa.Text)
+        else:
+            # SQLite keeps the document as JSON text already; PostgreSQL renders its JSONB
+            text = sa.cast(t.c.body, sa.Text) if postgres else sa.type_coerce(t.c.body, sa.Text)
+        stmt = self._filtered(sa.select(t.c.asset_tag, t.c.id, text), after, limit + 1, where)
+        rows = self._conn.execute(stmt).all()
+        if len(rows) <= limit:
+            return JsonPage([row[2] for row in rows], None)
+        return JsonPage([row[2] for row in rows[:limit]], _page_token(rows[limit - 1][0], rows[limit - 1][1]))
 
     def list_by_source(self, source_name: str, *, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[DeviceRecord]:
         """The devices of one MDM source in (asset_tag, id) order, read ``chunk_size`` rows per query.
@@ -769,22 +824,50 @@ class DeviceRepository(_Repository):
         if chunk_size < 1:
             raise ValueError(f"chunk size must be positive, got {chunk_size}")
         after: tuple[str, str] | None = None
+        where = DeviceFilter(source_name=source_name)
         while True:
-            records = self._after(after, chunk_size, source_name)
+            records = self._after(after, chunk_size, where)
             yield from records
             if len(records) < chunk_size:
                 return
             after = (records[-1].asset_tag, records[-1].id)
 
-    def _after(self, after: tuple[str, str] | None, limit: int, source_name: str | None) -> builtins.list[DeviceRecord]:
+    def _after(
+        self, after: tuple[str, str] | None, limit: int, where: DeviceFilter | None
+    ) -> builtins.list[DeviceRecord]:
+        stmt = self._filtered(sa.select(self._t), after, limit, where)
+        return [_device(row) for row in self._conn.execute(stmt)]
+
+    def _filtered(
+        self, stmt: sa.Select[Any], after: tuple[str, str] | None, limit: int, where: DeviceFilter | None
+    ) -> sa.Select[Any]:
         t = self._t
-        stmt = sa.select(t).order_by(t.c.asset_tag, t.c.id).limit(limit)
+        stmt = stmt.order_by(t.c.asset_tag, t.c.id).limit(limit)
         if after is not None:
             # a row-value comparison: both dialects walk the (asset_tag, id) index from there
             stmt = stmt.where(sa.tuple_(t.c.asset_tag, t.c.id) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
-        if source_name is not None:
-            stmt = stmt.where(t.c.source_name == source_name)
-        return [_device(row) for row in self._conn.execute(stmt)]
+        if where is None:
+            return stmt
+        exact = (
+            (t.c.asset_tag, where.asset_tag),
+            (t.c.os_type, where.os_type),
+            (t.c.enroll_status, where.enroll_status),
+            (t.c.owner, where.owner),
+        )
+        for column, value in exact:
+            if value is not None:
+                stmt = stmt.where(column == value)
+        if where.source_name is not None:
+            # a device of no source has none stored (a source's name is never empty)
+            stmt = stmt.where(t.c.source_name == where.source_name if where.source_name else t.c.source_name.is_(None))
+        if where.search:
+            # lower(…) LIKE lower(…) on SQLite, ILIKE on PostgreSQL; % and _ in the text match themselves
+            stmt = stmt.where(
+                sa.or_(
+                    *(column.icontains(where.search, autoescape=True) for column in (t.c.asset_tag, t.c.owner, t.c.id))
+                )
+            )
+        return stmt
 
     def upsert_many(self, rows: Sequence[DeviceUpsert]) -> UpsertResult:
         """Write an MDM sync batch: insert new (os_type, asset_tag)s, update the others' body and source.

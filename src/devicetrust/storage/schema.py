@@ -200,9 +200,14 @@ devices = sa.Table(
     sa.Column("created", UTCDateTime, nullable=False),
     sa.Column("updated", UTCDateTime, nullable=False),
     sa.UniqueConstraint("os_type", "asset_tag"),
-    # the paging order, and lookups by asset tag on any OS
-    sa.Index(None, "asset_tag", "id"),
+    # the paging order, lookups by asset tag on any OS, and substring searches (asset tag, owner, id) that read
+    # this index alone
+    sa.Index(None, "asset_tag", "id", "owner"),
     sa.Index(None, "source_name", "external_id"),
+    # filtered listings: each exact filter, then the paging order (the OS has the unique constraint)
+    sa.Index(None, "owner", "asset_tag", "id"),
+    sa.Index(None, "enroll_status", "asset_tag", "id"),
+    sa.Index(None, "source_name", "asset_tag", "id"),
 )
 
 # Locks: ``expires`` NULL means until deleted.
