@@ -406,7 +406,7 @@ class DeviceStream:
             end = None
         if isinstance(end, dict) and isinstance(end.get("error"), dict):
             kind, message = str(end["error"].get("kind")), str(end["error"].get("message"))
-            raise ERROR_KINDS.get(kind, DevicetrustError)(message)
+            raise rebuilt_error(kind, message)
         if not (isinstance(end, dict) and set(end) == {"next_page_token"}):
             raise DevicetrustError("the auth service's device listing ended early; run the command again")
         token = end["next_page_token"]
@@ -462,7 +462,12 @@ def error_from_response(response: httpx.Response) -> DevicetrustError:
         kind, message = str(error["kind"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         return DevicetrustError(f"the auth service answered HTTP {response.status_code}")
-    if kind == RateLimitedError.kind:
-        return RateLimitedError(message, int(response.headers.get("retry-after", "0") or 0))
+    return rebuilt_error(kind, message, retry_after=int(response.headers.get("retry-after", "0") or 0))
+
+
+def rebuilt_error(kind: str, message: str, *, retry_after: int = 0) -> DevicetrustError:
+    """The error of wire ``kind`` with ``message``, as the class the auth service raised it as."""
     cls = error_class(kind)
-    return cls(message) if cls is not RateLimitedError else DevicetrustError(message)
+    if cls is RateLimitedError:
+        return RateLimitedError(message, retry_after)
+    return cls(message)

@@ -51,11 +51,11 @@ def test_migrate_creates_the_schema_and_twice_is_a_no_op(backend_url: str) -> No
     with Backend.open(backend_url) as backend:
         assert backend.current_revision() is None
         backend.migrate()
-        assert backend.current_revision() == "0003"
+        assert backend.current_revision() == "0004"
         with backend.begin() as store:
             store.cluster.set("name", "kept")
         backend.migrate()
-        assert backend.current_revision() == "0003"
+        assert backend.current_revision() == "0004"
         with backend.begin() as store:
             assert store.cluster.get("name") == "kept"
     # on PostgreSQL, in the schema named by the URL's search_path and nowhere else

@@ -263,7 +263,7 @@ class DeviceService:
         self._check_list(caller, where)
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValidationError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-        with self._backend.begin() as store:
+        with self._backend.read() as store:
             records, next_token = store.devices.list_page(page_size=page_size, page_token=page_token, where=where)
         return [device_from_record(r) for r in records], next_token
 
@@ -281,7 +281,7 @@ class DeviceService:
         self._check_list(caller, where)
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValidationError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-        with self._backend.begin() as store:
+        with self._backend.read() as store:
             page: JsonPage = store.devices.list_page_json(
                 page_size=page_size, page_token=page_token, where=where, summary=summary
             )
@@ -312,7 +312,7 @@ class DeviceService:
         def read(token: str | None, wanted: int) -> JsonPage:
             nonlocal seen
             size = wanted if limit is None else min(wanted, limit - seen)
-            with self._backend.begin() as store:
+            with self._backend.read() as store:
                 page: JsonPage = store.devices.list_page_json(
                     page_size=size, page_token=token, where=where, summary=summary
                 )
@@ -348,7 +348,7 @@ class DeviceService:
 
     def get(self, caller: Caller, device_id: str) -> Device:
         caller.check(RES_DEVICE, "read")
-        with self._backend.begin() as store:
+        with self._backend.read() as store:
             return device_from_record(store.devices.get(device_id))
 
     def delete(self, caller: Caller, device_id: str) -> Device:

@@ -27,7 +27,7 @@ class EventSearch:
     ) -> list[dict[str, Any]]:
         caller.check(RES_EVENT, "list")
         caller.check(RES_EVENT, "read")
-        with self.context.backend.begin() as store:
+        with self.context.backend.read() as store:
             records = store.audit.search(
                 since=since,
                 until=until,

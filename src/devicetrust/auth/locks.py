@@ -26,11 +26,11 @@ class LockService:
         self.context = context
 
     def list_all(self) -> list[dict[str, Any]]:
-        with self.context.backend.begin() as store:
+        with self.context.backend.read() as store:
             return [record.body for record in store.locks.list(self.context.clock())]
 
     def get(self, name: str) -> dict[str, Any]:
-        with self.context.backend.begin() as store:
+        with self.context.backend.read() as store:
             return store.locks.get(name).body
 
     def create(self, caller: Caller, lock: Lock) -> str:

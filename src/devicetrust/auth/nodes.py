@@ -105,7 +105,7 @@ class NodeService:
         """Everything a node needs to decide on sessions by itself while the auth service is away."""
         self._require_node(caller)
         context = self.context
-        with context.backend.begin() as store:
+        with context.backend.read() as store:
             roles = [record.body for record in store.resources.list("role")]
             cap = store.resources.get("cluster_auth_preference", "cluster-auth-preference").body
             locks = [record.body for record in store.locks.list(context.clock())]

@@ -150,11 +150,11 @@ class ResourceService:
 
     # ------------------------------------------------------------------------------ generic stored kinds
     def _list_stored(self, kind: str) -> list[Document]:
-        with self.context.backend.begin() as store:
+        with self.context.backend.read() as store:
             return [record.body for record in store.resources.list(kind)]
 
     def _get_stored(self, kind: str, name: str) -> Document:
-        with self.context.backend.begin() as store:
+        with self.context.backend.read() as store:
             return store.resources.get(kind, name).body
 
     def _put_stored(

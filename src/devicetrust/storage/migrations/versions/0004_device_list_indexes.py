@@ -1,8 +1,8 @@
 """Indexes for filtered device listings (``tctl devices ls --owner/--enroll-status/--source/--search``).
 
-Revision ID: 0003
-Revises: 0002
-Create Date: 2025-12-05
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-05
 
 Each exact filter gets an index that also holds the paging order (asset_tag, id), so a filtered page reads only
 its own rows. The paging index gains ``owner``: a substring search over asset tag, owner and id then scans that
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0002"
+revision: str = "0004"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
