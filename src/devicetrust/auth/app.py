@@ -94,11 +94,10 @@ MAX_PAGE_SIZE = 1000
 #: Incoming request ids are echoed only when they look like ids, so logs can't be forged through them.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
+_CEREMONY_PATHS = frozenset({"/v1/devices/authenticate/begin", "/v1/devices/authenticate/finish"})
 #: Paths called on a timer (agents) or before every session (the device ceremony, which the audit log records):
 #: logged at DEBUG when they succeed.
-_ROUTINE_PATHS = frozenset(
-    {"/v1/nodes/state", "/v1/nodes/heartbeat", "/v1/devices/authenticate/begin", "/v1/devices/authenticate/finish"}
-)
+_ROUTINE_PATHS = frozenset({"/v1/nodes/state", "/v1/nodes/heartbeat", *_CEREMONY_PATHS})
 
 ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -602,4 +601,6 @@ def build_app(server: AuthServer) -> FastAPI:
         next_after = items[-1]["id"] if len(items) == limit else None
         return EventPage(items=items, next_after=next_after)
 
+    # The router tries routes in order: the ceremony's, called before every session, go first.
+    app.router.routes.sort(key=lambda route: getattr(route, "path", "") not in _CEREMONY_PATHS)
     return app

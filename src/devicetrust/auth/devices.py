@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicetrust import audit as events
 from devicetrust.auth.parsing import parse_stored
@@ -44,7 +45,6 @@ from devicetrust.crypto import (
     DeviceExtensions,
     Identity,
     SessionProof,
-    identity_from_ssh_cert,
     issue_ssh_user_cert,
     issue_x509_client_cert,
     load_ssh_certificate,
@@ -89,6 +89,8 @@ STREAM_CHUNK = MAX_PAGE_SIZE
 #: Every enrollment-token failure reads the same, so a caller learns nothing about which check failed.
 INVALID_ENROLL_TOKEN = "invalid device enrollment token"
 TRUST_DISABLED = "device trust disabled by cluster settings"
+#: Verified login certificates an auth worker remembers; past it the oldest half is forgotten.
+MAX_REMEMBERED_LOGIN_CERTS = 10_000
 #: How long a spent ceremony id is kept past the ceremony's expiry: auth servers' clocks may differ this much.
 SPENT_CEREMONY_MARGIN = timedelta(minutes=5)
 
@@ -167,6 +169,9 @@ def device_filter(
 class DeviceService:
     def __init__(self, context: AuthContext) -> None:
         self.context = context
+        #: login certificates verified before, by their exact bytes: a user proves the device with the same one
+        #: before every session of the day, and verifying costs more than the rest of ``begin``
+        self._login_certs: dict[bytes, tuple[Identity, ec.EllipticCurvePublicKey]] = {}
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
@@ -618,8 +623,21 @@ class DeviceService:
 
     def _verified_login_cert(self, caller: Caller, ssh_cert: bytes) -> Identity:
         """The caller's own login certificate (device-augmented or not; never a session certificate)."""
-        identity = verify_ssh_user_cert(ssh_cert, [self.context.user_ca.ssh_public_key()], self._now())
-        return self._login_identity(caller, identity)
+        return self._login_identity(caller, self._login_cert(ssh_cert)[0])
+
+    def _login_cert(self, ssh_cert: bytes) -> tuple[Identity, ec.EllipticCurvePublicKey]:
+        """The identity and key of a certificate signed by the user CA and valid now (TrustError otherwise)."""
+        now = self._now()
+        known = self._login_certs.get(ssh_cert)
+        if known is not None and known[0].not_before <= now < known[0].not_after:
+            return known
+        identity = verify_ssh_user_cert(ssh_cert, [self.context.user_ca.ssh_public_key()], now)
+        key = require_p256_public_key(load_ssh_certificate(ssh_cert).public_key(), "certificate key")
+        if len(self._login_certs) >= MAX_REMEMBERED_LOGIN_CERTS:
+            for stale in list(self._login_certs)[: MAX_REMEMBERED_LOGIN_CERTS // 2]:
+                self._login_certs.pop(stale, None)
+        self._login_certs[ssh_cert] = (identity, key)
+        return identity, key
 
     @staticmethod
     def _login_identity(caller: Caller, identity: Identity) -> Identity:
@@ -695,9 +713,11 @@ class DeviceService:
                 now=now,
             )
             # Verified at begin, and sealed since: only its validity can have changed.
-            login_identity = self._login_identity(caller, identity_from_ssh_cert(login_cert))
-            if now >= login_identity.not_after:
-                raise CeremonyError("the login certificate has expired; run 'tsh login'")
+            try:
+                login_identity, public_key = self._login_cert(login_cert)
+            except TrustError:
+                raise CeremonyError("the login certificate has expired; run 'tsh login'") from None
+            login_identity = self._login_identity(caller, login_identity)
         except CeremonyError as err:
             # A failed answer spends the ceremony too: one attempt per challenge.
             with self._backend.begin() as store:
@@ -724,7 +744,6 @@ class DeviceService:
                 id=pending.id,
             )
             augmented = replace(login_identity, device=None).for_session(extensions, session_proof)
-        public_key = require_p256_public_key(load_ssh_certificate(login_cert).public_key(), "certificate key")
         new_ssh = issue_ssh_user_cert(self.context.user_ca, public_key, augmented)
         new_tls = issue_x509_client_cert(self.context.user_ca, public_key, augmented)
         with self._backend.begin() as store:
