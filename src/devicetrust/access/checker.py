@@ -86,6 +86,14 @@ class AccessChecker:
         """Database names; "*" in the result means any name that is not denied (see allows_db_name)."""
         return self._granted("db_names", self._roles, wildcard_allowed=True)
 
+    def database_users(self, labels: Mapping[str, str]) -> tuple[str, ...]:
+        """The database users allowed on a database with ``labels`` ("*": any user not denied)."""
+        return self._granted("db_users", self.roles_matching_database(labels), wildcard_allowed=True)
+
+    def database_names(self, labels: Mapping[str, str]) -> tuple[str, ...]:
+        """The database names allowed on a database with ``labels`` ("*": any name not denied)."""
+        return self._granted("db_names", self.roles_matching_database(labels), wildcard_allowed=True)
+
     def allows_db_user(self, db_user: str) -> bool:
         return self._allows_value("db_users", db_user)
 

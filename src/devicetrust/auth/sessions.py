@@ -113,8 +113,8 @@ class SessionService:
                 session = store.sessions.get_valid(token_hash, self.context.clock())
             except NotFoundError:
                 raise expired from None
-            if session.kind == "node":
-                return Caller(session.user, "node", (), {}, token_hash)
+            if session.kind in ("node", "db"):  # an SSH node or a database service: no roles, its own endpoints
+                return Caller(session.user, session.kind, (), {}, token_hash)
             if session.kind == "mdm":
                 return Caller(session.user, "mdm", (), {}, token_hash)
             if session.kind == "admin":
