@@ -29,6 +29,8 @@ CONFIG_VERSION = "v1"
 DEFAULT_CLUSTER_NAME = "devicetrust.local"
 DEFAULT_AUTH_LISTEN_ADDR = "127.0.0.1:3080"
 DEFAULT_SSH_LISTEN_ADDR = "127.0.0.1:3022"
+DEFAULT_DB_LISTEN_ADDR = "127.0.0.1:5433"
+DB_PROTOCOLS = ("postgres",)
 SQLITE_FILE_NAME = "backend.sqlite"
 ENV_CONFIG = "DEVICETRUST_CONFIG"
 ENV_DATA_DIR = "DEVICETRUST_DATA_DIR"
@@ -81,6 +83,9 @@ ENVIRONMENT: tuple[EnvironmentVariable, ...] = (
 _CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _SSH_FIELDS = ("enabled", "listen_addr", "labels", "hostname", "auth_server", "join_token", "token_file", "ca_file")
+_DB_FIELDS = ("enabled", "listen_addr", "hostname", "auth_server", "join_token", "token_file", "ca_file")
+_DATABASE_FIELDS = ("name", "protocol", "uri", "labels", "ca_file")
+_DATABASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def default_data_dir() -> Path:
@@ -143,12 +148,56 @@ class SSHServiceConfig:
 
 
 @dataclass(frozen=True)
+class DatabaseEntry:
+    """One entry of ``db_service.databases``: a PostgreSQL server at ``uri`` (``postgres://HOST:PORT``), reached
+    over TLS verified with ``ca_file`` when it is set, plainly otherwise."""
+
+    name: str
+    uri: str
+    protocol: str = "postgres"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class DBServiceConfig:
+    """``db_service``: databases behind device trust. Disabled unless the config enables it."""
+
+    enabled: bool = False
+    listen_addr: str = DEFAULT_DB_LISTEN_ADDR
+    #: The name the service joins under; "" means this machine's host name.
+    hostname: str = ""
+    #: HOST:PORT of the auth service; "" means the auth service in this process.
+    auth_server: str = ""
+    #: A db join token ("tctl tokens add --type=db"), inline or in a file; not needed once joined, nor when the
+    #: auth service runs in the same process.
+    join_token: str = ""
+    token_file: Path | None = None
+    #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
+    ca_file: Path | None = None
+    databases: tuple[DatabaseEntry, ...] = ()
+
+    def effective_hostname(self) -> str:
+        return self.hostname or socket.gethostname()
+
+    def read_join_token(self) -> str:
+        """The configured join token ("" if none); the file wins over the inline value."""
+        if self.token_file is None:
+            return self.join_token
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"db_service.token_file: cannot read {self.token_file}: {err.strerror}") from None
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = field(default_factory=default_data_dir)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log_severity: str = "INFO"
     auth_service: AuthServiceConfig = field(default_factory=AuthServiceConfig)
     ssh_service: SSHServiceConfig = field(default_factory=SSHServiceConfig)
+    db_service: DBServiceConfig = field(default_factory=DBServiceConfig)
     #: the raw ``jamf_service`` section, validated by devicetrust.mdm.jamf when the daemon starts
     jamf_service: Mapping[str, Any] | None = None
     source: Path | None = None
@@ -169,12 +218,23 @@ class Config:
     def node_dir(self) -> Path:
         return self.data_dir / "node"
 
+    @property
+    def db_service_dir(self) -> Path:
+        return self.data_dir / "db"
+
     def node_auth_server(self) -> str:
         """Where the SSH node reaches the auth service: configured, else this process's auth service."""
-        if self.ssh_service.auth_server:
-            return self.ssh_service.auth_server
+        return self._agent_auth_server(self.ssh_service.auth_server, "ssh_service")
+
+    def db_auth_server(self) -> str:
+        """Where the database service reaches the auth service: configured, else this process's auth service."""
+        return self._agent_auth_server(self.db_service.auth_server, "db_service")
+
+    def _agent_auth_server(self, configured: str, section: str) -> str:
+        if configured:
+            return configured
         if not self.auth_service.enabled:
-            raise ConfigError("ssh_service.auth_server: required when auth_service is disabled")
+            raise ConfigError(f"{section}.auth_server: required when auth_service is disabled")
         host, port = split_host_port(self.auth_service.listen_addr, what="auth_service.listen_addr")
         if host in ("0.0.0.0", ""):  # noqa: S104 - listening on all: reach it on loopback
             host = "127.0.0.1"
@@ -255,6 +315,7 @@ CONFIG_KEYS: Mapping[str, Any] = {
     },
     "auth_service": dict.fromkeys(("enabled", "listen_addr", "cluster_name", "public_addr")),
     "ssh_service": dict.fromkeys(_SSH_FIELDS),
+    "db_service": {**dict.fromkeys(_DB_FIELDS), "databases": [dict.fromkeys(_DATABASE_FIELDS)]},
     "jamf_service": {**dict.fromkeys(JAMF_SERVICE_KEYS), "inventory": [dict.fromkeys(JAMF_INVENTORY_KEYS)]},
 }
 
@@ -407,12 +468,93 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
                 ca_file=ca_file,
             ),
         )
+    db = _section(doc, "db_service")
+    if db:
+        config = replace(config, db_service=_db_service(db))
     jamf = doc.get("jamf_service")
     if jamf is not None:
         if not isinstance(jamf, dict):
             raise ConfigError("jamf_service: expected a mapping")
         config = replace(config, jamf_service=jamf)
     return config
+
+
+def _labels(value: Any, where: str) -> dict[str, str]:
+    labels = value or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise ConfigError(f"{where}: expected a mapping of strings")
+    return labels
+
+
+def _optional_path(section: Mapping[str, Any], name: str, where: str) -> Path | None:
+    return Path(_str(section[name], f"{where}.{name}")) if section.get(name) is not None else None
+
+
+def _db_service(db: Mapping[str, Any]) -> DBServiceConfig:
+    listen = _str(db.get("listen_addr", DEFAULT_DB_LISTEN_ADDR), "db_service.listen_addr")
+    split_host_port(listen, what="db_service.listen_addr")
+    hostname = db.get("hostname", "")
+    if hostname and (not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname)):
+        raise ConfigError(f"db_service.hostname: invalid host name {hostname!r}")
+    auth_server = db.get("auth_server", "")
+    if auth_server:
+        split_host_port(_str(auth_server, "db_service.auth_server"), what="db_service.auth_server")
+    join_token = db.get("join_token", "")
+    if join_token and not isinstance(join_token, str):
+        raise ConfigError("db_service.join_token: expected a string")
+    if join_token and "token_file" in db:
+        raise ConfigError("db_service: give join_token or token_file, not both")
+    entries = db.get("databases", []) or []
+    if not isinstance(entries, list):
+        raise ConfigError("db_service.databases: expected a list")
+    databases: list[DatabaseEntry] = []
+    for index, entry in enumerate(entries):
+        where = f"db_service.databases[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        name = _str(entry.get("name"), f"{where}.name")
+        if not _DATABASE_NAME_RE.match(name):
+            raise ConfigError(f"{where}.name: invalid name {name!r} (letters, digits, '.', '_', '-')")
+        if any(database.name == name for database in databases):
+            raise ConfigError(f"{where}.name: {name!r} is already configured")
+        protocol = _str(entry.get("protocol", "postgres"), f"{where}.protocol")
+        if protocol not in DB_PROTOCOLS:
+            raise ConfigError(f"{where}.protocol: expected one of {', '.join(DB_PROTOCOLS)}, got {protocol!r}")
+        uri = _str(entry.get("uri"), f"{where}.uri")
+        _check_database_uri(uri, f"{where}.uri")
+        databases.append(
+            DatabaseEntry(
+                name=name,
+                uri=uri,
+                protocol=protocol,
+                labels=_labels(entry.get("labels"), f"{where}.labels"),
+                ca_file=_optional_path(entry, "ca_file", where),
+            )
+        )
+    enabled = config_bool(db.get("enabled", True), "db_service.enabled")
+    if enabled and not databases:
+        raise ConfigError("db_service.databases: list at least one database (name, protocol, uri)")
+    return DBServiceConfig(
+        enabled=enabled,
+        listen_addr=listen,
+        hostname=hostname or "",
+        auth_server=auth_server or "",
+        join_token=join_token or "",
+        token_file=_optional_path(db, "token_file", "db_service"),
+        ca_file=_optional_path(db, "ca_file", "db_service"),
+        databases=tuple(databases),
+    )
+
+
+def _check_database_uri(uri: str, where: str) -> None:
+    """``postgres://HOST:PORT`` or ``postgresql://…`` (an optional path is ignored), or ``HOST:PORT``."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and scheme not in ("postgres", "postgresql"):
+        raise ConfigError(f"{where}: expected postgres://HOST:PORT, got {uri!r}")
+    address = (rest if sep else uri).split("/", 1)[0]
+    if "@" in address:
+        raise ConfigError(f"{where}: no user or password in the URI (the client's StartupMessage names the user)")
+    split_host_port(address if ":" in address.strip("[]") or "]:" in address else f"{address}:5432", what=where)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class NodeIdentity:
     user_ca_ssh: str
     host_cert: str
     tls_cert: str = ""
+    #: the user CA as PEM, which signs users' X.509 certificates (database services check them)
+    user_ca_pem: str = ""
 
     @classmethod
     def from_join(cls, reply: NodeJoinResponse, *, hostname: str, auth_server: str) -> NodeIdentity:
@@ -64,6 +66,7 @@ class NodeIdentity:
             user_ca_ssh=reply.user_ca_ssh,
             host_cert=reply.host_cert,
             tls_cert=reply.tls_cert,
+            user_ca_pem=reply.user_ca_pem,
         )
 
 
@@ -89,11 +92,12 @@ def load_identity(node_dir: Path) -> NodeIdentity | None:
     try:
         data = json.loads(identity_path.read_text())
         values = {name: str(data[name]) for name in _FIELDS}
+        user_ca_pem = str(data.get("user_ca_pem", ""))  # identities stored before database services lack it
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{identity_path} is damaged; delete {node_dir} and join the node again") from None
     tls_path = node_dir / TLS_CERT_FILE
     tls_cert = tls_path.read_text() if tls_path.exists() else ""
-    return NodeIdentity(**values, host_cert=cert_path.read_text().strip(), tls_cert=tls_cert)
+    return NodeIdentity(**values, host_cert=cert_path.read_text().strip(), tls_cert=tls_cert, user_ca_pem=user_ca_pem)
 
 
 def save_identity(node_dir: Path, identity: NodeIdentity) -> None:

@@ -33,7 +33,7 @@ import asyncssh
 
 from devicetrust.access import Decision, NodeTarget, decide, lock_reason, session_locks
 from devicetrust.agent.api import NodeAPI
-from devicetrust.agent.audit import AuditForwarder
+from devicetrust.agent.audit import AuditForwarder, device_fields, user_fields
 from devicetrust.agent.certs import ClientKeyCapture, cert_line, gate_agent_forwarding
 from devicetrust.agent.identity import NodeIdentity
 from devicetrust.agent.membership import AgentConfig, ClusterMembership
@@ -60,9 +60,6 @@ LOCK_DISCONNECT_DELAY_SECONDS = 1.0
 STOP_SESSIONS_SECONDS = 5.0
 #: Remote forwards below this port need the root login, as with OpenSSH.
 FIRST_UNPRIVILEGED_PORT = 1024
-#: Audit ``user_kind`` values, as Teleport writes them.
-USER_KIND_HUMAN = 1
-USER_KIND_BOT = 2
 SESSION_NAMESPACE = "default"
 NO_STATE_REASON = "this node has not received the cluster's access policy yet; try again shortly"
 SERVER_VERSION = "devicetrust"
@@ -335,8 +332,7 @@ class SSHNode:
         event: dict[str, Any] = {
             "event": name,
             "ei": 0 if name != "session.end" else 1,
-            "user": identity.username if identity is not None else "",
-            "user_kind": USER_KIND_BOT if identity is not None and identity.is_bot else USER_KIND_HUMAN,
+            **user_fields(identity),
             "login": connection.login,
             "namespace": SESSION_NAMESPACE,
             "proto": "ssh",
@@ -350,25 +346,12 @@ class SSHNode:
         }
         if self.identity is not None:
             event["server_id"] = self.identity.host_id
-        if identity is not None and identity.bot_name is not None:
-            event["bot_name"] = identity.bot_name
         if connection.peer:
             event["addr.remote"] = connection.peer
             event["remote_addr"] = connection.peer
         if connection.local:
             event["addr.local"] = connection.local
-        if identity is not None and identity.device is not None and decision is not None and decision.audit_device:
-            event["device"] = {
-                "asset_tag": identity.device.asset_tag,
-                "device_id": identity.device.device_id,
-                # The certificate does not say which OS the device runs; the auth service knows it by id.
-                "os": "",
-                "credential_id": identity.device.credential_id,
-            }
-            proof = identity.session_proof
-            if proof is not None and decision.device_verified:
-                # correlates the session with the device.authenticate event of its ceremony
-                event["device_proof"] = {"id": proof.id, "time": proof.time.isoformat()}
+        event.update(device_fields(identity, decision))
         if self.audit is not None:
             self.audit.emit(event)
 

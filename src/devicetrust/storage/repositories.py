@@ -73,7 +73,7 @@ MAX_PAGE_SIZE = 1000
 #: rows per query when streaming devices (``DeviceRepository.list_by_source``)
 STREAM_CHUNK_SIZE = 1000
 
-SESSION_KINDS = ("user", "bot", "admin", "node", "mdm")
+SESSION_KINDS = ("user", "bot", "admin", "node", "db", "mdm")
 #: the cluster key/value entry holding the cluster's name (set at the first start)
 CLUSTER_NAME_KEY = "cluster_name"
 #: the token kind of a device's enrollment token; the auth service mints it, a device's removal deletes it
