@@ -309,9 +309,9 @@ class DatabaseService:
         except Exception:  # a bug must cost one connection, never the service
             log.exception("database connection failed", extra={"remote_addr": peer})
         finally:
-            for sock in (session.sock, conn):
-                with contextlib.suppress(OSError):
-                    sock.close()
+            _close(session.sock)
+            with contextlib.suppress(OSError):
+                conn.close()
             with self._lock:
                 self._sessions.pop(session.session_id, None)
                 self._threads.discard(threading.current_thread())
@@ -616,6 +616,17 @@ def _send(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
     except OSError:
         raise _ClientGone from None
+
+
+def _close(sock: socket.socket) -> None:
+    """Close a client connection; TLS ones with a close_notify first, as PostgreSQL does (libpq 17+ reports a
+    TLS connection that just drops, e.g. after a cancel request, as an error)."""
+    if isinstance(sock, ssl.SSLSocket):
+        with contextlib.suppress(OSError, ValueError):
+            sock.setblocking(False)  # send ours, do not wait for the client's
+            sock.unwrap()
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
