@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench_authn", "bench_enroll_tpm", "bench_ssh_session", "bench_jamf_sync")
+BENCHMARKS = ("bench_authn", "bench_enroll_tpm", "bench_ssh_session", "bench_jamf_sync", "bench_db")
 
 
 def main() -> None:

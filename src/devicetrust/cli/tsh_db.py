@@ -37,7 +37,6 @@ from devicetrust.agent.db.postgres import (
     CancelRequest,
     GSSEncRequest,
     PostgresProtocolError,
-    ServerStream,
     SSLRequest,
     StartupMessage,
     error_response,
@@ -253,7 +252,7 @@ class LocalProxy:
                 return
             upstream = self._connect(self._session_cert())
             send_all(upstream, startup.raw)
-            Relay(conn, upstream, ServerStream()).run()
+            Relay(conn, upstream, None).run()  # the service follows the server's frames; this listener need not
         except _Refused as refused:
             with contextlib.suppress(OSError):
                 conn.sendall(error_response(str(refused), refused.code))

@@ -79,13 +79,16 @@ class Relay:
         self,
         client: socket.socket,
         server: socket.socket,
-        stream: ServerStream,
+        stream: ServerStream | None,
         on_server_data: Callable[[ServerStream], None] | None = None,
     ) -> None:
         self.client = client
         self.server = server
+        #: None: the server's frames are not followed (a relay that never ends a session itself)
         self.stream = stream
         self._on_server_data = on_server_data
+        self._client_tls = isinstance(client, ssl.SSLSocket)
+        self._server_tls = isinstance(server, ssl.SSLSocket)
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._lock = threading.Lock()
         self._goodbye: bytes | None = None
@@ -116,7 +119,7 @@ class Relay:
             while True:
                 timeout = -1.0
                 if self._goodbye is not None:
-                    if stream.at_boundary or time.monotonic() >= self._goodbye_deadline:
+                    if stream is None or stream.at_boundary or time.monotonic() >= self._goodbye_deadline:
                         self._say_goodbye()
                         return self._end("terminated")
                     timeout = max(0.0, self._goodbye_deadline - time.monotonic()) * 1000
@@ -133,21 +136,24 @@ class Relay:
             return self._end(str(closed))
 
     def _pump_server(self) -> None:
-        server = self.server
+        server, stream = self.server, self.stream
         while True:
             data = _receive(server)
             if data is None:
                 return
             if not data:
                 raise RelayClosed("server")
-            try:
-                self.stream.feed(data)
-            except PostgresProtocolError:
-                raise RelayClosed("the server's stream could not be followed") from None
+            if stream is not None:
+                try:
+                    stream.feed(data)
+                except PostgresProtocolError:
+                    raise RelayClosed("the server's stream could not be followed") from None
             send_all(self.client, data)
-            if self._on_server_data is not None:
-                self._on_server_data(self.stream)
-            if not (isinstance(server, ssl.SSLSocket) and server.pending()):
+            if self._on_server_data is not None and stream is not None:
+                self._on_server_data(stream)
+                if not stream.startup:
+                    self._on_server_data = None  # it watches the startup only
+            if not (self._server_tls and server.pending()):  # type: ignore[attr-defined]
                 return
 
     def _pump_client(self) -> None:
@@ -159,11 +165,11 @@ class Relay:
             if not data:
                 raise RelayClosed("client")
             send_all(self.server, data)
-            if not (isinstance(client, ssl.SSLSocket) and client.pending()):
+            if not (self._client_tls and client.pending()):  # type: ignore[attr-defined]
                 return
 
     def _say_goodbye(self) -> None:
-        if self._goodbye is not None and self.stream.at_boundary:
+        if self._goodbye is not None and self.stream is not None and self.stream.at_boundary:
             with contextlib.suppress(RelayClosed):
                 send_all(self.client, self._goodbye, timeout=TERMINATE_GRACE_SECONDS)
 
