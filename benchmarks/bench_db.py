@@ -29,7 +29,8 @@ from typing import Any
 import psycopg
 from tests.db.harness import ensure_db_users
 from tests.integration.cluster import BIN, free_port, start_cluster
-from tests.integration.test_devices import Laptop, enroll_token
+from tests.integration.laptops import enrolled_laptop
+from tests.integration.test_devices import Laptop
 
 from benchmarks.harness import percentile
 
@@ -143,21 +144,7 @@ def _with_world(run: Callable[[int], None]) -> None:
     laptop: Laptop | None = None
     proxy: subprocess.Popen[str] | None = None
     try:
-        invite = cluster.add_user("alice", roles="access,require-trusted-device")
-        laptop = Laptop(cluster, root, "alice", SERIAL)
-        _ok(
-            laptop.tsh(
-                "login",
-                f"--proxy={cluster.proxy}",
-                "--user=alice",
-                f"--token={invite}",
-                "--password-stdin",
-                input="correct horse battery staple",
-            )
-        )
-        _ok(cluster.tctl("devices", "add", "--os=linux", f"--asset-tag={SERIAL}"))
-        _ok(laptop.tsh("device", "enroll", f"--token={enroll_token(cluster, SERIAL)}"))
-        _ok(laptop.login())
+        laptop = enrolled_laptop(cluster, root, "alice", SERIAL, roles="access,require-trusted-device")
         deadline = time.monotonic() + PROXY_START_SECONDS
         while DATABASE not in [d["name"] for d in json.loads(_ok(laptop.tsh("db", "ls", "--format=json")))]:
             if time.monotonic() > deadline:

@@ -116,8 +116,29 @@ class AuthServiceConfig:
     public_addrs: tuple[str, ...] = ()
 
 
+class _AgentSection:
+    """What the SSH node's and the database service's sections share: the join settings."""
+
+    SECTION = ""
+    hostname: str
+    join_token: str
+    token_file: Path | None
+
+    def effective_hostname(self) -> str:
+        return self.hostname or socket.gethostname()
+
+    def read_join_token(self) -> str:
+        """The configured join token ("" if none); the file wins over the inline value."""
+        if self.token_file is None:
+            return self.join_token
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"{self.SECTION}.token_file: cannot read {self.token_file}: {err.strerror}") from None
+
+
 @dataclass(frozen=True)
-class SSHServiceConfig:
+class SSHServiceConfig(_AgentSection):
     """``ssh_service``: an SSH node. Enabled unless the config says otherwise (the embedded default runs one)."""
 
     enabled: bool = True
@@ -134,17 +155,7 @@ class SSHServiceConfig:
     #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
     ca_file: Path | None = None
 
-    def effective_hostname(self) -> str:
-        return self.hostname or socket.gethostname()
-
-    def read_join_token(self) -> str:
-        """The configured join token ("" if none); the file wins over the inline value."""
-        if self.token_file is None:
-            return self.join_token
-        try:
-            return self.token_file.read_text().strip()
-        except OSError as err:
-            raise ConfigError(f"ssh_service.token_file: cannot read {self.token_file}: {err.strerror}") from None
+    SECTION = "ssh_service"
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,7 @@ class DatabaseEntry:
 
 
 @dataclass(frozen=True)
-class DBServiceConfig:
+class DBServiceConfig(_AgentSection):
     """``db_service``: databases behind device trust. Disabled unless the config enables it."""
 
     enabled: bool = False
@@ -177,17 +188,7 @@ class DBServiceConfig:
     ca_file: Path | None = None
     databases: tuple[DatabaseEntry, ...] = ()
 
-    def effective_hostname(self) -> str:
-        return self.hostname or socket.gethostname()
-
-    def read_join_token(self) -> str:
-        """The configured join token ("" if none); the file wins over the inline value."""
-        if self.token_file is None:
-            return self.join_token
-        try:
-            return self.token_file.read_text().strip()
-        except OSError as err:
-            raise ConfigError(f"db_service.token_file: cannot read {self.token_file}: {err.strerror}") from None
+    SECTION = "db_service"
 
 
 @dataclass(frozen=True)
@@ -433,39 +434,13 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
 
     ssh = _section(doc, "ssh_service")
     if ssh:
-        labels = ssh.get("labels", {}) or {}
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise ConfigError("ssh_service.labels: expected a mapping of strings")
-        listen = _str(ssh.get("listen_addr", DEFAULT_SSH_LISTEN_ADDR), "ssh_service.listen_addr")
-        split_host_port(listen, what="ssh_service.listen_addr")
-        hostname = ssh.get("hostname", "")
-        if hostname and (not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname)):
-            raise ConfigError(f"ssh_service.hostname: invalid host name {hostname!r}")
-        auth_server = ssh.get("auth_server", "")
-        if auth_server:
-            split_host_port(_str(auth_server, "ssh_service.auth_server"), what="ssh_service.auth_server")
-        join_token = ssh.get("join_token", "")
-        if join_token and not isinstance(join_token, str):
-            raise ConfigError("ssh_service.join_token: expected a string")
-        if join_token and "token_file" in ssh:
-            raise ConfigError("ssh_service: give join_token or token_file, not both")
-        token_file, ca_file = (
-            Path(_str(ssh[name], f"ssh_service.{name}")) if ssh.get(name) is not None else None
-            for name in ("token_file", "ca_file")
-        )
+        join = _agent_join_settings(ssh, "ssh_service", DEFAULT_SSH_LISTEN_ADDR)
         config = replace(
             config,
             ssh_service=SSHServiceConfig(
                 enabled=config_bool(ssh.get("enabled", True), "ssh_service.enabled"),
-                listen_addr=listen,
-                labels=labels,
-                hostname=hostname or "",
-                auth_server=auth_server or "",
-                join_token=join_token or "",
-                token_file=token_file,
-                ca_file=ca_file,
+                labels=_labels(ssh.get("labels"), "ssh_service.labels"),
+                **join,
             ),
         )
     db = _section(doc, "db_service")
@@ -490,20 +465,33 @@ def _optional_path(section: Mapping[str, Any], name: str, where: str) -> Path | 
     return Path(_str(section[name], f"{where}.{name}")) if section.get(name) is not None else None
 
 
-def _db_service(db: Mapping[str, Any]) -> DBServiceConfig:
-    listen = _str(db.get("listen_addr", DEFAULT_DB_LISTEN_ADDR), "db_service.listen_addr")
-    split_host_port(listen, what="db_service.listen_addr")
-    hostname = db.get("hostname", "")
+def _agent_join_settings(section: Mapping[str, Any], where: str, default_listen: str) -> dict[str, Any]:
+    """An agent section's listen address and join settings (the SSH node's and the database service's)."""
+    listen = _str(section.get("listen_addr", default_listen), f"{where}.listen_addr")
+    split_host_port(listen, what=f"{where}.listen_addr")
+    hostname = section.get("hostname", "")
     if hostname and (not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname)):
-        raise ConfigError(f"db_service.hostname: invalid host name {hostname!r}")
-    auth_server = db.get("auth_server", "")
+        raise ConfigError(f"{where}.hostname: invalid host name {hostname!r}")
+    auth_server = section.get("auth_server", "")
     if auth_server:
-        split_host_port(_str(auth_server, "db_service.auth_server"), what="db_service.auth_server")
-    join_token = db.get("join_token", "")
+        split_host_port(_str(auth_server, f"{where}.auth_server"), what=f"{where}.auth_server")
+    join_token = section.get("join_token", "")
     if join_token and not isinstance(join_token, str):
-        raise ConfigError("db_service.join_token: expected a string")
-    if join_token and "token_file" in db:
-        raise ConfigError("db_service: give join_token or token_file, not both")
+        raise ConfigError(f"{where}.join_token: expected a string")
+    if join_token and "token_file" in section:
+        raise ConfigError(f"{where}: give join_token or token_file, not both")
+    return {
+        "listen_addr": listen,
+        "hostname": hostname or "",
+        "auth_server": auth_server or "",
+        "join_token": join_token or "",
+        "token_file": _optional_path(section, "token_file", where),
+        "ca_file": _optional_path(section, "ca_file", where),
+    }
+
+
+def _db_service(db: Mapping[str, Any]) -> DBServiceConfig:
+    join = _agent_join_settings(db, "db_service", DEFAULT_DB_LISTEN_ADDR)
     entries = db.get("databases", []) or []
     if not isinstance(entries, list):
         raise ConfigError("db_service.databases: expected a list")
@@ -534,16 +522,7 @@ def _db_service(db: Mapping[str, Any]) -> DBServiceConfig:
     enabled = config_bool(db.get("enabled", True), "db_service.enabled")
     if enabled and not databases:
         raise ConfigError("db_service.databases: list at least one database (name, protocol, uri)")
-    return DBServiceConfig(
-        enabled=enabled,
-        listen_addr=listen,
-        hostname=hostname or "",
-        auth_server=auth_server or "",
-        join_token=join_token or "",
-        token_file=_optional_path(db, "token_file", "db_service"),
-        ca_file=_optional_path(db, "ca_file", "db_service"),
-        databases=tuple(databases),
-    )
+    return DBServiceConfig(enabled=enabled, databases=tuple(databases), **join)
 
 
 def _check_database_uri(uri: str, where: str) -> None:
@@ -672,4 +651,14 @@ ssh_service:
   # auth_server: auth.example.com:3080  # default: the auth service above
   # join_token: <tctl tokens add --type=node>   # or token_file: /path/to/token
   # ca_file: /path/to/host-ca.pem     # the cluster's host CA, to join a remote auth service
+# db_service:                         # PostgreSQL behind device trust (tsh db, tsh proxy db)
+#   enabled: true
+#   listen_addr: {DEFAULT_DB_LISTEN_ADDR}
+#   databases:
+#     - name: pg-prod
+#       protocol: postgres
+#       uri: postgres://127.0.0.1:5432
+#       labels:
+#         env: prod
+#       # ca_file: /path/to/db-ca.pem   # speak TLS to the database, verified with this CA
 """

@@ -6,22 +6,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.agent.harness import Cluster, start_daemon
+from tests.agent.harness import Cluster, auth_only_cluster
 from tests.db.harness import ensure_db_users
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A daemon running auth only; the tests run their database services in-process against it."""
-    daemon = start_daemon(tmp_path_factory.mktemp("db-cluster"), ssh=False)
-    attached = None
-    try:
-        attached = Cluster.attach(daemon)
+    with auth_only_cluster(tmp_path_factory.mktemp("db-cluster")) as attached:
         yield attached
-    finally:
-        if attached is not None:
-            attached.close()
-        daemon.stop()
 
 
 @pytest.fixture(scope="module")

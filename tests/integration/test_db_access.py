@@ -25,8 +25,9 @@ from devicetrust.access import DB_ACCESS_DENIED, TRUSTED_DEVICE_REQUIRED
 from devicetrust.access.decision import NO_SESSION_PROOF
 from tests.db.harness import ensure_db_users, require_psql
 from tests.integration.cluster import BIN, Cluster, free_port, start_cluster
+from tests.integration.laptops import enrolled_laptop
 from tests.integration.test_cluster_cli import ok
-from tests.integration.test_devices import Laptop, _require_swtpm, enroll_token
+from tests.integration.test_devices import Laptop, _require_swtpm
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -87,21 +88,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, postgres_admin: psycopg.Conn
     cluster = start_cluster(root, extra_config=extra)
     laptop: Laptop | None = None
     try:
-        invite = cluster.add_user("alice", roles="access,require-trusted-device")
-        laptop = Laptop(cluster, root, "alice", SERIAL)
-        ok(
-            laptop.tsh(
-                "login",
-                f"--proxy={cluster.proxy}",
-                "--user=alice",
-                f"--token={invite}",
-                "--password-stdin",
-                input="correct horse battery staple",
-            )
-        )
-        ok(cluster.tctl("devices", "add", "--os=linux", f"--asset-tag={SERIAL}"))
-        ok(laptop.tsh("device", "enroll", f"--token={enroll_token(cluster, SERIAL)}"))
-        ok(laptop.login())
+        laptop = enrolled_laptop(cluster, root, "alice", SERIAL, roles="access,require-trusted-device")
         deadline = time.monotonic() + 20
         while DATABASE not in ok(laptop.tsh("db", "ls")):
             assert time.monotonic() < deadline, "the database service did not announce its database"

@@ -40,8 +40,8 @@ def user_fields(identity: Identity | None) -> dict[str, Any]:
 
 def device_fields(identity: Identity | None, decision: Decision | None) -> dict[str, Any]:
     """The ``device`` block of a session event (and ``device_proof``, the ceremony the session ran on), where
-    the decision lets audit name the device (never when device trust is off; see docs/architecture.md, Audit
-    events); empty otherwise."""
+    the decision lets audit name the device (never when device trust is off); empty otherwise.
+    See docs/architecture.md, Audit events."""
     if identity is None or identity.device is None or decision is None or not decision.audit_device:
         return {}
     fields: dict[str, Any] = {
