@@ -5,7 +5,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench_authn", "bench_enroll_tpm", "bench_ssh_session", "bench_jamf_sync", "bench_devices_ls")
+BENCHMARKS = (
+    "bench_authn",
+    "bench_enroll_tpm",
+    "bench_ssh_session",
+    "bench_jamf_sync",
+    "bench_devices_ls",
+    "bench_db",
+)
 
 
 def main() -> None:

@@ -36,6 +36,9 @@ from devicetrust.protocol import (
     CreateTokenResponse,
     CreateUserRequest,
     CreateUserResponse,
+    DatabaseCertRequest,
+    DatabaseCertResponse,
+    DatabaseList,
     DeviceCertificates,
     DeviceList,
     DeviceListQuery,
@@ -335,9 +338,18 @@ class AuthApi(AuthClient):
         path = "/v1/devices/authenticate/finish"
         return reply_as(DeviceCertificates, self.post(path, answer), "authenticate/finish")
 
-    # -- nodes, audit
+    # -- nodes, databases, audit
     def list_nodes(self) -> NodeList:
         return reply_as(NodeList, self.get("/v1/nodes"), "nodes")
+
+    def list_databases(self) -> DatabaseList:
+        return reply_as(DatabaseList, self.get("/v1/databases"), "databases")
+
+    def database_cert(self, database: str, ssh_cert: str, db_user: str = "", db_name: str = "") -> DatabaseCertResponse:
+        request = DatabaseCertRequest.model_construct(
+            database=database, ssh_cert=ssh_cert, db_user=db_user, db_name=db_name
+        )
+        return reply_as(DatabaseCertResponse, self.post("/v1/databases/certs", body(request)), "databases/certs")
 
     def events(
         self,

@@ -31,6 +31,8 @@ DEFAULT_AUTH_LISTEN_ADDR = "127.0.0.1:3080"
 #: Upper bound on auth_service.workers: far beyond any machine the daemon should share with others.
 MAX_AUTH_WORKERS = 64
 DEFAULT_SSH_LISTEN_ADDR = "127.0.0.1:3022"
+DEFAULT_DB_LISTEN_ADDR = "127.0.0.1:5433"
+DB_PROTOCOLS = ("postgres",)
 SQLITE_FILE_NAME = "backend.sqlite"
 ENV_CONFIG = "DEVICETRUST_CONFIG"
 ENV_DATA_DIR = "DEVICETRUST_DATA_DIR"
@@ -83,6 +85,9 @@ ENVIRONMENT: tuple[EnvironmentVariable, ...] = (
 _CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _SSH_FIELDS = ("enabled", "listen_addr", "labels", "hostname", "auth_server", "join_token", "token_file", "ca_file")
+_DB_FIELDS = ("enabled", "listen_addr", "hostname", "auth_server", "join_token", "token_file", "ca_file")
+_DATABASE_FIELDS = ("name", "protocol", "uri", "labels", "ca_file")
+_DATABASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def default_data_dir() -> Path:
@@ -122,8 +127,29 @@ def default_auth_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+class _AgentSection:
+    """What the SSH node's and the database service's sections share: the join settings."""
+
+    SECTION = ""
+    hostname: str
+    join_token: str
+    token_file: Path | None
+
+    def effective_hostname(self) -> str:
+        return self.hostname or socket.gethostname()
+
+    def read_join_token(self) -> str:
+        """The configured join token ("" if none); the file wins over the inline value."""
+        if self.token_file is None:
+            return self.join_token
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"{self.SECTION}.token_file: cannot read {self.token_file}: {err.strerror}") from None
+
+
 @dataclass(frozen=True)
-class SSHServiceConfig:
+class SSHServiceConfig(_AgentSection):
     """``ssh_service``: an SSH node. Enabled unless the config says otherwise (the embedded default runs one)."""
 
     enabled: bool = True
@@ -140,17 +166,40 @@ class SSHServiceConfig:
     #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
     ca_file: Path | None = None
 
-    def effective_hostname(self) -> str:
-        return self.hostname or socket.gethostname()
+    SECTION = "ssh_service"
 
-    def read_join_token(self) -> str:
-        """The configured join token ("" if none); the file wins over the inline value."""
-        if self.token_file is None:
-            return self.join_token
-        try:
-            return self.token_file.read_text().strip()
-        except OSError as err:
-            raise ConfigError(f"ssh_service.token_file: cannot read {self.token_file}: {err.strerror}") from None
+
+@dataclass(frozen=True)
+class DatabaseEntry:
+    """One entry of ``db_service.databases``: a PostgreSQL server at ``uri`` (``postgres://HOST:PORT``), reached
+    over TLS verified with ``ca_file`` when it is set, plainly otherwise."""
+
+    name: str
+    uri: str
+    protocol: str = "postgres"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class DBServiceConfig(_AgentSection):
+    """``db_service``: databases behind device trust. Disabled unless the config enables it."""
+
+    enabled: bool = False
+    listen_addr: str = DEFAULT_DB_LISTEN_ADDR
+    #: The name the service joins under; "" means this machine's host name.
+    hostname: str = ""
+    #: HOST:PORT of the auth service; "" means the auth service in this process.
+    auth_server: str = ""
+    #: A db join token ("tctl tokens add --type=db"), inline or in a file; not needed once joined, nor when the
+    #: auth service runs in the same process.
+    join_token: str = ""
+    token_file: Path | None = None
+    #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
+    ca_file: Path | None = None
+    databases: tuple[DatabaseEntry, ...] = ()
+
+    SECTION = "db_service"
 
 
 @dataclass(frozen=True)
@@ -160,6 +209,7 @@ class Config:
     log_severity: str = "INFO"
     auth_service: AuthServiceConfig = field(default_factory=AuthServiceConfig)
     ssh_service: SSHServiceConfig = field(default_factory=SSHServiceConfig)
+    db_service: DBServiceConfig = field(default_factory=DBServiceConfig)
     #: the raw ``jamf_service`` section, validated by devicetrust.mdm.jamf when the daemon starts
     jamf_service: Mapping[str, Any] | None = None
     source: Path | None = None
@@ -180,12 +230,23 @@ class Config:
     def node_dir(self) -> Path:
         return self.data_dir / "node"
 
+    @property
+    def db_service_dir(self) -> Path:
+        return self.data_dir / "db"
+
     def node_auth_server(self) -> str:
         """Where the SSH node reaches the auth service: configured, else this process's auth service."""
-        if self.ssh_service.auth_server:
-            return self.ssh_service.auth_server
+        return self._agent_auth_server(self.ssh_service.auth_server, "ssh_service")
+
+    def db_auth_server(self) -> str:
+        """Where the database service reaches the auth service: configured, else this process's auth service."""
+        return self._agent_auth_server(self.db_service.auth_server, "db_service")
+
+    def _agent_auth_server(self, configured: str, section: str) -> str:
+        if configured:
+            return configured
         if not self.auth_service.enabled:
-            raise ConfigError("ssh_service.auth_server: required when auth_service is disabled")
+            raise ConfigError(f"{section}.auth_server: required when auth_service is disabled")
         host, port = split_host_port(self.auth_service.listen_addr, what="auth_service.listen_addr")
         if host in ("0.0.0.0", ""):  # noqa: S104 - listening on all: reach it on loopback
             host = "127.0.0.1"
@@ -266,6 +327,7 @@ CONFIG_KEYS: Mapping[str, Any] = {
     },
     "auth_service": dict.fromkeys(("enabled", "listen_addr", "cluster_name", "public_addr", "workers")),
     "ssh_service": dict.fromkeys(_SSH_FIELDS),
+    "db_service": {**dict.fromkeys(_DB_FIELDS), "databases": [dict.fromkeys(_DATABASE_FIELDS)]},
     "jamf_service": {**dict.fromkeys(JAMF_SERVICE_KEYS), "inventory": [dict.fromkeys(JAMF_INVENTORY_KEYS)]},
 }
 
@@ -387,47 +449,106 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
 
     ssh = _section(doc, "ssh_service")
     if ssh:
-        labels = ssh.get("labels", {}) or {}
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise ConfigError("ssh_service.labels: expected a mapping of strings")
-        listen = _str(ssh.get("listen_addr", DEFAULT_SSH_LISTEN_ADDR), "ssh_service.listen_addr")
-        split_host_port(listen, what="ssh_service.listen_addr")
-        hostname = ssh.get("hostname", "")
-        if hostname and (not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname)):
-            raise ConfigError(f"ssh_service.hostname: invalid host name {hostname!r}")
-        auth_server = ssh.get("auth_server", "")
-        if auth_server:
-            split_host_port(_str(auth_server, "ssh_service.auth_server"), what="ssh_service.auth_server")
-        join_token = ssh.get("join_token", "")
-        if join_token and not isinstance(join_token, str):
-            raise ConfigError("ssh_service.join_token: expected a string")
-        if join_token and "token_file" in ssh:
-            raise ConfigError("ssh_service: give join_token or token_file, not both")
-        token_file, ca_file = (
-            Path(_str(ssh[name], f"ssh_service.{name}")) if ssh.get(name) is not None else None
-            for name in ("token_file", "ca_file")
-        )
+        join = _agent_join_settings(ssh, "ssh_service", DEFAULT_SSH_LISTEN_ADDR)
         config = replace(
             config,
             ssh_service=SSHServiceConfig(
                 enabled=config_bool(ssh.get("enabled", True), "ssh_service.enabled"),
-                listen_addr=listen,
-                labels=labels,
-                hostname=hostname or "",
-                auth_server=auth_server or "",
-                join_token=join_token or "",
-                token_file=token_file,
-                ca_file=ca_file,
+                labels=_labels(ssh.get("labels"), "ssh_service.labels"),
+                **join,
             ),
         )
+    db = _section(doc, "db_service")
+    if db:
+        config = replace(config, db_service=_db_service(db))
     jamf = doc.get("jamf_service")
     if jamf is not None:
         if not isinstance(jamf, dict):
             raise ConfigError("jamf_service: expected a mapping")
         config = replace(config, jamf_service=jamf)
     return config
+
+
+def _labels(value: Any, where: str) -> dict[str, str]:
+    labels = value or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise ConfigError(f"{where}: expected a mapping of strings")
+    return labels
+
+
+def _optional_path(section: Mapping[str, Any], name: str, where: str) -> Path | None:
+    return Path(_str(section[name], f"{where}.{name}")) if section.get(name) is not None else None
+
+
+def _agent_join_settings(section: Mapping[str, Any], where: str, default_listen: str) -> dict[str, Any]:
+    """An agent section's listen address and join settings (the SSH node's and the database service's)."""
+    listen = _str(section.get("listen_addr", default_listen), f"{where}.listen_addr")
+    split_host_port(listen, what=f"{where}.listen_addr")
+    hostname = section.get("hostname", "")
+    if hostname and (not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname)):
+        raise ConfigError(f"{where}.hostname: invalid host name {hostname!r}")
+    auth_server = section.get("auth_server", "")
+    if auth_server:
+        split_host_port(_str(auth_server, f"{where}.auth_server"), what=f"{where}.auth_server")
+    join_token = section.get("join_token", "")
+    if join_token and not isinstance(join_token, str):
+        raise ConfigError(f"{where}.join_token: expected a string")
+    if join_token and "token_file" in section:
+        raise ConfigError(f"{where}: give join_token or token_file, not both")
+    return {
+        "listen_addr": listen,
+        "hostname": hostname or "",
+        "auth_server": auth_server or "",
+        "join_token": join_token or "",
+        "token_file": _optional_path(section, "token_file", where),
+        "ca_file": _optional_path(section, "ca_file", where),
+    }
+
+
+def _db_service(db: Mapping[str, Any]) -> DBServiceConfig:
+    join = _agent_join_settings(db, "db_service", DEFAULT_DB_LISTEN_ADDR)
+    entries = db.get("databases", []) or []
+    if not isinstance(entries, list):
+        raise ConfigError("db_service.databases: expected a list")
+    databases: list[DatabaseEntry] = []
+    for index, entry in enumerate(entries):
+        where = f"db_service.databases[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        name = _str(entry.get("name"), f"{where}.name")
+        if not _DATABASE_NAME_RE.match(name):
+            raise ConfigError(f"{where}.name: invalid name {name!r} (letters, digits, '.', '_', '-')")
+        if any(database.name == name for database in databases):
+            raise ConfigError(f"{where}.name: {name!r} is already configured")
+        protocol = _str(entry.get("protocol", "postgres"), f"{where}.protocol")
+        if protocol not in DB_PROTOCOLS:
+            raise ConfigError(f"{where}.protocol: expected one of {', '.join(DB_PROTOCOLS)}, got {protocol!r}")
+        uri = _str(entry.get("uri"), f"{where}.uri")
+        _check_database_uri(uri, f"{where}.uri")
+        databases.append(
+            DatabaseEntry(
+                name=name,
+                uri=uri,
+                protocol=protocol,
+                labels=_labels(entry.get("labels"), f"{where}.labels"),
+                ca_file=_optional_path(entry, "ca_file", where),
+            )
+        )
+    enabled = config_bool(db.get("enabled", True), "db_service.enabled")
+    if enabled and not databases:
+        raise ConfigError("db_service.databases: list at least one database (name, protocol, uri)")
+    return DBServiceConfig(enabled=enabled, databases=tuple(databases), **join)
+
+
+def _check_database_uri(uri: str, where: str) -> None:
+    """``postgres://HOST:PORT`` or ``postgresql://…`` (an optional path is ignored), or ``HOST:PORT``."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and scheme not in ("postgres", "postgresql"):
+        raise ConfigError(f"{where}: expected postgres://HOST:PORT, got {uri!r}")
+    address = (rest if sep else uri).split("/", 1)[0]
+    if "@" in address:
+        raise ConfigError(f"{where}: no user or password in the URI (the client's StartupMessage names the user)")
+    split_host_port(address if ":" in address.strip("[]") or "]:" in address else f"{address}:5432", what=where)
 
 
 @dataclass(frozen=True)
@@ -547,4 +668,14 @@ ssh_service:
   # auth_server: auth.example.com:3080  # default: the auth service above
   # join_token: <tctl tokens add --type=node>   # or token_file: /path/to/token
   # ca_file: /path/to/host-ca.pem     # the cluster's host CA, to join a remote auth service
+# db_service:                         # PostgreSQL behind device trust (tsh db, tsh proxy db)
+#   enabled: true
+#   listen_addr: {DEFAULT_DB_LISTEN_ADDR}
+#   databases:
+#     - name: pg-prod
+#       protocol: postgres
+#       uri: postgres://127.0.0.1:5432
+#       labels:
+#         env: prod
+#       # ca_file: /path/to/db-ca.pem   # speak TLS to the database, verified with this CA
 """

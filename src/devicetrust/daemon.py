@@ -1,5 +1,5 @@
 """Runs the daemon's services: the auth service (first-start initialisation, TLS identity, local admin identity,
-HTTPS server) and the SSH node beside it in the same process."""
+HTTPS server), the SSH node and the database service beside it in the same process."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from devicetrust.storage import Backend
 from devicetrust.types import preset_roles
 
 if TYPE_CHECKING:
+    from devicetrust.agent.db.service import DatabaseService, DatabaseServiceConfig
     from devicetrust.agent.server import NodeConfig, SSHNode
 
 log = logging.getLogger(__name__)
@@ -270,11 +271,12 @@ def _previous_admin_token(config: Config) -> str | None:
         return None  # nothing (readable) to revoke
 
 
-def mint_node_join_token(server: AuthServer) -> str:
-    """A short-lived node join token for the SSH node in this process (no token needs configuring)."""
+def mint_node_join_token(server: AuthServer, agent: str = "node") -> str:
+    """A short-lived join token for an agent in this process (``agent``: its token type, "node" or "db"; no token
+    needs configuring)."""
     editor = tuple(role for role in preset_roles() if role.name == "editor")
     caller = Caller(name=IN_PROCESS_CALLER, kind="admin", roles=editor, traits={})
-    token, _ = server.create_join_token(caller, "node", IN_PROCESS_NODE_TOKEN_TTL)
+    token, _ = server.create_join_token(caller, agent, IN_PROCESS_NODE_TOKEN_TTL)
     return token
 
 
@@ -305,6 +307,37 @@ def node_config(config: Config, server: AuthServer | None) -> NodeConfig:
         listen_addr=ssh.listen_addr,
         auth_server=auth_server,
         labels=dict(ssh.labels),
+        auth_ca_pem=ca_pem,
+        join_token=token,
+    )
+
+
+def database_service_config(config: Config, server: AuthServer | None) -> DatabaseServiceConfig:
+    """The database service's settings; with ``server`` (auth in this process) it joins with a token minted here."""
+    from devicetrust.agent.db.service import DatabaseServiceConfig
+
+    db = config.db_service
+    local = server is not None and not db.auth_server
+    ca_pem: str | None = None
+    if db.ca_file is not None:
+        try:
+            ca_pem = db.ca_file.read_text()
+        except OSError as err:
+            raise ConfigError(f"db_service.ca_file: cannot read {db.ca_file}: {err.strerror}") from None
+    elif local and server is not None:
+        ca_pem = server.host_ca.certificate_pem().decode()
+    elif config.admin_identity_path.exists():
+        ca_pem = AdminIdentity.from_json(config.admin_identity_path.read_text()).host_ca_pem
+    token: str | Callable[[], str] | None = db.read_join_token() or None
+    if token is None and local and server is not None:
+        in_process = server
+        token = lambda: mint_node_join_token(in_process, "db")  # noqa: E731 - called only if it must join
+    return DatabaseServiceConfig(
+        service_dir=config.db_service_dir,
+        hostname=db.effective_hostname(),
+        listen_addr=db.listen_addr,
+        auth_server=config.db_auth_server(),
+        databases=db.databases,
         auth_ca_pem=ca_pem,
         join_token=token,
     )
@@ -381,6 +414,7 @@ async def _serve(config: Config) -> None:
     web: _EmbeddedUvicorn | None = None
     web_task: asyncio.Task[None] | None = None
     node: SSHNode | None = None
+    databases: DatabaseService | None = None
     jamf_thread: Any = None
     jamf_task: asyncio.Task[None] | None = None
     jamf_stop = asyncio.Event()
@@ -426,6 +460,11 @@ async def _serve(config: Config) -> None:
                 logging.getLogger(chatty).setLevel(logging.WARNING)
             node = SSHNode(node_config(config, server))
             await node.start()
+        if config.db_service.enabled and not stop.is_set() and (web_task is None or not web_task.done()):
+            from devicetrust.agent.db.service import DatabaseService
+
+            databases = DatabaseService(database_service_config(config, server))
+            await databases.start()
         if jamf is not None and jamf.auth_server and not stop.is_set():
             from devicetrust.mdm.api_sink import run_remote_jamf_service
 
@@ -441,13 +480,13 @@ async def _serve(config: Config) -> None:
         waiters: list[asyncio.Future[Any]] = [loop.create_task(stop.wait())]
         if web_task is not None:
             waiters.append(web_task)
-        if jamf_task is not None and web_task is None and node is None:
+        if jamf_task is not None and web_task is None and node is None and databases is None:
             waiters.append(jamf_task)  # the only service: the daemon ends with it
         _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             if task is not web_task and task is not jamf_task:
                 task.cancel()
-        if jamf_task is not None and jamf_task.done() and web_task is None and node is None:
+        if jamf_task is not None and jamf_task.done() and web_task is None and node is None and databases is None:
             jamf_task.result()  # a fatal error (refused token, untrusted certificate) is the daemon's exit
     finally:
         if jamf_task is not None and not jamf_task.done():
@@ -456,6 +495,8 @@ async def _serve(config: Config) -> None:
                 await asyncio.wait_for(jamf_task, JAMF_STOP_SECONDS)
         if jamf_thread is not None:
             await asyncio.to_thread(jamf_thread.stop, JAMF_STOP_SECONDS)
+        if databases is not None:
+            await databases.stop()
         if node is not None:
             await node.stop()
         if janitor_task is not None:

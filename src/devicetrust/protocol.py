@@ -335,12 +335,19 @@ class DeviceCertificates(Message):
 
 
 # -------------------------------------------------------------------------------------------------- nodes
+#: The agents that join with a token: SSH nodes ("node" tokens) and database services ("db" tokens).
+AgentRole = Literal["node", "db"]
+#: A database's name in the cluster (what ``tsh db`` commands and session proofs name).
+DatabaseName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
 class NodeJoinRequest(Message):
     token: str = Field(min_length=1, max_length=256)
     hostname: str = Field(min_length=1, max_length=253)
     addr: str = Field(min_length=3, max_length=300)
     labels: dict[str, str] = Field(default_factory=dict)
     public_key: str = Field(max_length=4096)
+    role: AgentRole = "node"
 
 
 class NodeJoinResponse(ClusterCAs):
@@ -348,11 +355,24 @@ class NodeJoinResponse(ClusterCAs):
     host_cert: str
     session_token: str
     cluster_name: str
+    #: A database service's TLS server certificate (host CA) for its key; "" for SSH nodes.
+    tls_cert: str = ""
+
+
+class DatabaseInfo(Message):
+    """One database a database service serves, as it announces it."""
+
+    name: DatabaseName
+    protocol: Literal["postgres"]
+    uri: str = Field(min_length=1, max_length=1024)
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class HeartbeatRequest(Message):
     addr: str = Field(min_length=3, max_length=300)
     labels: dict[str, str] = Field(default_factory=dict)
+    #: a database service's databases (ignored for SSH nodes)
+    databases: Annotated[list[DatabaseInfo], Field(max_length=256)] = Field(default_factory=list)
 
 
 class NodeState(Message):
@@ -380,6 +400,48 @@ class NodeInfo(Message):
 
 class NodeList(Message):
     items: list[NodeInfo]
+
+
+# ---------------------------------------------------------------------------------------------- databases
+class DatabaseService(Message):
+    """The database service serving a database: connect to ``addr`` and expect a TLS certificate from the
+    host CA naming ``host_id``."""
+
+    host_id: str
+    hostname: str
+    addr: str
+
+
+class DatabaseServer(Message):
+    """One database the caller's roles grant (``tsh db ls``)."""
+
+    name: str
+    protocol: str
+    uri: str
+    labels: dict[str, str]
+    service: DatabaseService
+    #: the database users and names the caller's roles allow here ("*": any not denied)
+    allowed_users: list[str]
+    allowed_names: list[str]
+    last_seen: str
+
+
+class DatabaseList(Message):
+    items: list[DatabaseServer]
+
+
+class DatabaseCertRequest(Message):
+    """``tsh db login``: an X.509 certificate for the caller's login key, routed to one database."""
+
+    database: DatabaseName
+    ssh_cert: str = Field(max_length=16 * 1024)
+    db_user: str = Field(default="", max_length=63)
+    db_name: str = Field(default="", max_length=63)
+
+
+class DatabaseCertResponse(Message):
+    tls_cert: str
+    database: DatabaseServer
 
 
 # ---------------------------------------------------------------------------------------------------- mdm

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.agent.harness import Cluster, require_root_login, start_daemon
+from tests.agent.harness import Cluster, auth_only_cluster, require_root_login
 
 
 @pytest.fixture(scope="session")
@@ -15,12 +15,5 @@ def login() -> str:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, login: str) -> Iterator[Cluster]:
     """A daemon running auth (no node of its own: the tests run theirs in-process against it)."""
-    daemon = start_daemon(tmp_path_factory.mktemp("agent-cluster"), ssh=False)
-    attached = None
-    try:
-        attached = Cluster.attach(daemon)
+    with auth_only_cluster(tmp_path_factory.mktemp("agent-cluster")) as attached:
         yield attached
-    finally:
-        if attached is not None:
-            attached.close()
-        daemon.stop()

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -255,6 +255,20 @@ class Cluster:
             agent_path=options.pop("agent_path", None),
             **options,
         )
+
+
+@contextlib.contextmanager
+def auth_only_cluster(root: Path) -> Iterator[Cluster]:
+    """A daemon running auth (no node of its own: tests run their agents in-process against it), attached."""
+    daemon = start_daemon(root, ssh=False)
+    attached = None
+    try:
+        attached = Cluster.attach(daemon)
+        yield attached
+    finally:
+        if attached is not None:
+            attached.close()
+        daemon.stop()
 
 
 async def wait_for(predicate: Any, within: float, interval: float = 0.05) -> bool:

@@ -72,7 +72,11 @@ def test_a_section_given_twice_is_refused(tmp_path: Path) -> None:
             "devicetrust:\n  log:\n    zzz: 1\n",
             "devicetrust.log.zzz: unknown key (known: severity)",
         ),
-        ("db_service:\n  enabled: true\n", "db_service: unknown key"),
+        ("app_service:\n  enabled: true\n", "app_service: unknown key"),
+        (
+            "db_service:\n  databases:\n    - name: pg\n      uri: postgres://h:5432\n      labls: {}\n",
+            "db_service.databases[0].labls: unknown key (did you mean labels?)",
+        ),
     ],
 )
 def test_an_unknown_key_is_refused_with_its_path_and_the_closest_known_one(

@@ -25,8 +25,9 @@ from devicetrust.access.decision import NO_SESSION_PROOF, PROOF_EXPIRED, PROOF_F
 from tests.agent.harness import require_root_login
 from tests.integration.ceremony_helpers import LOGIN, NodeInfo, run_command
 from tests.integration.cluster import Cluster, free_port, start_cluster
+from tests.integration.laptops import enrolled_laptop
 from tests.integration.test_cluster_cli import ok, require_tool
-from tests.integration.test_devices import Laptop, _require_swtpm, enroll_token, set_device_trust
+from tests.integration.test_devices import Laptop, _require_swtpm, set_device_trust
 
 pytestmark = pytest.mark.integration
 
@@ -86,21 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     cluster = start_cluster(root)
     laptop: Laptop | None = None
     try:
-        invite = cluster.add_user("alice", roles="access,require-trusted-device", logins=LOGIN)
-        laptop = Laptop(cluster, root, "alice", SERIAL)
-        ok(
-            laptop.tsh(
-                "login",
-                f"--proxy={cluster.proxy}",
-                "--user=alice",
-                f"--token={invite}",
-                "--password-stdin",
-                input="correct horse battery staple",
-            )
-        )
-        ok(cluster.tctl("devices", "add", "--os=linux", f"--asset-tag={SERIAL}"))
-        ok(laptop.tsh("device", "enroll", f"--token={enroll_token(cluster, SERIAL)}"))
-        ok(laptop.login())
+        laptop = enrolled_laptop(cluster, root, "alice", SERIAL, roles="access,require-trusted-device", logins=LOGIN)
         nodes: list[dict[str, Any]] = []
         deadline = time.monotonic() + 20
         while not nodes:

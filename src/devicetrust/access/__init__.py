@@ -1,16 +1,31 @@
 """Access policy: role matching, trait templates and the device trust requirement. Pure, no I/O."""
 
 from devicetrust.access.checker import AccessChecker
-from devicetrust.access.decision import Decision, NodeTarget, decide, lock_reason, session_locks
+from devicetrust.access.decision import (
+    DB_ACCESS_DENIED,
+    DatabaseSession,
+    DatabaseTarget,
+    Decision,
+    NodeTarget,
+    database_session_locks,
+    decide,
+    lock_reason,
+    session_locks,
+)
 from devicetrust.access.labels import label_matches, pattern_matches
-from devicetrust.access.modes import UNAUTHORIZED_DEVICE, device_required, strictest_mode
+from devicetrust.access.modes import TRUSTED_DEVICE_REQUIRED, UNAUTHORIZED_DEVICE, device_required, strictest_mode
 from devicetrust.access.traits import expand_traits
 
 __all__ = [
+    "DB_ACCESS_DENIED",
+    "TRUSTED_DEVICE_REQUIRED",
     "UNAUTHORIZED_DEVICE",
     "AccessChecker",
+    "DatabaseSession",
+    "DatabaseTarget",
     "Decision",
     "NodeTarget",
+    "database_session_locks",
     "decide",
     "device_required",
     "expand_traits",

@@ -86,6 +86,14 @@ class AccessChecker:
         """Database names; "*" in the result means any name that is not denied (see allows_db_name)."""
         return self._granted("db_names", self._roles, wildcard_allowed=True)
 
+    def database_users(self, labels: Mapping[str, str]) -> tuple[str, ...]:
+        """The database users allowed on a database with ``labels`` ("*": any user not denied)."""
+        return self._granted("db_users", self.roles_matching_database(labels), wildcard_allowed=True)
+
+    def database_names(self, labels: Mapping[str, str]) -> tuple[str, ...]:
+        """The database names allowed on a database with ``labels`` ("*": any name not denied)."""
+        return self._granted("db_names", self.roles_matching_database(labels), wildcard_allowed=True)
+
     def allows_db_user(self, db_user: str) -> bool:
         return self._allows_value("db_users", db_user)
 
@@ -119,3 +127,23 @@ class AccessChecker:
 
     def roles_matching_database(self, labels: Mapping[str, str]) -> tuple[Role, ...]:
         return self._roles_matching("db_labels", labels)
+
+    def roles_granting_database(self, labels: Mapping[str, str], db_user: str, db_name: str) -> tuple[Role, ...]:
+        """The roles that grant ``db_user`` on ``db_name`` of a database with ``labels``: each must match the
+        labels and allow both values itself (a role allowing the user and another allowing the name grant
+        nothing together). None if a deny rule names the user, the name or the labels. An empty user or name
+        is never granted."""
+        if not db_user or not db_name:
+            return ()
+        if not (self._allows_value("db_users", db_user) and self._allows_value("db_names", db_name)):
+            return ()
+
+        def allows(role: Role, field: str, value: str) -> bool:
+            allowed = self._expand((role.allow,), field)
+            return value in allowed or WILDCARD in allowed
+
+        return tuple(
+            role
+            for role in self.roles_matching_database(labels)
+            if allows(role, "db_users", db_user) and allows(role, "db_names", db_name)
+        )

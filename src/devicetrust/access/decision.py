@@ -2,7 +2,13 @@
 
 ``decide`` never raises for a denial and never guesses: anything it cannot read (an unknown device trust mode)
 denies. Callers show ``Decision.reason`` to the user as it is; device denials read exactly
-:data:`~devicetrust.access.modes.UNAUTHORIZED_DEVICE`, and ``Decision.audit_reason`` says precisely why.
+:data:`~devicetrust.access.modes.UNAUTHORIZED_DEVICE` for SSH and
+:data:`~devicetrust.access.modes.TRUSTED_DEVICE_REQUIRED` for databases (each protocol's own wording, as
+Teleport's), and ``Decision.audit_reason`` says precisely why.
+
+One decision for every protocol: an SSH session is a login on a node (``login=``, ``node=``), a database session
+a database user and name on a database (``database=``). They differ only in which roles grant the resource and
+which principals they must allow; locks, modes and the device requirement are the same code.
 
 Where a device is required, what counts as the device depends on the cluster's ``session_proof`` setting:
 ``per_session`` admits only a session proof (:class:`~devicetrust.crypto.SessionProof`) taken for this very
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from devicetrust.access.checker import AccessChecker
-from devicetrust.access.modes import UNAUTHORIZED_DEVICE, strictest_mode
+from devicetrust.access.modes import TRUSTED_DEVICE_REQUIRED, UNAUTHORIZED_DEVICE, strictest_mode
 from devicetrust.crypto.identity import Identity
 from devicetrust.errors import ValidationError
 from devicetrust.types.cluster_auth_preference import (
@@ -29,6 +35,7 @@ from devicetrust.types.lock import Lock, locks_in_force
 from devicetrust.types.role import Role
 
 __all__ = [
+    "DB_ACCESS_DENIED",
     "MODE_OFF",
     "NO_SESSION_PROOF",
     "NO_TRUSTED_DEVICE",
@@ -36,8 +43,11 @@ __all__ = [
     "PROOF_EXPIRED",
     "PROOF_FOR_ANOTHER_TARGET",
     "PROOF_NOT_YET_VALID",
+    "DatabaseSession",
+    "DatabaseTarget",
     "Decision",
     "NodeTarget",
+    "database_session_locks",
     "decide",
     "lock_reason",
     "session_locks",
@@ -58,6 +68,8 @@ PROOF_NOT_YET_VALID = "device proof is not valid yet"
 NO_TRUSTED_DEVICE = "certificate carries no trusted device"
 #: The auth service's and the enforcing service's clocks may disagree by this much.
 PROOF_CLOCK_SKEW = timedelta(seconds=30)
+#: What a database user is told when RBAC refuses the database, user or name (Teleport's words).
+DB_ACCESS_DENIED = "access to db denied. User does not have permissions. Confirm database user and name."
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,31 @@ class NodeTarget:
     def proof_target(self) -> tuple[str, str]:
         """What a session proof for this node is bound to."""
         return ("ssh", self.host_id)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseTarget:
+    """A database a database service serves: its name (unique in the cluster; what a session proof for it is
+    bound to), protocol and labels, and the service (host id and host name) serving it."""
+
+    name: str
+    protocol: str
+    labels: Mapping[str, str]
+    service_id: str
+    service_hostname: str
+
+    @property
+    def proof_target(self) -> tuple[str, str]:
+        return ("db", self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSession:
+    """A database session request: which database, as which database user, on which database name."""
+
+    database: DatabaseTarget
+    db_user: str
+    db_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,20 +145,34 @@ def lock_reason(lock: Lock) -> str:
     return f"locked: {lock.message or f'{lock.target.kind} {lock.target.value} is locked'}"
 
 
-def session_locks(
-    identity: Identity, login: str, node: NodeTarget, locks: Iterable[Lock], now: datetime
+def _locks(
+    identity: Identity, login: str | None, server_names: Iterable[str], locks: Iterable[Lock], now: datetime
 ) -> tuple[Lock, ...]:
-    """The locks in force at ``now`` on the session's user, roles, verified device, login or node (id or name)."""
     locks = tuple(locks)
     device_id = identity.device.device_id if identity.device is not None else None
     found = {
         lock.name: lock
-        for node_name in dict.fromkeys((node.host_id, node.hostname))
+        for server in dict.fromkeys(server_names)
         for lock in locks_in_force(
-            locks, now, user=identity.username, roles=identity.roles, device_id=device_id, login=login, node=node_name
+            locks, now, user=identity.username, roles=identity.roles, device_id=device_id, login=login, node=server
         )
     }
     return tuple(found.values())
+
+
+def session_locks(
+    identity: Identity, login: str, node: NodeTarget, locks: Iterable[Lock], now: datetime
+) -> tuple[Lock, ...]:
+    """The locks in force at ``now`` on the session's user, roles, verified device, login or node (id or name)."""
+    return _locks(identity, login, (node.host_id, node.hostname), locks, now)
+
+
+def database_session_locks(
+    identity: Identity, database: DatabaseTarget, locks: Iterable[Lock], now: datetime
+) -> tuple[Lock, ...]:
+    """The locks in force at ``now`` on the session's user, roles or verified device, or on the database service
+    (a node lock naming its host id or host name, as for an SSH node)."""
+    return _locks(identity, None, (database.service_id, database.service_hostname), locks, now)
 
 
 def session_proof_problem(identity: Identity, target: tuple[str, str], now: datetime) -> str | None:
@@ -143,8 +194,9 @@ def session_proof_problem(identity: Identity, target: tuple[str, str], now: date
 def decide(
     identity: Identity,
     *,
-    login: str,
-    node: NodeTarget,
+    login: str = "",
+    node: NodeTarget | None = None,
+    database: DatabaseSession | None = None,
     roles: Mapping[str, Role],
     cluster_mode: str,
     locks: Iterable[Lock],
@@ -152,31 +204,50 @@ def decide(
     session_proof: str = SESSION_PROOF_PER_SESSION,
     authenticated_at: datetime | None = None,
 ) -> Decision:
-    """May ``identity`` start a session as ``login`` on ``node``?
+    """May ``identity`` start a session as ``login`` on ``node``, or as ``database.db_user`` on
+    ``database.db_name`` of ``database.database``? Give either ``node`` (with ``login``) or ``database``.
 
     - ``roles`` is the enforcing service's cache by name; a role the certificate names that is missing from it
       grants nothing (its locks still apply: they match by name).
-    - Locks on the user, any of its roles, its verified device, the login or the node deny.
-    - The login must be one of the certificate's principals and allowed on the node by the roles (deny beats
-      allow; trait templates expand from the certificate's traits).
+    - Locks on the user, any of its roles, its verified device, the login (SSH) or the server (the node, or the
+      database service: by host id or host name) deny.
+    - SSH: the login must be one of the certificate's principals and allowed on the node by the roles. Databases:
+      one role matching the database's labels must allow both the database user and the database name. Deny
+      beats allow; trait templates expand from the certificate's traits.
     - A device is required when the strictest of ``cluster_mode`` and the modes of the roles granting access to
-      the node is ``required``, or ``required-for-humans`` for a human; then only a device-verified certificate
-      passes: with ``session_proof`` ``per_session``, one whose session proof is for this node and fresh at
-      ``authenticated_at`` (when the client authenticated the connection the session runs on; default ``now``:
-      a connection proven once may open more channels, e.g. port forwards, later); with ``login``, one carrying
-      the device values. An unknown mode or setting denies.
+      the resource (by its labels) is ``required``, or ``required-for-humans`` for a human; then only a
+      device-verified certificate passes: with ``session_proof`` ``per_session``, one whose session proof is for
+      this resource and fresh at ``authenticated_at`` (when the client authenticated the connection the session
+      runs on; default ``now``: a connection proven once may open more channels, e.g. port forwards, later);
+      with ``login``, one carrying the device values. An unknown mode or setting denies.
     """
+    known = tuple(roles[name] for name in identity.roles if name in roles)
+    checker = AccessChecker(known, identity.traits)
+    if node is not None and database is None:
+        proof_target = node.proof_target
+        in_force = session_locks(identity, login, node, locks, now)
+        granting = checker.roles_matching_node(node.labels)
+        permitted = bool(granting) and login in identity.logins and login in checker.node_logins(node.labels)
+        rbac_denial = f"access denied to {identity.username} connecting to {node.hostname}"
+        device_denial = UNAUTHORIZED_DEVICE
+    elif database is not None and node is None:
+        target = database.database
+        proof_target = target.proof_target
+        in_force = database_session_locks(identity, target, locks, now)
+        granting = checker.roles_matching_database(target.labels)
+        permitted = bool(checker.roles_granting_database(target.labels, database.db_user, database.db_name))
+        rbac_denial = DB_ACCESS_DENIED
+        device_denial = TRUSTED_DEVICE_REQUIRED
+    else:
+        raise ValueError("decide() needs exactly one of node= or database=")
+
     if session_proof == SESSION_PROOF_LOGIN:
         problem = None if identity.device is not None else NO_TRUSTED_DEVICE
     elif session_proof == SESSION_PROOF_PER_SESSION:
-        problem = session_proof_problem(identity, node.proof_target, authenticated_at or now)
+        problem = session_proof_problem(identity, proof_target, authenticated_at or now)
     else:
         problem = f"unknown session_proof setting {session_proof!r}"
     device_verified = problem is None
-    in_force = session_locks(identity, login, node, locks, now)
-    known = tuple(roles[name] for name in identity.roles if name in roles)
-    checker = AccessChecker(known, identity.traits)
-    granting = checker.roles_matching_node(node.labels)
     try:
         mode = strictest_mode((cluster_mode, *(role.options.device_trust_mode for role in granting)))
     except ValidationError:
@@ -194,10 +265,10 @@ def decide(
 
     if in_force:
         return deny(lock_reason(in_force[0]))
-    if not granting or login not in identity.logins or login not in checker.node_logins(node.labels):
-        return deny(f"access denied to {identity.username} connecting to {node.hostname}")
+    if not permitted:
+        return deny(rbac_denial)
     if not mode:
-        return deny(UNAUTHORIZED_DEVICE, "unreadable device trust mode")  # fail closed
+        return deny(device_denial, "unreadable device trust mode")  # fail closed
     if required and not device_verified:
-        return deny(UNAUTHORIZED_DEVICE, problem or UNAUTHORIZED_DEVICE)
+        return deny(device_denial, problem or device_denial)
     return Decision(True, "", device_verified, mode, granting, audit_device)

@@ -10,7 +10,10 @@ from devicetrust.types.role import MODE_UNSET
 # Least to most strict. required-for-humans sits below required: it exempts bots, required exempts nobody.
 _MODE_STRICTNESS = {"off": 0, "optional": 1, "required-for-humans": 2, "required": 3}
 
+#: What SSH users are told when a session needs a trusted device (OpenSSH shows it after the channel rejection).
 UNAUTHORIZED_DEVICE = "unauthorized device"
+#: The same refusal for databases and Kubernetes clusters, in Teleport's words for them.
+TRUSTED_DEVICE_REQUIRED = "access to resource requires a trusted device"
 
 
 def strictest_mode(modes: Iterable[str]) -> str:

@@ -6,14 +6,22 @@ service quickly and carry on with its cached state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from devicetrust.client import body, error_from_response, pinned_ssl_context, reply_as, transport_errors, with_port
 from devicetrust.errors import ConnectionFailedError
-from devicetrust.protocol import AuditEvent, HeartbeatRequest, NodeJoinRequest, NodeJoinResponse, NodeState
+from devicetrust.protocol import (
+    AgentRole,
+    AuditEvent,
+    DatabaseInfo,
+    HeartbeatRequest,
+    NodeJoinRequest,
+    NodeJoinResponse,
+    NodeState,
+)
 
 __all__ = ["NODE_CONNECT_TIMEOUT_SECONDS", "NODE_REQUEST_TIMEOUT_SECONDS", "NodeAPI"]
 
@@ -48,15 +56,24 @@ class NodeAPI:
         return response.json()
 
     async def join(
-        self, *, token: str, hostname: str, addr: str, labels: Mapping[str, str], public_key: str
+        self,
+        *,
+        token: str,
+        hostname: str,
+        addr: str,
+        labels: Mapping[str, str],
+        public_key: str,
+        role: AgentRole = "node",
     ) -> NodeJoinResponse:
         request = NodeJoinRequest.model_construct(
-            token=token, hostname=hostname, addr=addr, labels=dict(labels), public_key=public_key
+            token=token, hostname=hostname, addr=addr, labels=dict(labels), public_key=public_key, role=role
         )
         return reply_as(NodeJoinResponse, await self.request("POST", "/v1/nodes/join", body(request)), "nodes/join")
 
-    async def heartbeat(self, *, hostname: str, addr: str, labels: Mapping[str, str]) -> None:
-        request = HeartbeatRequest.model_construct(addr=addr, labels=dict(labels))
+    async def heartbeat(
+        self, *, hostname: str, addr: str, labels: Mapping[str, str], databases: Sequence[DatabaseInfo] = ()
+    ) -> None:
+        request = HeartbeatRequest.model_construct(addr=addr, labels=dict(labels), databases=list(databases))
         await self.request("POST", "/v1/nodes/heartbeat", body(request))
 
     async def state(self) -> NodeState:

@@ -15,10 +15,50 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from devicetrust.access import Decision
 from devicetrust.agent.api import NodeAPI
+from devicetrust.crypto import Identity
 from devicetrust.errors import DevicetrustError, ValidationError
 
-__all__ = ["MAX_BUFFERED_EVENTS", "AuditForwarder"]
+__all__ = ["MAX_BUFFERED_EVENTS", "USER_KIND_BOT", "USER_KIND_HUMAN", "AuditForwarder", "device_fields", "user_fields"]
+
+#: Audit ``user_kind`` values, as Teleport writes them.
+USER_KIND_HUMAN = 1
+USER_KIND_BOT = 2
+
+
+def user_fields(identity: Identity | None) -> dict[str, Any]:
+    """Who a session event is about: ``user``, ``user_kind`` and, for a bot, ``bot_name``."""
+    fields: dict[str, Any] = {
+        "user": identity.username if identity is not None else "",
+        "user_kind": USER_KIND_BOT if identity is not None and identity.is_bot else USER_KIND_HUMAN,
+    }
+    if identity is not None and identity.bot_name is not None:
+        fields["bot_name"] = identity.bot_name
+    return fields
+
+
+def device_fields(identity: Identity | None, decision: Decision | None) -> dict[str, Any]:
+    """The ``device`` block of a session event (and ``device_proof``, the ceremony the session ran on), where
+    the decision lets audit name the device (never when device trust is off); empty otherwise.
+    See docs/architecture.md, Audit events."""
+    if identity is None or identity.device is None or decision is None or not decision.audit_device:
+        return {}
+    fields: dict[str, Any] = {
+        "device": {
+            "asset_tag": identity.device.asset_tag,
+            "device_id": identity.device.device_id,
+            # The certificate does not say which OS the device runs; the auth service knows it by id.
+            "os": "",
+            "credential_id": identity.device.credential_id,
+        }
+    }
+    proof = identity.session_proof
+    if proof is not None and decision.device_verified:
+        # correlates the session with the device.authenticate event of its ceremony
+        fields["device_proof"] = {"id": proof.id, "time": proof.time.isoformat()}
+    return fields
+
 
 log = logging.getLogger(__name__)
 

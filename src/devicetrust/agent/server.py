@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import uuid
@@ -34,20 +33,20 @@ import asyncssh
 
 from devicetrust.access import Decision, NodeTarget, decide, lock_reason, session_locks
 from devicetrust.agent.api import NodeAPI
-from devicetrust.agent.audit import AuditForwarder
+from devicetrust.agent.audit import AuditForwarder, device_fields, user_fields
 from devicetrust.agent.certs import ClientKeyCapture, cert_line, gate_agent_forwarding
-from devicetrust.agent.identity import NodeIdentity, load_host_key, load_identity, save_identity
+from devicetrust.agent.identity import NodeIdentity
+from devicetrust.agent.membership import AgentConfig, ClusterMembership
+from devicetrust.agent.network import advertised_addr, listen_host_port, socket_addr
 from devicetrust.agent.session import LoginAccount, NodeSession, lookup_account
 from devicetrust.agent.state import ClusterState, StateCache
-from devicetrust.crypto import Identity, private_key_to_pem, public_key_to_openssh, verify_ssh_user_cert
-from devicetrust.errors import AuthenticationError, ConfigError, ConnectionFailedError, TrustError
+from devicetrust.crypto import Identity, private_key_to_pem, verify_ssh_user_cert
+from devicetrust.errors import ConfigError, TrustError
 
 __all__ = ["NodeConfig", "SSHNode"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds between heartbeats (labels and address) to the auth service.
-HEARTBEAT_INTERVAL_SECONDS = 30.0
 #: Seconds a client has to authenticate after connecting.
 LOGIN_TIMEOUT_SECONDS = 30.0
 #: Idle connections are probed this often and dropped after this many unanswered probes.
@@ -55,18 +54,12 @@ KEEPALIVE_INTERVAL_SECONDS = 30.0
 KEEPALIVE_COUNT_MAX = 3
 #: Certificates a client may offer on one connection before the node stops remembering them.
 MAX_OFFERED_CERTS = 16
-#: How long the first state fetch may take before the node starts listening anyway (refusing sessions meanwhile).
-FIRST_STATE_TIMEOUT_SECONDS = 10.0
 #: Seconds between ending a locked connection's sessions and dropping the connection itself.
 LOCK_DISCONNECT_DELAY_SECONDS = 1.0
-#: On stop: how long sessions get to end and queued audit events to go out.
+#: On stop: how long sessions get to end.
 STOP_SESSIONS_SECONDS = 5.0
-STOP_AUDIT_FLUSH_SECONDS = 3.0
 #: Remote forwards below this port need the root login, as with OpenSSH.
 FIRST_UNPRIVILEGED_PORT = 1024
-#: Audit ``user_kind`` values, as Teleport writes them.
-USER_KIND_HUMAN = 1
-USER_KIND_BOT = 2
 SESSION_NAMESPACE = "default"
 NO_STATE_REASON = "this node has not received the cluster's access policy yet; try again shortly"
 SERVER_VERSION = "devicetrust"
@@ -74,14 +67,6 @@ SERVER_VERSION = "devicetrust"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _addr(sockaddr: object) -> str:
-    """``HOST:PORT`` of a socket address tuple ("" if there is none)."""
-    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
-        host = str(sockaddr[0])
-        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
-    return ""
 
 
 @dataclass(frozen=True)
@@ -112,19 +97,44 @@ class SSHNode:
     def __init__(self, config: NodeConfig, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.config = config
         self.clock = clock
-        self.identity: NodeIdentity | None = None
-        self.api: NodeAPI | None = None
-        self.state: StateCache | None = None
-        self.audit: AuditForwarder | None = None
+        self.membership = ClusterMembership(
+            AgentConfig(
+                role="node",
+                section="ssh_service",
+                state_dir=config.node_dir,
+                hostname=config.hostname,
+                auth_server=config.auth_server,
+                labels=config.labels,
+                auth_ca_pem=config.auth_ca_pem,
+                join_token=config.join_token,
+            ),
+            clock=clock,
+            on_state=self._state_updated,
+        )
         self.port = 0
         self._acceptor: asyncssh.SSHAcceptor | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._connections: set[NodeConnection] = set()
         self._live: dict[NodeSession, _LiveSession] = {}
         self._sessions_done = asyncio.Event()
         self._sessions_done.set()
 
     # ------------------------------------------------------------------------------------------ properties
+    @property
+    def identity(self) -> NodeIdentity | None:
+        return self.membership.identity
+
+    @property
+    def api(self) -> NodeAPI | None:
+        return self.membership.api
+
+    @property
+    def state(self) -> StateCache | None:
+        return self.membership.state
+
+    @property
+    def audit(self) -> AuditForwarder | None:
+        return self.membership.audit
+
     @property
     def target(self) -> NodeTarget:
         assert self.identity is not None
@@ -136,29 +146,17 @@ class SSHNode:
 
     def advertised_addr(self, port: int | None = None) -> str:
         """Where clients reach this node: the listen address, or the host name when it listens on all."""
-        host, _, listen_port = self.config.listen_addr.rpartition(":")
-        host = host.strip("[]")
-        with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(host).is_unspecified:
-                host = self.config.hostname
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{port if port is not None else listen_port}"
+        return advertised_addr(self.config.listen_addr, self.config.hostname, port)
 
     # ------------------------------------------------------------------------------------------ life cycle
     async def start(self) -> None:
         """Join (or reuse the stored identity), fetch the state, listen. Raises DevicetrustError on failure."""
-        host_key = load_host_key(self.config.node_dir)
-        self.identity = await self._ensure_identity(host_key)
-        api = NodeAPI(self.config.auth_server, self.identity.host_ca_pem, self.identity.session_token)
-        self.api = api
-        self.state = StateCache(api, self._state_updated, self.clock)
-        self.audit = AuditForwarder(api)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.state.refresh(), FIRST_STATE_TIMEOUT_SECONDS)
-        host, port = self._listen_host_port()
+        identity = await self.membership.start(self.advertised_addr())
+        host_key = self.membership.host_key
+        assert host_key is not None
+        host, port = listen_host_port(self.config.listen_addr, "ssh_service.listen_addr")
         key = asyncssh.import_private_key(private_key_to_pem(host_key))
-        cert = asyncssh.import_certificate(self.identity.host_cert)
+        cert = asyncssh.import_certificate(identity.host_cert)
         try:
             self._acceptor = await asyncssh.listen(
                 host,
@@ -179,21 +177,19 @@ class SSHNode:
         except OSError as err:
             raise ConfigError(f"ssh_service.listen_addr {self.config.listen_addr}: {err.strerror or err}") from None
         self.port = self._acceptor.get_port()
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self.state.run(), name="node-state"),
-            loop.create_task(self.audit.run(), name="node-audit"),
-            loop.create_task(self._heartbeat_loop(), name="node-heartbeat"),
-        ]
+        self.membership.run_loops(self._heartbeat, "node")
         log.info(
             "ssh service started",
             extra={
                 "listen_addr": self.advertised_addr(self.port),
-                "host_id": self.identity.host_id,
+                "host_id": identity.host_id,
                 "hostname": self.hostname,
                 "labels": dict(self.config.labels),
             },
         )
+
+    async def _heartbeat(self, api: NodeAPI) -> None:
+        await api.heartbeat(hostname=self.hostname, addr=self.advertised_addr(self.port), labels=self.config.labels)
 
     async def stop(self) -> None:
         """Stop listening, end live sessions, flush audit events (bounded), close the API client."""
@@ -207,92 +203,8 @@ class SSHNode:
         if acceptor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(acceptor.wait_closed(), STOP_SESSIONS_SECONDS)
-        if self.audit is not None and not await self.audit.flush(STOP_AUDIT_FLUSH_SECONDS):
-            self.audit.abandon()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        if self.api is not None:
-            await self.api.aclose()
-            self.api = None
+        await self.membership.stop()
         log.info("ssh service stopped")
-
-    def _listen_host_port(self) -> tuple[str, int]:
-        host, _, port = self.config.listen_addr.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"ssh_service.listen_addr: expected HOST:PORT, got {self.config.listen_addr!r}")
-        return host.strip("[]"), int(port)
-
-    async def _ensure_identity(self, host_key: Any) -> NodeIdentity:
-        stored = load_identity(self.config.node_dir)
-        if stored is not None:
-            probe = NodeAPI(self.config.auth_server, stored.host_ca_pem, stored.session_token)
-            try:
-                await probe.state()
-            except AuthenticationError:
-                if self.config.join_token is None:
-                    raise ConfigError(
-                        f"the auth service no longer accepts this node's identity ({self.config.node_dir}); "
-                        "give the node a new join token (ssh_service.join_token or token_file)"
-                    ) from None
-                log.warning("stored node identity refused by the auth service; joining again")
-            except (ConnectionFailedError, TrustError) as err:
-                # Keep the stored identity: sessions are refused until the state arrives.
-                log.warning(
-                    "auth service unreachable at start; using the stored node identity", extra={"error": str(err)}
-                )
-                return stored
-            else:
-                return stored
-            finally:
-                await probe.aclose()
-        return await self._join(host_key, stored)
-
-    async def _join(self, host_key: Any, stored: NodeIdentity | None) -> NodeIdentity:
-        token_source = self.config.join_token
-        if token_source is None:
-            raise ConfigError("ssh_service: the node has not joined the cluster yet; set join_token or token_file")
-        ca_pem = self.config.auth_ca_pem or (stored.host_ca_pem if stored is not None else None)
-        if not ca_pem:
-            raise ConfigError(
-                "ssh_service: no cluster CA to verify the auth service with; set ssh_service.ca_file "
-                "to the cluster's host CA certificate"
-            )
-        token = token_source() if callable(token_source) else token_source
-        api = NodeAPI(self.config.auth_server, ca_pem)
-        try:
-            reply = await api.join(
-                token=token,
-                hostname=self.config.hostname,
-                addr=self.advertised_addr(),
-                labels=self.config.labels,
-                public_key=public_key_to_openssh(host_key.public_key()),
-            )
-        finally:
-            await api.aclose()
-        identity = NodeIdentity.from_join(reply, hostname=self.config.hostname, auth_server=self.config.auth_server)
-        save_identity(self.config.node_dir, identity)
-        log.info("node joined the cluster", extra={"host_id": identity.host_id, "cluster_name": identity.cluster_name})
-        return identity
-
-    async def _heartbeat_loop(self) -> None:
-        failing = False
-        while True:
-            assert self.api is not None
-            try:
-                await self.api.heartbeat(
-                    hostname=self.hostname, addr=self.advertised_addr(self.port), labels=self.config.labels
-                )
-            except Exception as err:  # a heartbeat failure must never stop the node
-                if not failing:
-                    log.warning("heartbeat failed", extra={"error": str(err)})
-                failing = True
-            else:
-                failing = False
-            await asyncio.sleep(HEARTBEAT_INTERVAL_SECONDS)
 
     # ------------------------------------------------------------------------------------------ auth
     def verify_client_cert(self, blob: bytes | None, login: str) -> Identity | None:
@@ -420,8 +332,7 @@ class SSHNode:
         event: dict[str, Any] = {
             "event": name,
             "ei": 0 if name != "session.end" else 1,
-            "user": identity.username if identity is not None else "",
-            "user_kind": USER_KIND_BOT if identity is not None and identity.is_bot else USER_KIND_HUMAN,
+            **user_fields(identity),
             "login": connection.login,
             "namespace": SESSION_NAMESPACE,
             "proto": "ssh",
@@ -435,25 +346,12 @@ class SSHNode:
         }
         if self.identity is not None:
             event["server_id"] = self.identity.host_id
-        if identity is not None and identity.bot_name is not None:
-            event["bot_name"] = identity.bot_name
         if connection.peer:
             event["addr.remote"] = connection.peer
             event["remote_addr"] = connection.peer
         if connection.local:
             event["addr.local"] = connection.local
-        if identity is not None and identity.device is not None and decision is not None and decision.audit_device:
-            event["device"] = {
-                "asset_tag": identity.device.asset_tag,
-                "device_id": identity.device.device_id,
-                # The certificate does not say which OS the device runs; the auth service knows it by id.
-                "os": "",
-                "credential_id": identity.device.credential_id,
-            }
-            proof = identity.session_proof
-            if proof is not None and decision.device_verified:
-                # correlates the session with the device.authenticate event of its ceremony
-                event["device_proof"] = {"id": proof.id, "time": proof.time.isoformat()}
+        event.update(device_fields(identity, decision))
         if self.audit is not None:
             self.audit.emit(event)
 
@@ -476,8 +374,6 @@ class SSHNode:
     # ------------------------------------------------------------------------------------------ locks
     def _state_updated(self, state: ClusterState) -> None:
         """End what a lock now targets: every session of a locked user/role/device/node, sessions of a login."""
-        if self.audit is not None:
-            self.audit.retry_now()
         now = self.clock()
         for connection in list(self._connections):
             identity = connection.identity
@@ -516,8 +412,8 @@ class NodeConnection(asyncssh.SSHServer):
         self._node.register(self)
         self._capture = ClientKeyCapture(conn)
         gate_agent_forwarding(conn, lambda: self._node.agent_forwarding_allowed(self))
-        self.peer = _addr(conn.get_extra_info("peername"))
-        self.local = _addr(conn.get_extra_info("sockname"))
+        self.peer = socket_addr(conn.get_extra_info("peername"))
+        self.local = socket_addr(conn.get_extra_info("sockname"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._node.unregister(self)

@@ -43,6 +43,9 @@ from devicetrust.protocol import (
     CreateTokenResponse,
     CreateUserRequest,
     CreateUserResponse,
+    DatabaseCertRequest,
+    DatabaseCertResponse,
+    DatabaseList,
     DeviceCertificates,
     DeviceList,
     DeviceListQuery,
@@ -519,12 +522,12 @@ def build_app(server: AuthServer) -> FastAPI:
     @app.post("/v1/nodes/join")
     def node_join(req: NodeJoinRequest) -> NodeJoinResponse:
         return NodeJoinResponse.model_validate(
-            server.nodes.join(req.token, req.hostname, req.addr, req.labels, req.public_key)
+            server.nodes.join(req.token, req.hostname, req.addr, req.labels, req.public_key, req.role)
         )
 
     @app.post("/v1/nodes/heartbeat")
     def node_heartbeat(req: HeartbeatRequest, caller: CallerDep) -> Empty:
-        server.nodes.heartbeat(caller, req.addr, req.labels)
+        server.nodes.heartbeat(caller, req.addr, req.labels, [db.model_dump() for db in req.databases])
         return Empty()
 
     @app.get("/v1/nodes/state")
@@ -539,6 +542,17 @@ def build_app(server: AuthServer) -> FastAPI:
     @app.get("/v1/nodes")
     def list_nodes(caller: CallerDep) -> NodeList:
         return NodeList.model_validate({"items": server.nodes.list_visible(caller)})
+
+    @app.get("/v1/databases")
+    def list_databases(caller: CallerDep) -> DatabaseList:
+        return DatabaseList.model_validate({"items": server.databases.list_visible(caller)})
+
+    @app.post("/v1/databases/certs")
+    def database_cert(req: DatabaseCertRequest, caller: CallerDep) -> DatabaseCertResponse:
+        cert, database = server.databases.issue_cert(
+            caller, database=req.database, ssh_cert=req.ssh_cert.encode(), db_user=req.db_user, db_name=req.db_name
+        )
+        return DatabaseCertResponse.model_validate({"tls_cert": cert.decode(), "database": database})
 
     # -- remote MDM agents (devicetrust.auth.mdm): a session bound to one source name ---------------------
     mdm = MdmService(server)

@@ -1,17 +1,26 @@
-"""Agents on the auth service: SSH nodes join with a node token, heartbeat their labels, fetch the cluster state
-they enforce (roles, auth preference, locks) and report session audit events."""
+"""Agents on the auth service: SSH nodes (node token) and database services (db token) join, heartbeat their
+labels (and databases), fetch the cluster state they enforce (roles, auth preference, locks) and report session
+audit events. Both kinds go through the same code; only what they are stored as and which events they may report
+differ."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from devicetrust.access import label_matches
 from devicetrust.auth.secrets import hash_token, new_token
-from devicetrust.crypto import issue_ssh_host_cert, load_public_key, require_p256_public_key
+from devicetrust.config import is_ip_address
+from devicetrust.crypto import (
+    certificate_to_pem,
+    issue_ssh_host_cert,
+    issue_tls_server_cert,
+    load_public_key,
+    require_p256_public_key,
+)
 from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
 from devicetrust.types import os_display_name
 
@@ -19,6 +28,10 @@ if TYPE_CHECKING:
     from devicetrust.auth.context import AuthContext, Caller
 
 RES_NODE = "node"
+#: A database service and the databases it announced in its last heartbeat.
+RES_DB_SERVICE = "db_service"
+#: The agent kinds: their join token type, session kind and stored resource kind.
+AGENT_RESOURCES = {"node": RES_NODE, "db": RES_DB_SERVICE}
 #: A node's host certificate and API session last this long; restarting the node with its stored identity
 #: keeps working within it, after that it needs a new join token.
 NODE_IDENTITY_TTL = timedelta(days=365)
@@ -27,6 +40,11 @@ NODE_EVENTS = {
     "session.start": "T2000I",
     "session.end": "T2004I",
     "session.rejected": "T1006W",
+}
+#: Events a database service may append: (code when it succeeded, code when it failed), as Teleport's.
+DB_EVENTS = {
+    "db.session.start": ("TDB00I", "TDB00W"),
+    "db.session.end": ("TDB01I", "TDB01I"),
 }
 MAX_LABELS = 64
 MAX_HOSTNAME_CHARS = 253
@@ -45,7 +63,18 @@ class NodeService:
     def __init__(self, context: AuthContext) -> None:
         self.context = context
 
-    def join(self, token: str, hostname: str, addr: str, labels: Mapping[str, Any], public_key: str) -> dict[str, Any]:
+    def join(
+        self,
+        token: str,
+        hostname: str,
+        addr: str,
+        labels: Mapping[str, Any],
+        public_key: str,
+        role: str = "node",
+    ) -> dict[str, Any]:
+        """Admit an agent of ``role`` ("node" or "db") holding a join token of that type."""
+        if role not in AGENT_RESOURCES:
+            raise ValidationError(f"role: expected one of {', '.join(AGENT_RESOURCES)}")
         if not _HOSTNAME_RE.match(hostname):
             raise ValidationError(f"hostname: {hostname!r} is not a valid host name")
         key = require_p256_public_key(load_public_key(public_key), "host key")
@@ -54,19 +83,31 @@ class NodeService:
         now = context.clock()
         with context.backend.begin() as store:
             try:
-                store.tokens.consume(hash_token(token), "node", now)
+                store.tokens.consume(hash_token(token), role, now)
             except NotFoundError:
                 failure = True
             else:
                 failure = False
         if failure:
-            raise AuthenticationError("invalid or expired node join token")
+            raise AuthenticationError(f"invalid or expired {role} join token")
         host_id = str(uuid.uuid4())
         host, _, _ = addr.rpartition(":")
         principals = sorted({host_id, hostname, f"{hostname}.{context.cluster_name}", host or "127.0.0.1"})
         host_cert = issue_ssh_host_cert(
             context.host_ca, key, host_id, principals, now - timedelta(minutes=1), now + NODE_IDENTITY_TTL
         )
+        tls_cert = ""
+        if role == "db":
+            tls_cert = certificate_to_pem(
+                issue_tls_server_cert(
+                    context.host_ca,
+                    key,
+                    sorted({host_id, hostname, *([host] if host and not is_ip_address(host.strip("[]")) else [])}),
+                    [host.strip("[]")] if host and is_ip_address(host.strip("[]")) else ["127.0.0.1"],
+                    now - timedelta(minutes=1),
+                    now + NODE_IDENTITY_TTL,
+                )
+            ).decode()
         session = new_token()
         node = {
             "host_id": host_id,
@@ -76,34 +117,55 @@ class NodeService:
             "joined": now.isoformat(),
             "last_seen": now.isoformat(),
         }
+        if role == "db":
+            node["databases"] = []
         with context.backend.begin() as store:
-            store.resources.create(RES_NODE, host_id, node)
-            store.sessions.create(hash_token(session), host_id, "node", {"hostname": hostname}, now + NODE_IDENTITY_TTL)
-            context.audit(store, ("node.join", "TJ002I"), hostname, True, host_id=host_id, labels=clean_labels)
+            store.resources.create(AGENT_RESOURCES[role], host_id, node)
+            store.sessions.create(hash_token(session), host_id, role, {"hostname": hostname}, now + NODE_IDENTITY_TTL)
+            context.audit(
+                store, ("node.join", "TJ002I"), hostname, True, host_id=host_id, labels=clean_labels, role=role
+            )
         return {
             "host_id": host_id,
             "host_cert": host_cert.decode(),
+            "tls_cert": tls_cert,
             "session_token": session,
             "cluster_name": context.cluster_name,
             **context.cluster_cas(),
         }
 
     @staticmethod
-    def _require_node(caller: Caller) -> None:
-        if caller.kind != "node":
+    def _require_agent(caller: Caller) -> str:
+        """The resource kind the calling agent is stored as; AccessDeniedError for anyone but a joined agent."""
+        if caller.kind not in AGENT_RESOURCES:
             raise AccessDeniedError("only joined nodes may call this")
+        return AGENT_RESOURCES[caller.kind]
 
-    def heartbeat(self, caller: Caller, addr: str, labels: Mapping[str, Any]) -> None:
-        self._require_node(caller)
+    def heartbeat(
+        self,
+        caller: Caller,
+        addr: str,
+        labels: Mapping[str, Any],
+        databases: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        kind = self._require_agent(caller)
         context = self.context
+        body_update: dict[str, Any] = {"addr": addr, "labels": _labels(labels)}
+        if kind == RES_DB_SERVICE:
+            names = [str(database["name"]) for database in databases]
+            if len(set(names)) != len(names):
+                raise ValidationError("databases: each name may appear once")
+            body_update["databases"] = [
+                {**database, "labels": _labels(database.get("labels", {}))} for database in databases
+            ]
         with context.backend.begin() as store:
-            record = store.resources.get(RES_NODE, caller.name)
-            body = {**record.body, "addr": addr, "labels": _labels(labels), "last_seen": context.clock().isoformat()}
-            store.resources.update(RES_NODE, caller.name, body)
+            record = store.resources.get(kind, caller.name)
+            body = {**record.body, **body_update, "last_seen": context.clock().isoformat()}
+            store.resources.update(kind, caller.name, body)
 
     def state(self, caller: Caller) -> dict[str, Any]:
-        """Everything a node needs to decide on sessions by itself while the auth service is away."""
-        self._require_node(caller)
+        """Everything an agent needs to decide on sessions by itself while the auth service is away."""
+        self._require_agent(caller)
         context = self.context
         with context.backend.read() as store:
             roles = [record.body for record in store.resources.list("role")]
@@ -119,10 +181,17 @@ class NodeService:
         }
 
     def record_event(self, caller: Caller, event: Mapping[str, Any]) -> None:
-        self._require_node(caller)
+        kind = self._require_agent(caller)
         name = event.get("event")
-        if name not in NODE_EVENTS:
-            raise ValidationError(f"event: nodes may only report {', '.join(sorted(NODE_EVENTS))}")
+        success = bool(event.get("success", True))
+        if kind == RES_DB_SERVICE:
+            if name not in DB_EVENTS:
+                raise ValidationError(f"event: database services may only report {', '.join(sorted(DB_EVENTS))}")
+            code = DB_EVENTS[str(name)][0 if success else 1]
+        else:
+            if name not in NODE_EVENTS:
+                raise ValidationError(f"event: nodes may only report {', '.join(sorted(NODE_EVENTS))}")
+            code = NODE_EVENTS[str(name)]
         body = {k: v for k, v in event.items() if k not in ("event", "code", "user", "success", "time")}
         body["server_id"] = caller.name
         with self.context.backend.begin() as store:
@@ -132,13 +201,7 @@ class NodeService:
                 record = store.devices.find(device["device_id"])
                 if record is not None:
                     body["device"] = {**device, "os": os_display_name(record.os_type)}
-            self.context.audit(
-                store,
-                (str(name), NODE_EVENTS[str(name)]),
-                str(event.get("user", "")),
-                bool(event.get("success", True)),
-                **body,
-            )
+            self.context.audit(store, (str(name), code), str(event.get("user", "")), success, **body)
 
     def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
         """Nodes whose labels one of the caller's roles allows (and none denies)."""
@@ -149,4 +212,4 @@ class NodeService:
         return [node for node in nodes if caller.checker.roles_matching_node(node["labels"])]
 
 
-__all__ = ["NODE_EVENTS", "RES_NODE", "NodeService", "label_matches"]
+__all__ = ["AGENT_RESOURCES", "DB_EVENTS", "NODE_EVENTS", "RES_DB_SERVICE", "RES_NODE", "NodeService", "label_matches"]

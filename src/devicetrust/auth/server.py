@@ -18,6 +18,7 @@ from argon2 import PasswordHasher
 
 from devicetrust.auth.cluster import ClusterService
 from devicetrust.auth.context import AuthContext, Caller, utcnow
+from devicetrust.auth.databases import DatabaseAccessService
 from devicetrust.auth.devices import DeviceService
 from devicetrust.auth.event_search import EventSearch
 from devicetrust.auth.identities import INVITE_TTL, IdentityService
@@ -66,6 +67,7 @@ class AuthServer:
         self.locks = LockService(context)
         self.devices = DeviceService(context)
         self.nodes = NodeService(context)
+        self.databases = DatabaseAccessService(context)
         self.mdm = MdmService(context)
         self.events = EventSearch(context)
         self.resources = ResourceService(

@@ -110,8 +110,8 @@ class SessionService:
                 session, generation = store.sessions.get_valid_at_generation(token_hash, self.context.clock())
             except NotFoundError:
                 raise expired from None
-            if session.kind == "node":
-                return Caller(session.user, "node", (), {}, token_hash)
+            if session.kind in ("node", "db"):  # an SSH node or a database service: no roles, its own endpoints
+                return Caller(session.user, session.kind, (), {}, token_hash)
             if session.kind == "mdm":
                 return Caller(session.user, "mdm", (), {}, token_hash)
             state = self.context.cache.at(store, generation)

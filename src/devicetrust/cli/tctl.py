@@ -107,9 +107,16 @@ def users() -> None:
     """Manage users."""
 
 
-def _traits(logins: str | None, kube_groups: str | None, db_users: str | None) -> dict[str, list[str]]:
+def _traits(
+    logins: str | None, kube_groups: str | None, db_users: str | None, db_names: str | None = None
+) -> dict[str, list[str]]:
     traits: dict[str, list[str]] = {}
-    for name, value in (("logins", logins), ("kubernetes_groups", kube_groups), ("db_users", db_users)):
+    for name, value in (
+        ("logins", logins),
+        ("kubernetes_groups", kube_groups),
+        ("db_users", db_users),
+        ("db_names", db_names),
+    ):
         if value is not None:
             traits[name] = split_list(value)
     return traits
@@ -130,6 +137,7 @@ def _print_invite(ctx: Context, user: str, token: str, verb: str) -> None:
 @click.option("--logins", help="Comma-separated OS logins (the user's internal.logins trait).")
 @click.option("--kubernetes-groups", help="Comma-separated Kubernetes groups.")
 @click.option("--db-users", help="Comma-separated database users.")
+@click.option("--db-names", help="Comma-separated database names.")
 @format_option()
 @pass_ctx
 def users_add(
@@ -139,10 +147,12 @@ def users_add(
     logins: str | None,
     kubernetes_groups: str | None,
     db_users: str | None,
+    db_names: str | None,
     fmt: str,
 ) -> None:
     """Create a user and print a one-time signup token."""
-    reply = ctx.client.create_user(name, _roles(roles, "--roles"), _traits(logins, kubernetes_groups, db_users))
+    traits = _traits(logins, kubernetes_groups, db_users, db_names)
+    reply = ctx.client.create_user(name, _roles(roles, "--roles"), traits)
     emit(reply.model_dump(), fmt, lambda r: _print_invite(ctx, r["user"], r["invite_token"], "created"))
 
 
@@ -152,6 +162,7 @@ def users_add(
 @click.option("--set-logins", help="Replace the user's logins trait (comma-separated).")
 @click.option("--set-kubernetes-groups", help="Replace the user's Kubernetes groups.")
 @click.option("--set-db-users", help="Replace the user's database users.")
+@click.option("--set-db-names", help="Replace the user's database names.")
 @pass_ctx
 def users_update(
     ctx: Context,
@@ -160,9 +171,10 @@ def users_update(
     set_logins: str | None,
     set_kubernetes_groups: str | None,
     set_db_users: str | None,
+    set_db_names: str | None,
 ) -> None:
     """Change a user's roles or traits."""
-    traits = _traits(set_logins, set_kubernetes_groups, set_db_users)
+    traits = _traits(set_logins, set_kubernetes_groups, set_db_users, set_db_names)
     if set_roles is None and not traits:
         raise click.UsageError("nothing to update: give --set-roles or --set-logins")
     new_roles = _roles(set_roles, "--set-roles") if set_roles is not None else None

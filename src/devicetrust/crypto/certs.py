@@ -42,12 +42,17 @@ from .identity import (
     EXT_SESSION_PROOF,
     EXT_TRAITS,
     OID_BOT_NAME,
+    OID_DB_NAME,
+    OID_DB_PROTOCOL,
+    OID_DB_SERVICE,
+    OID_DB_USER,
     OID_DEVICE_ASSET_TAG,
     OID_DEVICE_CREDENTIAL_ID,
     OID_DEVICE_ID,
     OID_LOGINS,
     OID_SESSION_PROOF,
     OID_TRAITS,
+    DatabaseRoute,
     DeviceExtensions,
     Identity,
     SessionProof,
@@ -481,6 +486,17 @@ def issue_x509_client_cert(
         ]
     if identity.session_proof is not None:
         attrs.append(x509.NameAttribute(OID_SESSION_PROOF, identity.session_proof.to_json()))
+    route = identity.db_route
+    if route is not None:
+        attrs += [
+            x509.NameAttribute(OID_DB_SERVICE, route.service_name),
+            x509.NameAttribute(OID_DB_PROTOCOL, route.protocol),
+        ]
+        attrs += [
+            x509.NameAttribute(oid, value)
+            for oid, value in ((OID_DB_USER, route.username), (OID_DB_NAME, route.database))
+            if value
+        ]
     builder = _leaf_builder(
         ca,
         public_key,
@@ -564,6 +580,10 @@ def _identity_from_x509(cert: x509.Certificate, err: ErrorType) -> Identity:
     asset_tag = _single_text(subject, OID_DEVICE_ASSET_TAG, "device asset tag", err)
     credential_id = _single_text(subject, OID_DEVICE_CREDENTIAL_ID, "device credential id", err)
     proof_raw = _single_text(subject, OID_SESSION_PROOF, "session proof", err)
+    db_service = _single_text(subject, OID_DB_SERVICE, "database service", err)
+    db_protocol = _single_text(subject, OID_DB_PROTOCOL, "database protocol", err)
+    db_user = _single_text(subject, OID_DB_USER, "database user", err)
+    db_name = _single_text(subject, OID_DB_NAME, "database name", err)
 
     def make() -> Identity:
         device = None
@@ -580,6 +600,11 @@ def _identity_from_x509(cert: x509.Certificate, err: ErrorType) -> Identity:
             bot_name=bot_name,
             device=device,
             session_proof=_session_proof(proof_raw, device),
+            db_route=(
+                None
+                if db_service is None and db_protocol is None
+                else DatabaseRoute(db_service or "", db_protocol or "", db_user or "", db_name or "")
+            ),
         )
 
     return _build_identity(err, "X.509 certificate", make)

@@ -8,6 +8,9 @@ X.509 client certificates carry it in the subject:
     CN = username; one ``O=`` per role (as Teleport does: readable in ``openssl x509 -text``);
     one :data:`OID_LOGINS` attribute per login; :data:`OID_TRAITS` = traits as JSON; :data:`OID_BOT_NAME`;
     device data under :data:`OID_DEVICE_ID` / :data:`OID_DEVICE_ASSET_TAG` / :data:`OID_DEVICE_CREDENTIAL_ID`.
+An X.509 certificate for a database (``tsh db login``) also carries the route to it, under Teleport's numbers and
+with their meaning: :data:`OID_DB_SERVICE` (the database's name), :data:`OID_DB_PROTOCOL`, :data:`OID_DB_USER`
+and :data:`OID_DB_NAME` (the defaults for the database user and name; the PostgreSQL startup message decides).
 A session certificate also carries the session-time device proof (:class:`SessionProof`) as JSON, in the SSH
 extension :data:`EXT_SESSION_PROOF` or the X.509 attribute :data:`OID_SESSION_PROOF`.
 The 1.3.9999.1.1xx numbers deliberately avoid Teleport's own 1.3.9999.1.x assignments (kube users, …) so
@@ -36,6 +39,10 @@ __all__ = [
     "EXT_SESSION_PROOF",
     "EXT_TRAITS",
     "OID_BOT_NAME",
+    "OID_DB_NAME",
+    "OID_DB_PROTOCOL",
+    "OID_DB_SERVICE",
+    "OID_DB_USER",
     "OID_DEVICE_ASSET_TAG",
     "OID_DEVICE_CREDENTIAL_ID",
     "OID_DEVICE_ID",
@@ -43,6 +50,7 @@ __all__ = [
     "OID_SESSION_PROOF",
     "OID_TRAITS",
     "PROOF_TARGET_KINDS",
+    "DatabaseRoute",
     "DeviceExtensions",
     "Identity",
     "SessionProof",
@@ -64,6 +72,10 @@ OID_SESSION_PROOF = x509.ObjectIdentifier("1.3.9999.3.4")
 OID_LOGINS = x509.ObjectIdentifier("1.3.9999.1.101")
 OID_TRAITS = x509.ObjectIdentifier("1.3.9999.1.102")
 OID_BOT_NAME = x509.ObjectIdentifier("1.3.9999.1.103")
+OID_DB_SERVICE = x509.ObjectIdentifier("1.3.9999.2.1")
+OID_DB_PROTOCOL = x509.ObjectIdentifier("1.3.9999.2.2")
+OID_DB_USER = x509.ObjectIdentifier("1.3.9999.2.3")
+OID_DB_NAME = x509.ObjectIdentifier("1.3.9999.2.4")
 
 
 def require_utc(value: object, what: str) -> datetime:
@@ -112,6 +124,27 @@ class DeviceExtensions:
         _check_text(self.device_id, "device_id")
         _check_text(self.asset_tag, "asset_tag")
         _check_text(self.credential_id, "credential_id")
+
+
+@dataclass(frozen=True)
+class DatabaseRoute:
+    """Which database an X.509 certificate is for: ``service_name`` is the database's name in the cluster;
+    ``username`` and ``database`` are the defaults ``tsh db login`` was given ("" when none)."""
+
+    service_name: str
+    protocol: str
+    username: str = ""
+    database: str = ""
+
+    def __post_init__(self) -> None:
+        _check_text(self.service_name, "database route service name")
+        _check_text(self.protocol, "database route protocol")
+        for name in ("username", "database"):
+            value = getattr(self, name)
+            if value:
+                _check_text(value, f"database route {name}")
+            elif value != "":
+                raise ValidationError(f"database route {name}: must be a string")
 
 
 #: What a session proof can be bound to: an SSH node (host id), a database service's database, a Kubernetes cluster.
@@ -190,6 +223,8 @@ class Identity:
     device: DeviceExtensions | None = field(default=None)
     #: Set only on session certificates: the device proof taken for one session target.
     session_proof: SessionProof | None = field(default=None)
+    #: Set only on database certificates (X.509): the database they are for.
+    db_route: DatabaseRoute | None = field(default=None)
 
     def __post_init__(self) -> None:
         _check_text(self.username, "username")
@@ -219,6 +254,8 @@ class Identity:
                 raise ValidationError("session_proof: expected SessionProof")
             if self.device is None:
                 raise ValidationError("session_proof: a session proof needs the device values")
+        if self.db_route is not None and not isinstance(self.db_route, DatabaseRoute):
+            raise ValidationError("db_route: expected DatabaseRoute")
 
     @property
     def is_bot(self) -> bool:
