@@ -25,7 +25,7 @@ import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -42,6 +42,7 @@ from devicetrust.agent.session import LoginAccount, NodeSession, lookup_account
 from devicetrust.agent.state import ClusterState, StateCache
 from devicetrust.crypto import Identity, private_key_to_pem, verify_ssh_user_cert
 from devicetrust.errors import ConfigError, TrustError
+from devicetrust.types.clock import utcnow
 
 __all__ = ["NodeConfig", "SSHNode"]
 
@@ -63,10 +64,6 @@ FIRST_UNPRIVILEGED_PORT = 1024
 SESSION_NAMESPACE = "default"
 NO_STATE_REASON = "this node has not received the cluster's access policy yet; try again shortly"
 SERVER_VERSION = "devicetrust"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

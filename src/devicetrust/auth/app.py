@@ -86,14 +86,11 @@ from devicetrust.protocol import (
     UpdateUserResponse,
     WhoamiResponse,
 )
-from devicetrust.storage import JsonPage
+from devicetrust.storage import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JsonPage
 from devicetrust.types import Device, resource_to_dict
 
 log = logging.getLogger("devicetrust.auth.http")
 
-#: Page size bounds for listings (audit events).
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 #: Incoming request ids are echoed only when they look like ids, so logs can't be forged through them.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from devicetrust.access import AccessChecker
@@ -14,6 +14,7 @@ from devicetrust.auth.parsing import parse_as
 from devicetrust.crypto import CertAuthority
 from devicetrust.storage import Backend, Store
 from devicetrust.types import ClusterAuthPreference, Lock, Role, locks_in_force
+from devicetrust.types.clock import utcnow
 
 CAP_KIND = "cluster_auth_preference"
 CAP_NAME = "cluster-auth-preference"
@@ -28,10 +29,6 @@ RES_CAP = CAP_KIND
 RES_EVENT = "event"
 RES_LOCK = "lock"
 RES_CERT_AUTHORITY = "cert_authority"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

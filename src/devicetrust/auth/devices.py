@@ -60,7 +60,7 @@ from devicetrust.errors import (
     ValidationError,
 )
 from devicetrust.storage import DEVICE_ENROLL_TOKEN_KIND as TOKEN_KIND
-from devicetrust.storage import DeviceFilter, DeviceRecord, JsonPage, Store
+from devicetrust.storage import MAX_PAGE_SIZE, DeviceFilter, DeviceRecord, JsonPage, Store
 from devicetrust.types import (
     ENROLL_STATUSES,
     MAX_COLLECTED_RECORDS,
@@ -80,8 +80,6 @@ RES_DEVICE = "device"
 #: Enrollment tokens last an hour unless asked otherwise, at most a week.
 DEFAULT_ENROLL_TOKEN_TTL = timedelta(hours=1)
 MAX_ENROLL_TOKEN_TTL = timedelta(days=7)
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 #: A streamed listing reads the database this many devices at a time; the first chunk is smaller: it is what a
 #: user sees first.
 STREAM_FIRST_CHUNK = 100

@@ -6,7 +6,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from devicetrust.errors import ConfigError
 from devicetrust.storage.repositories import Clock, Store
+from devicetrust.types.clock import utcnow
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -47,10 +48,6 @@ POOL_TIMEOUT = timedelta(seconds=30)
 MIGRATION_LOCK_KEY = 0x6465767472757374
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _one_line(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", str(exc)).strip()
 
@@ -58,12 +55,12 @@ def _one_line(exc: BaseException) -> str:
 class Backend:
     """The storage backend: an engine plus the schema migrations. Thread safe; one per process."""
 
-    def __init__(self, engine: Engine, *, clock: Clock = _utc_now) -> None:
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
         self._engine = engine
         self._clock = clock
 
     @classmethod
-    def open(cls, url: str, *, clock: Clock = _utc_now) -> Backend:
+    def open(cls, url: str, *, clock: Clock = utcnow) -> Backend:
         """Connect to ``sqlite:///path.db`` or ``postgresql://user@host:port/db?…``; ConfigError if it fails.
 
         ``clock`` stamps created/updated times (tests pass a fixed one).

@@ -1,6 +1,7 @@
 """Resources: frozen, self-validating dataclasses and their YAML/JSON documents. No I/O."""
 
 from devicetrust.types._validation import FieldError
+from devicetrust.types.clock import Clock, utcnow
 from devicetrust.types.cluster_auth_preference import (
     AUTH_TYPES,
     CLUSTER_AUTH_PREFERENCE_NAME,
@@ -73,6 +74,7 @@ __all__ = [
     "SOURCE_ORIGINS",
     "WILDCARD",
     "Bot",
+    "Clock",
     "ClusterAuthPreference",
     "Device",
     "DeviceCredential",
@@ -106,4 +108,5 @@ __all__ = [
     "parse_template",
     "preset_roles",
     "resource_to_dict",
+    "utcnow",
 ]

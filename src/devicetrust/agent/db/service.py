@@ -31,7 +31,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ from devicetrust.config import DatabaseEntry
 from devicetrust.crypto import Identity, load_certificate_pem, private_key_to_pem, verify_x509_client_cert
 from devicetrust.errors import ConfigError, DevicetrustError, TrustError
 from devicetrust.protocol import DatabaseInfo
+from devicetrust.types.clock import utcnow
 
 __all__ = ["DatabaseService", "DatabaseServiceConfig", "upstream_address"]
 
@@ -98,10 +99,6 @@ NO_CERTIFICATE_REASON = (
     "use 'tsh proxy db NAME' or 'tsh db connect NAME'"
 )
 NO_ROUTE_REASON = "the certificate names no database: use 'tsh db login NAME' or 'tsh proxy db NAME'"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
