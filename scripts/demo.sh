@@ -73,6 +73,10 @@ stop() {
     if [ -f "$demo/devicetrust.pid" ]; then
       printf '\nCluster left running (pid %s, log %s).\n' "$(cat "$demo/devicetrust.pid")" "$demo/devicetrust.log"
       printf 'Explore with:\n  export DEVICETRUST_CONFIG=%s TSH_HOME=%s PATH=%s:$PATH\n' "$DEVICETRUST_CONFIG" "$TSH_HOME" "$bin"
+      # the laptop's TPM and serial number, without which its sessions cannot prove the device
+      [ -n "${DEVICETRUST_TPM_TCTI:-}" ] &&
+        printf '  export DEVICETRUST_TPM_TCTI=%s DEVICETRUST_TPM_EVENT_LOG=%s DEVICETRUST_ASSET_TAG=%s\n' \
+          "$DEVICETRUST_TPM_TCTI" "$DEVICETRUST_TPM_EVENT_LOG" "$DEVICETRUST_ASSET_TAG"
       printf '  tsh status; tsh db ls; tsh db connect pg-prod --db-user=alice --db-name=app; tctl audit ls\n'
       stop_cmd="kill $(cat "$demo/devicetrust.pid")"
     fi
