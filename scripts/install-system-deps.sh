@@ -19,6 +19,10 @@ need pkg-config pkg-config
 pkg-config --exists tss2-esys 2>/dev/null || packages+=(libtss2-dev)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || packages+=(python3-dev)
+# PostgreSQL: psql for tsh db connect and the tests; the server for the demo's private database. Debian keeps the
+# server's programs (initdb, pg_ctl, postgres) off PATH, in /usr/lib/postgresql/<version>/bin.
+need psql postgresql-client
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || packages+=(postgresql)
 
 if [ ${#packages[@]} -eq 0 ]; then
   exit 0
