@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ from devicetrust.storage.repositories import Clock, Store
 from devicetrust.types.clock import utcnow
 
 __all__ = [
+    "IDLE_PING_SECONDS",
     "MIGRATIONS_DIR",
     "MIGRATION_LOCK_KEY",
     "POOL_MAX_OVERFLOW",
@@ -44,6 +46,8 @@ POOL_SIZE = 10
 POOL_MAX_OVERFLOW = 20
 #: how long a request waits for a free pooled connection
 POOL_TIMEOUT = timedelta(seconds=30)
+#: a pooled PostgreSQL connection unused for longer than this is pinged before it is handed out
+IDLE_PING_SECONDS = 1.0
 #: pg_advisory_xact_lock key that serialises migrations of auth servers starting together ("devtrust")
 MIGRATION_LOCK_KEY = 0x6465767472757374
 
@@ -197,7 +201,26 @@ def _postgres_engine(url: URL) -> tuple[Engine, str]:
         pool_size=POOL_SIZE,
         max_overflow=POOL_MAX_OVERFLOW,
         pool_timeout=POOL_TIMEOUT.total_seconds(),
-        # a restarted or failed-over server leaves dead pooled connections behind
-        pool_pre_ping=True,
     )
+    # A restarted or failed-over server leaves dead pooled connections behind: one idle for a while is pinged
+    # before use (a dead one is replaced). One in constant use is not (a ping per transaction would cost a round
+    # trip each time); if it died, its transaction fails and SQLAlchemy discards every older pooled connection.
+    sa.event.listen(engine, "checkout", _ping_if_idle)
+    sa.event.listen(engine, "checkin", _note_checkin)
     return engine, where
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info["devicetrust_checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    last_used = record.info.get("devicetrust_checked_in")
+    if last_used is None or time.monotonic() - last_used < IDLE_PING_SECONDS:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as exc:
+        # The pool discards the connection and checks out another (or opens a new one).
+        raise sa.exc.DisconnectionError(str(exc)) from exc

@@ -1,0 +1,61 @@
+"""PostgreSQL connections that the server dropped (a restart, a failover) are replaced: an idle one before it is
+used; a busy one after the one transaction it fails."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from devicetrust.storage import Backend
+from devicetrust.storage import backend as backend_module
+
+pytestmark = pytest.mark.postgres
+#: Names this test's connections, so only they are dropped (other tests may share the server).
+APPLICATION = f"dt_loss_{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def pg_backend(request: pytest.FixtureRequest) -> Backend:
+    from tests.conftest import postgres_schema_url
+
+    admin = request.getfixturevalue("postgres_admin")
+    context = postgres_schema_url(admin, "dt_loss")
+    url = context.__enter__()
+    request.addfinalizer(lambda: context.__exit__(None, None, None))
+    opened = Backend.open(f"{url}&application_name={APPLICATION}")
+    request.addfinalizer(opened.close)
+    opened.migrate()
+    return opened
+
+
+def drop_connections(admin: psycopg.Connection[tuple[object, ...]], backend: Backend) -> int:
+    with backend.read() as store:
+        store.generation.current()  # a pooled connection exists, idle in the pool
+    rows = admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION,)
+    ).fetchall()
+    return len(rows)
+
+
+def test_an_idle_dropped_connection_is_replaced_before_use(
+    pg_backend: Backend, postgres_admin: psycopg.Connection[tuple[object, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend_module, "IDLE_PING_SECONDS", 0.05)
+    assert drop_connections(postgres_admin, pg_backend) >= 1
+    time.sleep(0.1)
+    with pg_backend.read() as store:
+        assert store.generation.current() >= 1
+
+
+def test_a_busy_dropped_connection_fails_one_transaction_only(
+    pg_backend: Backend, postgres_admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    assert drop_connections(postgres_admin, pg_backend) >= 1
+    with pytest.raises(sa.exc.OperationalError), pg_backend.read() as store:
+        store.generation.current()
+    with pg_backend.read() as store:
+        assert store.generation.current() >= 1
