@@ -159,6 +159,8 @@ def _sqlite_engine(url: URL) -> tuple[Engine, str]:
         pool_size=POOL_SIZE,
         max_overflow=POOL_MAX_OVERFLOW,
         pool_timeout=POOL_TIMEOUT.total_seconds(),
+        # the most recently used connection first: it is warm, and the others may idle out
+        pool_use_lifo=True,
     )
     sa.event.listen(engine, "connect", _sqlite_on_connect)
     sa.event.listen(engine, "begin", _sqlite_on_begin)
@@ -201,6 +203,8 @@ def _postgres_engine(url: URL) -> tuple[Engine, str]:
         pool_size=POOL_SIZE,
         max_overflow=POOL_MAX_OVERFLOW,
         pool_timeout=POOL_TIMEOUT.total_seconds(),
+        # the most recently used connection first: it is warm, and the others may idle out
+        pool_use_lifo=True,
     )
     # A restarted or failed-over server leaves dead pooled connections behind: one idle for a while is pinged
     # before use (a dead one is replaced). One in constant use is not (a ping per transaction would cost a round
