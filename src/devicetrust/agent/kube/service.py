@@ -331,9 +331,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ----------------------------------------------------------------------------------------------
     def _reply(self, code: int, message: str) -> None:
-        body = status_body(code, message)
+        """A refusal: a ``metav1.Status``, except for discovery (``/api``, ``/apis``, ``/version``, …) where
+        client-go reads only a text/plain body (it shows any other as "unknown"), so the message goes as text."""
+        if request_info(self.command, route_path(self.path)).resource:
+            body, content_type = status_body(code, message), "application/json"
+        else:
+            body, content_type = message.encode() + b"\n", "text/plain; charset=utf-8"
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -546,6 +551,11 @@ _IMPERSONATE = frozenset({"impersonate-user", "impersonate-group"})
 
 class _ClientGone(Exception):
     """The client went away mid-request."""
+
+
+def route_path(path: str) -> str:
+    routed = route(path)
+    return routed[1] if routed is not None else path
 
 
 def _upstream(cluster: KubeClusterEntry) -> _Upstream:
