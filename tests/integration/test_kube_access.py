@@ -191,3 +191,38 @@ def test_a_copied_profile_is_refused_with_the_exact_message(world: World) -> Non
     assert world.api.requests[before:] == []  # nothing reached the API server
     event = world.wait_for_event("kube.request", lambda e: not e["success"] and e.get("error") == NO_SESSION_PROOF)
     assert event["response_code"] == 403
+
+
+def test_a_lock_ends_an_open_watch(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    process = subprocess.Popen(
+        [require_kubectl(), "get", "pods", "-n", "default", "-w", "--no-headers"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        assert [process.stdout.readline().split()[0] for _ in range(2)] == ["web-0", "web-1"]
+        deadline = time.monotonic() + 10
+        while not any("watch=true" in r.query for r in world.api.requests):
+            assert time.monotonic() < deadline, "kubectl never started watching"
+            time.sleep(0.1)
+        world.api.add_pod("default", "before-the-lock")
+        assert process.stdout.readline().split()[0] == "before-the-lock"
+        ok(world.cluster.tctl("lock", "--user=alice", "--message=stolen laptop reported"))
+        # the service polls the cluster state every 2 s; the watch ends then, and kubectl with it
+        out, _ = process.communicate(timeout=15)
+        assert "before-the-lock" not in out  # nothing more came after the lock
+        event = world.wait_for_event("kube.request", lambda e: e.get("reason") == "locked: stolen laptop reported")
+        assert (event["verb"], event["resource_kind"]) == ("watch", "pods")
+        again = world.kubectl(env, "get", "pods", "-n", "default")
+        assert again.stderr.splitlines()[-1] == "Error from server (Forbidden): locked: stolen laptop reported"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+        for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
+            ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))

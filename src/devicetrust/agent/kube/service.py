@@ -423,7 +423,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(403, str(refused))
                 return
             event.update(kubernetes_users=[user], kubernetes_groups=list(groups))
-            code = self._forward(service._upstreams[name], api_path, body, user, groups, identity, target)
+            code, ended = self._forward(service._upstreams[name], api_path, body, user, groups, identity, target)
+            if ended:
+                event["reason"] = ended
         except _ClientGone:
             code = 499
         finally:
@@ -459,7 +461,9 @@ class _Handler(BaseHTTPRequestHandler):
         groups: tuple[str, ...],
         identity: Identity,
         target: KubeClusterTarget,
-    ) -> int:
+    ) -> tuple[int, str]:
+        """Send the request on and relay the reply: its status, and why the service ended it early ("" if it
+        did not)."""
         headers = [
             (key, value)
             for key, value in self.headers.items()
@@ -481,12 +485,12 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, http.client.HTTPException) as err:
             conn.close()
             self._reply(502, f"cannot reach the Kubernetes API server of {target.name}: {err}")
-            return 502
+            return 502, ""
         try:
-            self._relay(response, conn.sock, identity, target)
+            ended = self._relay(response, conn.sock, identity, target)
         finally:
             conn.close()
-        return response.status
+        return response.status, ended
 
     def _relay(
         self,
@@ -494,7 +498,7 @@ class _Handler(BaseHTTPRequestHandler):
         upstream_sock: socket.socket | None,
         identity: Identity,
         target: KubeClusterTarget,
-    ) -> None:
+    ) -> str:
         self.send_response_only(response.status, response.reason)
         for key, value in response.getheaders():
             if key.lower() not in _HOP_BY_HOP:
@@ -505,7 +509,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self._write(data)
-            return
+            return ""
         # streamed (a watch, logs -f): chunk by chunk as it comes, until either side ends or a lock does
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
@@ -532,6 +536,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             if stream.ended:
                 log.info("kube stream ended", extra={"user": identity.username, "reason": stream.ended})
+        return stream.ended
 
     def _write(self, data: bytes) -> None:
         try:
