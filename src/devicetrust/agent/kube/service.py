@@ -504,7 +504,7 @@ class _Handler(BaseHTTPRequestHandler):
             if key.lower() not in _HOP_BY_HOP:
                 self.send_header(key, value)
         length = response.getheader("Content-Length")
-        if length is not None:
+        if length is not None or response.status in (204, 304) or self.command == "HEAD":
             data = response.read()
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
