@@ -283,6 +283,7 @@ class _Unauthorized(Exception):
 class _Handler(BaseHTTPRequestHandler):
     server_fake: FakeKubeAPIServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as Go's net/http: no 40 ms Nagle/delayed-ACK stall between header and body
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass

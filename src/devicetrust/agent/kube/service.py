@@ -32,7 +32,7 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 UPSTREAM_TIMEOUT_SECONDS = 30.0
 #: Largest request body relayed (kubectl apply of a large manifest fits).
 MAX_REQUEST_BODY = 16 * 1024 * 1024
+#: Kept-alive connections to each API server, at most.
+MAX_IDLE_UPSTREAM_CONNECTIONS = 16
 #: Bytes read from a streamed reply at a time.
 STREAM_CHUNK = 64 * 1024
 NO_STATE_REASON = "this kube service has not received the cluster's access policy yet; try again shortly"
@@ -112,6 +114,25 @@ class _Upstream:
     base_path: str
     context: ssl.SSLContext
     token: str
+    #: kept-alive connections to the API server, as a client of it keeps them (a TLS handshake per request
+    #: would cost more than the request)
+    idle: list[http.client.HTTPSConnection] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def connection(self) -> tuple[http.client.HTTPSConnection, bool]:
+        """An idle connection (and True), else a new one (and False)."""
+        with self.lock:
+            if self.idle:
+                return self.idle.pop(), True
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=UPSTREAM_TIMEOUT_SECONDS)
+        return conn, False
+
+    def release(self, conn: http.client.HTTPSConnection) -> None:
+        with self.lock:
+            if len(self.idle) < MAX_IDLE_UPSTREAM_CONNECTIONS:
+                self.idle.append(conn)
+                return
+        conn.close()
 
 
 @dataclass
@@ -320,6 +341,8 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: without this, Nagle and delayed ACKs add 40 ms to each reply
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # requests are audited; the access log is not needed
@@ -349,7 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
         peer = socket_addr(self.client_address)
         connection = self.connection
         der = connection.getpeercert(binary_form=True) if isinstance(connection, ssl.SSLSocket) else None
-        identity = service.identify(der, now)
+        identity = self._identity(der, now)
         routed = route(self.path)
         event: dict[str, Any] = {
             "event": "kube.request",
@@ -434,6 +457,18 @@ class _Handler(BaseHTTPRequestHandler):
             event.update(device_fields(identity, decision))
             service.emit(event)
 
+    def _identity(self, der: bytes | None, now: datetime) -> Identity | None:
+        """The client certificate's identity: verified once per connection (by its exact bytes), its validity
+        window checked on every request."""
+        known: tuple[bytes, Identity] | None = getattr(self, "_verified", None)
+        if der and known is not None and known[0] == der:
+            cached = known[1]
+            return cached if cached.not_before <= now < cached.not_after else None
+        identity = self.server.service.identify(der, now)
+        if der and identity is not None:
+            self._verified = (der, identity)
+        return identity
+
     def _read_body(self) -> bytes:
         if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
             data = bytearray()
@@ -473,23 +508,30 @@ class _Handler(BaseHTTPRequestHandler):
         headers += [("Impersonate-Group", group) for group in groups]
         if body or self.command in ("POST", "PUT", "PATCH"):
             headers.append(("Content-Length", str(len(body))))
-        conn = http.client.HTTPSConnection(
-            upstream.host, upstream.port, context=upstream.context, timeout=UPSTREAM_TIMEOUT_SECONDS
-        )
+        for attempt in range(2):
+            conn, reused = upstream.connection()
+            try:
+                conn.putrequest(self.command, upstream.base_path + api_path, skip_accept_encoding=True)
+                for key, value in headers:
+                    conn.putheader(key, value)
+                conn.endheaders(body or None)
+                response = conn.getresponse()
+                break
+            except (OSError, http.client.HTTPException) as err:
+                conn.close()
+                # a kept-alive connection the API server closed meanwhile: once more on a new one
+                if reused and attempt == 0 and isinstance(err, _STALE_CONNECTION):
+                    continue
+                self._reply(502, f"cannot reach the Kubernetes API server of {target.name}: {err}")
+                return 502, ""
+        streamed = False
         try:
-            conn.putrequest(self.command, upstream.base_path + api_path, skip_accept_encoding=True)
-            for key, value in headers:
-                conn.putheader(key, value)
-            conn.endheaders(body or None)
-            response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as err:
-            conn.close()
-            self._reply(502, f"cannot reach the Kubernetes API server of {target.name}: {err}")
-            return 502, ""
-        try:
-            ended = self._relay(response, conn.sock, identity, target)
+            ended, streamed = self._relay(response, conn.sock, identity, target)
         finally:
-            conn.close()
+            if streamed or response.will_close:
+                conn.close()
+            else:
+                upstream.release(conn)
         return response.status, ended
 
     def _relay(
@@ -498,7 +540,8 @@ class _Handler(BaseHTTPRequestHandler):
         upstream_sock: socket.socket | None,
         identity: Identity,
         target: KubeClusterTarget,
-    ) -> str:
+    ) -> tuple[str, bool]:
+        """Relay the reply; (why the service ended it early or "", whether it was streamed)."""
         self.send_response_only(response.status, response.reason)
         for key, value in response.getheaders():
             if key.lower() not in _HOP_BY_HOP:
@@ -509,7 +552,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self._write(data)
-            return ""
+            return "", False
         # streamed (a watch, logs -f): chunk by chunk as it comes, until either side ends or a lock does
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
@@ -536,7 +579,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             if stream.ended:
                 log.info("kube stream ended", extra={"user": identity.username, "reason": stream.ended})
-        return stream.ended
+        return stream.ended, True
 
     def _write(self, data: bytes) -> None:
         try:
@@ -552,6 +595,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _IMPERSONATE = frozenset({"impersonate-user", "impersonate-group"})
+_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class _ClientGone(Exception):
