@@ -9,8 +9,11 @@ trusted device``; the API server sees exactly the granted user and groups, imper
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -226,3 +229,33 @@ def test_a_lock_ends_an_open_watch(world: World) -> None:
         process.communicate(timeout=10)
         for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
             ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
+
+
+def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
+    service = json.loads(ok(world.laptop.tsh("kube", "ls", "--format=json")))[0]["service"]
+    host, _, port = service["addr"].rpartition(":")
+    # plain HTTP where TLS is required, garbage bytes, a TLS client without a certificate sending junk
+    for payload in (b"GET /kube/prod/api HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00" * 64 + b"\xff" * 4096):
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(payload)
+            raw.settimeout(10)
+            with contextlib.suppress(OSError):
+                raw.recv(1024)  # whatever it says, if anything: the service must just survive it
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(b"BREW /kube/prod/api HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while chunk := tls.recv(4096):  # the service closes after a malformed request
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 501") and b'"kind": "Status"' in reply
+    with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(b"GET /kube/prod/api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := tls.recv(4096):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 401") and b'"reason": "Unauthorized"' in reply
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    assert world.kubectl(env, "get", "pods", "-n", "default").returncode == 0
