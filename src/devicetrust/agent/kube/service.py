@@ -321,6 +321,10 @@ class _Server(ThreadingHTTPServer):
         self.tls = tls
         super().__init__(address, handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A bug costs one connection, never the service; it goes to the log, not to stderr."""
+        log.exception("kube connection failed", extra={"remote_addr": socket_addr(client_address)})
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         """TLS in the connection's own thread: a slow handshake never holds up accepting."""
         try:
