@@ -12,6 +12,7 @@ BENCHMARKS = (
     "bench_jamf_sync",
     "bench_devices_ls",
     "bench_db",
+    "bench_kube",
 )
 
 

@@ -48,6 +48,7 @@ from devicetrust.protocol import (
     EnrollTokenRequest,
     EventPage,
     JsonObject,
+    KubeClusterList,
     LoginRequest,
     LoginResponse,
     Message,
@@ -344,6 +345,9 @@ class AuthApi(AuthClient):
 
     def list_databases(self) -> DatabaseList:
         return reply_as(DatabaseList, self.get("/v1/databases"), "databases")
+
+    def list_kube_clusters(self) -> KubeClusterList:
+        return reply_as(KubeClusterList, self.get("/v1/kube/clusters"), "kube/clusters")
 
     def database_cert(self, database: str, ssh_cert: str, db_user: str = "", db_name: str = "") -> DatabaseCertResponse:
         request = DatabaseCertRequest.model_construct(

@@ -32,6 +32,7 @@ DEFAULT_AUTH_LISTEN_ADDR = "127.0.0.1:3080"
 MAX_AUTH_WORKERS = 64
 DEFAULT_SSH_LISTEN_ADDR = "127.0.0.1:3022"
 DEFAULT_DB_LISTEN_ADDR = "127.0.0.1:5433"
+DEFAULT_KUBE_LISTEN_ADDR = "127.0.0.1:3026"
 DB_PROTOCOLS = ("postgres",)
 SQLITE_FILE_NAME = "backend.sqlite"
 ENV_CONFIG = "DEVICETRUST_CONFIG"
@@ -88,6 +89,8 @@ _SSH_FIELDS = ("enabled", "listen_addr", "labels", "hostname", "auth_server", "j
 _DB_FIELDS = ("enabled", "listen_addr", "hostname", "auth_server", "join_token", "token_file", "ca_file")
 _DATABASE_FIELDS = ("name", "protocol", "uri", "labels", "ca_file")
 _DATABASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_KUBE_FIELDS = _DB_FIELDS
+_KUBE_CLUSTER_FIELDS = ("name", "api_server", "ca_file", "token_file", "labels")
 
 
 def default_data_dir() -> Path:
@@ -203,6 +206,40 @@ class DBServiceConfig(_AgentSection):
 
 
 @dataclass(frozen=True)
+class KubeClusterEntry:
+    """One entry of ``kube_service.kubernetes_clusters``: an API server at ``api_server`` (``https://HOST:PORT``)
+    verified with ``ca_file``, which the service calls with the bearer token in ``token_file`` (a service
+    account allowed to impersonate users and groups)."""
+
+    name: str
+    api_server: str
+    ca_file: Path
+    token_file: Path
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KubeServiceConfig(_AgentSection):
+    """``kube_service``: Kubernetes clusters behind device trust. Disabled unless the config enables it."""
+
+    enabled: bool = False
+    listen_addr: str = DEFAULT_KUBE_LISTEN_ADDR
+    #: The name the service joins under; "" means this machine's host name.
+    hostname: str = ""
+    #: HOST:PORT of the auth service; "" means the auth service in this process.
+    auth_server: str = ""
+    #: A kube join token ("tctl tokens add --type=kube"), inline or in a file; not needed once joined, nor when
+    #: the auth service runs in the same process.
+    join_token: str = ""
+    token_file: Path | None = None
+    #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
+    ca_file: Path | None = None
+    kubernetes_clusters: tuple[KubeClusterEntry, ...] = ()
+
+    SECTION = "kube_service"
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = field(default_factory=default_data_dir)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -210,6 +247,7 @@ class Config:
     auth_service: AuthServiceConfig = field(default_factory=AuthServiceConfig)
     ssh_service: SSHServiceConfig = field(default_factory=SSHServiceConfig)
     db_service: DBServiceConfig = field(default_factory=DBServiceConfig)
+    kube_service: KubeServiceConfig = field(default_factory=KubeServiceConfig)
     #: the raw ``jamf_service`` section, validated by devicetrust.mdm.jamf when the daemon starts
     jamf_service: Mapping[str, Any] | None = None
     source: Path | None = None
@@ -233,6 +271,14 @@ class Config:
     @property
     def db_service_dir(self) -> Path:
         return self.data_dir / "db"
+
+    @property
+    def kube_service_dir(self) -> Path:
+        return self.data_dir / "kube"
+
+    def kube_auth_server(self) -> str:
+        """Where the kube service reaches the auth service: configured, else this process's auth service."""
+        return self._agent_auth_server(self.kube_service.auth_server, "kube_service")
 
     def node_auth_server(self) -> str:
         """Where the SSH node reaches the auth service: configured, else this process's auth service."""
@@ -328,6 +374,7 @@ CONFIG_KEYS: Mapping[str, Any] = {
     "auth_service": dict.fromkeys(("enabled", "listen_addr", "cluster_name", "public_addr", "workers")),
     "ssh_service": dict.fromkeys(_SSH_FIELDS),
     "db_service": {**dict.fromkeys(_DB_FIELDS), "databases": [dict.fromkeys(_DATABASE_FIELDS)]},
+    "kube_service": {**dict.fromkeys(_KUBE_FIELDS), "kubernetes_clusters": [dict.fromkeys(_KUBE_CLUSTER_FIELDS)]},
     "jamf_service": {**dict.fromkeys(JAMF_SERVICE_KEYS), "inventory": [dict.fromkeys(JAMF_INVENTORY_KEYS)]},
 }
 
@@ -461,6 +508,9 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
     db = _section(doc, "db_service")
     if db:
         config = replace(config, db_service=_db_service(db))
+    kube = _section(doc, "kube_service")
+    if kube:
+        config = replace(config, kube_service=_kube_service(kube))
     jamf = doc.get("jamf_service")
     if jamf is not None:
         if not isinstance(jamf, dict):
@@ -538,6 +588,45 @@ def _db_service(db: Mapping[str, Any]) -> DBServiceConfig:
     if enabled and not databases:
         raise ConfigError("db_service.databases: list at least one database (name, protocol, uri)")
     return DBServiceConfig(enabled=enabled, databases=tuple(databases), **join)
+
+
+def _kube_service(kube: Mapping[str, Any]) -> KubeServiceConfig:
+    join = _agent_join_settings(kube, "kube_service", DEFAULT_KUBE_LISTEN_ADDR)
+    entries = kube.get("kubernetes_clusters", []) or []
+    if not isinstance(entries, list):
+        raise ConfigError("kube_service.kubernetes_clusters: expected a list")
+    clusters: list[KubeClusterEntry] = []
+    for index, entry in enumerate(entries):
+        where = f"kube_service.kubernetes_clusters[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        name = _str(entry.get("name"), f"{where}.name")
+        if not _DATABASE_NAME_RE.match(name):
+            raise ConfigError(f"{where}.name: invalid name {name!r} (letters, digits, '.', '_', '-')")
+        if any(cluster.name == name for cluster in clusters):
+            raise ConfigError(f"{where}.name: {name!r} is already configured")
+        api_server = _str(entry.get("api_server"), f"{where}.api_server")
+        scheme, sep, rest = api_server.partition("://")
+        if scheme != "https" or not sep:
+            raise ConfigError(f"{where}.api_server: expected https://HOST:PORT, got {api_server!r}")
+        split_host_port(rest.split("/", 1)[0], what=f"{where}.api_server")
+        ca_file = _optional_path(entry, "ca_file", where)
+        token_file = _optional_path(entry, "token_file", where)
+        if ca_file is None or token_file is None:
+            raise ConfigError(f"{where}: ca_file and token_file are required (the API server's CA, a bearer token)")
+        clusters.append(
+            KubeClusterEntry(
+                name=name,
+                api_server=api_server.rstrip("/"),
+                ca_file=ca_file,
+                token_file=token_file,
+                labels=_labels(entry.get("labels"), f"{where}.labels"),
+            )
+        )
+    enabled = config_bool(kube.get("enabled", True), "kube_service.enabled")
+    if enabled and not clusters:
+        raise ConfigError("kube_service.kubernetes_clusters: list at least one cluster (name, api_server, ...)")
+    return KubeServiceConfig(enabled=enabled, kubernetes_clusters=tuple(clusters), **join)
 
 
 def _check_database_uri(uri: str, where: str) -> None:
@@ -678,4 +767,14 @@ ssh_service:
 #       labels:
 #         env: prod
 #       # ca_file: /path/to/db-ca.pem   # speak TLS to the database, verified with this CA
+# kube_service:                       # Kubernetes API servers behind device trust (tsh kube, kubectl)
+#   enabled: true
+#   listen_addr: {DEFAULT_KUBE_LISTEN_ADDR}
+#   kubernetes_clusters:
+#     - name: prod
+#       api_server: https://10.0.0.1:6443
+#       ca_file: /path/to/cluster-ca.pem
+#       token_file: /path/to/service-account-token  # may impersonate users and groups
+#       labels:
+#         env: prod
 """

@@ -30,6 +30,7 @@ from devicetrust.types import preset_roles
 
 if TYPE_CHECKING:
     from devicetrust.agent.db.service import DatabaseService, DatabaseServiceConfig
+    from devicetrust.agent.kube.service import KubeService, KubeServiceConfig
     from devicetrust.agent.server import NodeConfig, SSHNode
 
 log = logging.getLogger(__name__)
@@ -312,6 +313,37 @@ def node_config(config: Config, server: AuthServer | None) -> NodeConfig:
     )
 
 
+def kube_service_config(config: Config, server: AuthServer | None) -> KubeServiceConfig:
+    """The kube service's settings; with ``server`` (auth in this process) it joins with a token minted here."""
+    from devicetrust.agent.kube.service import KubeServiceConfig
+
+    kube = config.kube_service
+    local = server is not None and not kube.auth_server
+    ca_pem: str | None = None
+    if kube.ca_file is not None:
+        try:
+            ca_pem = kube.ca_file.read_text()
+        except OSError as err:
+            raise ConfigError(f"kube_service.ca_file: cannot read {kube.ca_file}: {err.strerror}") from None
+    elif local and server is not None:
+        ca_pem = server.host_ca.certificate_pem().decode()
+    elif config.admin_identity_path.exists():
+        ca_pem = AdminIdentity.from_json(config.admin_identity_path.read_text()).host_ca_pem
+    token: str | Callable[[], str] | None = kube.read_join_token() or None
+    if token is None and local and server is not None:
+        in_process = server
+        token = lambda: mint_node_join_token(in_process, "kube")  # noqa: E731 - called only if it must join
+    return KubeServiceConfig(
+        service_dir=config.kube_service_dir,
+        hostname=kube.effective_hostname(),
+        listen_addr=kube.listen_addr,
+        auth_server=config.kube_auth_server(),
+        clusters=kube.kubernetes_clusters,
+        auth_ca_pem=ca_pem,
+        join_token=token,
+    )
+
+
 def database_service_config(config: Config, server: AuthServer | None) -> DatabaseServiceConfig:
     """The database service's settings; with ``server`` (auth in this process) it joins with a token minted here."""
     from devicetrust.agent.db.service import DatabaseServiceConfig
@@ -415,6 +447,7 @@ async def _serve(config: Config) -> None:
     web_task: asyncio.Task[None] | None = None
     node: SSHNode | None = None
     databases: DatabaseService | None = None
+    kube: KubeService | None = None
     jamf_thread: Any = None
     jamf_task: asyncio.Task[None] | None = None
     jamf_stop = asyncio.Event()
@@ -465,6 +498,11 @@ async def _serve(config: Config) -> None:
 
             databases = DatabaseService(database_service_config(config, server))
             await databases.start()
+        if config.kube_service.enabled and not stop.is_set() and (web_task is None or not web_task.done()):
+            from devicetrust.agent.kube.service import KubeService
+
+            kube = KubeService(kube_service_config(config, server))
+            await kube.start()
         if jamf is not None and jamf.auth_server and not stop.is_set():
             from devicetrust.mdm.api_sink import run_remote_jamf_service
 
@@ -480,13 +518,14 @@ async def _serve(config: Config) -> None:
         waiters: list[asyncio.Future[Any]] = [loop.create_task(stop.wait())]
         if web_task is not None:
             waiters.append(web_task)
-        if jamf_task is not None and web_task is None and node is None and databases is None:
+        if jamf_task is not None and web_task is None and node is None and databases is None and kube is None:
             waiters.append(jamf_task)  # the only service: the daemon ends with it
         _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             if task is not web_task and task is not jamf_task:
                 task.cancel()
-        if jamf_task is not None and jamf_task.done() and web_task is None and node is None and databases is None:
+        agents = (node, databases, kube)
+        if jamf_task is not None and jamf_task.done() and web_task is None and agents == (None, None, None):
             jamf_task.result()  # a fatal error (refused token, untrusted certificate) is the daemon's exit
     finally:
         if jamf_task is not None and not jamf_task.done():
@@ -495,6 +534,8 @@ async def _serve(config: Config) -> None:
                 await asyncio.wait_for(jamf_task, JAMF_STOP_SECONDS)
         if jamf_thread is not None:
             await asyncio.to_thread(jamf_thread.stop, JAMF_STOP_SECONDS)
+        if kube is not None:
+            await kube.stop()
         if databases is not None:
             await databases.stop()
         if node is not None:

@@ -335,8 +335,13 @@ class DeviceCertificates(Message):
 
 
 # -------------------------------------------------------------------------------------------------- nodes
-#: The agents that join with a token: SSH nodes ("node" tokens) and database services ("db" tokens).
-AgentRole = Literal["node", "db"]
+#: The agents that join with a token: SSH nodes ("node" tokens), database services ("db" tokens) and kube
+#: services ("kube" tokens).
+AgentRole = Literal["node", "db", "kube"]
+#: A Kubernetes cluster's name in the cluster (what ``tsh kube`` commands and session proofs name).
+KubeClusterName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
 #: A database's name in the cluster (what ``tsh db`` commands and session proofs name).
 DatabaseName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
@@ -368,11 +373,20 @@ class DatabaseInfo(Message):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class KubeClusterInfo(Message):
+    """One Kubernetes cluster a kube service serves, as it announces it."""
+
+    name: KubeClusterName
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class HeartbeatRequest(Message):
     addr: str = Field(min_length=3, max_length=300)
     labels: dict[str, str] = Field(default_factory=dict)
     #: a database service's databases (ignored for SSH nodes)
     databases: Annotated[list[DatabaseInfo], Field(max_length=256)] = Field(default_factory=list)
+    #: a kube service's Kubernetes clusters (ignored for the others)
+    kube_clusters: Annotated[list[KubeClusterInfo], Field(max_length=256)] = Field(default_factory=list)
 
 
 class NodeState(Message):
@@ -442,6 +456,24 @@ class DatabaseCertRequest(Message):
 class DatabaseCertResponse(Message):
     tls_cert: str
     database: DatabaseServer
+
+
+# ------------------------------------------------------------------------------------------- kubernetes
+class KubeCluster(Message):
+    """One Kubernetes cluster the caller's roles grant (``tsh kube ls``), and the kube service serving it:
+    connect to ``service.addr`` and expect a TLS certificate from the host CA naming ``service.host_id``."""
+
+    name: str
+    labels: dict[str, str]
+    service: DatabaseService
+    #: the Kubernetes users and groups the caller's roles allow on it
+    kubernetes_users: list[str]
+    kubernetes_groups: list[str]
+    last_seen: str
+
+
+class KubeClusterList(Message):
+    items: list[KubeCluster]
 
 
 # ---------------------------------------------------------------------------------------------------- mdm

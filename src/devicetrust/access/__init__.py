@@ -3,12 +3,15 @@
 from devicetrust.access.checker import AccessChecker
 from devicetrust.access.decision import (
     DB_ACCESS_DENIED,
+    KUBE_ACCESS_DENIED,
     DatabaseSession,
     DatabaseTarget,
     Decision,
+    KubeClusterTarget,
     NodeTarget,
     database_session_locks,
     decide,
+    kube_session_locks,
     lock_reason,
     session_locks,
 )
@@ -18,17 +21,20 @@ from devicetrust.access.traits import expand_traits
 
 __all__ = [
     "DB_ACCESS_DENIED",
+    "KUBE_ACCESS_DENIED",
     "TRUSTED_DEVICE_REQUIRED",
     "UNAUTHORIZED_DEVICE",
     "AccessChecker",
     "DatabaseSession",
     "DatabaseTarget",
     "Decision",
+    "KubeClusterTarget",
     "NodeTarget",
     "database_session_locks",
     "decide",
     "device_required",
     "expand_traits",
+    "kube_session_locks",
     "label_matches",
     "lock_reason",
     "pattern_matches",

@@ -78,6 +78,17 @@ class AccessChecker:
     def kubernetes_users(self) -> tuple[str, ...]:
         return self._granted("kubernetes_users", self._roles, wildcard_allowed=True)
 
+    def kubernetes_cluster_users(self, labels: Mapping[str, str]) -> tuple[str, ...]:
+        """The Kubernetes users to impersonate on a cluster with ``labels``: only the roles matching it count,
+        and never "*" (an impersonation names one user)."""
+        return self._granted("kubernetes_users", self.roles_matching_kubernetes_cluster(labels), wildcard_allowed=False)
+
+    def kubernetes_cluster_groups(self, labels: Mapping[str, str]) -> tuple[str, ...]:
+        """The Kubernetes groups to impersonate on a cluster with ``labels`` (matching roles only, never "*")."""
+        return self._granted(
+            "kubernetes_groups", self.roles_matching_kubernetes_cluster(labels), wildcard_allowed=False
+        )
+
     def db_users(self) -> tuple[str, ...]:
         """Database users; "*" in the result means any user that is not denied (see allows_db_user)."""
         return self._granted("db_users", self._roles, wildcard_allowed=True)

@@ -7,8 +7,9 @@ denies. Callers show ``Decision.reason`` to the user as it is; device denials re
 Teleport's), and ``Decision.audit_reason`` says precisely why.
 
 One decision for every protocol: an SSH session is a login on a node (``login=``, ``node=``), a database session
-a database user and name on a database (``database=``). They differ only in which roles grant the resource and
-which principals they must allow; locks, modes and the device requirement are the same code.
+a database user and name on a database (``database=``), a Kubernetes request a cluster (``kube=``). They differ
+only in which roles grant the resource and which principals they must allow; locks, modes and the device
+requirement are the same code.
 
 Where a device is required, what counts as the device depends on the cluster's ``session_proof`` setting:
 ``per_session`` admits only a session proof (:class:`~devicetrust.crypto.SessionProof`) taken for this very
@@ -36,6 +37,7 @@ from devicetrust.types.role import Role
 
 __all__ = [
     "DB_ACCESS_DENIED",
+    "KUBE_ACCESS_DENIED",
     "MODE_OFF",
     "NO_SESSION_PROOF",
     "NO_TRUSTED_DEVICE",
@@ -46,9 +48,11 @@ __all__ = [
     "DatabaseSession",
     "DatabaseTarget",
     "Decision",
+    "KubeClusterTarget",
     "NodeTarget",
     "database_session_locks",
     "decide",
+    "kube_session_locks",
     "lock_reason",
     "session_locks",
     "session_proof_problem",
@@ -70,6 +74,11 @@ NO_TRUSTED_DEVICE = "certificate carries no trusted device"
 PROOF_CLOCK_SKEW = timedelta(seconds=30)
 #: What a database user is told when RBAC refuses the database, user or name (Teleport's words).
 DB_ACCESS_DENIED = "access to db denied. User does not have permissions. Confirm database user and name."
+#: What a Kubernetes user is told when no role grants the cluster with a Kubernetes user or group to act as.
+KUBE_ACCESS_DENIED = (
+    "access to kubernetes cluster denied: your roles grant no kubernetes_users or kubernetes_groups "
+    "on this cluster; ask your cluster administrator"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +121,21 @@ class DatabaseSession:
 
 
 @dataclass(frozen=True, slots=True)
+class KubeClusterTarget:
+    """A Kubernetes cluster a kube service serves: its name (unique in the cluster; what a session proof for it
+    is bound to) and labels, and the service (host id and host name) serving it."""
+
+    name: str
+    labels: Mapping[str, str]
+    service_id: str
+    service_hostname: str
+
+    @property
+    def proof_target(self) -> tuple[str, str]:
+        return ("kube", self.name)
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """Whether a session may start, and what the enforcing service needs to know about it.
 
@@ -130,6 +154,9 @@ class Decision:
     roles: tuple[Role, ...] = ()
     audit_device: bool = False
     audit_reason: str = ""
+    #: Kubernetes: the users and groups the granting roles allow impersonating (sorted; no "*")
+    kubernetes_users: tuple[str, ...] = ()
+    kubernetes_groups: tuple[str, ...] = ()
 
     @property
     def port_forwarding(self) -> bool:
@@ -175,6 +202,14 @@ def database_session_locks(
     return _locks(identity, None, (database.service_id, database.service_hostname), locks, now)
 
 
+def kube_session_locks(
+    identity: Identity, cluster: KubeClusterTarget, locks: Iterable[Lock], now: datetime
+) -> tuple[Lock, ...]:
+    """The locks in force at ``now`` on the request's user, roles or verified device, or on the kube service
+    (a node lock naming its host id or host name, as for an SSH node)."""
+    return _locks(identity, None, (cluster.service_id, cluster.service_hostname), locks, now)
+
+
 def session_proof_problem(identity: Identity, target: tuple[str, str], now: datetime) -> str | None:
     """None if ``identity`` carries a session proof for ``target`` (kind, id) that admits a session at ``now``;
     otherwise why not, for the audit."""
@@ -197,6 +232,7 @@ def decide(
     login: str = "",
     node: NodeTarget | None = None,
     database: DatabaseSession | None = None,
+    kube: KubeClusterTarget | None = None,
     roles: Mapping[str, Role],
     cluster_mode: str,
     locks: Iterable[Lock],
@@ -205,15 +241,18 @@ def decide(
     authenticated_at: datetime | None = None,
 ) -> Decision:
     """May ``identity`` start a session as ``login`` on ``node``, or as ``database.db_user`` on
-    ``database.db_name`` of ``database.database``? Give either ``node`` (with ``login``) or ``database``.
+    ``database.db_name`` of ``database.database``, or send requests to the Kubernetes cluster ``kube``? Give
+    exactly one of ``node`` (with ``login``), ``database`` and ``kube``.
 
     - ``roles`` is the enforcing service's cache by name; a role the certificate names that is missing from it
       grants nothing (its locks still apply: they match by name).
     - Locks on the user, any of its roles, its verified device, the login (SSH) or the server (the node, or the
       database service: by host id or host name) deny.
     - SSH: the login must be one of the certificate's principals and allowed on the node by the roles. Databases:
-      one role matching the database's labels must allow both the database user and the database name. Deny
-      beats allow; trait templates expand from the certificate's traits.
+      one role matching the database's labels must allow both the database user and the database name.
+      Kubernetes: the roles matching the cluster's labels must grant at least one Kubernetes user or group
+      (``Decision.kubernetes_users`` / ``kubernetes_groups``). Deny beats allow; trait templates expand from the
+      certificate's traits.
     - A device is required when the strictest of ``cluster_mode`` and the modes of the roles granting access to
       the resource (by its labels) is ``required``, or ``required-for-humans`` for a human; then only a
       device-verified certificate passes: with ``session_proof`` ``per_session``, one whose session proof is for
@@ -223,14 +262,18 @@ def decide(
     """
     known = tuple(roles[name] for name in identity.roles if name in roles)
     checker = AccessChecker(known, identity.traits)
-    if node is not None and database is None:
+    kube_users: tuple[str, ...] = ()
+    kube_groups: tuple[str, ...] = ()
+    if sum(target is not None for target in (node, database, kube)) != 1:
+        raise ValueError("decide() needs exactly one of node=, database= or kube=")
+    if node is not None:
         proof_target = node.proof_target
         in_force = session_locks(identity, login, node, locks, now)
         granting = checker.roles_matching_node(node.labels)
         permitted = bool(granting) and login in identity.logins and login in checker.node_logins(node.labels)
         rbac_denial = f"access denied to {identity.username} connecting to {node.hostname}"
         device_denial = UNAUTHORIZED_DEVICE
-    elif database is not None and node is None:
+    elif database is not None:
         target = database.database
         proof_target = target.proof_target
         in_force = database_session_locks(identity, target, locks, now)
@@ -239,7 +282,15 @@ def decide(
         rbac_denial = DB_ACCESS_DENIED
         device_denial = TRUSTED_DEVICE_REQUIRED
     else:
-        raise ValueError("decide() needs exactly one of node= or database=")
+        assert kube is not None
+        proof_target = kube.proof_target
+        in_force = kube_session_locks(identity, kube, locks, now)
+        granting = checker.roles_matching_kubernetes_cluster(kube.labels)
+        kube_users = checker.kubernetes_cluster_users(kube.labels)
+        kube_groups = checker.kubernetes_cluster_groups(kube.labels)
+        permitted = bool(granting) and bool(kube_users or kube_groups)
+        rbac_denial = KUBE_ACCESS_DENIED
+        device_denial = TRUSTED_DEVICE_REQUIRED
 
     if session_proof == SESSION_PROOF_LOGIN:
         problem = None if identity.device is not None else NO_TRUSTED_DEVICE
@@ -271,4 +322,4 @@ def decide(
         return deny(device_denial, "unreadable device trust mode")  # fail closed
     if required and not device_verified:
         return deny(device_denial, problem or device_denial)
-    return Decision(True, "", device_verified, mode, granting, audit_device)
+    return Decision(True, "", device_verified, mode, granting, audit_device, "", kube_users, kube_groups)

@@ -18,6 +18,7 @@ from devicetrust.protocol import (
     AuditEvent,
     DatabaseInfo,
     HeartbeatRequest,
+    KubeClusterInfo,
     NodeJoinRequest,
     NodeJoinResponse,
     NodeState,
@@ -71,9 +72,17 @@ class NodeAPI:
         return reply_as(NodeJoinResponse, await self.request("POST", "/v1/nodes/join", body(request)), "nodes/join")
 
     async def heartbeat(
-        self, *, hostname: str, addr: str, labels: Mapping[str, str], databases: Sequence[DatabaseInfo] = ()
+        self,
+        *,
+        hostname: str,
+        addr: str,
+        labels: Mapping[str, str],
+        databases: Sequence[DatabaseInfo] = (),
+        kube_clusters: Sequence[KubeClusterInfo] = (),
     ) -> None:
-        request = HeartbeatRequest.model_construct(addr=addr, labels=dict(labels), databases=list(databases))
+        request = HeartbeatRequest.model_construct(
+            addr=addr, labels=dict(labels), databases=list(databases), kube_clusters=list(kube_clusters)
+        )
         await self.request("POST", "/v1/nodes/heartbeat", body(request))
 
     async def state(self) -> NodeState:

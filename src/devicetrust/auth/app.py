@@ -60,6 +60,7 @@ from devicetrust.protocol import (
     EventPage,
     HeartbeatRequest,
     JsonObject,
+    KubeClusterList,
     LoginDeviceTrust,
     LoginIdentity,
     LoginRequest,
@@ -524,7 +525,13 @@ def build_app(server: AuthServer) -> FastAPI:
 
     @app.post("/v1/nodes/heartbeat")
     def node_heartbeat(req: HeartbeatRequest, caller: CallerDep) -> Empty:
-        server.nodes.heartbeat(caller, req.addr, req.labels, [db.model_dump() for db in req.databases])
+        server.nodes.heartbeat(
+            caller,
+            req.addr,
+            req.labels,
+            [db.model_dump() for db in req.databases],
+            [cluster.model_dump() for cluster in req.kube_clusters],
+        )
         return Empty()
 
     @app.get("/v1/nodes/state")
@@ -550,6 +557,10 @@ def build_app(server: AuthServer) -> FastAPI:
             caller, database=req.database, ssh_cert=req.ssh_cert.encode(), db_user=req.db_user, db_name=req.db_name
         )
         return DatabaseCertResponse.model_validate({"tls_cert": cert.decode(), "database": database})
+
+    @app.get("/v1/kube/clusters")
+    def list_kube_clusters(caller: CallerDep) -> KubeClusterList:
+        return KubeClusterList.model_validate({"items": server.kube.list_visible(caller)})
 
     # -- remote MDM agents (devicetrust.auth.mdm): a session bound to one source name ---------------------
     mdm = MdmService(server)

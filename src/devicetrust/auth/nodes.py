@@ -30,8 +30,12 @@ if TYPE_CHECKING:
 RES_NODE = "node"
 #: A database service and the databases it announced in its last heartbeat.
 RES_DB_SERVICE = "db_service"
+#: A kube service and the Kubernetes clusters it announced in its last heartbeat.
+RES_KUBE_SERVICE = "kube_service"
 #: The agent kinds: their join token type, session kind and stored resource kind.
-AGENT_RESOURCES = {"node": RES_NODE, "db": RES_DB_SERVICE}
+AGENT_RESOURCES = {"node": RES_NODE, "db": RES_DB_SERVICE, "kube": RES_KUBE_SERVICE}
+#: Agents that serve TLS to users (a TLS server certificate from the host CA comes with their join).
+_TLS_AGENTS = ("db", "kube")
 #: A node's host certificate and API session last this long; restarting the node with its stored identity
 #: keeps working within it, after that it needs a new join token.
 NODE_IDENTITY_TTL = timedelta(days=365)
@@ -46,6 +50,8 @@ DB_EVENTS = {
     "db.session.start": ("TDB00I", "TDB00W"),
     "db.session.end": ("TDB01I", "TDB01I"),
 }
+#: Events a kube service may append: (code when it succeeded, code when it failed).
+KUBE_EVENTS = {"kube.request": ("T3009I", "T3009W")}
 MAX_LABELS = 64
 MAX_HOSTNAME_CHARS = 253
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -97,7 +103,7 @@ class NodeService:
             context.host_ca, key, host_id, principals, now - timedelta(minutes=1), now + NODE_IDENTITY_TTL
         )
         tls_cert = ""
-        if role == "db":
+        if role in _TLS_AGENTS:
             tls_cert = certificate_to_pem(
                 issue_tls_server_cert(
                     context.host_ca,
@@ -119,6 +125,8 @@ class NodeService:
         }
         if role == "db":
             node["databases"] = []
+        if role == "kube":
+            node["kube_clusters"] = []
         with context.backend.begin() as store:
             store.resources.create(AGENT_RESOURCES[role], host_id, node)
             store.sessions.create(hash_token(session), host_id, role, {"hostname": hostname}, now + NODE_IDENTITY_TTL)
@@ -147,6 +155,7 @@ class NodeService:
         addr: str,
         labels: Mapping[str, Any],
         databases: Sequence[Mapping[str, Any]] = (),
+        kube_clusters: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         kind = self._require_agent(caller)
         context = self.context
@@ -157,6 +166,13 @@ class NodeService:
                 raise ValidationError("databases: each name may appear once")
             body_update["databases"] = [
                 {**database, "labels": _labels(database.get("labels", {}))} for database in databases
+            ]
+        if kind == RES_KUBE_SERVICE:
+            names = [str(cluster["name"]) for cluster in kube_clusters]
+            if len(set(names)) != len(names):
+                raise ValidationError("kube_clusters: each name may appear once")
+            body_update["kube_clusters"] = [
+                {"name": cluster["name"], "labels": _labels(cluster.get("labels", {}))} for cluster in kube_clusters
             ]
         with context.backend.begin() as store:
             record = store.resources.get(kind, caller.name)
@@ -184,7 +200,11 @@ class NodeService:
         kind = self._require_agent(caller)
         name = event.get("event")
         success = bool(event.get("success", True))
-        if kind == RES_DB_SERVICE:
+        if kind == RES_KUBE_SERVICE:
+            if name not in KUBE_EVENTS:
+                raise ValidationError(f"event: kube services may only report {', '.join(sorted(KUBE_EVENTS))}")
+            code = KUBE_EVENTS[str(name)][0 if success else 1]
+        elif kind == RES_DB_SERVICE:
             if name not in DB_EVENTS:
                 raise ValidationError(f"event: database services may only report {', '.join(sorted(DB_EVENTS))}")
             code = DB_EVENTS[str(name)][0 if success else 1]
@@ -212,4 +232,14 @@ class NodeService:
         return [node for node in nodes if caller.checker.roles_matching_node(node["labels"])]
 
 
-__all__ = ["AGENT_RESOURCES", "DB_EVENTS", "NODE_EVENTS", "RES_DB_SERVICE", "RES_NODE", "NodeService", "label_matches"]
+__all__ = [
+    "AGENT_RESOURCES",
+    "DB_EVENTS",
+    "KUBE_EVENTS",
+    "NODE_EVENTS",
+    "RES_DB_SERVICE",
+    "RES_KUBE_SERVICE",
+    "RES_NODE",
+    "NodeService",
+    "label_matches",
+]

@@ -22,6 +22,7 @@ from devicetrust.auth.databases import DatabaseAccessService
 from devicetrust.auth.devices import DeviceService
 from devicetrust.auth.event_search import EventSearch
 from devicetrust.auth.identities import INVITE_TTL, IdentityService
+from devicetrust.auth.kube import KubeAccessService
 from devicetrust.auth.locks import LockService
 from devicetrust.auth.mdm import MdmService
 from devicetrust.auth.nodes import NodeService
@@ -68,6 +69,7 @@ class AuthServer:
         self.devices = DeviceService(context)
         self.nodes = NodeService(context)
         self.databases = DatabaseAccessService(context)
+        self.kube = KubeAccessService(context)
         self.mdm = MdmService(context)
         self.events = EventSearch(context)
         self.resources = ResourceService(

@@ -110,7 +110,7 @@ class SessionService:
                 session, generation = store.sessions.get_valid_at_generation(token_hash, self.context.clock())
             except NotFoundError:
                 raise expired from None
-            if session.kind in ("node", "db"):  # an SSH node or a database service: no roles, its own endpoints
+            if session.kind in ("node", "db", "kube"):  # an agent: no roles, its own endpoints
                 return Caller(session.user, session.kind, (), {}, token_hash)
             if session.kind == "mdm":
                 return Caller(session.user, "mdm", (), {}, token_hash)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 
 from devicetrust import __version__
 from devicetrust.ceremony.messages import Challenge, CollectedData
-from devicetrust.cli import tsh_db, tsh_ssh
+from devicetrust.cli import tsh_db, tsh_kube, tsh_ssh
 from devicetrust.cli.common import (
     DevicetrustGroup,
     emit,
@@ -468,7 +468,7 @@ def device_session_cert(host_id: str, out: Path | None, device_key: str | None) 
 
 
 # -------------------------------------------------------------------------- ssh, ls, config, db, proxy
-for _command in (*tsh_ssh.COMMANDS, *tsh_db.COMMANDS, *tsh_db.PROXY_COMMANDS):
+for _command in (*tsh_ssh.COMMANDS, *tsh_db.COMMANDS, *tsh_db.PROXY_COMMANDS, *tsh_kube.COMMANDS):
     cli.add_command(_command)
 
 

@@ -79,7 +79,7 @@ MAX_PAGE_SIZE = 1000
 #: rows per query when streaming devices (``DeviceRepository.list_by_source``)
 STREAM_CHUNK_SIZE = 1000
 
-SESSION_KINDS = ("user", "bot", "admin", "node", "db", "mdm")
+SESSION_KINDS = ("user", "bot", "admin", "node", "db", "kube", "mdm")
 #: resource kinds that servers cache: writing one moves the state generation on
 CACHED_RESOURCE_KINDS = frozenset({"role", "cluster_auth_preference", "bot"})
 #: the cluster key/value entry holding the cluster's name (set at the first start)

@@ -1,0 +1,1 @@
+"""kube_service: Kubernetes API servers behind device trust (:mod:`.service`)."""

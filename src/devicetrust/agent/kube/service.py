@@ -1,0 +1,659 @@
+"""kube_service: Kubernetes API servers behind device trust, RBAC and locks, decided like SSH and database sessions.
+
+Life of the service: the same as an SSH node's or a database service's (:mod:`devicetrust.agent.membership`):
+join with a ``kube`` token (or reuse ``<data_dir>/kube/``), poll the cluster state, heartbeat its clusters,
+forward audit events. It listens for kubectl (HTTPS, HTTP/1.1) on one address for all its clusters; a cluster's
+requests come under ``/kube/<name>/`` (the server URL ``tsh kube login`` writes).
+
+Life of a request (one thread per connection):
+1. TLS asks for a client certificate from the cluster's user CA (the session certificate ``tsh kube
+   credentials`` returns); a request without one gets 401 Unauthorized.
+2. :func:`devicetrust.access.decide` decides against the cached state at the time of the request, with a fresh
+   session proof for this cluster required where a device is. A denial is an HTTP 403 ``metav1.Status``
+   (kubectl: ``Error from server (Forbidden): access to resource requires a trusted device``).
+3. The request goes to the API server with the service's bearer token and ``Impersonate-User`` /
+   ``Impersonate-Group`` from the granted kubernetes_users / kubernetes_groups (:func:`.requests.impersonation`);
+   the client's own credentials and impersonation headers never pass through.
+4. The reply is relayed; a streamed one (a watch, ``logs -f``) chunk by chunk as it arrives. A lock that
+   targets an open stream ends it.
+5. Audit: ``kube.request`` with the path, verb, response code, cluster and resource, and the device block.
+
+Not served: protocol upgrades (``exec``, ``attach``, ``port-forward`` over SPDY/WebSocket) get 400 BadRequest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import logging
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from devicetrust.access import Decision, KubeClusterTarget, decide, kube_session_locks, lock_reason
+from devicetrust.agent.api import NodeAPI
+from devicetrust.agent.audit import device_fields, user_fields
+from devicetrust.agent.kube.requests import (
+    ImpersonationRefused,
+    impersonation,
+    request_info,
+    route,
+    status_body,
+)
+from devicetrust.agent.membership import AgentConfig, ClusterMembership
+from devicetrust.agent.network import advertised_addr, listen_host_port, socket_addr
+from devicetrust.agent.state import ClusterState
+from devicetrust.config import KubeClusterEntry
+from devicetrust.crypto import Identity, load_certificate_pem, private_key_to_pem, verify_x509_client_cert
+from devicetrust.errors import ConfigError, TrustError
+from devicetrust.protocol import KubeClusterInfo
+from devicetrust.types.clock import utcnow
+
+__all__ = ["KubeService", "KubeServiceConfig"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds to reach the API server and get its reply's headers (a watch's body may then stream for hours).
+UPSTREAM_TIMEOUT_SECONDS = 30.0
+#: Largest request body relayed (kubectl apply of a large manifest fits).
+MAX_REQUEST_BODY = 16 * 1024 * 1024
+#: Kept-alive connections to each API server, at most.
+MAX_IDLE_UPSTREAM_CONNECTIONS = 16
+#: Bytes read from a streamed reply at a time.
+STREAM_CHUNK = 64 * 1024
+NO_STATE_REASON = "this kube service has not received the cluster's access policy yet; try again shortly"
+NO_CERTIFICATE_REASON = "Unauthorized"
+UPGRADE_REASON = "exec, attach and port-forward are not supported by this kube service yet"
+#: Headers that concern one connection only (RFC 9110 §7.6.1), and those the service sets itself.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "authorization",
+    }
+)
+
+
+@dataclass(frozen=True)
+class KubeServiceConfig:
+    """What a kube service needs to run. ``listen_addr`` may use port 0 (tests): the bound port is advertised."""
+
+    service_dir: Path
+    hostname: str
+    listen_addr: str
+    auth_server: str
+    clusters: tuple[KubeClusterEntry, ...]
+    auth_ca_pem: str | None = None
+    join_token: str | Callable[[], str] | None = None
+
+
+@dataclass
+class _Upstream:
+    entry: KubeClusterEntry
+    host: str
+    port: int
+    base_path: str
+    context: ssl.SSLContext
+    token: str
+    #: kept-alive connections to the API server, as a client of it keeps them (a TLS handshake per request
+    #: would cost more than the request)
+    idle: list[http.client.HTTPSConnection] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def connection(self) -> tuple[http.client.HTTPSConnection, bool]:
+        """An idle connection (and True), else a new one (and False)."""
+        with self.lock:
+            if self.idle:
+                return self.idle.pop(), True
+        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=UPSTREAM_TIMEOUT_SECONDS)
+        return conn, False
+
+    def release(self, conn: http.client.HTTPSConnection) -> None:
+        with self.lock:
+            if len(self.idle) < MAX_IDLE_UPSTREAM_CONNECTIONS:
+                self.idle.append(conn)
+                return
+        conn.close()
+
+
+@dataclass
+class _Stream:
+    """An open streamed reply (a watch), ended by a lock on its user, roles, device or this service."""
+
+    identity: Identity
+    target: KubeClusterTarget
+    #: the client's connection and the API server's: both shut down to end the stream
+    sockets: tuple[socket.socket, ...]
+    ended: str = ""
+
+
+class KubeService:
+    def __init__(self, config: KubeServiceConfig, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.config = config
+        self.clock = clock
+        names = [cluster.name for cluster in config.clusters]
+        if len(set(names)) != len(names):
+            raise ConfigError("kube_service.kubernetes_clusters: each name may appear once")
+        self.membership = ClusterMembership(
+            AgentConfig(
+                role="kube",
+                section="kube_service",
+                state_dir=config.service_dir,
+                hostname=config.hostname,
+                auth_server=config.auth_server,
+                auth_ca_pem=config.auth_ca_pem,
+                join_token=config.join_token,
+            ),
+            clock=clock,
+            on_state=self._state_updated,
+        )
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: _Server | None = None
+        self._serving: threading.Thread | None = None
+        self._user_ca: x509.Certificate | None = None
+        self._upstreams: dict[str, _Upstream] = {}
+        self._lock = threading.Lock()
+        self._streams: dict[int, _Stream] = {}
+
+    # ------------------------------------------------------------------------------------------ life cycle
+    @property
+    def host_id(self) -> str:
+        identity = self.membership.identity
+        return identity.host_id if identity is not None else ""
+
+    def advertised_addr(self, port: int | None = None) -> str:
+        return advertised_addr(self.config.listen_addr, self.config.hostname, port)
+
+    async def start(self) -> None:
+        """Join (or reuse the stored identity), fetch the state, listen. Raises DevicetrustError on failure."""
+        self._upstreams = {cluster.name: _upstream(cluster) for cluster in self.config.clusters}
+        identity = await self.membership.start(self.advertised_addr())
+        if not identity.tls_cert or not identity.user_ca_pem:
+            raise ConfigError(
+                f"{self.config.service_dir} holds no kube service identity; delete it and join again "
+                "with a kube token (tctl tokens add --type=kube)"
+            )
+        host_key = self.membership.host_key
+        assert host_key is not None
+        tls = _server_context(identity.tls_cert, private_key_to_pem(host_key), identity.user_ca_pem)
+        self._user_ca = load_certificate_pem(identity.user_ca_pem.encode())
+        host, port = listen_host_port(self.config.listen_addr, "kube_service.listen_addr")
+        try:
+            server = _Server((host, port), _Handler, self, tls)
+        except OSError as err:
+            raise ConfigError(f"kube_service.listen_addr {self.config.listen_addr}: {err.strerror or err}") from None
+        self._server = server
+        self.port = int(server.server_address[1])
+        self._loop = asyncio.get_running_loop()
+        self._serving = threading.Thread(target=server.serve_forever, args=(0.5,), name="kube-serve", daemon=True)
+        self._serving.start()
+        self.membership.run_loops(self._heartbeat, "kube")
+        log.info(
+            "kube service started",
+            extra={
+                "listen_addr": self.advertised_addr(self.port),
+                "host_id": identity.host_id,
+                "hostname": self.config.hostname,
+                "kubernetes_clusters": sorted(self._upstreams),
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stop serving, end open streams, flush audit events (bounded), close the API client."""
+        if self._server is not None:
+            await asyncio.to_thread(self._server.shutdown)
+            self._server.server_close()
+        with self._lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            self._end(stream, "the kube service is shutting down")
+        await self.membership.stop()
+        log.info("kube service stopped")
+
+    async def _heartbeat(self, api: NodeAPI) -> None:
+        clusters = [
+            KubeClusterInfo.model_construct(name=cluster.name, labels=dict(cluster.labels))
+            for cluster in self.config.clusters
+        ]
+        await api.heartbeat(
+            hostname=self.config.hostname, addr=self.advertised_addr(self.port), labels={}, kube_clusters=clusters
+        )
+
+    # ------------------------------------------------------------------------------------------ locks
+    def _state_updated(self, state: ClusterState) -> None:
+        """End every open stream a lock now targets (user, role, verified device, this service)."""
+        now = self.clock()
+        with self._lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            locks = kube_session_locks(stream.identity, stream.target, state.locks, now)
+            if locks:
+                self._end(stream, lock_reason(locks[0]))
+
+    def _end(self, stream: _Stream, reason: str) -> None:
+        stream.ended = stream.ended or reason
+        for sock in stream.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    # ------------------------------------------------------------------------------------------ decision
+    def target(self, name: str) -> KubeClusterTarget | None:
+        entry = self._upstreams.get(name)
+        if entry is None:
+            return None
+        return KubeClusterTarget(
+            name=name, labels=entry.entry.labels, service_id=self.host_id, service_hostname=self.config.hostname
+        )
+
+    def identify(self, der: bytes | None, now: datetime) -> Identity | None:
+        if not der or self._user_ca is None:
+            return None
+        try:
+            return verify_x509_client_cert(x509.load_der_x509_certificate(der), self._user_ca, now)
+        except (TrustError, ValueError) as err:
+            log.info("client certificate refused", extra={"reason": str(err)})
+            return None
+
+    def decide(self, identity: Identity, target: KubeClusterTarget) -> Decision | None:
+        state = self.membership.current_state
+        if state is None:
+            return None
+        return decide(
+            identity,
+            kube=target,
+            roles=state.roles,
+            cluster_mode=state.device_trust_mode,
+            locks=state.locks,
+            now=self.clock(),
+            session_proof=state.auth_preference.device_trust.session_proof,
+        )
+
+    # ------------------------------------------------------------------------------------------ audit
+    def emit(self, event: dict[str, Any]) -> None:
+        loop, audit = self._loop, self.membership.audit
+        if loop is not None and audit is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: the service is stopping
+                loop.call_soon_threadsafe(audit.emit, event)
+
+    def open_stream(self, stream: _Stream) -> None:
+        with self._lock:
+            self._streams[id(stream)] = stream
+        state = self.membership.current_state
+        if state is not None:  # a lock that arrived while the request was on its way
+            locks = kube_session_locks(stream.identity, stream.target, state.locks, self.clock())
+            if locks:
+                self._end(stream, lock_reason(locks[0]))
+
+    def close_stream(self, stream: _Stream) -> None:
+        with self._lock:
+            self._streams.pop(id(stream), None)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], service: KubeService, tls: ssl.SSLContext
+    ) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.service = service
+        self.tls = tls
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A bug costs one connection, never the service; it goes to the log, not to stderr."""
+        log.exception("kube connection failed", extra={"remote_addr": socket_addr(client_address)})
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """TLS in the connection's own thread: a slow handshake never holds up accepting."""
+        try:
+            request.settimeout(UPSTREAM_TIMEOUT_SECONDS)
+            tls = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as err:
+            log.info("TLS handshake failed", extra={"remote_addr": socket_addr(client_address), "error": str(err)})
+            return
+        tls.settimeout(None)
+        try:
+            handler: Any = self.RequestHandlerClass
+            handler(tls, client_address, self)
+        finally:
+            with contextlib.suppress(OSError):
+                tls.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: without this, Nagle and delayed ACKs add 40 ms to each reply
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # requests are audited; the access log is not needed
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Malformed requests and unknown methods: a Status too, never the standard library's HTML page."""
+        self.close_connection = True
+        body = status_body(code, message or "bad request")
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+
+    # ----------------------------------------------------------------------------------------------
+    def _reply(self, code: int, message: str) -> None:
+        """A refusal: a ``metav1.Status``, except for discovery (``/api``, ``/apis``, ``/version``, …) where
+        client-go reads only a text/plain body (it shows any other as "unknown"), so the message goes as text."""
+        if request_info(self.command, route_path(self.path)).resource:
+            body, content_type = status_body(code, message), "application/json"
+        else:
+            body, content_type = message.encode() + b"\n", "text/plain; charset=utf-8"
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _serve(self) -> None:
+        service = self.server.service
+        now = service.clock()
+        peer = socket_addr(self.client_address)
+        connection = self.connection
+        der = connection.getpeercert(binary_form=True) if isinstance(connection, ssl.SSLSocket) else None
+        identity = self._identity(der, now)
+        routed = route(self.path)
+        event: dict[str, Any] = {
+            "event": "kube.request",
+            **user_fields(identity),
+            "addr.remote": peer,
+            "request_path": routed[1] if routed else self.path,
+            "verb": self.command,
+            "server_id": service.host_id,
+            "server_hostname": service.config.hostname,
+        }
+        decision: Decision | None = None
+        code = 500
+        try:
+            body = self._read_body()
+            if identity is None:
+                code = 401
+                self._reply(401, NO_CERTIFICATE_REASON)
+                return
+            if routed is None:
+                code = 404
+                self._reply(404, "the path names no Kubernetes cluster: use 'tsh kube login NAME'")
+                return
+            name, api_path = routed
+            info = request_info(self.command, api_path)
+            event.update(
+                kubernetes_cluster=name,
+                resource_kind=info.resource,
+                resource_name=info.name,
+                resource_namespace=info.namespace,
+                resource_api_group=info.api_group,
+                verb=info.verb,
+            )
+            target = service.target(name)
+            if target is None:
+                code = 404
+                self._reply(404, f'kubernetes cluster "{name}" not found')
+                return
+            decision = service.decide(identity, target)
+            if decision is None:
+                code = 503
+                self._reply(503, NO_STATE_REASON)
+                return
+            if not decision.allowed:
+                code = 403
+                event["error"] = decision.audit_reason
+                log.info(
+                    "kube request refused",
+                    extra={"user": identity.username, "kube_cluster": name, "reason": decision.audit_reason},
+                )
+                self._reply(403, decision.reason)
+                return
+            if "upgrade" in (self.headers.get("Connection") or "").lower():
+                code = 400
+                self._reply(400, UPGRADE_REASON)
+                return
+            try:
+                user, groups = impersonation(
+                    identity.username,
+                    decision.kubernetes_users,
+                    decision.kubernetes_groups,
+                    self.headers.get_all("Impersonate-User") or [],
+                    self.headers.get_all("Impersonate-Group") or [],
+                    other_impersonation=any(
+                        key.lower().startswith("impersonate-") and key.lower() not in _IMPERSONATE
+                        for key in self.headers
+                    ),
+                )
+            except ImpersonationRefused as refused:
+                code = 403
+                event["error"] = str(refused)
+                self._reply(403, str(refused))
+                return
+            event.update(kubernetes_users=[user], kubernetes_groups=list(groups))
+            code, ended = self._forward(service._upstreams[name], api_path, body, user, groups, identity, target)
+            if ended:
+                event["reason"] = ended
+        except _ClientGone:
+            code = 499
+        finally:
+            event["response_code"] = code
+            event["success"] = 200 <= code < 400
+            event.update(device_fields(identity, decision))
+            service.emit(event)
+
+    def _identity(self, der: bytes | None, now: datetime) -> Identity | None:
+        """The client certificate's identity: verified once per connection (by its exact bytes), its validity
+        window checked on every request."""
+        known: tuple[bytes, Identity] | None = getattr(self, "_verified", None)
+        if der and known is not None and known[0] == der:
+            cached = known[1]
+            return cached if cached.not_before <= now < cached.not_after else None
+        identity = self.server.service.identify(der, now)
+        if der and identity is not None:
+            self._verified = (der, identity)
+        return identity
+
+    def _read_body(self) -> bytes:
+        if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            data = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return bytes(data)
+                data += self.rfile.read(size)
+                self.rfile.readline()
+                if len(data) > MAX_REQUEST_BODY:
+                    raise _ClientGone
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_REQUEST_BODY:
+            self.close_connection = True
+            raise _ClientGone
+        return self.rfile.read(length) if length else b""
+
+    def _forward(
+        self,
+        upstream: _Upstream,
+        api_path: str,
+        body: bytes,
+        user: str,
+        groups: tuple[str, ...],
+        identity: Identity,
+        target: KubeClusterTarget,
+    ) -> tuple[int, str]:
+        """Send the request on and relay the reply: its status, and why the service ended it early ("" if it
+        did not)."""
+        headers = [
+            (key, value)
+            for key, value in self.headers.items()
+            if key.lower() not in _HOP_BY_HOP and not key.lower().startswith("impersonate-")
+        ]
+        headers += [("Authorization", f"Bearer {upstream.token}"), ("Impersonate-User", user)]
+        headers += [("Impersonate-Group", group) for group in groups]
+        if body or self.command in ("POST", "PUT", "PATCH"):
+            headers.append(("Content-Length", str(len(body))))
+        for attempt in range(2):
+            conn, reused = upstream.connection()
+            try:
+                conn.putrequest(self.command, upstream.base_path + api_path, skip_accept_encoding=True)
+                for key, value in headers:
+                    conn.putheader(key, value)
+                conn.endheaders(body or None)
+                response = conn.getresponse()
+                break
+            except (OSError, http.client.HTTPException) as err:
+                conn.close()
+                # a kept-alive connection the API server closed meanwhile: once more on a new one
+                if reused and attempt == 0 and isinstance(err, _STALE_CONNECTION):
+                    continue
+                self._reply(502, f"cannot reach the Kubernetes API server of {target.name}: {err}")
+                return 502, ""
+        streamed = False
+        try:
+            ended, streamed = self._relay(response, conn.sock, identity, target)
+        finally:
+            if streamed or response.will_close:
+                conn.close()
+            else:
+                upstream.release(conn)
+        return response.status, ended
+
+    def _relay(
+        self,
+        response: http.client.HTTPResponse,
+        upstream_sock: socket.socket | None,
+        identity: Identity,
+        target: KubeClusterTarget,
+    ) -> tuple[str, bool]:
+        """Relay the reply; (why the service ended it early or "", whether it was streamed)."""
+        self.send_response_only(response.status, response.reason)
+        for key, value in response.getheaders():
+            if key.lower() not in _HOP_BY_HOP:
+                self.send_header(key, value)
+        length = response.getheader("Content-Length")
+        if length is not None or response.status in (204, 304) or self.command == "HEAD":
+            data = response.read()
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self._write(data)
+            return "", False
+        # streamed (a watch, logs -f): chunk by chunk as it comes, until either side ends or a lock does
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._flush()
+        service = self.server.service
+        sockets = (self.connection, *([upstream_sock] if upstream_sock is not None else []))
+        stream = _Stream(identity, target, sockets)
+        if upstream_sock is not None:
+            upstream_sock.settimeout(None)  # a watch may be quiet for a long time
+        service.open_stream(stream)
+        try:
+            while not stream.ended:
+                try:
+                    chunk = response.read1(STREAM_CHUNK)
+                except (OSError, http.client.HTTPException):
+                    break
+                if not chunk:
+                    self._write(b"0\r\n\r\n")
+                    break
+                self._write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                self._flush()
+        finally:
+            service.close_stream(stream)
+            self.close_connection = True
+            if stream.ended:
+                log.info("kube stream ended", extra={"user": identity.username, "reason": stream.ended})
+        return stream.ended, True
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.wfile.write(data)
+        except OSError:
+            raise _ClientGone from None
+
+    def _flush(self) -> None:
+        try:
+            self.wfile.flush()
+        except OSError:
+            raise _ClientGone from None
+
+
+_IMPERSONATE = frozenset({"impersonate-user", "impersonate-group"})
+_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class _ClientGone(Exception):
+    """The client went away mid-request."""
+
+
+def route_path(path: str) -> str:
+    routed = route(path)
+    return routed[1] if routed is not None else path
+
+
+def _upstream(cluster: KubeClusterEntry) -> _Upstream:
+    where = f"kube_service.kubernetes_clusters[{cluster.name}]"
+    try:
+        token = cluster.token_file.read_text().strip()
+    except OSError as err:
+        raise ConfigError(f"{where}.token_file: cannot read {cluster.token_file}: {err.strerror}") from None
+    if not token:
+        raise ConfigError(f"{where}.token_file: {cluster.token_file} is empty")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        context.load_verify_locations(cafile=str(cluster.ca_file))
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"{where}.ca_file: cannot read {cluster.ca_file}: {err}") from None
+    context.set_alpn_protocols(["http/1.1"])
+    split = urlsplit(cluster.api_server)
+    host = split.hostname or ""
+    return _Upstream(cluster, host, split.port or 443, split.path.rstrip("/"), context, token)
+
+
+def _server_context(cert_pem: str, key_pem: bytes, user_ca_pem: str) -> ssl.SSLContext:
+    """TLS for kubectl: the service's host certificate; client certificates from the user CA, asked for but
+    checked per request, so a client without one gets a Status reply rather than a TLS alert."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_path, key_path = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
+        cert_path.write_text(cert_pem)
+        key_path.touch(0o600)
+        key_path.write_bytes(key_pem)
+        context.load_cert_chain(cert_path, key_path)
+    context.load_verify_locations(cadata=user_ca_pem)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.set_alpn_protocols(["http/1.1"])
+    return context

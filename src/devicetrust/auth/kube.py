@@ -1,0 +1,70 @@
+"""Kubernetes clusters on the auth service: which ones a user may reach (``tsh kube ls``).
+
+Kube services announce their clusters in their heartbeats (:mod:`devicetrust.auth.nodes`); a cluster is listed
+while its service has been seen within :data:`KUBE_SERVICE_TTL`. Names are unique in the cluster: when two
+services announce one name, the one seen last serves it. Credentials are session certificates from the device
+proof (``tsh kube credentials``), so nothing is issued here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from devicetrust.auth.nodes import RES_KUBE_SERVICE
+
+if TYPE_CHECKING:
+    from devicetrust.auth.context import AuthContext, Caller
+
+__all__ = ["KUBE_SERVICE_TTL", "KubeAccessService"]
+
+#: A kube service not heard from for this long (heartbeats come every 30 s) no longer lists its clusters.
+KUBE_SERVICE_TTL = timedelta(minutes=10)
+
+
+class KubeAccessService:
+    def __init__(self, context: AuthContext) -> None:
+        self.context = context
+
+    def _clusters(self, now: datetime) -> dict[str, dict[str, Any]]:
+        """Every Kubernetes cluster a live service announces, by name (the most recently seen service wins)."""
+        with self.context.backend.read() as store:
+            services = [record.body for record in store.resources.list(RES_KUBE_SERVICE)]
+        found: dict[str, dict[str, Any]] = {}
+        for service in sorted(services, key=lambda body: str(body.get("last_seen", ""))):
+            try:
+                seen = datetime.fromisoformat(str(service["last_seen"]))
+            except (KeyError, ValueError):
+                continue
+            if now - seen > KUBE_SERVICE_TTL:
+                continue
+            for cluster in service.get("kube_clusters", []):
+                found[str(cluster["name"])] = {
+                    "name": cluster["name"],
+                    "labels": dict(cluster.get("labels", {})),
+                    "service": {
+                        "host_id": service["host_id"],
+                        "hostname": service["hostname"],
+                        "addr": service["addr"],
+                    },
+                    "last_seen": service["last_seen"],
+                }
+        return found
+
+    def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
+        """The clusters whose labels one of the caller's roles allows (and none denies), by name, with the
+        Kubernetes users and groups those roles grant there."""
+        clusters = self._clusters(self.context.clock())
+        visible: list[dict[str, Any]] = []
+        for name in sorted(clusters):
+            labels = clusters[name]["labels"]
+            if caller.kind != "admin" and not caller.checker.roles_matching_kubernetes_cluster(labels):
+                continue
+            visible.append(
+                {
+                    **clusters[name],
+                    "kubernetes_users": list(caller.checker.kubernetes_cluster_users(labels)),
+                    "kubernetes_groups": list(caller.checker.kubernetes_cluster_groups(labels)),
+                }
+            )
+        return visible

@@ -1,0 +1,505 @@
+"""A fake Kubernetes API server for the tests, faithful to what kubectl and the kube service use of the real one.
+
+- HTTPS with its own CA (:mod:`tests.fakes.pki`), HTTP/1.1 only (no h2 in ALPN, as an API server behind a proxy
+  that does not speak it: kubectl falls back).
+- Authentication by bearer token (the kube service's service account); anything else is 401 Unauthorized.
+- Impersonation as in the API server's filter: ``Impersonate-User`` (required when ``Impersonate-Group`` is sent,
+  else 400 BadRequest ... "without impersonating a user"), ``Impersonate-Group`` repeated; an impersonated user
+  gets ``system:authenticated`` added. The token's user must be allowed to impersonate (``impersonators``).
+- Discovery: ``/version``, ``/api`` (APIVersions), ``/apis`` (APIGroupList), ``/api/v1`` (APIResourceList),
+  ``/apis/authentication.k8s.io/v1``. Aggregated discovery is not offered: a plain ``application/json`` reply makes
+  client-go fall back to the legacy documents, as against an API server before 1.26.
+- ``namespaces`` list/get; ``pods`` list/get/watch (``?watch=1``: a chunked stream of WatchEvents, one JSON object
+  per line, staying open until the client goes or the server stops); tables (``Accept: ...;as=Table``) as kubectl
+  asks for them.
+- ``POST /apis/authentication.k8s.io/v1/selfsubjectreviews`` echoes the (impersonated) user and groups.
+- Errors are ``metav1.Status`` objects (NotFound, Unauthorized, Forbidden, BadRequest, MethodNotAllowed).
+
+Every request's method, path and headers are recorded (``requests``) for the tests to check what reached it.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.pki import TestPKI, make_test_pki
+
+__all__ = ["FakeKubeAPIServer", "RecordedRequest", "running_kube_apiserver"]
+
+SERVICE_ACCOUNT = "system:serviceaccount:kube-system:devicetrust"
+SERVICE_ACCOUNT_GROUPS = ("system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated")
+TABLE_MEDIA = "as=Table"
+GIT_VERSION = "v1.32.4"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, list[str]]
+    user: str
+    groups: tuple[str, ...]
+
+    def header(self, name: str) -> list[str]:
+        return self.headers.get(name.lower(), [])
+
+
+@dataclass
+class _Pod:
+    name: str
+    namespace: str
+    created: str
+    uid: str
+    resource_version: int
+    phase: str = "Running"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "uid": self.uid,
+                "resourceVersion": str(self.resource_version),
+                "creationTimestamp": self.created,
+            },
+            "spec": {"containers": [{"name": "main", "image": "nginx:1.27"}]},
+            "status": {
+                "phase": self.phase,
+                "containerStatuses": [{"name": "main", "ready": True, "restartCount": 0, "image": "nginx:1.27"}],
+            },
+        }
+
+
+@dataclass
+class FakeKubeAPIServer:
+    pki: TestPKI
+    token: str
+    namespaces: tuple[str, ...] = ("default", "kube-system")
+    impersonators: tuple[str, ...] = (SERVICE_ACCOUNT,)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    port: int = 0
+    _pods: dict[tuple[str, str], _Pod] = field(default_factory=dict)
+    _watchers: list[queue.Queue[dict[str, Any] | None]] = field(default_factory=list)
+    _version: int = 100
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki.ca_file
+
+    # ------------------------------------------------------------------------------------------ state
+    def add_pod(self, namespace: str, name: str, phase: str = "Running") -> None:
+        with self._lock:
+            self._version += 1
+            pod = _Pod(
+                name,
+                namespace,
+                datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                f"uid-{self._version}",
+                self._version,
+                phase,
+            )
+            existed = (namespace, name) in self._pods
+            self._pods[(namespace, name)] = pod
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            watcher.put({"type": "MODIFIED" if existed else "ADDED", "object": pod.to_json()})
+
+    def pods(self, namespace: str) -> list[_Pod]:
+        with self._lock:
+            return sorted((p for (ns, _), p in self._pods.items() if ns == namespace), key=lambda p: p.name)
+
+    # ------------------------------------------------------------------------------------------ life cycle
+    def start(self) -> FakeKubeAPIServer:
+        fake = self
+
+        class Handler(_Handler):
+            server_fake = fake
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.pki.cert_file, self.pki.key_file)
+        context.set_alpn_protocols(["http/1.1"])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        self.port = int(server.server_address[1])
+        threading.Thread(target=server.serve_forever, name="fake-kube-apiserver", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            watcher.put(None)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig that reaches this server directly with the service account token (for kubectl)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url, "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": "sa", "user": {"token": self.token}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa"}}],
+            "current-context": "fake",
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+
+@contextmanager
+def running_kube_apiserver(directory: Path, token: str | None = None) -> Iterator[FakeKubeAPIServer]:
+    pki = make_test_pki(directory, name="Fake Kubernetes Test CA")
+    server = FakeKubeAPIServer(pki, token or secrets.token_urlsafe(24)).start()
+    server.add_pod("default", "web-0")
+    server.add_pod("default", "web-1")
+    server.add_pod("kube-system", "coredns-0")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -------------------------------------------------------------------------------------------------- documents
+def status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if details:
+        doc["details"] = details
+    return doc
+
+
+def _resource(
+    name: str, kind: str, namespaced: bool, verbs: list[str], short: list[str] | None = None
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": name,
+        "singularName": kind.lower(),
+        "namespaced": namespaced,
+        "kind": kind,
+        "verbs": verbs,
+    }
+    if short:
+        doc["shortNames"] = short
+    return doc
+
+
+API_V1 = {
+    "kind": "APIResourceList",
+    "groupVersion": "v1",
+    "resources": [
+        _resource("namespaces", "Namespace", False, ["get", "list", "watch"], ["ns"]),
+        _resource("pods", "Pod", True, ["get", "list", "watch"], ["po"]),
+    ],
+}
+AUTHN_V1 = {
+    "kind": "APIResourceList",
+    "apiVersion": "v1",
+    "groupVersion": "authentication.k8s.io/v1",
+    "resources": [
+        _resource("selfsubjectreviews", "SelfSubjectReview", False, ["create"]),
+        _resource("tokenreviews", "TokenReview", False, ["create"]),
+    ],
+}
+API_GROUPS = {
+    "kind": "APIGroupList",
+    "apiVersion": "v1",
+    "groups": [
+        {
+            "name": "authentication.k8s.io",
+            "versions": [{"groupVersion": "authentication.k8s.io/v1", "version": "v1"}],
+            "preferredVersion": {"groupVersion": "authentication.k8s.io/v1", "version": "v1"},
+        }
+    ],
+}
+
+
+def _age(created: str) -> str:
+    seconds = int((datetime.now(UTC) - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds())
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
+
+
+def _pod_table(pods: list[_Pod], resource_version: str) -> dict[str, Any]:
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": [
+            {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0},
+            {"name": "Ready", "type": "string", "format": "", "description": "ready containers", "priority": 0},
+            {"name": "Status", "type": "string", "format": "", "description": "pod phase", "priority": 0},
+            {"name": "Restarts", "type": "string", "format": "", "description": "restarts", "priority": 0},
+            {"name": "Age", "type": "string", "format": "", "description": "age", "priority": 0},
+        ],
+        "rows": [
+            {
+                "cells": [pod.name, "1/1", pod.phase, "0", _age(pod.created)],
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": pod.to_json()["metadata"],
+                },
+            }
+            for pod in pods
+        ],
+    }
+
+
+# -------------------------------------------------------------------------------------------------- handler
+class _Unauthorized(Exception):
+    pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_fake: FakeKubeAPIServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as Go's net/http: no 40 ms Nagle/delayed-ACK stall between header and body
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    # --------------------------------------------------------------------------------------------- helpers
+    def _send_json(self, code: int, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _authenticate(self) -> tuple[str, tuple[str, ...]]:
+        fake = self.server_fake
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or auth[len("Bearer ") :] != fake.token:
+            raise _Unauthorized
+        user, groups = SERVICE_ACCOUNT, SERVICE_ACCOUNT_GROUPS
+        imp_user = self.headers.get_all("Impersonate-User") or []
+        imp_groups = self.headers.get_all("Impersonate-Group") or []
+        if imp_groups and not imp_user:
+            raise _BadImpersonation(
+                f"requested {[{'Kind': 'Group', 'Name': g} for g in imp_groups]} without impersonating a user"
+            )
+        if imp_user:
+            if user not in fake.impersonators:
+                raise _Forbidden(
+                    f'users "{imp_user[0]}" is forbidden: User "{user}" cannot impersonate resource '
+                    '"users" in API group "" at the cluster scope'
+                )
+            groups = tuple(dict.fromkeys([*imp_groups, "system:authenticated"]))
+            user = imp_user[0]
+        return user, groups
+
+    def _handle(self) -> None:
+        fake = self.server_fake
+        split = urlsplit(self.path)
+        path, query = split.path.rstrip("/") or "/", parse_qs(split.query)
+        headers: dict[str, list[str]] = {}
+        for name, value in self.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        try:
+            user, groups = self._authenticate()
+        except _Unauthorized:
+            fake.requests.append(RecordedRequest(self.command, path, split.query, headers, "", ()))
+            self._send_json(401, status(401, "Unauthorized", "Unauthorized"))
+            return
+        except _BadImpersonation as err:
+            self._send_json(400, status(400, "BadRequest", str(err)))
+            return
+        except _Forbidden as err:
+            self._send_json(403, status(403, "Forbidden", str(err)))
+            return
+        fake.requests.append(RecordedRequest(self.command, path, split.query, headers, user, groups))
+        table = TABLE_MEDIA in self.headers.get("Accept", "")
+        parts = path.strip("/").split("/")
+        if self.command == "POST" and path == "/apis/authentication.k8s.io/v1/selfsubjectreviews":
+            # kubectl sends the (empty) review as protobuf and accepts JSON back; its metadata is all it holds
+            try:
+                review = json.loads(body or b"{}")
+            except ValueError:
+                review = {}
+            self._send_json(
+                201,
+                {
+                    "kind": "SelfSubjectReview",
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {**review.get("metadata", {}), "creationTimestamp": None},
+                    "status": {"userInfo": {"username": user, "groups": list(groups)}},
+                },
+            )
+            return
+        if self.command != "GET":
+            self._send_json(
+                405, status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            )
+            return
+        if path == "/version":
+            self._send_json(
+                200,
+                {
+                    "major": "1",
+                    "minor": "32",
+                    "gitVersion": GIT_VERSION,
+                    "platform": "linux/amd64",
+                    "goVersion": "go1.23",
+                },
+            )
+        elif path == "/api":
+            self._send_json(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        elif path == "/apis":
+            self._send_json(200, API_GROUPS)
+        elif path == "/api/v1":
+            self._send_json(200, API_V1)
+        elif path == "/apis/authentication.k8s.io/v1":
+            self._send_json(200, AUTHN_V1)
+        elif parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 3:
+            self._send_json(
+                200,
+                {
+                    "kind": "NamespaceList",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(fake._version)},
+                    "items": [
+                        {
+                            "kind": "Namespace",
+                            "apiVersion": "v1",
+                            "metadata": {"name": ns},
+                            "status": {"phase": "Active"},
+                        }
+                        for ns in fake.namespaces
+                    ],
+                },
+            )
+        elif parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 4:
+            if parts[3] not in fake.namespaces:
+                self._not_found("namespaces", parts[3])
+            else:
+                self._send_json(200, {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": parts[3]}})
+        elif parts[:3] == ["api", "v1", "namespaces"] and len(parts) >= 5 and parts[4] == "pods":
+            namespace = parts[3]
+            if len(parts) == 5:
+                if query.get("watch", ["0"])[0] in ("1", "true"):
+                    self._watch(namespace, table)
+                else:
+                    self._list(namespace, table)
+            elif len(parts) == 6:
+                pod = next((p for p in fake.pods(namespace) if p.name == parts[5]), None)
+                if pod is None:
+                    self._not_found("pods", parts[5])
+                elif table:
+                    self._send_json(200, _pod_table([pod], str(pod.resource_version)))
+                else:
+                    self._send_json(200, pod.to_json())
+            else:
+                self._not_found("pods", parts[5])
+        else:
+            self._send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
+
+    def _not_found(self, kind: str, name: str) -> None:
+        self._send_json(404, status(404, "NotFound", f'{kind} "{name}" not found', {"name": name, "kind": kind}))
+
+    def _list(self, namespace: str, table: bool) -> None:
+        fake = self.server_fake
+        pods = fake.pods(namespace)
+        version = str(fake._version)
+        if table:
+            self._send_json(200, _pod_table(pods, version))
+            return
+        self._send_json(
+            200,
+            {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": version},
+                "items": [pod.to_json() for pod in pods],
+            },
+        )
+
+    def _watch(self, namespace: str, table: bool) -> None:
+        fake = self.server_fake
+        events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        with fake._lock:
+            fake._watchers.append(events)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            self.wfile.flush()
+            while True:
+                try:
+                    event = events.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if event is None:
+                    break
+                pod = event["object"]
+                if pod["metadata"]["namespace"] != namespace:
+                    continue
+                if table:
+                    found = next(p for p in fake.pods(namespace) if p.name == pod["metadata"]["name"])
+                    event = {**event, "object": _pod_table([found], pod["metadata"]["resourceVersion"])}
+                line = json.dumps(event).encode() + b"\n"
+                self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+        finally:
+            with fake._lock:
+                fake._watchers.remove(events)
+            self.close_connection = True
+
+
+class _BadImpersonation(Exception):
+    pass
+
+
+class _Forbidden(Exception):
+    pass
