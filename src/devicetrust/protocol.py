@@ -29,6 +29,10 @@ ResourceDocument = dict[str, Any]
 AuditEvent = dict[str, Any]
 #: A JSON object a ceremony or MDM message parser checks field by field (with its own one-line errors).
 JsonObject = dict[str, Any]
+#: most observations, removals or identities one MDM request may carry: Jamf's largest page
+MDM_MAX_BATCH_ITEMS = 2000
+#: longest free text taken from an MDM agent (ids, serial numbers, names, reasons, notes)
+MDM_MAX_TEXT = 1024
 
 
 class Message(BaseModel):
@@ -342,6 +346,38 @@ class MdmDevice(Message):
 
 class MdmDevicePage(Message):
     items: list[MdmDevice]
+    next_page_token: str | None
+
+
+class MdmIdentity(Message):
+    """A device's identity: its OS and serial number (asset tag)."""
+
+    os_type: str = Field(min_length=1, max_length=64)
+    asset_tag: str = Field(min_length=1, max_length=MDM_MAX_TEXT)
+
+
+class MdmLookupRequest(Message):
+    identities: list[MdmIdentity] = Field(max_length=MDM_MAX_BATCH_ITEMS)
+
+
+class MdmDeviceList(Message):
+    """The session's own devices among those asked for (any others are left out)."""
+
+    items: list[MdmDevice]
+
+
+class MdmSourceDevice(Message):
+    """A device of the session's source, without what a missing check does not need."""
+
+    id: str
+    os_type: str
+    asset_tag: str
+    source_origin: str | None
+    external_id: str | None
+
+
+class MdmSourceDevicePage(Message):
+    items: list[MdmSourceDevice]
     next_page_token: str | None
 
 

@@ -57,9 +57,12 @@ from devicetrust.protocol import (
     LoginResponse,
     MdmApplyResponse,
     MdmDeleteResponse,
+    MdmDeviceList,
     MdmDevicePage,
     MdmJoinRequest,
     MdmJoinResponse,
+    MdmLookupRequest,
+    MdmSourceDevicePage,
     MdmStateValue,
     NodeJoinRequest,
     NodeJoinResponse,
@@ -480,6 +483,18 @@ def build_app(server: AuthServer) -> FastAPI:
         caller: CallerDep, page_token: Annotated[str | None, Query(max_length=512)] = None
     ) -> MdmDevicePage:
         return MdmDevicePage.model_validate(await mdm.scan(caller, page_token))
+
+    @app.post("/v1/mdm/devices/lookup")
+    async def mdm_lookup(req: MdmLookupRequest, caller: CallerDep) -> MdmDeviceList:
+        return await mdm.lookup(caller, req)
+
+    @app.get("/v1/mdm/devices/identities")
+    async def mdm_source_devices(
+        caller: CallerDep,
+        origin: Annotated[str, Query(min_length=1, max_length=64)],
+        page_token: Annotated[str | None, Query(max_length=512)] = None,
+    ) -> MdmSourceDevicePage:
+        return await mdm.source_devices(caller, origin, page_token)
 
     @app.post("/v1/mdm/devices/apply")
     async def mdm_apply(body: JsonObject, caller: CallerDep) -> MdmApplyResponse:

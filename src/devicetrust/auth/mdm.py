@@ -3,12 +3,13 @@ token and writes the inventory through ``/v1/mdm/…`` (the six operations of
 :class:`~devicetrust.mdm.sink.InventorySink`, see :mod:`devicetrust.mdm.api_sink`).
 
 The session is bound to the source name given at join (its Caller's name): every call is limited to devices of
-that source — the scan lists only them, apply and delete refuse a body naming another source (403), and the
-sync state keys are namespaced by it. The work itself is :class:`~devicetrust.mdm.sink.BackendSink`'s, on this
-server's backend with its audit function, exactly as for the in-process service.
+that source — lookups and lists answer only with them, apply and delete refuse a body naming another source
+(403), and the sync state keys are namespaced by it. The work itself is
+:class:`~devicetrust.mdm.sink.BackendSink`'s, on this server's backend with its audit function, exactly as for
+the in-process service.
 
-Scan lists only the session's own devices, so a full sync's index has no foreign ones: a page naming a device
-registered by hand or by another source is planned as new, and the sink's bulk insert notices the existing row
+A lookup answers only with the session's own devices: a page naming a device registered by hand or by another
+source is planned as new, and the sink's bulk insert notices the existing row
 and redoes that batch device by device (counted as foreign). It costs a retried transaction in that case, and
 no agent learns of devices it does not own.
 """
@@ -30,9 +31,11 @@ from devicetrust.mdm.api_sink import (
     removal_from_json,
     source_from_json,
     stored_device_to_json,
+    stored_device_to_model,
     sync_report_from_json,
 )
 from devicetrust.mdm.sink import BackendSink
+from devicetrust.protocol import MdmDeviceList, MdmLookupRequest, MdmSourceDevice, MdmSourceDevicePage
 from devicetrust.types import DeviceSource
 
 if TYPE_CHECKING:
@@ -113,6 +116,30 @@ class MdmService:
             "items": [stored_device_to_json(device) for device in devices if device.source_name == caller.name],
             "next_page_token": next_token,
         }
+
+    async def lookup(self, caller: Caller, request: MdmLookupRequest) -> MdmDeviceList:
+        self._require_mdm(caller)
+        devices = await self.sink.lookup([(identity.os_type, identity.asset_tag) for identity in request.identities])
+        return MdmDeviceList(
+            items=[stored_device_to_model(device) for device in devices if device.source_name == caller.name]
+        )
+
+    async def source_devices(self, caller: Caller, origin: str, page_token: str | None) -> MdmSourceDevicePage:
+        self._require_mdm(caller)
+        devices, next_token = await self.sink.source_devices(DeviceSource(caller.name, origin), page_token or None)
+        return MdmSourceDevicePage(
+            items=[
+                MdmSourceDevice(
+                    id=device.id,
+                    os_type=device.os_type,
+                    asset_tag=device.asset_tag,
+                    source_origin=origin,
+                    external_id=device.external_id,
+                )
+                for device in devices
+            ],
+            next_page_token=next_token,
+        )
 
     async def apply(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
         source = self._source(caller, body.get("source"))

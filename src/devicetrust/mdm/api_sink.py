@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -40,14 +41,21 @@ from devicetrust.errors import (
     SessionExpiredError,
     ValidationError,
 )
-from devicetrust.mdm.diff import Observation, StoredDevice
+from devicetrust.mdm.diff import Observation, SourceDevice, StoredDevice
 from devicetrust.mdm.sink import ApplyResult, Removal, SyncReport
 from devicetrust.protocol import (
+    MDM_MAX_BATCH_ITEMS,
+    MDM_MAX_TEXT,
     MdmApplyResponse,
     MdmDeleteResponse,
+    MdmDevice,
+    MdmDeviceList,
     MdmDevicePage,
+    MdmIdentity,
     MdmJoinRequest,
     MdmJoinResponse,
+    MdmLookupRequest,
+    MdmSourceDevicePage,
     MdmStateValue,
 )
 from devicetrust.types import DeviceProfile, DeviceSource
@@ -70,19 +78,21 @@ __all__ = [
     "source_from_json",
     "source_to_json",
     "stored_device_from_json",
+    "stored_device_from_model",
     "stored_device_to_json",
+    "stored_device_to_model",
     "sync_report_from_json",
     "sync_report_to_json",
 ]
 
 log = logging.getLogger(__name__)
 
-#: most observations (or removals) one request may carry: Jamf's largest page
-MAX_BATCH_ITEMS: Final = 2000
+#: most observations (or removals, or identities) one request may carry: Jamf's largest page
+MAX_BATCH_ITEMS: Final = MDM_MAX_BATCH_ITEMS
 #: observations ApiSink sends per request (keeps a request well under the auth service's 1 MiB body limit)
 APPLY_BATCH_SIZE: Final = 500
 #: longest free text taken from an agent (ids, names, reasons, notes)
-MAX_TEXT: Final = 1024
+MAX_TEXT: Final = MDM_MAX_TEXT
 MAX_NOTES: Final = 64
 #: how long a remote agent waits between attempts to join an unreachable auth service
 JOIN_RETRY_SECONDS: Final = 10.0
@@ -154,6 +164,39 @@ def source_to_json(source: DeviceSource) -> dict[str, str]:
 def source_from_json(value: object) -> DeviceSource:
     data = _obj(value, "source")
     return DeviceSource(_str(data.get("name"), "source.name", max_chars=64), _str(data.get("origin"), "source.origin"))
+
+
+def stored_device_to_model(device: StoredDevice) -> MdmDevice:
+    return MdmDevice(
+        id=device.id,
+        os_type=device.os_type,
+        asset_tag=device.asset_tag,
+        source_name=device.source_name,
+        source_origin=device.source_origin,
+        external_id=device.external_id,
+        revision=device.revision,
+        # 64-bit unsigned: JSON numbers that big lose precision outside Python, a hex string does not
+        fingerprint=f"{device.fingerprint:016x}",
+    )
+
+
+def stored_device_from_model(device: MdmDevice) -> StoredDevice:
+    try:
+        fingerprint = int(device.fingerprint, 16)
+    except ValueError:
+        raise ValidationError("device.fingerprint: expected a hex string") from None
+    if not 0 <= fingerprint < 1 << 64 or device.revision < 0:
+        raise ValidationError("device: fingerprint or revision out of range")
+    return StoredDevice(
+        id=device.id,
+        os_type=sys.intern(device.os_type),
+        asset_tag=device.asset_tag,
+        source_name=device.source_name,
+        source_origin=device.source_origin,
+        external_id=device.external_id,
+        revision=device.revision,
+        fingerprint=fingerprint,
+    )
 
 
 def stored_device_to_json(device: StoredDevice) -> dict[str, Any]:
@@ -427,6 +470,34 @@ class ApiSink:
             return await self._send(method, path, json=json, params=params, session=session)
 
     # -- protocol -----------------------------------------------------------------------------------------
+    async def lookup(self, keys: Sequence[tuple[str, str]]) -> list[StoredDevice]:
+        found: list[StoredDevice] = []
+        for start in range(0, len(keys), MAX_BATCH_ITEMS):
+            request = MdmLookupRequest.model_construct(
+                identities=[
+                    MdmIdentity.model_construct(os_type=os_type, asset_tag=asset_tag)
+                    for os_type, asset_tag in keys[start : start + MAX_BATCH_ITEMS]
+                ]
+            )
+            reply = await self._call("POST", "/v1/mdm/devices/lookup", json=body(request))
+            found.extend(
+                stored_device_from_model(item) for item in reply_as(MdmDeviceList, reply, "mdm/devices/lookup").items
+            )
+        return found
+
+    async def source_devices(
+        self, source: DeviceSource, page_token: str | None
+    ) -> tuple[list[SourceDevice], str | None]:
+        params = {"origin": source.origin, **({"page_token": page_token} if page_token else {})}
+        reply = await self._call("GET", "/v1/mdm/devices/identities", params=params)
+        answer = reply_as(MdmSourceDevicePage, reply, "mdm/devices/identities")
+        devices = [
+            SourceDevice(item.id, sys.intern(item.os_type), item.asset_tag, item.external_id)
+            for item in answer.items
+            if item.source_origin == source.origin
+        ]
+        return devices, answer.next_page_token or None
+
     async def scan(self, page_token: str | None) -> tuple[list[StoredDevice], str | None]:
         params = {"page_token": page_token} if page_token else None
         answer = reply_as(MdmDevicePage, await self._call("GET", "/v1/mdm/devices", params=params), "mdm/devices")

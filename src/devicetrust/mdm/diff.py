@@ -14,7 +14,6 @@ status, credential, owner, collected data, create time) belongs to the cluster a
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import hashlib
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from devicetrust.types import Device, DeviceProfile, DeviceSource, resource_to_dict
+from devicetrust.types import Device, DeviceProfile, DeviceSource, profile_to_dict, resource_to_dict
 from devicetrust.types.device import format_timestamp
 
 __all__ = [
@@ -35,12 +34,14 @@ __all__ = [
     "Present",
     "Recheck",
     "Skipped",
+    "SourceDevice",
     "StoredDevice",
     "Unknown",
     "Verdict",
     "decide_missing",
     "device_key",
     "fingerprint",
+    "lookup_keys",
     "merged_body",
     "missing",
     "missing_policy",
@@ -117,6 +118,20 @@ class StoredDevice:
         return self.source_name == source.name and self.source_origin == source.origin
 
 
+@dataclass(frozen=True, slots=True)
+class SourceDevice:
+    """A device this source registered, as a full sync's check for missing devices needs it: no document."""
+
+    id: str
+    os_type: str
+    asset_tag: str
+    external_id: str | None
+
+    @property
+    def key(self) -> str:
+        return device_key(self.os_type, self.asset_tag)
+
+
 # -- the document parts the MDM owns ------------------------------------------------------------------------
 
 
@@ -125,17 +140,11 @@ def registration(observation: Observation, source: DeviceSource) -> tuple[dict[s
     """``spec.source`` and ``spec.profile`` (without update_time) as the device document holds them.
 
     Memoized (a sync asks for each observation's parts more than once); the dicts are shared: do not modify them.
+    The profile was validated when the observation was made, so it is rendered without building a Device.
     """
-    spec = resource_to_dict(
-        Device(
-            id=_PLACEHOLDER_ID,
-            os_type=observation.os_type,
-            asset_tag=observation.asset_tag,
-            source=source,
-            profile=dataclasses.replace(observation.profile, update_time=None),
-        )
-    )["spec"]
-    return spec["source"], spec["profile"]
+    profile = profile_to_dict(observation.profile)
+    profile.pop("update_time", None)
+    return {"name": source.name, "origin": source.origin}, profile
 
 
 def fingerprint(source: Mapping[str, Any] | None, profile: Mapping[str, Any] | None) -> int:
@@ -215,7 +224,7 @@ def reconcile(observation: Observation, stored: StoredDevice | None, source: Dev
 class PagePlan:
     #: to create or update, for the sink to write (it re-reads each in its transaction before merging)
     apply: tuple[Observation, ...]
-    #: the keys among ``apply`` that were absent when the index was read (the sink may insert them in bulk)
+    #: the keys among ``apply`` that were absent when the page was looked up (the sink may insert them in bulk)
     new_keys: frozenset[str]
     unchanged: int
     foreign: tuple[Observation, ...]
@@ -227,14 +236,13 @@ class PagePlan:
 
 def plan_page(
     observations: Iterable[Observation],
-    index: Mapping[str, StoredDevice] | None,
+    stored: Mapping[str, StoredDevice],
     already_seen: Set[str],
     source: DeviceSource,
 ) -> PagePlan:
     """Sort one page into writes, no-ops and skips.
 
-    ``index``: every stored device by key, read at the start of a full sync; None when there is none (a partial
-    sync), and then everything not seen before goes to the sink, which looks each device up itself.
+    ``stored``: the stored devices with the page's identities, by key, looked up just before (:func:`lookup_keys`).
     """
     apply: list[Observation] = []
     new_keys: set[str] = set()
@@ -247,10 +255,7 @@ def plan_page(
             duplicates += 1
             continue
         seen.add(key)
-        if index is None:
-            apply.append(observation)
-            continue
-        action = reconcile(observation, index.get(key), source)
+        action = reconcile(observation, stored.get(key), source)
         if action is Action.UNCHANGED:
             unchanged += 1
         elif action is Action.FOREIGN:
@@ -262,15 +267,23 @@ def plan_page(
     return PagePlan(tuple(apply), frozenset(new_keys), unchanged, tuple(foreign), duplicates, frozenset(seen))
 
 
+def lookup_keys(observations: Iterable[Observation], already_seen: Set[str]) -> list[tuple[str, str]]:
+    """The (os_type, asset_tag) identities of a page that :func:`plan_page` will decide on, each once."""
+    keys: dict[str, tuple[str, str]] = {}
+    for observation in observations:
+        key = observation.key
+        if key not in already_seen:
+            keys.setdefault(key, (observation.os_type, observation.asset_tag))
+    return list(keys.values())
+
+
 # -- devices that were not seen -----------------------------------------------------------------------------
 
 
-def missing(
-    stored: Iterable[StoredDevice], seen: Set[str], os_types: Collection[str], source: DeviceSource
-) -> Iterator[StoredDevice]:
-    """This source's devices of the synced platforms that the walk did not see."""
-    for device in stored:
-        if device.os_type in os_types and device.belongs_to(source) and device.key not in seen:
+def missing(devices: Iterable[SourceDevice], seen: Set[str], os_types: Collection[str]) -> Iterator[SourceDevice]:
+    """The source's devices of the synced platforms that the walk did not see."""
+    for device in devices:
+        if device.os_type in os_types and device.key not in seen:
             yield device
 
 
@@ -320,7 +333,7 @@ class Verdict:
     reason: str
 
 
-def decide_missing(device: StoredDevice, recheck: Recheck) -> Verdict:
+def decide_missing(device: SourceDevice, recheck: Recheck) -> Verdict:
     """Gone from the MDM (404) -> delete; now another serial or platform -> delete; the re-check failed -> keep."""
     if isinstance(recheck, Gone):
         return Verdict(True, "no longer in the MDM")

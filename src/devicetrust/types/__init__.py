@@ -19,6 +19,7 @@ from devicetrust.types.codec import (
     load_resources,
     normalize_kind,
     parse_resource,
+    profile_to_dict,
     resource_to_dict,
 )
 from devicetrust.types.device import (
@@ -105,5 +106,6 @@ __all__ = [
     "parse_resource",
     "parse_template",
     "preset_roles",
+    "profile_to_dict",
     "resource_to_dict",
 ]
