@@ -31,7 +31,7 @@ from devicetrust.mdm.api_sink import (
     sync_report_from_json,
     sync_report_to_json,
 )
-from devicetrust.mdm.diff import Observation, StoredDevice
+from devicetrust.mdm.diff import Observation, SourceDevice, StoredDevice
 from devicetrust.mdm.jamf.client import JamfClient
 from devicetrust.mdm.jamf.config import JamfServiceConfig
 from devicetrust.mdm.jamf.service import JamfService, default_client
@@ -220,25 +220,30 @@ def test_a_session_only_touches_its_own_source(cluster: Cluster) -> None:
     other_source = DeviceSource("other", "jamf")
     removal = Removal(device_id, "macos", "HANDMADE0001", "test")
 
-    async def attempts() -> tuple[int, list[StoredDevice]]:
+    async def attempts() -> tuple[int, list[StoredDevice], list[StoredDevice], list[SourceDevice]]:
         async with _sink(cluster, token) as sink:
             with pytest.raises(AccessDeniedError):
                 await sink.delete(other_source, [removal])
             with pytest.raises(AccessDeniedError):
                 await sink.apply(other_source, [_observation()], new_keys=frozenset())
             deleted = await sink.delete(JAMF, [removal])  # the device is not this source's: left alone
+            # a lookup and the source's list answer with the session's own devices only
+            looked_up = await sink.lookup([("macos", "HANDMADE0001")])
+            own, _ = await sink.source_devices(JAMF, None)
             devices: list[StoredDevice] = []
             page: str | None = None
             while True:
                 items, page = await sink.scan(page)
                 devices.extend(items)
                 if page is None:
-                    return deleted, devices
+                    return deleted, devices, looked_up, own
 
-    deleted, scanned = asyncio.run(attempts())
+    deleted, scanned, looked_up, own = asyncio.run(attempts())
     assert deleted == 0
     assert any(d["metadata"]["name"] == device_id for d in _devices(cluster))
     assert all(device.source_name == "jamf" for device in scanned)
+    assert looked_up == []
+    assert device_id not in {device.id for device in own}
     # callers other than mdm agents are refused
     admin = _admin(cluster)
     with httpx.Client(
@@ -247,6 +252,9 @@ def test_a_session_only_touches_its_own_source(cluster: Cluster) -> None:
         headers={"Authorization": f"Bearer {admin.token}"},
     ) as http:
         assert http.get("/v1/mdm/devices").status_code == 403
+        assert http.get("/v1/mdm/devices/identities", params={"origin": "jamf"}).status_code == 403
+        lookup = {"identities": [{"os_type": "macos", "asset_tag": "HANDMADE0001"}]}
+        assert http.post("/v1/mdm/devices/lookup", json=lookup).status_code == 403
         assert (
             http.post("/v1/mdm/devices/delete", json={"source": {"name": "jamf", "origin": "jamf"}}).status_code == 403
         )
@@ -318,7 +326,7 @@ def test_state_is_per_source_and_pages_are_bounded(cluster: Cluster) -> None:
     token = _mdm_token(cluster)
     tiny = {"external_id": "1", "os_type": "macos", "asset_tag": "T", "profile": {}}
 
-    async def run() -> tuple[str | None, str | None, int]:
+    async def run() -> tuple[str | None, str | None, int, int]:
         async with _sink(cluster, token, "jamf") as jamf_sink, _sink(cluster, token, "other") as other_sink:
             await jamf_sink.save_state("jamf/jamf/entry/cut", "2026-01-01T00:00:00+00:00")
             mine = await jamf_sink.load_state("jamf/jamf/entry/cut")
@@ -331,9 +339,11 @@ def test_state_is_per_source_and_pages_are_bounded(cluster: Cluster) -> None:
             ) as http:
                 body = {"source": {"name": "jamf", "origin": "jamf"}, "observations": [tiny] * 2001, "new_keys": []}
                 response = await http.post("/v1/mdm/devices/apply", json=body)
-            return mine, theirs, response.status_code
+                identities = [{"os_type": "macos", "asset_tag": f"T{index}"} for index in range(2001)]
+                lookup = await http.post("/v1/mdm/devices/lookup", json={"identities": identities})
+            return mine, theirs, response.status_code, lookup.status_code
 
-    mine, theirs, status = asyncio.run(run())
+    mine, theirs, status, lookup_status = asyncio.run(run())
     assert mine == "2026-01-01T00:00:00+00:00"
     assert theirs is None
-    assert status == 400
+    assert (status, lookup_status) == (400, 400)

@@ -15,7 +15,6 @@ status, credential, owner, collected data, create time) belongs to the cluster a
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Set
@@ -58,8 +57,6 @@ _PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
 #: 64 bits: two different registrations collide with probability 2**-64 per comparison; a collision only means
 #: one device's profile update waits for its next change
 _FINGERPRINT_BYTES = 8
-#: observations whose document parts are remembered: a page's worth (planned, then written)
-REGISTRATION_CACHE_ENTRIES = 2048
 
 
 def device_key(os_type: str, asset_tag: str) -> str:
@@ -135,12 +132,10 @@ class SourceDevice:
 # -- the document parts the MDM owns ------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=REGISTRATION_CACHE_ENTRIES)
 def registration(observation: Observation, source: DeviceSource) -> tuple[dict[str, Any], dict[str, Any]]:
     """``spec.source`` and ``spec.profile`` (without update_time) as the device document holds them.
 
-    Memoized (a sync asks for each observation's parts more than once); the dicts are shared: do not modify them.
-    The profile was validated when the observation was made, so it is rendered without building a Device.
+    The profile was validated when the observation was made, so it is rendered without building a Device again.
     """
     profile = profile_to_dict(observation.profile)
     profile.pop("update_time", None)

@@ -95,6 +95,8 @@ SCAN_PAGE_SIZE = MAX_PAGE_SIZE
 MAX_APPLY_ATTEMPTS = 3
 #: a device written by someone else while its update was merged is read and merged again at most this often
 MAX_UPDATE_ATTEMPTS = 3
+#: devices read per query by a lookup
+LOOKUP_CHUNK = 500
 #: the paths of a device document the MDM owns (what a lookup reads of it)
 MDM_PARTS = (("spec", "source"), ("spec", "profile"))
 #: where the sync keeps its state in the cluster key/value store
@@ -315,21 +317,24 @@ class BackendSink:
         store.audit.append(event[0], event[1], self._clock(), user, success, body)
 
     def _lookup(self, keys: Sequence[tuple[str, str]]) -> list[StoredDevice]:
+        found: list[StoredDevice] = []
         with self._backend.begin() as store:
-            found = store.devices.find_parts_by_asset_tag(keys, MDM_PARTS)
-        return [
-            StoredDevice(
-                id=device.id,
-                os_type=sys.intern(device.os_type),
-                asset_tag=device.asset_tag,
-                source_name=_interned(device.source_name),
-                source_origin=_interned(device.source_origin),
-                external_id=device.external_id,
-                revision=device.revision,
-                fingerprint=fingerprint(*device.parts),
-            )
-            for device in found
-        ]
+            # a chunk's rows (and the document parts they carry) are reduced to fingerprints before the next is read
+            for start in range(0, len(keys), LOOKUP_CHUNK):
+                for device in store.devices.find_parts_by_asset_tag(keys[start : start + LOOKUP_CHUNK], MDM_PARTS):
+                    found.append(
+                        StoredDevice(
+                            id=device.id,
+                            os_type=sys.intern(device.os_type),
+                            asset_tag=device.asset_tag,
+                            source_name=_interned(device.source_name),
+                            source_origin=_interned(device.source_origin),
+                            external_id=device.external_id,
+                            revision=device.revision,
+                            fingerprint=fingerprint(*device.parts),
+                        )
+                    )
+        return found
 
     def _source_devices(self, source: DeviceSource, page_token: str | None) -> tuple[list[SourceDevice], str | None]:
         with self._backend.begin() as store:

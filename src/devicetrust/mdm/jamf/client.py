@@ -147,7 +147,7 @@ class InventoryPage(Generic[_Item]):
 class _Reply:
     status: int
     headers: httpx.Headers
-    content: bytes
+    content: bytes | bytearray
     url: httpx.URL
 
 
@@ -772,13 +772,12 @@ class JamfClient:
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
                     raise JamfAPIError(f"Jamf's reply to {url.path} is larger than {MAX_RESPONSE_BYTES} bytes")
-                chunks: list[bytes] = []
-                size = 0
+                # one buffer grown in place: a page is held once, not as its chunks and their join besides
+                content = bytearray()
                 async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
+                    if len(content) + len(chunk) > MAX_RESPONSE_BYTES:
                         raise JamfAPIError(f"Jamf's reply to {url.path} is larger than {MAX_RESPONSE_BYTES} bytes")
-                    chunks.append(chunk)
+                    content += chunk
             finally:
                 await response.aclose()
-        return _Reply(response.status_code, response.headers, b"".join(chunks), response.url)
+        return _Reply(response.status_code, response.headers, content, response.url)
