@@ -522,6 +522,14 @@ def test_find_many_by_asset_tag_returns_only_the_identities_asked_for(backend: B
         both = store.devices.find_many_by_asset_tag([("macos", "F00001"), ("windows", "F00001")])
         assert sorted(record.os_type for record in both) == ["macos", "windows"]
         assert [r.id for r in store.devices.find_many([rows[0].id, rows[0].id, "missing"])] == [rows[0].id]
+        # the same lookup without the documents: the columns and the asked-for parts of each body
+        parts = store.devices.find_parts_by_asset_tag(
+            [("macos", "F00002"), ("windows", "F00001"), ("macos", "NOPE")], [("spec", "asset_tag"), ("spec", "x")]
+        )
+        assert sorted((p.os_type, p.asset_tag, p.source_name, p.external_id, p.revision, p.parts) for p in parts) == [
+            ("macos", "F00002", "jamf", "ext-F00002", 1, ("F00002", None)),
+            ("windows", "F00001", "jamf", "ext-F00001", 1, ("F00001", None)),
+        ]
 
 
 def test_update_from_source_writes_only_devices_still_at_their_revision(backend: Backend, clock: FakeClock) -> None:

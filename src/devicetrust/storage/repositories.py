@@ -801,16 +801,8 @@ class DeviceRepository(_Repository):
 
     # -- MDM sync batches -------------------------------------------------------------------------------------
     def find_many_by_asset_tag(self, keys: Iterable[tuple[str, str]]) -> builtins.list[DeviceRecord]:
-        """The devices among these (os_type, asset_tag) identities that exist, in a query per _IN_LIST_SIZE tags."""
-        t = self._t
-        wanted = set(keys)
-        tags = sorted({asset_tag for _, asset_tag in wanted})
-        found: builtins.list[DeviceRecord] = []
-        for start in range(0, len(tags), _IN_LIST_SIZE):
-            rows = self._conn.execute(sa.select(t).where(t.c.asset_tag.in_(tags[start : start + _IN_LIST_SIZE])))
-            # an asset tag may be registered under several OSes: keep only the identities asked for
-            found.extend(_device(row) for row in rows if (row.os_type, row.asset_tag) in wanted)
-        return found
+        """The devices among these (os_type, asset_tag) identities that exist, in a query per _IN_LIST_SIZE."""
+        return [_device(row) for row in self._by_identity(sa.select(self._t), keys)]
 
     def find_parts_by_asset_tag(
         self, keys: Iterable[tuple[str, str]], paths: Sequence[tuple[str, ...]]
@@ -818,38 +810,39 @@ class DeviceRepository(_Repository):
         """As :meth:`find_many_by_asset_tag`, without the documents: each device's columns and the JSON values at
         ``paths`` of its body (None where a path is absent) — far less to read and decode than whole documents."""
         t = self._t
-        wanted = set(keys)
-        tags = sorted({asset_tag for _, asset_tag in wanted})
-        columns = (
-            t.c.id,
-            t.c.os_type,
-            t.c.asset_tag,
-            t.c.source_name,
-            t.c.source_origin,
-            t.c.external_id,
-            t.c.revision,
-        )
-        selected = (*columns, *(t.c.body[path] for path in paths))
-        found: builtins.list[DeviceParts] = []
-        for start in range(0, len(tags), _IN_LIST_SIZE):
-            rows = self._conn.execute(
-                sa.select(*selected).where(t.c.asset_tag.in_(tags[start : start + _IN_LIST_SIZE]))
+        columns = (t.c.id, t.c.os_type, t.c.asset_tag, t.c.source_name, t.c.source_origin, t.c.external_id)
+        stmt = sa.select(*columns, t.c.revision, *(t.c.body[path] for path in paths))
+        return [
+            DeviceParts(
+                row.id,
+                row.os_type,
+                row.asset_tag,
+                row.source_name,
+                row.source_origin,
+                row.external_id,
+                row.revision,
+                tuple(row[len(columns) + 1 :]),
             )
-            found.extend(
-                DeviceParts(
-                    row.id,
-                    row.os_type,
-                    row.asset_tag,
-                    row.source_name,
-                    row.source_origin,
-                    row.external_id,
-                    row.revision,
-                    tuple(row[len(columns) :]),
-                )
-                for row in rows
-                if (row.os_type, row.asset_tag) in wanted
-            )
-        return found
+            for row in self._by_identity(stmt, keys)
+        ]
+
+    def _by_identity(self, stmt: sa.Select[Any], keys: Iterable[tuple[str, str]]) -> Iterator[Row[Any]]:
+        """The rows of ``stmt`` (a select from the devices table) for these (os_type, asset_tag) identities."""
+        t = self._t
+        wanted = sorted(set(keys))
+        for start in range(0, len(wanted), _IN_LIST_SIZE):
+            chunk = wanted[start : start + _IN_LIST_SIZE]
+            if self._conn.dialect.name == "postgresql":
+                # a join with the identities, probing the (os_type, asset_tag) unique index once each: the plan holds
+                # even before the table has statistics (a large IN list then looks like most of the table)
+                pairs = _unnest_text_arrays({"os_type": [o for o, _ in chunk], "asset_tag": [a for _, a in chunk]}, "k")
+                on = sa.and_(t.c.os_type == pairs.c.os_type, t.c.asset_tag == pairs.c.asset_tag)
+                yield from self._conn.execute(stmt.join_from(t, pairs, on))
+                continue
+            identities = set(chunk)
+            rows = self._conn.execute(stmt.where(t.c.asset_tag.in_(sorted({a for _, a in chunk}))))
+            # an asset tag may be registered under several OSes: keep only the identities asked for
+            yield from (row for row in rows if (row.os_type, row.asset_tag) in identities)
 
     def find_many(self, ids: Iterable[str]) -> builtins.list[DeviceRecord]:
         """The devices among these ids that exist, in a query per _IN_LIST_SIZE ids."""
