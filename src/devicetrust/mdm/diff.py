@@ -20,7 +20,7 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from devicetrust.types import Device, DeviceProfile, DeviceSource, profile_to_dict, resource_to_dict
 from devicetrust.types.device import format_timestamp
@@ -52,8 +52,7 @@ __all__ = [
     "spec_fingerprint",
 ]
 
-#: stands in for the id while rendering an observation's document parts (the id is not one of them)
-_PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
+_T = TypeVar("_T")
 #: 64 bits: two different registrations collide with probability 2**-64 per comparison; a collision only means
 #: one device's profile update waits for its next change
 _FINGERPRINT_BYTES = 8
@@ -343,6 +342,6 @@ def decide_missing(device: SourceDevice, recheck: Recheck) -> Verdict:
     return Verdict(False, "still in the MDM (it moved between pages during the walk)")
 
 
-def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def chunked(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

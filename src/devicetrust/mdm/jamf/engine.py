@@ -357,10 +357,10 @@ class JamfSync:
                     removals.append(Removal(device.id, device.os_type, device.asset_tag, verdict.reason))
                 else:
                     report.kept += 1
-        for batch in chunked(removals, DELETE_BATCH_SIZE):
-            deleted = await self._sink.delete(self._source, batch)
+        for removal_batch in chunked(removals, DELETE_BATCH_SIZE):
+            deleted = await self._sink.delete(self._source, removal_batch)
             report.deleted += deleted
-            report.kept += len(batch) - deleted
+            report.kept += len(removal_batch) - deleted
 
     async def _recheck(self, device: SourceDevice) -> Recheck:
         kind = self._entry.kind
