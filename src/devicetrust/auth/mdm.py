@@ -1,5 +1,5 @@
 """Remote MDM agents on the auth service: a Jamf service in a process of its own joins with a ``--type=mdm``
-token and writes the inventory through ``/v1/mdm/…`` (the six operations of
+token and writes the inventory through ``/v1/mdm/…`` (the operations of
 :class:`~devicetrust.mdm.sink.InventorySink`, see :mod:`devicetrust.mdm.api_sink`).
 
 The session is bound to the source name given at join (its Caller's name): every call is limited to devices of

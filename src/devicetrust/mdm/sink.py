@@ -14,9 +14,10 @@ A sync engine needs seven operations, and nothing else, from the cluster:
 =================================  =========================================================================
 
 :class:`BackendSink` runs them against the :class:`~devicetrust.storage.Backend` (``devicetrust start`` with the
-service enabled, and ``devicetrust jamf sync``). A remote MDM agent joining with a ``--type=mdm`` token would
-implement the same protocol over HTTPS; the merge of the MDM's parts into a stored document happens on the
-cluster side (in ``apply``), so the agent never sees a device's credential.
+service enabled, and ``devicetrust jamf sync``). A remote MDM agent joining with a ``--type=mdm`` token runs them
+over HTTPS (:mod:`devicetrust.mdm.api_sink`), against a BackendSink in the auth service; the merge of the MDM's
+parts into a stored document happens on the cluster side (in ``apply``), so the agent never sees a device's
+credential.
 
 ``apply`` reads the batch's devices with one query and writes their updates with one revision-checked statement
 (``DeviceRepository.update_from_source``). A device written by someone else in between — an enrollment storing
