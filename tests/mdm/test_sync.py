@@ -506,3 +506,51 @@ def test_a_device_that_keeps_changing_is_left_for_the_next_sync_not_overwritten(
     alice = device(devices(backend)[ALICE])
     assert alice.credential is not None and alice.credential.id == writes[-1]
     assert alice.profile is not None and alice.profile.os_version == "15.1"
+
+
+# -- pages written one behind the walk ------------------------------------------------------------------------
+
+
+def test_a_record_repeated_by_the_next_page_is_a_duplicate(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a computer enrolled in Jamf while the walk is under way sorts first: every later record moves one place
+    # down, and the next page starts with the last record of the page before
+    newcomer = fake.computers.get(1)
+    assert newcomer is not None
+    newcomer = {**newcomer, "id": "0", "hardware": {**newcomer["hardware"], "serialNumber": "NEWCOMER0001"}}
+    served_first_page = fake._after_page
+
+    async def after_page(inventory: Any, ordering: Any) -> None:
+        await served_first_page(inventory, ordering)
+        if fake.pages_served == 1:
+            fake.computers.put(newcomer)
+
+    monkeypatch.setattr(fake, "_after_page", after_page)
+    report = sync(jamf, backend, full=True, entry=replace(COMPUTERS, page_size=3))
+    assert (report.error, report.duplicates, report.created, report.conflicts) == (None, 1, SYNCED_MACS, 0)
+    assert "NEWCOMER0001" not in devices(backend)  # before the walk's offset: the next sync registers it
+    again = sync(jamf, backend, full=True, entry=replace(COMPUTERS, page_size=3))
+    assert (again.created, again.duplicates, again.unchanged) == (1, 0, SYNCED_MACS)
+
+
+def test_a_page_that_cannot_be_written_ends_the_walk(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_page = BackendSink._apply
+    calls: list[int] = []
+
+    def second_page_fails(self: BackendSink, *args: Any) -> Any:
+        calls.append(len(calls) + 1)
+        if len(calls) == 2:
+            raise sa.exc.OperationalError("INSERT …", {}, Exception("database is locked"))
+        return write_page(self, *args)
+
+    monkeypatch.setattr(BackendSink, "_apply", second_page_fails)
+    report = sync(jamf, backend, full=True, entry=replace(COMPUTERS, page_size=3))
+    assert report.error == "the device inventory's database is unavailable: database is locked"
+    # the first page is written; nothing after the failed one is, nothing is deleted, and no cut is kept
+    assert (report.created, report.deleted) == (3, 0)
+    assert len(devices(backend)) == 3 and calls == [1, 2]
+    with backend.begin() as store:
+        assert store.cluster.get(STATE_KEY_PREFIX + cut_state_key("jamf", COMPUTERS)) is None

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ from devicetrust.mdm.diff import (
     Recheck,
     Skipped,
     SourceDevice,
+    StoredDevice,
     Unknown,
     chunked,
     decide_missing,
@@ -117,11 +118,20 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait for it to end, whatever it ends with."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
 @dataclass
 class _Walk:
     seen: set[str]
     max_report: datetime | None = None
     skips_logged: int = 0
+    #: the previous page's plan and writes, under way while the walk reads the next page
+    writing: asyncio.Task[None] | None = None
 
 
 class JamfSync:
@@ -206,13 +216,14 @@ class JamfSync:
             page_size=entry.page_size,
             each=self._map,
         )
-        async with contextlib.aclosing(pages):
+        async with contextlib.aclosing(pages), self._writes_of(walk):
             async for page in pages:
                 observations = self._observe(page.results, report, walk)
-                await self._write(observations, walk, report)
+                await self._write_behind(observations, walk, report)
                 report.pages += 1
                 if self._progress is not None:
                     self._progress.page(records=len(page.results), total=page.total_count)
+            await self._written(walk)
         cut = self._next_cut(walk, time.monotonic() - started) or self._clock()
         await self._settle_missing(walk, report)
         await self._sink.save_state(cut_state_key(self._source.name, entry), cut.isoformat())
@@ -232,7 +243,7 @@ class JamfSync:
             page_size=entry.page_size,
             each=self._map_dated,
         )
-        async with contextlib.aclosing(pages):
+        async with contextlib.aclosing(pages), self._writes_of(walk):
             async for page in pages:
                 dated = page.results
                 reached = False
@@ -242,12 +253,13 @@ class JamfSync:
                         break
                 records = [mapped for _, mapped in dated]
                 observations = self._observe(records, report, walk)
-                await self._write(observations, walk, report)
+                await self._write_behind(observations, walk, report)
                 report.pages += 1
                 if self._progress is not None:
                     self._progress.page(records=len(records), total=page.total_count)
                 if reached:
                     break
+            await self._written(walk)
         new_cut = self._next_cut(walk, time.monotonic() - started)
         if new_cut is not None and new_cut > cut:
             await self._sink.save_state(cut_state_key(self._source.name, entry), new_cut.isoformat())
@@ -301,9 +313,48 @@ class JamfSync:
             observations.append(mapped)
         return observations
 
-    async def _write(self, observations: list[Observation], walk: _Walk, report: SyncReport) -> None:
+    # -- writes, one page behind the walk -----------------------------------------------------------------
+    async def _write_behind(self, observations: list[Observation], walk: _Walk, report: SyncReport) -> None:
+        """Look the page's devices up at once (beside the previous page's writes), then, once the previous page is
+        written, plan and write this one while the walk reads the next page. Pages are planned in order, each
+        after the one before it is written, so the seen set and the duplicates come out as in a serial walk."""
         keys = lookup_keys(observations, walk.seen)
-        stored = {device.key: device for device in await self._sink.lookup(keys)} if keys else {}
+        lookup = asyncio.ensure_future(self._sink.lookup(keys)) if keys else None
+        try:
+            await self._written(walk)
+        except BaseException:
+            if lookup is not None:
+                await _cancelled(lookup)
+            raise
+        walk.writing = asyncio.create_task(self._write(observations, lookup, walk, report))
+
+    @staticmethod
+    async def _written(walk: _Walk) -> None:
+        """Wait for the page being written; its failure is the walk's."""
+        writing, walk.writing = walk.writing, None
+        if writing is not None:
+            await writing
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def _writes_of(walk: _Walk) -> AsyncIterator[None]:
+        """A walk that ends early (an error, a stop) cancels the page still being written (a page is one
+        transaction: written whole or not at all)."""
+        try:
+            yield
+        finally:
+            if walk.writing is not None:
+                await _cancelled(walk.writing)
+                walk.writing = None
+
+    async def _write(
+        self,
+        observations: list[Observation],
+        lookup: asyncio.Future[list[StoredDevice]] | None,
+        walk: _Walk,
+        report: SyncReport,
+    ) -> None:
+        stored = {device.key: device for device in await lookup} if lookup is not None else {}
         plan = plan_page(observations, stored, walk.seen, self._source)
         walk.seen.update(plan.seen)
         report.unchanged += plan.unchanged
