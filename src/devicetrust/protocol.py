@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, StringConstraints
 
 #: No TTL the service grants comes near a year; larger requests are refused rather than converted.
 MAX_TTL_SECONDS = 366 * 24 * 3600
@@ -29,6 +29,12 @@ ResourceDocument = dict[str, Any]
 AuditEvent = dict[str, Any]
 #: A JSON object a ceremony or MDM message parser checks field by field (with its own one-line errors).
 JsonObject = dict[str, Any]
+#: most observations, removals or identities one MDM request may carry: Jamf's largest page
+MDM_MAX_BATCH_ITEMS = 2000
+#: longest free text taken from an MDM agent (ids, serial numbers, names, reasons, notes)
+MDM_MAX_TEXT = 1024
+#: longest value an MDM agent may keep in the sync state (a partial sync's cut, the last full sync)
+MDM_MAX_STATE_CHARS = 4096
 
 
 class Message(BaseModel):
@@ -487,6 +493,95 @@ class MdmJoinResponse(Message):
     cluster_name: str
 
 
+#: free text from an MDM agent (ids, serial numbers, names, reasons, notes)
+MdmText = Annotated[str, StringConstraints(max_length=MDM_MAX_TEXT)]
+#: an ISO 8601 time with its UTC offset
+MdmTime = AwareDatetime
+
+
+class MdmSource(Message):
+    """Which MDM a batch comes from: the session's source name and the MDM's kind (``jamf``)."""
+
+    name: str = Field(max_length=64)
+    origin: MdmText
+
+
+class MdmProfile(Message):
+    """``spec.profile`` of a device as the MDM reports it (checked again as a device profile by the service)."""
+
+    model_identifier: str = ""
+    os_version: str = ""
+    os_build: str = ""
+    os_build_supplemental: str = ""
+    os_usernames: list[str] = Field(default_factory=list)
+    jamf_binary_version: str = ""
+    external_id: str = ""
+    update_time: MdmTime | None = None
+
+
+class MdmObservation(Message):
+    """One device as the MDM reports it."""
+
+    external_id: MdmText
+    os_type: str = Field(max_length=64)
+    asset_tag: MdmText
+    profile: MdmProfile = Field(default_factory=MdmProfile)
+    #: when the MDM last heard from the device
+    report_time: MdmTime | None = None
+    #: the MDM's name for the device, for logs only
+    name: MdmText | None = ""
+
+
+class MdmApplyRequest(Message):
+    source: MdmSource
+    observations: list[MdmObservation] = Field(max_length=MDM_MAX_BATCH_ITEMS)
+    #: keys (``os_type/asset_tag``) of observations that were absent when the agent looked them up
+    new_keys: list[MdmText] = Field(default_factory=list, max_length=MDM_MAX_BATCH_ITEMS)
+
+
+class MdmRemoval(Message):
+    """A device to delete, only if it still is the source's device with this identity."""
+
+    device_id: str = Field(max_length=64)
+    os_type: str = Field(max_length=64)
+    asset_tag: MdmText
+    reason: MdmText | None = ""
+
+
+class MdmDeleteRequest(Message):
+    source: MdmSource
+    removals: list[MdmRemoval] = Field(max_length=MDM_MAX_BATCH_ITEMS)
+
+
+class MdmStateUpdate(Message):
+    value: str = Field(max_length=MDM_MAX_STATE_CHARS)
+
+
+class MdmSyncReport(Message):
+    """What one sync did (its ``mdm.sync`` audit event)."""
+
+    source: str = Field(max_length=64)
+    inventory: str = Field(max_length=4096)
+    kind: str = Field(max_length=16)
+    started: MdmTime
+    origin: str = Field(default="jamf", max_length=32)
+    duration_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    pages: NonNegativeInt = 0
+    records: NonNegativeInt = 0
+    created: NonNegativeInt = 0
+    updated: NonNegativeInt = 0
+    unchanged: NonNegativeInt = 0
+    skipped: NonNegativeInt = 0
+    foreign: NonNegativeInt = 0
+    duplicates: NonNegativeInt = 0
+    conflicts: NonNegativeInt = 0
+    missing: NonNegativeInt = 0
+    deleted: NonNegativeInt = 0
+    kept: NonNegativeInt = 0
+    error: str | None = Field(default=None, max_length=4096)
+    notes: list[MdmText] = Field(default_factory=list, max_length=64)
+
+
 class MdmDevice(Message):
     id: str
     os_type: str
@@ -500,6 +595,38 @@ class MdmDevice(Message):
 
 class MdmDevicePage(Message):
     items: list[MdmDevice]
+    next_page_token: str | None
+
+
+class MdmIdentity(Message):
+    """A device's identity: its OS and serial number (asset tag)."""
+
+    os_type: str = Field(min_length=1, max_length=64)
+    asset_tag: str = Field(min_length=1, max_length=MDM_MAX_TEXT)
+
+
+class MdmLookupRequest(Message):
+    identities: list[MdmIdentity] = Field(max_length=MDM_MAX_BATCH_ITEMS)
+
+
+class MdmDeviceList(Message):
+    """The session's own devices among those asked for (any others are left out)."""
+
+    items: list[MdmDevice]
+
+
+class MdmSourceDevice(Message):
+    """A device of the session's source, without what a missing check does not need."""
+
+    id: str
+    os_type: str
+    asset_tag: str
+    source_origin: str | None
+    external_id: str | None
+
+
+class MdmSourceDevicePage(Message):
+    items: list[MdmSourceDevice]
     next_page_token: str | None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -140,6 +140,53 @@ def test_v2_falls_back_to_v1_on_404(jamf: JamfSetup, fake: FakeJamf) -> None:
 
     assert run(jamf.client(), work) == (5, "v1", "C02XJ0ABHX87")
     assert _statuses(fake, "/api/v2/computers-inventory") == [404]
+
+
+def _walk(client: JamfClient, page_size: int = 5) -> Awaitable[list[list[str]]]:
+    """Every page of the walk, as the serial numbers ``each`` was handed (a record at a time)."""
+
+    def serial(record: dict[str, Any]) -> str:
+        return str((record.get("hardware") or {}).get("serialNumber"))
+
+    async def walk() -> list[list[str]]:
+        pages = client.pages("computers", sort="id:asc", filter_rsql="", page_size=page_size, each=serial)
+        return [page.results async for page in pages]
+
+    return walk()
+
+
+def test_pages_hand_each_record_over_as_it_is_decoded(jamf: JamfSetup, fake: FakeJamf) -> None:
+    walked = run(jamf.client(), _walk)
+    assert [len(page) for page in walked] == [5, 5, 2]
+    assert walked[0][0] == "C02XJ0ABHX87"
+    # keys in any order, white space anywhere, text beyond ASCII: still Jamf's JSON
+    page = '\ufeff{ "results" : [ {"hardware": {"serialNumber": "C02Ä"}} ,{"x":[1, {"y": null}]}],\n "totalCount":2}'
+    fake.faults.garbled_pages = [page.encode()]
+    assert run(jamf.client(), lambda c: _walk(c, page_size=2))[0] == ["C02Ä", "None"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"<html>busy</html>", "with something that is not JSON"),
+        (b'{"totalCount": 2, "results": [{}, {}]} trailing', "with something that is not JSON"),
+        (b'{"totalCount": 2, "results": [{}, ]}', "with something that is not JSON"),
+        (b'{"totalCount": 2, "results": [{} {}]}', "with something that is not JSON"),
+        (b"\xff\xfe{}", "with something that is not JSON"),
+        (b'{"totalCount": 2}', "unexpected inventory reply from Jamf: no totalCount/results"),
+        (b'{"totalCount": "2", "results": []}', "unexpected inventory reply from Jamf: no totalCount/results"),
+        (b'{"totalCount": 2, "results": [{}, 3]}', "unexpected inventory reply from Jamf: results must be objects"),
+        (b'{"totalCount": 2, "results": {}}', "unexpected inventory reply from Jamf: results must be a list"),
+        (b'{"results": [], "results": [], "totalCount": 0}', "unexpected inventory reply from Jamf: results must be"),
+        (b"[]", "with something that is not JSON"),
+    ],
+)
+def test_a_malformed_inventory_page_is_a_clear_error(
+    jamf: JamfSetup, fake: FakeJamf, body: bytes, message: str
+) -> None:
+    fake.faults.garbled_pages = [body]
+    with pytest.raises(JamfAPIError, match=message):
+        run(jamf.client(), _walk)
 
 
 def test_filters_are_validated_with_a_one_item_query(jamf: JamfSetup, fake: FakeJamf) -> None:

@@ -12,11 +12,13 @@ from devicetrust.mdm.diff import (
     Gone,
     Observation,
     Present,
+    SourceDevice,
     StoredDevice,
     Unknown,
     decide_missing,
     device_key,
     fingerprint,
+    lookup_keys,
     merged_body,
     missing,
     missing_policy,
@@ -189,31 +191,36 @@ def test_plan_page_sorts_adds_updates_noops_and_others() -> None:
     assert (again.apply, again.duplicates) == ((), 1)
 
 
-def test_plan_page_without_an_index_sends_everything_to_the_sink() -> None:
-    a, b = observation("A0000000001", "1"), observation("B0000000001", "2")
-    plan = plan_page([a, b, a], None, frozenset(), JAMF)
-    assert (plan.apply, plan.new_keys, plan.unchanged, plan.duplicates) == ((a, b), frozenset(), 0, 1)
+def test_lookup_keys_are_the_pages_unseen_identities_once() -> None:
+    a, b, c = observation("A0000000001", "1"), observation("B0000000001", "2"), observation("A0000000001", "3", "ios")
+    assert lookup_keys([a, b, a, c], {b.key}) == [("macos", "A0000000001"), ("ios", "A0000000001")]
+    assert lookup_keys([], set()) == []
+
+
+def test_registration_is_what_the_device_document_holds() -> None:
+    obs = observation(update_time=NOW)
+    spec = new_device_body(obs, JAMF, str(uuid.uuid4()), EARLIER)["spec"]
+    source_part, profile_part = registration(obs, JAMF)
+    assert source_part == spec["source"] == {"name": "jamf", "origin": "jamf"}
+    assert profile_part == {k: v for k, v in spec["profile"].items() if k != "update_time"}
+    assert "update_time" not in profile_part
 
 
 # -- missing devices --------------------------------------------------------------------------------------
 
 
-def test_missing_is_this_sources_unseen_devices_of_the_synced_platforms() -> None:
+def source_device(obs: Observation) -> SourceDevice:
+    return SourceDevice(str(uuid.uuid4()), obs.os_type, obs.asset_tag, obs.external_id)
+
+
+def test_missing_is_the_sources_unseen_devices_of_the_synced_platforms() -> None:
     seen_mac = observation("SEEN0000001", "1")
     gone_mac = observation("GONE0000001", "2")
     iphone = observation("IPHONE00001", "3", os_type="ios")
-    manual = observation("MANUAL00001", "4")
-    other = observation("INTUNE00001", "5")
-    devices = [
-        stored(seen_mac),
-        stored(gone_mac),
-        stored(iphone),
-        stored(manual, source=None),
-        stored(other, source=DeviceSource("intune", "intune")),
-    ]
-    result = list(missing(devices, {seen_mac.key}, {"macos"}, JAMF))
+    devices = [source_device(seen_mac), source_device(gone_mac), source_device(iphone)]
+    result = list(missing(devices, {seen_mac.key}, {"macos"}))
     assert [d.asset_tag for d in result] == ["GONE0000001"]
-    assert [d.asset_tag for d in missing(devices, set(), {"ios", "ipados"}, JAMF)] == ["IPHONE00001"]
+    assert [d.asset_tag for d in missing(devices, set(), {"ios", "ipados"})] == ["IPHONE00001"]
 
 
 def test_zero_seen_and_noop_keep_everything() -> None:
@@ -239,7 +246,7 @@ def test_zero_seen_and_noop_keep_everything() -> None:
     ],
 )
 def test_decide_missing(recheck: Gone | Present | Unknown, delete: bool, reason: str) -> None:
-    verdict = decide_missing(stored(observation()), recheck)
+    verdict = decide_missing(source_device(observation()), recheck)
     assert verdict.delete is delete
     assert reason in verdict.reason
 

@@ -10,37 +10,51 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import pydantic
 import pytest
 
-from devicetrust.client import pinned_ssl_context
+from devicetrust.client import body, pinned_ssl_context
 from devicetrust.config import AdminIdentity, load_config
 from devicetrust.errors import AccessDeniedError, AuthenticationError, ConfigError, ValidationError
 from devicetrust.mdm.api_sink import (
     ApiSink,
-    apply_result_from_json,
-    apply_result_to_json,
-    observation_from_json,
-    observation_to_json,
-    removal_from_json,
-    removal_to_json,
-    stored_device_from_json,
-    stored_device_to_json,
-    sync_report_from_json,
-    sync_report_to_json,
+    apply_result_from_model,
+    apply_result_to_model,
+    observation_from_model,
+    observation_to_model,
+    removal_from_model,
+    removal_to_model,
+    source_from_model,
+    source_to_model,
+    stored_device_from_model,
+    stored_device_to_model,
+    sync_report_from_model,
+    sync_report_to_model,
 )
-from devicetrust.mdm.diff import Observation, StoredDevice
+from devicetrust.mdm.diff import Observation, SourceDevice, StoredDevice
 from devicetrust.mdm.jamf.client import JamfClient
 from devicetrust.mdm.jamf.config import JamfServiceConfig
 from devicetrust.mdm.jamf.service import JamfService, default_client
 from devicetrust.mdm.sink import ApplyResult, Removal, SyncReport
+from devicetrust.protocol import (
+    MdmApplyResponse,
+    MdmDeleteRequest,
+    MdmDevice,
+    MdmObservation,
+    MdmRemoval,
+    MdmSource,
+    MdmSyncReport,
+    Message,
+)
 from devicetrust.types import DeviceProfile, DeviceSource
 from tests.integration.cluster import BIN, Cluster, start_cluster
 from tests.mdm.conftest import CLIENT_ID, FAST_RETRY, JamfSetup
 
 JAMF = DeviceSource("jamf", "jamf")
+_Model = TypeVar("_Model", bound=pydantic.BaseModel)
 
 
 # -- codecs ---------------------------------------------------------------------------------------------------
@@ -65,43 +79,101 @@ def _observation() -> Observation:
     )
 
 
-def _json_round_trip(value: Any) -> Any:
-    return json.loads(json.dumps(value))
+def _wire(model: type[_Model], value: Message) -> _Model:
+    """``value`` as the agent sends it and the auth service reads it: JSON, then the route's model."""
+    return model.model_validate(json.loads(json.dumps(body(value))))
 
 
-def test_codecs_round_trip() -> None:
+def test_the_wire_carries_every_value() -> None:
     observation = _observation()
-    assert observation_from_json(_json_round_trip(observation_to_json(observation))) == observation
+    assert observation_from_model(_wire(MdmObservation, observation_to_model(observation))) == observation
     bare = Observation(external_id="7", os_type="ios", asset_tag="F17ABC", profile=DeviceProfile())
-    assert observation_from_json(_json_round_trip(observation_to_json(bare))) == bare
+    assert observation_from_model(_wire(MdmObservation, observation_to_model(bare))) == bare
     stored = StoredDevice("id-1", "macos", "C02", "jamf", "jamf", "42", 3, 2**64 - 1)
-    assert stored_device_from_json(_json_round_trip(stored_device_to_json(stored))) == stored
+    assert stored_device_from_model(_wire(MdmDevice, stored_device_to_model(stored))) == stored
     hand = StoredDevice("id-2", "linux", "L1", None, None, None, 1, 0)
-    assert stored_device_from_json(_json_round_trip(stored_device_to_json(hand))) == hand
+    assert stored_device_from_model(_wire(MdmDevice, stored_device_to_model(hand))) == hand
     removal = Removal("id-1", "macos", "C02", "no longer in the MDM")
-    assert removal_from_json(_json_round_trip(removal_to_json(removal))) == removal
+    assert removal_from_model(_wire(MdmRemoval, removal_to_model(removal))) == removal
     result = ApplyResult(created=1, updated=2, unchanged=3, foreign=4, conflicts=5)
-    assert apply_result_from_json(_json_round_trip(apply_result_to_json(result))) == result
+    assert apply_result_from_model(_wire(MdmApplyResponse, apply_result_to_model(result))) == result
     report = SyncReport(
         "jamf", "computers ''", "full", datetime(2026, 1, 2, tzinfo=UTC), duration_s=1.5, records=9, notes=["n"]
     )
     report.error = "boom"
-    assert sync_report_from_json(_json_round_trip(sync_report_to_json(report))) == report
+    assert sync_report_from_model(_wire(MdmSyncReport, sync_report_to_model(report))) == report
+    assert source_from_model(_wire(MdmSource, source_to_model(JAMF))) == JAMF
+
+
+def test_the_wire_format_is_the_one_agents_already_speak() -> None:
+    # an observation and a sync report exactly as agents before the typed models sent them
+    earlier_observation = {
+        "external_id": "42",
+        "os_type": "macos",
+        "asset_tag": "C02XJ0ABHX87",
+        "profile": {
+            "model_identifier": "MacBookPro18,3",
+            "os_version": "14.4.1",
+            "os_build": "23E224",
+            "os_build_supplemental": "",
+            "os_usernames": ["alice", "bob"],
+            "jamf_binary_version": "11.4.1",
+            "external_id": "42",
+            "update_time": "2026-01-02T03:04:05Z",
+        },
+        "report_time": "2026-01-02T03:00:00+00:00",
+        "name": "Alice's Mac",
+    }
+    assert observation_from_model(MdmObservation.model_validate(earlier_observation)) == _observation()
+    sent = json.loads(json.dumps(body(observation_to_model(_observation()))))
+    assert sent.keys() == earlier_observation.keys() and sent["profile"].keys() == earlier_observation["profile"].keys()
+    assert datetime.fromisoformat(sent["report_time"]) == _observation().report_time
+    earlier_report = {
+        "source": "jamf",
+        "inventory": "computers",
+        "kind": "partial",
+        "started": "2026-01-02T00:00:00+00:00",
+        "origin": "jamf",
+        "duration_s": 1,
+        "pages": 1,
+        "records": 3,
+        "error": None,
+        "notes": [],
+    }
+    report = sync_report_from_model(MdmSyncReport.model_validate(earlier_report))
+    assert (report.records, report.created, report.duration_s, report.started.tzinfo) == (3, 0, 1.0, UTC)
+    assert {"removals", "source"} == set(
+        body(MdmDeleteRequest.model_construct(source=source_to_model(JAMF), removals=[]))
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"os_type": "amiga"}, r"^observation\.os_type: invalid OS type"),
+        ({"asset_tag": ""}, r"^observation\.asset_tag: "),
+        ({"profile": {"os_usernames": ["alice", ""]}}, r"^observation\.profile\.os_usernames\[1\]: "),
+    ],
+)
+def test_observations_are_checked_as_the_sync_checks_its_own(bad: dict[str, Any], message: str) -> None:
+    wire = body(observation_to_model(_observation()))
+    with pytest.raises(ValidationError, match=message):
+        observation_from_model(MdmObservation.model_validate({**wire, **bad}))
 
 
 @pytest.mark.parametrize(
     "bad",
     [
-        {"os_type": "amiga"},
-        {"asset_tag": ""},
         {"profile": {"os_usernames": "root"}},
         {"report_time": "yesterday"},
         {"report_time": "2026-01-01T00:00:00"},
+        {"external_id": 42},
+        {"asset_tag": "x" * 1025},
     ],
 )
-def test_observation_decoding_validates(bad: dict[str, Any]) -> None:
-    with pytest.raises(ValidationError):
-        observation_from_json({**observation_to_json(_observation()), **bad})
+def test_the_wire_model_refuses_what_is_not_an_observation(bad: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        MdmObservation.model_validate({**body(observation_to_model(_observation())), **bad})
 
 
 # -- config ---------------------------------------------------------------------------------------------------
@@ -220,25 +292,30 @@ def test_a_session_only_touches_its_own_source(cluster: Cluster) -> None:
     other_source = DeviceSource("other", "jamf")
     removal = Removal(device_id, "macos", "HANDMADE0001", "test")
 
-    async def attempts() -> tuple[int, list[StoredDevice]]:
+    async def attempts() -> tuple[int, list[StoredDevice], list[StoredDevice], list[SourceDevice]]:
         async with _sink(cluster, token) as sink:
             with pytest.raises(AccessDeniedError):
                 await sink.delete(other_source, [removal])
             with pytest.raises(AccessDeniedError):
                 await sink.apply(other_source, [_observation()], new_keys=frozenset())
             deleted = await sink.delete(JAMF, [removal])  # the device is not this source's: left alone
+            # a lookup and the source's list answer with the session's own devices only
+            looked_up = await sink.lookup([("macos", "HANDMADE0001")])
+            own, _ = await sink.source_devices(JAMF, None)
             devices: list[StoredDevice] = []
             page: str | None = None
             while True:
                 items, page = await sink.scan(page)
                 devices.extend(items)
                 if page is None:
-                    return deleted, devices
+                    return deleted, devices, looked_up, own
 
-    deleted, scanned = asyncio.run(attempts())
+    deleted, scanned, looked_up, own = asyncio.run(attempts())
     assert deleted == 0
     assert any(d["metadata"]["name"] == device_id for d in _devices(cluster))
     assert all(device.source_name == "jamf" for device in scanned)
+    assert looked_up == []
+    assert device_id not in {device.id for device in own}
     # callers other than mdm agents are refused
     admin = _admin(cluster)
     with httpx.Client(
@@ -247,9 +324,11 @@ def test_a_session_only_touches_its_own_source(cluster: Cluster) -> None:
         headers={"Authorization": f"Bearer {admin.token}"},
     ) as http:
         assert http.get("/v1/mdm/devices").status_code == 403
-        assert (
-            http.post("/v1/mdm/devices/delete", json={"source": {"name": "jamf", "origin": "jamf"}}).status_code == 403
-        )
+        assert http.get("/v1/mdm/devices/identities", params={"origin": "jamf"}).status_code == 403
+        lookup = {"identities": [{"os_type": "macos", "asset_tag": "HANDMADE0001"}]}
+        assert http.post("/v1/mdm/devices/lookup", json=lookup).status_code == 403
+        removals = {"source": {"name": "jamf", "origin": "jamf"}, "removals": []}
+        assert http.post("/v1/mdm/devices/delete", json=removals).status_code == 403
 
 
 @pytest.mark.integration
@@ -318,7 +397,7 @@ def test_state_is_per_source_and_pages_are_bounded(cluster: Cluster) -> None:
     token = _mdm_token(cluster)
     tiny = {"external_id": "1", "os_type": "macos", "asset_tag": "T", "profile": {}}
 
-    async def run() -> tuple[str | None, str | None, int]:
+    async def run() -> tuple[str | None, str | None, int, int, list[tuple[int, str]]]:
         async with _sink(cluster, token, "jamf") as jamf_sink, _sink(cluster, token, "other") as other_sink:
             await jamf_sink.save_state("jamf/jamf/entry/cut", "2026-01-01T00:00:00+00:00")
             mine = await jamf_sink.load_state("jamf/jamf/entry/cut")
@@ -331,9 +410,20 @@ def test_state_is_per_source_and_pages_are_bounded(cluster: Cluster) -> None:
             ) as http:
                 body = {"source": {"name": "jamf", "origin": "jamf"}, "observations": [tiny] * 2001, "new_keys": []}
                 response = await http.post("/v1/mdm/devices/apply", json=body)
-            return mine, theirs, response.status_code
+                identities = [{"os_type": "macos", "asset_tag": f"T{index}"} for index in range(2001)]
+                lookup = await http.post("/v1/mdm/devices/lookup", json={"identities": identities})
+                # one line naming the field, whether the request's shape or the sync's checks refuse it
+                errors = []
+                for observation in ({**tiny, "report_time": "yesterday"}, {**tiny, "os_type": "amiga"}):
+                    bad = {"source": {"name": "jamf", "origin": "jamf"}, "observations": [tiny, observation]}
+                    refused = await http.post("/v1/mdm/devices/apply", json=bad)
+                    errors.append((refused.status_code, refused.json()["error"]["message"]))
+            return mine, theirs, response.status_code, lookup.status_code, errors
 
-    mine, theirs, status = asyncio.run(run())
+    mine, theirs, status, lookup_status, errors = asyncio.run(run())
     assert mine == "2026-01-01T00:00:00+00:00"
     assert theirs is None
-    assert status == 400
+    assert (status, lookup_status) == (400, 400)
+    assert [code for code, _ in errors] == [400, 400]
+    assert errors[0][1].startswith("observations.1.report_time: ")
+    assert errors[1][1].startswith("observations[1].os_type: invalid OS type")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -13,8 +14,8 @@ import sqlalchemy as sa
 from devicetrust.mdm.jamf.config import InventoryEntry
 from devicetrust.mdm.jamf.engine import JamfSync, cut_state_key
 from devicetrust.mdm.jamf.errors import JamfAuthError
-from devicetrust.mdm.sink import STATE_KEY_PREFIX, BackendSink, SyncReport
-from devicetrust.storage import Backend, DeviceRecord
+from devicetrust.mdm.sink import MAX_UPDATE_ATTEMPTS, STATE_KEY_PREFIX, BackendSink, SyncReport
+from devicetrust.storage import Backend, DeviceRecord, DeviceRepository, Store
 from devicetrust.types import (
     Device,
     DeviceCredential,
@@ -402,3 +403,154 @@ def test_an_unavailable_database_fails_the_sync_not_the_service(
     monkeypatch.setattr(BackendSink, "_apply", locked)
     report = sync(jamf, sqlite_backend, full=True)
     assert report.error == "the device inventory's database is unavailable: database is locked"
+
+
+# -- an enrollment racing a sync ------------------------------------------------------------------------------
+
+
+def enroll(backend: Backend, asset_tag: str, credential_id: str) -> None:
+    """An enrollment's write as the auth service makes it (DeviceService.enroll_finish): in one transaction, read
+    the device, then store it enrolled with its credential — the whole document, no revision named."""
+    with backend.begin() as store:
+        record = store.devices.find_by_asset_tag("macos", asset_tag)
+        assert record is not None
+        write_enrollment(store, record, credential_id)
+
+
+def write_enrollment(store: Store, record: DeviceRecord, credential_id: str) -> None:
+    credential = DeviceCredential(
+        id=credential_id, attestation_type="macos_secure_enclave", public_key_der=b"0Y0\x13" + credential_id.encode()
+    )
+    enrolled = replace(device(record), enroll_status="enrolled", credential=credential, owner="alice")
+    store.devices.update(
+        record.id,
+        resource_to_dict(enrolled),
+        enroll_status="enrolled",
+        owner="alice",
+        source_name=record.source_name,
+        source_origin=record.source_origin,
+        external_id=record.external_id,
+    )
+
+
+def test_an_enrollment_committed_while_a_sync_writes_keeps_its_credential(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync(jamf, backend, full=True)
+    fake.computers.patch(1, "general", {"reportDate": "2026-11-25T12:00:00Z"})
+    fake.computers.patch(1, "operatingSystem", {"version": "15.1", "build": "24B83"})
+    # Alice enrolls just after the sync's write transaction has read her device, before it writes it
+    read_batch = DeviceRepository.find_many_by_asset_tag
+    enrollments: list[threading.Thread] = []
+
+    def read_then_enroll(self: DeviceRepository, keys: Any) -> list[DeviceRecord]:
+        records = read_batch(self, keys)
+        if not enrollments and any(record.asset_tag == ALICE for record in records):
+            enrollment = threading.Thread(target=enroll, args=(backend, ALICE, "cred-race"))
+            enrollments.append(enrollment)
+            enrollment.start()
+            if backend.dialect_name == "postgresql":
+                # the sync's transaction only read Alice's row: the enrollment commits now, in between
+                enrollment.join()
+            # SQLite: the sync's transaction holds the write lock; the enrollment waits for it to end
+        return records
+
+    monkeypatch.setattr(DeviceRepository, "find_many_by_asset_tag", read_then_enroll)
+    report = sync(jamf, backend, full=False)
+    enrollments[0].join()
+    assert (report.error, report.updated, report.conflicts) == (None, 1, 0)
+    record = devices(backend)[ALICE]
+    alice = device(record)
+    # both writes survive: the enrollment's credential and owner, and the MDM's new profile
+    assert (record.enroll_status, record.owner, record.revision) == ("enrolled", "alice", 3)
+    assert alice.credential is not None and alice.credential.id == "cred-race"
+    assert alice.profile is not None and alice.profile.os_version == "15.1"
+    update = audit(backend, "device.update")[-1].body["device"]
+    if backend.dialect_name == "postgresql":
+        # the sync's write found Alice changed, read her again and merged onto the enrollment
+        assert update["credential_id"] == "cred-race"
+    else:
+        assert update["credential_id"] == ""  # the sync wrote first; the enrollment then read its result
+
+
+def test_a_device_that_keeps_changing_is_left_for_the_next_sync_not_overwritten(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync(jamf, backend, full=True)
+    for jamf_id in (1, 4):  # Alice's Mac and Dave's
+        fake.computers.patch(jamf_id, "general", {"reportDate": "2026-11-25T12:00:00Z"})
+        fake.computers.patch(jamf_id, "operatingSystem", {"version": "15.1", "build": "24B83"})
+    # someone writes Alice's device before each of the sync's writes (in its transaction, so on both dialects)
+    write_batch = DeviceRepository.update_from_source
+    writes: list[str] = []
+
+    def enroll_first(self: DeviceRepository, updates: Any) -> set[str]:
+        record = self.find_by_asset_tag("macos", ALICE)
+        assert record is not None
+        writes.append(f"cred-{len(writes) + 1}")
+        write_enrollment(Store(self._conn, self._clock), record, writes[-1])
+        return write_batch(self, updates)
+
+    monkeypatch.setattr(DeviceRepository, "update_from_source", enroll_first)
+    report = sync(jamf, backend, full=False)
+    assert (report.error, report.updated, report.conflicts) == (None, 1, 1)
+    assert writes == [f"cred-{attempt}" for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1)]
+    alice = device(devices(backend)[ALICE])
+    assert alice.credential is not None and alice.credential.id == writes[-1]
+    assert alice.profile is not None and alice.profile.os_version != "15.1"
+    # the next sync merges the MDM's parts onto what the device now holds
+    monkeypatch.undo()
+    fake.computers.patch(1, "general", {"reportDate": "2026-11-25T12:05:00Z"})
+    again = sync(jamf, backend, full=False)
+    assert (again.updated, again.conflicts) == (1, 0)
+    alice = device(devices(backend)[ALICE])
+    assert alice.credential is not None and alice.credential.id == writes[-1]
+    assert alice.profile is not None and alice.profile.os_version == "15.1"
+
+
+# -- pages written one behind the walk ------------------------------------------------------------------------
+
+
+def test_a_record_repeated_by_the_next_page_is_a_duplicate(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a computer enrolled in Jamf while the walk is under way sorts first: every later record moves one place
+    # down, and the next page starts with the last record of the page before
+    newcomer = fake.computers.get(1)
+    assert newcomer is not None
+    newcomer = {**newcomer, "id": "0", "hardware": {**newcomer["hardware"], "serialNumber": "NEWCOMER0001"}}
+    served_first_page = fake._after_page
+
+    async def after_page(inventory: Any, ordering: Any) -> None:
+        await served_first_page(inventory, ordering)
+        if fake.pages_served == 1:
+            fake.computers.put(newcomer)
+
+    monkeypatch.setattr(fake, "_after_page", after_page)
+    report = sync(jamf, backend, full=True, entry=replace(COMPUTERS, page_size=3))
+    assert (report.error, report.duplicates, report.created, report.conflicts) == (None, 1, SYNCED_MACS, 0)
+    assert "NEWCOMER0001" not in devices(backend)  # before the walk's offset: the next sync registers it
+    again = sync(jamf, backend, full=True, entry=replace(COMPUTERS, page_size=3))
+    assert (again.created, again.duplicates, again.unchanged) == (1, 0, SYNCED_MACS)
+
+
+def test_a_page_that_cannot_be_written_ends_the_walk(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_page = BackendSink._apply
+    calls: list[int] = []
+
+    def second_page_fails(self: BackendSink, *args: Any) -> Any:
+        calls.append(len(calls) + 1)
+        if len(calls) == 2:
+            raise sa.exc.OperationalError("INSERT …", {}, Exception("database is locked"))
+        return write_page(self, *args)
+
+    monkeypatch.setattr(BackendSink, "_apply", second_page_fails)
+    report = sync(jamf, backend, full=True, entry=replace(COMPUTERS, page_size=3))
+    assert report.error == "the device inventory's database is unavailable: database is locked"
+    # the first page is written; nothing after the failed one is, nothing is deleted, and no cut is kept
+    assert (report.created, report.deleted) == (3, 0)
+    assert len(devices(backend)) == 3 and calls == [1, 2]
+    with backend.begin() as store:
+        assert store.cluster.get(STATE_KEY_PREFIX + cut_state_key("jamf", COMPUTERS)) is None

@@ -13,9 +13,12 @@ from tests.storage.conftest import START, FakeClock
 from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
 from devicetrust.storage import (
     INVALID_PAGE_TOKEN_MESSAGE,
+    MAX_IDENTITY_PAGE_SIZE,
     MAX_PAGE_SIZE,
     Backend,
+    DeviceIdentity,
     DeviceRecord,
+    DeviceSourceUpdate,
     DeviceUpsert,
     Store,
     UpsertResult,
@@ -501,3 +504,102 @@ def test_upsert_many_of_a_large_batch(backend: Backend, clock: FakeClock) -> Non
         assert record.id == row.id
         assert record.body == _body(row.asset_tag, serial=i + 1 if i % 10 == 0 else i)
         assert record.revision == (2 if i % 10 == 0 else 1)
+
+
+# ------------------------------------------------------------------------------ MDM sync batches
+
+
+def test_find_many_by_asset_tag_returns_only_the_identities_asked_for(backend: Backend) -> None:
+    with backend.begin() as store:
+        rows = _seed(store, 2500, prefix="F")  # more tags than one IN list holds
+        store.devices.upsert_many([_upsert("F00001", os_type="windows")])
+        found = store.devices.find_many_by_asset_tag(
+            [("macos", row.asset_tag) for row in rows[::2]] + [("macos", "NOPE"), ("linux", "F00001")]
+        )
+        assert sorted(record.id for record in found) == sorted(row.id for row in rows[::2])
+        assert store.devices.find_many_by_asset_tag([]) == []
+        # both OSes of one tag when both are asked for
+        both = store.devices.find_many_by_asset_tag([("macos", "F00001"), ("windows", "F00001")])
+        assert sorted(record.os_type for record in both) == ["macos", "windows"]
+        assert [r.id for r in store.devices.find_many([rows[0].id, rows[0].id, "missing"])] == [rows[0].id]
+        # the same lookup without the documents: the columns and the asked-for parts of each body
+        parts = store.devices.find_parts_by_asset_tag(
+            [("macos", "F00002"), ("windows", "F00001"), ("macos", "NOPE")], [("spec", "asset_tag"), ("spec", "x")]
+        )
+        assert sorted((p.os_type, p.asset_tag, p.source_name, p.external_id, p.revision, p.parts) for p in parts) == [
+            ("macos", "F00002", "jamf", "ext-F00002", 1, ("F00002", None)),
+            ("windows", "F00001", "jamf", "ext-F00001", 1, ("F00001", None)),
+        ]
+
+
+def test_update_from_source_writes_only_devices_still_at_their_revision(backend: Backend, clock: FakeClock) -> None:
+    with backend.begin() as store:
+        rows = _seed(store, 3, prefix="U")
+        enrolled = store.devices.create(
+            DEVICE_ID, "macos", "E1", _body("E1"), enroll_status="enrolled", owner="alice", source_name="jamf"
+        )
+        # someone wrote U00001 since it was read at revision 1
+        store.devices.update(
+            rows[1].id,
+            _body("U00001", credential={"id": "c"}),
+            enroll_status="enrolled",
+            owner="bob",
+            source_name="jamf",
+            source_origin="jamf",
+            external_id="ext-U00001",
+        )
+    clock.advance(HOUR)
+
+    def update(device_id: str, tag: str, expected: int) -> DeviceSourceUpdate:
+        return DeviceSourceUpdate(device_id, _body(tag, model="new"), "jamf", "jamf", f"new-{tag}", expected)
+
+    batch = [
+        update(rows[0].id, "U00000", 1),
+        update(rows[1].id, "U00001", 1),
+        update(enrolled.id, "E1", 1),
+        update(str(uuid.uuid4()), "GONE", 1),
+    ]
+    with backend.begin() as store:
+        assert store.devices.update_from_source(batch) == {rows[0].id, enrolled.id}
+        assert store.devices.update_from_source([]) == set()
+        with pytest.raises(ValidationError, match="appears twice"):
+            store.devices.update_from_source([batch[0], batch[0]])
+    with backend.begin() as store:
+        u0 = store.devices.get(rows[0].id)
+        assert (u0.body, u0.external_id, u0.revision, u0.updated, u0.created) == (
+            _body("U00000", model="new"),
+            "new-U00000",
+            2,
+            START + HOUR,
+            START,
+        )
+        e1 = store.devices.get(enrolled.id)
+        # the columns the cluster owns are not the update's to change
+        assert (e1.enroll_status, e1.owner, e1.source_origin, e1.revision) == ("enrolled", "alice", "jamf", 2)
+        u1 = store.devices.get(rows[1].id)
+        assert (u1.body, u1.owner, u1.revision) == (_body("U00001", credential={"id": "c"}), "bob", 2)
+
+
+def test_identities_page_walks_one_source_without_documents(backend: Backend) -> None:
+    with backend.begin() as store:
+        rows = _seed(store, 7, prefix="I")
+        _seed(store, 3, prefix="H", source=None)
+        _seed(store, 2, prefix="O", source="other")
+    with backend.begin() as store:
+        seen: list[DeviceIdentity] = []
+        token: str | None = None
+        while True:
+            page, token = store.devices.identities_page(source_name="jamf", page_size=3, page_token=token)
+            assert len(page) <= 3
+            seen.extend(page)
+            if token is None:
+                break
+        assert seen == [DeviceIdentity(row.id, "macos", row.asset_tag, "jamf", "jamf", row.external_id) for row in rows]
+        # the tokens are list_page's
+        _, token = store.devices.identities_page(source_name="jamf", page_size=3)
+        assert token is not None
+        records, _ = store.devices.list_page(page_size=3, page_token=token, source_name="jamf")
+        assert [r.asset_tag for r in records] == [row.asset_tag for row in rows[3:6]]
+        assert store.devices.identities_page(source_name="nobody") == ([], None)
+        with pytest.raises(ValidationError, match=f"at most {MAX_IDENTITY_PAGE_SIZE}"):
+            store.devices.identities_page(source_name="jamf", page_size=0)

@@ -65,12 +65,19 @@ from devicetrust.protocol import (
     LoginIdentity,
     LoginRequest,
     LoginResponse,
+    MdmApplyRequest,
     MdmApplyResponse,
+    MdmDeleteRequest,
     MdmDeleteResponse,
+    MdmDeviceList,
     MdmDevicePage,
     MdmJoinRequest,
     MdmJoinResponse,
+    MdmLookupRequest,
+    MdmSourceDevicePage,
+    MdmStateUpdate,
     MdmStateValue,
+    MdmSyncReport,
     NodeJoinRequest,
     NodeJoinResponse,
     NodeList,
@@ -567,35 +574,45 @@ def build_app(server: AuthServer) -> FastAPI:
 
     @app.post("/v1/mdm/join")
     def mdm_join(req: MdmJoinRequest) -> MdmJoinResponse:
-        return MdmJoinResponse.model_validate(mdm.join(req.token, req.name))
+        return mdm.join(req.token, req.name)
 
     @app.get("/v1/mdm/devices")
     async def mdm_scan(
         caller: CallerDep, page_token: Annotated[str | None, Query(max_length=512)] = None
     ) -> MdmDevicePage:
-        return MdmDevicePage.model_validate(await mdm.scan(caller, page_token))
+        return await mdm.scan(caller, page_token)
+
+    @app.post("/v1/mdm/devices/lookup")
+    async def mdm_lookup(req: MdmLookupRequest, caller: CallerDep) -> MdmDeviceList:
+        return await mdm.lookup(caller, req)
+
+    @app.get("/v1/mdm/devices/identities")
+    async def mdm_source_devices(
+        caller: CallerDep,
+        origin: Annotated[str, Query(min_length=1, max_length=64)],
+        page_token: Annotated[str | None, Query(max_length=512)] = None,
+    ) -> MdmSourceDevicePage:
+        return await mdm.source_devices(caller, origin, page_token)
 
     @app.post("/v1/mdm/devices/apply")
-    async def mdm_apply(body: JsonObject, caller: CallerDep) -> MdmApplyResponse:
-        return MdmApplyResponse.model_validate(await mdm.apply(caller, body))
+    async def mdm_apply(req: MdmApplyRequest, caller: CallerDep) -> MdmApplyResponse:
+        return await mdm.apply(caller, req)
 
     @app.post("/v1/mdm/devices/delete")
-    async def mdm_delete(body: JsonObject, caller: CallerDep) -> MdmDeleteResponse:
-        return MdmDeleteResponse.model_validate(await mdm.delete(caller, body))
+    async def mdm_delete(req: MdmDeleteRequest, caller: CallerDep) -> MdmDeleteResponse:
+        return await mdm.delete(caller, req)
 
     @app.get("/v1/mdm/state/{key:path}")
     async def mdm_load_state(key: str, caller: CallerDep) -> MdmStateValue:
-        return MdmStateValue.model_validate(await mdm.load_state(caller, key))
+        return await mdm.load_state(caller, key)
 
     @app.put("/v1/mdm/state/{key:path}")
-    async def mdm_save_state(key: str, body: JsonObject, caller: CallerDep) -> Empty:
-        await mdm.save_state(caller, key, body.get("value"))
-        return Empty()
+    async def mdm_save_state(key: str, req: MdmStateUpdate, caller: CallerDep) -> Empty:
+        return await mdm.save_state(caller, key, req)
 
     @app.post("/v1/mdm/syncs")
-    async def mdm_record_sync(body: JsonObject, caller: CallerDep) -> Empty:
-        await mdm.record_sync(caller, body)
-        return Empty()
+    async def mdm_record_sync(req: MdmSyncReport, caller: CallerDep) -> Empty:
+        return await mdm.record_sync(caller, req)
 
     @app.get("/v1/events")
     def events(

@@ -14,17 +14,15 @@ status, credential, owner, collected data, create time) belongs to the cluster a
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import functools
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from devicetrust.types import Device, DeviceProfile, DeviceSource, resource_to_dict
+from devicetrust.types import Device, DeviceProfile, DeviceSource, profile_to_dict, resource_to_dict
 from devicetrust.types.device import format_timestamp
 
 __all__ = [
@@ -35,12 +33,14 @@ __all__ = [
     "Present",
     "Recheck",
     "Skipped",
+    "SourceDevice",
     "StoredDevice",
     "Unknown",
     "Verdict",
     "decide_missing",
     "device_key",
     "fingerprint",
+    "lookup_keys",
     "merged_body",
     "missing",
     "missing_policy",
@@ -52,13 +52,10 @@ __all__ = [
     "spec_fingerprint",
 ]
 
-#: stands in for the id while rendering an observation's document parts (the id is not one of them)
-_PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
+_T = TypeVar("_T")
 #: 64 bits: two different registrations collide with probability 2**-64 per comparison; a collision only means
 #: one device's profile update waits for its next change
 _FINGERPRINT_BYTES = 8
-#: observations whose document parts are remembered: a page's worth (planned, then written)
-REGISTRATION_CACHE_ENTRIES = 2048
 
 
 def device_key(os_type: str, asset_tag: str) -> str:
@@ -117,25 +114,31 @@ class StoredDevice:
         return self.source_name == source.name and self.source_origin == source.origin
 
 
+@dataclass(frozen=True, slots=True)
+class SourceDevice:
+    """A device this source registered, as a full sync's check for missing devices needs it: no document."""
+
+    id: str
+    os_type: str
+    asset_tag: str
+    external_id: str | None
+
+    @property
+    def key(self) -> str:
+        return device_key(self.os_type, self.asset_tag)
+
+
 # -- the document parts the MDM owns ------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=REGISTRATION_CACHE_ENTRIES)
 def registration(observation: Observation, source: DeviceSource) -> tuple[dict[str, Any], dict[str, Any]]:
     """``spec.source`` and ``spec.profile`` (without update_time) as the device document holds them.
 
-    Memoized (a sync asks for each observation's parts more than once); the dicts are shared: do not modify them.
+    The profile was validated when the observation was made, so it is rendered without building a Device again.
     """
-    spec = resource_to_dict(
-        Device(
-            id=_PLACEHOLDER_ID,
-            os_type=observation.os_type,
-            asset_tag=observation.asset_tag,
-            source=source,
-            profile=dataclasses.replace(observation.profile, update_time=None),
-        )
-    )["spec"]
-    return spec["source"], spec["profile"]
+    profile = profile_to_dict(observation.profile)
+    profile.pop("update_time", None)
+    return {"name": source.name, "origin": source.origin}, profile
 
 
 def fingerprint(source: Mapping[str, Any] | None, profile: Mapping[str, Any] | None) -> int:
@@ -215,7 +218,7 @@ def reconcile(observation: Observation, stored: StoredDevice | None, source: Dev
 class PagePlan:
     #: to create or update, for the sink to write (it re-reads each in its transaction before merging)
     apply: tuple[Observation, ...]
-    #: the keys among ``apply`` that were absent when the index was read (the sink may insert them in bulk)
+    #: the keys among ``apply`` that were absent when the page was looked up (the sink may insert them in bulk)
     new_keys: frozenset[str]
     unchanged: int
     foreign: tuple[Observation, ...]
@@ -227,14 +230,13 @@ class PagePlan:
 
 def plan_page(
     observations: Iterable[Observation],
-    index: Mapping[str, StoredDevice] | None,
+    stored: Mapping[str, StoredDevice],
     already_seen: Set[str],
     source: DeviceSource,
 ) -> PagePlan:
     """Sort one page into writes, no-ops and skips.
 
-    ``index``: every stored device by key, read at the start of a full sync; None when there is none (a partial
-    sync), and then everything not seen before goes to the sink, which looks each device up itself.
+    ``stored``: the stored devices with the page's identities, by key, looked up just before (:func:`lookup_keys`).
     """
     apply: list[Observation] = []
     new_keys: set[str] = set()
@@ -247,10 +249,7 @@ def plan_page(
             duplicates += 1
             continue
         seen.add(key)
-        if index is None:
-            apply.append(observation)
-            continue
-        action = reconcile(observation, index.get(key), source)
+        action = reconcile(observation, stored.get(key), source)
         if action is Action.UNCHANGED:
             unchanged += 1
         elif action is Action.FOREIGN:
@@ -262,15 +261,23 @@ def plan_page(
     return PagePlan(tuple(apply), frozenset(new_keys), unchanged, tuple(foreign), duplicates, frozenset(seen))
 
 
+def lookup_keys(observations: Iterable[Observation], already_seen: Set[str]) -> list[tuple[str, str]]:
+    """The (os_type, asset_tag) identities of a page that :func:`plan_page` will decide on, each once."""
+    keys: dict[str, tuple[str, str]] = {}
+    for observation in observations:
+        key = observation.key
+        if key not in already_seen:
+            keys.setdefault(key, (observation.os_type, observation.asset_tag))
+    return list(keys.values())
+
+
 # -- devices that were not seen -----------------------------------------------------------------------------
 
 
-def missing(
-    stored: Iterable[StoredDevice], seen: Set[str], os_types: Collection[str], source: DeviceSource
-) -> Iterator[StoredDevice]:
-    """This source's devices of the synced platforms that the walk did not see."""
-    for device in stored:
-        if device.os_type in os_types and device.belongs_to(source) and device.key not in seen:
+def missing(devices: Iterable[SourceDevice], seen: Set[str], os_types: Collection[str]) -> Iterator[SourceDevice]:
+    """The source's devices of the synced platforms that the walk did not see."""
+    for device in devices:
+        if device.os_type in os_types and device.key not in seen:
             yield device
 
 
@@ -320,7 +327,7 @@ class Verdict:
     reason: str
 
 
-def decide_missing(device: StoredDevice, recheck: Recheck) -> Verdict:
+def decide_missing(device: SourceDevice, recheck: Recheck) -> Verdict:
     """Gone from the MDM (404) -> delete; now another serial or platform -> delete; the re-check failed -> keep."""
     if isinstance(recheck, Gone):
         return Verdict(True, "no longer in the MDM")
@@ -335,6 +342,6 @@ def decide_missing(device: StoredDevice, recheck: Recheck) -> Verdict:
     return Verdict(False, "still in the MDM (it moved between pages during the walk)")
 
 
-def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def chunked(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

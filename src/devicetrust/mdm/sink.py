@@ -1,20 +1,28 @@
 """Where a sync writes: the narrow interface (:class:`InventorySink`) and its in-process implementation.
 
-A sync engine needs six operations, and nothing else, from the cluster:
+A sync engine needs seven operations, and nothing else, from the cluster:
 
-============================  ==============================================================================
-``scan(page_token)``          every stored device, compactly (:class:`~devicetrust.mdm.diff.StoredDevice`), by
-                              page — a full sync's index and its missing set
-``apply(source, obs, new)``   register/update one batch of observations in one transaction, with audit
-``delete(source, removals)``  remove devices the MDM retired, in one transaction, with audit
-``load_state`` / ``save_state``  a small string per key (a partial sync's cut, the last full sync)
-``record_sync(report)``       the ``mdm.sync`` summary event
-============================  ==============================================================================
+=================================  =========================================================================
+``lookup(keys)``                   the stored devices with these (os_type, asset_tag) identities, compactly
+                                   (:class:`~devicetrust.mdm.diff.StoredDevice`) — one call per page
+``source_devices(source, token)``  the source's devices without their documents, by page — a full sync's
+                                   missing set, read once the walk is done
+``apply(source, obs, new)``        register/update one batch of observations in one transaction, with audit
+``delete(source, removals)``       remove devices the MDM retired, in one transaction, with audit
+``load_state`` / ``save_state``    a small string per key (a partial sync's cut, the last full sync)
+``record_sync(report)``            the ``mdm.sync`` summary event
+=================================  =========================================================================
 
 :class:`BackendSink` runs them against the :class:`~devicetrust.storage.Backend` (``devicetrust start`` with the
-service enabled, and ``devicetrust jamf sync``). A remote MDM agent joining with a ``--type=mdm`` token would
-implement the same protocol over HTTPS; the merge of the MDM's parts into a stored document happens on the
-cluster side (in ``apply``), so the agent never sees a device's credential.
+service enabled, and ``devicetrust jamf sync``). A remote MDM agent joining with a ``--type=mdm`` token runs them
+over HTTPS (:mod:`devicetrust.mdm.api_sink`), against a BackendSink in the auth service; the merge of the MDM's
+parts into a stored document happens on the cluster side (in ``apply``), so the agent never sees a device's
+credential.
+
+``apply`` reads the batch's devices with one query and writes their updates with one revision-checked statement
+(``DeviceRepository.update_from_source``). A device written by someone else in between — an enrollment storing
+its credential — is not overwritten: it is read again and the MDM's parts merged onto what it now holds, at most
+MAX_UPDATE_ATTEMPTS times (then counted as a conflict, for the next sync).
 
 Audit, in the same transaction as the change: ``device.create``/``device.update``/``device.delete`` by
 ``jamf_service:<name>`` with ``source: {name, origin: jamf}`` — one event per device, or one event listing them
@@ -37,11 +45,14 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 
 from devicetrust import audit as events
-from devicetrust.errors import ConflictError, ConnectionFailedError, NotFoundError
+from devicetrust.errors import ConflictError, ConnectionFailedError
 from devicetrust.mdm.diff import (
     Action,
     Observation,
+    SourceDevice,
     StoredDevice,
+    device_key,
+    fingerprint,
     merged_body,
     new_device_body,
     reconcile,
@@ -53,6 +64,7 @@ from devicetrust.storage import (
     MAX_PAGE_SIZE,
     Backend,
     DeviceRecord,
+    DeviceSourceUpdate,
     DeviceUpsert,
     Store,
 )
@@ -61,6 +73,7 @@ from devicetrust.types import DeviceSource, os_display_name
 __all__ = [
     "AUDIT_PER_DEVICE_LIMIT",
     "MAX_APPLY_ATTEMPTS",
+    "MAX_UPDATE_ATTEMPTS",
     "SCAN_PAGE_SIZE",
     "STATE_KEY_PREFIX",
     "ApplyResult",
@@ -77,10 +90,16 @@ _T = TypeVar("_T")
 
 #: batches with more changes of one kind than this get one event listing them all instead of one per device
 AUDIT_PER_DEVICE_LIMIT = 100
-#: rows per scan page (the storage layer's largest page)
+#: rows per scan page (the storage layer's largest page; the scan serves remote agents that predate lookup)
 SCAN_PAGE_SIZE = MAX_PAGE_SIZE
 #: a batch whose bulk insert met a device registered concurrently is redone device by device, at most this often
 MAX_APPLY_ATTEMPTS = 3
+#: a device written by someone else while its update was merged is read and merged again at most this often
+MAX_UPDATE_ATTEMPTS = 3
+#: devices read per query by a lookup
+LOOKUP_CHUNK = 500
+#: the paths of a device document the MDM owns (what a lookup reads of it)
+MDM_PARTS = (("spec", "source"), ("spec", "profile"))
 #: where the sync keeps its state in the cluster key/value store
 STATE_KEY_PREFIX = "mdm/"
 
@@ -162,7 +181,11 @@ class SyncReport:
 class InventorySink(Protocol):
     """The cluster as an MDM sync sees it (see the module docstring)."""
 
-    async def scan(self, page_token: str | None) -> tuple[list[StoredDevice], str | None]: ...
+    async def lookup(self, keys: Sequence[tuple[str, str]]) -> list[StoredDevice]: ...
+
+    async def source_devices(
+        self, source: DeviceSource, page_token: str | None
+    ) -> tuple[list[SourceDevice], str | None]: ...
 
     async def apply(
         self, source: DeviceSource, observations: Sequence[Observation], *, new_keys: frozenset[str]
@@ -231,6 +254,16 @@ async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
         raise ConnectionFailedError(f"the device inventory's database is unavailable: {reason}") from err
 
 
+@dataclass
+class _Updated:
+    """What :meth:`BackendSink._update` wrote (with the document written) and what it left."""
+
+    written: list[tuple[Observation, DeviceRecord, dict[str, Any]]] = field(default_factory=list)
+    unchanged: int = 0
+    foreign: int = 0
+    conflicts: int = 0
+
+
 class _Collision(Exception):
     """A bulk insert met a device registered since it was looked up: redo the batch device by device."""
 
@@ -245,7 +278,16 @@ class BackendSink:
         self._clock = clock
 
     # -- protocol -----------------------------------------------------------------------------------------
+    async def lookup(self, keys: Sequence[tuple[str, str]]) -> list[StoredDevice]:
+        return await _in_thread(self._lookup, keys)
+
+    async def source_devices(
+        self, source: DeviceSource, page_token: str | None
+    ) -> tuple[list[SourceDevice], str | None]:
+        return await _in_thread(self._source_devices, source, page_token)
+
     async def scan(self, page_token: str | None) -> tuple[list[StoredDevice], str | None]:
+        """Every stored device, compactly, by page (for remote agents that predate :meth:`lookup`)."""
         return await _in_thread(self._scan, page_token)
 
     async def apply(
@@ -275,6 +317,36 @@ class BackendSink:
             body.setdefault("cluster_name", cluster_name)
         store.audit.append(event[0], event[1], self._clock(), user, success, body)
 
+    def _lookup(self, keys: Sequence[tuple[str, str]]) -> list[StoredDevice]:
+        found: list[StoredDevice] = []
+        with self._backend.begin() as store:
+            # a chunk's rows (and the document parts they carry) are reduced to fingerprints before the next is read
+            for start in range(0, len(keys), LOOKUP_CHUNK):
+                for device in store.devices.find_parts_by_asset_tag(keys[start : start + LOOKUP_CHUNK], MDM_PARTS):
+                    found.append(
+                        StoredDevice(
+                            id=device.id,
+                            os_type=sys.intern(device.os_type),
+                            asset_tag=device.asset_tag,
+                            source_name=_interned(device.source_name),
+                            source_origin=_interned(device.source_origin),
+                            external_id=device.external_id,
+                            revision=device.revision,
+                            fingerprint=fingerprint(*device.parts),
+                        )
+                    )
+        return found
+
+    def _source_devices(self, source: DeviceSource, page_token: str | None) -> tuple[list[SourceDevice], str | None]:
+        with self._backend.begin() as store:
+            identities, next_token = store.devices.identities_page(source_name=source.name, page_token=page_token)
+        devices = [
+            SourceDevice(identity.id, sys.intern(identity.os_type), identity.asset_tag, identity.external_id)
+            for identity in identities
+            if identity.source_origin == source.origin
+        ]
+        return devices, next_token
+
     def _scan(self, page_token: str | None) -> tuple[list[StoredDevice], str | None]:
         with self._backend.begin() as store:
             records, next_token = store.devices.list_page(page_size=SCAN_PAGE_SIZE, page_token=page_token)
@@ -298,14 +370,16 @@ class BackendSink:
         now = self._clock()
         creates: list[tuple[Observation, DeviceUpsert]] = []
         updates: list[tuple[Observation, DeviceRecord]] = []
-        unchanged = foreign = conflicts = 0
+        unchanged = foreign = 0
         with self._backend.begin() as store:
+            looked_up = store.devices.find_many_by_asset_tag(
+                (observation.os_type, observation.asset_tag)
+                for observation in observations
+                if observation.key not in new_keys
+            )
+            records = {device_key(record.os_type, record.asset_tag): record for record in looked_up}
             for observation in observations:
-                record = (
-                    None
-                    if observation.key in new_keys
-                    else store.devices.find_by_asset_tag(observation.os_type, observation.asset_tag)
-                )
+                record = records.get(observation.key)
                 action = reconcile(observation, None if record is None else stored_device(record), source)
                 if action is Action.CREATE:
                     device_id = str(uuid.uuid4())
@@ -341,33 +415,79 @@ class BackendSink:
                     # an insert hit an existing (os_type, asset_tag): it may belong to someone else; the
                     # transaction rolls back and the batch is redone with a lookup per device
                     raise _Collision
-            written: list[tuple[Observation, DeviceRecord]] = []
-            for observation, record in updates:
-                try:
-                    updated = store.devices.update(
-                        record.id,
-                        merged_body(record.body, observation, source, now),
-                        enroll_status=record.enroll_status,
-                        owner=record.owner,
+            outcome = self._update(store, source, updates, now)
+            self._audit_changes(store, source, creates, outcome.written)
+        return ApplyResult(
+            len(creates),
+            len(outcome.written),
+            unchanged + outcome.unchanged,
+            foreign + outcome.foreign,
+            outcome.conflicts,
+        )
+
+    def _update(
+        self, store: Store, source: DeviceSource, updates: Sequence[tuple[Observation, DeviceRecord]], now: datetime
+    ) -> _Updated:
+        """Write the MDM's parts merged into each device as read, checked against the revision read; a device
+        someone wrote since (an enrollment storing its credential) is read again and merged onto what it holds."""
+        outcome = _Updated()
+        pending = list(updates)
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            if not pending:
+                return outcome
+            merged = [
+                (observation, record, merged_body(record.body, observation, source, now))
+                for observation, record in pending
+            ]
+            written = store.devices.update_from_source(
+                [
+                    DeviceSourceUpdate(
+                        id=record.id,
+                        body=body,
                         source_name=source.name,
                         source_origin=source.origin,
                         external_id=observation.external_id,
-                        # never overwrite what someone (an enrollment) wrote since this transaction read it
                         expected_revision=record.revision,
                     )
-                except (ConflictError, NotFoundError):
-                    conflicts += 1
+                    for observation, record, body in merged
+                ]
+            )
+            outcome.written.extend(
+                (observation, record, body) for observation, record, body in merged if record.id in written
+            )
+            lost = [(observation, record) for observation, record, _ in merged if record.id not in written]
+            current = {record.id: record for record in store.devices.find_many(record.id for _, record in lost)}
+            pending = []
+            for observation, record in lost:
+                now_stored = current.get(record.id)
+                if (
+                    now_stored is None
+                    or now_stored.os_type != record.os_type
+                    or now_stored.asset_tag != record.asset_tag
+                ):
+                    outcome.conflicts += 1  # removed meanwhile: the next sync registers it again
                     continue
-                written.append((observation, updated))
-            self._audit_changes(store, source, creates, written)
-        return ApplyResult(len(creates), len(written), unchanged, foreign, conflicts)
+                action = reconcile(observation, stored_device(now_stored), source)
+                if action is Action.UPDATE:
+                    pending.append((observation, now_stored))
+                elif action is Action.UNCHANGED:
+                    outcome.unchanged += 1
+                else:
+                    outcome.foreign += 1
+        outcome.conflicts += len(pending)
+        if pending:
+            log.info(
+                "devices kept changing while the sync wrote them; left for the next sync",
+                extra={"source": source.name, "devices": len(pending)},
+            )
+        return outcome
 
     def _audit_changes(
         self,
         store: Store,
         source: DeviceSource,
         creates: Sequence[tuple[Observation, DeviceUpsert]],
-        updates: Sequence[tuple[Observation, DeviceRecord]],
+        updates: Sequence[tuple[Observation, DeviceRecord, dict[str, Any]]],
     ) -> None:
         created = [
             (_audit_device(row.id, row.os_type, row.asset_tag), {"external_id": observation.external_id})
@@ -375,10 +495,10 @@ class BackendSink:
         ]
         updated = [
             (
-                _audit_device(record.id, record.os_type, record.asset_tag, _credential_id(record.body)),
+                _audit_device(record.id, record.os_type, record.asset_tag, _credential_id(body)),
                 {"external_id": observation.external_id},
             )
-            for observation, record in updates
+            for observation, record, body in updates
         ]
         self._audit_batch(store, events.DEVICE_CREATE, source, created)
         self._audit_batch(store, events.DEVICE_UPDATE, source, updated)

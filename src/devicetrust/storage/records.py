@@ -12,7 +12,10 @@ from typing import Any
 __all__ = [
     "AuditRecord",
     "DeviceFilter",
+    "DeviceIdentity",
+    "DeviceParts",
     "DeviceRecord",
+    "DeviceSourceUpdate",
     "DeviceUpsert",
     "JsonPage",
     "LockRecord",
@@ -151,6 +154,47 @@ class DeviceUpsert:
     source_name: str | None
     source_origin: str | None
     external_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """A device without its document (``DeviceRepository.identities_page``): what a full MDM sync needs to find
+    the devices it no longer sees."""
+
+    id: str
+    os_type: str
+    asset_tag: str
+    source_name: str | None
+    source_origin: str | None
+    external_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceParts:
+    """A device's columns and some values of its document (``DeviceRepository.find_parts_by_asset_tag``)."""
+
+    id: str
+    os_type: str
+    asset_tag: str
+    source_name: str | None
+    source_origin: str | None
+    external_id: str | None
+    revision: int
+    #: the JSON values at the paths asked for, in their order (None where absent)
+    parts: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class DeviceSourceUpdate:
+    """One device of an MDM sync's update batch (``DeviceRepository.update_from_source``): its new document and
+    source columns, written only if the device still has ``expected_revision``."""
+
+    id: str
+    body: dict[str, Any]
+    source_name: str | None
+    source_origin: str | None
+    external_id: str | None
+    expected_revision: int
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import base64
 import builtins
 import json
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -29,7 +29,10 @@ from devicetrust.storage import schema
 from devicetrust.storage.records import (
     AuditRecord,
     DeviceFilter,
+    DeviceIdentity,
+    DeviceParts,
     DeviceRecord,
+    DeviceSourceUpdate,
     DeviceUpsert,
     JsonPage,
     LockRecord,
@@ -50,6 +53,7 @@ __all__ = [
     "INVALID_PENDING_MESSAGE",
     "INVALID_SESSION_MESSAGE",
     "INVALID_TOKEN_MESSAGE",
+    "MAX_IDENTITY_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "SESSION_KINDS",
     "STREAM_CHUNK_SIZE",
@@ -78,6 +82,10 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 #: rows per query when streaming devices (``DeviceRepository.list_by_source``)
 STREAM_CHUNK_SIZE = 1000
+#: largest page of ``DeviceRepository.identities_page`` (its rows carry no document: a few dozen bytes each)
+MAX_IDENTITY_PAGE_SIZE = 5000
+#: values per ``IN (…)`` list in batched lookups (well under both dialects' bind-parameter limits)
+_IN_LIST_SIZE = 1000
 
 SESSION_KINDS = ("user", "bot", "admin", "node", "db", "kube", "mdm")
 #: resource kinds that servers cache: writing one moves the state generation on
@@ -939,7 +947,7 @@ class DeviceRepository(_Repository):
     def _unnested(self, rows: Sequence[DeviceUpsert], now: datetime) -> sa.Select[Any]:
         # PostgreSQL: one text array per column, unnested by the server. A single statement of a handful of
         # parameters, whatever the batch size (a multi-row VALUES of thousands of rows is slow to build and parse).
-        arrays = {
+        arrays: dict[str, builtins.list[str | None]] = {
             "id": [row.id for row in rows],
             "os_type": [row.os_type for row in rows],
             "asset_tag": [row.asset_tag for row in rows],
@@ -948,14 +956,7 @@ class DeviceRepository(_Repository):
             "external_id": [row.external_id for row in rows],
             "body": [json.dumps(row.body, sort_keys=True) for row in rows],
         }
-        text_array = postgresql.ARRAY(sa.Text)
-        batch = (
-            sa.func.unnest(
-                *(sa.cast(sa.bindparam(name, array, type_=text_array), text_array) for name, array in arrays.items())
-            )
-            .table_valued(*arrays)
-            .render_derived(name="batch")
-        )
+        batch = _unnest_text_arrays(arrays, "batch")
         return sa.select(
             batch.c.id,
             batch.c.os_type,
@@ -970,6 +971,171 @@ class DeviceRepository(_Repository):
             sa.literal(now, schema.UTCDateTime),
             sa.literal(now, schema.UTCDateTime),
         )
+
+    # -- MDM sync batches -------------------------------------------------------------------------------------
+    def find_many_by_asset_tag(self, keys: Iterable[tuple[str, str]]) -> builtins.list[DeviceRecord]:
+        """The devices among these (os_type, asset_tag) identities that exist, in a query per _IN_LIST_SIZE."""
+        return [_device(row) for row in self._by_identity(sa.select(self._t), keys)]
+
+    def find_parts_by_asset_tag(
+        self, keys: Iterable[tuple[str, str]], paths: Sequence[tuple[str, ...]]
+    ) -> builtins.list[DeviceParts]:
+        """As :meth:`find_many_by_asset_tag`, without the documents: each device's columns and the JSON values at
+        ``paths`` of its body (None where a path is absent) — far less to read and decode than whole documents."""
+        t = self._t
+        columns = (t.c.id, t.c.os_type, t.c.asset_tag, t.c.source_name, t.c.source_origin, t.c.external_id)
+        stmt = sa.select(*columns, t.c.revision, *(t.c.body[path] for path in paths))
+        return [
+            DeviceParts(
+                row.id,
+                row.os_type,
+                row.asset_tag,
+                row.source_name,
+                row.source_origin,
+                row.external_id,
+                row.revision,
+                tuple(row[len(columns) + 1 :]),
+            )
+            for row in self._by_identity(stmt, keys)
+        ]
+
+    def _by_identity(self, stmt: sa.Select[Any], keys: Iterable[tuple[str, str]]) -> Iterator[Row[Any]]:
+        """The rows of ``stmt`` (a select from the devices table) for these (os_type, asset_tag) identities."""
+        t = self._t
+        wanted = sorted(set(keys))
+        for start in range(0, len(wanted), _IN_LIST_SIZE):
+            chunk = wanted[start : start + _IN_LIST_SIZE]
+            if self._conn.dialect.name == "postgresql":
+                # a join with the identities, probing the (os_type, asset_tag) unique index once each: the plan holds
+                # even before the table has statistics (a large IN list then looks like most of the table)
+                pairs = _unnest_text_arrays({"os_type": [o for o, _ in chunk], "asset_tag": [a for _, a in chunk]}, "k")
+                on = sa.and_(t.c.os_type == pairs.c.os_type, t.c.asset_tag == pairs.c.asset_tag)
+                yield from self._conn.execute(stmt.join_from(t, pairs, on))
+                continue
+            identities = set(chunk)
+            rows = self._conn.execute(stmt.where(t.c.asset_tag.in_(sorted({a for _, a in chunk}))))
+            # an asset tag may be registered under several OSes: keep only the identities asked for
+            yield from (row for row in rows if (row.os_type, row.asset_tag) in identities)
+
+    def find_many(self, ids: Iterable[str]) -> builtins.list[DeviceRecord]:
+        """The devices among these ids that exist, in a query per _IN_LIST_SIZE ids."""
+        t = self._t
+        wanted = sorted(set(ids))
+        found: builtins.list[DeviceRecord] = []
+        for start in range(0, len(wanted), _IN_LIST_SIZE):
+            rows = self._conn.execute(sa.select(t).where(t.c.id.in_(wanted[start : start + _IN_LIST_SIZE])))
+            found.extend(_device(row) for row in rows)
+        return found
+
+    def update_from_source(self, updates: Sequence[DeviceSourceUpdate]) -> builtins.set[str]:
+        """Replace the body and the source columns of several devices, each only if it still has its expected
+        revision (revision + 1; enroll_status and owner untouched). Returns the ids written: a device missing from
+        it was changed or removed by someone else since it was read. PostgreSQL: one statement."""
+        if not updates:
+            return set()
+        if len({update.id for update in updates}) != len(updates):
+            raise ValidationError("a device appears twice in one update batch")
+        # a fixed order: two batches over the same devices lock their rows in the same order
+        ordered = sorted(updates, key=lambda update: update.id)
+        now = self._clock()
+        if self._conn.dialect.name == "postgresql":
+            return self._update_from_source_unnested(ordered, now)
+        t = self._t
+        stmt = (
+            sa.update(t)
+            .where(t.c.id == sa.bindparam("match_id"), t.c.revision == sa.bindparam("match_revision"))
+            .values(
+                body=sa.bindparam("new_body", type_=t.c.body.type),
+                source_name=sa.bindparam("new_source_name"),
+                source_origin=sa.bindparam("new_source_origin"),
+                external_id=sa.bindparam("new_external_id"),
+                revision=t.c.revision + 1,
+                updated=sa.bindparam("new_updated", type_=schema.UTCDateTime),
+            )
+            .returning(t.c.id)
+        )
+        written: builtins.set[str] = set()
+        for update in ordered:
+            row = self._conn.execute(
+                stmt,
+                {
+                    "match_id": update.id,
+                    "match_revision": update.expected_revision,
+                    "new_body": _canonical_body(update.body),
+                    "new_source_name": update.source_name,
+                    "new_source_origin": update.source_origin,
+                    "new_external_id": update.external_id,
+                    "new_updated": now,
+                },
+            ).first()
+            if row is not None:
+                written.add(row.id)
+        return written
+
+    def _update_from_source_unnested(self, updates: Sequence[DeviceSourceUpdate], now: datetime) -> builtins.set[str]:
+        t = self._t
+        arrays: dict[str, builtins.list[str | None]] = {
+            "id": [update.id for update in updates],
+            "expected_revision": [str(update.expected_revision) for update in updates],
+            "body": [json.dumps(update.body, sort_keys=True) for update in updates],
+            "source_name": [update.source_name for update in updates],
+            "source_origin": [update.source_origin for update in updates],
+            "external_id": [update.external_id for update in updates],
+        }
+        batch = _unnest_text_arrays(arrays, "batch")
+        stmt = (
+            sa.update(t)
+            .where(t.c.id == batch.c.id, t.c.revision == sa.cast(batch.c.expected_revision, sa.Integer))
+            .values(
+                body=sa.cast(batch.c.body, postgresql.JSONB),
+                source_name=batch.c.source_name,
+                source_origin=batch.c.source_origin,
+                external_id=batch.c.external_id,
+                revision=t.c.revision + 1,
+                updated=sa.literal(now, schema.UTCDateTime),
+            )
+            .returning(t.c.id)
+        )
+        return set(self._conn.execute(stmt).scalars())
+
+    def identities_page(
+        self, *, source_name: str, page_size: int = MAX_IDENTITY_PAGE_SIZE, page_token: str | None = None
+    ) -> tuple[builtins.list[DeviceIdentity], str | None]:
+        """One page of a source's devices without their documents, in (asset_tag, id) order, and the token of the
+        next page (None on the last). ``page_size`` above MAX_IDENTITY_PAGE_SIZE is cut to it; the tokens are
+        those of :meth:`list_page`."""
+        if page_size < 1:
+            raise ValidationError(f"page size must be at least 1 (at most {MAX_IDENTITY_PAGE_SIZE})")
+        limit = min(page_size, MAX_IDENTITY_PAGE_SIZE)
+        t = self._t
+        stmt = (
+            sa.select(t.c.id, t.c.os_type, t.c.asset_tag, t.c.source_name, t.c.source_origin, t.c.external_id)
+            # an expression, not the column: the planner then walks the (asset_tag, id) index in order instead of
+            # collecting all of the source's rows through its own index and sorting them again for every page
+            .where(sa.func.coalesce(t.c.source_name, "") == source_name)
+            .order_by(t.c.asset_tag, t.c.id)
+            .limit(limit + 1)
+        )
+        if page_token is not None:
+            tag, id = _page_key(page_token)
+            stmt = stmt.where(sa.tuple_(t.c.asset_tag, t.c.id) > sa.tuple_(sa.literal(tag), sa.literal(id)))
+        identities = [DeviceIdentity(*row) for row in self._conn.execute(stmt)]
+        if len(identities) <= limit:
+            return identities, None
+        del identities[limit:]
+        return identities, _page_token(identities[-1].asset_tag, identities[-1].id)
+
+
+def _unnest_text_arrays(arrays: Mapping[str, builtins.list[str | None]], name: str) -> Any:
+    """PostgreSQL: ``unnest(:a::text[], :b::text[], …) AS name(a, b, …)``, one row per index."""
+    text_array = postgresql.ARRAY(sa.Text)
+    return (
+        sa.func.unnest(
+            *(sa.cast(sa.bindparam(column, values, type_=text_array), text_array) for column, values in arrays.items())
+        )
+        .table_valued(*arrays)
+        .render_derived(name=name)
+    )
 
 
 def _lock(row: Row[Any]) -> LockRecord:

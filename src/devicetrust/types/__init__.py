@@ -20,6 +20,7 @@ from devicetrust.types.codec import (
     load_resources,
     normalize_kind,
     parse_resource,
+    profile_to_dict,
     resource_to_dict,
 )
 from devicetrust.types.device import (
@@ -107,6 +108,7 @@ __all__ = [
     "parse_resource",
     "parse_template",
     "preset_roles",
+    "profile_to_dict",
     "resource_to_dict",
     "utcnow",
 ]

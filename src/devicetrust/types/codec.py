@@ -455,7 +455,8 @@ def _credential_to_dict(credential: DeviceCredential) -> dict[str, Any]:
     return result
 
 
-def _profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
+def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
+    """``spec.profile`` as a device document holds it."""
     result: dict[str, Any] = {}
     for name in _PROFILE_FIELDS:
         value = getattr(profile, name)
@@ -483,7 +484,7 @@ def _device_spec(device: Device) -> dict[str, Any]:
     if device.source is not None:
         spec["source"] = {"name": device.source.name, "origin": device.source.origin}
     if device.profile is not None:
-        spec["profile"] = _profile_to_dict(device.profile)
+        spec["profile"] = profile_to_dict(device.profile)
     if device.owner:
         spec["owner"] = device.owner
     if device.create_time is not None:

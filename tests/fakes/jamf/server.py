@@ -502,6 +502,8 @@ class Faults:
     gap_after_pages: int | None = None
     #: API requests answer 302 to this origin (e.g. "https://evil.example")
     redirect_to: str | None = None
+    #: the next inventory pages (page-size > 1) answer 200 with these bodies instead, one each
+    garbled_pages: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -818,6 +820,9 @@ class FakeJamf:
         body = {"totalCount": len(ordering), "results": results}
         if page_size > 1:
             await self._after_page(inventory, ordering)
+            if self.faults.garbled_pages:
+                self._log(request, 200)
+                return Response(self.faults.garbled_pages.pop(0), media_type="application/json")
         self._log(request, 200)
         return JSONResponse(body)
 

@@ -30,12 +30,12 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import httpx
 
@@ -130,19 +130,24 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 
+_Item = TypeVar("_Item")
+_JSON_DECODER = json.JSONDecoder()
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
 
 @dataclass(frozen=True)
-class InventoryPage:
+class InventoryPage(Generic[_Item]):
     page: int
     total_count: int
-    results: list[dict[str, Any]]
+    #: the records (or what :meth:`JamfClient.pages` made of each)
+    results: list[_Item]
 
 
 @dataclass(frozen=True)
 class _Reply:
     status: int
     headers: httpx.Headers
-    content: bytes
+    content: bytes | bytearray
     url: httpx.URL
 
 
@@ -238,6 +243,96 @@ def check_jamf_id(value: str) -> str:
     return value
 
 
+class _NotInventory(Exception):
+    """An inventory reply of the wrong shape (the message says which)."""
+
+
+def _as_is(record: dict[str, Any]) -> dict[str, Any]:
+    return record
+
+
+class _JsonCursor:
+    """Walks a JSON text: objects and arrays of the top levels by hand, every value inside them with the json
+    module's own decoder, so a caller can take an array's items one at a time. JSONDecodeError if it is not JSON."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.index = 0
+
+    def peek(self) -> str:
+        match = _JSON_SPACE.match(self.text, self.index)
+        assert match is not None  # the pattern matches the empty string
+        self.index = match.end()
+        return self.text[self.index : self.index + 1]
+
+    def take(self, chars: str) -> str:
+        char = self.peek()
+        if not char or char not in chars:
+            raise json.JSONDecodeError(f"expected one of {chars!r}", self.text, self.index)
+        self.index += 1
+        return char
+
+    def value(self) -> Any:
+        self.peek()
+        value, self.index = _JSON_DECODER.raw_decode(self.text, self.index)
+        return value
+
+    def object_keys(self) -> Iterator[str]:
+        """An object's keys; the caller reads each member's value before asking for the next key."""
+        self.take("{")
+        if self.peek() == "}":
+            self.index += 1
+            return
+        while True:
+            if self.peek() != '"':
+                raise json.JSONDecodeError("expected a key", self.text, self.index)
+            key: str = self.value()
+            self.take(":")
+            yield key
+            if self.take(",}") == "}":
+                return
+
+    def array_items(self) -> Iterator[Any]:
+        """An array's items, decoded one at a time."""
+        self.take("[")
+        if self.peek() == "]":
+            self.index += 1
+            return
+        while True:
+            yield self.value()
+            if self.take(",]") == "]":
+                return
+
+    def end(self) -> None:
+        if self.peek():
+            raise json.JSONDecodeError("extra data", self.text, self.index)
+
+
+def _decode_inventory(text: str, each: Callable[[dict[str, Any]], _Item]) -> tuple[int, list[_Item]]:
+    """``{"totalCount": N, "results": [...]}`` (keys in any order), each record decoded and handed to ``each`` in
+    turn. JSONDecodeError if it is not JSON, _NotInventory if it is JSON of another shape."""
+    cursor = _JsonCursor(text)
+    total: object = None
+    results: list[_Item] | None = None
+    for key in cursor.object_keys():
+        if key == "results" and results is None and cursor.peek() == "[":
+            results = []
+            for record in cursor.array_items():
+                if not isinstance(record, dict):
+                    raise _NotInventory("results must be objects")
+                results.append(each(record))
+            continue
+        value = cursor.value()
+        if key == "results":
+            raise _NotInventory("results must be a list, once")
+        if key == "totalCount":
+            total = value
+    cursor.end()
+    if isinstance(total, bool) or not isinstance(total, int) or results is None:
+        raise _NotInventory("no totalCount/results")
+    return total, results
+
+
 class JamfClient:
     """One Jamf Pro tenant. Use as ``async with JamfClient(...) as client:``."""
 
@@ -330,7 +425,22 @@ class JamfClient:
         sort: str | None,
         filter_rsql: str,
         sections: Sequence[str] | None = None,
-    ) -> InventoryPage:
+    ) -> InventoryPage[dict[str, Any]]:
+        reply = await self._fetch_page(
+            kind, page=page, page_size=page_size, sort=sort, filter_rsql=filter_rsql, sections=sections
+        )
+        return self._inventory_page(reply, page, _as_is)
+
+    async def _fetch_page(
+        self,
+        kind: InventoryKind,
+        *,
+        page: int,
+        page_size: int,
+        sort: str | None,
+        filter_rsql: str,
+        sections: Sequence[str] | None = None,
+    ) -> _Reply:
         params: _Params = [("page", page), ("page-size", min(page_size, JAMF_MAX_PAGE_SIZE))]
         if sort:
             params.append(("sort", sort))
@@ -339,37 +449,48 @@ class JamfClient:
         wanted = sections if sections is not None else (COMPUTER_SECTIONS if kind == COMPUTERS else MOBILE_SECTIONS)
         params.extend(("section", section) for section in wanted)
         if kind == MOBILE_DEVICES:
-            reply = await self._api("GET", "/api/v2/mobile-devices/detail", params)
-        else:
-            reply = await self._computers("", params)
-        return self._inventory_page(reply, page)
+            return await self._api("GET", "/api/v2/mobile-devices/detail", params)
+        return await self._computers("", params)
 
     async def pages(
-        self, kind: InventoryKind, *, sort: str, filter_rsql: str, page_size: int
-    ) -> AsyncGenerator[InventoryPage, None]:
-        """Every page, in order, fetching up to PAGE_PREFETCH ahead. Close it (``contextlib.aclosing``) when
-        stopping early; that cancels what is in flight."""
+        self,
+        kind: InventoryKind,
+        *,
+        sort: str,
+        filter_rsql: str,
+        page_size: int,
+        each: Callable[[dict[str, Any]], _Item],
+    ) -> AsyncGenerator[InventoryPage[_Item], None]:
+        """Every page, in order, fetching up to PAGE_PREFETCH ahead; a page's results are what ``each`` makes of
+        its records. Close it (``contextlib.aclosing``) when stopping early; that cancels what is in flight.
+
+        Memory: a prefetched page is kept as the bytes Jamf sent until its turn comes, and its records are decoded
+        and handed to ``each`` one at a time (a whole page of decoded records takes several times its JSON).
+        """
         size = min(page_size, JAMF_MAX_PAGE_SIZE)
-        first = await self.page(kind, page=0, page_size=size, sort=sort, filter_rsql=filter_rsql)
+        reply = await self._fetch_page(kind, page=0, page_size=size, sort=sort, filter_rsql=filter_rsql)
+        first = self._inventory_page(reply, 0, each)
+        del reply
         # counted before yielding: the consumer may empty a page's results to free them early
         short, total = len(first.results) < size, first.total_count
         yield first
         if short:
             return
-        in_flight: deque[asyncio.Task[InventoryPage]] = deque()
+        in_flight: deque[tuple[int, asyncio.Task[_Reply]]] = deque()
         next_page = 1
         try:
             while True:
                 # ahead only while Jamf says there is more, but always at least the next page: the inventory
                 # may have grown since totalCount was read
                 while len(in_flight) < PAGE_PREFETCH and (next_page * size < total or not in_flight):
-                    in_flight.append(
-                        asyncio.create_task(
-                            self.page(kind, page=next_page, page_size=size, sort=sort, filter_rsql=filter_rsql)
-                        )
-                    )
+                    fetch = self._fetch_page(kind, page=next_page, page_size=size, sort=sort, filter_rsql=filter_rsql)
+                    in_flight.append((next_page, asyncio.create_task(fetch)))
                     next_page += 1
-                current = await in_flight.popleft()
+                number, task = in_flight.popleft()
+                reply = await task
+                del task  # the task holds the reply: let its bytes go with it once parsed
+                current = self._inventory_page(reply, number, each)
+                del reply
                 short, total = len(current.results) < size, current.total_count
                 yield current
                 if short:
@@ -378,10 +499,11 @@ class JamfClient:
             if in_flight:
                 # Letting prefetched requests finish closes their connections cleanly (cancelling one mid-request
                 # can leave its socket to the garbage collector); whatever is slower than the grace is cancelled.
-                _, slow = await asyncio.wait(in_flight, timeout=PREFETCH_DRAIN_S)
+                tasks = [task for _, task in in_flight]
+                _, slow = await asyncio.wait(tasks, timeout=PREFETCH_DRAIN_S)
                 for task in slow:
                     task.cancel()
-                await asyncio.gather(*in_flight, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def device(
         self, kind: InventoryKind, jamf_id: str, *, sections: Sequence[str] = RECHECK_SECTIONS
@@ -417,15 +539,15 @@ class JamfClient:
                 self._computers_version = "v1"
         return await self._api("GET", f"/api/{self._computers_version}/computers-inventory{suffix}", params)
 
-    def _inventory_page(self, reply: _Reply, page: int) -> InventoryPage:
-        data = self._json(reply)
-        if not isinstance(data, dict):
-            raise JamfAPIError("unexpected inventory reply from Jamf: not an object")
-        total, results = data.get("totalCount"), data.get("results")
-        if isinstance(total, bool) or not isinstance(total, int) or not isinstance(results, list):
-            raise JamfAPIError("unexpected inventory reply from Jamf: no totalCount/results")
-        if not all(isinstance(item, dict) for item in results):
-            raise JamfAPIError("unexpected inventory reply from Jamf: results must be objects")
+    @staticmethod
+    def _inventory_page(reply: _Reply, page: int, each: Callable[[dict[str, Any]], _Item]) -> InventoryPage[_Item]:
+        """``{"totalCount": N, "results": [record, …]}``, each record decoded and passed to ``each`` in turn."""
+        try:
+            total, results = _decode_inventory(reply.content.decode("utf-8-sig"), each)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise JamfAPIError(f"Jamf answered {reply.url.path} with something that is not JSON") from None
+        except _NotInventory as err:
+            raise JamfAPIError(f"unexpected inventory reply from Jamf: {err}") from None
         return InventoryPage(page=page, total_count=total, results=results)
 
     @staticmethod
@@ -650,13 +772,12 @@ class JamfClient:
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
                     raise JamfAPIError(f"Jamf's reply to {url.path} is larger than {MAX_RESPONSE_BYTES} bytes")
-                chunks: list[bytes] = []
-                size = 0
+                # one buffer grown in place: a page is held once, not as its chunks and their join besides
+                content = bytearray()
                 async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
+                    if len(content) + len(chunk) > MAX_RESPONSE_BYTES:
                         raise JamfAPIError(f"Jamf's reply to {url.path} is larger than {MAX_RESPONSE_BYTES} bytes")
-                    chunks.append(chunk)
+                    content += chunk
             finally:
                 await response.aclose()
-        return _Reply(response.status_code, response.headers, b"".join(chunks), response.url)
+        return _Reply(response.status_code, response.headers, content, response.url)

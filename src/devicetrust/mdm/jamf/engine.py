@@ -1,18 +1,18 @@
 """One sync of one inventory entry: walk Jamf's pages, write through the sink, settle the missing devices.
 
 Full sync (``id:asc``):
-    1. read an index of every stored device (compact: key, id, source, fingerprint — never bodies);
-    2. walk the inventory; per page, the pure planner (:func:`~devicetrust.mdm.diff.plan_page`) drops what is
+    1. walk the inventory; per page, the sink looks up the page's devices (one call, compact: key, id, source,
+       fingerprint — never bodies), the pure planner (:func:`~devicetrust.mdm.diff.plan_page`) drops what is
        unchanged or someone else's, and the sink writes the rest in one transaction; seen keys are remembered;
-    3. this source's devices of the entry's platforms that were not seen are *missing*: each is re-checked by its
-       Jamf id (404 -> delete; serial or platform mismatch -> delete; no longer matching any inventory filter of
-       this kind -> delete; error -> keep). A sync that read zero records deletes nothing. on_missing NOOP keeps
-       them all.
-Partial sync (``general.reportDate:desc``): the walk stops at the previous sync's cut (the newest report time it
-saw, less an overlap); the sink looks each device up itself. Without a cut (first run) a full sync runs instead.
+    2. this source's devices of the entry's platforms that were not seen are *missing* (read from the sink by
+       page, without documents, once the walk is done): each is re-checked by its Jamf id (404 -> delete; serial
+       or platform mismatch -> delete; no longer matching any inventory filter of this kind -> delete; error ->
+       keep). A sync that read zero records deletes nothing. on_missing NOOP keeps them all.
+Partial sync (``general.reportDate:desc``): the same per page; the walk stops at the previous sync's cut (the
+newest report time it saw, less an overlap). Without a cut (first run) a full sync runs instead.
 
 Memory stays flat as the inventory grows: pages are streamed (PAGE_PREFETCH ahead), and what is held per device
-is the compact index entry and its key in the seen set.
+is its key in the seen set; the stored inventory is never held whole.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from devicetrust.errors import DevicetrustError
 from devicetrust.mdm.diff import (
@@ -33,10 +33,12 @@ from devicetrust.mdm.diff import (
     Present,
     Recheck,
     Skipped,
+    SourceDevice,
     StoredDevice,
     Unknown,
     chunked,
     decide_missing,
+    lookup_keys,
     missing,
     missing_policy,
     plan_page,
@@ -116,11 +118,20 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait for it to end, whatever it ends with."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
 @dataclass
 class _Walk:
     seen: set[str]
     max_report: datetime | None = None
     skips_logged: int = 0
+    #: the previous page's plan and writes, under way while the walk reads the next page
+    writing: asyncio.Task[None] | None = None
 
 
 class JamfSync:
@@ -196,25 +207,25 @@ class JamfSync:
     async def _full(self, report: SyncReport) -> None:
         entry = self._entry
         started = time.monotonic()
-        self._phase("reading the stored inventory")
-        index = await self._index()
         walk = _Walk(seen=set())
         self._phase(f"reading Jamf {entry.kind}")
         pages = self._client.pages(
-            entry.kind, sort=FULL_SORT[entry.kind], filter_rsql=entry.filter_rsql, page_size=entry.page_size
+            entry.kind,
+            sort=FULL_SORT[entry.kind],
+            filter_rsql=entry.filter_rsql,
+            page_size=entry.page_size,
+            each=self._map,
         )
-        async with contextlib.aclosing(pages):
+        async with contextlib.aclosing(pages), self._writes_of(walk):
             async for page in pages:
-                records = len(page.results)
                 observations = self._observe(page.results, report, walk)
-                # the raw records are the bulk of a page's memory; drop them before the (slow) write
-                page.results.clear()
-                await self._write(observations, index, walk, report)
+                await self._write_behind(observations, walk, report)
                 report.pages += 1
                 if self._progress is not None:
-                    self._progress.page(records=records, total=page.total_count)
+                    self._progress.page(records=len(page.results), total=page.total_count)
+            await self._written(walk)
         cut = self._next_cut(walk, time.monotonic() - started) or self._clock()
-        await self._settle_missing(index, walk, report)
+        await self._settle_missing(walk, report)
         await self._sink.save_state(cut_state_key(self._source.name, entry), cut.isoformat())
         await self._sink.save_state(last_full_state_key(self._source.name, entry), self._clock().isoformat())
 
@@ -226,25 +237,29 @@ class JamfSync:
         started = time.monotonic()
         query = await self._since_filter(stop_before)
         pages = self._client.pages(
-            entry.kind, sort=PARTIAL_SORT[entry.kind], filter_rsql=query, page_size=entry.page_size
+            entry.kind,
+            sort=PARTIAL_SORT[entry.kind],
+            filter_rsql=query,
+            page_size=entry.page_size,
+            each=self._map_dated,
         )
-        async with contextlib.aclosing(pages):
+        async with contextlib.aclosing(pages), self._writes_of(walk):
             async for page in pages:
-                records = page.results
+                dated = page.results
                 reached = False
-                for position, record in enumerate(records):
-                    general = record.get("general")
-                    when = parse_jamf_time(general.get(REPORT_FIELD[entry.kind]) if isinstance(general, dict) else None)
+                for position, (when, _) in enumerate(dated):
                     if when is None or when < stop_before:
-                        records, reached = records[:position], True
+                        dated, reached = dated[:position], True
                         break
+                records = [mapped for _, mapped in dated]
                 observations = self._observe(records, report, walk)
-                await self._write(observations, None, walk, report)
+                await self._write_behind(observations, walk, report)
                 report.pages += 1
                 if self._progress is not None:
                     self._progress.page(records=len(records), total=page.total_count)
                 if reached:
                     break
+            await self._written(walk)
         new_cut = self._next_cut(walk, time.monotonic() - started)
         if new_cut is not None and new_cut > cut:
             await self._sink.save_state(cut_state_key(self._source.name, entry), new_cut.isoformat())
@@ -270,11 +285,19 @@ class JamfSync:
             return None
         return walk.max_report - timedelta(seconds=duration_s)
 
-    def _observe(self, records: Sequence[dict[str, object]], report: SyncReport, walk: _Walk) -> list[Observation]:
+    def _map(self, record: dict[str, Any]) -> Observation | Skipped:
+        return map_record(self._entry.kind, record)
+
+    def _map_dated(self, record: dict[str, Any]) -> tuple[datetime | None, Observation | Skipped]:
+        """The record's report time (a partial walk stops at the cut) and what it maps to."""
+        general = record.get("general")
+        when = parse_jamf_time(general.get(REPORT_FIELD[self._entry.kind]) if isinstance(general, dict) else None)
+        return when, map_record(self._entry.kind, record)
+
+    def _observe(self, records: Sequence[Observation | Skipped], report: SyncReport, walk: _Walk) -> list[Observation]:
         observations: list[Observation] = []
-        for record in records:
+        for mapped in records:
             report.records += 1
-            mapped = map_record(self._entry.kind, record)
             if isinstance(mapped, Skipped):
                 report.skipped += 1
                 if walk.skips_logged < MAX_LOGGED_SKIPS:
@@ -290,14 +313,49 @@ class JamfSync:
             observations.append(mapped)
         return observations
 
+    # -- writes, one page behind the walk -----------------------------------------------------------------
+    async def _write_behind(self, observations: list[Observation], walk: _Walk, report: SyncReport) -> None:
+        """Look the page's devices up at once (beside the previous page's writes), then, once the previous page is
+        written, plan and write this one while the walk reads the next page. Pages are planned in order, each
+        after the one before it is written, so the seen set and the duplicates come out as in a serial walk."""
+        keys = lookup_keys(observations, walk.seen)
+        lookup = asyncio.ensure_future(self._sink.lookup(keys)) if keys else None
+        try:
+            await self._written(walk)
+        except BaseException:
+            if lookup is not None:
+                await _cancelled(lookup)
+            raise
+        walk.writing = asyncio.create_task(self._write(observations, lookup, walk, report))
+
+    @staticmethod
+    async def _written(walk: _Walk) -> None:
+        """Wait for the page being written; its failure is the walk's."""
+        writing, walk.writing = walk.writing, None
+        if writing is not None:
+            await writing
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def _writes_of(walk: _Walk) -> AsyncIterator[None]:
+        """A walk that ends early (an error, a stop) cancels the page still being written (a page is one
+        transaction: written whole or not at all)."""
+        try:
+            yield
+        finally:
+            if walk.writing is not None:
+                await _cancelled(walk.writing)
+                walk.writing = None
+
     async def _write(
         self,
         observations: list[Observation],
-        index: dict[str, StoredDevice] | None,
+        lookup: asyncio.Future[list[StoredDevice]] | None,
         walk: _Walk,
         report: SyncReport,
     ) -> None:
-        plan = plan_page(observations, index, walk.seen, self._source)
+        stored = {device.key: device for device in await lookup} if lookup is not None else {}
+        plan = plan_page(observations, stored, walk.seen, self._source)
         walk.seen.update(plan.seen)
         report.unchanged += plan.unchanged
         report.foreign += len(plan.foreign)
@@ -310,20 +368,21 @@ class JamfSync:
         if plan.apply:
             report.add(await self._sink.apply(self._source, plan.apply, new_keys=plan.new_keys))
 
-    async def _index(self) -> dict[str, StoredDevice]:
-        index: dict[str, StoredDevice] = {}
+    # -- missing devices ----------------------------------------------------------------------------------
+    async def _missing(self, walk: _Walk) -> list[SourceDevice]:
+        """This source's devices of the entry's platforms that the walk did not see."""
+        self._phase("looking for devices Jamf no longer reports")
+        candidates: list[SourceDevice] = []
         token: str | None = None
         while True:
-            devices, token = await self._sink.scan(token)
-            for device in devices:
-                index[device.key] = device
+            devices, token = await self._sink.source_devices(self._source, token)
+            candidates.extend(missing(devices, walk.seen, OS_TYPES[self._entry.kind]))
             if token is None:
-                return index
+                return candidates
 
-    # -- missing devices ----------------------------------------------------------------------------------
-    async def _settle_missing(self, index: dict[str, StoredDevice], walk: _Walk, report: SyncReport) -> None:
+    async def _settle_missing(self, walk: _Walk, report: SyncReport) -> None:
         entry = self._entry
-        candidates = list(missing(index.values(), walk.seen, OS_TYPES[entry.kind], self._source))
+        candidates = await self._missing(walk)
         report.missing = len(candidates)
         if not candidates:
             return
@@ -349,12 +408,12 @@ class JamfSync:
                     removals.append(Removal(device.id, device.os_type, device.asset_tag, verdict.reason))
                 else:
                     report.kept += 1
-        for batch in chunked(removals, DELETE_BATCH_SIZE):
-            deleted = await self._sink.delete(self._source, batch)
+        for removal_batch in chunked(removals, DELETE_BATCH_SIZE):
+            deleted = await self._sink.delete(self._source, removal_batch)
             report.deleted += deleted
-            report.kept += len(batch) - deleted
+            report.kept += len(removal_batch) - deleted
 
-    async def _recheck(self, device: StoredDevice) -> Recheck:
+    async def _recheck(self, device: SourceDevice) -> Recheck:
         kind = self._entry.kind
         if not device.external_id or not device.external_id.isdigit():
             return Unknown("no Jamf id recorded")
