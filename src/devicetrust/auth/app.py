@@ -24,7 +24,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from devicetrust import __version__
 from devicetrust.auth.devices import device_filter
 from devicetrust.auth.edge import INT64_MAX, RequestGuardMiddleware, error_response, short_message
-from devicetrust.auth.mdm import MdmService
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
 from devicetrust.ceremony.messages import ChallengeResponse, CollectedData, KeyEnrollPayload, TPMEnrollPayload
 from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
@@ -570,7 +569,7 @@ def build_app(server: AuthServer) -> FastAPI:
         return KubeClusterList.model_validate({"items": server.kube.list_visible(caller)})
 
     # -- remote MDM agents (devicetrust.auth.mdm): a session bound to one source name ---------------------
-    mdm = MdmService(server)
+    mdm = server.mdm
 
     @app.post("/v1/mdm/join")
     def mdm_join(req: MdmJoinRequest) -> MdmJoinResponse:

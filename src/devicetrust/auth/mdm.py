@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from devicetrust.auth.context import AuthContext
 from devicetrust.auth.secrets import hash_token, new_token
@@ -67,15 +67,9 @@ _STATE_KEY_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
 STATE_NAMESPACE: Final = "agent"
 
 
-class CarriesAuthContext(Protocol):
-    @property
-    def context(self) -> AuthContext: ...
-
-
 class MdmService:
-    def __init__(self, context: AuthContext | CarriesAuthContext) -> None:
-        # Also built from the AuthServer facade, which carries the context its services share.
-        self.context = context if isinstance(context, AuthContext) else context.context
+    def __init__(self, context: AuthContext) -> None:
+        self.context = context
         self.sink = BackendSink(self.context.backend, audit=self.context.audit, clock=self.context.clock)
 
     # -- join -------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
@@ -69,6 +69,7 @@ from devicetrust.storage import (
     Store,
 )
 from devicetrust.types import DeviceSource, os_display_name
+from devicetrust.types.clock import utcnow
 
 __all__ = [
     "AUDIT_PER_DEVICE_LIMIT",
@@ -206,10 +207,6 @@ class AuditFn(Protocol):
     def __call__(self, store: Store, event: tuple[str, str], user: str, success: bool, /, **body: Any) -> None: ...
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _interned(value: str | None) -> str | None:
     return None if value is None else sys.intern(value)
 
@@ -272,7 +269,7 @@ class BackendSink:
     """:class:`InventorySink` on the Backend, in this process. Each call is one short transaction, run in a
     worker thread so the event loop (and the HTTP client's prefetching) keeps going while it writes."""
 
-    def __init__(self, backend: Backend, *, audit: AuditFn | None = None, clock: Callable[[], datetime] = _utc_now):
+    def __init__(self, backend: Backend, *, audit: AuditFn | None = None, clock: Callable[[], datetime] = utcnow):
         self._backend = backend
         self._audit_fn = audit
         self._clock = clock

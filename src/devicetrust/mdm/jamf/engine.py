@@ -59,6 +59,7 @@ from devicetrust.mdm.jamf.mapping import (
 )
 from devicetrust.mdm.sink import InventorySink, Removal, SyncReport
 from devicetrust.types import DeviceSource
+from devicetrust.types.clock import utcnow
 
 __all__ = [
     "DELETE_BATCH_SIZE",
@@ -114,10 +115,6 @@ class SyncProgress(Protocol):
     def phase(self, text: str) -> None: ...
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 async def _cancelled(task: asyncio.Future[Any]) -> None:
     """Cancel ``task`` and wait for it to end, whatever it ends with."""
     task.cancel()
@@ -145,7 +142,7 @@ class JamfSync:
         source_name: str,
         entry: InventoryEntry,
         entries: Sequence[InventoryEntry] = (),
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utcnow,
         progress: SyncProgress | None = None,
     ) -> None:
         self._client = client

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from devicetrust.errors import ConfigError, ConnectionFailedError, DevicetrustError
@@ -44,6 +44,7 @@ from devicetrust.mdm.jamf.errors import JamfAPIError, JamfAuthError, JamfPermiss
 from devicetrust.mdm.jamf.mapping import parse_jamf_time
 from devicetrust.mdm.sink import AuditFn, BackendSink, InventorySink, SyncReport
 from devicetrust.storage import Backend
+from devicetrust.types.clock import utcnow
 
 __all__ = [
     "FAILED_SYNC_RETRY",
@@ -62,10 +63,6 @@ STARTUP_RETRY = timedelta(seconds=30)
 THREAD_STOP_TIMEOUT_S = 30.0
 
 ClientFactory = Callable[[JamfServiceConfig], JamfClient]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def default_client(config: JamfServiceConfig, retry: RetryPolicy = DEFAULT_RETRY) -> JamfClient:
@@ -92,7 +89,7 @@ class JamfService:
         sink: InventorySink,
         *,
         client_factory: ClientFactory = default_client,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
