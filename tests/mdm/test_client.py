@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from devicetrust.errors import ConfigError, TrustError
-from devicetrust.mdm.jamf.client import MAX_CONCURRENT_REQUESTS, JamfClient, RetryPolicy
+from devicetrust.mdm.jamf.client import MAX_CONCURRENT_REQUESTS, JamfClient, RetryPolicy, _decode_inventory
 from devicetrust.mdm.jamf.config import OAuthCredentials, PasswordCredentials
 from devicetrust.mdm.jamf.errors import JamfAPIError, JamfAuthError
 from tests.fakes.jamf.server import FakeJamf
@@ -187,6 +188,16 @@ def test_a_malformed_inventory_page_is_a_clear_error(
     fake.faults.garbled_pages = [body]
     with pytest.raises(JamfAPIError, match=message):
         run(jamf.client(), _walk)
+
+
+def test_records_are_decoded_across_any_chunk_boundary() -> None:
+    # a page arrives in chunks that split numbers ("1.5" of "1.5e10"), strings and UTF-8 sequences anywhere
+    records = [{"a": 1.5e100, "b": -2e-3, "c": [10, True, None], "name": "Alice’s Mäc 🍎"}, {"id": "12345"}]
+    page = ("\ufeff" + json.dumps({"results": records, "totalCount": 12345}, ensure_ascii=False)).encode()
+    for first in range(1, len(page)):
+        for second in (first + 1, first + 7):
+            chunks = iter([page[:first], page[first:second], page[second:]])
+            assert _decode_inventory(chunks, lambda record: record) == (12345, records), (first, second)
 
 
 def test_filters_are_validated_with_a_one_item_query(jamf: JamfSetup, fake: FakeJamf) -> None:

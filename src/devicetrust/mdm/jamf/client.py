@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import functools
 import json
 import logging
@@ -133,6 +134,8 @@ DEFAULT_RETRY = RetryPolicy()
 _Item = TypeVar("_Item")
 _JSON_DECODER = json.JSONDecoder()
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
+#: a value that ends this close to the end of the text read so far is decoded again with more of it
+_JSON_NUMBER_MARGIN = 64
 
 
 @dataclass(frozen=True)
@@ -147,8 +150,13 @@ class InventoryPage(Generic[_Item]):
 class _Reply:
     status: int
     headers: httpx.Headers
-    content: bytes | bytearray
+    #: the body as it arrived: an inventory page is decoded chunk by chunk, never held as one block
+    chunks: list[bytes]
     url: httpx.URL
+
+    @property
+    def content(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 @dataclass(frozen=True)
@@ -252,18 +260,41 @@ def _as_is(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class _JsonCursor:
-    """Walks a JSON text: objects and arrays of the top levels by hand, every value inside them with the json
-    module's own decoder, so a caller can take an array's items one at a time. JSONDecodeError if it is not JSON."""
+    """Walks JSON text arriving in chunks: objects and arrays of the top levels by hand, every value inside them
+    with the json module's own decoder, so a caller can take an array's items one at a time and the text read so
+    far is dropped as it goes. JSONDecodeError if it is not JSON (UnicodeDecodeError if it is not UTF-8)."""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self._done = False
+        #: the text not yet consumed begins at ``index``
+        self.text = ""
         self.index = 0
 
+    def _more(self) -> bool:
+        """Read on until the unconsumed text at least doubles; False once there is nothing more."""
+        if self._done:
+            return False
+        pending = [self.text[self.index :]]
+        wanted = 2 * len(pending[0]) + 1
+        while sum(len(part) for part in pending) < wanted:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._done = True
+                pending.append(self._decoder.decode(b"", final=True))
+                break
+            pending.append(self._decoder.decode(chunk))
+        self.text, self.index = "".join(pending), 0
+        return True
+
     def peek(self) -> str:
-        match = _JSON_SPACE.match(self.text, self.index)
-        assert match is not None  # the pattern matches the empty string
-        self.index = match.end()
-        return self.text[self.index : self.index + 1]
+        while True:
+            match = _JSON_SPACE.match(self.text, self.index)
+            assert match is not None  # the pattern matches the empty string
+            self.index = match.end()
+            if self.index < len(self.text) or not self._more():
+                return self.text[self.index : self.index + 1]
 
     def take(self, chars: str) -> str:
         char = self.peek()
@@ -274,8 +305,17 @@ class _JsonCursor:
 
     def value(self) -> Any:
         self.peek()
-        value, self.index = _JSON_DECODER.raw_decode(self.text, self.index)
-        return value
+        while True:
+            try:
+                value, end = _JSON_DECODER.raw_decode(self.text, self.index)
+            except json.JSONDecodeError:
+                if self._more():  # the value may go on in the next chunk
+                    continue
+                raise
+            if len(self.text) - end < _JSON_NUMBER_MARGIN and self._more():
+                continue  # a number near the end of what has arrived ("1.5" of "1.5e10") may go on
+            self.index = end
+            return value
 
     def object_keys(self) -> Iterator[str]:
         """An object's keys; the caller reads each member's value before asking for the next key."""
@@ -308,10 +348,17 @@ class _JsonCursor:
             raise json.JSONDecodeError("extra data", self.text, self.index)
 
 
-def _decode_inventory(text: str, each: Callable[[dict[str, Any]], _Item]) -> tuple[int, list[_Item]]:
+def _spent(chunks: list[bytes]) -> Iterator[bytes]:
+    """The chunks in order, each let go of once handed out."""
+    chunks.reverse()
+    while chunks:
+        yield chunks.pop()
+
+
+def _decode_inventory(chunks: Iterator[bytes], each: Callable[[dict[str, Any]], _Item]) -> tuple[int, list[_Item]]:
     """``{"totalCount": N, "results": [...]}`` (keys in any order), each record decoded and handed to ``each`` in
-    turn. JSONDecodeError if it is not JSON, _NotInventory if it is JSON of another shape."""
-    cursor = _JsonCursor(text)
+    turn. JSONDecodeError or UnicodeDecodeError if it is not JSON, _NotInventory if it is JSON of another shape."""
+    cursor = _JsonCursor(chunks)
     total: object = None
     results: list[_Item] | None = None
     for key in cursor.object_keys():
@@ -429,7 +476,7 @@ class JamfClient:
         reply = await self._fetch_page(
             kind, page=page, page_size=page_size, sort=sort, filter_rsql=filter_rsql, sections=sections
         )
-        return self._inventory_page(reply, page, _as_is)
+        return self._parsed(reply, page, _as_is)
 
     async def _fetch_page(
         self,
@@ -464,33 +511,34 @@ class JamfClient:
         """Every page, in order, fetching up to PAGE_PREFETCH ahead; a page's results are what ``each`` makes of
         its records. Close it (``contextlib.aclosing``) when stopping early; that cancels what is in flight.
 
-        Memory: a prefetched page is kept as the bytes Jamf sent until its turn comes, and its records are decoded
-        and handed to ``each`` one at a time (a whole page of decoded records takes several times its JSON).
+        Memory: a page's records are decoded and handed to ``each`` one at a time as soon as the page arrives, and
+        its bytes released (a whole page of decoded records takes several times its JSON); a page waiting for its
+        turn holds only what ``each`` made of its records.
         """
         size = min(page_size, JAMF_MAX_PAGE_SIZE)
-        reply = await self._fetch_page(kind, page=0, page_size=size, sort=sort, filter_rsql=filter_rsql)
-        first = self._inventory_page(reply, 0, each)
-        del reply
+        first = self._parsed(
+            await self._fetch_page(kind, page=0, page_size=size, sort=sort, filter_rsql=filter_rsql), 0, each
+        )
         # counted before yielding: the consumer may empty a page's results to free them early
         short, total = len(first.results) < size, first.total_count
         yield first
         if short:
             return
-        in_flight: deque[tuple[int, asyncio.Task[_Reply]]] = deque()
+        in_flight: deque[asyncio.Task[InventoryPage[_Item]]] = deque()
         next_page = 1
+
+        async def fetch(number: int) -> InventoryPage[_Item]:
+            reply = await self._fetch_page(kind, page=number, page_size=size, sort=sort, filter_rsql=filter_rsql)
+            return self._parsed(reply, number, each)
+
         try:
             while True:
                 # ahead only while Jamf says there is more, but always at least the next page: the inventory
                 # may have grown since totalCount was read
                 while len(in_flight) < PAGE_PREFETCH and (next_page * size < total or not in_flight):
-                    fetch = self._fetch_page(kind, page=next_page, page_size=size, sort=sort, filter_rsql=filter_rsql)
-                    in_flight.append((next_page, asyncio.create_task(fetch)))
+                    in_flight.append(asyncio.create_task(fetch(next_page)))
                     next_page += 1
-                number, task = in_flight.popleft()
-                reply = await task
-                del task  # the task holds the reply: let its bytes go with it once parsed
-                current = self._inventory_page(reply, number, each)
-                del reply
+                current = await in_flight.popleft()
                 short, total = len(current.results) < size, current.total_count
                 yield current
                 if short:
@@ -499,7 +547,7 @@ class JamfClient:
             if in_flight:
                 # Letting prefetched requests finish closes their connections cleanly (cancelling one mid-request
                 # can leave its socket to the garbage collector); whatever is slower than the grace is cancelled.
-                tasks = [task for _, task in in_flight]
+                tasks = list(in_flight)
                 _, slow = await asyncio.wait(tasks, timeout=PREFETCH_DRAIN_S)
                 for task in slow:
                     task.cancel()
@@ -540,10 +588,11 @@ class JamfClient:
         return await self._api("GET", f"/api/{self._computers_version}/computers-inventory{suffix}", params)
 
     @staticmethod
-    def _inventory_page(reply: _Reply, page: int, each: Callable[[dict[str, Any]], _Item]) -> InventoryPage[_Item]:
-        """``{"totalCount": N, "results": [record, …]}``, each record decoded and passed to ``each`` in turn."""
+    def _parsed(reply: _Reply, page: int, each: Callable[[dict[str, Any]], _Item]) -> InventoryPage[_Item]:
+        """``{"totalCount": N, "results": [record, …]}``, each record decoded and passed to ``each`` in turn; the
+        reply's chunks are let go of as they are read."""
         try:
-            total, results = _decode_inventory(reply.content.decode("utf-8-sig"), each)
+            total, results = _decode_inventory(_spent(reply.chunks), each)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise JamfAPIError(f"Jamf answered {reply.url.path} with something that is not JSON") from None
         except _NotInventory as err:
@@ -772,12 +821,13 @@ class JamfClient:
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
                     raise JamfAPIError(f"Jamf's reply to {url.path} is larger than {MAX_RESPONSE_BYTES} bytes")
-                # one buffer grown in place: a page is held once, not as its chunks and their join besides
-                content = bytearray()
+                chunks: list[bytes] = []
+                size = 0
                 async for chunk in response.aiter_bytes():
-                    if len(content) + len(chunk) > MAX_RESPONSE_BYTES:
+                    size += len(chunk)
+                    if size > MAX_RESPONSE_BYTES:
                         raise JamfAPIError(f"Jamf's reply to {url.path} is larger than {MAX_RESPONSE_BYTES} bytes")
-                    content += chunk
+                    chunks.append(chunk)
             finally:
                 await response.aclose()
-        return _Reply(response.status_code, response.headers, content, response.url)
+        return _Reply(response.status_code, response.headers, chunks, response.url)
