@@ -40,8 +40,11 @@ else
 fi
 stop_postgres() { # stop_postgres DIR: the demo's PostgreSQL under DIR, if one runs there
   local real
+  [ -e "$1" ] || return 0  # nothing there (a first run)
   real=$(readlink -f "$1")  # the server's account may not reach DIR itself, only where it links to
-  [ -f "$real/data/postmaster.pid" ] && as_pg "$pg_bin/pg_ctl" -D "$real/data" -m fast -w stop >/dev/null 2>&1
+  if [ -f "$real/data/postmaster.pid" ]; then
+    as_pg "$pg_bin/pg_ctl" -D "$real/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
   return 0
 }
 
