@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import uvicorn
 from cryptography.hazmat.primitives import serialization
@@ -273,12 +273,51 @@ def _previous_admin_token(config: Config) -> str | None:
 
 
 def mint_node_join_token(server: AuthServer, agent: str = "node") -> str:
-    """A short-lived join token for an agent in this process (``agent``: its token type, "node" or "db"; no token
-    needs configuring)."""
+    """A short-lived join token for an agent in this process (``agent``: its token type, "node", "db" or "kube";
+    no token needs configuring)."""
     editor = tuple(role for role in preset_roles() if role.name == "editor")
     caller = Caller(name=IN_PROCESS_CALLER, kind="admin", roles=editor, traits={})
     token, _ = server.create_join_token(caller, agent, IN_PROCESS_NODE_TOKEN_TTL)
     return token
+
+
+class _AgentSection(Protocol):
+    """What ssh_service, db_service and kube_service share about joining the auth service."""
+
+    @property
+    def auth_server(self) -> str: ...
+
+    @property
+    def ca_file(self) -> Path | None: ...
+
+    def read_join_token(self) -> str: ...
+
+
+JoinToken = str | Callable[[], str] | None
+
+
+def _agent_join(
+    config: Config, server: AuthServer | None, section: _AgentSection, name: str, agent: str
+) -> tuple[str | None, JoinToken]:
+    """The host CA (PEM) an agent verifies the auth service with, and its join token: from the section's files,
+    else (auth in this process, ``server``) the cluster's CA and a token minted here when it must join, else the
+    CA from the local admin identity."""
+    local = server is not None and not section.auth_server
+    ca_pem: str | None = None
+    if section.ca_file is not None:
+        try:
+            ca_pem = section.ca_file.read_text()
+        except OSError as err:
+            raise ConfigError(f"{name}.ca_file: cannot read {section.ca_file}: {err.strerror}") from None
+    elif local and server is not None:
+        ca_pem = server.host_ca.certificate_pem().decode()
+    elif config.admin_identity_path.exists():
+        ca_pem = AdminIdentity.from_json(config.admin_identity_path.read_text()).host_ca_pem
+    token: JoinToken = section.read_join_token() or None
+    if token is None and local and server is not None:
+        in_process = server
+        token = lambda: mint_node_join_token(in_process, agent)  # noqa: E731 - called only if it must join
+    return ca_pem, token
 
 
 def node_config(config: Config, server: AuthServer | None) -> NodeConfig:
@@ -287,21 +326,7 @@ def node_config(config: Config, server: AuthServer | None) -> NodeConfig:
 
     ssh = config.ssh_service
     auth_server = config.node_auth_server()
-    local = server is not None and not ssh.auth_server
-    ca_pem: str | None = None
-    if ssh.ca_file is not None:
-        try:
-            ca_pem = ssh.ca_file.read_text()
-        except OSError as err:
-            raise ConfigError(f"ssh_service.ca_file: cannot read {ssh.ca_file}: {err.strerror}") from None
-    elif local and server is not None:
-        ca_pem = server.host_ca.certificate_pem().decode()
-    elif config.admin_identity_path.exists():
-        ca_pem = AdminIdentity.from_json(config.admin_identity_path.read_text()).host_ca_pem
-    token: str | Callable[[], str] | None = ssh.read_join_token() or None
-    if token is None and local and server is not None:
-        in_process = server
-        token = lambda: mint_node_join_token(in_process)  # noqa: E731 - called only if the node must join
+    ca_pem, token = _agent_join(config, server, ssh, "ssh_service", "node")
     return NodeConfig(
         node_dir=config.node_dir,
         hostname=ssh.effective_hostname(),
@@ -318,21 +343,7 @@ def kube_service_config(config: Config, server: AuthServer | None) -> KubeServic
     from devicetrust.agent.kube.service import KubeServiceConfig
 
     kube = config.kube_service
-    local = server is not None and not kube.auth_server
-    ca_pem: str | None = None
-    if kube.ca_file is not None:
-        try:
-            ca_pem = kube.ca_file.read_text()
-        except OSError as err:
-            raise ConfigError(f"kube_service.ca_file: cannot read {kube.ca_file}: {err.strerror}") from None
-    elif local and server is not None:
-        ca_pem = server.host_ca.certificate_pem().decode()
-    elif config.admin_identity_path.exists():
-        ca_pem = AdminIdentity.from_json(config.admin_identity_path.read_text()).host_ca_pem
-    token: str | Callable[[], str] | None = kube.read_join_token() or None
-    if token is None and local and server is not None:
-        in_process = server
-        token = lambda: mint_node_join_token(in_process, "kube")  # noqa: E731 - called only if it must join
+    ca_pem, token = _agent_join(config, server, kube, "kube_service", "kube")
     return KubeServiceConfig(
         service_dir=config.kube_service_dir,
         hostname=kube.effective_hostname(),
@@ -349,21 +360,7 @@ def database_service_config(config: Config, server: AuthServer | None) -> Databa
     from devicetrust.agent.db.service import DatabaseServiceConfig
 
     db = config.db_service
-    local = server is not None and not db.auth_server
-    ca_pem: str | None = None
-    if db.ca_file is not None:
-        try:
-            ca_pem = db.ca_file.read_text()
-        except OSError as err:
-            raise ConfigError(f"db_service.ca_file: cannot read {db.ca_file}: {err.strerror}") from None
-    elif local and server is not None:
-        ca_pem = server.host_ca.certificate_pem().decode()
-    elif config.admin_identity_path.exists():
-        ca_pem = AdminIdentity.from_json(config.admin_identity_path.read_text()).host_ca_pem
-    token: str | Callable[[], str] | None = db.read_join_token() or None
-    if token is None and local and server is not None:
-        in_process = server
-        token = lambda: mint_node_join_token(in_process, "db")  # noqa: E731 - called only if it must join
+    ca_pem, token = _agent_join(config, server, db, "db_service", "db")
     return DatabaseServiceConfig(
         service_dir=config.db_service_dir,
         hostname=db.effective_hostname(),

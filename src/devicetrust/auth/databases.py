@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from devicetrust import audit as events
-from devicetrust.auth.nodes import RES_DB_SERVICE
+from devicetrust.auth.nodes import RES_DB_SERVICE, live_agents
 from devicetrust.crypto import (
     DatabaseRoute,
     certificate_to_pem,
@@ -39,16 +39,8 @@ class DatabaseAccessService:
 
     def _databases(self, now: datetime) -> dict[str, dict[str, Any]]:
         """Every database a live service announces, by name (the most recently seen service wins)."""
-        with self.context.backend.begin() as store:
-            services = [record.body for record in store.resources.list(RES_DB_SERVICE)]
         found: dict[str, dict[str, Any]] = {}
-        for service in sorted(services, key=lambda body: str(body.get("last_seen", ""))):
-            try:
-                seen = datetime.fromisoformat(str(service["last_seen"]))
-            except (KeyError, ValueError):
-                continue
-            if now - seen > DB_SERVICE_TTL:
-                continue
+        for service in live_agents(self.context, RES_DB_SERVICE, now, DB_SERVICE_TTL):
             for database in service.get("databases", []):
                 found[str(database["name"])] = {
                     "name": database["name"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from devicetrust.auth.nodes import RES_KUBE_SERVICE
+from devicetrust.auth.nodes import RES_KUBE_SERVICE, live_agents
 
 if TYPE_CHECKING:
     from devicetrust.auth.context import AuthContext, Caller
@@ -28,16 +28,8 @@ class KubeAccessService:
 
     def _clusters(self, now: datetime) -> dict[str, dict[str, Any]]:
         """Every Kubernetes cluster a live service announces, by name (the most recently seen service wins)."""
-        with self.context.backend.read() as store:
-            services = [record.body for record in store.resources.list(RES_KUBE_SERVICE)]
         found: dict[str, dict[str, Any]] = {}
-        for service in sorted(services, key=lambda body: str(body.get("last_seen", ""))):
-            try:
-                seen = datetime.fromisoformat(str(service["last_seen"]))
-            except (KeyError, ValueError):
-                continue
-            if now - seen > KUBE_SERVICE_TTL:
-                continue
+        for service in live_agents(self.context, RES_KUBE_SERVICE, now, KUBE_SERVICE_TTL):
             for cluster in service.get("kube_clusters", []):
                 found[str(cluster["name"])] = {
                     "name": cluster["name"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from devicetrust.access import label_matches
@@ -243,3 +243,19 @@ __all__ = [
     "NodeService",
     "label_matches",
 ]
+
+
+def live_agents(context: AuthContext, kind: str, now: datetime, ttl: timedelta) -> list[dict[str, Any]]:
+    """The records of the agents of ``kind`` (``RES_DB_SERVICE``, ``RES_KUBE_SERVICE``) heard from within ``ttl``,
+    least recently seen first: where two announce the same name, the later one wins."""
+    with context.backend.read() as store:
+        records = [record.body for record in store.resources.list(kind)]
+    live: list[tuple[datetime, dict[str, Any]]] = []
+    for record in records:
+        try:
+            seen = datetime.fromisoformat(str(record["last_seen"]))
+        except (KeyError, ValueError):
+            continue
+        if now - seen <= ttl:
+            live.append((seen, record))
+    return [record for _, record in sorted(live, key=lambda pair: pair[0])]
