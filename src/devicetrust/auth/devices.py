@@ -67,7 +67,6 @@ from devicetrust.types import (
     OS_TYPES,
     Device,
     DeviceTrustSettings,
-    Lock,
     locks_in_force,
     os_display_name,
     resource_to_dict,
@@ -105,13 +104,6 @@ def device_from_record(record: DeviceRecord) -> Device:
     if not isinstance(resource, Device):
         raise ValidationError(f'stored device "{record.id}" is not a device document')
     return resource
-
-
-def parse_lock(body: Mapping[str, Any]) -> Lock:
-    lock = parse_stored(body)
-    if not isinstance(lock, Lock):
-        raise ValidationError("stored lock is not a lock document")
-    return lock
 
 
 def device_audit(device: Device, credential_id: str = "") -> dict[str, str]:

@@ -559,13 +559,6 @@ class PendingRepository(_Repository):
             raise AlreadyExistsError("ceremony already exists")
         return _pending(row)
 
-    def find(self, id: str, kind: str, now: datetime) -> PendingRecord | None:
-        """Read a live record without taking it (to check who may finish it before anything is spent)."""
-        t = self._t
-        stmt = sa.select(*t.c).where(t.c.id == id, t.c.kind == kind, t.c.expires > now)
-        row = self._conn.execute(stmt).one_or_none()
-        return None if row is None else _pending(row)
-
     def consume(self, id: str, kind: str, now: datetime) -> PendingRecord:
         """Take the record out: a replayed or concurrent finish gets NotFoundError (one message for all)."""
         t = self._t
