@@ -122,7 +122,7 @@ class _Fields:
         return self._values.get(key)
 
     def present(self, keys: Collection[str]) -> dict[str, object]:
-        """The values of ``keys`` that are set (see :func:`present`)."""
+        """The values of ``keys`` that are set: a null is not set."""
         return present(**{key: self._values.get(key) for key in keys})
 
     def as_dict(self) -> dict[object, object]:
