@@ -17,10 +17,10 @@ import json
 import os
 import re
 import socket
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from devicetrust.errors import ConfigError, ValidationError
 from devicetrust.types.yaml_io import load_yaml_documents
@@ -130,13 +130,24 @@ def default_auth_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+@dataclass(frozen=True)
 class _AgentSection:
-    """What the SSH node's and the database service's sections share: the join settings."""
+    """What the agents' sections share: where the agent listens and how it joins."""
 
     SECTION = ""
-    hostname: str
-    join_token: str
-    token_file: Path | None
+
+    enabled: bool
+    listen_addr: str
+    #: The name the agent joins under; "" means this machine's host name.
+    hostname: str = ""
+    #: HOST:PORT of the auth service; "" means the auth service in this process.
+    auth_server: str = ""
+    #: A join token of the agent's type ("tctl tokens add --type=node|db|kube"), inline or in a file; not needed
+    #: once joined, nor when the auth service runs in the same process.
+    join_token: str = ""
+    token_file: Path | None = None
+    #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
+    ca_file: Path | None = None
 
     def effective_hostname(self) -> str:
         return self.hostname or socket.gethostname()
@@ -158,16 +169,6 @@ class SSHServiceConfig(_AgentSection):
     enabled: bool = True
     listen_addr: str = DEFAULT_SSH_LISTEN_ADDR
     labels: Mapping[str, str] = field(default_factory=dict)
-    #: The name the node joins under; "" means this machine's host name.
-    hostname: str = ""
-    #: HOST:PORT of the auth service; "" means the auth service in this process.
-    auth_server: str = ""
-    #: A node join token ("tctl tokens add --type=node"), inline or in a file; not needed once joined, nor when
-    #: the auth service runs in the same process.
-    join_token: str = ""
-    token_file: Path | None = None
-    #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
-    ca_file: Path | None = None
 
     SECTION = "ssh_service"
 
@@ -190,16 +191,6 @@ class DBServiceConfig(_AgentSection):
 
     enabled: bool = False
     listen_addr: str = DEFAULT_DB_LISTEN_ADDR
-    #: The name the service joins under; "" means this machine's host name.
-    hostname: str = ""
-    #: HOST:PORT of the auth service; "" means the auth service in this process.
-    auth_server: str = ""
-    #: A db join token ("tctl tokens add --type=db"), inline or in a file; not needed once joined, nor when the
-    #: auth service runs in the same process.
-    join_token: str = ""
-    token_file: Path | None = None
-    #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
-    ca_file: Path | None = None
     databases: tuple[DatabaseEntry, ...] = ()
 
     SECTION = "db_service"
@@ -224,16 +215,6 @@ class KubeServiceConfig(_AgentSection):
 
     enabled: bool = False
     listen_addr: str = DEFAULT_KUBE_LISTEN_ADDR
-    #: The name the service joins under; "" means this machine's host name.
-    hostname: str = ""
-    #: HOST:PORT of the auth service; "" means the auth service in this process.
-    auth_server: str = ""
-    #: A kube join token ("tctl tokens add --type=kube"), inline or in a file; not needed once joined, nor when
-    #: the auth service runs in the same process.
-    join_token: str = ""
-    token_file: Path | None = None
-    #: The cluster's host CA (PEM) to verify the auth service with on first join, when it runs elsewhere.
-    ca_file: Path | None = None
     kubernetes_clusters: tuple[KubeClusterEntry, ...] = ()
 
     SECTION = "kube_service"
@@ -249,7 +230,7 @@ class Config:
     db_service: DBServiceConfig = field(default_factory=DBServiceConfig)
     kube_service: KubeServiceConfig = field(default_factory=KubeServiceConfig)
     #: the raw ``jamf_service`` section, validated by devicetrust.mdm.jamf when the daemon starts
-    jamf_service: Mapping[str, Any] | None = None
+    jamf_service: Mapping[str, object] | None = None
     source: Path | None = None
 
     @property
@@ -364,7 +345,7 @@ JAMF_INVENTORY_KEYS = frozenset(
 
 #: Every key devicetrust.yaml may hold: None is a value, a mapping a nested section, ``[mapping]`` a list of
 #: sections. The values themselves are checked by :func:`parse_config` (and the jamf_service parser).
-CONFIG_KEYS: Mapping[str, Any] = {
+CONFIG_KEYS: Mapping[str, object] = {
     "version": None,
     "devicetrust": {
         "data_dir": None,
@@ -402,7 +383,7 @@ def check_keys(value: object, schema: object, where: str = "") -> None:
         check_keys(item, schema[key], f"{where}.{key}" if where else key)
 
 
-def _section(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
+def _section(doc: Mapping[str, object], name: str) -> dict[str, object]:
     value = doc.get(name) or {}
     if not isinstance(value, dict):
         raise ConfigError(f"{name}: expected a mapping")
@@ -414,7 +395,7 @@ def _section(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
 _BOOLEAN_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
 
 
-def config_bool(value: Any, where: str) -> bool:
+def config_bool(value: object, where: str) -> bool:
     """A boolean setting: true/false, or one of YAML 1.1's yes/no/on/off."""
     if isinstance(value, bool):
         return value
@@ -423,7 +404,7 @@ def config_bool(value: Any, where: str) -> bool:
     raise ConfigError(f"{where}: expected true or false, got {value!r}")
 
 
-def _str(value: Any, where: str) -> str:
+def _str(value: object, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
     return value
@@ -435,7 +416,7 @@ def _cluster_name(value: object, where: str) -> str:
     return value
 
 
-def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Config:
+def parse_config(doc: Mapping[str, object], *, source: Path | None = None) -> Config:
     """Turn a parsed ``devicetrust.yaml`` into a :class:`Config`, naming the field of any mistake."""
     check_keys(doc, CONFIG_KEYS)
     version = doc.get("version", CONFIG_VERSION)
@@ -449,7 +430,7 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
     if "storage" in main:
         storage = _section(main, "storage")
         kind = storage.get("type", "sqlite")
-        if kind not in ("sqlite", "postgres"):
+        if not isinstance(kind, str) or kind not in ("sqlite", "postgres"):
             raise ConfigError(f"devicetrust.storage.type: expected sqlite or postgres, got {kind!r}")
         conn = storage.get("conn_string", "")
         if kind == "postgres" and not (isinstance(conn, str) and conn.startswith("postgres")):
@@ -460,7 +441,8 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
             storage=StorageConfig(
                 type=kind,
                 path=Path(_str(path, "devicetrust.storage.path")) if path is not None else None,
-                conn_string=conn,
+                # only postgres reads it, and checks it above
+                conn_string=conn if isinstance(conn, str) else "",
             ),
         )
     if "log" in main:
@@ -519,114 +501,129 @@ def parse_config(doc: Mapping[str, Any], *, source: Path | None = None) -> Confi
     return config
 
 
-def _labels(value: Any, where: str) -> dict[str, str]:
+def _labels(value: object, where: str) -> dict[str, str]:
     labels = value or {}
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise ConfigError(f"{where}: expected a mapping of strings")
     return labels
 
 
-def _optional_path(section: Mapping[str, Any], name: str, where: str) -> Path | None:
+def _optional_path(section: Mapping[str, object], name: str, where: str) -> Path | None:
     return Path(_str(section[name], f"{where}.{name}")) if section.get(name) is not None else None
 
 
-def _agent_join_settings(section: Mapping[str, Any], where: str, default_listen: str) -> dict[str, Any]:
-    """An agent section's listen address and join settings (the SSH node's and the database service's)."""
+class _JoinSettings(TypedDict):
+    """An agent section's settings but ``enabled`` (see :class:`_AgentSection`)."""
+
+    listen_addr: str
+    hostname: str
+    auth_server: str
+    join_token: str
+    token_file: Path | None
+    ca_file: Path | None
+
+
+def _agent_join_settings(section: Mapping[str, object], where: str, default_listen: str) -> _JoinSettings:
+    """An agent section's listen address and join settings."""
     listen = _str(section.get("listen_addr", default_listen), f"{where}.listen_addr")
     split_host_port(listen, what=f"{where}.listen_addr")
-    hostname = section.get("hostname", "")
-    if hostname and (not isinstance(hostname, str) or not _HOSTNAME_RE.match(hostname)):
+    hostname = section.get("hostname") or ""
+    if not isinstance(hostname, str) or (hostname and not _HOSTNAME_RE.match(hostname)):
         raise ConfigError(f"{where}.hostname: invalid host name {hostname!r}")
-    auth_server = section.get("auth_server", "")
+    auth_server = _str(section["auth_server"], f"{where}.auth_server") if section.get("auth_server") else ""
     if auth_server:
-        split_host_port(_str(auth_server, f"{where}.auth_server"), what=f"{where}.auth_server")
-    join_token = section.get("join_token", "")
-    if join_token and not isinstance(join_token, str):
+        split_host_port(auth_server, what=f"{where}.auth_server")
+    join_token = section.get("join_token") or ""
+    if not isinstance(join_token, str):
         raise ConfigError(f"{where}.join_token: expected a string")
     if join_token and "token_file" in section:
         raise ConfigError(f"{where}: give join_token or token_file, not both")
     return {
         "listen_addr": listen,
-        "hostname": hostname or "",
-        "auth_server": auth_server or "",
-        "join_token": join_token or "",
+        "hostname": hostname,
+        "auth_server": auth_server,
+        "join_token": join_token,
         "token_file": _optional_path(section, "token_file", where),
         "ca_file": _optional_path(section, "ca_file", where),
     }
 
 
-def _db_service(db: Mapping[str, Any]) -> DBServiceConfig:
+def _named_entries(section: Mapping[str, object], key: str, where: str) -> Iterator[tuple[str, str, dict[str, object]]]:
+    """The entries of the list ``where.key`` (each a mapping with a name no other entry has), each with its path
+    and its name."""
+    entries = section.get(key, []) or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}.{key}: expected a list")
+    names: set[str] = set()
+    for index, entry in enumerate(entries):
+        path = f"{where}.{key}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: expected a mapping")
+        name = _str(entry.get("name"), f"{path}.name")
+        if not _DATABASE_NAME_RE.match(name):
+            raise ConfigError(f"{path}.name: invalid name {name!r} (letters, digits, '.', '_', '-')")
+        if name in names:
+            raise ConfigError(f"{path}.name: {name!r} is already configured")
+        names.add(name)
+        yield path, name, entry
+
+
+def _enabled_with_entries(section: Mapping[str, object], where: str, entries: tuple[object, ...], missing: str) -> bool:
+    """``where.enabled`` (true unless it says otherwise); ConfigError ``missing`` if enabled without entries."""
+    enabled = config_bool(section.get("enabled", True), f"{where}.enabled")
+    if enabled and not entries:
+        raise ConfigError(missing)
+    return enabled
+
+
+def _db_service(db: Mapping[str, object]) -> DBServiceConfig:
     join = _agent_join_settings(db, "db_service", DEFAULT_DB_LISTEN_ADDR)
-    entries = db.get("databases", []) or []
-    if not isinstance(entries, list):
-        raise ConfigError("db_service.databases: expected a list")
-    databases: list[DatabaseEntry] = []
-    for index, entry in enumerate(entries):
-        where = f"db_service.databases[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        name = _str(entry.get("name"), f"{where}.name")
-        if not _DATABASE_NAME_RE.match(name):
-            raise ConfigError(f"{where}.name: invalid name {name!r} (letters, digits, '.', '_', '-')")
-        if any(database.name == name for database in databases):
-            raise ConfigError(f"{where}.name: {name!r} is already configured")
-        protocol = _str(entry.get("protocol", "postgres"), f"{where}.protocol")
-        if protocol not in DB_PROTOCOLS:
-            raise ConfigError(f"{where}.protocol: expected one of {', '.join(DB_PROTOCOLS)}, got {protocol!r}")
-        uri = _str(entry.get("uri"), f"{where}.uri")
-        _check_database_uri(uri, f"{where}.uri")
-        databases.append(
-            DatabaseEntry(
-                name=name,
-                uri=uri,
-                protocol=protocol,
-                labels=_labels(entry.get("labels"), f"{where}.labels"),
-                ca_file=_optional_path(entry, "ca_file", where),
-            )
-        )
-    enabled = config_bool(db.get("enabled", True), "db_service.enabled")
-    if enabled and not databases:
-        raise ConfigError("db_service.databases: list at least one database (name, protocol, uri)")
-    return DBServiceConfig(enabled=enabled, databases=tuple(databases), **join)
+    databases = tuple(_database(*named) for named in _named_entries(db, "databases", "db_service"))
+    missing = "db_service.databases: list at least one database (name, protocol, uri)"
+    enabled = _enabled_with_entries(db, "db_service", databases, missing)
+    return DBServiceConfig(enabled=enabled, databases=databases, **join)
 
 
-def _kube_service(kube: Mapping[str, Any]) -> KubeServiceConfig:
+def _database(where: str, name: str, entry: Mapping[str, object]) -> DatabaseEntry:
+    protocol = _str(entry.get("protocol", "postgres"), f"{where}.protocol")
+    if protocol not in DB_PROTOCOLS:
+        raise ConfigError(f"{where}.protocol: expected one of {', '.join(DB_PROTOCOLS)}, got {protocol!r}")
+    uri = _str(entry.get("uri"), f"{where}.uri")
+    _check_database_uri(uri, f"{where}.uri")
+    return DatabaseEntry(
+        name=name,
+        uri=uri,
+        protocol=protocol,
+        labels=_labels(entry.get("labels"), f"{where}.labels"),
+        ca_file=_optional_path(entry, "ca_file", where),
+    )
+
+
+def _kube_service(kube: Mapping[str, object]) -> KubeServiceConfig:
     join = _agent_join_settings(kube, "kube_service", DEFAULT_KUBE_LISTEN_ADDR)
-    entries = kube.get("kubernetes_clusters", []) or []
-    if not isinstance(entries, list):
-        raise ConfigError("kube_service.kubernetes_clusters: expected a list")
-    clusters: list[KubeClusterEntry] = []
-    for index, entry in enumerate(entries):
-        where = f"kube_service.kubernetes_clusters[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        name = _str(entry.get("name"), f"{where}.name")
-        if not _DATABASE_NAME_RE.match(name):
-            raise ConfigError(f"{where}.name: invalid name {name!r} (letters, digits, '.', '_', '-')")
-        if any(cluster.name == name for cluster in clusters):
-            raise ConfigError(f"{where}.name: {name!r} is already configured")
-        api_server = _str(entry.get("api_server"), f"{where}.api_server")
-        scheme, sep, rest = api_server.partition("://")
-        if scheme != "https" or not sep:
-            raise ConfigError(f"{where}.api_server: expected https://HOST:PORT, got {api_server!r}")
-        split_host_port(rest.split("/", 1)[0], what=f"{where}.api_server")
-        ca_file = _optional_path(entry, "ca_file", where)
-        token_file = _optional_path(entry, "token_file", where)
-        if ca_file is None or token_file is None:
-            raise ConfigError(f"{where}: ca_file and token_file are required (the API server's CA, a bearer token)")
-        clusters.append(
-            KubeClusterEntry(
-                name=name,
-                api_server=api_server.rstrip("/"),
-                ca_file=ca_file,
-                token_file=token_file,
-                labels=_labels(entry.get("labels"), f"{where}.labels"),
-            )
-        )
-    enabled = config_bool(kube.get("enabled", True), "kube_service.enabled")
-    if enabled and not clusters:
-        raise ConfigError("kube_service.kubernetes_clusters: list at least one cluster (name, api_server, ...)")
-    return KubeServiceConfig(enabled=enabled, kubernetes_clusters=tuple(clusters), **join)
+    clusters = tuple(_kube_cluster(*named) for named in _named_entries(kube, "kubernetes_clusters", "kube_service"))
+    missing = "kube_service.kubernetes_clusters: list at least one cluster (name, api_server, ...)"
+    enabled = _enabled_with_entries(kube, "kube_service", clusters, missing)
+    return KubeServiceConfig(enabled=enabled, kubernetes_clusters=clusters, **join)
+
+
+def _kube_cluster(where: str, name: str, entry: Mapping[str, object]) -> KubeClusterEntry:
+    api_server = _str(entry.get("api_server"), f"{where}.api_server")
+    scheme, sep, rest = api_server.partition("://")
+    if scheme != "https" or not sep:
+        raise ConfigError(f"{where}.api_server: expected https://HOST:PORT, got {api_server!r}")
+    split_host_port(rest.split("/", 1)[0], what=f"{where}.api_server")
+    ca_file = _optional_path(entry, "ca_file", where)
+    token_file = _optional_path(entry, "token_file", where)
+    if ca_file is None or token_file is None:
+        raise ConfigError(f"{where}: ca_file and token_file are required (the API server's CA, a bearer token)")
+    return KubeClusterEntry(
+        name=name,
+        api_server=api_server.rstrip("/"),
+        ca_file=ca_file,
+        token_file=token_file,
+        labels=_labels(entry.get("labels"), f"{where}.labels"),
+    )
 
 
 def _check_database_uri(uri: str, where: str) -> None:

@@ -115,12 +115,14 @@ class IdentityService:
         with self.context.backend.begin() as store:
             current = parse_as(store.users.get(name).body, User)
             doc = resource_to_dict(current)
+            spec = doc["spec"]
+            assert isinstance(spec, dict)
             if set_roles is not None:
-                doc["spec"]["roles"] = list(set_roles)
+                spec["roles"] = list(set_roles)
             if set_traits:
-                traits = dict(doc["spec"].get("traits", {}))
-                traits.update({k: list(v) for k, v in set_traits.items()})
-                doc["spec"]["traits"] = traits
+                traits = spec.get("traits", {})
+                assert isinstance(traits, dict)
+                spec["traits"] = {**traits, **{k: list(v) for k, v in set_traits.items()}}
             user = parse_as(doc, User)
             require_roles_exist(store, user.roles)
             store.users.update(name, resource_to_dict(user))

@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from devicetrust.access import label_matches
 from devicetrust.auth.secrets import hash_token, new_token
@@ -229,7 +229,8 @@ class NodeService:
             nodes = [record.body for record in store.resources.list(RES_NODE)]
         if caller.kind == "admin":
             return nodes
-        return [node for node in nodes if caller.checker.roles_matching_node(node["labels"])]
+        # labels are stored as _labels returned them, at join and heartbeat
+        return [node for node in nodes if caller.checker.roles_matching_node(cast("dict[str, str]", node["labels"]))]
 
 
 __all__ = [

@@ -174,7 +174,9 @@ def new_device_body(observation: Observation, source: DeviceSource, device_id: s
         )
     )
     # the profile was validated when it was mapped; stamping it here spares validating it again
-    body["spec"]["profile"]["update_time"] = format_timestamp(now)
+    spec = body["spec"]
+    assert isinstance(spec, dict) and isinstance(spec["profile"], dict)
+    spec["profile"]["update_time"] = format_timestamp(now)
     return body
 
 

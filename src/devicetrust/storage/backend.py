@@ -194,7 +194,7 @@ def _sqlite_on_begin(conn: Connection) -> None:
 def _postgres_engine(url: URL) -> tuple[Engine, str]:
     url = url.set(drivername="postgresql+psycopg")
     where = f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}"
-    connect_args: dict[str, Any] = {}
+    connect_args: dict[str, int] = {}
     if "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = int(POSTGRES_CONNECT_TIMEOUT.total_seconds())
     engine = sa.create_engine(

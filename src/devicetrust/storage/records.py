@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import JsonValue
+
 __all__ = [
     "AuditRecord",
     "DeviceFilter",
@@ -32,7 +34,7 @@ __all__ = [
 class ResourceRecord:
     kind: str
     name: str
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
     #: starts at 1 and grows by one with every write; pass it back as ``expected_revision``
     revision: int
     created: datetime
@@ -42,7 +44,7 @@ class ResourceRecord:
 @dataclass(frozen=True)
 class UserRecord:
     name: str
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
     password_hash: str | None
     created: datetime
     updated: datetime
@@ -53,7 +55,7 @@ class TokenRecord:
     token_hash: str
     kind: str
     subject: str
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
     expires: datetime
     single_use: bool
     created: datetime
@@ -65,7 +67,7 @@ class SessionRecord:
     user: str
     #: "user" | "bot" | "admin"
     kind: str
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
     expires: datetime
     created: datetime
 
@@ -75,7 +77,7 @@ class PendingRecord:
     id: str
     kind: str
     subject: str
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
     expires: datetime
     created: datetime
 
@@ -90,7 +92,7 @@ class AuditRecord:
     time: datetime
     user: str
     success: bool
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class DeviceRecord:
     #: the MDM's id for the device
     external_id: str | None
     #: the whole device document
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
     #: starts at 1 and grows by one with every write; pass it back as ``expected_revision``
     revision: int
     created: datetime
@@ -150,7 +152,7 @@ class DeviceUpsert:
     id: str
     os_type: str
     asset_tag: str
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
     source_name: str | None
     source_origin: str | None
     external_id: str | None
@@ -190,7 +192,7 @@ class DeviceSourceUpdate:
     source columns, written only if the device still has ``expected_revision``."""
 
     id: str
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
     source_name: str | None
     source_origin: str | None
     external_id: str | None
@@ -210,7 +212,7 @@ class LockRecord:
     name: str
     target_kind: str
     target_value: str
-    body: dict[str, Any]
+    body: dict[str, JsonValue]
     #: None: until deleted
     expires: datetime | None
     created: datetime

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
+from pydantic import JsonValue
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
@@ -232,7 +233,7 @@ class ResourceRepository(_Repository):
         rows = self._conn.execute(sa.select(t).where(t.c.kind == kind).order_by(t.c.name))
         return [_resource(row) for row in rows]
 
-    def create(self, kind: str, name: str, body: Mapping[str, Any]) -> ResourceRecord:
+    def create(self, kind: str, name: str, body: Mapping[str, object]) -> ResourceRecord:
         now = self._clock()
         stmt = _insert(self._conn, self._t).values(
             kind=kind, name=name, body=dict(body), revision=1, created=now, updated=now
@@ -246,7 +247,7 @@ class ResourceRepository(_Repository):
             self._cached_state_changed()
         return _resource(row)
 
-    def upsert(self, kind: str, name: str, body: Mapping[str, Any]) -> ResourceRecord:
+    def upsert(self, kind: str, name: str, body: Mapping[str, object]) -> ResourceRecord:
         t = self._t
         now = self._clock()
         stmt = _insert(self._conn, t).values(
@@ -262,7 +263,7 @@ class ResourceRepository(_Repository):
         return record
 
     def update(
-        self, kind: str, name: str, body: Mapping[str, Any], expected_revision: int | None = None
+        self, kind: str, name: str, body: Mapping[str, object], expected_revision: int | None = None
     ) -> ResourceRecord:
         """Replace the body. With ``expected_revision``, ConflictError if someone wrote in between."""
         t = self._t
@@ -311,7 +312,7 @@ class UserRepository(_Repository):
     def list(self) -> builtins.list[UserRecord]:
         return [_user(row) for row in self._conn.execute(sa.select(self._t).order_by(self._t.c.name))]
 
-    def create(self, name: str, body: Mapping[str, Any], password_hash: str | None = None) -> UserRecord:
+    def create(self, name: str, body: Mapping[str, object], password_hash: str | None = None) -> UserRecord:
         now = self._clock()
         stmt = _insert(self._conn, self._t).values(
             name=name, body=dict(body), password_hash=password_hash, created=now, updated=now
@@ -324,7 +325,7 @@ class UserRepository(_Repository):
         self._cached_state_changed()
         return _user(row)
 
-    def update(self, name: str, body: Mapping[str, Any]) -> UserRecord:
+    def update(self, name: str, body: Mapping[str, object]) -> UserRecord:
         return self._update(name, body=dict(body))
 
     def set_password_hash(self, name: str, password_hash: str | None) -> UserRecord:
@@ -361,7 +362,7 @@ class TokenRepository(_Repository):
         token_hash: str,
         kind: str,
         subject: str,
-        body: Mapping[str, Any],
+        body: Mapping[str, object],
         expires: datetime,
         *,
         single_use: bool,
@@ -435,7 +436,7 @@ class SessionRepository(_Repository):
     _t = schema.sessions
 
     def create(
-        self, token_hash: str, user: str, kind: str, body: Mapping[str, Any], expires: datetime
+        self, token_hash: str, user: str, kind: str, body: Mapping[str, object], expires: datetime
     ) -> SessionRecord:
         """Raises NotFoundError for kind "user" when the user does not exist (on PostgreSQL the transaction is
         then unusable: let it roll back)."""
@@ -550,7 +551,7 @@ class PendingRepository(_Repository):
 
     _t = schema.pending_ceremonies
 
-    def create(self, id: str, kind: str, subject: str, body: Mapping[str, Any], expires: datetime) -> PendingRecord:
+    def create(self, id: str, kind: str, subject: str, body: Mapping[str, object], expires: datetime) -> PendingRecord:
         stmt = _insert(self._conn, self._t).values(
             id=id, kind=kind, subject=subject, body=dict(body), expires=expires, created=self._clock()
         )
@@ -589,10 +590,10 @@ def _device(row: Row[Any]) -> DeviceRecord:
     )
 
 
-def _canonical_body(body: Mapping[str, Any]) -> dict[str, Any]:
+def _canonical_body(body: Mapping[str, object]) -> dict[str, JsonValue]:
     # Keys sorted at every depth: SQLite keeps JSON as text, and upsert_many spots unchanged bodies by comparing
     # it (PostgreSQL's JSONB compares by value anyway). Also a deep copy, so callers cannot alter it afterwards.
-    canonical: dict[str, Any] = json.loads(json.dumps(body, sort_keys=True))
+    canonical: dict[str, JsonValue] = json.loads(json.dumps(body, sort_keys=True))
     return canonical
 
 
@@ -644,7 +645,7 @@ class DeviceRepository(_Repository):
         id: str,
         os_type: str,
         asset_tag: str,
-        body: Mapping[str, Any],
+        body: Mapping[str, object],
         *,
         enroll_status: str = _NEW_DEVICE_STATUS,
         owner: str = "",
@@ -700,7 +701,7 @@ class DeviceRepository(_Repository):
     def update(
         self,
         id: str,
-        body: Mapping[str, Any],
+        body: Mapping[str, object],
         *,
         enroll_status: str,
         owner: str,
@@ -894,7 +895,7 @@ class DeviceRepository(_Repository):
         t = self._t
         now = self._clock()
         stmt: _Insert
-        values: builtins.list[dict[str, Any]] | None = None
+        values: builtins.list[dict[str, object]] | None = None
         if self._conn.dialect.name == "postgresql":
             stmt = postgresql.insert(t).from_select([column.name for column in t.c], self._unnested(rows, now))
         else:
@@ -1141,7 +1142,7 @@ class LockRepository(_Repository):
     _t = schema.locks
 
     def create(
-        self, name: str, target_kind: str, target_value: str, body: Mapping[str, Any], expires: datetime | None
+        self, name: str, target_kind: str, target_value: str, body: Mapping[str, object], expires: datetime | None
     ) -> LockRecord:
         stmt = _insert(self._conn, self._t).values(
             name=name,
@@ -1199,7 +1200,7 @@ class AuditRepository(_Repository):
     _t = schema.audit_events
 
     def append(
-        self, event: str, code: str, time: datetime, user: str, success: bool, body: Mapping[str, Any]
+        self, event: str, code: str, time: datetime, user: str, success: bool, body: Mapping[str, object]
     ) -> AuditRecord:
         values = {
             "uid": str(uuid.uuid4()),

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Never, TypeVar
 
 from devicetrust.errors import ValidationError
 
@@ -46,7 +46,7 @@ def join_path(prefix: str, name: str) -> str:
     return f"{prefix}.{name}"
 
 
-def build(path: str, factory: Callable[..., T], /, **kwargs: Any) -> T:
+def build(path: str, factory: Callable[..., T], /, **kwargs: object) -> T:
     """Calls ``factory(**kwargs)``, re-raising its field errors with ``path`` prefixed."""
     try:
         return factory(**kwargs)
@@ -54,7 +54,7 @@ def build(path: str, factory: Callable[..., T], /, **kwargs: Any) -> T:
         raise err.under(path) from err
 
 
-def present(**kwargs: Any) -> dict[str, Any]:
+def present(**kwargs: object) -> dict[str, object]:
     """The arguments that are not None: a YAML null means "not set", so the dataclass default applies."""
     return {key: value for key, value in kwargs.items() if value is not None}
 
@@ -91,7 +91,7 @@ def frozen_mapping(values: Mapping[str, T]) -> Mapping[str, T]:
     return MappingProxyType(dict(values))
 
 
-def empty_mapping() -> Mapping[str, Any]:
+def empty_mapping() -> Mapping[str, Never]:
     return MappingProxyType({})
 
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from devicetrust.types._validation import (
     FieldError,
@@ -103,11 +103,11 @@ class DeviceTrustSettings:
         return parse_duration(self.session_proof_ttl)
 
 
-def as_webauthn(value: object, field: str) -> Mapping[str, Any]:
+def as_webauthn(value: object, field: str) -> Mapping[str, str | tuple[str, ...]]:
     """``{rp_id, attestation_allowed_cas?, attestation_denied_cas?}``, lists as tuples, read-only."""
     if not isinstance(value, Mapping):
         raise FieldError(field, f"expected a mapping, got {describe(value)}")
-    settings: dict[str, Any] = {}
+    settings: dict[str, str | tuple[str, ...]] = {}
     for key, item in value.items():
         path = join_path(field, str(key))
         if key == "rp_id":
@@ -135,7 +135,7 @@ class ClusterAuthPreference:
     metadata: Metadata = field(default_factory=_default_metadata)
     type: str = "local"
     second_factors: tuple[str, ...] = ()
-    webauthn: Mapping[str, Any] | None = None
+    webauthn: Mapping[str, str | tuple[str, ...]] | None = None
     device_trust: DeviceTrustSettings = field(default_factory=DeviceTrustSettings)
 
     def __post_init__(self) -> None:

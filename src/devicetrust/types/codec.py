@@ -11,7 +11,9 @@ import binascii
 import difflib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import JsonValue
 
 from devicetrust.errors import ValidationError
 from devicetrust.types._validation import FieldError, build, describe, join_path, present, show
@@ -35,6 +37,9 @@ from devicetrust.types.metadata import Metadata
 from devicetrust.types.role import Role, RoleConditions, RoleOptions, Rule
 from devicetrust.types.user import Bot, User
 from devicetrust.types.yaml_io import load_yaml_documents
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 Resource = Role | User | Bot | ClusterAuthPreference | Device | Lock
 
@@ -64,43 +69,31 @@ _KIND_ALIASES: Mapping[str, str] = {
 _FlatT = TypeVar("_FlatT", RoleOptions, DeviceTrustSettings)
 _IdentityT = TypeVar("_IdentityT", User, Bot)
 
+
+def _field_names(cls: type[DataclassInstance], *, omit: str = "") -> tuple[str, ...]:
+    """The document keys of a part that a dataclass holds: its fields, in order, but ``omit``."""
+    return tuple(field.name for field in fields(cls) if field.name != omit)
+
+
 _DOCUMENT_FIELDS = ("kind", "version", "metadata", "spec")
 # revision is written by the server on reads; accepting it lets `get`, edit, `create -f` round-trip.
-_METADATA_FIELDS = ("name", "description", "labels", "revision")
+_METADATA_FIELDS = (*_field_names(Metadata), "revision")
 # Devices and locks are named by their id; they have no description or labels.
 _NAME_ONLY_METADATA_FIELDS = ("name", "revision")
-_DEVICE_SPEC_FIELDS = (
-    "os_type",
-    "asset_tag",
-    "enroll_status",
-    "credential",
-    "collected_data",
-    "source",
-    "profile",
-    "owner",
-    "create_time",
-    "update_time",
-)
-_CREDENTIAL_FIELDS = (
-    "id",
-    "attestation_type",
-    "public_key_der",
-    "tpm_ak_public",
-    "tpm_ekcert_serial",
-    "tpm_ek_public_sha256",
-)
+# A device's id and a lock's name are their metadata.name.
+_DEVICE_SPEC_FIELDS = _field_names(Device, omit="id")
+_LOCK_SPEC_FIELDS = _field_names(Lock, omit="name")
+_CREDENTIAL_FIELDS = _field_names(DeviceCredential)
 _CREDENTIAL_BYTES_FIELDS = ("public_key_der", "tpm_ak_public")
-_PROFILE_FIELDS = (
-    "model_identifier",
-    "os_version",
-    "os_build",
-    "os_build_supplemental",
-    "os_usernames",
-    "jamf_binary_version",
-    "external_id",
-    "update_time",
-)
-_LOCK_SPEC_FIELDS = ("target", "message", "expires", "created_by", "created")
+_PROFILE_FIELDS = _field_names(DeviceProfile)
+_SOURCE_FIELDS = _field_names(DeviceSource)
+_RULE_FIELDS = _field_names(Rule)
+_CONDITIONS_FIELDS = _field_names(RoleConditions)
+_ROLE_SPEC_FIELDS = _field_names(Role, omit="metadata")
+_IDENTITY_SPEC_FIELDS: Mapping[type[User | Bot], tuple[str, ...]] = {
+    cls: _field_names(cls, omit="metadata") for cls in (User, Bot)
+}
+_CLUSTER_AUTH_PREFERENCE_SPEC_FIELDS = _field_names(ClusterAuthPreference, omit="metadata")
 
 
 def normalize_kind(name: str) -> str:
@@ -122,13 +115,17 @@ class _Fields:
         for key in value:
             if key not in allowed:
                 raise ValidationError(_unknown_field_message(join_path(path, str(key)), str(key), allowed))
-        self._values: Mapping[Any, Any] = value
+        self._values: Mapping[object, object] = value
         self.path = path
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str) -> object:
         return self._values.get(key)
 
-    def as_dict(self) -> dict[Any, Any]:
+    def present(self, keys: Collection[str]) -> dict[str, object]:
+        """The values of ``keys`` that are set: a null is not set."""
+        return present(**{key: self._values.get(key) for key in keys})
+
+    def as_dict(self) -> dict[object, object]:
         return dict(self._values)
 
     def path_of(self, key: str) -> str:
@@ -143,9 +140,8 @@ def _unknown_field_message(path: str, key: str, allowed: Collection[str]) -> str
 
 def _flat(cls: type[_FlatT], value: object, path: str) -> _FlatT:
     """A dataclass whose document fields are exactly its own fields, all optional."""
-    names = [f.name for f in fields(cls)]
-    reader = _Fields(value, path, names)
-    return build(path, cls, **present(**{name: reader.get(name) for name in names}))
+    names = _field_names(cls)
+    return build(path, cls, **_Fields(value, path, names).present(names))
 
 
 def _check_version(value: object, expected: str) -> None:
@@ -172,25 +168,22 @@ def _parse_rules(value: object, path: str) -> tuple[Rule, ...]:
     rules: list[Rule] = []
     for index, item in enumerate(value):
         rule_path = f"{path}[{index}]"
-        reader = _Fields(item, rule_path, ("resources", "verbs"))
-        for key in ("resources", "verbs"):
-            if reader.get(key) is None:
-                raise FieldError(reader.path_of(key), "required field is missing")
-        rules.append(build(rule_path, Rule, resources=reader.get("resources"), verbs=reader.get("verbs")))
+        reader = _Fields(item, rule_path, _RULE_FIELDS)
+        _required(reader, *_RULE_FIELDS)
+        rules.append(build(rule_path, Rule, **reader.present(_RULE_FIELDS)))
     return tuple(rules)
 
 
 def _parse_conditions(value: object, path: str) -> RoleConditions:
-    names = [f.name for f in fields(RoleConditions)]
-    reader = _Fields(value, path, names)
-    values = present(**{name: reader.get(name) for name in names})
+    reader = _Fields(value, path, _CONDITIONS_FIELDS)
+    values = reader.present(_CONDITIONS_FIELDS)
     if "rules" in values:
         values["rules"] = _parse_rules(values["rules"], reader.path_of("rules"))
     return build(path, RoleConditions, **values)
 
 
 def _parse_role(top: _Fields) -> Role:
-    spec = _Fields(top.get("spec"), "spec", ("options", "allow", "deny"))
+    spec = _Fields(top.get("spec"), "spec", _ROLE_SPEC_FIELDS)
     return build(
         "",
         Role,
@@ -202,17 +195,13 @@ def _parse_role(top: _Fields) -> Role:
 
 
 def _parse_identity(cls: type[_IdentityT], top: _Fields) -> _IdentityT:
-    spec = _Fields(top.get("spec"), "spec", ("roles", "traits"))
-    return build(
-        "",
-        cls,
-        metadata=_parse_metadata(top.get("metadata")),
-        **present(roles=spec.get("roles"), traits=spec.get("traits")),
-    )
+    names = _IDENTITY_SPEC_FIELDS[cls]
+    spec = _Fields(top.get("spec"), "spec", names)
+    return build("", cls, metadata=_parse_metadata(top.get("metadata")), **spec.present(names))
 
 
 def _parse_cluster_auth_preference(top: _Fields) -> ClusterAuthPreference:
-    spec = _Fields(top.get("spec"), "spec", ("type", "second_factors", "webauthn", "device_trust"))
+    spec = _Fields(top.get("spec"), "spec", _CLUSTER_AUTH_PREFERENCE_SPEC_FIELDS)
     webauthn = spec.get("webauthn")
     if webauthn is not None:
         webauthn = _Fields(webauthn, "spec.webauthn", WEBAUTHN_FIELDS).as_dict()
@@ -231,7 +220,7 @@ def _required(reader: _Fields, *keys: str) -> None:
             raise FieldError(reader.path_of(key), "required field is missing")
 
 
-def _parse_name_only_metadata(value: object) -> Any:
+def _parse_name_only_metadata(value: object) -> object:
     """``metadata.name``, unchecked: the resource checks it (a device's is a UUID) and names the field."""
     reader = _Fields(value, "metadata", _NAME_ONLY_METADATA_FIELDS)
     _required(reader, "name")
@@ -250,7 +239,7 @@ def _decode_base64(value: object, path: str) -> bytes:
 def _parse_credential(value: object, path: str) -> DeviceCredential:
     reader = _Fields(value, path, _CREDENTIAL_FIELDS)
     _required(reader, "id", "attestation_type")
-    values = present(**{name: reader.get(name) for name in _CREDENTIAL_FIELDS})
+    values = reader.present(_CREDENTIAL_FIELDS)
     for name in _CREDENTIAL_BYTES_FIELDS:
         if name in values:
             values[name] = _decode_base64(values[name], reader.path_of(name))
@@ -258,21 +247,20 @@ def _parse_credential(value: object, path: str) -> DeviceCredential:
 
 
 def _parse_source(value: object, path: str) -> DeviceSource:
-    reader = _Fields(value, path, ("name", "origin"))
-    _required(reader, "name", "origin")
-    return build(path, DeviceSource, name=reader.get("name"), origin=reader.get("origin"))
+    reader = _Fields(value, path, _SOURCE_FIELDS)
+    _required(reader, *_SOURCE_FIELDS)
+    return build(path, DeviceSource, **reader.present(_SOURCE_FIELDS))
 
 
 def _parse_profile(value: object, path: str) -> DeviceProfile:
-    reader = _Fields(value, path, _PROFILE_FIELDS)
-    return build(path, DeviceProfile, **present(**{name: reader.get(name) for name in _PROFILE_FIELDS}))
+    return build(path, DeviceProfile, **_Fields(value, path, _PROFILE_FIELDS).present(_PROFILE_FIELDS))
 
 
 def _parse_device(top: _Fields) -> Device:
     device_id = _parse_name_only_metadata(top.get("metadata"))
     spec = _Fields(top.get("spec"), "spec", _DEVICE_SPEC_FIELDS)
     _required(spec, "os_type", "asset_tag")
-    values = present(**{name: spec.get(name) for name in _DEVICE_SPEC_FIELDS})
+    values = spec.present(_DEVICE_SPEC_FIELDS)
     parts: Mapping[str, Callable[[object, str], object]] = {
         "credential": _parse_credential,
         "source": _parse_source,
@@ -298,7 +286,7 @@ def _parse_lock(top: _Fields) -> Lock:
     name = _parse_name_only_metadata(top.get("metadata"))
     spec = _Fields(top.get("spec"), "spec", _LOCK_SPEC_FIELDS)
     _required(spec, "target")
-    values = present(**{name: spec.get(name) for name in _LOCK_SPEC_FIELDS})
+    values = spec.present(_LOCK_SPEC_FIELDS)
     values["target"] = _parse_lock_target(values["target"], spec.path_of("target"))
     return build("", Lock, name=name, **values)
 
@@ -327,13 +315,13 @@ def _check_kind(value: object) -> str:
     raise FieldError("kind", f"unsupported kind {show(value)}{hint} (supported kinds: {supported})")
 
 
-def _context(kind: str, doc: Mapping[str, Any]) -> str:
+def _context(kind: str, doc: Mapping[str, object]) -> str:
     metadata = doc.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
     return f'{kind} "{name}"' if isinstance(name, str) and name else kind
 
 
-def parse_resource(doc: Mapping[str, Any]) -> Resource:
+def parse_resource(doc: Mapping[str, object]) -> Resource:
     """The resource a document describes. ValidationError, naming the resource and field, if it is invalid."""
     if not isinstance(doc, Mapping):
         raise ValidationError(f"expected a resource mapping (kind, version, metadata, spec), got {describe(doc)}")
@@ -347,12 +335,12 @@ def parse_resource(doc: Mapping[str, Any]) -> Resource:
         raise ValidationError(f"{_context(kind, doc)}: {err.message}") from err
 
 
-def _labels_to_dict(labels: Labels) -> dict[str, Any]:
+def _labels_to_dict(labels: Labels) -> dict[str, JsonValue]:
     return {key: values[0] if len(values) == 1 else list(values) for key, values in labels.items()}
 
 
-def _metadata_to_dict(metadata: Metadata) -> dict[str, Any]:
-    result: dict[str, Any] = {"name": metadata.name}
+def _metadata_to_dict(metadata: Metadata) -> dict[str, JsonValue]:
+    result: dict[str, JsonValue] = {"name": metadata.name}
     if metadata.description:
         result["description"] = metadata.description
     if metadata.labels:
@@ -360,8 +348,8 @@ def _metadata_to_dict(metadata: Metadata) -> dict[str, Any]:
     return result
 
 
-def _options_to_dict(options: RoleOptions) -> dict[str, Any]:
-    result: dict[str, Any] = {}
+def _options_to_dict(options: RoleOptions) -> dict[str, JsonValue]:
+    result: dict[str, JsonValue] = {}
     if options.device_trust_mode:
         result["device_trust_mode"] = options.device_trust_mode
     if options.max_session_ttl is not None:
@@ -386,8 +374,8 @@ _CONDITIONS_ORDER = (
 )
 
 
-def _conditions_to_dict(conditions: RoleConditions) -> dict[str, Any]:
-    result: dict[str, Any] = {}
+def _conditions_to_dict(conditions: RoleConditions) -> dict[str, JsonValue]:
+    result: dict[str, JsonValue] = {}
     for name in _CONDITIONS_ORDER:
         value = getattr(conditions, name)
         if value:
@@ -397,8 +385,8 @@ def _conditions_to_dict(conditions: RoleConditions) -> dict[str, Any]:
     return result
 
 
-def _role_spec(role: Role) -> dict[str, Any]:
-    spec: dict[str, Any] = {}
+def _role_spec(role: Role) -> dict[str, JsonValue]:
+    spec: dict[str, JsonValue] = {}
     for key, value in (
         ("options", _options_to_dict(role.options)),
         ("allow", _conditions_to_dict(role.allow)),
@@ -409,15 +397,15 @@ def _role_spec(role: Role) -> dict[str, Any]:
     return spec
 
 
-def _identity_spec(identity: User | Bot) -> dict[str, Any]:
-    spec: dict[str, Any] = {"roles": list(identity.roles)}
+def _identity_spec(identity: User | Bot) -> dict[str, JsonValue]:
+    spec: dict[str, JsonValue] = {"roles": list(identity.roles)}
     if identity.traits:
         spec["traits"] = {name: list(values) for name, values in identity.traits.items()}
     return spec
 
 
-def _cluster_auth_preference_spec(cap: ClusterAuthPreference) -> dict[str, Any]:
-    spec: dict[str, Any] = {"type": cap.type}
+def _cluster_auth_preference_spec(cap: ClusterAuthPreference) -> dict[str, JsonValue]:
+    spec: dict[str, JsonValue] = {"type": cap.type}
     if cap.second_factors:
         spec["second_factors"] = list(cap.second_factors)
     if cap.webauthn is not None:
@@ -425,7 +413,7 @@ def _cluster_auth_preference_spec(cap: ClusterAuthPreference) -> dict[str, Any]:
             key: list(value) if isinstance(value, tuple) else value for key, value in cap.webauthn.items()
         }
     settings = cap.device_trust
-    device_trust: dict[str, Any] = {"mode": settings.mode}
+    device_trust: dict[str, JsonValue] = {"mode": settings.mode}
     if settings.auto_enroll:
         device_trust["auto_enroll"] = True
     if settings.ekcert_allowed_cas:
@@ -443,8 +431,8 @@ def _encode_base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _credential_to_dict(credential: DeviceCredential) -> dict[str, Any]:
-    result: dict[str, Any] = {"id": credential.id, "attestation_type": credential.attestation_type}
+def _credential_to_dict(credential: DeviceCredential) -> dict[str, JsonValue]:
+    result: dict[str, JsonValue] = {"id": credential.id, "attestation_type": credential.attestation_type}
     for name in _CREDENTIAL_BYTES_FIELDS:
         data: bytes = getattr(credential, name)
         if data:
@@ -455,9 +443,9 @@ def _credential_to_dict(credential: DeviceCredential) -> dict[str, Any]:
     return result
 
 
-def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
+def profile_to_dict(profile: DeviceProfile) -> dict[str, JsonValue]:
     """``spec.profile`` as a device document holds it."""
-    result: dict[str, Any] = {}
+    result: dict[str, JsonValue] = {}
     for name in _PROFILE_FIELDS:
         value = getattr(profile, name)
         if not value:
@@ -471,8 +459,8 @@ def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
     return result
 
 
-def _device_spec(device: Device) -> dict[str, Any]:
-    spec: dict[str, Any] = {
+def _device_spec(device: Device) -> dict[str, JsonValue]:
+    spec: dict[str, JsonValue] = {
         "os_type": device.os_type,
         "asset_tag": device.asset_tag,
         "enroll_status": device.enroll_status,
@@ -494,8 +482,8 @@ def _device_spec(device: Device) -> dict[str, Any]:
     return spec
 
 
-def _lock_spec(lock: Lock) -> dict[str, Any]:
-    spec: dict[str, Any] = {"target": {lock.target.kind: lock.target.value}}
+def _lock_spec(lock: Lock) -> dict[str, JsonValue]:
+    spec: dict[str, JsonValue] = {"target": {lock.target.kind: lock.target.value}}
     if lock.message:
         spec["message"] = lock.message
     if lock.expires is not None:
@@ -507,7 +495,7 @@ def _lock_spec(lock: Lock) -> dict[str, Any]:
     return spec
 
 
-def resource_to_dict(res: Resource) -> dict[str, Any]:
+def resource_to_dict(res: Resource) -> dict[str, JsonValue]:
     """The canonical document for ``res``: plain dicts, lists and scalars, ready for YAML or JSON."""
     if isinstance(res, Device):
         spec = _device_spec(res)

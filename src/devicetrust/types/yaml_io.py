@@ -115,7 +115,7 @@ def _decode(data: bytes, source: str) -> str:
         ) from None
 
 
-def _iter_documents(text: str, loader_class: type[_StrictLoader] = _StrictLoader) -> Iterator[Any]:
+def _iter_documents(text: str, loader_class: type[_StrictLoader] = _StrictLoader) -> Iterator[object]:
     loader = loader_class(text)
     try:
         while loader.check_data():  # type: ignore[no-untyped-call]
@@ -124,10 +124,10 @@ def _iter_documents(text: str, loader_class: type[_StrictLoader] = _StrictLoader
         loader.dispose()
 
 
-def load_yaml_documents(text: str | bytes, source: str = "<input>") -> list[dict[str, Any]]:
+def load_yaml_documents(text: str | bytes, source: str = "<input>") -> list[dict[str, object]]:
     """The non-empty documents in ``text`` (bytes must be UTF-8). ValidationError ``"<source>: line N: <problem>"``
     on bad YAML."""
-    documents: list[dict[str, Any]] = []
+    documents: list[dict[str, object]] = []
     for number, document in enumerate(_load(text, source, _StrictLoader), start=1):
         if document is None:
             continue
@@ -137,7 +137,7 @@ def load_yaml_documents(text: str | bytes, source: str = "<input>") -> list[dict
     return documents
 
 
-def _load(text: str | bytes, source: str, loader_class: type[_StrictLoader]) -> list[Any]:
+def _load(text: str | bytes, source: str, loader_class: type[_StrictLoader]) -> list[object]:
     if len(text) > MAX_YAML_TEXT_CHARS:
         raise ValidationError(f"{source}: too large ({len(text)} characters, the limit is {MAX_YAML_TEXT_CHARS})")
     if isinstance(text, bytes):
@@ -174,7 +174,7 @@ def _plain(value: object) -> object:
     return value
 
 
-def dump_yaml(docs: Sequence[Mapping[str, Any]]) -> str:
+def dump_yaml(docs: Sequence[Mapping[str, object]]) -> str:
     """Block-style YAML, keys in their given order, documents separated by ``---``."""
     return yaml.dump_all(
         [_plain(doc) for doc in docs],
