@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from devicetrust.storage import Backend
@@ -90,8 +91,11 @@ def test_jamf_sync_without_once_keeps_syncing(jamf: JamfSetup, tmp_path: Path) -
         def sync_kinds() -> list[str]:
             if not database.exists():
                 return []
-            with Backend.open(f"sqlite:///{database}") as backend, backend.begin() as store:
-                return [e.body["kind"] for e in store.audit.search(event_types=["mdm.sync"], limit=100)]
+            try:
+                with Backend.open(f"sqlite:///{database}") as backend, backend.begin() as store:
+                    return [e.body["kind"] for e in store.audit.search(event_types=["mdm.sync"], limit=100)]
+            except sa.exc.OperationalError:  # the file exists before the daemon has created its tables
+                return []
 
         kinds = _wait_for_syncs(sync_kinds, process, log_path)
         assert kinds[0] == "full" and "partial" in kinds[1:]
