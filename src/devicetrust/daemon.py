@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from devicetrust.auth.app import build_app
 from devicetrust.auth.server import AuthServer, Caller
 from devicetrust.config import AdminIdentity, Config, is_ip_address, split_host_port
-from devicetrust.crypto import generate_private_key, load_private_key_pem, private_key_to_pem
+from devicetrust.crypto.keys import generate_private_key, load_private_key_pem, private_key_to_pem
 from devicetrust.errors import ConfigError
 from devicetrust.files import write_atomic
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from devicetrust.types import preset_roles
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from tests.integration.cluster import BIN, start_cluster
 from tests.mdm.conftest import JamfSetup
 

@@ -22,7 +22,7 @@ from devicetrust.agent.api import NodeAPI
 from devicetrust.agent.audit import AuditForwarder
 from devicetrust.agent.identity import NodeIdentity, load_host_key, load_identity, save_identity
 from devicetrust.agent.state import ClusterState, StateCache
-from devicetrust.crypto import public_key_to_openssh
+from devicetrust.crypto.keys import public_key_to_openssh
 from devicetrust.errors import AuthenticationError, ConfigError, ConnectionFailedError, TrustError
 from devicetrust.protocol import AgentRole
 

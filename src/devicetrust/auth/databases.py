@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from devicetrust import audit as events
 from devicetrust.auth.nodes import RES_DB_SERVICE, live_agents
-from devicetrust.crypto import (
-    DatabaseRoute,
+from devicetrust.crypto.certs import (
     certificate_to_pem,
     issue_x509_client_cert,
     load_ssh_certificate,
-    require_p256_public_key,
     verify_ssh_user_cert,
 )
+from devicetrust.crypto.identity import DatabaseRoute
+from devicetrust.crypto.keys import require_p256_public_key
 from devicetrust.errors import AccessDeniedError, NotFoundError, TrustError
 
 if TYPE_CHECKING:

@@ -14,13 +14,8 @@ from typing import TYPE_CHECKING, Any
 from devicetrust.access import label_matches
 from devicetrust.auth.secrets import hash_token, new_token
 from devicetrust.config import is_ip_address
-from devicetrust.crypto import (
-    certificate_to_pem,
-    issue_ssh_host_cert,
-    issue_tls_server_cert,
-    load_public_key,
-    require_p256_public_key,
-)
+from devicetrust.crypto.certs import certificate_to_pem, issue_ssh_host_cert, issue_tls_server_cert
+from devicetrust.crypto.keys import load_public_key, require_p256_public_key
 from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
 from devicetrust.types import os_display_name
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from devicetrust.ceremony.messages import Challenge
 from devicetrust.cli.profile import Profile, ProfileStore
 from devicetrust.client import AuthApi
-from devicetrust.crypto import SessionProof, identity_from_ssh_cert
+from devicetrust.crypto.certs import identity_from_ssh_cert
+from devicetrust.crypto.identity import SessionProof
 from devicetrust.device.collect import collect
 from devicetrust.device.keys import BACKENDS, default_backend, open_device_key
 from devicetrust.errors import DevicetrustError

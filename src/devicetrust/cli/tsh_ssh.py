@@ -42,7 +42,8 @@ from devicetrust.cli.common import emit, format_option, print_table, warn
 from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore
 from devicetrust.client import AuthApi
-from devicetrust.crypto import Identity, identity_from_ssh_cert
+from devicetrust.crypto.certs import identity_from_ssh_cert
+from devicetrust.crypto.identity import Identity
 from devicetrust.errors import (
     AccessDeniedError,
     ConnectionFailedError,

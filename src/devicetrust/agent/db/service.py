@@ -69,7 +69,10 @@ from devicetrust.agent.membership import AgentConfig, ClusterMembership
 from devicetrust.agent.network import advertised_addr, listen_host_port, socket_addr
 from devicetrust.agent.state import ClusterState
 from devicetrust.config import DatabaseEntry
-from devicetrust.crypto import Identity, load_certificate_pem, private_key_to_pem, verify_x509_client_cert
+from devicetrust.crypto.ca import load_certificate_pem
+from devicetrust.crypto.certs import verify_x509_client_cert
+from devicetrust.crypto.identity import Identity
+from devicetrust.crypto.keys import private_key_to_pem
 from devicetrust.errors import ConfigError, DevicetrustError, TrustError
 from devicetrust.protocol import DatabaseInfo
 from devicetrust.types.clock import utcnow
