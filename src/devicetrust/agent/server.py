@@ -97,16 +97,7 @@ class SSHNode:
         self.config = config
         self.clock = clock
         self.membership = ClusterMembership(
-            AgentConfig(
-                role="node",
-                section="ssh_service",
-                state_dir=config.node_dir,
-                hostname=config.hostname,
-                auth_server=config.auth_server,
-                labels=config.labels,
-                auth_ca_pem=config.auth_ca_pem,
-                join_token=config.join_token,
-            ),
+            AgentConfig.of("node", "ssh_service", config.node_dir, config, labels=config.labels),
             clock=clock,
             on_state=self._state_updated,
         )
