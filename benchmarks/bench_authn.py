@@ -22,15 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, summary_ms
-from devicetrust.crypto import (
-    CertAuthority,
-    DeviceExtensions,
-    Identity,
-    generate_private_key,
-    issue_ssh_user_cert,
-    issue_x509_client_cert,
-    public_key_to_openssh,
-)
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.certs import issue_ssh_user_cert, issue_x509_client_cert
+from devicetrust.crypto.identity import DeviceExtensions, Identity
+from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
 
 PASSWORD = "benchmark password 1"
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "8"))

@@ -73,7 +73,7 @@ def _child(args: argparse.Namespace) -> None:
     from devicetrust.mdm.jamf.config import parse_jamf_service_config
     from devicetrust.mdm.jamf.service import JamfService
     from devicetrust.mdm.sink import BackendSink
-    from devicetrust.storage import Backend
+    from devicetrust.storage.backend import Backend
 
     config = parse_jamf_service_config(
         {
@@ -165,7 +165,7 @@ def _partial_since(storage_url: str) -> str:
     from devicetrust.mdm.jamf.config import InventoryEntry
     from devicetrust.mdm.jamf.engine import PARTIAL_SYNC_OVERLAP, cut_state_key, since_filter
     from devicetrust.mdm.sink import STATE_KEY_PREFIX
-    from devicetrust.storage import Backend
+    from devicetrust.storage.backend import Backend
 
     entry = InventoryEntry(filter_rsql=FILTER, page_size=PAGE_SIZE)
     with Backend.open(storage_url) as backend, backend.begin() as store:
@@ -204,7 +204,7 @@ def _parent() -> None:
             with FakeJamfServer(fake, pki) as server, _database(backend, root) as url:
                 if backend == "sqlite":
                     Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
-                from devicetrust.storage import Backend
+                from devicetrust.storage.backend import Backend
 
                 with Backend.open(url) as opened:
                     opened.migrate()

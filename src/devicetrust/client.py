@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 import pydantic
 
+from devicetrust import protocol
 from devicetrust.errors import (
     ConnectionFailedError,
     DevicetrustError,
@@ -23,51 +24,8 @@ from devicetrust.errors import (
     TrustError,
     error_class,
 )
-from devicetrust.protocol import (
-    NDJSON_MEDIA_TYPE,
-    AddDeviceRequest,
-    AuthenticateBeginRequest,
-    BotJoinRequest,
-    ChallengeMessage,
-    ClusterCAs,
-    CreateBotRequest,
-    CreateBotResponse,
-    CreateTokenRequest,
-    CreateTokenResponse,
-    CreateUserRequest,
-    CreateUserResponse,
-    DatabaseCertRequest,
-    DatabaseCertResponse,
-    DatabaseList,
-    DeviceCertificates,
-    DeviceList,
-    DeviceListQuery,
-    DeviceSummaryList,
-    DeviceWithToken,
-    EnrollBeginRequest,
-    EnrollTokenRequest,
-    EventPage,
-    JsonObject,
-    KubeClusterList,
-    LoginRequest,
-    LoginResponse,
-    Message,
-    NodeList,
-    PingResponse,
-    PutResourceRequest,
-    PutResourceResponse,
-    ResourceDocument,
-    ResourceList,
-    SessionTarget,
-    SignupRequest,
-    SignupResponse,
-    TokenList,
-    UpdateUserRequest,
-    UpdateUserResponse,
-    WhoamiResponse,
-)
 
-_Reply = TypeVar("_Reply", bound=Message)
+_Reply = TypeVar("_Reply", bound=protocol.Message)
 
 #: Seconds to wait for the auth service before telling the user it is unreachable.
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -166,7 +124,7 @@ def segment(value: str) -> str:
     return "%2E" * len(quoted) if quoted in (".", "..") else quoted
 
 
-def body(request: Message) -> dict[str, Any]:
+def body(request: protocol.Message) -> dict[str, Any]:
     """A request model as JSON. Built unvalidated by :class:`AuthApi`: the service validates, and its one-line
     errors are the ones users see."""
     return request.model_dump(mode="json")
@@ -184,7 +142,7 @@ def reply_as(model: type[_Reply], reply: Any, what: str) -> _Reply:
         ) from None
 
 
-def document(reply: Any, what: str) -> ResourceDocument:
+def document(reply: Any, what: str) -> protocol.ResourceDocument:
     if not isinstance(reply, dict):
         raise DevicetrustError(f"the auth service sent an unexpected reply to {what} (expected an object)")
     return reply
@@ -193,74 +151,76 @@ def document(reply: Any, what: str) -> ResourceDocument:
 class AuthApi(AuthClient):
     """The auth service's operations as methods taking and returning :mod:`devicetrust.protocol` models."""
 
-    def ping(self) -> PingResponse:
-        return reply_as(PingResponse, self.get("/v1/ping"), "ping")
+    def ping(self) -> protocol.PingResponse:
+        return reply_as(protocol.PingResponse, self.get("/v1/ping"), "ping")
 
-    def cas(self) -> ClusterCAs:
-        return reply_as(ClusterCAs, self.get("/v1/cas"), "cas")
+    def cas(self) -> protocol.ClusterCAs:
+        return reply_as(protocol.ClusterCAs, self.get("/v1/cas"), "cas")
 
-    def login(self, user: str, password: str, public_key: str, ttl_seconds: int | None = None) -> LoginResponse:
-        request = LoginRequest.model_construct(
+    def login(
+        self, user: str, password: str, public_key: str, ttl_seconds: int | None = None
+    ) -> protocol.LoginResponse:
+        request = protocol.LoginRequest.model_construct(
             user=user, password=password, public_key=public_key, ttl_seconds=ttl_seconds
         )
-        return reply_as(LoginResponse, self.post("/v1/login", body(request)), "login")
+        return reply_as(protocol.LoginResponse, self.post("/v1/login", body(request)), "login")
 
-    def bot_join(self, token: str, public_key: str, ttl_seconds: int | None = None) -> LoginResponse:
-        request = BotJoinRequest.model_construct(token=token, public_key=public_key, ttl_seconds=ttl_seconds)
-        return reply_as(LoginResponse, self.post("/v1/bots/join", body(request)), "bots/join")
+    def bot_join(self, token: str, public_key: str, ttl_seconds: int | None = None) -> protocol.LoginResponse:
+        request = protocol.BotJoinRequest.model_construct(token=token, public_key=public_key, ttl_seconds=ttl_seconds)
+        return reply_as(protocol.LoginResponse, self.post("/v1/bots/join", body(request)), "bots/join")
 
-    def signup(self, token: str, password: str) -> SignupResponse:
-        request = SignupRequest.model_construct(token=token, password=password)
-        return reply_as(SignupResponse, self.post("/v1/signup", body(request)), "signup")
+    def signup(self, token: str, password: str) -> protocol.SignupResponse:
+        request = protocol.SignupRequest.model_construct(token=token, password=password)
+        return reply_as(protocol.SignupResponse, self.post("/v1/signup", body(request)), "signup")
 
     def logout(self) -> None:
         self.post("/v1/logout")
 
-    def whoami(self) -> WhoamiResponse:
-        return reply_as(WhoamiResponse, self.get("/v1/whoami"), "whoami")
+    def whoami(self) -> protocol.WhoamiResponse:
+        return reply_as(protocol.WhoamiResponse, self.get("/v1/whoami"), "whoami")
 
     # -- users, bots, tokens
-    def create_user(self, name: str, roles: list[str], traits: dict[str, list[str]]) -> CreateUserResponse:
-        request = CreateUserRequest.model_construct(name=name, roles=roles, traits=traits)
-        return reply_as(CreateUserResponse, self.post("/v1/users", body(request)), "users")
+    def create_user(self, name: str, roles: list[str], traits: dict[str, list[str]]) -> protocol.CreateUserResponse:
+        request = protocol.CreateUserRequest.model_construct(name=name, roles=roles, traits=traits)
+        return reply_as(protocol.CreateUserResponse, self.post("/v1/users", body(request)), "users")
 
     def update_user(
         self, name: str, *, set_roles: list[str] | None = None, set_traits: dict[str, list[str]] | None = None
-    ) -> UpdateUserResponse:
-        request = UpdateUserRequest.model_construct(set_roles=set_roles, set_traits=set_traits)
-        return reply_as(UpdateUserResponse, self.patch(f"/v1/users/{segment(name)}", body(request)), "users")
+    ) -> protocol.UpdateUserResponse:
+        request = protocol.UpdateUserRequest.model_construct(set_roles=set_roles, set_traits=set_traits)
+        return reply_as(protocol.UpdateUserResponse, self.patch(f"/v1/users/{segment(name)}", body(request)), "users")
 
-    def reset_user(self, name: str) -> CreateUserResponse:
-        return reply_as(CreateUserResponse, self.post(f"/v1/users/{segment(name)}/reset"), "users/reset")
+    def reset_user(self, name: str) -> protocol.CreateUserResponse:
+        return reply_as(protocol.CreateUserResponse, self.post(f"/v1/users/{segment(name)}/reset"), "users/reset")
 
     def create_bot(
         self, name: str, roles: list[str], traits: dict[str, list[str]], token_ttl_seconds: int | None = None
-    ) -> CreateBotResponse:
-        request = CreateBotRequest.model_construct(
+    ) -> protocol.CreateBotResponse:
+        request = protocol.CreateBotRequest.model_construct(
             name=name, roles=roles, traits=traits, token_ttl_seconds=token_ttl_seconds
         )
-        return reply_as(CreateBotResponse, self.post("/v1/bots", body(request)), "bots")
+        return reply_as(protocol.CreateBotResponse, self.post("/v1/bots", body(request)), "bots")
 
-    def create_token(self, kind: str, ttl_seconds: int | None = None) -> CreateTokenResponse:
-        request = CreateTokenRequest.model_construct(type=kind, ttl_seconds=ttl_seconds)
-        return reply_as(CreateTokenResponse, self.post("/v1/tokens", body(request)), "tokens")
+    def create_token(self, kind: str, ttl_seconds: int | None = None) -> protocol.CreateTokenResponse:
+        request = protocol.CreateTokenRequest.model_construct(type=kind, ttl_seconds=ttl_seconds)
+        return reply_as(protocol.CreateTokenResponse, self.post("/v1/tokens", body(request)), "tokens")
 
-    def list_tokens(self) -> TokenList:
-        return reply_as(TokenList, self.get("/v1/tokens"), "tokens")
+    def list_tokens(self) -> protocol.TokenList:
+        return reply_as(protocol.TokenList, self.get("/v1/tokens"), "tokens")
 
     def delete_token(self, identifier: str) -> None:
         self.delete(f"/v1/tokens/{segment(identifier)}")
 
     # -- resources
-    def list_resources(self, kind: str) -> ResourceList:
-        return reply_as(ResourceList, self.get(f"/v1/resources/{segment(kind)}"), "resources")
+    def list_resources(self, kind: str) -> protocol.ResourceList:
+        return reply_as(protocol.ResourceList, self.get(f"/v1/resources/{segment(kind)}"), "resources")
 
-    def get_resource(self, kind: str, name: str) -> ResourceDocument:
+    def get_resource(self, kind: str, name: str) -> protocol.ResourceDocument:
         return document(self.get(f"/v1/resources/{segment(kind)}/{segment(name)}"), "resources")
 
-    def put_resource(self, resource: ResourceDocument, *, force: bool = False) -> PutResourceResponse:
-        request = PutResourceRequest.model_construct(resource=resource, force=force)
-        return reply_as(PutResourceResponse, self.put("/v1/resources", body(request)), "resources")
+    def put_resource(self, resource: protocol.ResourceDocument, *, force: bool = False) -> protocol.PutResourceResponse:
+        request = protocol.PutResourceRequest.model_construct(resource=resource, force=force)
+        return reply_as(protocol.PutResourceResponse, self.put("/v1/resources", body(request)), "resources")
 
     def delete_resource(self, kind: str, name: str) -> None:
         self.delete(f"/v1/resources/{segment(kind)}/{segment(name)}")
@@ -268,45 +228,45 @@ class AuthApi(AuthClient):
     # -- devices
     def add_device(
         self, os_type: str, asset_tag: str, *, create_enroll_token: bool = False, enroll_token_ttl_seconds: int | None
-    ) -> DeviceWithToken:
-        request = AddDeviceRequest.model_construct(
+    ) -> protocol.DeviceWithToken:
+        request = protocol.AddDeviceRequest.model_construct(
             os_type=os_type,
             asset_tag=asset_tag,
             create_enroll_token=create_enroll_token,
             enroll_token_ttl_seconds=enroll_token_ttl_seconds,
         )
-        return reply_as(DeviceWithToken, self.post("/v1/devices", body(request)), "devices")
+        return reply_as(protocol.DeviceWithToken, self.post("/v1/devices", body(request)), "devices")
 
-    def list_devices(self, query: DeviceListQuery | None = None) -> DeviceList:
+    def list_devices(self, query: protocol.DeviceListQuery | None = None) -> protocol.DeviceList:
         """One page of the inventory, whole documents (``query.view`` is ignored)."""
         params = _device_query(query, view="resource")
-        return reply_as(DeviceList, self.get("/v1/devices", **params), "devices")
+        return reply_as(protocol.DeviceList, self.get("/v1/devices", **params), "devices")
 
-    def list_device_summaries(self, query: DeviceListQuery | None = None) -> DeviceSummaryList:
+    def list_device_summaries(self, query: protocol.DeviceListQuery | None = None) -> protocol.DeviceSummaryList:
         """One page of the inventory as ``tctl devices ls`` shows it."""
         params = _device_query(query, view="summary")
-        return reply_as(DeviceSummaryList, self.get("/v1/devices", **params), "devices")
+        return reply_as(protocol.DeviceSummaryList, self.get("/v1/devices", **params), "devices")
 
-    def stream_devices(self, query: DeviceListQuery) -> DeviceStream:
+    def stream_devices(self, query: protocol.DeviceListQuery) -> DeviceStream:
         """The listing streamed (``query.page_size``: at most that many devices, default all); see
         :class:`DeviceStream`."""
         return DeviceStream(self, _device_query(query))
 
-    def find_devices(self, asset_tag: str) -> DeviceList:
-        return self.list_devices(DeviceListQuery.model_construct(asset_tag=asset_tag))
+    def find_devices(self, asset_tag: str) -> protocol.DeviceList:
+        return self.list_devices(protocol.DeviceListQuery.model_construct(asset_tag=asset_tag))
 
-    def get_device(self, device_id: str) -> ResourceDocument:
+    def get_device(self, device_id: str) -> protocol.ResourceDocument:
         return document(self.get(f"/v1/devices/{segment(device_id)}"), "devices")
 
-    def delete_device(self, device_id: str) -> ResourceDocument:
+    def delete_device(self, device_id: str) -> protocol.ResourceDocument:
         return document(self.delete(f"/v1/devices/{segment(device_id)}"), "devices")
 
-    def create_enroll_token(self, device_id: str, ttl_seconds: int | None = None) -> DeviceWithToken:
-        request = EnrollTokenRequest.model_construct(ttl_seconds=ttl_seconds)
+    def create_enroll_token(self, device_id: str, ttl_seconds: int | None = None) -> protocol.DeviceWithToken:
+        request = protocol.EnrollTokenRequest.model_construct(ttl_seconds=ttl_seconds)
         path = f"/v1/devices/{segment(device_id)}/enroll-token"
-        return reply_as(DeviceWithToken, self.post(path, body(request)), "enroll-token")
+        return reply_as(protocol.DeviceWithToken, self.post(path, body(request)), "enroll-token")
 
-    def unenroll_device(self, device_id: str) -> ResourceDocument:
+    def unenroll_device(self, device_id: str) -> protocol.ResourceDocument:
         return document(self.post(f"/v1/devices/{segment(device_id)}/unenroll"), "unenroll")
 
     def enroll_begin(
@@ -314,46 +274,55 @@ class AuthApi(AuthClient):
         *,
         token: str | None,
         credential_id: str,
-        device_data: JsonObject,
-        tpm: JsonObject | None = None,
-        key: JsonObject | None = None,
-    ) -> ChallengeMessage:
-        request = EnrollBeginRequest.model_construct(
+        device_data: protocol.JsonObject,
+        tpm: protocol.JsonObject | None = None,
+        key: protocol.JsonObject | None = None,
+    ) -> protocol.ChallengeMessage:
+        request = protocol.EnrollBeginRequest.model_construct(
             token=token, credential_id=credential_id, device_data=device_data, tpm=tpm, key=key
         )
-        return reply_as(ChallengeMessage, self.post("/v1/devices/enroll/begin", body(request)), "enroll/begin")
+        return reply_as(protocol.ChallengeMessage, self.post("/v1/devices/enroll/begin", body(request)), "enroll/begin")
 
-    def enroll_finish(self, answer: JsonObject) -> ResourceDocument:
+    def enroll_finish(self, answer: protocol.JsonObject) -> protocol.ResourceDocument:
         return document(self.post("/v1/devices/enroll/finish", answer), "enroll/finish")
 
     def authenticate_begin(
-        self, *, credential_id: str, device_data: JsonObject, ssh_cert: str, target: SessionTarget | None = None
-    ) -> ChallengeMessage:
-        request = AuthenticateBeginRequest.model_construct(
+        self,
+        *,
+        credential_id: str,
+        device_data: protocol.JsonObject,
+        ssh_cert: str,
+        target: protocol.SessionTarget | None = None,
+    ) -> protocol.ChallengeMessage:
+        request = protocol.AuthenticateBeginRequest.model_construct(
             credential_id=credential_id, device_data=device_data, ssh_cert=ssh_cert, target=target
         )
         path = "/v1/devices/authenticate/begin"
-        return reply_as(ChallengeMessage, self.post(path, body(request)), "authenticate/begin")
+        return reply_as(protocol.ChallengeMessage, self.post(path, body(request)), "authenticate/begin")
 
-    def authenticate_finish(self, answer: JsonObject) -> DeviceCertificates:
+    def authenticate_finish(self, answer: protocol.JsonObject) -> protocol.DeviceCertificates:
         path = "/v1/devices/authenticate/finish"
-        return reply_as(DeviceCertificates, self.post(path, answer), "authenticate/finish")
+        return reply_as(protocol.DeviceCertificates, self.post(path, answer), "authenticate/finish")
 
     # -- nodes, databases, audit
-    def list_nodes(self) -> NodeList:
-        return reply_as(NodeList, self.get("/v1/nodes"), "nodes")
+    def list_nodes(self) -> protocol.NodeList:
+        return reply_as(protocol.NodeList, self.get("/v1/nodes"), "nodes")
 
-    def list_databases(self) -> DatabaseList:
-        return reply_as(DatabaseList, self.get("/v1/databases"), "databases")
+    def list_databases(self) -> protocol.DatabaseList:
+        return reply_as(protocol.DatabaseList, self.get("/v1/databases"), "databases")
 
-    def list_kube_clusters(self) -> KubeClusterList:
-        return reply_as(KubeClusterList, self.get("/v1/kube/clusters"), "kube/clusters")
+    def list_kube_clusters(self) -> protocol.KubeClusterList:
+        return reply_as(protocol.KubeClusterList, self.get("/v1/kube/clusters"), "kube/clusters")
 
-    def database_cert(self, database: str, ssh_cert: str, db_user: str = "", db_name: str = "") -> DatabaseCertResponse:
-        request = DatabaseCertRequest.model_construct(
+    def database_cert(
+        self, database: str, ssh_cert: str, db_user: str = "", db_name: str = ""
+    ) -> protocol.DatabaseCertResponse:
+        request = protocol.DatabaseCertRequest.model_construct(
             database=database, ssh_cert=ssh_cert, db_user=db_user, db_name=db_name
         )
-        return reply_as(DatabaseCertResponse, self.post("/v1/databases/certs", body(request)), "databases/certs")
+        return reply_as(
+            protocol.DatabaseCertResponse, self.post("/v1/databases/certs", body(request)), "databases/certs"
+        )
 
     def events(
         self,
@@ -365,7 +334,7 @@ class AuthApi(AuthClient):
         limit: int | None = None,
         after: int | None = None,
         newest: bool = False,
-    ) -> EventPage:
+    ) -> protocol.EventPage:
         params = {
             "since": since.isoformat() if since else None,
             "until": until.isoformat() if until else None,
@@ -375,7 +344,7 @@ class AuthApi(AuthClient):
             "after": after,
             "newest": "true" if newest else None,
         }
-        return reply_as(EventPage, self.get("/v1/events", **params), "events")
+        return reply_as(protocol.EventPage, self.get("/v1/events", **params), "events")
 
 
 class DeviceStream:
@@ -393,12 +362,14 @@ class DeviceStream:
         http = self._client._http
         with (
             transport_errors(self._client.addr, untrusted=UNTRUSTED_AUTH_SERVICE),
-            http.stream("GET", "/v1/devices", params=self._params, headers={"Accept": NDJSON_MEDIA_TYPE}) as reply,
+            http.stream(
+                "GET", "/v1/devices", params=self._params, headers={"Accept": protocol.NDJSON_MEDIA_TYPE}
+            ) as reply,
         ):
             if reply.status_code >= 400:
                 reply.read()
                 raise error_from_response(reply)
-            if not reply.headers.get("content-type", "").startswith(NDJSON_MEDIA_TYPE):
+            if not reply.headers.get("content-type", "").startswith(protocol.NDJSON_MEDIA_TYPE):
                 raise DevicetrustError("the auth service sent an unexpected reply to devices (expected JSON lines)")
             # The last complete line may be the one that ends the stream: it is held back until more arrive.
             held: bytes | None = None
@@ -431,9 +402,9 @@ class DeviceStream:
         return token
 
 
-def _device_query(query: DeviceListQuery | None, **override: str) -> dict[str, Any]:
+def _device_query(query: protocol.DeviceListQuery | None, **override: str) -> dict[str, Any]:
     """The query's parameters, leaving out what is unset (an empty filter is set: it means "none")."""
-    fields = (query or DeviceListQuery.model_construct()).model_dump(exclude_none=True)
+    fields = (query or protocol.DeviceListQuery.model_construct()).model_dump(exclude_none=True)
     fields.update(override)
     if fields.get("view") == "resource":
         del fields["view"]

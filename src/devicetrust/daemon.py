@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import uvicorn
 from cryptography.hazmat.primitives import serialization
@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from devicetrust.auth.app import build_app
 from devicetrust.auth.server import AuthServer, Caller
 from devicetrust.config import AdminIdentity, Config, is_ip_address, split_host_port
-from devicetrust.crypto import generate_private_key, load_private_key_pem, private_key_to_pem
+from devicetrust.crypto.keys import generate_private_key, load_private_key_pem, private_key_to_pem
 from devicetrust.errors import ConfigError
 from devicetrust.files import write_atomic
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from devicetrust.types import preset_roles
 
 if TYPE_CHECKING:
@@ -290,18 +290,32 @@ class _AgentSection(Protocol):
     @property
     def ca_file(self) -> Path | None: ...
 
+    @property
+    def listen_addr(self) -> str: ...
+
+    def effective_hostname(self) -> str: ...
+
     def read_join_token(self) -> str: ...
 
 
 JoinToken = str | Callable[[], str] | None
 
 
-def _agent_join(
+class _AgentSettings(TypedDict):
+    """What every agent's settings (NodeConfig, DatabaseServiceConfig, KubeServiceConfig) take alike."""
+
+    hostname: str
+    listen_addr: str
+    auth_ca_pem: str | None
+    join_token: JoinToken
+
+
+def _agent_settings(
     config: Config, server: AuthServer | None, section: _AgentSection, name: str, agent: str
-) -> tuple[str | None, JoinToken]:
-    """The host CA (PEM) an agent verifies the auth service with, and its join token: from the section's files,
-    else (auth in this process, ``server``) the cluster's CA and a token minted here when it must join, else the
-    CA from the local admin identity."""
+) -> _AgentSettings:
+    """The agent's host name and address, the host CA (PEM) it verifies the auth service with, and its join
+    token: from the section's files, else (auth in this process, ``server``) the cluster's CA and a token minted
+    here when it must join, else the CA from the local admin identity."""
     local = server is not None and not section.auth_server
     ca_pem: str | None = None
     if section.ca_file is not None:
@@ -317,7 +331,9 @@ def _agent_join(
     if token is None and local and server is not None:
         in_process = server
         token = lambda: mint_node_join_token(in_process, agent)  # noqa: E731 - called only if it must join
-    return ca_pem, token
+    return _AgentSettings(
+        hostname=section.effective_hostname(), listen_addr=section.listen_addr, auth_ca_pem=ca_pem, join_token=token
+    )
 
 
 def node_config(config: Config, server: AuthServer | None) -> NodeConfig:
@@ -326,15 +342,11 @@ def node_config(config: Config, server: AuthServer | None) -> NodeConfig:
 
     ssh = config.ssh_service
     auth_server = config.node_auth_server()
-    ca_pem, token = _agent_join(config, server, ssh, "ssh_service", "node")
     return NodeConfig(
         node_dir=config.node_dir,
-        hostname=ssh.effective_hostname(),
-        listen_addr=ssh.listen_addr,
         auth_server=auth_server,
         labels=dict(ssh.labels),
-        auth_ca_pem=ca_pem,
-        join_token=token,
+        **_agent_settings(config, server, ssh, "ssh_service", "node"),
     )
 
 
@@ -343,15 +355,11 @@ def kube_service_config(config: Config, server: AuthServer | None) -> KubeServic
     from devicetrust.agent.kube.service import KubeServiceConfig
 
     kube = config.kube_service
-    ca_pem, token = _agent_join(config, server, kube, "kube_service", "kube")
     return KubeServiceConfig(
+        **_agent_settings(config, server, kube, "kube_service", "kube"),
         service_dir=config.kube_service_dir,
-        hostname=kube.effective_hostname(),
-        listen_addr=kube.listen_addr,
         auth_server=config.kube_auth_server(),
         clusters=kube.kubernetes_clusters,
-        auth_ca_pem=ca_pem,
-        join_token=token,
     )
 
 
@@ -360,15 +368,11 @@ def database_service_config(config: Config, server: AuthServer | None) -> Databa
     from devicetrust.agent.db.service import DatabaseServiceConfig
 
     db = config.db_service
-    ca_pem, token = _agent_join(config, server, db, "db_service", "db")
     return DatabaseServiceConfig(
+        **_agent_settings(config, server, db, "db_service", "db"),
         service_dir=config.db_service_dir,
-        hostname=db.effective_hostname(),
-        listen_addr=db.listen_addr,
         auth_server=config.db_auth_server(),
         databases=db.databases,
-        auth_ca_pem=ca_pem,
-        join_token=token,
     )
 
 

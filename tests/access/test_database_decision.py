@@ -19,7 +19,7 @@ from devicetrust.access import (
     decide,
 )
 from devicetrust.access.decision import NO_SESSION_PROOF, NO_TRUSTED_DEVICE, PROOF_FOR_ANOTHER_TARGET
-from devicetrust.crypto import DeviceExtensions, Identity, SessionProof
+from devicetrust.crypto.identity import DeviceExtensions, Identity, SessionProof
 from devicetrust.types import Lock, LockTarget, Metadata, Role, RoleConditions, RoleOptions, preset_roles
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

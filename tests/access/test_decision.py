@@ -17,7 +17,7 @@ from devicetrust.access.decision import (
     PROOF_FOR_ANOTHER_TARGET,
     PROOF_NOT_YET_VALID,
 )
-from devicetrust.crypto import DeviceExtensions, Identity, SessionProof
+from devicetrust.crypto.identity import DeviceExtensions, Identity, SessionProof
 from devicetrust.types import Lock, LockTarget, Metadata, Role, RoleConditions, RoleOptions, preset_roles
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

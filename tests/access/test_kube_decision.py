@@ -12,7 +12,7 @@ import pytest
 
 from devicetrust.access import KUBE_ACCESS_DENIED, TRUSTED_DEVICE_REQUIRED, Decision, KubeClusterTarget, decide
 from devicetrust.access.decision import NO_SESSION_PROOF, NO_TRUSTED_DEVICE, PROOF_FOR_ANOTHER_TARGET
-from devicetrust.crypto import DeviceExtensions, Identity, SessionProof
+from devicetrust.crypto.identity import DeviceExtensions, Identity, SessionProof
 from devicetrust.types import Lock, LockTarget, Metadata, Role, RoleConditions, RoleOptions, preset_roles
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

@@ -24,17 +24,12 @@ from argon2 import PasswordHasher
 from devicetrust.agent.server import NodeConfig, SSHNode
 from devicetrust.auth.server import AuthServer, Caller
 from devicetrust.config import render_default_config
-from devicetrust.crypto import (
-    CertAuthority,
-    DeviceExtensions,
-    Identity,
-    SessionProof,
-    generate_private_key,
-    issue_ssh_user_cert,
-    private_key_to_pem,
-)
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.certs import issue_ssh_user_cert
+from devicetrust.crypto.identity import DeviceExtensions, Identity, SessionProof
+from devicetrust.crypto.keys import generate_private_key, private_key_to_pem
 from devicetrust.daemon import mint_node_join_token
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from devicetrust.types import ClusterAuthPreference, DeviceTrustSettings, Lock, LockTarget, Role, resource_to_dict
 from tests.integration.cluster import free_port
 

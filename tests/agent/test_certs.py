@@ -13,18 +13,15 @@ import pytest
 from asyncssh.public_key import SSHOpenSSHCertificate
 
 from devicetrust.agent.certs import ClientKeyCapture, cert_line, gate_agent_forwarding
-from devicetrust.crypto import (
-    EXT_DEVICE_ID,
-    EXT_ROLES,
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.certs import (
     MAX_SSH_CERT_BYTES,
     SSH_PERMIT_EXTENSIONS,
-    CertAuthority,
-    DeviceExtensions,
-    Identity,
-    generate_private_key,
     issue_ssh_user_cert,
     verify_ssh_user_cert,
 )
+from devicetrust.crypto.identity import EXT_DEVICE_ID, EXT_ROLES, DeviceExtensions, Identity
+from devicetrust.crypto.keys import generate_private_key
 from devicetrust.errors import TrustError
 
 NOW = datetime.now(UTC).replace(microsecond=0)

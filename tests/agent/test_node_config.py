@@ -13,10 +13,10 @@ from argon2 import PasswordHasher
 from devicetrust.agent.identity import NodeIdentity, load_host_key, load_identity, save_identity
 from devicetrust.auth.server import AuthServer
 from devicetrust.config import AdminIdentity, Config, parse_config, render_default_config
-from devicetrust.crypto import generate_private_key, public_key_to_openssh
+from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
 from devicetrust.daemon import node_config
 from devicetrust.errors import ConfigError
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 
 
 def config(ssh: dict[str, Any], auth: dict[str, Any] | None = None) -> Config:

@@ -15,7 +15,8 @@ from devicetrust.access import UNAUTHORIZED_DEVICE
 from devicetrust.access.decision import NO_SESSION_PROOF, PROOF_EXPIRED, PROOF_FOR_ANOTHER_TARGET
 from devicetrust.agent.server import SSHNode
 from devicetrust.agent.state import STATE_POLL_SECONDS
-from devicetrust.crypto import CertAuthority, DeviceExtensions
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.identity import DeviceExtensions
 from devicetrust.types import Metadata, Role, RoleConditions, RoleOptions
 from tests.agent.harness import DEVICE, LOGIN, ClientKey, Cluster, start_daemon, wait_for
 

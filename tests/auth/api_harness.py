@@ -14,7 +14,7 @@ from argon2 import PasswordHasher
 
 from devicetrust.auth.app import build_app
 from devicetrust.auth.server import AuthServer
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 
 START_TIMEOUT_SECONDS = 30
 

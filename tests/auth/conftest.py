@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.auth.api_harness import RunningApi, serve_api
 
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from devicetrust.auth.server import (
     AuthServer,
     Caller,
 )
-from devicetrust.crypto import generate_private_key, public_key_to_openssh, verify_ssh_user_cert
+from devicetrust.crypto.certs import verify_ssh_user_cert
+from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
 from devicetrust.errors import (
     AccessDeniedError,
     AlreadyExistsError,
@@ -26,7 +27,7 @@ from devicetrust.errors import (
     SessionExpiredError,
     ValidationError,
 )
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from devicetrust.types import resource_to_dict
 
 PASSWORD = "a long enough password"

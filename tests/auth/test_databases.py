@@ -11,9 +11,11 @@ from tests.auth.test_auth_server import PASSWORD, Clock, make_server, public_key
 
 from devicetrust.auth.databases import DB_SERVICE_TTL
 from devicetrust.auth.server import AuthServer, Caller
-from devicetrust.crypto import DatabaseRoute, load_certificate_pem, verify_x509_client_cert
+from devicetrust.crypto.ca import load_certificate_pem
+from devicetrust.crypto.certs import verify_x509_client_cert
+from devicetrust.crypto.identity import DatabaseRoute
 from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 
 _SAN = ExtensionOID.SUBJECT_ALTERNATIVE_NAME
 

@@ -17,7 +17,7 @@ from tests.auth.api_harness import RunningApi
 
 from devicetrust.auth import devices as devices_module
 from devicetrust.client import AuthApi, DeviceStream
-from devicetrust.crypto import generate_private_key, public_key_to_openssh
+from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
 from devicetrust.errors import AccessDeniedError, DevicetrustError, ValidationError
 from devicetrust.protocol import (
     NDJSON_MEDIA_TYPE,
@@ -26,7 +26,7 @@ from devicetrust.protocol import (
     DeviceSummary,
     DeviceSummaryList,
 )
-from devicetrust.storage import DeviceRepository
+from devicetrust.storage.repositories import DeviceRepository
 from devicetrust.types import Device, DeviceCredential, DeviceSource, resource_to_dict
 
 PASSWORD = "a long enough password"

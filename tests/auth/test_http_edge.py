@@ -10,7 +10,7 @@ import pytest
 from tests.auth.api_harness import RunningApi
 
 from devicetrust.auth.edge import MAX_ERROR_MESSAGE_CHARS, MAX_REQUEST_BODY_BYTES
-from devicetrust.crypto import generate_private_key, public_key_to_openssh
+from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
 
 PASSWORD = "a long enough password"
 HUGE = "1e18"

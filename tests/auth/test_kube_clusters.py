@@ -11,9 +11,9 @@ from tests.auth.test_auth_server import PASSWORD, Clock, make_server, public_key
 
 from devicetrust.auth.kube import KUBE_SERVICE_TTL
 from devicetrust.auth.server import AuthServer, Caller
-from devicetrust.crypto import load_certificate_pem
+from devicetrust.crypto.ca import load_certificate_pem
 from devicetrust.errors import AuthenticationError, ValidationError
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 
 CLUSTERS = [{"name": "prod", "labels": {"env": "prod"}}, {"name": "staging", "labels": {"env": "staging"}}]
 

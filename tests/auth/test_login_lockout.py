@@ -10,9 +10,9 @@ import pytest
 from tests.auth.api_harness import RunningApi, fast_auth_server
 
 from devicetrust.auth.server import MAX_LOGIN_FAILURES, MAX_LOGIN_FAILURES_PER_ADDRESS, AuthServer
-from devicetrust.crypto import generate_private_key, public_key_to_openssh
+from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
 from devicetrust.errors import AuthenticationError, RateLimitedError
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 
 PASSWORD = "a long enough password"
 RACERS = 40

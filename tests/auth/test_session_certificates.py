@@ -16,8 +16,9 @@ from tests.auth.test_auth_server import PASSWORD, Clock, make_server
 
 from devicetrust.auth.server import Caller
 from devicetrust.ceremony.messages import CeremonyError, ChallengeResponse, CollectedData, KeyEnrollPayload
-from devicetrust.crypto import generate_private_key, identity_from_ssh_cert, public_key_to_openssh
-from devicetrust.storage import Backend
+from devicetrust.crypto.certs import identity_from_ssh_cert
+from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
+from devicetrust.storage.backend import Backend
 
 SERIAL = "SN-SESSION-1"
 NODE = ("ssh", "0b6c3f1e-7d0e-4a57-9a43-2d0c3e9b8f11")

@@ -37,15 +37,10 @@ from tests.integration.test_cluster_cli import ok, one_line_error, require_tool
 
 from devicetrust.cli.profile import Profile, ProfileStore
 from devicetrust.client import AuthClient
-from devicetrust.crypto import (
-    CertAuthority,
-    Identity,
-    generate_private_key,
-    issue_ssh_host_cert,
-    issue_ssh_user_cert,
-    private_key_to_pem,
-    public_key_to_openssh,
-)
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.certs import issue_ssh_host_cert, issue_ssh_user_cert
+from devicetrust.crypto.identity import Identity
+from devicetrust.crypto.keys import generate_private_key, private_key_to_pem, public_key_to_openssh
 
 pytestmark = pytest.mark.integration
 

@@ -9,18 +9,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from devicetrust.crypto import (
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.certs import issue_x509_client_cert, verify_x509_client_cert
+from devicetrust.crypto.identity import (
     OID_DB_NAME,
     OID_DB_PROTOCOL,
     OID_DB_SERVICE,
     OID_DB_USER,
-    CertAuthority,
     DatabaseRoute,
     Identity,
-    generate_private_key,
-    issue_x509_client_cert,
-    verify_x509_client_cert,
 )
+from devicetrust.crypto.keys import generate_private_key
 from devicetrust.errors import TrustError, ValidationError
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -9,13 +9,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from devicetrust.crypto import (
-    CA_VALIDITY,
-    CertAuthority,
-    DeviceExtensions,
-    Identity,
-    load_public_key,
-)
+from devicetrust.crypto.ca import CA_VALIDITY, CertAuthority
+from devicetrust.crypto.identity import DeviceExtensions, Identity
+from devicetrust.crypto.keys import load_public_key
 from devicetrust.errors import ValidationError
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

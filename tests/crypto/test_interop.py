@@ -12,25 +12,24 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from devicetrust.crypto import (
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.certs import (
+    certificate_to_pem,
+    issue_ssh_host_cert,
+    issue_ssh_user_cert,
+    issue_tls_server_cert,
+    issue_x509_client_cert,
+)
+from devicetrust.crypto.identity import (
     EXT_DEVICE_ASSET_TAG,
     EXT_DEVICE_CREDENTIAL_ID,
     EXT_DEVICE_ID,
     EXT_ROLES,
     EXT_TRAITS,
-    CertAuthority,
     DeviceExtensions,
     Identity,
-    certificate_to_pem,
-    fingerprint_sha256,
-    generate_private_key,
-    issue_ssh_host_cert,
-    issue_ssh_user_cert,
-    issue_tls_server_cert,
-    issue_x509_client_cert,
-    private_key_to_pem,
-    public_key_to_openssh,
 )
+from devicetrust.crypto.keys import fingerprint_sha256, generate_private_key, private_key_to_pem, public_key_to_openssh
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 DEVICE = DeviceExtensions(device_id="dev-1", asset_tag="C02ABC", credential_id="cred-1")

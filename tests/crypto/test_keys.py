@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from devicetrust.crypto import (
+from devicetrust.crypto.keys import (
     fingerprint_sha256,
     generate_private_key,
     load_private_key_pem,

@@ -11,27 +11,28 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
 
-from devicetrust.crypto import (
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.certs import (
+    NOLOGIN_PRINCIPAL_PREFIX,
+    SSH_PERMIT_EXTENSIONS,
+    identity_from_ssh_cert,
+    issue_ssh_host_cert,
+    issue_ssh_user_cert,
+    load_ssh_certificate,
+    ssh_cert_extension_names,
+    verify_ssh_user_cert,
+)
+from devicetrust.crypto.identity import (
     EXT_BOT_NAME,
     EXT_DEVICE_ASSET_TAG,
     EXT_DEVICE_CREDENTIAL_ID,
     EXT_DEVICE_ID,
     EXT_ROLES,
     EXT_TRAITS,
-    NOLOGIN_PRINCIPAL_PREFIX,
-    SSH_PERMIT_EXTENSIONS,
-    CertAuthority,
     DeviceExtensions,
     Identity,
-    generate_private_key,
-    identity_from_ssh_cert,
-    issue_ssh_host_cert,
-    issue_ssh_user_cert,
-    load_ssh_certificate,
-    public_key_to_openssh,
-    ssh_cert_extension_names,
-    verify_ssh_user_cert,
 )
+from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
 from devicetrust.errors import TrustError, ValidationError
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

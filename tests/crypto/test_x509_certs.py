@@ -12,23 +12,24 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from devicetrust.crypto import (
-    CA_VALIDITY,
+from devicetrust.crypto.ca import CA_VALIDITY, CertAuthority
+from devicetrust.crypto.certs import (
+    identity_from_x509_cert,
+    issue_tls_server_cert,
+    issue_x509_client_cert,
+    verify_x509_client_cert,
+)
+from devicetrust.crypto.identity import (
     OID_BOT_NAME,
     OID_DEVICE_ASSET_TAG,
     OID_DEVICE_CREDENTIAL_ID,
     OID_DEVICE_ID,
     OID_LOGINS,
     OID_TRAITS,
-    CertAuthority,
     DeviceExtensions,
     Identity,
-    generate_private_key,
-    identity_from_x509_cert,
-    issue_tls_server_cert,
-    issue_x509_client_cert,
-    verify_x509_client_cert,
 )
+from devicetrust.crypto.keys import generate_private_key
 from devicetrust.errors import TrustError, ValidationError
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

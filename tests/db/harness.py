@@ -23,17 +23,10 @@ import pytest
 
 from devicetrust.agent.db.service import DatabaseService, DatabaseServiceConfig
 from devicetrust.config import DatabaseEntry
-from devicetrust.crypto import (
-    CertAuthority,
-    DatabaseRoute,
-    DeviceExtensions,
-    Identity,
-    SessionProof,
-    certificate_to_pem,
-    generate_private_key,
-    issue_x509_client_cert,
-    private_key_to_pem,
-)
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.certs import certificate_to_pem, issue_x509_client_cert
+from devicetrust.crypto.identity import DatabaseRoute, DeviceExtensions, Identity, SessionProof
+from devicetrust.crypto.keys import generate_private_key, private_key_to_pem
 from devicetrust.daemon import mint_node_join_token
 from tests.agent.harness import Cluster
 

@@ -21,7 +21,7 @@ import pytest
 from devicetrust.access import DB_ACCESS_DENIED, TRUSTED_DEVICE_REQUIRED
 from devicetrust.access.decision import NO_SESSION_PROOF, PROOF_FOR_ANOTHER_TARGET
 from devicetrust.config import DatabaseEntry
-from devicetrust.crypto import CertAuthority
+from devicetrust.crypto.ca import CertAuthority
 from devicetrust.types import Metadata, Role, RoleConditions
 from tests.agent.harness import Cluster
 from tests.db.harness import DEVICE, PG_URI, ClientFiles, ServiceThread, client_files, require_psql, running_service

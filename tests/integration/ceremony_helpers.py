@@ -16,7 +16,7 @@ from benchmarks.harness import LeanClient
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from devicetrust.crypto import generate_private_key, private_key_to_pem, public_key_to_openssh
+from devicetrust.crypto.keys import generate_private_key, private_key_to_pem, public_key_to_openssh
 
 CAP_PATH = "/v1/resources/cap/cluster-auth-preference"
 #: The OS account sessions run as (created by tests/agent/harness.py:require_root_login).

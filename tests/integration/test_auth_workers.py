@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from benchmarks.harness import LeanClient, process_tree
 
-from devicetrust.crypto import identity_from_ssh_cert
+from devicetrust.crypto.certs import identity_from_ssh_cert
 from tests.integration.ceremony_helpers import (
     SoftwareDevice,
     answer,

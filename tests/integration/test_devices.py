@@ -337,7 +337,7 @@ def test_device_trust_off_refuses_authentication(devices_cluster: Cluster, tmp_p
 def test_one_token_many_concurrent_enrollments(devices_cluster: Cluster, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    from devicetrust.crypto import generate_private_key
+    from devicetrust.crypto.keys import generate_private_key
 
     cluster = devices_cluster
     set_device_trust(cluster, tmp_path, allow_unsafe_software_keys=True)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from devicetrust.types import Device, DeviceCredential, DeviceSource, os_display_name, resource_to_dict
 from tests.integration.cluster import Cluster
 

@@ -11,7 +11,7 @@ import pytest
 
 from devicetrust import daemon
 from devicetrust.auth.server import AuthServer
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from tests.auth.api_harness import fast_auth_server
 
 

@@ -26,19 +26,18 @@ import pytest
 from benchmarks.harness import LeanClient
 from cryptography.hazmat.primitives.serialization import SSHCertificate, SSHCertificateBuilder, load_ssh_public_identity
 
-from devicetrust.crypto import (
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.crypto.certs import issue_ssh_user_cert
+from devicetrust.crypto.identity import (
     EXT_DEVICE_ASSET_TAG,
     EXT_DEVICE_CREDENTIAL_ID,
     EXT_DEVICE_ID,
-    CertAuthority,
     DeviceExtensions,
     Identity,
     SessionProof,
-    generate_private_key,
-    issue_ssh_user_cert,
-    private_key_to_pem,
 )
-from devicetrust.storage import Backend
+from devicetrust.crypto.keys import generate_private_key, private_key_to_pem
+from devicetrust.storage.backend import Backend
 from tests.agent.harness import require_root_login
 from tests.integration.ceremony_helpers import (
     LOGIN,

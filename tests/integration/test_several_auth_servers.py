@@ -13,7 +13,7 @@ import httpx
 import psycopg
 import pytest
 
-from devicetrust.crypto import generate_private_key, public_key_to_openssh
+from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
 from tests.conftest import postgres_schema_url
 from tests.integration.cluster import PASSWORD, Cluster, start_cluster
 from tests.integration.test_cluster_cli import host_ca, ok

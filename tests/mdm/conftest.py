@@ -16,7 +16,7 @@ import pytest
 
 from devicetrust.mdm.jamf.client import JamfClient, RetryPolicy
 from devicetrust.mdm.jamf.config import JamfServiceConfig, OAuthCredentials, parse_jamf_service_config
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from tests.fakes.jamf.server import FakeJamf, FakeJamfServer, Inventory, load_inventory_json
 from tests.fakes.pki import TestPKI, make_test_pki
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from devicetrust.cli.common import DevicetrustGroup
 from devicetrust.cli.jamf import jamf as jamf_group
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from devicetrust.types import Device, resource_to_dict
 from tests.fakes.jamf.server import FakeJamf
 from tests.mdm.conftest import JamfSetup

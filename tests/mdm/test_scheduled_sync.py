@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from tests.integration.cluster import BIN, start_cluster
 from tests.mdm.conftest import JamfSetup
 

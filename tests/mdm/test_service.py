@@ -19,7 +19,8 @@ from devicetrust.mdm.jamf.config import JamfServiceConfig
 from devicetrust.mdm.jamf.errors import JamfAuthError
 from devicetrust.mdm.jamf.service import JamfService, JamfServiceThread, default_client
 from devicetrust.mdm.sink import BackendSink, SyncReport
-from devicetrust.storage import Backend, Store
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.repositories import Store
 from tests.fakes.jamf.server import FakeJamf
 from tests.mdm.conftest import FAST_RETRY, JamfSetup
 

@@ -15,7 +15,9 @@ from devicetrust.mdm.jamf.config import InventoryEntry
 from devicetrust.mdm.jamf.engine import JamfSync, cut_state_key
 from devicetrust.mdm.jamf.errors import JamfAuthError
 from devicetrust.mdm.sink import MAX_UPDATE_ATTEMPTS, STATE_KEY_PREFIX, BackendSink, SyncReport
-from devicetrust.storage import Backend, DeviceRecord, DeviceRepository, Store
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import DeviceRecord
+from devicetrust.storage.repositories import DeviceRepository, Store
 from devicetrust.types import (
     Device,
     DeviceCredential,

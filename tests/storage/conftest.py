@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 
 #: a fixed, microsecond-bearing instant, so round trips that drop precision or time zones show
 START = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)

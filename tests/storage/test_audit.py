@@ -11,7 +11,9 @@ import sqlalchemy as sa
 from tests.storage.conftest import START
 
 from devicetrust.errors import ValidationError
-from devicetrust.storage import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, AuditRecord, Backend
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import AuditRecord
+from devicetrust.storage.repositories import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from devicetrust.storage.schema import AUDIT_APPEND_ONLY_MESSAGE
 
 MINUTE = timedelta(minutes=1)

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from tests.storage.conftest import START, FakeClock
 
 from devicetrust.errors import ConfigError, NotFoundError
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from devicetrust.storage.schema import metadata
 
 TABLES = {

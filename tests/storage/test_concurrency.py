@@ -15,7 +15,8 @@ from typing import TypeVar
 from tests.storage.conftest import START
 
 from devicetrust.errors import NotFoundError
-from devicetrust.storage import Backend, Store
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.repositories import Store
 
 WORKERS = 8
 T = TypeVar("T")

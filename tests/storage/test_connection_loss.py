@@ -10,8 +10,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from devicetrust.storage import Backend
 from devicetrust.storage import backend as backend_module
+from devicetrust.storage.backend import Backend
 
 pytestmark = pytest.mark.postgres
 #: Names this test's connections, so only they are dropped (other tests may share the server).

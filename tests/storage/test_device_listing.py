@@ -13,7 +13,9 @@ import pytest
 import sqlalchemy as sa
 
 from devicetrust.errors import ValidationError
-from devicetrust.storage import Backend, DeviceFilter, DeviceRecord, Store
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import DeviceFilter, DeviceRecord
+from devicetrust.storage.repositories import Store
 
 OS_TYPES = ("linux", "macos", "windows", "ios")
 

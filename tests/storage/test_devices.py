@@ -11,18 +11,9 @@ import pytest
 from tests.storage.conftest import START, FakeClock
 
 from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
-from devicetrust.storage import (
-    INVALID_PAGE_TOKEN_MESSAGE,
-    MAX_IDENTITY_PAGE_SIZE,
-    MAX_PAGE_SIZE,
-    Backend,
-    DeviceIdentity,
-    DeviceRecord,
-    DeviceSourceUpdate,
-    DeviceUpsert,
-    Store,
-    UpsertResult,
-)
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import DeviceIdentity, DeviceRecord, DeviceSourceUpdate, DeviceUpsert, UpsertResult
+from devicetrust.storage.repositories import INVALID_PAGE_TOKEN_MESSAGE, MAX_IDENTITY_PAGE_SIZE, MAX_PAGE_SIZE, Store
 
 HOUR = timedelta(hours=1)
 DEVICE_ID = "5a2b3c4d-1111-2222-3333-444455556666"

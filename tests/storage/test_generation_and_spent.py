@@ -10,7 +10,8 @@ import pytest
 from tests.storage.conftest import START
 
 from devicetrust.errors import NotFoundError
-from devicetrust.storage import Backend, Store
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.repositories import Store
 
 HOUR = timedelta(hours=1)
 ROLE = {"kind": "role", "metadata": {"name": "r"}}

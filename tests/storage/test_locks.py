@@ -8,7 +8,8 @@ import pytest
 from tests.storage.conftest import START
 
 from devicetrust.errors import AlreadyExistsError, NotFoundError
-from devicetrust.storage import Backend, LockRecord
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import LockRecord
 
 HOUR = timedelta(hours=1)
 

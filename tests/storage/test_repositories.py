@@ -8,7 +8,9 @@ import pytest
 from tests.storage.conftest import START, FakeClock
 
 from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError
-from devicetrust.storage import INVALID_PENDING_MESSAGE, INVALID_SESSION_MESSAGE, Backend, ResourceRecord
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import ResourceRecord
+from devicetrust.storage.repositories import INVALID_PENDING_MESSAGE, INVALID_SESSION_MESSAGE
 
 HOUR = timedelta(hours=1)
 

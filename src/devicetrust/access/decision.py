@@ -12,7 +12,7 @@ only in which roles grant the resource and which principals they must allow; loc
 requirement are the same code.
 
 Where a device is required, what counts as the device depends on the cluster's ``session_proof`` setting:
-``per_session`` admits only a session proof (:class:`~devicetrust.crypto.SessionProof`) taken for this very
+``per_session`` admits only a session proof (:class:`~devicetrust.crypto.identity.SessionProof`) taken for this very
 target and still fresh; ``login`` admits the device values that login put in the certificate.
 """
 

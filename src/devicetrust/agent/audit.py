@@ -17,7 +17,7 @@ from typing import Any
 
 from devicetrust.access import Decision
 from devicetrust.agent.api import NodeAPI
-from devicetrust.crypto import Identity
+from devicetrust.crypto.identity import Identity
 from devicetrust.errors import DevicetrustError, ValidationError
 
 __all__ = ["MAX_BUFFERED_EVENTS", "USER_KIND_BOT", "USER_KIND_HUMAN", "AuditForwarder", "device_fields", "user_fields"]

@@ -5,7 +5,7 @@ device values among them), and none of its public server hooks hands over the ce
 ``validate_ca_key`` gets only the signing key. So the node wraps, per connection,
 ``SSHServerConnection.validate_public_key`` (what the public-key user-auth handler calls with the raw key blob the
 client sent) to see that blob, then re-parses and verifies it with ``cryptography`` through
-:func:`devicetrust.crypto.verify_ssh_user_cert`.
+:func:`devicetrust.crypto.certs.verify_ssh_user_cert`.
 
 It also wraps ``create_agent_listener`` so agent forwarding is refused unless the session's roles allow it:
 asyncssh decides agent forwarding per server, not per user.
@@ -20,7 +20,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from devicetrust.crypto import MAX_SSH_CERT_BYTES
+from devicetrust.crypto.certs import MAX_SSH_CERT_BYTES
 from devicetrust.errors import TrustError
 
 __all__ = ["ClientKeyCapture", "cert_line", "gate_agent_forwarding"]

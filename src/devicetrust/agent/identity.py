@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from devicetrust.crypto import generate_private_key, load_private_key_pem, private_key_to_pem
+from devicetrust.crypto.keys import generate_private_key, load_private_key_pem, private_key_to_pem
 from devicetrust.errors import ConfigError, ValidationError
 from devicetrust.files import write_atomic
 from devicetrust.protocol import NodeJoinResponse

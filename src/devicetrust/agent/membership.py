@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -22,7 +23,7 @@ from devicetrust.agent.api import NodeAPI
 from devicetrust.agent.audit import AuditForwarder
 from devicetrust.agent.identity import NodeIdentity, load_host_key, load_identity, save_identity
 from devicetrust.agent.state import ClusterState, StateCache
-from devicetrust.crypto import public_key_to_openssh
+from devicetrust.crypto.keys import public_key_to_openssh
 from devicetrust.errors import AuthenticationError, ConfigError, ConnectionFailedError, TrustError
 from devicetrust.protocol import AgentRole
 
@@ -32,6 +33,7 @@ __all__ = [
     "STOP_AUDIT_FLUSH_SECONDS",
     "AgentConfig",
     "ClusterMembership",
+    "JoinSettings",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,22 @@ HEARTBEAT_INTERVAL_SECONDS = 30.0
 FIRST_STATE_TIMEOUT_SECONDS = 10.0
 #: On stop: how long queued audit events get to go out.
 STOP_AUDIT_FLUSH_SECONDS = 3.0
+
+
+class JoinSettings(Protocol):
+    """What an agent's own settings (NodeConfig, DatabaseServiceConfig, KubeServiceConfig) say about joining."""
+
+    @property
+    def hostname(self) -> str: ...
+
+    @property
+    def auth_server(self) -> str: ...
+
+    @property
+    def auth_ca_pem(self) -> str | None: ...
+
+    @property
+    def join_token(self) -> str | Callable[[], str] | None: ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,26 @@ class AgentConfig:
     auth_ca_pem: str | None = None
     #: A join token, or a function minting one (auth in the same process); used only to (re)join.
     join_token: str | Callable[[], str] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        role: AgentRole,
+        section: str,
+        state_dir: Path,
+        settings: JoinSettings,
+        labels: Mapping[str, str] | None = None,
+    ) -> AgentConfig:
+        return cls(
+            role=role,
+            section=section,
+            state_dir=state_dir,
+            hostname=settings.hostname,
+            auth_server=settings.auth_server,
+            labels=labels if labels is not None else {},
+            auth_ca_pem=settings.auth_ca_pem,
+            join_token=settings.join_token,
+        )
 
 
 class ClusterMembership:

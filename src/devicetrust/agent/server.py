@@ -6,7 +6,7 @@ cluster state, listen for SSH, then keep three loops running: the state poll (ev
 
 Life of a connection:
 1. User auth accepts only certificates: the raw certificate is verified with
-   :func:`~devicetrust.crypto.verify_ssh_user_cert` against the cluster's user CA (chain, validity window, no
+   :func:`~devicetrust.crypto.certs.verify_ssh_user_cert` against the cluster's user CA (chain, validity window, no
    unknown critical options) and the requested login must be one of its principals (:mod:`.certs`).
 2. Each session channel is decided by :func:`devicetrust.access.decide` against the cached state; a denial
    rejects the channel with ``OPEN_ADMINISTRATIVELY_PROHIBITED`` and the decision's reason (exactly
@@ -40,7 +40,9 @@ from devicetrust.agent.membership import AgentConfig, ClusterMembership
 from devicetrust.agent.network import advertised_addr, listen_host_port, socket_addr
 from devicetrust.agent.session import LoginAccount, NodeSession, lookup_account
 from devicetrust.agent.state import ClusterState, StateCache
-from devicetrust.crypto import Identity, private_key_to_pem, verify_ssh_user_cert
+from devicetrust.crypto.certs import verify_ssh_user_cert
+from devicetrust.crypto.identity import Identity
+from devicetrust.crypto.keys import private_key_to_pem
 from devicetrust.errors import ConfigError, TrustError
 from devicetrust.types.clock import utcnow
 
@@ -95,16 +97,7 @@ class SSHNode:
         self.config = config
         self.clock = clock
         self.membership = ClusterMembership(
-            AgentConfig(
-                role="node",
-                section="ssh_service",
-                state_dir=config.node_dir,
-                hostname=config.hostname,
-                auth_server=config.auth_server,
-                labels=config.labels,
-                auth_ca_pem=config.auth_ca_pem,
-                join_token=config.join_token,
-            ),
+            AgentConfig.of("node", "ssh_service", config.node_dir, config, labels=config.labels),
             clock=clock,
             on_state=self._state_updated,
         )

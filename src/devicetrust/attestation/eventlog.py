@@ -20,6 +20,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Final
 
 from . import _marshal as m
@@ -58,51 +59,48 @@ MAX_SPEC_ID_ALGORITHMS: Final = 16
 LOG_FORMAT_CRYPTO_AGILE: Final = "crypto-agile"
 LOG_FORMAT_TCG_1_2: Final = "TCG 1.2 (SHA-1)"
 
-EV_POST_CODE: Final = 0x00000001
-EV_NO_ACTION: Final = 0x00000003
-EV_SEPARATOR: Final = 0x00000004
-EV_ACTION: Final = 0x00000005
-EV_S_CRTM_VERSION: Final = 0x00000008
-EV_OMIT_BOOT_DEVICE_EVENTS: Final = 0x00000012
-EV_EFI_VARIABLE_DRIVER_CONFIG: Final = 0x80000001
-EV_EFI_VARIABLE_BOOT: Final = 0x80000002
-EV_EFI_GPT_EVENT: Final = 0x80000006
-EV_EFI_ACTION: Final = 0x80000007
-EV_EFI_VARIABLE_BOOT2: Final = 0x8000000C
-EV_EFI_VARIABLE_AUTHORITY: Final = 0x800000E0
+
+class EventType(IntEnum):
+    """The event types (PC Client PFP §10.4.1) this module knows by name."""
+
+    EV_POST_CODE = 0x00000001
+    EV_NO_ACTION = 0x00000003
+    EV_SEPARATOR = 0x00000004
+    EV_ACTION = 0x00000005
+    EV_S_CRTM_VERSION = 0x00000008
+    EV_OMIT_BOOT_DEVICE_EVENTS = 0x00000012
+    EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
+    EV_EFI_VARIABLE_BOOT = 0x80000002
+    EV_EFI_GPT_EVENT = 0x80000006
+    EV_EFI_ACTION = 0x80000007
+    EV_EFI_VARIABLE_BOOT2 = 0x8000000C
+    EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
+
+
+EV_NO_ACTION: Final = EventType.EV_NO_ACTION
+EV_SEPARATOR: Final = EventType.EV_SEPARATOR
+EV_EFI_VARIABLE_DRIVER_CONFIG: Final = EventType.EV_EFI_VARIABLE_DRIVER_CONFIG
+EV_EFI_VARIABLE_BOOT: Final = EventType.EV_EFI_VARIABLE_BOOT
+EV_EFI_ACTION: Final = EventType.EV_EFI_ACTION
 #: event types whose digest the spec defines as the hash of their event data (EV_EFI_VARIABLE_BOOT: of the
 #: variable's value only); a mismatch is a forged log. Other types (EFI applications, POST code, CRTM contents…)
 #: digest something not in the log: their data is only descriptive and never reported as verified.
 DATA_BOUND_EVENT_TYPES: Final = frozenset(
     {
-        EV_SEPARATOR,
-        EV_ACTION,
-        EV_S_CRTM_VERSION,
-        EV_OMIT_BOOT_DEVICE_EVENTS,
-        EV_EFI_VARIABLE_DRIVER_CONFIG,
-        EV_EFI_VARIABLE_BOOT,
-        EV_EFI_GPT_EVENT,
-        EV_EFI_ACTION,
-        EV_EFI_VARIABLE_BOOT2,
-        EV_EFI_VARIABLE_AUTHORITY,
+        EventType.EV_SEPARATOR,
+        EventType.EV_ACTION,
+        EventType.EV_S_CRTM_VERSION,
+        EventType.EV_OMIT_BOOT_DEVICE_EVENTS,
+        EventType.EV_EFI_VARIABLE_DRIVER_CONFIG,
+        EventType.EV_EFI_VARIABLE_BOOT,
+        EventType.EV_EFI_GPT_EVENT,
+        EventType.EV_EFI_ACTION,
+        EventType.EV_EFI_VARIABLE_BOOT2,
+        EventType.EV_EFI_VARIABLE_AUTHORITY,
     }
 )
 #: what ``build_event_log`` writes: an action string, bound to its digest
 SIMULATED_EVENT_TYPE: Final = EV_EFI_ACTION
-
-_EVENT_TYPE_NAMES: Final = {
-    EV_POST_CODE: "EV_POST_CODE",
-    EV_SEPARATOR: "EV_SEPARATOR",
-    EV_ACTION: "EV_ACTION",
-    EV_S_CRTM_VERSION: "EV_S_CRTM_VERSION",
-    EV_OMIT_BOOT_DEVICE_EVENTS: "EV_OMIT_BOOT_DEVICE_EVENTS",
-    EV_EFI_VARIABLE_DRIVER_CONFIG: "EV_EFI_VARIABLE_DRIVER_CONFIG",
-    EV_EFI_VARIABLE_BOOT: "EV_EFI_VARIABLE_BOOT",
-    EV_EFI_GPT_EVENT: "EV_EFI_GPT_EVENT",
-    EV_EFI_ACTION: "EV_EFI_ACTION",
-    EV_EFI_VARIABLE_BOOT2: "EV_EFI_VARIABLE_BOOT2",
-    EV_EFI_VARIABLE_AUTHORITY: "EV_EFI_VARIABLE_AUTHORITY",
-}
 
 SPEC_ID_SIGNATURE: Final = b"Spec ID Event03\x00"
 #: the headers a SHA-1 log may open with (PC Client 1.2 UEFI; TPM 2.0 firmware in SHA-1 log mode)
@@ -307,7 +305,10 @@ def _variable_value(data: bytes) -> bytes | None:
 
 
 def _event_name(event_type: int) -> str:
-    return _EVENT_TYPE_NAMES.get(event_type, f"type 0x{event_type:08x}")
+    try:
+        return EventType(event_type).name
+    except ValueError:
+        return f"type 0x{event_type:08x}"
 
 
 def _data_verified(event: _ParsedEvent, bank: int, digest: bytes) -> bool:
@@ -324,7 +325,7 @@ def _data_verified(event: _ParsedEvent, bank: int, digest: bytes) -> bool:
         if value is not None and hmac.compare_digest(digest, m.digest(bank, value, "event log")):
             return False
     if (
-        event.event_type == EV_EFI_VARIABLE_AUTHORITY
+        event.event_type == EventType.EV_EFI_VARIABLE_AUTHORITY
         and event.data
         and hmac.compare_digest(digest, m.digest(bank, event.data[:-1], "event log"))
     ):

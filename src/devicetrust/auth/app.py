@@ -93,7 +93,8 @@ from devicetrust.protocol import (
     UpdateUserResponse,
     WhoamiResponse,
 )
-from devicetrust.storage import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JsonPage
+from devicetrust.storage.records import JsonPage
+from devicetrust.storage.repositories import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from devicetrust.types import Device, resource_to_dict
 
 log = logging.getLogger("devicetrust.auth.http")

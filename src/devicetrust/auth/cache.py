@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from devicetrust.auth.parsing import parse_as
-from devicetrust.storage import Store
+from devicetrust.storage.repositories import Store
 from devicetrust.types import Bot, ClusterAuthPreference, Lock, Role, User
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,10 @@ from cryptography import x509
 from devicetrust import __version__
 from devicetrust.auth.context import CAP_KIND, CAP_NAME, RES_CERT_AUTHORITY, RES_ROLE, AuthContext
 from devicetrust.ceremony.sealed import SEAL_KEY_BYTES
-from devicetrust.crypto import CA_KINDS, CertAuthority, issue_tls_server_cert
+from devicetrust.crypto.ca import CA_KINDS, CertAuthority
+from devicetrust.crypto.certs import issue_tls_server_cert
 from devicetrust.errors import ConfigError
-from devicetrust.storage import CLUSTER_NAME_KEY
+from devicetrust.storage.repositories import CLUSTER_NAME_KEY
 from devicetrust.types import default_cluster_auth_preference, preset_roles, resource_to_dict
 
 TLS_CERT_TTL = timedelta(days=365)

@@ -11,8 +11,9 @@ from typing import Any
 from devicetrust.access import AccessChecker
 from devicetrust.auth.cache import CachedState, StateCache
 from devicetrust.auth.parsing import parse_as
-from devicetrust.crypto import CertAuthority
-from devicetrust.storage import Backend, Store
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.repositories import Store
 from devicetrust.types import ClusterAuthPreference, Lock, Role, locks_in_force
 from devicetrust.types.clock import utcnow
 

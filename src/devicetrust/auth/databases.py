@@ -13,15 +13,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from devicetrust import audit as events
-from devicetrust.auth.nodes import RES_DB_SERVICE, live_agents
-from devicetrust.crypto import (
-    DatabaseRoute,
+from devicetrust.auth.nodes import RES_DB_SERVICE, announced
+from devicetrust.crypto.certs import (
     certificate_to_pem,
     issue_x509_client_cert,
     load_ssh_certificate,
-    require_p256_public_key,
     verify_ssh_user_cert,
 )
+from devicetrust.crypto.identity import DatabaseRoute
+from devicetrust.crypto.keys import require_p256_public_key
 from devicetrust.errors import AccessDeniedError, NotFoundError, TrustError
 
 if TYPE_CHECKING:
@@ -39,22 +39,7 @@ class DatabaseAccessService:
 
     def _databases(self, now: datetime) -> dict[str, dict[str, Any]]:
         """Every database a live service announces, by name (the most recently seen service wins)."""
-        found: dict[str, dict[str, Any]] = {}
-        for service in live_agents(self.context, RES_DB_SERVICE, now, DB_SERVICE_TTL):
-            for database in service.get("databases", []):
-                found[str(database["name"])] = {
-                    "name": database["name"],
-                    "protocol": database["protocol"],
-                    "uri": database["uri"],
-                    "labels": dict(database.get("labels", {})),
-                    "service": {
-                        "host_id": service["host_id"],
-                        "hostname": service["hostname"],
-                        "addr": service["addr"],
-                    },
-                    "last_seen": service["last_seen"],
-                }
-        return found
+        return announced(self.context, RES_DB_SERVICE, "databases", ("protocol", "uri"), now, DB_SERVICE_TTL)
 
     def _visible(self, caller: Caller, database: dict[str, Any]) -> dict[str, Any] | None:
         labels = database["labels"]

@@ -41,16 +41,14 @@ from devicetrust.ceremony.messages import (
     TPMEnrollPayload,
 )
 from devicetrust.ceremony.sealed import open_sealed, seal
-from devicetrust.crypto import (
-    DeviceExtensions,
-    Identity,
-    SessionProof,
+from devicetrust.crypto.certs import (
     issue_ssh_user_cert,
     issue_x509_client_cert,
     load_ssh_certificate,
-    require_p256_public_key,
     verify_ssh_user_cert,
 )
+from devicetrust.crypto.identity import DeviceExtensions, Identity, SessionProof
+from devicetrust.crypto.keys import require_p256_public_key
 from devicetrust.errors import (
     AccessDeniedError,
     AlreadyExistsError,
@@ -59,8 +57,9 @@ from devicetrust.errors import (
     TrustError,
     ValidationError,
 )
-from devicetrust.storage import DEVICE_ENROLL_TOKEN_KIND as TOKEN_KIND
-from devicetrust.storage import MAX_PAGE_SIZE, DeviceFilter, DeviceRecord, JsonPage, Store
+from devicetrust.storage.records import DeviceFilter, DeviceRecord, JsonPage
+from devicetrust.storage.repositories import DEVICE_ENROLL_TOKEN_KIND as TOKEN_KIND
+from devicetrust.storage.repositories import MAX_PAGE_SIZE, Store
 from devicetrust.types import (
     ENROLL_STATUSES,
     MAX_COLLECTED_RECORDS,

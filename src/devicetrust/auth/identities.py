@@ -21,7 +21,7 @@ from devicetrust.auth.context import (
 )
 from devicetrust.auth.secrets import hash_token, new_token, token_id
 from devicetrust.errors import AlreadyExistsError, AuthenticationError, NotFoundError, ValidationError
-from devicetrust.storage import Store
+from devicetrust.storage.repositories import Store
 from devicetrust.types import Bot, User, resource_to_dict
 
 #: A signup (invite) link is good for one hour, like Teleport's.

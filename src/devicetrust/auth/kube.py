@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from devicetrust.auth.nodes import RES_KUBE_SERVICE, live_agents
+from devicetrust.auth.nodes import RES_KUBE_SERVICE, announced
 
 if TYPE_CHECKING:
     from devicetrust.auth.context import AuthContext, Caller
@@ -28,20 +28,7 @@ class KubeAccessService:
 
     def _clusters(self, now: datetime) -> dict[str, dict[str, Any]]:
         """Every Kubernetes cluster a live service announces, by name (the most recently seen service wins)."""
-        found: dict[str, dict[str, Any]] = {}
-        for service in live_agents(self.context, RES_KUBE_SERVICE, now, KUBE_SERVICE_TTL):
-            for cluster in service.get("kube_clusters", []):
-                found[str(cluster["name"])] = {
-                    "name": cluster["name"],
-                    "labels": dict(cluster.get("labels", {})),
-                    "service": {
-                        "host_id": service["host_id"],
-                        "hostname": service["hostname"],
-                        "addr": service["addr"],
-                    },
-                    "last_seen": service["last_seen"],
-                }
-        return found
+        return announced(self.context, RES_KUBE_SERVICE, "kube_clusters", (), now, KUBE_SERVICE_TTL)
 
     def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
         """The clusters whose labels one of the caller's roles allows (and none denies), by name, with the

@@ -10,7 +10,7 @@ from typing import Any
 from devicetrust import audit as events
 from devicetrust.auth.context import RES_LOCK, AuthContext, Caller
 from devicetrust.errors import AccessDeniedError
-from devicetrust.storage import Store
+from devicetrust.storage.repositories import Store
 from devicetrust.types import Lock, resource_to_dict
 
 

@@ -21,8 +21,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Final
 
 from devicetrust.auth.context import AuthContext
+from devicetrust.auth.nodes import spend_join_token
 from devicetrust.auth.secrets import hash_token, new_token
-from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
+from devicetrust.errors import AccessDeniedError, ValidationError
 from devicetrust.mdm.api_sink import (
     apply_result_to_model,
     observation_from_model,
@@ -78,15 +79,7 @@ class MdmService:
             raise ValidationError(f"name: {name!r} is not a valid source name (1-64 letters, digits, '.', '_', '-')")
         context = self.context
         now = context.clock()
-        with context.backend.begin() as store:
-            try:
-                store.tokens.consume(hash_token(token), MDM_TOKEN_KIND, now)
-            except NotFoundError:
-                failure = True
-            else:
-                failure = False
-        if failure:
-            raise AuthenticationError("invalid or expired mdm join token")
+        spend_join_token(context, token, MDM_TOKEN_KIND, now)
         session = new_token()
         with context.backend.begin() as store:
             store.sessions.create(hash_token(session), name, "mdm", {"source": name}, now + MDM_SESSION_TTL)

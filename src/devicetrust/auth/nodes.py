@@ -14,13 +14,8 @@ from typing import TYPE_CHECKING, Any, cast
 from devicetrust.access import label_matches
 from devicetrust.auth.secrets import hash_token, new_token
 from devicetrust.config import is_ip_address
-from devicetrust.crypto import (
-    certificate_to_pem,
-    issue_ssh_host_cert,
-    issue_tls_server_cert,
-    load_public_key,
-    require_p256_public_key,
-)
+from devicetrust.crypto.certs import certificate_to_pem, issue_ssh_host_cert, issue_tls_server_cert
+from devicetrust.crypto.keys import load_public_key, require_p256_public_key
 from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
 from devicetrust.types import os_display_name
 
@@ -87,15 +82,7 @@ class NodeService:
         clean_labels = _labels(labels)
         context = self.context
         now = context.clock()
-        with context.backend.begin() as store:
-            try:
-                store.tokens.consume(hash_token(token), role, now)
-            except NotFoundError:
-                failure = True
-            else:
-                failure = False
-        if failure:
-            raise AuthenticationError(f"invalid or expired {role} join token")
+        spend_join_token(context, token, role, now)
         host_id = str(uuid.uuid4())
         host, _, _ = addr.rpartition(":")
         principals = sorted({host_id, hostname, f"{hostname}.{context.cluster_name}", host or "127.0.0.1"})
@@ -242,8 +229,24 @@ __all__ = [
     "RES_KUBE_SERVICE",
     "RES_NODE",
     "NodeService",
+    "announced",
     "label_matches",
+    "spend_join_token",
 ]
+
+
+def spend_join_token(context: AuthContext, token: str, kind: str, now: datetime) -> None:
+    """Spend a join token of ``kind`` (an agent role, "mdm"); AuthenticationError if it is unknown, expired or
+    already spent."""
+    with context.backend.begin() as store:
+        try:
+            store.tokens.consume(hash_token(token), kind, now)
+        except NotFoundError:
+            failure = True
+        else:
+            failure = False
+    if failure:
+        raise AuthenticationError(f"invalid or expired {kind} join token")
 
 
 def live_agents(context: AuthContext, kind: str, now: datetime, ttl: timedelta) -> list[dict[str, Any]]:
@@ -260,3 +263,26 @@ def live_agents(context: AuthContext, kind: str, now: datetime, ttl: timedelta) 
         if now - seen <= ttl:
             live.append((seen, record))
     return [record for _, record in sorted(live, key=lambda pair: pair[0])]
+
+
+def announced(
+    context: AuthContext, kind: str, key: str, fields: Sequence[str], now: datetime, ttl: timedelta
+) -> dict[str, dict[str, Any]]:
+    """What the live agents of ``kind`` announce under ``key`` (their databases, their kube clusters), by name:
+    its name, ``fields``, labels, the agent serving it and when that was last seen (the most recently seen agent
+    wins)."""
+    found: dict[str, dict[str, Any]] = {}
+    for service in live_agents(context, kind, now, ttl):
+        for item in service.get(key, []):
+            found[str(item["name"])] = {
+                "name": item["name"],
+                **{name: item[name] for name in fields},
+                "labels": dict(item.get("labels", {})),
+                "service": {
+                    "host_id": service["host_id"],
+                    "hostname": service["hostname"],
+                    "addr": service["addr"],
+                },
+                "last_seen": service["last_seen"],
+            }
+    return found

@@ -33,8 +33,8 @@ from devicetrust.auth.sessions import (
     LoginResult,
     SessionService,
 )
-from devicetrust.crypto import CertAuthority
-from devicetrust.storage import Backend
+from devicetrust.crypto.ca import CertAuthority
+from devicetrust.storage.backend import Backend
 
 __all__ = [
     "INVITE_TTL",

@@ -22,7 +22,9 @@ from devicetrust.auth.cluster import CERT_BACKDATE
 from devicetrust.auth.context import BOT_USER_PREFIX, RES_BOT, AuthContext, Caller, parse_as
 from devicetrust.auth.locks import require_unlocked
 from devicetrust.auth.secrets import hash_token, new_token
-from devicetrust.crypto import Identity, issue_ssh_user_cert, issue_x509_client_cert, load_public_key
+from devicetrust.crypto.certs import issue_ssh_user_cert, issue_x509_client_cert
+from devicetrust.crypto.identity import Identity
+from devicetrust.crypto.keys import load_public_key
 from devicetrust.errors import (
     AuthenticationError,
     NotFoundError,
@@ -30,7 +32,7 @@ from devicetrust.errors import (
     SessionExpiredError,
     ValidationError,
 )
-from devicetrust.storage import Store
+from devicetrust.storage.repositories import Store
 from devicetrust.types import SESSION_PROOF_PER_SESSION, Bot, Role, User
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -87,6 +87,11 @@ def emit(data: Any, fmt: str, render_text: Callable[[Any], None]) -> None:
         click.echo(yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False).rstrip())
     else:
         render_text(data)
+
+
+def labels_text(labels: Mapping[str, str]) -> str:
+    """``key=value,…`` sorted by key, as listings show labels."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devicetrust.ceremony.messages import Challenge
-from devicetrust.cli.profile import Profile, ProfileStore
-from devicetrust.client import AuthApi
-from devicetrust.crypto import SessionProof, identity_from_ssh_cert
+from devicetrust.cli.profile import Profile, ProfileStore, session_client
+from devicetrust.crypto.certs import identity_from_ssh_cert
+from devicetrust.crypto.identity import SessionProof
 from devicetrust.device.collect import collect
 from devicetrust.device.keys import BACKENDS, default_backend, open_device_key
 from devicetrust.errors import DevicetrustError
@@ -77,7 +77,7 @@ def prove_for_session(
         raise DevicetrustError("this device is not enrolled (tsh device enroll)")
     login_cert = store.ssh_cert_path(profile).read_text()
     collected = collect()
-    client = AuthApi(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
+    client = session_client(store, profile)
     with client, open_device_key(chosen, device_state_dir(store)) as key:
         begin = client.authenticate_begin(
             credential_id=key.credential_id(),

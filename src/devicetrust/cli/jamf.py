@@ -35,7 +35,7 @@ from devicetrust.logs import configure_json_logging
 from devicetrust.mdm.jamf.config import InventoryEntry, JamfServiceConfig, parse_jamf_service_config
 from devicetrust.mdm.jamf.service import JamfService
 from devicetrust.mdm.sink import BackendSink, SyncReport
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 
 __all__ = ["jamf", "load_jamf_service_config"]
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from devicetrust.client import AuthApi
 from devicetrust.errors import SessionExpiredError, ValidationError
 from devicetrust.files import write_atomic
 
@@ -151,3 +152,8 @@ class ProfileStore:
         key_dir = self.key_dir(profile.proxy)
         if key_dir.exists() and not any(key_dir.iterdir()):
             shutil.rmtree(key_dir)
+
+
+def session_client(store: ProfileStore, profile: Profile) -> AuthApi:
+    """An API client for the profile's auth service, authenticated by its session token."""
+    return AuthApi(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))

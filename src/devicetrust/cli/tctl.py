@@ -802,7 +802,7 @@ def _ca_fingerprints(cas: ClusterCAs) -> dict[str, str]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
-    from devicetrust.crypto import fingerprint_sha256, load_public_key
+    from devicetrust.crypto.keys import fingerprint_sha256, load_public_key
 
     host_cert = x509.load_pem_x509_certificate(cas.host_ca_pem.encode())
     return {

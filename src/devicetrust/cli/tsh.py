@@ -27,14 +27,9 @@ from devicetrust.cli.common import (
 from devicetrust.cli.device_proof import ENV_DEVICE_KEY, device_state_dir, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore
 from devicetrust.client import AuthApi
-from devicetrust.crypto import (
-    generate_private_key,
-    identity_from_ssh_cert,
-    load_certificate_pem,
-    private_key_to_pem,
-    public_key_to_openssh,
-    ssh_cert_extension_names,
-)
+from devicetrust.crypto.ca import load_certificate_pem
+from devicetrust.crypto.certs import identity_from_ssh_cert, ssh_cert_extension_names
+from devicetrust.crypto.keys import generate_private_key, private_key_to_pem, public_key_to_openssh
 from devicetrust.device.collect import collect
 from devicetrust.device.device_key import DeviceKey
 from devicetrust.device.keys import BACKENDS, UnsafeSoftwareKey, default_backend, open_device_key

@@ -44,10 +44,9 @@ from devicetrust.agent.db.postgres import (
     parse_startup_packet,
 )
 from devicetrust.agent.db.relay import Relay, send_all
-from devicetrust.cli.common import emit, format_option, print_table, warn
+from devicetrust.cli.common import emit, format_option, labels_text, print_table, warn
 from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
-from devicetrust.cli.profile import Profile, ProfileStore
-from devicetrust.client import AuthApi
+from devicetrust.cli.profile import Profile, ProfileStore, session_client
 from devicetrust.errors import ConnectionFailedError, DevicetrustError, NotFoundError, ValidationError
 from devicetrust.files import write_atomic
 from devicetrust.protocol import DatabaseServer
@@ -67,12 +66,8 @@ LOOPBACK = "127.0.0.1"
 
 
 # ------------------------------------------------------------------------------------------- databases
-def _client(store: ProfileStore, profile: Profile) -> AuthApi:
-    return AuthApi(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
-
-
 def fetch_databases(store: ProfileStore, profile: Profile) -> list[DatabaseServer]:
-    with _client(store, profile) as client:
+    with session_client(store, profile) as client:
         return client.list_databases().items
 
 
@@ -81,10 +76,6 @@ def resolve_database(databases: Sequence[DatabaseServer], name: str) -> Database
         if database.name == name:
             return database
     raise NotFoundError(f"database \"{name}\" not found; run 'tsh db ls' to see the databases you may reach")
-
-
-def _labels_text(labels: dict[str, str]) -> str:
-    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 def _json(database: DatabaseServer) -> dict[str, Any]:
@@ -133,7 +124,7 @@ def db_login(
     store: ProfileStore, profile: Profile, name: str, *, db_user: str = "", db_name: str = ""
 ) -> DatabaseLogin:
     """Fetch a certificate routed to ``name`` and remember the database (``keys/<proxy>/<user>-db/``)."""
-    with _client(store, profile) as client:
+    with session_client(store, profile) as client:
         reply = client.database_cert(
             _safe_name(name), store.ssh_cert_path(profile).read_text(), db_user=db_user, db_name=db_name
         )
@@ -378,7 +369,7 @@ def db_ls(fmt: str) -> None:
         fmt,
         lambda _: print_table(
             ["Name", "Protocol", "Allowed Users", "Labels"],
-            [(d.name, d.protocol, ", ".join(d.allowed_users) or "(none)", _labels_text(d.labels)) for d in databases],
+            [(d.name, d.protocol, ", ".join(d.allowed_users) or "(none)", labels_text(d.labels)) for d in databases],
         ),
     )
 

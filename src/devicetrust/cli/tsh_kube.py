@@ -23,10 +23,9 @@ import click
 import yaml
 from cryptography import x509
 
-from devicetrust.cli.common import emit, format_option, print_table, warn
+from devicetrust.cli.common import emit, format_option, labels_text, print_table, warn
 from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
-from devicetrust.cli.profile import Profile, ProfileStore
-from devicetrust.client import AuthApi
+from devicetrust.cli.profile import Profile, ProfileStore, session_client
 from devicetrust.errors import DevicetrustError, NotFoundError, ValidationError
 from devicetrust.files import write_atomic
 from devicetrust.protocol import KubeCluster
@@ -38,12 +37,8 @@ EXEC_API_VERSION = "client.authentication.k8s.io/v1"
 UNPROVEN_CREDENTIALS_TTL = timedelta(minutes=1)
 
 
-def _client(store: ProfileStore, profile: Profile) -> AuthApi:
-    return AuthApi(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
-
-
 def fetch_kube_clusters(store: ProfileStore, profile: Profile) -> list[KubeCluster]:
-    with _client(store, profile) as client:
+    with session_client(store, profile) as client:
         return client.list_kube_clusters().items
 
 
@@ -52,10 +47,6 @@ def resolve_kube_cluster(clusters: list[KubeCluster], name: str) -> KubeCluster:
         if cluster.name == name:
             return cluster
     raise NotFoundError(f"kubernetes cluster \"{name}\" not found; run 'tsh kube ls' to see the clusters you may reach")
-
-
-def _labels_text(labels: dict[str, str]) -> str:
-    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 # ------------------------------------------------------------------------------------------- kubeconfig
@@ -172,7 +163,7 @@ def kube_ls(fmt: str) -> None:
             [
                 (
                     c.name,
-                    _labels_text(c.labels),
+                    labels_text(c.labels),
                     ", ".join(c.kubernetes_users) or "(none)",
                     ", ".join(c.kubernetes_groups) or "(none)",
                 )

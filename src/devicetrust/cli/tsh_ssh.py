@@ -38,11 +38,11 @@ import asyncssh
 import click
 
 from devicetrust.access import UNAUTHORIZED_DEVICE
-from devicetrust.cli.common import emit, format_option, print_table, warn
+from devicetrust.cli.common import emit, format_option, labels_text, print_table, warn
 from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
-from devicetrust.cli.profile import Profile, ProfileStore
-from devicetrust.client import AuthApi
-from devicetrust.crypto import Identity, identity_from_ssh_cert
+from devicetrust.cli.profile import Profile, ProfileStore, session_client
+from devicetrust.crypto.certs import identity_from_ssh_cert
+from devicetrust.crypto.identity import Identity
 from devicetrust.errors import (
     AccessDeniedError,
     ConnectionFailedError,
@@ -106,7 +106,7 @@ class Node:
         return split_host_port(self.addr)[1]
 
     def labels_text(self) -> str:
-        return ",".join(f"{key}={value}" for key, value in sorted(self.labels.items()))
+        return labels_text(self.labels)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,14 +134,9 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host, port
 
 
-def nodes_client(store: ProfileStore, profile: Profile) -> AuthApi:
-    """An API client for the profile's auth service, authenticated by its session token."""
-    return AuthApi(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
-
-
 def fetch_nodes(store: ProfileStore, profile: Profile) -> list[Node]:
     """The nodes the current user may reach (``GET /v1/nodes``), by host name. Tests may replace this."""
-    with nodes_client(store, profile) as client:
+    with session_client(store, profile) as client:
         items = client.list_nodes().items
     return sorted((Node.from_reply(item) for item in items), key=lambda n: (n.hostname, n.host_id))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,7 +23,7 @@ from .keys import (
     require_p256_public_key,
 )
 
-__all__ = ["CA_KINDS", "CA_VALIDITY", "CAKind", "CertAuthority", "load_certificate_pem"]
+__all__ = ["CA_KINDS", "CA_VALIDITY", "CAKind", "CertAuthority", "KeyUsageName", "key_usage", "load_certificate_pem"]
 
 CAKind = Literal["user", "host"]
 CA_KINDS: tuple[CAKind, ...] = ("user", "host")
@@ -31,6 +31,24 @@ CA_VALIDITY = timedelta(days=3650)
 # CAs are backdated a little so an auth server whose clock lags the one that generated the CA accepts it
 _CA_BACKDATE = timedelta(minutes=1)
 _RECORD_KEYS = ("kind", "cluster_name", "private_key_pem", "certificate_pem")
+
+
+KeyUsageName = Literal[
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+]
+
+
+def key_usage(*uses: KeyUsageName) -> x509.KeyUsage:
+    """The key usage extension allowing ``uses`` and nothing else."""
+    return x509.KeyUsage(**{name: name in uses for name in get_args(KeyUsageName)})
 
 
 def load_certificate_pem(data: bytes) -> x509.Certificate:
@@ -105,20 +123,7 @@ class CertAuthority:
             .not_valid_before(now - _CA_BACKDATE)
             .not_valid_after(now + CA_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(key_usage("digital_signature", "key_cert_sign", "crl_sign"), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )

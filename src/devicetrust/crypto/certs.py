@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devicetrust.errors import DevicetrustError, TrustError, ValidationError
 
-from .ca import CertAuthority
+from .ca import CertAuthority, key_usage
 from .identity import (
     EXT_BOT_NAME,
     EXT_DEVICE_ASSET_TAG,
@@ -415,20 +415,6 @@ def certificate_to_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _key_usage_digital_signature() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
 def _aki(ca: CertAuthority) -> x509.AuthorityKeyIdentifier:
     try:
         ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -457,7 +443,7 @@ def _leaf_builder(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage_digital_signature(), critical=True)
+        .add_extension(key_usage("digital_signature"), critical=True)
         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
         .add_extension(_aki(ca), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)

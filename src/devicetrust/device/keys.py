@@ -26,7 +26,7 @@ from devicetrust.ceremony.messages import (
     QuoteResponse,
     TPMEnrollPayload,
 )
-from devicetrust.crypto import generate_private_key, load_private_key_pem, private_key_to_pem
+from devicetrust.crypto.keys import generate_private_key, load_private_key_pem, private_key_to_pem
 from devicetrust.device.device_key import DeviceKey, DeviceKeyError
 from devicetrust.errors import ValidationError
 from devicetrust.files import write_atomic

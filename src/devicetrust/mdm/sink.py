@@ -13,7 +13,7 @@ A sync engine needs seven operations, and nothing else, from the cluster:
 ``record_sync(report)``            the ``mdm.sync`` summary event
 =================================  =========================================================================
 
-:class:`BackendSink` runs them against the :class:`~devicetrust.storage.Backend` (``devicetrust start`` with the
+:class:`BackendSink` runs them against the :class:`~devicetrust.storage.backend.Backend` (``devicetrust start`` with the
 service enabled, and ``devicetrust jamf sync``). A remote MDM agent joining with a ``--type=mdm`` token runs them
 over HTTPS (:mod:`devicetrust.mdm.api_sink`), against a BackendSink in the auth service; the merge of the MDM's
 parts into a stored document happens on the cluster side (in ``apply``), so the agent never sees a device's
@@ -58,16 +58,9 @@ from devicetrust.mdm.diff import (
     reconcile,
     spec_fingerprint,
 )
-from devicetrust.storage import (
-    CLUSTER_NAME_KEY,
-    DEVICE_ENROLL_TOKEN_KIND,
-    MAX_PAGE_SIZE,
-    Backend,
-    DeviceRecord,
-    DeviceSourceUpdate,
-    DeviceUpsert,
-    Store,
-)
+from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import DeviceRecord, DeviceSourceUpdate, DeviceUpsert
+from devicetrust.storage.repositories import CLUSTER_NAME_KEY, DEVICE_ENROLL_TOKEN_KIND, MAX_PAGE_SIZE, Store
 from devicetrust.types import DeviceSource, os_display_name
 from devicetrust.types.clock import utcnow
 

@@ -76,6 +76,16 @@ _BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
+
+def _expiring_body(*, expires_nullable: bool = False) -> tuple[sa.Column[Any], ...]:
+    """The columns that end a table of expiring JSON documents: the document, when it expires, when it was made."""
+    return (
+        sa.Column("body", JSONBody, nullable=False),
+        sa.Column("expires", UTCDateTime, nullable=expires_nullable, index=True),
+        sa.Column("created", UTCDateTime, nullable=False),
+    )
+
+
 cluster_state = sa.Table(
     "cluster_state",
     metadata,
@@ -135,9 +145,7 @@ sessions = sa.Table(
     sa.Column("username", sa.String, nullable=False, index=True),
     sa.Column("user_ref", sa.String, sa.ForeignKey("users.name", ondelete="CASCADE"), nullable=True, index=True),
     sa.Column("kind", sa.String, nullable=False),
-    sa.Column("body", JSONBody, nullable=False),
-    sa.Column("expires", UTCDateTime, nullable=False, index=True),
-    sa.Column("created", UTCDateTime, nullable=False),
+    *_expiring_body(),
     sa.CheckConstraint(
         "(kind = 'user' AND user_ref IS NOT NULL AND user_ref = username) OR (kind <> 'user' AND user_ref IS NULL)",
         name="user_ref",
@@ -160,9 +168,7 @@ pending_ceremonies = sa.Table(
     sa.Column("id", sa.String, primary_key=True),
     sa.Column("kind", sa.String, nullable=False),
     sa.Column("subject", sa.String, nullable=False),
-    sa.Column("body", JSONBody, nullable=False),
-    sa.Column("expires", UTCDateTime, nullable=False, index=True),
-    sa.Column("created", UTCDateTime, nullable=False),
+    *_expiring_body(),
 )
 
 # Append-only: the migration installs triggers that reject UPDATE and DELETE.
@@ -217,9 +223,7 @@ locks = sa.Table(
     sa.Column("name", sa.String, primary_key=True),
     sa.Column("target_kind", sa.String, nullable=False),
     sa.Column("target_value", sa.String, nullable=False),
-    sa.Column("body", JSONBody, nullable=False),
-    sa.Column("expires", UTCDateTime, nullable=True, index=True),
-    sa.Column("created", UTCDateTime, nullable=False),
+    *_expiring_body(expires_nullable=True),
 )
 
 # One row. Its ``generation`` grows with every write to what servers cache (roles, the auth preference, bots,

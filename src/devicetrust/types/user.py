@@ -46,11 +46,8 @@ def _check_identity(metadata: object, roles: object, traits: object) -> tuple[tu
 
 
 @dataclass(frozen=True, slots=True)
-class User:
-    """A human. ``traits`` feed role templates such as ``{{internal.logins}}``."""
-
-    kind: ClassVar[str] = "user"
-    version: ClassVar[str] = "v2"
+class _Principal:
+    """What users and bots share: a name, roles, and traits for role templates."""
 
     metadata: Metadata
     roles: tuple[str, ...] = ()
@@ -67,21 +64,16 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
-class Bot:
+class User(_Principal):
+    """A human. ``traits`` feed role templates such as ``{{internal.logins}}``."""
+
+    kind: ClassVar[str] = "user"
+    version: ClassVar[str] = "v2"
+
+
+@dataclass(frozen=True, slots=True)
+class Bot(_Principal):
     """A machine identity. Its certificates are marked as a bot's, so ``required-for-humans`` exempts it."""
 
     kind: ClassVar[str] = "bot"
     version: ClassVar[str] = "v1"
-
-    metadata: Metadata
-    roles: tuple[str, ...] = ()
-    traits: Traits = field(default_factory=empty_mapping)
-
-    def __post_init__(self) -> None:
-        roles, traits = _check_identity(self.metadata, self.roles, self.traits)
-        object.__setattr__(self, "roles", roles)
-        object.__setattr__(self, "traits", traits)
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name

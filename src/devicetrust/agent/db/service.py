@@ -65,11 +65,12 @@ from devicetrust.agent.db.postgres import (
     parse_startup_packet,
 )
 from devicetrust.agent.db.relay import Relay, send_all
-from devicetrust.agent.membership import AgentConfig, ClusterMembership
-from devicetrust.agent.network import advertised_addr, listen_host_port, socket_addr
+from devicetrust.agent.network import socket_addr
 from devicetrust.agent.state import ClusterState
+from devicetrust.agent.tls_service import TLSService
 from devicetrust.config import DatabaseEntry
-from devicetrust.crypto import Identity, load_certificate_pem, private_key_to_pem, verify_x509_client_cert
+from devicetrust.crypto.certs import verify_x509_client_cert
+from devicetrust.crypto.identity import Identity
 from devicetrust.errors import ConfigError, DevicetrustError, TrustError
 from devicetrust.protocol import DatabaseInfo
 from devicetrust.types.clock import utcnow
@@ -147,29 +148,16 @@ class _Session:
     ending: str = ""
 
 
-class DatabaseService:
+class DatabaseService(TLSService[DatabaseServiceConfig]):
+    role = "db"
+    title = "database service"
+
     def __init__(self, config: DatabaseServiceConfig, *, clock: Callable[[], datetime] = utcnow) -> None:
-        self.config = config
-        self.clock = clock
         names = [database.name for database in config.databases]
         if len(set(names)) != len(names):
             raise ConfigError("db_service.databases: each name may appear once")
         self.databases = {database.name: database for database in config.databases}
-        self.membership = ClusterMembership(
-            AgentConfig(
-                role="db",
-                section="db_service",
-                state_dir=config.service_dir,
-                hostname=config.hostname,
-                auth_server=config.auth_server,
-                auth_ca_pem=config.auth_ca_pem,
-                join_token=config.join_token,
-            ),
-            clock=clock,
-            on_state=self._state_updated,
-        )
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
+        super().__init__(config, clock=clock)
         self._listener: socket.socket | None = None
         self._accepting: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -177,34 +165,15 @@ class DatabaseService:
         self._sessions: dict[str, _Session] = {}
         self._threads: set[threading.Thread] = set()
         self._tls: ssl.SSLContext | None = None
-        self._user_ca: x509.Certificate | None = None
         self._upstream_tls: dict[str, ssl.SSLContext] = {}
 
     # ------------------------------------------------------------------------------------------ life cycle
-    @property
-    def host_id(self) -> str:
-        identity = self.membership.identity
-        return identity.host_id if identity is not None else ""
-
-    def advertised_addr(self, port: int | None = None) -> str:
-        return advertised_addr(self.config.listen_addr, self.config.hostname, port)
-
     async def start(self) -> None:
         """Join (or reuse the stored identity), fetch the state, listen. Raises DevicetrustError on failure."""
         for database in self.config.databases:
             if database.ca_file is not None:
                 self._upstream_tls[database.name] = _upstream_context(database)
-        identity = await self.membership.start(self.advertised_addr())
-        if not identity.tls_cert or not identity.user_ca_pem:
-            raise ConfigError(
-                f"{self.config.service_dir} holds no database service identity; delete it and join again "
-                "with a db token (tctl tokens add --type=db)"
-            )
-        host_key = self.membership.host_key
-        assert host_key is not None
-        self._tls = _server_context(identity.tls_cert, private_key_to_pem(host_key), identity.user_ca_pem)
-        self._user_ca = load_certificate_pem(identity.user_ca_pem.encode())
-        host, port = listen_host_port(self.config.listen_addr, "db_service.listen_addr")
+        identity, self._tls, (host, port) = await self.join(ALPN_POSTGRESQL)
         try:
             listener = socket.create_server((host, port), family=_family(host), backlog=128, reuse_port=False)
         except OSError as err:
@@ -212,10 +181,8 @@ class DatabaseService:
         listener.settimeout(0.5)  # the accept loop checks for stop this often
         self._listener = listener
         self.port = int(listener.getsockname()[1])
-        self._loop = asyncio.get_running_loop()
         self._accepting = threading.Thread(target=self._accept_loop, name="db-accept", daemon=True)
-        self._accepting.start()
-        self.membership.run_loops(self._heartbeat, "db")
+        self._run(self._accepting)
         log.info(
             "db service started",
             extra={
@@ -550,10 +517,7 @@ class DatabaseService:
         if session.peer:
             event["addr.remote"] = session.peer
         event.update(device_fields(session.identity, session.decision))
-        loop, audit = self._loop, self.membership.audit
-        if loop is not None and audit is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closing: the service is stopping
-                loop.call_soon_threadsafe(audit.emit, event)
+        self.emit(event)
 
 
 class _ClientGone(Exception):
@@ -630,25 +594,6 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
     with contextlib.suppress(OSError):
         sock.settimeout(STARTUP_TIMEOUT_SECONDS)
         sock.sendall(data)
-
-
-def _server_context(cert_pem: str, key_pem: bytes, user_ca_pem: str) -> ssl.SSLContext:
-    """TLS for clients: the service's host certificate; client certificates from the user CA, asked for but
-    checked after the handshake, so a client without one gets a PostgreSQL error rather than a TLS alert."""
-    import tempfile
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.TemporaryDirectory() as tmp:
-        cert_path, key_path = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-        cert_path.write_text(cert_pem)
-        key_path.touch(0o600)
-        key_path.write_bytes(key_pem)
-        context.load_cert_chain(cert_path, key_path)
-    context.load_verify_locations(cadata=user_ca_pem)
-    context.verify_mode = ssl.CERT_OPTIONAL
-    context.set_alpn_protocols([ALPN_POSTGRESQL])
-    return context
 
 
 def _upstream_context(database: DatabaseEntry) -> ssl.SSLContext:

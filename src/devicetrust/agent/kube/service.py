@@ -29,7 +29,6 @@ import http.client
 import logging
 import socket
 import ssl
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,11 +50,12 @@ from devicetrust.agent.kube.requests import (
     route,
     status_body,
 )
-from devicetrust.agent.membership import AgentConfig, ClusterMembership
-from devicetrust.agent.network import advertised_addr, listen_host_port, socket_addr
+from devicetrust.agent.network import socket_addr
 from devicetrust.agent.state import ClusterState
+from devicetrust.agent.tls_service import TLSService
 from devicetrust.config import KubeClusterEntry
-from devicetrust.crypto import Identity, load_certificate_pem, private_key_to_pem, verify_x509_client_cert
+from devicetrust.crypto.certs import verify_x509_client_cert
+from devicetrust.crypto.identity import Identity
 from devicetrust.errors import ConfigError, TrustError
 from devicetrust.protocol import KubeClusterInfo
 from devicetrust.types.clock import utcnow
@@ -146,68 +146,34 @@ class _Stream:
     ended: str = ""
 
 
-class KubeService:
+class KubeService(TLSService[KubeServiceConfig]):
+    role = "kube"
+    title = "kube service"
+
     def __init__(self, config: KubeServiceConfig, *, clock: Callable[[], datetime] = utcnow) -> None:
-        self.config = config
-        self.clock = clock
         names = [cluster.name for cluster in config.clusters]
         if len(set(names)) != len(names):
             raise ConfigError("kube_service.kubernetes_clusters: each name may appear once")
-        self.membership = ClusterMembership(
-            AgentConfig(
-                role="kube",
-                section="kube_service",
-                state_dir=config.service_dir,
-                hostname=config.hostname,
-                auth_server=config.auth_server,
-                auth_ca_pem=config.auth_ca_pem,
-                join_token=config.join_token,
-            ),
-            clock=clock,
-            on_state=self._state_updated,
-        )
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
+        super().__init__(config, clock=clock)
         self._server: _Server | None = None
         self._serving: threading.Thread | None = None
-        self._user_ca: x509.Certificate | None = None
         self._upstreams: dict[str, _Upstream] = {}
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
 
     # ------------------------------------------------------------------------------------------ life cycle
-    @property
-    def host_id(self) -> str:
-        identity = self.membership.identity
-        return identity.host_id if identity is not None else ""
-
-    def advertised_addr(self, port: int | None = None) -> str:
-        return advertised_addr(self.config.listen_addr, self.config.hostname, port)
-
     async def start(self) -> None:
         """Join (or reuse the stored identity), fetch the state, listen. Raises DevicetrustError on failure."""
         self._upstreams = {cluster.name: _upstream(cluster) for cluster in self.config.clusters}
-        identity = await self.membership.start(self.advertised_addr())
-        if not identity.tls_cert or not identity.user_ca_pem:
-            raise ConfigError(
-                f"{self.config.service_dir} holds no kube service identity; delete it and join again "
-                "with a kube token (tctl tokens add --type=kube)"
-            )
-        host_key = self.membership.host_key
-        assert host_key is not None
-        tls = _server_context(identity.tls_cert, private_key_to_pem(host_key), identity.user_ca_pem)
-        self._user_ca = load_certificate_pem(identity.user_ca_pem.encode())
-        host, port = listen_host_port(self.config.listen_addr, "kube_service.listen_addr")
+        identity, tls, (host, port) = await self.join("http/1.1")
         try:
             server = _Server((host, port), _Handler, self, tls)
         except OSError as err:
             raise ConfigError(f"kube_service.listen_addr {self.config.listen_addr}: {err.strerror or err}") from None
         self._server = server
         self.port = int(server.server_address[1])
-        self._loop = asyncio.get_running_loop()
         self._serving = threading.Thread(target=server.serve_forever, args=(0.5,), name="kube-serve", daemon=True)
-        self._serving.start()
-        self.membership.run_loops(self._heartbeat, "kube")
+        self._run(self._serving)
         log.info(
             "kube service started",
             extra={
@@ -288,13 +254,7 @@ class KubeService:
             session_proof=state.auth_preference.device_trust.session_proof,
         )
 
-    # ------------------------------------------------------------------------------------------ audit
-    def emit(self, event: dict[str, Any]) -> None:
-        loop, audit = self._loop, self.membership.audit
-        if loop is not None and audit is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closing: the service is stopping
-                loop.call_soon_threadsafe(audit.emit, event)
-
+    # ------------------------------------------------------------------------------------------ streams
     def open_stream(self, stream: _Stream) -> None:
         with self._lock:
             self._streams[id(stream)] = stream
@@ -640,20 +600,3 @@ def _upstream(cluster: KubeClusterEntry) -> _Upstream:
     split = urlsplit(cluster.api_server)
     host = split.hostname or ""
     return _Upstream(cluster, host, split.port or 443, split.path.rstrip("/"), context, token)
-
-
-def _server_context(cert_pem: str, key_pem: bytes, user_ca_pem: str) -> ssl.SSLContext:
-    """TLS for kubectl: the service's host certificate; client certificates from the user CA, asked for but
-    checked per request, so a client without one gets a Status reply rather than a TLS alert."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.TemporaryDirectory() as tmp:
-        cert_path, key_path = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-        cert_path.write_text(cert_pem)
-        key_path.touch(0o600)
-        key_path.write_bytes(key_pem)
-        context.load_cert_chain(cert_path, key_path)
-    context.load_verify_locations(cadata=user_ca_pem)
-    context.verify_mode = ssl.CERT_OPTIONAL
-    context.set_alpn_protocols(["http/1.1"])
-    return context

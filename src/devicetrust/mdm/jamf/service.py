@@ -43,7 +43,7 @@ from devicetrust.mdm.jamf.engine import JamfSync, SyncProgress, last_full_state_
 from devicetrust.mdm.jamf.errors import JamfAPIError, JamfAuthError, JamfPermissionError
 from devicetrust.mdm.jamf.mapping import parse_jamf_time
 from devicetrust.mdm.sink import AuditFn, BackendSink, InventorySink, SyncReport
-from devicetrust.storage import Backend
+from devicetrust.storage.backend import Backend
 from devicetrust.types.clock import utcnow
 
 __all__ = [
