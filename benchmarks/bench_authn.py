@@ -9,17 +9,16 @@ target (issue 11) and "ok" or "short".
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from tests.integration.ceremony_helpers import SoftwareDevice, authenticate_device, enroll_software_device
 
 from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, summary_ms
 from devicetrust.crypto.ca import CertAuthority
@@ -45,9 +44,7 @@ def verdict(ok: bool) -> str:
 @dataclass
 class SimulatedUser:
     client: LeanClient
-    device_key: ec.EllipticCurvePrivateKey
-    credential_id: str
-    device_data: dict[str, str]
+    device: SoftwareDevice
     ssh_cert: str
 
 
@@ -70,42 +67,14 @@ def _make_user(running: RunningCluster, index: int) -> SimulatedUser:
         {"user": name, "password": PASSWORD, "public_key": public_key_to_openssh(user_key.public_key())},
     )
     serial = f"BENCH-{index:04d}-{secrets.token_hex(2)}"
-    added = admin.call("POST", "/v1/devices", {"os_type": "linux", "asset_tag": serial, "create_enroll_token": True})
     client = anonymous.with_token(login["session_token"])
-    device_key = generate_private_key()
-    credential_id = f"bench-credential-{index}"
-    device_data = {"collect_time": datetime.now(UTC).isoformat(), "os_type": "linux", "serial_number": serial}
-    public_der = device_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    challenge = client.call(
-        "POST",
-        "/v1/devices/enroll/begin",
-        {
-            "token": added["enroll_token"],
-            "credential_id": credential_id,
-            "device_data": device_data,
-            "key": {"public_key_der": base64.b64encode(public_der).decode(), "attestation_type": "unsafe_software"},
-        },
-    )
-    client.call("POST", "/v1/devices/enroll/finish", _answer(device_key, challenge))
+    device = enroll_software_device(admin, client, serial, f"bench-credential-{index}")
     admin.close()
-    return SimulatedUser(client, device_key, credential_id, device_data, login["ssh_cert"])
-
-
-def _answer(key: ec.EllipticCurvePrivateKey, challenge: dict[str, Any]) -> dict[str, Any]:
-    signature = key.sign(base64.b64decode(challenge["challenge"]), ec.ECDSA(hashes.SHA256()))
-    return {"ceremony_id": challenge["ceremony_id"], "signature": base64.b64encode(signature).decode()}
+    return SimulatedUser(client, device, login["ssh_cert"])
 
 
 def _ceremony(user: SimulatedUser) -> None:
-    challenge = user.client.call(
-        "POST",
-        "/v1/devices/authenticate/begin",
-        {"credential_id": user.credential_id, "device_data": user.device_data, "ssh_cert": user.ssh_cert},
-    )
-    reply = user.client.call("POST", "/v1/devices/authenticate/finish", _answer(user.device_key, challenge))
-    assert "teleport-device-id" in reply["ssh_cert"] or reply["ssh_cert"]
+    assert authenticate_device(user.client, user.device, user.ssh_cert)
 
 
 def crypto_only_rate(seconds: float = 3.0) -> float:

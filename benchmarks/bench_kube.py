@@ -127,18 +127,7 @@ def _measure(api: FakeKubeAPIServer, laptop: Laptop, root: Path) -> None:
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-kube-"))
     with running_kube_apiserver(root / "apiserver") as api:
-        token_file = root / "sa-token"
-        token_file.write_text(api.token)
-        extra = (
-            "kube_service:\n"
-            "  enabled: true\n"
-            f"  listen_addr: 127.0.0.1:{free_port()}\n"
-            "  kubernetes_clusters:\n"
-            f"    - name: {KUBE_CLUSTER}\n"
-            f"      api_server: {api.url}\n"
-            f"      ca_file: {api.ca_file}\n"
-            f"      token_file: {token_file}\n"
-        )
+        extra = api.kube_service_config(KUBE_CLUSTER, free_port(), root / "sa-token")
         cluster = start_cluster(root / "cluster", extra_config=extra)
         laptop: Laptop | None = None
         try:

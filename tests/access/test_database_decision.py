@@ -3,12 +3,13 @@ db_names in place of node labels and logins."""
 
 from __future__ import annotations
 
-import itertools
+import functools
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 import pytest
+from tests.access import harness
+from tests.access.harness import DEVICE, NOW, PRESETS, role
 
 from devicetrust.access import (
     DB_ACCESS_DENIED,
@@ -18,35 +19,17 @@ from devicetrust.access import (
     Decision,
     decide,
 )
-from devicetrust.access.decision import NO_SESSION_PROOF, NO_TRUSTED_DEVICE, PROOF_FOR_ANOTHER_TARGET
+from devicetrust.access.decision import PROOF_FOR_ANOTHER_TARGET
 from devicetrust.crypto.identity import DeviceExtensions, Identity, SessionProof
-from devicetrust.types import Lock, LockTarget, Metadata, Role, RoleConditions, RoleOptions, preset_roles
+from devicetrust.types import Lock, LockTarget, Role
 
-NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-DEVICE = DeviceExtensions(device_id="6f9a3c2e-1d2b-4c5d-8e9f-0a1b2c3d4e5f", asset_tag="SN-1", credential_id="cred-1")
 PG_PROD = DatabaseTarget(
     name="pg-prod", protocol="postgres", labels={"env": "prod"}, service_id="svc-1", service_hostname="db-host"
 )
 PG_DEV = DatabaseTarget(
     name="pg-dev", protocol="postgres", labels={"env": "dev"}, service_id="svc-1", service_hostname="db-host"
 )
-PRESETS = {role.name: role for role in preset_roles()}
-PROOF = SessionProof(
-    kind="db", target="pg-prod", time=NOW - timedelta(seconds=5), expires=NOW + timedelta(seconds=55), id="c-1"
-)
-CLUSTER_MODES = ("off", "optional", "required", "required-for-humans")
-ROLE_MODES = ("", "off", "optional", "required", "required-for-humans")
-STRICTNESS = ("off", "optional", "required-for-humans", "required")
-
-
-def role(name: str, *, mode: str = "", allow: Mapping[str, Any], deny: Mapping[str, Any] | None = None) -> Role:
-    return Role(
-        metadata=Metadata(name=name),
-        options=RoleOptions(device_trust_mode=mode),
-        allow=RoleConditions(**allow),
-        deny=RoleConditions(**(deny or {})),
-    )
-
+PROOF = harness.proof_for("db", "pg-prod")
 
 DBA = role("dba", allow={"db_labels": {"*": "*"}, "db_users": ("{{internal.db_users}}",), "db_names": ("app",)})
 
@@ -59,17 +42,7 @@ def identity(
     bot: bool = False,
     db_users: Sequence[str] = ("alice",),
 ) -> Identity:
-    return Identity(
-        username="bot-ci" if bot else "alice",
-        roles=tuple(roles),
-        logins=(),
-        traits={"db_users": tuple(db_users)},
-        not_before=NOW - timedelta(hours=1),
-        not_after=NOW + timedelta(hours=11),
-        bot_name="ci" if bot else None,
-        device=device,
-        session_proof=proof,
-    )
+    return harness.user_identity(roles, {"db_users": db_users}, device=device, proof=proof, bot=bot)
 
 
 def run(
@@ -79,44 +52,19 @@ def run(
     target: DatabaseTarget = PG_PROD,
     db_user: str = "alice",
     db_name: str = "app",
-    cluster_mode: str = "optional",
-    locks: Sequence[Lock] = (),
-    session_proof: str = "per_session",
+    **settings: Unpack[harness.Settings],
 ) -> Decision:
-    return decide(
-        who,
-        database=DatabaseSession(target, db_user, db_name),
-        roles={r.name: r for r in roles},
-        cluster_mode=cluster_mode,
-        locks=locks,
-        now=NOW,
-        session_proof=session_proof,
-    )
+    return harness.decide_at_now(who, roles, database=DatabaseSession(target, db_user, db_name), **settings)
 
 
-IDENTITIES = {
-    "human-with-device": identity(("dba", "moded"), device=DEVICE, proof=PROOF),
-    "human-login-device": identity(("dba", "moded"), device=DEVICE),
-    "human-without-device": identity(("dba", "moded")),
-    "bot": identity(("dba", "moded"), bot=True),
-}
+IDENTITIES = harness.mode_matrix_identities(functools.partial(identity, ("dba", "moded")), PROOF)
 
 
-@pytest.mark.parametrize("session_proof", ["per_session", "login"])
-@pytest.mark.parametrize("who", list(IDENTITIES))
-@pytest.mark.parametrize(("cluster_mode", "role_mode"), list(itertools.product(CLUSTER_MODES, ROLE_MODES)))
+@harness.mode_matrix
 def test_mode_matrix(cluster_mode: str, role_mode: str, who: str, session_proof: str) -> None:
     moded = role("moded", mode=role_mode, allow={"db_labels": {"env": "prod"}})
-    effective = max((m for m in (cluster_mode, role_mode) if m), key=STRICTNESS.index)
-    proven = who == "human-with-device" or (who == "human-login-device" and session_proof == "login")
-    needs_device = effective == "required" or (effective == "required-for-humans" and who != "bot")
     decision = run(IDENTITIES[who], (DBA, moded), cluster_mode=cluster_mode, session_proof=session_proof)
-    assert decision.mode == effective
-    assert decision.device_verified is proven
-    assert decision.allowed is (proven or not needs_device)
-    if not decision.allowed:
-        assert decision.reason == TRUSTED_DEVICE_REQUIRED
-        assert decision.audit_reason == (NO_TRUSTED_DEVICE if session_proof == "login" else NO_SESSION_PROOF)
+    harness.check_mode(decision, cluster_mode, role_mode, who, session_proof)
 
 
 @pytest.mark.parametrize(
@@ -176,18 +124,7 @@ def test_the_require_trusted_device_preset_grants_any_user_and_name_with_a_proof
     )
 
 
-@pytest.mark.parametrize(
-    ("target", "stops"),
-    [
-        (LockTarget("user", "alice"), True),
-        (LockTarget("role", "dba"), True),
-        (LockTarget("device", DEVICE.device_id), True),
-        (LockTarget("node", "svc-1"), True),  # the database service, by host id
-        (LockTarget("node", "db-host"), True),  # ... or host name
-        (LockTarget("node", "another-host"), False),
-        (LockTarget("login", "alice"), False),  # logins are SSH's
-    ],
-)
+@pytest.mark.parametrize(("target", "stops"), harness.lock_targets("dba", "db-host"))
 def test_locks(target: LockTarget, stops: bool) -> None:
     lock = Lock(name="l1", target=target, message="incident 42")
     decision = run(identity(device=DEVICE, proof=PROOF), (DBA,), locks=(lock,))

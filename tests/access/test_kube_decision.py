@@ -3,38 +3,22 @@ kubernetes_labels selecting the roles and kubernetes_users / kubernetes_groups w
 
 from __future__ import annotations
 
-import itertools
+import functools
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 import pytest
+from tests.access import harness
+from tests.access.harness import DEVICE, NOW, PRESETS, role
 
 from devicetrust.access import KUBE_ACCESS_DENIED, TRUSTED_DEVICE_REQUIRED, Decision, KubeClusterTarget, decide
-from devicetrust.access.decision import NO_SESSION_PROOF, NO_TRUSTED_DEVICE, PROOF_FOR_ANOTHER_TARGET
+from devicetrust.access.decision import PROOF_FOR_ANOTHER_TARGET
 from devicetrust.crypto.identity import DeviceExtensions, Identity, SessionProof
-from devicetrust.types import Lock, LockTarget, Metadata, Role, RoleConditions, RoleOptions, preset_roles
+from devicetrust.types import Lock, LockTarget, Role
 
-NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-DEVICE = DeviceExtensions(device_id="6f9a3c2e-1d2b-4c5d-8e9f-0a1b2c3d4e5f", asset_tag="SN-1", credential_id="cred-1")
 PROD = KubeClusterTarget(name="prod", labels={"env": "prod"}, service_id="svc-1", service_hostname="kube-host")
 STAGING = KubeClusterTarget(name="staging", labels={"env": "staging"}, service_id="svc-1", service_hostname="kube-host")
-PRESETS = {role.name: role for role in preset_roles()}
-PROOF = SessionProof(
-    kind="kube", target="prod", time=NOW - timedelta(seconds=5), expires=NOW + timedelta(seconds=55), id="c-1"
-)
-CLUSTER_MODES = ("off", "optional", "required", "required-for-humans")
-ROLE_MODES = ("", "off", "optional", "required", "required-for-humans")
-STRICTNESS = ("off", "optional", "required-for-humans", "required")
-
-
-def role(name: str, *, mode: str = "", allow: Mapping[str, Any], deny: Mapping[str, Any] | None = None) -> Role:
-    return Role(
-        metadata=Metadata(name=name),
-        options=RoleOptions(device_trust_mode=mode),
-        allow=RoleConditions(**allow),
-        deny=RoleConditions(**(deny or {})),
-    )
+PROOF = harness.proof_for("kube", "prod")
 
 
 DEV = role(
@@ -56,17 +40,8 @@ def identity(
     groups: Sequence[str] = ("viewers",),
     users: Sequence[str] = ("alice@example.com",),
 ) -> Identity:
-    return Identity(
-        username="bot-ci" if bot else "alice",
-        roles=tuple(roles),
-        logins=(),
-        traits={"kubernetes_groups": tuple(groups), "kubernetes_users": tuple(users)},
-        not_before=NOW - timedelta(hours=1),
-        not_after=NOW + timedelta(hours=11),
-        bot_name="ci" if bot else None,
-        device=device,
-        session_proof=proof,
-    )
+    traits = {"kubernetes_groups": groups, "kubernetes_users": users}
+    return harness.user_identity(roles, traits, device=device, proof=proof, bot=bot)
 
 
 def run(
@@ -74,47 +49,23 @@ def run(
     roles: Sequence[Role],
     *,
     target: KubeClusterTarget = PROD,
-    cluster_mode: str = "optional",
-    locks: Sequence[Lock] = (),
-    session_proof: str = "per_session",
+    **settings: Unpack[harness.Settings],
 ) -> Decision:
-    return decide(
-        who,
-        kube=target,
-        roles={r.name: r for r in roles},
-        cluster_mode=cluster_mode,
-        locks=locks,
-        now=NOW,
-        session_proof=session_proof,
-    )
+    return harness.decide_at_now(who, roles, kube=target, **settings)
 
 
-IDENTITIES = {
-    "human-with-device": identity(("dev", "moded"), device=DEVICE, proof=PROOF),
-    "human-login-device": identity(("dev", "moded"), device=DEVICE),
-    "human-without-device": identity(("dev", "moded")),
-    "bot": identity(("dev", "moded"), bot=True),
-}
+IDENTITIES = harness.mode_matrix_identities(functools.partial(identity, ("dev", "moded")), PROOF)
 
 
-@pytest.mark.parametrize("session_proof", ["per_session", "login"])
-@pytest.mark.parametrize("who", list(IDENTITIES))
-@pytest.mark.parametrize(("cluster_mode", "role_mode"), list(itertools.product(CLUSTER_MODES, ROLE_MODES)))
+@harness.mode_matrix
 def test_mode_matrix(cluster_mode: str, role_mode: str, who: str, session_proof: str) -> None:
     moded = role("moded", mode=role_mode, allow={"kubernetes_labels": {"env": "prod"}})
-    effective = max((m for m in (cluster_mode, role_mode) if m), key=STRICTNESS.index)
-    proven = who == "human-with-device" or (who == "human-login-device" and session_proof == "login")
-    needs_device = effective == "required" or (effective == "required-for-humans" and who != "bot")
     decision = run(IDENTITIES[who], (DEV, moded), cluster_mode=cluster_mode, session_proof=session_proof)
-    assert decision.mode == effective
-    assert decision.device_verified is proven
-    assert decision.allowed is (proven or not needs_device)
+    harness.check_mode(decision, cluster_mode, role_mode, who, session_proof)
     if decision.allowed:
         assert decision.kubernetes_groups == ("developers", "viewers")
         assert decision.kubernetes_users == ("alice@example.com",)
     else:
-        assert decision.reason == TRUSTED_DEVICE_REQUIRED
-        assert decision.audit_reason == (NO_TRUSTED_DEVICE if session_proof == "login" else NO_SESSION_PROOF)
         assert decision.kubernetes_groups == decision.kubernetes_users == ()
 
 
@@ -178,18 +129,7 @@ def test_the_require_trusted_device_preset_needs_a_proof_for_this_cluster() -> N
         assert (denied.reason, denied.audit_reason) == (TRUSTED_DEVICE_REQUIRED, PROOF_FOR_ANOTHER_TARGET)
 
 
-@pytest.mark.parametrize(
-    ("target", "stops"),
-    [
-        (LockTarget("user", "alice"), True),
-        (LockTarget("role", "dev"), True),
-        (LockTarget("device", DEVICE.device_id), True),
-        (LockTarget("node", "svc-1"), True),  # the kube service, by host id
-        (LockTarget("node", "kube-host"), True),  # ... or host name
-        (LockTarget("node", "another-host"), False),
-        (LockTarget("login", "alice"), False),  # logins are SSH's
-    ],
-)
+@pytest.mark.parametrize(("target", "stops"), harness.lock_targets("dev", "kube-host"))
 def test_locks(target: LockTarget, stops: bool) -> None:
     lock = Lock(name="l1", target=target, message="incident 42")
     decision = run(identity(device=DEVICE, proof=PROOF), (DEV,), locks=(lock,))

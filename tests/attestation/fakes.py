@@ -37,6 +37,11 @@ ALG_AES, ALG_CFB, ALG_NULL = 0x0006, 0x0043, 0x0010
 ALG_RSASSA, ALG_ECDSA = 0x0014, 0x0018
 CURVE_P256, CURVE_P384 = 0x0003, 0x0004
 
+#: One key of each kind for the tests that need one and not a particular one (RSA keys are slow to make).
+P256 = ec.generate_private_key(ec.SECP256R1())
+P384 = ec.generate_private_key(ec.SECP384R1())
+RSA2048 = rsa.generate_private_key(65537, 2048)
+
 AK_ATTRIBUTES = (
     ObjectAttributes.FIXED_TPM
     | ObjectAttributes.FIXED_PARENT

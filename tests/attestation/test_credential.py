@@ -18,11 +18,9 @@ from devicetrust.attestation import (
     make_credential,
 )
 from tests.attestation import fakes
+from tests.attestation.fakes import P256, P384, RSA2048
 from tests.tpm.helpers import require_tpm2_pytss
 
-RSA2048 = rsa.generate_private_key(65537, 2048)
-P256 = ec.generate_private_key(ec.SECP256R1())
-P384 = ec.generate_private_key(ec.SECP384R1())
 AK_NAME = fakes.tpm_public(ec.generate_private_key(ec.SECP256R1()).public_key()).name()
 
 # (EK private key, name algorithm, AES bits) per the TCG EK templates L-1, L-2, H-3

@@ -22,10 +22,7 @@ from devicetrust.attestation import (
 )
 from devicetrust.errors import ValidationError
 from tests.attestation import fakes
-
-P256 = ec.generate_private_key(ec.SECP256R1())
-P384 = ec.generate_private_key(ec.SECP384R1())
-RSA2048 = rsa.generate_private_key(65537, 2048)
+from tests.attestation.fakes import P256, P384, RSA2048
 
 
 def _ak(**changes: object) -> TPMPublic:

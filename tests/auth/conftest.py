@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 from tests.auth.api_harness import RunningApi, serve_api
+from tests.auth.server_harness import Clock, make_server
 
+from devicetrust.auth.server import AuthServer, Caller
 from devicetrust.storage.backend import Backend
 
 
@@ -24,3 +26,18 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def server(backend: Backend, clock: Clock) -> AuthServer:
+    return make_server(backend, clock)
+
+
+@pytest.fixture
+def admin(server: AuthServer) -> Caller:
+    return server.authenticate(server.issue_admin_identity("host-a"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from argon2 import PasswordHasher
+from tests.auth.server_harness import PASSWORD, Clock, make_server, public_key, signed_up
 
 from devicetrust.auth.server import (
     INVITE_TTL,
@@ -16,7 +16,6 @@ from devicetrust.auth.server import (
     Caller,
 )
 from devicetrust.crypto.certs import verify_ssh_user_cert
-from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
 from devicetrust.errors import (
     AccessDeniedError,
     AlreadyExistsError,
@@ -29,54 +28,6 @@ from devicetrust.errors import (
 )
 from devicetrust.storage.backend import Backend
 from devicetrust.types import resource_to_dict
-
-PASSWORD = "a long enough password"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-def make_server(backend: Backend, clock: Clock, cluster_name: str = "unit.test") -> AuthServer:
-    server = AuthServer(
-        backend,
-        cluster_name=cluster_name,
-        clock=clock,
-        password_hasher=PasswordHasher(time_cost=1, memory_cost=8, parallelism=1),
-    )
-    server.initialize()
-    return server
-
-
-@pytest.fixture
-def server(backend: Backend, clock: Clock) -> AuthServer:
-    return make_server(backend, clock)
-
-
-@pytest.fixture
-def admin(server: AuthServer) -> Caller:
-    return server.authenticate(server.issue_admin_identity("host-a"))
-
-
-def public_key() -> str:
-    return public_key_to_openssh(generate_private_key().public_key())
-
-
-def signed_up(server: AuthServer, admin: Caller, name: str, roles: tuple[str, ...] = ("access",)) -> None:
-    _, invite = server.create_user(admin, name, roles, {"logins": [name]})
-    server.signup(invite, PASSWORD)
 
 
 def test_initialize_is_idempotent_and_keeps_cas(server: AuthServer, backend: Backend, clock: Clock) -> None:

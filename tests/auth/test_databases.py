@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography.x509.oid import ExtensionOID
-from tests.auth.test_auth_server import PASSWORD, Clock, make_server, public_key, signed_up
+from tests.auth.server_harness import PASSWORD, Clock, public_key, signed_up
 
 from devicetrust.auth.databases import DB_SERVICE_TTL
 from devicetrust.auth.server import AuthServer, Caller
@@ -15,7 +15,6 @@ from devicetrust.crypto.ca import load_certificate_pem
 from devicetrust.crypto.certs import verify_x509_client_cert
 from devicetrust.crypto.identity import DatabaseRoute
 from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
-from devicetrust.storage.backend import Backend
 
 _SAN = ExtensionOID.SUBJECT_ALTERNATIVE_NAME
 
@@ -23,21 +22,6 @@ DATABASES = [
     {"name": "pg-prod", "protocol": "postgres", "uri": "postgres://db:5432", "labels": {"env": "prod"}},
     {"name": "pg-dev", "protocol": "postgres", "uri": "postgres://db:5433", "labels": {"env": "dev"}},
 ]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def server(backend: Backend, clock: Clock) -> AuthServer:
-    return make_server(backend, clock)
-
-
-@pytest.fixture
-def admin(server: AuthServer) -> Caller:
-    return server.authenticate(server.issue_admin_identity("host-a"))
 
 
 def join_db_service(server: AuthServer, admin: Caller) -> tuple[Caller, dict[str, object]]:

@@ -7,13 +7,12 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from tests.auth.api_harness import RunningApi
+from tests.fleet import Seeded, seed
 
 from devicetrust.auth import devices as devices_module
 from devicetrust.client import AuthApi, DeviceStream
@@ -27,20 +26,8 @@ from devicetrust.protocol import (
     DeviceSummaryList,
 )
 from devicetrust.storage.repositories import DeviceRepository
-from devicetrust.types import Device, DeviceCredential, DeviceSource, resource_to_dict
 
 PASSWORD = "a long enough password"
-WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Seeded:
-    id: str
-    os_type: str
-    asset_tag: str
-    enrolled: bool
-    owner: str
-    source: str
 
 
 def _device(index: int) -> Seeded:
@@ -58,32 +45,7 @@ def _device(index: int) -> Seeded:
 def fleet(api: RunningApi) -> list[Seeded]:
     devices = [_device(index) for index in range(25)]
     with api.server.context.backend.begin() as store:
-        for seeded in devices:
-            device = Device(
-                id=seeded.id,
-                os_type=seeded.os_type,
-                asset_tag=seeded.asset_tag,
-                enroll_status="enrolled" if seeded.enrolled else "not_enrolled",
-                credential=DeviceCredential(
-                    id=f"cred-{seeded.asset_tag}", attestation_type="unsafe_software", public_key_der=b"k"
-                )
-                if seeded.enrolled
-                else None,
-                source=DeviceSource(seeded.source, seeded.source) if seeded.source else None,
-                owner=seeded.owner,
-                create_time=WHEN,
-                update_time=WHEN,
-            )
-            store.devices.create(
-                device.id,
-                device.os_type,
-                device.asset_tag,
-                resource_to_dict(device),
-                enroll_status=device.enroll_status,
-                owner=device.owner,
-                source_name=seeded.source or None,
-                source_origin=seeded.source or None,
-            )
+        seed(store, devices)
     return devices
 
 

@@ -7,30 +7,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from tests.auth.test_auth_server import PASSWORD, Clock, make_server, public_key, signed_up
+from tests.auth.server_harness import PASSWORD, Clock, public_key, signed_up
 
 from devicetrust.auth.kube import KUBE_SERVICE_TTL
 from devicetrust.auth.server import AuthServer, Caller
 from devicetrust.crypto.ca import load_certificate_pem
 from devicetrust.errors import AuthenticationError, ValidationError
-from devicetrust.storage.backend import Backend
 
 CLUSTERS = [{"name": "prod", "labels": {"env": "prod"}}, {"name": "staging", "labels": {"env": "staging"}}]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def server(backend: Backend, clock: Clock) -> AuthServer:
-    return make_server(backend, clock)
-
-
-@pytest.fixture
-def admin(server: AuthServer) -> Caller:
-    return server.authenticate(server.issue_admin_identity("host-a"))
 
 
 def join_kube_service(server: AuthServer, admin: Caller) -> tuple[Caller, dict[str, object]]:

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.auth.test_auth_server import PASSWORD, Clock, make_server
+from tests.auth.server_harness import PASSWORD, Clock, make_server
 
 from devicetrust.auth.server import Caller
 from devicetrust.ceremony.messages import CeremonyError, ChallengeResponse, CollectedData, KeyEnrollPayload

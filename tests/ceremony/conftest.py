@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 import pytest
 from cryptography import x509
@@ -301,6 +302,36 @@ def enrolled(device: Device, credential: DeviceCredential, data: CollectedData |
     )
 
 
+class _CeremonyStart(TypedDict):
+    ceremony_id: str
+    device: Device
+    user: str
+    credential_id: str
+    collected: CollectedData
+    now: datetime
+    random_bytes: DeterministicRandom
+
+
+def _ceremony_start(
+    device: Device,
+    credential_id: str,
+    data: CollectedData | None,
+    rng: DeterministicRandom | None,
+    now: datetime,
+    ceremony_id: str,
+) -> _CeremonyStart:
+    """What both ceremonies begin with: USER's ``device`` reporting ``data`` (by default ``collected``)."""
+    return {
+        "ceremony_id": ceremony_id,
+        "device": device,
+        "user": USER,
+        "credential_id": credential_id,
+        "collected": data or collected(device.os_type),
+        "now": now,
+        "random_bytes": rng or DeterministicRandom(),
+    }
+
+
 def begin_enroll(
     device: Device,
     *,
@@ -314,16 +345,10 @@ def begin_enroll(
     credential_id: str = CREDENTIAL_ID,
 ) -> tuple[PendingCeremony, Challenge]:
     return begin_enrollment(
-        ceremony_id=ceremony_id,
-        device=device,
-        user=USER,
-        credential_id=credential_id,
-        collected=data or collected(device.os_type),
+        **_ceremony_start(device, credential_id, data, rng, now, ceremony_id),
         tpm=tpm,
         key=key,
         settings=settings or DeviceTrustSettings(),
-        now=now,
-        random_bytes=rng or DeterministicRandom(),
     )
 
 
@@ -338,14 +363,7 @@ def begin_auth(
     session_hash: str = SESSION_HASH,
 ) -> tuple[PendingCeremony, Challenge]:
     return begin_authentication(
-        ceremony_id=ceremony_id,
-        device=device,
-        user=USER,
-        session_hash=session_hash,
-        credential_id=credential_id,
-        collected=data or collected(device.os_type),
-        now=now,
-        random_bytes=rng or DeterministicRandom(),
+        **_ceremony_start(device, credential_id, data, rng, now, ceremony_id), session_hash=session_hash
     )
 
 

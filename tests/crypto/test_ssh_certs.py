@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
+from tests.crypto import harness
+from tests.crypto.harness import DEVICE, NOW, TTL
 
 from devicetrust.crypto.ca import CertAuthority
 from devicetrust.crypto.certs import (
@@ -29,49 +31,16 @@ from devicetrust.crypto.identity import (
     EXT_DEVICE_ID,
     EXT_ROLES,
     EXT_TRAITS,
-    DeviceExtensions,
     Identity,
 )
-from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
+from devicetrust.crypto.keys import public_key_to_openssh
 from devicetrust.errors import TrustError, ValidationError
 
-NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-TTL = timedelta(hours=12)
-DEVICE = DeviceExtensions(device_id="dev-1", asset_tag="C02ABC", credential_id="cred-1")
 DEVICE_EXTS = (EXT_DEVICE_ID, EXT_DEVICE_ASSET_TAG, EXT_DEVICE_CREDENTIAL_ID)
 
 
-@pytest.fixture(scope="module")
-def user_ca() -> CertAuthority:
-    return CertAuthority.generate("user", "example.com", NOW)
-
-
-@pytest.fixture(scope="module")
-def host_ca() -> CertAuthority:
-    return CertAuthority.generate("host", "example.com", NOW)
-
-
-@pytest.fixture(scope="module")
-def other_ca() -> CertAuthority:
-    return CertAuthority.generate("user", "evil.example", NOW)
-
-
-@pytest.fixture(scope="module")
-def subject_key() -> ec.EllipticCurvePublicKey:
-    return generate_private_key().public_key()
-
-
 def make_identity(**overrides: object) -> Identity:
-    fields: dict[str, object] = {
-        "username": "alice",
-        "roles": ("access", "editor"),
-        "logins": ("alice", "root"),
-        "traits": {"logins": ("alice", "root"), "team": ("infra",)},
-        "not_before": NOW,
-        "not_after": NOW + TTL,
-    }
-    fields.update(overrides)
-    return Identity(**fields)  # type: ignore[arg-type]
+    return harness.make_identity(**{"traits": {"logins": ("alice", "root"), "team": ("infra",)}, **overrides})
 
 
 def raw_user_cert(

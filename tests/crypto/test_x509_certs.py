@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tests.crypto.harness import DEVICE, NOW, TTL, make_identity
 
 from devicetrust.crypto.ca import CA_VALIDITY, CertAuthority
 from devicetrust.crypto.certs import (
@@ -26,50 +27,10 @@ from devicetrust.crypto.identity import (
     OID_DEVICE_ID,
     OID_LOGINS,
     OID_TRAITS,
-    DeviceExtensions,
-    Identity,
 )
-from devicetrust.crypto.keys import generate_private_key
 from devicetrust.errors import TrustError, ValidationError
 
-NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-TTL = timedelta(hours=12)
-DEVICE = DeviceExtensions(device_id="dev-1", asset_tag="C02ABC", credential_id="cred-1")
 DEVICE_OIDS = (OID_DEVICE_ID, OID_DEVICE_ASSET_TAG, OID_DEVICE_CREDENTIAL_ID)
-
-
-@pytest.fixture(scope="module")
-def user_ca() -> CertAuthority:
-    return CertAuthority.generate("user", "example.com", NOW)
-
-
-@pytest.fixture(scope="module")
-def host_ca() -> CertAuthority:
-    return CertAuthority.generate("host", "example.com", NOW)
-
-
-@pytest.fixture(scope="module")
-def other_ca() -> CertAuthority:
-    # same subject as the real user CA, different key: only the signature tells them apart
-    return CertAuthority.generate("user", "example.com", NOW)
-
-
-@pytest.fixture(scope="module")
-def subject_key() -> ec.EllipticCurvePublicKey:
-    return generate_private_key().public_key()
-
-
-def make_identity(**overrides: object) -> Identity:
-    fields: dict[str, object] = {
-        "username": "alice",
-        "roles": ("access", "editor"),
-        "logins": ("alice", "root"),
-        "traits": {"logins": ("alice", "root")},
-        "not_before": NOW,
-        "not_after": NOW + TTL,
-    }
-    fields.update(overrides)
-    return Identity(**fields)  # type: ignore[arg-type]
 
 
 def raw_client_cert(

@@ -25,7 +25,7 @@ import queue
 import secrets
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -155,6 +155,26 @@ class FakeKubeAPIServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def kube_service_config(
+        self, cluster_name: str, listen_port: int, token_file: Path, labels: Mapping[str, str] | None = None
+    ) -> str:
+        """The ``kube_service`` section of devicetrust.yaml: a kube service on ``listen_port`` fronting this server
+        as the cluster ``cluster_name``, with the service account token it reads (written to ``token_file``)."""
+        token_file.write_text(self.token)
+        config = (
+            "kube_service:\n"
+            "  enabled: true\n"
+            f"  listen_addr: 127.0.0.1:{listen_port}\n"
+            "  kubernetes_clusters:\n"
+            f"    - name: {cluster_name}\n"
+            f"      api_server: {self.url}\n"
+            f"      ca_file: {self.ca_file}\n"
+            f"      token_file: {token_file}\n"
+        )
+        if labels:
+            config += "      labels:\n" + "".join(f"        {key}: {value}\n" for key, value in labels.items())
+        return config
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig that reaches this server directly with the service account token (for kubectl)."""

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,8 +21,8 @@ import pytest
 from devicetrust.access import DB_ACCESS_DENIED, TRUSTED_DEVICE_REQUIRED
 from devicetrust.access.decision import NO_SESSION_PROOF
 from tests.db.harness import ensure_db_users, require_psql
-from tests.integration.cluster import BIN, Cluster, free_port, start_cluster
-from tests.integration.laptops import enrolled_laptop
+from tests.integration.cluster import BIN, free_port, start_cluster
+from tests.integration.laptops import StolenProfile, copy_profile, enrolled_laptop
 from tests.integration.test_cluster_cli import ok
 from tests.integration.test_devices import Laptop, _require_swtpm
 
@@ -33,39 +30,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 SERIAL = "SN-DB-1"
 DATABASE = "pg-prod"
-AUDIT_WAIT_SECONDS = 10.0
 PROXY_START_SECONDS = 30.0
 
 
-@dataclass
-class World:
-    cluster: Cluster
-    laptop: Laptop
-    thief_home: Path
-
-    def thief_env(self) -> dict[str, str]:
-        return self.cluster.env(
-            TSH_HOME=str(self.thief_home),
-            DEVICETRUST_TPM_TCTI=f"swtpm:host=127.0.0.1,port={free_port()}",
-            DEVICETRUST_ASSET_TAG=SERIAL,
-        )
-
+class World(StolenProfile):
     def psql(self, env: dict[str, str], *args: str, input: str) -> subprocess.CompletedProcess[str]:
         return self.cluster.run("tsh", "db", "connect", DATABASE, *args, input=input, env=env)
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        out = ok(self.cluster.tctl("audit", "ls", f"--type={kind}", "--user=alice", "--format=json", "--limit=1000"))
-        return list(json.loads(out))
-
-    def wait_for_event(self, kind: str, predicate: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + AUDIT_WAIT_SECONDS
-        while True:
-            found = [event for event in self.events(kind) if predicate(event)]
-            if found:
-                return found[-1]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no matching {kind} event")
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +63,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, postgres_admin: psycopg.Conn
         while DATABASE not in ok(laptop.tsh("db", "ls")):
             assert time.monotonic() < deadline, "the database service did not announce its database"
             time.sleep(0.2)
-        thief_home = root / "thief"
-        shutil.copytree(laptop.home, thief_home)
-        yield World(cluster, laptop, thief_home)
+        yield World(cluster, laptop, copy_profile(laptop, root))
     finally:
         if laptop is not None:
             laptop.stop()

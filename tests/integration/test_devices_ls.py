@@ -7,30 +7,18 @@ import json
 import subprocess
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import pytest
 import yaml
 
 from devicetrust.storage.backend import Backend
-from devicetrust.types import Device, DeviceCredential, DeviceSource, os_display_name, resource_to_dict
+from devicetrust.types import os_display_name
+from tests.fleet import Seeded, seed
 from tests.integration.cluster import Cluster
 
 HEADERS = ("Asset Tag", "OS", "Source", "Enroll Status", "Owner", "Device ID")
 #: more than the first page (100) and than one page after it, so listings span several pages
 FLEET_SIZE = 260
-WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Seeded:
-    id: str
-    os_type: str
-    asset_tag: str
-    enrolled: bool
-    owner: str
-    source: str
 
 
 def _fleet() -> list[Seeded]:
@@ -54,32 +42,7 @@ def _fleet() -> list[Seeded]:
 def fleet(cluster: Cluster) -> list[Seeded]:
     devices = _fleet()
     with Backend.open(f"sqlite:///{cluster.root / 'data' / 'backend.sqlite'}") as backend, backend.begin() as store:
-        for seeded in devices:
-            device = Device(
-                id=seeded.id,
-                os_type=seeded.os_type,
-                asset_tag=seeded.asset_tag,
-                enroll_status="enrolled" if seeded.enrolled else "not_enrolled",
-                credential=DeviceCredential(
-                    id=f"cred-{seeded.asset_tag}", attestation_type="unsafe_software", public_key_der=b"key"
-                )
-                if seeded.enrolled
-                else None,
-                source=DeviceSource(seeded.source, seeded.source) if seeded.source else None,
-                owner=seeded.owner,
-                create_time=WHEN,
-                update_time=WHEN,
-            )
-            store.devices.create(
-                device.id,
-                device.os_type,
-                device.asset_tag,
-                resource_to_dict(device),
-                enroll_status=device.enroll_status,
-                owner=device.owner,
-                source_name=seeded.source or None,
-                source_origin=seeded.source or None,
-            )
+        seed(store, devices)
     return devices
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -19,7 +18,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -27,8 +25,8 @@ import yaml
 from devicetrust.access import TRUSTED_DEVICE_REQUIRED
 from devicetrust.access.decision import NO_SESSION_PROOF
 from tests.fakes.kube_apiserver import FakeKubeAPIServer, running_kube_apiserver
-from tests.integration.cluster import Cluster, free_port, start_cluster
-from tests.integration.laptops import enrolled_laptop
+from tests.integration.cluster import free_port, start_cluster
+from tests.integration.laptops import StolenProfile, copy_profile, enrolled_laptop
 from tests.integration.test_cluster_cli import ok
 from tests.integration.test_devices import Laptop, _require_swtpm
 from tests.kube.harness import KUBECTL_TIMEOUT_SECONDS, require_kubectl
@@ -37,25 +35,16 @@ pytestmark = [pytest.mark.integration]
 
 SERIAL = "SN-KUBE-1"
 KUBE_CLUSTER = "prod"
-AUDIT_WAIT_SECONDS = 10.0
 GROUPS = ["developers", "viewers", "system:authenticated"]
 
 
 @dataclass
-class World:
-    cluster: Cluster
-    laptop: Laptop
-    thief_home: Path
+class World(StolenProfile):
     api: FakeKubeAPIServer
     root: Path
 
-    def thief_env(self) -> dict[str, str]:
-        return self.cluster.env(
-            TSH_HOME=str(self.thief_home),
-            DEVICETRUST_TPM_TCTI=f"swtpm:host=127.0.0.1,port={free_port()}",
-            DEVICETRUST_ASSET_TAG=SERIAL,
-            KUBECONFIG=str(self.thief_home / "kubeconfig"),
-        )
+    def thief_env(self, **extra: str) -> dict[str, str]:
+        return super().thief_env(KUBECONFIG=str(self.thief_home / "kubeconfig"), **extra)
 
     def laptop_env(self) -> dict[str, str]:
         return {**self.laptop.env(), "KUBECONFIG": str(self.laptop.home / "kubeconfig")}
@@ -69,20 +58,6 @@ class World:
             timeout=KUBECTL_TIMEOUT_SECONDS,
         )
 
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        out = ok(self.cluster.tctl("audit", "ls", f"--type={kind}", "--user=alice", "--format=json", "--limit=1000"))
-        return list(json.loads(out))
-
-    def wait_for_event(self, kind: str, predicate: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + AUDIT_WAIT_SECONDS
-        while True:
-            found = [event for event in self.events(kind) if predicate(event)]
-            if found:
-                return found[-1]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no matching {kind} event")
-            time.sleep(0.2)
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
@@ -90,20 +65,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     require_kubectl()
     root = tmp_path_factory.mktemp("kube-access")
     with running_kube_apiserver(root / "apiserver") as api:
-        token_file = root / "sa-token"
-        token_file.write_text(api.token)
-        extra = (
-            "kube_service:\n"
-            "  enabled: true\n"
-            f"  listen_addr: 127.0.0.1:{free_port()}\n"
-            "  kubernetes_clusters:\n"
-            f"    - name: {KUBE_CLUSTER}\n"
-            f"      api_server: {api.url}\n"
-            f"      ca_file: {api.ca_file}\n"
-            f"      token_file: {token_file}\n"
-            "      labels:\n"
-            "        env: prod\n"
-        )
+        extra = api.kube_service_config(KUBE_CLUSTER, free_port(), root / "sa-token", {"env": "prod"})
         cluster = start_cluster(root / "cluster", extra_config=extra)
         laptop: Laptop | None = None
         try:
@@ -114,9 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             while KUBE_CLUSTER not in ok(laptop.tsh("kube", "ls")):
                 assert time.monotonic() < deadline, "the kube service did not announce its cluster"
                 time.sleep(0.2)
-            thief_home = root / "thief"
-            shutil.copytree(laptop.home, thief_home)
-            yield World(cluster, laptop, thief_home, api, root)
+            yield World(cluster, laptop, copy_profile(laptop, root), api, root)
         finally:
             if laptop is not None:
                 laptop.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,8 +23,8 @@ import pytest
 from devicetrust.access.decision import NO_SESSION_PROOF, PROOF_EXPIRED, PROOF_FOR_ANOTHER_TARGET
 from tests.agent.harness import require_root_login
 from tests.integration.ceremony_helpers import LOGIN, NodeInfo, run_command
-from tests.integration.cluster import Cluster, free_port, start_cluster
-from tests.integration.laptops import enrolled_laptop
+from tests.integration.cluster import start_cluster
+from tests.integration.laptops import StolenProfile, copy_profile, enrolled_laptop
 from tests.integration.test_cluster_cli import ok, require_tool
 from tests.integration.test_devices import Laptop, _require_swtpm, set_device_trust
 
@@ -33,24 +32,12 @@ pytestmark = pytest.mark.integration
 
 SEED_REJECTION = "ERROR: ssh: rejected: administratively prohibited (unauthorized device)"
 SERIAL = "SN-PROOF-1"
-AUDIT_WAIT_SECONDS = 10.0
 
 
 @dataclass
-class World:
-    cluster: Cluster
-    laptop: Laptop
-    thief_home: Path
+class World(StolenProfile):
     node: NodeInfo
     host_ca_ssh: str
-
-    def thief_env(self) -> dict[str, str]:
-        # the laptop's whole profile, device state included, on a machine without that TPM
-        return self.cluster.env(
-            TSH_HOME=str(self.thief_home),
-            DEVICETRUST_TPM_TCTI=f"swtpm:host=127.0.0.1,port={free_port()}",
-            DEVICETRUST_ASSET_TAG=SERIAL,
-        )
 
     def thief(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.cluster.run("tsh", *args, env=self.thief_env())
@@ -58,20 +45,6 @@ class World:
     @property
     def target(self) -> str:
         return f"{LOGIN}@{self.node.hostname}"
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        out = ok(self.cluster.tctl("audit", "ls", f"--type={kind}", "--user=alice", "--format=json", "--limit=1000"))
-        return list(json.loads(out))
-
-    def wait_for_event(self, kind: str, predicate: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + AUDIT_WAIT_SECONDS
-        while True:
-            found = [event for event in self.events(kind) if predicate(event)]
-            if found:
-                return found[-1]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no matching {kind} event")
-            time.sleep(0.2)
 
     def present(self, home: Path, cert: bytes) -> asyncssh.SSHCompletedProcess:
         """A raw SSH client presenting ``cert`` with the profile's key from ``home``."""
@@ -97,10 +70,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 time.sleep(0.2)
         host, _, port = str(nodes[0]["addr"]).rpartition(":")
         node = NodeInfo(str(nodes[0]["host_id"]), str(nodes[0]["hostname"]), host, int(port))
-        thief_home = root / "thief"
-        shutil.copytree(laptop.home, thief_home)
         profile = json.loads((laptop.home / "profiles" / f"{cluster.proxy}.json").read_text())
-        yield World(cluster, laptop, thief_home, node, profile["host_ca_ssh"])
+        yield World(cluster, laptop, copy_profile(laptop, root), node, profile["host_ca_ssh"])
     finally:
         if laptop is not None:
             laptop.stop()

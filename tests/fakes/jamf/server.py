@@ -68,50 +68,28 @@ QUERY_CACHE_ENTRIES = 16
 #: requests remembered for tests to inspect
 REQUEST_LOG_ENTRIES = 10_000
 
-# ComputerSection -> (JSON key, is a list)
-COMPUTER_SECTIONS: Mapping[str, tuple[str, bool]] = {
-    "GENERAL": ("general", False),
-    "DISK_ENCRYPTION": ("diskEncryption", False),
-    "PURCHASING": ("purchasing", False),
-    "APPLICATIONS": ("applications", True),
-    "STORAGE": ("storage", False),
-    "USER_AND_LOCATION": ("userAndLocation", False),
-    "CONFIGURATION_PROFILES": ("configurationProfiles", True),
-    "PRINTERS": ("printers", True),
-    "SERVICES": ("services", True),
-    "HARDWARE": ("hardware", False),
-    "LOCAL_USER_ACCOUNTS": ("localUserAccounts", True),
-    "CERTIFICATES": ("certificates", True),
-    "ATTACHMENTS": ("attachments", True),
-    "PLUGINS": ("plugins", True),
-    "PACKAGE_RECEIPTS": ("packageReceipts", False),
-    "FONTS": ("fonts", True),
-    "SECURITY": ("security", False),
-    "OPERATING_SYSTEM": ("operatingSystem", False),
-    "LICENSED_SOFTWARE": ("licensedSoftware", True),
-    "IBEACONS": ("ibeacons", True),
-    "SOFTWARE_UPDATES": ("softwareUpdates", True),
-    "EXTENSION_ATTRIBUTES": ("extensionAttributes", True),
-    "CONTENT_CACHING": ("contentCaching", False),
-    "GROUP_MEMBERSHIPS": ("groupMemberships", True),
-}
-MOBILE_SECTIONS: Mapping[str, tuple[str, bool]] = {
-    "GENERAL": ("general", False),
-    "HARDWARE": ("hardware", False),
-    "USER_AND_LOCATION": ("userAndLocation", False),
-    "PURCHASING": ("purchasing", False),
-    "SECURITY": ("security", False),
-    "APPLICATIONS": ("applications", True),
-    "EBOOKS": ("ebooks", True),
-    "NETWORK": ("network", False),
-    "SERVICE_SUBSCRIPTIONS": ("serviceSubscriptions", True),
-    "CERTIFICATES": ("certificates", True),
-    "PROFILES": ("profiles", True),
-    "USER_PROFILES": ("userProfiles", True),
-    "PROVISIONING_PROFILES": ("provisioningProfiles", True),
-    "SHARED_USERS": ("sharedUsers", True),
-    "EXTENSION_ATTRIBUTES": ("extensionAttributes", True),
-}
+
+def _sections(names: str) -> dict[str, tuple[str, bool]]:
+    """Section name -> (JSON key, is a list), in the order given. The key is the name in camelCase (Jamf's own
+    rule); a trailing "[]" marks a section that is a list."""
+    sections: dict[str, tuple[str, bool]] = {}
+    for name in names.split():
+        section = name.removesuffix("[]")
+        first, *rest = section.lower().split("_")
+        sections[section] = (first + "".join(word.capitalize() for word in rest), name.endswith("[]"))
+    return sections
+
+
+COMPUTER_SECTIONS: Mapping[str, tuple[str, bool]] = _sections(
+    "GENERAL DISK_ENCRYPTION PURCHASING APPLICATIONS[] STORAGE USER_AND_LOCATION CONFIGURATION_PROFILES[] PRINTERS[] "
+    "SERVICES[] HARDWARE LOCAL_USER_ACCOUNTS[] CERTIFICATES[] ATTACHMENTS[] PLUGINS[] PACKAGE_RECEIPTS FONTS[] "
+    "SECURITY OPERATING_SYSTEM LICENSED_SOFTWARE[] IBEACONS[] SOFTWARE_UPDATES[] EXTENSION_ATTRIBUTES[] "
+    "CONTENT_CACHING GROUP_MEMBERSHIPS[]"
+)
+MOBILE_SECTIONS: Mapping[str, tuple[str, bool]] = _sections(
+    "GENERAL HARDWARE USER_AND_LOCATION PURCHASING SECURITY APPLICATIONS[] EBOOKS[] NETWORK SERVICE_SUBSCRIPTIONS[] "
+    "CERTIFICATES[] PROFILES[] USER_PROFILES[] PROVISIONING_PROFILES[] SHARED_USERS[] EXTENSION_ATTRIBUTES[]"
+)
 # Fields the spec allows in filter= and sort= (the subset the sync and its tests use, plus common ones).
 COMPUTER_FILTER_FIELDS = frozenset(
     {
