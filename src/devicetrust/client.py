@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 import pydantic
+from pydantic import JsonValue
 
 from devicetrust.errors import (
     ConnectionFailedError,
@@ -28,6 +29,7 @@ from devicetrust.protocol import (
     AddDeviceRequest,
     AuthenticateBeginRequest,
     BotJoinRequest,
+    ChallengeAnswer,
     ChallengeMessage,
     ClusterCAs,
     CreateBotRequest,
@@ -47,7 +49,7 @@ from devicetrust.protocol import (
     EnrollBeginRequest,
     EnrollTokenRequest,
     EventPage,
-    JsonObject,
+    KeyEnrollment,
     KubeClusterList,
     LoginRequest,
     LoginResponse,
@@ -62,6 +64,7 @@ from devicetrust.protocol import (
     SignupRequest,
     SignupResponse,
     TokenList,
+    TpmEnrollment,
     UpdateUserRequest,
     UpdateUserResponse,
     WhoamiResponse,
@@ -166,7 +169,7 @@ def segment(value: str) -> str:
     return "%2E" * len(quoted) if quoted in (".", "..") else quoted
 
 
-def body(request: Message) -> dict[str, Any]:
+def body(request: Message) -> dict[str, JsonValue]:
     """A request model as JSON. Built unvalidated by :class:`AuthApi`: the service validates, and its one-line
     errors are the ones users see."""
     return request.model_dump(mode="json")
@@ -314,20 +317,20 @@ class AuthApi(AuthClient):
         *,
         token: str | None,
         credential_id: str,
-        device_data: JsonObject,
-        tpm: JsonObject | None = None,
-        key: JsonObject | None = None,
+        device_data: Mapping[str, str],
+        tpm: TpmEnrollment | None = None,
+        key: KeyEnrollment | None = None,
     ) -> ChallengeMessage:
         request = EnrollBeginRequest.model_construct(
             token=token, credential_id=credential_id, device_data=device_data, tpm=tpm, key=key
         )
         return reply_as(ChallengeMessage, self.post("/v1/devices/enroll/begin", body(request)), "enroll/begin")
 
-    def enroll_finish(self, answer: JsonObject) -> ResourceDocument:
+    def enroll_finish(self, answer: ChallengeAnswer) -> ResourceDocument:
         return document(self.post("/v1/devices/enroll/finish", answer), "enroll/finish")
 
     def authenticate_begin(
-        self, *, credential_id: str, device_data: JsonObject, ssh_cert: str, target: SessionTarget | None = None
+        self, *, credential_id: str, device_data: Mapping[str, str], ssh_cert: str, target: SessionTarget | None = None
     ) -> ChallengeMessage:
         request = AuthenticateBeginRequest.model_construct(
             credential_id=credential_id, device_data=device_data, ssh_cert=ssh_cert, target=target
@@ -335,7 +338,7 @@ class AuthApi(AuthClient):
         path = "/v1/devices/authenticate/begin"
         return reply_as(ChallengeMessage, self.post(path, body(request)), "authenticate/begin")
 
-    def authenticate_finish(self, answer: JsonObject) -> DeviceCertificates:
+    def authenticate_finish(self, answer: ChallengeAnswer) -> DeviceCertificates:
         path = "/v1/devices/authenticate/finish"
         return reply_as(DeviceCertificates, self.post(path, answer), "authenticate/finish")
 
@@ -384,7 +387,7 @@ class DeviceStream:
     after the streamed devices (None: the listing reached the end). The request is sent when iteration starts; a
     refusal (a bad filter, a missing permission) raises before the first batch."""
 
-    def __init__(self, client: AuthClient, params: dict[str, Any]) -> None:
+    def __init__(self, client: AuthClient, params: dict[str, str | int]) -> None:
         self._client = client
         self._params = params
         self.next_page_token: str | None = None
@@ -431,7 +434,7 @@ class DeviceStream:
         return token
 
 
-def _device_query(query: DeviceListQuery | None, **override: str) -> dict[str, Any]:
+def _device_query(query: DeviceListQuery | None, **override: str) -> dict[str, str | int]:
     """The query's parameters, leaving out what is unset (an empty filter is set: it means "none")."""
     fields = (query or DeviceListQuery.model_construct()).model_dump(exclude_none=True)
     fields.update(override)

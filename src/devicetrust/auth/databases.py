@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 from devicetrust import audit as events
-from devicetrust.auth.nodes import RES_DB_SERVICE, live_agents
+from devicetrust.auth.nodes import RES_DB_SERVICE, ServingAgent, live_agents
 from devicetrust.crypto import (
     DatabaseRoute,
     certificate_to_pem,
@@ -33,13 +33,29 @@ __all__ = ["DB_SERVICE_TTL", "DatabaseAccessService"]
 DB_SERVICE_TTL = timedelta(minutes=10)
 
 
+class AnnouncedDatabase(TypedDict):
+    name: str
+    protocol: str
+    uri: str
+    labels: dict[str, str]
+    service: ServingAgent
+    last_seen: str
+
+
+class VisibleDatabase(AnnouncedDatabase):
+    """A database as ``tsh db ls`` lists it (:class:`devicetrust.protocol.DatabaseServer`)."""
+
+    allowed_users: list[str]
+    allowed_names: list[str]
+
+
 class DatabaseAccessService:
     def __init__(self, context: AuthContext) -> None:
         self.context = context
 
-    def _databases(self, now: datetime) -> dict[str, dict[str, Any]]:
+    def _databases(self, now: datetime) -> dict[str, AnnouncedDatabase]:
         """Every database a live service announces, by name (the most recently seen service wins)."""
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, AnnouncedDatabase] = {}
         for service in live_agents(self.context, RES_DB_SERVICE, now, DB_SERVICE_TTL):
             for database in service.get("databases", []):
                 found[str(database["name"])] = {
@@ -56,7 +72,7 @@ class DatabaseAccessService:
                 }
         return found
 
-    def _visible(self, caller: Caller, database: dict[str, Any]) -> dict[str, Any] | None:
+    def _visible(self, caller: Caller, database: AnnouncedDatabase) -> VisibleDatabase | None:
         labels = database["labels"]
         if caller.kind != "admin" and not caller.checker.roles_matching_database(labels):
             return None
@@ -66,7 +82,7 @@ class DatabaseAccessService:
             "allowed_names": list(caller.checker.database_names(labels)),
         }
 
-    def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
+    def list_visible(self, caller: Caller) -> list[VisibleDatabase]:
         """The databases whose labels one of the caller's roles allows (and none denies), by name."""
         databases = self._databases(self.context.clock())
         visible = (self._visible(caller, databases[name]) for name in sorted(databases))
@@ -74,7 +90,7 @@ class DatabaseAccessService:
 
     def issue_cert(
         self, caller: Caller, *, database: str, ssh_cert: bytes, db_user: str = "", db_name: str = ""
-    ) -> tuple[bytes, dict[str, Any]]:
+    ) -> tuple[bytes, VisibleDatabase]:
         """An X.509 client certificate for the key of the caller's login certificate ``ssh_cert``, routed to
         ``database``, expiring with the login certificate. It carries the login certificate's device values (if
         any) but never a session proof: where a session proof is required, each connection still needs one."""

@@ -9,9 +9,9 @@ proof (``tsh kube credentials``), so nothing is issued here.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
-from devicetrust.auth.nodes import RES_KUBE_SERVICE, live_agents
+from devicetrust.auth.nodes import RES_KUBE_SERVICE, ServingAgent, live_agents
 
 if TYPE_CHECKING:
     from devicetrust.auth.context import AuthContext, Caller
@@ -22,13 +22,27 @@ __all__ = ["KUBE_SERVICE_TTL", "KubeAccessService"]
 KUBE_SERVICE_TTL = timedelta(minutes=10)
 
 
+class AnnouncedKubeCluster(TypedDict):
+    name: str
+    labels: dict[str, str]
+    service: ServingAgent
+    last_seen: str
+
+
+class VisibleKubeCluster(AnnouncedKubeCluster):
+    """A cluster as ``tsh kube ls`` lists it (:class:`devicetrust.protocol.KubeCluster`)."""
+
+    kubernetes_users: list[str]
+    kubernetes_groups: list[str]
+
+
 class KubeAccessService:
     def __init__(self, context: AuthContext) -> None:
         self.context = context
 
-    def _clusters(self, now: datetime) -> dict[str, dict[str, Any]]:
+    def _clusters(self, now: datetime) -> dict[str, AnnouncedKubeCluster]:
         """Every Kubernetes cluster a live service announces, by name (the most recently seen service wins)."""
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, AnnouncedKubeCluster] = {}
         for service in live_agents(self.context, RES_KUBE_SERVICE, now, KUBE_SERVICE_TTL):
             for cluster in service.get("kube_clusters", []):
                 found[str(cluster["name"])] = {
@@ -43,11 +57,11 @@ class KubeAccessService:
                 }
         return found
 
-    def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
+    def list_visible(self, caller: Caller) -> list[VisibleKubeCluster]:
         """The clusters whose labels one of the caller's roles allows (and none denies), by name, with the
         Kubernetes users and groups those roles grant there."""
         clusters = self._clusters(self.context.clock())
-        visible: list[dict[str, Any]] = []
+        visible: list[VisibleKubeCluster] = []
         for name in sorted(clusters):
             labels = clusters[name]["labels"]
             if caller.kind != "admin" and not caller.checker.roles_matching_kubernetes_cluster(labels):

@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from devicetrust.access import label_matches
 from devicetrust.auth.secrets import hash_token, new_token
@@ -22,6 +22,7 @@ from devicetrust.crypto import (
     require_p256_public_key,
 )
 from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
+from devicetrust.protocol import NodeState
 from devicetrust.types import os_display_name
 
 if TYPE_CHECKING:
@@ -57,6 +58,15 @@ MAX_HOSTNAME_CHARS = 253
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
+class ServingAgent(TypedDict):
+    """The agent serving a database or Kubernetes cluster: where to connect, and the host id its TLS
+    certificate names."""
+
+    host_id: str
+    hostname: str
+    addr: str
+
+
 def _labels(value: Mapping[str, Any]) -> dict[str, str]:
     if len(value) > MAX_LABELS or not all(
         isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 63 and len(v) <= 253 for k, v in value.items()
@@ -77,7 +87,7 @@ class NodeService:
         labels: Mapping[str, Any],
         public_key: str,
         role: str = "node",
-    ) -> dict[str, Any]:
+    ) -> dict[str, str]:
         """Admit an agent of ``role`` ("node" or "db") holding a join token of that type."""
         if role not in AGENT_RESOURCES:
             raise ValidationError(f"role: expected one of {', '.join(AGENT_RESOURCES)}")
@@ -159,7 +169,7 @@ class NodeService:
     ) -> None:
         kind = self._require_agent(caller)
         context = self.context
-        body_update: dict[str, Any] = {"addr": addr, "labels": _labels(labels)}
+        body_update: dict[str, object] = {"addr": addr, "labels": _labels(labels)}
         if kind == RES_DB_SERVICE:
             names = [str(database["name"]) for database in databases]
             if len(set(names)) != len(names):
@@ -179,7 +189,7 @@ class NodeService:
             body = {**record.body, **body_update, "last_seen": context.clock().isoformat()}
             store.resources.update(kind, caller.name, body)
 
-    def state(self, caller: Caller) -> dict[str, Any]:
+    def state(self, caller: Caller) -> NodeState:
         """Everything an agent needs to decide on sessions by itself while the auth service is away."""
         self._require_agent(caller)
         context = self.context
@@ -187,14 +197,14 @@ class NodeService:
             roles = [record.body for record in store.resources.list("role")]
             cap = store.resources.get("cluster_auth_preference", "cluster-auth-preference").body
             locks = [record.body for record in store.locks.list(context.clock())]
-        return {
-            "cluster_name": context.cluster_name,
-            "roles": roles,
-            "cluster_auth_preference": cap,
-            "locks": locks,
-            "user_ca_ssh": context.user_ca.ssh_public_key(),
-            "generated": context.clock().isoformat(),
-        }
+        return NodeState(
+            cluster_name=context.cluster_name,
+            roles=roles,
+            cluster_auth_preference=cap,
+            locks=locks,
+            user_ca_ssh=context.user_ca.ssh_public_key(),
+            generated=context.clock().isoformat(),
+        )
 
     def record_event(self, caller: Caller, event: Mapping[str, Any]) -> None:
         kind = self._require_agent(caller)
@@ -241,6 +251,7 @@ __all__ = [
     "RES_KUBE_SERVICE",
     "RES_NODE",
     "NodeService",
+    "ServingAgent",
     "label_matches",
 ]
 

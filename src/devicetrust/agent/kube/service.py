@@ -289,7 +289,7 @@ class KubeService:
         )
 
     # ------------------------------------------------------------------------------------------ audit
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: dict[str, object]) -> None:
         loop, audit = self._loop, self.membership.audit
         if loop is not None and audit is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closing: the service is stopping
@@ -390,7 +390,7 @@ class _Handler(BaseHTTPRequestHandler):
         der = connection.getpeercert(binary_form=True) if isinstance(connection, ssl.SSLSocket) else None
         identity = self._identity(der, now)
         routed = route(self.path)
-        event: dict[str, Any] = {
+        event: dict[str, object] = {
             "event": "kube.request",
             **user_fields(identity),
             "addr.remote": peer,
