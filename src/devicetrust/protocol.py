@@ -429,6 +429,19 @@ KubeClusterName = Annotated[
 DatabaseName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
+class AgentEvent(TypedDict):
+    """An audit event an agent reports: its name (``session.start``, ``db.session.end``, ``kube.request``…), who
+    it is about, whether it succeeded, and the event's own fields (session id, addresses, the device…)."""
+
+    event: str
+    user: NotRequired[str]
+    success: NotRequired[bool]
+
+
+#: The body of ``POST /v1/nodes/events``: any fields beyond those named are the event's own.
+AgentEventBody = Annotated[dict[str, object], DocumentedAs(AgentEvent)]
+
+
 class NodeJoinRequest(Message):
     token: str = Field(min_length=1, max_length=256)
     hostname: str = Field(min_length=1, max_length=253)

@@ -39,7 +39,7 @@ from devicetrust.logs import request_id_var
 from devicetrust.protocol import (
     NDJSON_MEDIA_TYPE,
     AddDeviceRequest,
-    AuditEvent,
+    AgentEventBody,
     AuthenticateBeginRequest,
     BotJoinRequest,
     ChallengeAnswer,
@@ -246,6 +246,7 @@ OptionalCallerDep = Annotated[Caller | None, Depends(optional_caller)]
 
 def _challenge_response(body: object) -> ChallengeResponse:
     if not isinstance(body, dict):
+        # pydantic's own error for a body that is not an object, as before the parser became the validator
         raise PydanticCustomError("dict_type", "Input should be a valid dictionary")
     return ChallengeResponse.from_json(body)
 
@@ -566,7 +567,7 @@ def build_app(server: AuthServer) -> FastAPI:
         return server.nodes.state(caller)
 
     @app.post("/v1/nodes/events")
-    def node_event(event: AuditEvent, caller: CallerDep) -> Empty:
+    def node_event(event: AgentEventBody, caller: CallerDep) -> Empty:
         server.nodes.record_event(caller, event)
         return Empty()
 

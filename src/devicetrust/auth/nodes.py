@@ -206,7 +206,7 @@ class NodeService:
             generated=context.clock().isoformat(),
         )
 
-    def record_event(self, caller: Caller, event: Mapping[str, Any]) -> None:
+    def record_event(self, caller: Caller, event: Mapping[str, object]) -> None:
         kind = self._require_agent(caller)
         name = event.get("event")
         success = bool(event.get("success", True))
