@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 import pydantic
+from pydantic import JsonValue
 
 from devicetrust import protocol
 from devicetrust.errors import (
@@ -124,7 +125,7 @@ def segment(value: str) -> str:
     return "%2E" * len(quoted) if quoted in (".", "..") else quoted
 
 
-def body(request: protocol.Message) -> dict[str, Any]:
+def body(request: protocol.Message) -> dict[str, JsonValue]:
     """A request model as JSON. Built unvalidated by :class:`AuthApi`: the service validates, and its one-line
     errors are the ones users see."""
     return request.model_dump(mode="json")
@@ -274,23 +275,23 @@ class AuthApi(AuthClient):
         *,
         token: str | None,
         credential_id: str,
-        device_data: protocol.JsonObject,
-        tpm: protocol.JsonObject | None = None,
-        key: protocol.JsonObject | None = None,
+        device_data: Mapping[str, str],
+        tpm: protocol.TpmEnrollment | None = None,
+        key: protocol.KeyEnrollment | None = None,
     ) -> protocol.ChallengeMessage:
         request = protocol.EnrollBeginRequest.model_construct(
             token=token, credential_id=credential_id, device_data=device_data, tpm=tpm, key=key
         )
         return reply_as(protocol.ChallengeMessage, self.post("/v1/devices/enroll/begin", body(request)), "enroll/begin")
 
-    def enroll_finish(self, answer: protocol.JsonObject) -> protocol.ResourceDocument:
+    def enroll_finish(self, answer: protocol.ChallengeAnswer) -> protocol.ResourceDocument:
         return document(self.post("/v1/devices/enroll/finish", answer), "enroll/finish")
 
     def authenticate_begin(
         self,
         *,
         credential_id: str,
-        device_data: protocol.JsonObject,
+        device_data: Mapping[str, str],
         ssh_cert: str,
         target: protocol.SessionTarget | None = None,
     ) -> protocol.ChallengeMessage:
@@ -300,7 +301,7 @@ class AuthApi(AuthClient):
         path = "/v1/devices/authenticate/begin"
         return reply_as(protocol.ChallengeMessage, self.post(path, body(request)), "authenticate/begin")
 
-    def authenticate_finish(self, answer: protocol.JsonObject) -> protocol.DeviceCertificates:
+    def authenticate_finish(self, answer: protocol.ChallengeAnswer) -> protocol.DeviceCertificates:
         path = "/v1/devices/authenticate/finish"
         return reply_as(protocol.DeviceCertificates, self.post(path, answer), "authenticate/finish")
 
@@ -353,7 +354,7 @@ class DeviceStream:
     after the streamed devices (None: the listing reached the end). The request is sent when iteration starts; a
     refusal (a bad filter, a missing permission) raises before the first batch."""
 
-    def __init__(self, client: AuthClient, params: dict[str, Any]) -> None:
+    def __init__(self, client: AuthClient, params: dict[str, str | int]) -> None:
         self._client = client
         self._params = params
         self.next_page_token: str | None = None
@@ -402,7 +403,7 @@ class DeviceStream:
         return token
 
 
-def _device_query(query: protocol.DeviceListQuery | None, **override: str) -> dict[str, Any]:
+def _device_query(query: protocol.DeviceListQuery | None, **override: str) -> dict[str, str | int]:
     """The query's parameters, leaving out what is unset (an empty filter is set: it means "none")."""
     fields = (query or protocol.DeviceListQuery.model_construct()).model_dump(exclude_none=True)
     fields.update(override)

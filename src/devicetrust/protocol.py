@@ -7,9 +7,24 @@ routes and callers convert at the edge.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    NonNegativeInt,
+    StringConstraints,
+    TypeAdapter,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+# pydantic reads TypedDicts from typing_extensions only, before Python 3.12
+from typing_extensions import TypedDict
 
 #: No TTL the service grants comes near a year; larger requests are refused rather than converted.
 MAX_TTL_SECONDS = 366 * 24 * 3600
@@ -27,8 +42,6 @@ TokenTTL = Annotated[int | None, Field(ge=1, le=MAX_TTL_SECONDS)]
 ResourceDocument = dict[str, Any]
 #: An audit event: ``id``, ``uid``, ``event``, ``code``, ``time``, ``user``, ``success`` and the event's own fields.
 AuditEvent = dict[str, Any]
-#: A JSON object a ceremony or MDM message parser checks field by field (with its own one-line errors).
-JsonObject = dict[str, Any]
 #: most observations, removals or identities one MDM request may carry: Jamf's largest page
 MDM_MAX_BATCH_ITEMS = 2000
 #: longest free text taken from an MDM agent (ids, serial numbers, names, reasons, notes)
@@ -299,14 +312,78 @@ class DeviceSummaryList(Message):
     next_page_token: str | None
 
 
+# The ceremony messages' shapes. The service checks them field by field with its own one-line errors
+# (devicetrust.ceremony.messages), so requests carry them as plain JSON objects documented by these.
+class CollectedDeviceData(TypedDict):
+    """What a device reports about itself (Teleport's DeviceCollectedData); every value at most 256 characters."""
+
+    collect_time: str
+    os_type: str
+    serial_number: str
+    model_identifier: NotRequired[str]
+    os_id: NotRequired[str]
+    os_version: NotRequired[str]
+    os_build: NotRequired[str]
+    os_username: NotRequired[str]
+    system_serial_number: NotRequired[str]
+    base_board_serial_number: NotRequired[str]
+    reported_asset_tag: NotRequired[str]
+
+
+class TpmEnrollment(TypedDict):
+    """A TPM's enrollment: its EK (certificate or public key, DER) and its attestation key (a TPMT_PUBLIC), base64."""
+
+    ek_cert_der: NotRequired[str | None]
+    ek_public_der: NotRequired[str | None]
+    ak_public: str
+
+
+class KeyEnrollment(TypedDict):
+    """A Secure Enclave or software key's enrollment: its P-256 public key (PKIX DER, base64) and
+    ``attestation_type``, ``macos_secure_enclave`` or ``unsafe_software``."""
+
+    public_key_der: str
+    attestation_type: str
+
+
+class QuoteAnswer(TypedDict):
+    """A TPM quote over the challenge's nonce: TPMS_ATTEST and its signature (base64), the quoted PCRs (index to
+    64 hex digits) and the measured-boot event log (base64; may be empty)."""
+
+    attest: str
+    signature: str
+    pcr_values: dict[str, str]
+    event_log: NotRequired[str]
+
+
+class ChallengeAnswer(TypedDict):
+    """A device's answer to a ceremony's challenge (the body of ``finish``): the activated secret and a quote (TPM)
+    or a signature (Secure Enclave, software key), base64."""
+
+    ceremony_id: str
+    activated_secret: NotRequired[str]
+    quote: NotRequired[QuoteAnswer | None]
+    signature: NotRequired[str]
+
+
+@dataclass(frozen=True)
+class DocumentedAs:
+    """Field metadata: the OpenAPI schema shows ``shape`` for a value the service checks by hand."""
+
+    shape: type
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return handler(TypeAdapter(self.shape).core_schema)
+
+
 class EnrollBeginRequest(Message):
     """``token`` for a token enrollment; without it, the caller's session asks for auto-enrollment."""
 
     token: str | None = Field(default=None, max_length=256)
     credential_id: str = Field(min_length=1, max_length=256)
-    device_data: JsonObject
-    tpm: JsonObject | None = None
-    key: JsonObject | None = None
+    device_data: Annotated[dict[str, object], DocumentedAs(CollectedDeviceData)]
+    tpm: Annotated[dict[str, object], DocumentedAs(TpmEnrollment)] | None = None
+    key: Annotated[dict[str, object], DocumentedAs(KeyEnrollment)] | None = None
 
 
 class SessionTarget(Message):
@@ -318,7 +395,7 @@ class SessionTarget(Message):
 
 class AuthenticateBeginRequest(Message):
     credential_id: str = Field(min_length=1, max_length=256)
-    device_data: JsonObject
+    device_data: Annotated[dict[str, object], DocumentedAs(CollectedDeviceData)]
     ssh_cert: str = Field(max_length=16 * 1024)
     #: With a target: a session proof for it (session certificates); without: login-time device certificates.
     target: SessionTarget | None = None
@@ -350,6 +427,19 @@ KubeClusterName = Annotated[
 ]
 #: A database's name in the cluster (what ``tsh db`` commands and session proofs name).
 DatabaseName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+class AgentEvent(TypedDict):
+    """An audit event an agent reports: its name (``session.start``, ``db.session.end``, ``kube.request``…), who
+    it is about, whether it succeeded, and the event's own fields (session id, addresses, the device…)."""
+
+    event: str
+    user: NotRequired[str]
+    success: NotRequired[bool]
+
+
+#: The body of ``POST /v1/nodes/events``: any fields beyond those named are the event's own.
+AgentEventBody = Annotated[dict[str, object], DocumentedAs(AgentEvent)]
 
 
 class NodeJoinRequest(Message):

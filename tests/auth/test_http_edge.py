@@ -186,6 +186,32 @@ def test_openapi_describes_every_reply_of_the_protocol(api: RunningApi) -> None:
     assert set(schemas["NodeState"]["properties"]) >= {"roles", "locks", "cluster_auth_preference", "user_ca_ssh"}
 
 
+def test_openapi_describes_every_request_body(api: RunningApi) -> None:
+    with api.client() as anonymous:
+        document = anonymous.get("/v1/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    untyped = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if "requestBody" not in operation:
+                continue
+            body = operation["requestBody"]["content"]["application/json"]["schema"]
+            if "$ref" in body:
+                body = schemas[body["$ref"].rpartition("/")[2]]
+            if not body.get("properties"):
+                untyped.append((method, path))
+    assert untyped == []
+    answer = {"$ref": "#/components/schemas/ChallengeAnswer"}
+    for path in ("/v1/devices/enroll/finish", "/v1/devices/authenticate/finish"):
+        assert document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"] == answer
+    assert set(schemas["ChallengeAnswer"]["properties"]) == {"ceremony_id", "activated_secret", "quote", "signature"}
+    assert schemas["ChallengeAnswer"]["required"] == ["ceremony_id"]
+    assert set(schemas["QuoteAnswer"]["properties"]) == {"attest", "signature", "pcr_values", "event_log"}
+    begin = schemas["EnrollBeginRequest"]["properties"]
+    assert {"collect_time", "os_type", "serial_number"} <= set(begin["device_data"]["properties"])
+    assert "ChallengeResponse" not in schemas
+
+
 def test_an_unexpected_failure_is_a_500_in_the_error_shape(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> dict[str, Any]:
         raise RuntimeError("secret internals")

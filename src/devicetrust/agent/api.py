@@ -15,7 +15,6 @@ from devicetrust.client import body, error_from_response, pinned_ssl_context, re
 from devicetrust.errors import ConnectionFailedError
 from devicetrust.protocol import (
     AgentRole,
-    AuditEvent,
     DatabaseInfo,
     HeartbeatRequest,
     KubeClusterInfo,
@@ -88,5 +87,5 @@ class NodeAPI:
     async def state(self) -> NodeState:
         return reply_as(NodeState, await self.request("GET", "/v1/nodes/state"), "nodes/state")
 
-    async def event(self, event: AuditEvent) -> None:
+    async def event(self, event: Mapping[str, object]) -> None:
         await self.request("POST", "/v1/nodes/events", event)

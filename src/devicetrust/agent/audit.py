@@ -13,23 +13,48 @@ import collections
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from devicetrust.access import Decision
 from devicetrust.agent.api import NodeAPI
 from devicetrust.crypto.identity import Identity
 from devicetrust.errors import DevicetrustError, ValidationError
 
-__all__ = ["MAX_BUFFERED_EVENTS", "USER_KIND_BOT", "USER_KIND_HUMAN", "AuditForwarder", "device_fields", "user_fields"]
+__all__ = [
+    "MAX_BUFFERED_EVENTS",
+    "USER_KIND_BOT",
+    "USER_KIND_HUMAN",
+    "AuditForwarder",
+    "DeviceFields",
+    "UserFields",
+    "device_fields",
+    "user_fields",
+]
 
 #: Audit ``user_kind`` values, as Teleport writes them.
 USER_KIND_HUMAN = 1
 USER_KIND_BOT = 2
 
 
-def user_fields(identity: Identity | None) -> dict[str, Any]:
+class UserFields(TypedDict):
+    """Who a session event is about."""
+
+    user: str
+    user_kind: int
+    bot_name: NotRequired[str]
+
+
+class DeviceFields(TypedDict, total=False):
+    """The device a session event names: ``device`` (``asset_tag``, ``device_id``, ``os``, ``credential_id``)
+    and ``device_proof`` (``id``, ``time``)."""
+
+    device: dict[str, str]
+    device_proof: dict[str, str]
+
+
+def user_fields(identity: Identity | None) -> UserFields:
     """Who a session event is about: ``user``, ``user_kind`` and, for a bot, ``bot_name``."""
-    fields: dict[str, Any] = {
+    fields: UserFields = {
         "user": identity.username if identity is not None else "",
         "user_kind": USER_KIND_BOT if identity is not None and identity.is_bot else USER_KIND_HUMAN,
     }
@@ -38,13 +63,13 @@ def user_fields(identity: Identity | None) -> dict[str, Any]:
     return fields
 
 
-def device_fields(identity: Identity | None, decision: Decision | None) -> dict[str, Any]:
+def device_fields(identity: Identity | None, decision: Decision | None) -> DeviceFields:
     """The ``device`` block of a session event (and ``device_proof``, the ceremony the session ran on), where
     the decision lets audit name the device (never when device trust is off); empty otherwise.
     See docs/architecture.md, Audit events."""
     if identity is None or identity.device is None or decision is None or not decision.audit_device:
         return {}
-    fields: dict[str, Any] = {
+    fields: DeviceFields = {
         "device": {
             "asset_tag": identity.device.asset_tag,
             "device_id": identity.device.device_id,
@@ -72,7 +97,7 @@ EVENT_RETRY_MAX_SECONDS = 10.0
 class AuditForwarder:
     def __init__(self, api: NodeAPI, max_buffered: int = MAX_BUFFERED_EVENTS) -> None:
         self._api = api
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[dict[str, object]] = collections.deque()
         self._max = max_buffered
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -84,7 +109,7 @@ class AuditForwarder:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def emit(self, event: Mapping[str, Any]) -> None:
+    def emit(self, event: Mapping[str, object]) -> None:
         """Queue one event for delivery; never blocks, never raises."""
         if len(self._queue) >= self._max:
             self._queue.popleft()

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import asyncssh
 
@@ -299,7 +299,7 @@ class SSHNode:
         if live is None:
             return
         live.connection.sessions.discard(session)
-        extra: dict[str, Any] = {"exit_status": exit_status}
+        extra: dict[str, object] = {"exit_status": exit_status}
         if session.terminated:
             extra["reason"] = session.terminated
         self._emit("session.end", live.connection, live.session_id, live.decision, success=True, **extra)
@@ -314,12 +314,12 @@ class SSHNode:
         decision: Decision | None,
         *,
         success: bool,
-        **extra: Any,
+        **extra: object,
     ) -> None:
         identity = connection.identity
         # Teleport's session event shape (sid, addr.*, ei, namespace, proto, user_kind, server_*), plus our own
         # session_id / remote_addr names kept for existing consumers.
-        event: dict[str, Any] = {
+        event: dict[str, object] = {
             "event": name,
             "ei": 0 if name != "session.end" else 1,
             **user_fields(identity),

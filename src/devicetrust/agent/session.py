@@ -28,7 +28,7 @@ import termios
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import asyncssh
 
@@ -76,6 +76,19 @@ def lookup_account(login: str) -> LoginAccount | None:
     except OSError:
         groups = (entry.pw_gid,)
     return LoginAccount(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell or "/bin/sh", groups)
+
+
+class SpawnOptions(TypedDict, total=False):
+    """How a session's process is started (``asyncio.create_subprocess_exec``'s keywords)."""
+
+    cwd: str
+    env: dict[str, str]
+    start_new_session: bool
+    close_fds: bool
+    preexec_fn: Callable[[], None]
+    user: int
+    group: int
+    extra_groups: list[int]
 
 
 def _reset_signals() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -243,9 +256,9 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
             with contextlib.suppress(OSError):
                 os.chown(path, self.account.uid, self.account.gid)
 
-    def _spawn_options(self, *, pty: bool = False) -> dict[str, Any]:
+    def _spawn_options(self, *, pty: bool = False) -> SpawnOptions:
         home = self.account.home if Path(self.account.home).is_dir() else "/"
-        options: dict[str, Any] = {
+        options: SpawnOptions = {
             "cwd": home,
             "env": self._environment(),
             "start_new_session": True,
@@ -253,7 +266,9 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
             "preexec_fn": _reset_signals_and_take_terminal if pty else _reset_signals,
         }
         if os.geteuid() == 0 and self.account.uid != 0:
-            options.update(user=self.account.uid, group=self.account.gid, extra_groups=list(self.account.groups))
+            options.update(
+                {"user": self.account.uid, "group": self.account.gid, "extra_groups": list(self.account.groups)}
+            )
         return options
 
     def _argv(self) -> tuple[str, list[str]]:

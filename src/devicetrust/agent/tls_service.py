@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from cryptography import x509
 
@@ -97,7 +97,7 @@ class TLSService(Generic[_Settings]):
         """Announce the service (its address, what it serves) to the auth service."""
         raise NotImplementedError
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: dict[str, object]) -> None:
         """Queue an audit event from any thread."""
         loop, audit = self._loop, self.membership.audit
         if loop is not None and audit is not None:

@@ -19,21 +19,30 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import PlainValidator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from devicetrust import __version__
 from devicetrust.auth.devices import device_filter
 from devicetrust.auth.edge import INT64_MAX, RequestGuardMiddleware, error_response, short_message
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
-from devicetrust.ceremony.messages import ChallengeResponse, CollectedData, KeyEnrollPayload, TPMEnrollPayload
+from devicetrust.ceremony.messages import (
+    ChallengeResponse,
+    CollectedData,
+    KeyEnrollPayload,
+    QuoteResponse,
+    TPMEnrollPayload,
+)
 from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
 from devicetrust.logs import request_id_var
 from devicetrust.protocol import (
     NDJSON_MEDIA_TYPE,
     AddDeviceRequest,
-    AuditEvent,
+    AgentEventBody,
     AuthenticateBeginRequest,
     BotJoinRequest,
+    ChallengeAnswer,
     ChallengeMessage,
     ClusterCAs,
     CreateBotRequest,
@@ -58,7 +67,6 @@ from devicetrust.protocol import (
     ErrorReply,
     EventPage,
     HeartbeatRequest,
-    JsonObject,
     KubeClusterList,
     LoginDeviceTrust,
     LoginIdentity,
@@ -237,6 +245,19 @@ async def optional_caller(request: Request, credentials: BearerDep) -> Caller | 
 OptionalCallerDep = Annotated[Caller | None, Depends(optional_caller)]
 
 
+def _challenge_response(body: object) -> ChallengeResponse:
+    if not isinstance(body, dict):
+        # pydantic's own error for a body that is not an object, as before the parser became the validator
+        raise PydanticCustomError("dict_type", "Input should be a valid dictionary")
+    return ChallengeResponse.from_json(body)
+
+
+#: A ceremony's ``finish`` body, read by the ceremony's own parser (its errors are the ones devices show).
+ChallengeAnswerBody = Annotated[
+    ChallengeResponse, PlainValidator(_challenge_response, json_schema_input_type=ChallengeAnswer)
+]
+
+
 def _login_response(result: LoginResult, server: AuthServer) -> LoginResponse:
     return LoginResponse(
         session_token=result.session_token,
@@ -283,7 +304,8 @@ def _openapi_with_errors(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     document = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    for name in ("HTTPValidationError", "ValidationError"):
+    # FastAPI lists the parsed finish body's classes too; the wire shape is ChallengeAnswer (ChallengeAnswerBody)
+    for name in ("HTTPValidationError", "ValidationError", ChallengeResponse.__name__, QuoteResponse.__name__):
         schemas.pop(name, None)
     schemas["ErrorDetail"] = ErrorDetail.model_json_schema()
     schemas["ErrorReply"] = ErrorReply.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -371,7 +393,7 @@ def build_app(server: AuthServer) -> FastAPI:
 
     @app.get("/v1/whoami")
     def whoami(caller: CallerDep) -> WhoamiResponse:
-        return WhoamiResponse.model_validate(server.whoami(caller))
+        return server.whoami(caller)
 
     @app.post("/v1/users")
     def create_user(req: CreateUserRequest, caller: CallerDep) -> CreateUserResponse:
@@ -497,8 +519,8 @@ def build_app(server: AuthServer) -> FastAPI:
         return ChallengeMessage.model_validate(challenge.to_json())
 
     @app.post("/v1/devices/enroll/finish")
-    def enroll_finish(response: JsonObject) -> ResourceDocument:
-        return _device_json(server.devices.enroll_finish(ChallengeResponse.from_json(response)))
+    def enroll_finish(response: ChallengeAnswerBody) -> ResourceDocument:
+        return _device_json(server.devices.enroll_finish(response))
 
     # The device ceremony runs before every session. Its routes run on the event loop: their work is short (a
     # cached read, the crypto, one write), and a hop to a worker thread would cost more than the work itself.
@@ -514,8 +536,8 @@ def build_app(server: AuthServer) -> FastAPI:
         return _json_response(challenge.to_json())
 
     @app.post("/v1/devices/authenticate/finish", response_model=DeviceCertificates)
-    async def authenticate_finish(response: JsonObject, caller: InlineCallerDep) -> Response:
-        certs = server.devices.authenticate_finish(caller, ChallengeResponse.from_json(response))
+    async def authenticate_finish(response: ChallengeAnswerBody, caller: InlineCallerDep) -> Response:
+        certs = server.devices.authenticate_finish(caller, response)
         return _json_response(
             {
                 "ssh_cert": certs.ssh_cert.decode(),
@@ -543,10 +565,10 @@ def build_app(server: AuthServer) -> FastAPI:
 
     @app.get("/v1/nodes/state")
     def node_state(caller: CallerDep) -> NodeState:
-        return NodeState.model_validate(server.nodes.state(caller))
+        return server.nodes.state(caller)
 
     @app.post("/v1/nodes/events")
-    def node_event(event: AuditEvent, caller: CallerDep) -> Empty:
+    def node_event(event: AgentEventBody, caller: CallerDep) -> Empty:
         server.nodes.record_event(caller, event)
         return Empty()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from cryptography import x509
 
@@ -16,6 +16,7 @@ from devicetrust.ceremony.sealed import SEAL_KEY_BYTES
 from devicetrust.crypto.ca import CA_KINDS, CertAuthority
 from devicetrust.crypto.certs import issue_tls_server_cert
 from devicetrust.errors import ConfigError
+from devicetrust.protocol import ResourceDocument
 from devicetrust.storage.repositories import CLUSTER_NAME_KEY
 from devicetrust.types import default_cluster_auth_preference, preset_roles, resource_to_dict
 
@@ -24,6 +25,27 @@ TLS_CERT_TTL = timedelta(days=365)
 CERT_BACKDATE = timedelta(minutes=1)
 #: The cluster key/value entry holding the key that seals pending device-authentication ceremonies.
 CEREMONY_KEY_NAME = "ceremony_seal_key"
+
+
+class DeviceTrustSummary(TypedDict):
+    mode: str
+    auto_enroll: bool
+    session_proof: str
+    session_proof_ttl: str
+
+
+class AuthSummary(TypedDict):
+    type: str
+    second_factors: list[str]
+    device_trust: DeviceTrustSummary
+
+
+class PingSummary(TypedDict):
+    """What ``/v1/ping`` tells anyone (:class:`devicetrust.protocol.PingResponse`)."""
+
+    cluster_name: str
+    server_version: str
+    auth: AuthSummary
 
 
 class ClusterService:
@@ -67,7 +89,7 @@ class ClusterService:
             self.context.host_ca, public_key, dns_names, ip_addresses, now - CERT_BACKDATE, now + TLS_CERT_TTL
         )
 
-    def ping(self) -> dict[str, Any]:
+    def ping(self) -> PingSummary:
         cap = self.context.auth_preference()
         return {
             "cluster_name": self.context.cluster_name,
@@ -84,7 +106,7 @@ class ClusterService:
             },
         }
 
-    def cert_authority_documents(self) -> list[dict[str, Any]]:
+    def cert_authority_documents(self) -> list[ResourceDocument]:
         """The cluster's CAs as resources: public halves only (anyone may fetch them from /v1/cas)."""
         return [
             {

@@ -8,12 +8,13 @@ services announce one name, the one seen last serves it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from devicetrust import audit as events
-from devicetrust.auth.nodes import RES_DB_SERVICE, announced
+from devicetrust.auth.nodes import RES_DB_SERVICE, ServingAgent, announced
 from devicetrust.crypto.certs import (
     certificate_to_pem,
     issue_x509_client_cert,
@@ -33,15 +34,42 @@ __all__ = ["DB_SERVICE_TTL", "DatabaseAccessService"]
 DB_SERVICE_TTL = timedelta(minutes=10)
 
 
+class AnnouncedDatabase(TypedDict):
+    name: str
+    protocol: str
+    uri: str
+    labels: dict[str, str]
+    service: ServingAgent
+    last_seen: str
+
+
+class VisibleDatabase(AnnouncedDatabase):
+    """A database as ``tsh db ls`` lists it (:class:`devicetrust.protocol.DatabaseServer`)."""
+
+    allowed_users: list[str]
+    allowed_names: list[str]
+
+
+def _announced_database(item: Mapping[str, Any], agent: ServingAgent, last_seen: str) -> AnnouncedDatabase:
+    return {
+        "name": item["name"],
+        "protocol": item["protocol"],
+        "uri": item["uri"],
+        "labels": dict(item.get("labels", {})),
+        "service": agent,
+        "last_seen": last_seen,
+    }
+
+
 class DatabaseAccessService:
     def __init__(self, context: AuthContext) -> None:
         self.context = context
 
-    def _databases(self, now: datetime) -> dict[str, dict[str, Any]]:
+    def _databases(self, now: datetime) -> dict[str, AnnouncedDatabase]:
         """Every database a live service announces, by name (the most recently seen service wins)."""
-        return announced(self.context, RES_DB_SERVICE, "databases", ("protocol", "uri"), now, DB_SERVICE_TTL)
+        return announced(self.context, RES_DB_SERVICE, "databases", now, DB_SERVICE_TTL, _announced_database)
 
-    def _visible(self, caller: Caller, database: dict[str, Any]) -> dict[str, Any] | None:
+    def _visible(self, caller: Caller, database: AnnouncedDatabase) -> VisibleDatabase | None:
         labels = database["labels"]
         if caller.kind != "admin" and not caller.checker.roles_matching_database(labels):
             return None
@@ -51,7 +79,7 @@ class DatabaseAccessService:
             "allowed_names": list(caller.checker.database_names(labels)),
         }
 
-    def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
+    def list_visible(self, caller: Caller) -> list[VisibleDatabase]:
         """The databases whose labels one of the caller's roles allows (and none denies), by name."""
         databases = self._databases(self.context.clock())
         visible = (self._visible(caller, databases[name]) for name in sorted(databases))
@@ -59,7 +87,7 @@ class DatabaseAccessService:
 
     def issue_cert(
         self, caller: Caller, *, database: str, ssh_cert: bytes, db_user: str = "", db_name: str = ""
-    ) -> tuple[bytes, dict[str, Any]]:
+    ) -> tuple[bytes, VisibleDatabase]:
         """An X.509 client certificate for the key of the caller's login certificate ``ssh_cert``, routed to
         ``database``, expiring with the login certificate. It carries the login certificate's device values (if
         any) but never a session proof: where a session proof is required, each connection still needs one."""

@@ -537,10 +537,8 @@ class DeviceService:
 
     def _audit_failure(self, event: tuple[str, str], user: str, device: Device | None, reason: str) -> None:
         with self._backend.begin() as store:
-            details: dict[str, Any] = {"reason": reason}
-            if device is not None:
-                details["device"] = device_audit(device)
-            self._audit(store, event, user, False, **details)
+            details = {"device": device_audit(device)} if device is not None else {}
+            self._audit(store, event, user, False, reason=reason, **details)
 
     # ---------------------------------------------------------------------------------- authentication
     def authenticate_begin(
@@ -600,7 +598,8 @@ class DeviceService:
         if refusal is not None:
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, device, reason)
             raise refusal
-        sealed: dict[str, Any] = {
+        # what finish needs besides the pending ceremony: the login certificate, and a session proof's target
+        sealed: dict[str, object] = {
             **pending.to_body(),
             "id": pending.id,
             "expires": pending.expires.isoformat(),
@@ -659,7 +658,9 @@ class DeviceService:
             raise CeremonyError("device is not enrolled")
         return self._save(store, appended(current))
 
-    def _opened(self, caller: Caller, ceremony_id: str, now: datetime) -> tuple[PendingCeremony, dict[str, Any]]:
+    def _opened(
+        self, caller: Caller, ceremony_id: str, now: datetime
+    ) -> tuple[PendingCeremony, bytes, tuple[str, str] | None]:
         """The pending state sealed into ``ceremony_id`` at begin, if it is the caller's and still live.
         Ownership is checked before anything is spent: another user's finish must not burn the owner's ceremony."""
         unknown = CeremonyError("unknown or expired device ceremony")
@@ -675,16 +676,14 @@ class DeviceService:
             raise unknown
         if now >= pending.expires:
             raise unknown
-        return pending, {"ssh_cert": login_cert, "target": _pending_target(state)}
+        return pending, login_cert, _pending_target(state)
 
     def authenticate_finish(self, caller: Caller, response: ChallengeResponse) -> AugmentedCerts:
         """Verify the device's answer against the credential it holds now, then, in ONE write transaction, spend
         the ceremony (its id's primary key: of concurrent finishes exactly one commits), record the
         authentication on the device and audit it."""
         now = self._now()
-        pending, sealed = self._opened(caller, response.ceremony_id, now)
-        target: tuple[str, str] | None = sealed["target"]
-        login_cert: bytes = sealed["ssh_cert"]
+        pending, login_cert, target = self._opened(caller, response.ceremony_id, now)
         with self._backend.read() as store:
             state = self.context.state(store)
             record = store.devices.find(pending.device_id)
@@ -741,7 +740,7 @@ class DeviceService:
             except NotFoundError:
                 raise CeremonyError("unknown or expired device ceremony") from None
             current = self._record_authentication(store, device, record.revision, self._record(pending, proof, now))
-            details: dict[str, Any] = {}
+            details: dict[str, dict[str, str]] = {}
             if session_proof is not None:
                 details["target"] = {"kind": session_proof.kind, "id": session_proof.target}
                 details["proof"] = {"id": session_proof.id, "expires": session_proof.expires.isoformat()}
@@ -767,7 +766,7 @@ class DeviceService:
         return AugmentedCerts(new_ssh, new_tls, current)
 
 
-def _pending_target(body: Mapping[str, Any]) -> tuple[str, str] | None:
+def _pending_target(body: Mapping[str, object]) -> tuple[str, str] | None:
     target = body.get("target")
     if target is None:
         return None

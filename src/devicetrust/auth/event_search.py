@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from devicetrust.auth.context import RES_EVENT, AuthContext, Caller
+from devicetrust.protocol import AuditEvent
 
 
 class EventSearch:
@@ -24,7 +24,7 @@ class EventSearch:
         limit: int,
         after_id: int | None,
         newest: bool = False,
-    ) -> list[dict[str, Any]]:
+    ) -> list[AuditEvent]:
         caller.check(RES_EVENT, "list")
         caller.check(RES_EVENT, "read")
         with self.context.backend.read() as store:

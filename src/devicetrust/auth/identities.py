@@ -200,7 +200,7 @@ class IdentityService:
             )
         return token, expires
 
-    def list_tokens(self, caller: Caller) -> list[dict[str, Any]]:
+    def list_tokens(self, caller: Caller) -> list[dict[str, str]]:
         caller.check(RES_TOKEN, "list")
         with self.context.backend.begin() as store:
             records = store.tokens.list(self.context.clock())

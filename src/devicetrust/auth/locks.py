@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from devicetrust import audit as events
 from devicetrust.auth.context import RES_LOCK, AuthContext, Caller
 from devicetrust.errors import AccessDeniedError
+from devicetrust.protocol import ResourceDocument
 from devicetrust.storage.repositories import Store
 from devicetrust.types import Lock, resource_to_dict
 
@@ -25,11 +25,11 @@ class LockService:
     def __init__(self, context: AuthContext) -> None:
         self.context = context
 
-    def list_all(self) -> list[dict[str, Any]]:
+    def list_all(self) -> list[ResourceDocument]:
         with self.context.backend.read() as store:
             return [record.body for record in store.locks.list(self.context.clock())]
 
-    def get(self, name: str) -> dict[str, Any]:
+    def get(self, name: str) -> ResourceDocument:
         with self.context.backend.read() as store:
             return store.locks.get(name).body
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from devicetrust.access import label_matches
 from devicetrust.auth.secrets import hash_token, new_token
@@ -17,6 +17,7 @@ from devicetrust.config import is_ip_address
 from devicetrust.crypto.certs import certificate_to_pem, issue_ssh_host_cert, issue_tls_server_cert
 from devicetrust.crypto.keys import load_public_key, require_p256_public_key
 from devicetrust.errors import AccessDeniedError, AuthenticationError, NotFoundError, ValidationError
+from devicetrust.protocol import NodeState
 from devicetrust.types import os_display_name
 
 if TYPE_CHECKING:
@@ -52,6 +53,15 @@ MAX_HOSTNAME_CHARS = 253
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
+class ServingAgent(TypedDict):
+    """The agent serving a database or Kubernetes cluster: where to connect, and the host id its TLS
+    certificate names."""
+
+    host_id: str
+    hostname: str
+    addr: str
+
+
 def _labels(value: Mapping[str, Any]) -> dict[str, str]:
     if len(value) > MAX_LABELS or not all(
         isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 63 and len(v) <= 253 for k, v in value.items()
@@ -72,7 +82,7 @@ class NodeService:
         labels: Mapping[str, Any],
         public_key: str,
         role: str = "node",
-    ) -> dict[str, Any]:
+    ) -> dict[str, str]:
         """Admit an agent of ``role`` ("node" or "db") holding a join token of that type."""
         if role not in AGENT_RESOURCES:
             raise ValidationError(f"role: expected one of {', '.join(AGENT_RESOURCES)}")
@@ -146,7 +156,7 @@ class NodeService:
     ) -> None:
         kind = self._require_agent(caller)
         context = self.context
-        body_update: dict[str, Any] = {"addr": addr, "labels": _labels(labels)}
+        body_update: dict[str, object] = {"addr": addr, "labels": _labels(labels)}
         if kind == RES_DB_SERVICE:
             names = [str(database["name"]) for database in databases]
             if len(set(names)) != len(names):
@@ -166,7 +176,7 @@ class NodeService:
             body = {**record.body, **body_update, "last_seen": context.clock().isoformat()}
             store.resources.update(kind, caller.name, body)
 
-    def state(self, caller: Caller) -> dict[str, Any]:
+    def state(self, caller: Caller) -> NodeState:
         """Everything an agent needs to decide on sessions by itself while the auth service is away."""
         self._require_agent(caller)
         context = self.context
@@ -174,16 +184,16 @@ class NodeService:
             roles = [record.body for record in store.resources.list("role")]
             cap = store.resources.get("cluster_auth_preference", "cluster-auth-preference").body
             locks = [record.body for record in store.locks.list(context.clock())]
-        return {
-            "cluster_name": context.cluster_name,
-            "roles": roles,
-            "cluster_auth_preference": cap,
-            "locks": locks,
-            "user_ca_ssh": context.user_ca.ssh_public_key(),
-            "generated": context.clock().isoformat(),
-        }
+        return NodeState(
+            cluster_name=context.cluster_name,
+            roles=roles,
+            cluster_auth_preference=cap,
+            locks=locks,
+            user_ca_ssh=context.user_ca.ssh_public_key(),
+            generated=context.clock().isoformat(),
+        )
 
-    def record_event(self, caller: Caller, event: Mapping[str, Any]) -> None:
+    def record_event(self, caller: Caller, event: Mapping[str, object]) -> None:
         kind = self._require_agent(caller)
         name = event.get("event")
         success = bool(event.get("success", True))
@@ -229,6 +239,7 @@ __all__ = [
     "RES_KUBE_SERVICE",
     "RES_NODE",
     "NodeService",
+    "ServingAgent",
     "announced",
     "label_matches",
     "spend_join_token",
@@ -265,24 +276,23 @@ def live_agents(context: AuthContext, kind: str, now: datetime, ttl: timedelta) 
     return [record for _, record in sorted(live, key=lambda pair: pair[0])]
 
 
+_AnnouncedT = TypeVar("_AnnouncedT")
+
+
 def announced(
-    context: AuthContext, kind: str, key: str, fields: Sequence[str], now: datetime, ttl: timedelta
-) -> dict[str, dict[str, Any]]:
-    """What the live agents of ``kind`` announce under ``key`` (their databases, their kube clusters), by name:
-    its name, ``fields``, labels, the agent serving it and when that was last seen (the most recently seen agent
+    context: AuthContext,
+    kind: str,
+    key: str,
+    now: datetime,
+    ttl: timedelta,
+    entry: Callable[[Mapping[str, Any], ServingAgent, str], _AnnouncedT],
+) -> dict[str, _AnnouncedT]:
+    """What the live agents of ``kind`` announce under ``key`` (their databases, their kube clusters), by name, as
+    ``entry(item, the agent serving it, when that agent was last seen)`` makes it (the most recently seen agent
     wins)."""
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, _AnnouncedT] = {}
     for service in live_agents(context, kind, now, ttl):
+        agent: ServingAgent = {"host_id": service["host_id"], "hostname": service["hostname"], "addr": service["addr"]}
         for item in service.get(key, []):
-            found[str(item["name"])] = {
-                "name": item["name"],
-                **{name: item[name] for name in fields},
-                "labels": dict(item.get("labels", {})),
-                "service": {
-                    "host_id": service["host_id"],
-                    "hostname": service["hostname"],
-                    "addr": service["addr"],
-                },
-                "last_seen": service["last_seen"],
-            }
+            found[str(item["name"])] = entry(item, agent, service["last_seen"])
     return found

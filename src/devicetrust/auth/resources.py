@@ -25,15 +25,14 @@ from devicetrust.auth.devices import RES_DEVICE, DeviceService
 from devicetrust.auth.identities import IdentityService, require_roles_exist
 from devicetrust.auth.locks import LockService
 from devicetrust.errors import AlreadyExistsError, NotFoundError, ValidationError
+from devicetrust.protocol import ResourceDocument
 from devicetrust.types import ClusterAuthPreference, Resource, User, normalize_kind, parse_resource, resource_to_dict
-
-Document = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class KindHandler:
-    list: Callable[[Caller], list[Document]]
-    get: Callable[[Caller, str], Document]
+    list: Callable[[Caller], list[ResourceDocument]]
+    get: Callable[[Caller, str], ResourceDocument]
     #: (caller, parsed resource, force) -> "created", "updated" or "unchanged"
     put: Callable[[Caller, Any, bool], str]
     delete: Callable[[Caller, str], None]
@@ -117,7 +116,7 @@ class ResourceService:
 
         return KindHandler(list=unserved, get=unserved, put=unserved, delete=unserved)
 
-    def list_resources(self, caller: Caller, kind: str) -> list[Document]:
+    def list_resources(self, caller: Caller, kind: str) -> list[ResourceDocument]:
         kind = normalize_kind(kind)
         handler = self._handler(kind)
         if not handler.public:
@@ -125,7 +124,7 @@ class ResourceService:
             caller.check(kind, "read")
         return handler.list(caller)
 
-    def get_resource(self, caller: Caller, kind: str, name: str) -> Document:
+    def get_resource(self, caller: Caller, kind: str, name: str) -> ResourceDocument:
         kind = normalize_kind(kind)
         handler = self._handler(kind)
         if not handler.public:
@@ -149,11 +148,11 @@ class ResourceService:
         handler.delete(caller, name)
 
     # ------------------------------------------------------------------------------ generic stored kinds
-    def _list_stored(self, kind: str) -> list[Document]:
+    def _list_stored(self, kind: str) -> list[ResourceDocument]:
         with self.context.backend.read() as store:
             return [record.body for record in store.resources.list(kind)]
 
-    def _get_stored(self, kind: str, name: str) -> Document:
+    def _get_stored(self, kind: str, name: str) -> ResourceDocument:
         with self.context.backend.read() as store:
             return store.resources.get(kind, name).body
 
@@ -196,11 +195,11 @@ class ResourceService:
             self.context.audit(store, events.ROLE_DELETE, caller.name, True, name=name)
 
     # -------------------------------------------------------------------------------------------- users
-    def _list_users(self, caller: Caller) -> list[Document]:
+    def _list_users(self, caller: Caller) -> list[ResourceDocument]:
         with self.context.backend.begin() as store:
             return [record.body for record in store.users.list()]
 
-    def _get_user(self, caller: Caller, name: str) -> Document:
+    def _get_user(self, caller: Caller, name: str) -> ResourceDocument:
         with self.context.backend.begin() as store:
             return store.users.get(name).body
 
@@ -239,7 +238,7 @@ class ResourceService:
         devices.delete(caller, name)
 
     # --------------------------------------------------------------------------------- cert authorities
-    def _get_cert_authority(self, caller: Caller, name: str) -> Document:
+    def _get_cert_authority(self, caller: Caller, name: str) -> ResourceDocument:
         found = [doc for doc in self._cluster.cert_authority_documents() if doc["metadata"]["name"] == name]
         if not found:
             raise NotFoundError(f'cert_authority "{name}" not found (the cluster has "user" and "host")')

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from argon2 import PasswordHasher
 
@@ -34,6 +33,7 @@ from devicetrust.auth.sessions import (
     SessionService,
 )
 from devicetrust.crypto.ca import CertAuthority
+from devicetrust.protocol import WhoamiResponse
 from devicetrust.storage.backend import Backend
 
 __all__ = [
@@ -143,11 +143,11 @@ class AuthServer:
             }
 
     @staticmethod
-    def whoami(caller: Caller) -> dict[str, Any]:
-        return {
-            "user": caller.name,
-            "kind": caller.kind,
-            "roles": list(caller.role_names),
-            "logins": list(caller.checker.logins()),
-            "bot_name": caller.bot_name,
-        }
+    def whoami(caller: Caller) -> WhoamiResponse:
+        return WhoamiResponse(
+            user=caller.name,
+            kind=caller.kind,
+            roles=list(caller.role_names),
+            logins=list(caller.checker.logins()),
+            bot_name=caller.bot_name,
+        )

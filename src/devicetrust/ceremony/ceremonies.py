@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -61,6 +61,43 @@ AUTHENTICATE = "device_authn"
 RandomBytes = Callable[[int], bytes]
 
 
+class CredentialBody(TypedDict):
+    """A pending enrollment's credential as stored (bytes as base64)."""
+
+    id: str
+    attestation_type: str
+    public_key_der: str
+    tpm_ak_public: str
+    tpm_ekcert_serial: str
+    tpm_ek_public_sha256: str
+
+
+class PendingBody(TypedDict):
+    """A pending ceremony as stored or sealed (bytes as base64)."""
+
+    device_id: str
+    user: str
+    credential_id: str
+    nonce: str
+    challenge: str
+    secret_sha256: str
+    collected: dict[str, str]
+    session_hash: str
+    credential: NotRequired[CredentialBody]
+
+
+def _stored_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string in a stored ceremony")
+    return value
+
+
+def _stored_fields(value: object) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise TypeError("expected an object in a stored ceremony")
+    return value
+
+
 @dataclass(frozen=True)
 class PendingCeremony:
     """What ``begin`` stores and ``finish`` consumes. Secrets are kept only as digests."""
@@ -80,8 +117,8 @@ class PendingCeremony:
     #: authentication: the API session the ceremony is bound to
     session_hash: str = ""
 
-    def to_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def to_body(self) -> PendingBody:
+        body: PendingBody = {
             "device_id": self.device_id,
             "user": self.user,
             "credential_id": self.credential_id,
@@ -103,18 +140,21 @@ class PendingCeremony:
         return body
 
     @classmethod
-    def from_body(cls, ceremony_id: str, kind: str, expires: datetime, body: Mapping[str, Any]) -> PendingCeremony:
+    def from_body(cls, ceremony_id: str, kind: str, expires: datetime, body: Mapping[str, object]) -> PendingCeremony:
+        """The ceremony ``to_body`` stored; KeyError, TypeError or ValueError if ``body`` is not one."""
         raw = body.get("credential")
         credential = None
         if raw is not None:
+            stored = _stored_fields(raw)
             credential = DeviceCredential(
-                id=raw["id"],
-                attestation_type=raw["attestation_type"],
-                public_key_der=b64d(raw["public_key_der"], "credential", 4096, allow_empty=True),
-                tpm_ak_public=b64d(raw["tpm_ak_public"], "credential", 4096, allow_empty=True),
-                tpm_ekcert_serial=raw["tpm_ekcert_serial"],
-                tpm_ek_public_sha256=raw["tpm_ek_public_sha256"],
+                id=_stored_text(stored["id"]),
+                attestation_type=_stored_text(stored["attestation_type"]),
+                public_key_der=b64d(stored["public_key_der"], "credential", 4096, allow_empty=True),
+                tpm_ak_public=b64d(stored["tpm_ak_public"], "credential", 4096, allow_empty=True),
+                tpm_ekcert_serial=_stored_text(stored["tpm_ekcert_serial"]),
+                tpm_ek_public_sha256=_stored_text(stored["tpm_ek_public_sha256"]),
             )
+        collected = _stored_fields(body.get("collected", {}))
         return cls(
             id=ceremony_id,
             kind=kind,
@@ -126,7 +166,7 @@ class PendingCeremony:
             challenge=b64d(body["challenge"], "challenge", 128, allow_empty=True),
             secret_sha256=b64d(body["secret_sha256"], "secret", 128, allow_empty=True),
             credential=credential,
-            collected=dict(body.get("collected", {})),
+            collected={key: _stored_text(value) for key, value in collected.items()},
             session_hash=str(body.get("session_hash", "")),
         )
 
@@ -390,6 +430,8 @@ __all__ = [
     "KEY_ATTESTATION_TYPES",
     "NONCE_BYTES",
     "QUOTE_PCRS",
+    "CredentialBody",
+    "PendingBody",
     "PendingCeremony",
     "VerifiedProof",
     "begin_authentication",

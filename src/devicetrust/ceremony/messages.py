@@ -12,9 +12,9 @@ import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from devicetrust.errors import ValidationError
+from devicetrust.protocol import ChallengeAnswer, KeyEnrollment, QuoteAnswer, TpmEnrollment
 
 #: Upper bounds on encoded fields (base64 text) — generous multiples of the real sizes.
 MAX_EK_CERT_B64 = 8 * 1024
@@ -46,7 +46,7 @@ def b64e(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def b64d(value: Any, field: str, max_chars: int, *, allow_empty: bool = False) -> bytes:
+def b64d(value: object, field: str, max_chars: int, *, allow_empty: bool = False) -> bytes:
     if not isinstance(value, str):
         raise CeremonyError(f"{field}: expected base64 text")
     if len(value) > max_chars:
@@ -59,13 +59,13 @@ def b64d(value: Any, field: str, max_chars: int, *, allow_empty: bool = False) -
         raise CeremonyError(f"{field}: not valid base64") from None
 
 
-def text(value: Any, field: str, max_chars: int = MAX_ID_CHARS) -> str:
+def text(value: object, field: str, max_chars: int = MAX_ID_CHARS) -> str:
     if not isinstance(value, str) or not value or len(value) > max_chars:
         raise CeremonyError(f"{field}: expected a non-empty string of at most {max_chars} characters")
     return value
 
 
-def mapping(value: Any, field: str) -> Mapping[str, Any]:
+def mapping(value: object, field: str) -> Mapping[str, object]:
     if not isinstance(value, Mapping):
         raise CeremonyError(f"{field}: expected an object")
     return value
@@ -77,7 +77,7 @@ class TPMEnrollPayload:
     ek_public_der: bytes | None
     ak_public: bytes  # marshalled TPMT_PUBLIC
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> TpmEnrollment:
         return {
             "ek_cert_der": b64e(self.ek_cert_der) if self.ek_cert_der else None,
             "ek_public_der": b64e(self.ek_public_der) if self.ek_public_der else None,
@@ -85,7 +85,7 @@ class TPMEnrollPayload:
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> TPMEnrollPayload:
+    def from_json(cls, data: object) -> TPMEnrollPayload:
         data = mapping(data, "tpm")
         cert = data.get("ek_cert_der")
         public = data.get("ek_public_der")
@@ -103,11 +103,11 @@ class KeyEnrollPayload:
     public_key_der: bytes
     attestation_type: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> KeyEnrollment:
         return {"public_key_der": b64e(self.public_key_der), "attestation_type": self.attestation_type}
 
     @classmethod
-    def from_json(cls, data: Any) -> KeyEnrollPayload:
+    def from_json(cls, data: object) -> KeyEnrollPayload:
         data = mapping(data, "key")
         kind = data.get("attestation_type")
         if kind not in KEY_ATTESTATION_TYPES:
@@ -122,7 +122,7 @@ class QuoteResponse:
     pcr_values: Mapping[int, bytes]
     event_log: bytes
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> QuoteAnswer:
         return {
             "attest": b64e(self.attest),
             "signature": b64e(self.signature),
@@ -131,7 +131,7 @@ class QuoteResponse:
         }
 
     @classmethod
-    def from_json(cls, data: Any, field: str = "quote") -> QuoteResponse:
+    def from_json(cls, data: object, field: str = "quote") -> QuoteResponse:
         data = mapping(data, field)
         raw_pcrs = mapping(data.get("pcr_values"), f"{field}.pcr_values")
         if len(raw_pcrs) > MAX_PCRS:
@@ -163,7 +163,7 @@ class Challenge:
     credential_blob: bytes = b""  # TPM enrollment: TPM2B_ID_OBJECT
     encrypted_secret: bytes = b""  # TPM enrollment: TPM2B_ENCRYPTED_SECRET
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, str]:
         return {
             "ceremony_id": self.ceremony_id,
             "nonce": b64e(self.nonce),
@@ -173,7 +173,7 @@ class Challenge:
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> Challenge:
+    def from_json(cls, data: object) -> Challenge:
         data = mapping(data, "challenge")
         return cls(
             ceremony_id=text(data.get("ceremony_id"), "ceremony_id", MAX_CEREMONY_ID_CHARS),
@@ -193,7 +193,7 @@ class ChallengeResponse:
     quote: QuoteResponse | None = None
     signature: bytes = b""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ChallengeAnswer:
         return {
             "ceremony_id": self.ceremony_id,
             "activated_secret": b64e(self.activated_secret),
@@ -202,7 +202,7 @@ class ChallengeResponse:
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> ChallengeResponse:
+    def from_json(cls, data: object) -> ChallengeResponse:
         data = mapping(data, "response")
         quote = data.get("quote")
         return cls(
@@ -233,16 +233,20 @@ class CollectedData:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CollectedData:
-        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+    def from_dict(cls, data: Mapping[str, object]) -> CollectedData:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValidationError(f"collected_data: unknown field {unknown[0]!r}")
-        for name, value in known.items():
+        known: dict[str, str] = {}
+        for name in cls.__dataclass_fields__:
+            if name not in data:
+                continue
+            value = data[name]
             if not isinstance(value, str) or len(value) > MAX_COLLECTED_FIELD_CHARS:
                 raise ValidationError(
                     f"collected_data.{name}: expected a string of at most {MAX_COLLECTED_FIELD_CHARS} chars"
                 )
+            known[name] = value
         for required in ("collect_time", "os_type", "serial_number"):
             if not known.get(required):
                 raise ValidationError(f"collected_data.{required} is required")

@@ -18,7 +18,6 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from devicetrust.ceremony.messages import MAX_CEREMONY_ID_CHARS, CeremonyError
 
@@ -43,14 +42,14 @@ def _mac(key: bytes, payload: str) -> bytes:
     return hmac.new(key, (SEALED_PREFIX + payload).encode("ascii"), hashlib.sha256).digest()
 
 
-def seal(key: bytes, state: Mapping[str, Any]) -> str:
+def seal(key: bytes, state: Mapping[str, object]) -> str:
     if len(key) < SEAL_KEY_BYTES:
         raise ValueError("the sealing key is too short")
     payload = _b64(json.dumps(state, separators=(",", ":"), sort_keys=True).encode("utf-8"))
     return f"{SEALED_PREFIX}{payload}.{_b64(_mac(key, payload))}"
 
 
-def open_sealed(key: bytes, sealed: str) -> dict[str, Any]:
+def open_sealed(key: bytes, sealed: str) -> dict[str, object]:
     """The state sealed under ``key``; CeremonyError (one message for every cause) if it was not, or was
     changed."""
     if len(key) < SEAL_KEY_BYTES:

@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 
@@ -465,7 +464,7 @@ class DatabaseService(TLSService[DatabaseServiceConfig]):
             session.announced = True
             self._emit_start(session, success=False, error=session.ending or "the database closed the connection")
             return
-        extra: dict[str, Any] = {}
+        extra: dict[str, str] = {}
         if session.ending:
             extra["reason"] = session.ending
         if stream.ready and not stream.startup_error:
@@ -497,9 +496,9 @@ class DatabaseService(TLSService[DatabaseServiceConfig]):
     def _emit_start(self, session: _Session, *, success: bool, error: str = "") -> None:
         self._emit(session, "db.session.start", success=success, **({"error": error} if error else {}))
 
-    def _emit(self, session: _Session, name: str, *, success: bool, **extra: Any) -> None:
+    def _emit(self, session: _Session, name: str, *, success: bool, **extra: object) -> None:
         database = session.database
-        event: dict[str, Any] = {
+        event: dict[str, object] = {
             "event": name,
             **user_fields(session.identity),
             "sid": session.session_id,

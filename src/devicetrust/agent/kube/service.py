@@ -350,7 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
         der = connection.getpeercert(binary_form=True) if isinstance(connection, ssl.SSLSocket) else None
         identity = self._identity(der, now)
         routed = route(self.path)
-        event: dict[str, Any] = {
+        event: dict[str, object] = {
             "event": "kube.request",
             **user_fields(identity),
             "addr.remote": peer,
