@@ -77,6 +77,10 @@ class DeviceFields(TypedDict, total=False):
 
 
 _Section = TypeVar("_Section", bound=Mapping[str, object])
+#: what a missing section reads as (shared: sections are only read)
+_NO_GENERAL: General = {}
+_NO_HARDWARE: Hardware = {}
+_NO_OPERATING_SYSTEM: OperatingSystem = {}
 
 
 def _section(value: _Section | None, empty: _Section) -> _Section:
@@ -140,15 +144,15 @@ def _observe(
 def map_computer(record: InventoryRecord) -> Observation | Skipped:
     """One computers-inventory result (sections GENERAL, HARDWARE, OPERATING_SYSTEM, LOCAL_USER_ACCOUNTS)."""
     external_id = _jamf_id(record.get("id"))
-    general = _section(record.get("general"), General())
+    general = _section(record.get("general"), _NO_GENERAL)
     name = _str(general.get("name"))
     if not external_id.isdigit():
         return Skipped(external_id, name, "no Jamf id")
     platform = _str(general.get("platform"))
     if platform != "Mac":
         return Skipped(external_id, name, f"platform {platform or '(none)'!r} is not synced (only Mac)")
-    hardware = _section(record.get("hardware"), Hardware())
-    system = _section(record.get("operatingSystem"), OperatingSystem())
+    hardware = _section(record.get("hardware"), _NO_HARDWARE)
+    system = _section(record.get("operatingSystem"), _NO_OPERATING_SYSTEM)
     return _observe(
         external_id,
         name,
@@ -176,8 +180,8 @@ def _mobile_os(model_identifier: str) -> str | None:
 def map_mobile_device(record: InventoryRecord) -> Observation | Skipped:
     """One mobile-devices/detail result (sections GENERAL, HARDWARE)."""
     external_id = _jamf_id(record.get("mobileDeviceId"))
-    general = _section(record.get("general"), General())
-    hardware = _section(record.get("hardware"), Hardware())
+    general = _section(record.get("general"), _NO_GENERAL)
+    hardware = _section(record.get("hardware"), _NO_HARDWARE)
     name = _str(general.get("displayName"))
     if not external_id.isdigit():
         return Skipped(external_id, name, "no Jamf id")
@@ -215,8 +219,8 @@ def report_time(kind: InventoryKind, record: InventoryRecord) -> datetime | None
 def recheck_identity(kind: InventoryKind, record: InventoryRecord) -> tuple[str | None, str | None]:
     """(os_type, serial) of a device fetched by id to re-check it; None where Jamf's record maps to nothing."""
     if kind == COMPUTERS:
-        general = _section(record.get("general"), General())
-        serial = _str(_section(record.get("hardware"), Hardware()).get("serialNumber")) or None
+        general = _section(record.get("general"), _NO_GENERAL)
+        serial = _str(_section(record.get("hardware"), _NO_HARDWARE).get("serialNumber")) or None
         return ("macos" if _str(general.get("platform")) == "Mac" else None), serial
     # /api/v2/mobile-devices/{id}: a flat MobileDeviceV2
     return _mobile_os(_str(record.get("modelIdentifier"))), _str(record.get("serialNumber")) or None
