@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and belongs in the JSON.
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -22,7 +21,7 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
+        entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,

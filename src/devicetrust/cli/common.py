@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import yaml
@@ -79,7 +79,10 @@ def split_list(value: str | None) -> list[str]:
     return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
-def emit(data: Any, fmt: str, render_text: Callable[[Any], None]) -> None:
+_Data = TypeVar("_Data")
+
+
+def emit(data: _Data, fmt: str, render_text: Callable[[_Data], None]) -> None:
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
     elif fmt == "yaml":

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from devicetrust.cli.profile import ProfileStore
 from devicetrust.client import AuthApi
 from devicetrust.config import AdminIdentity, load_config
 from devicetrust.errors import AlreadyExistsError, ConfigError, DevicetrustError, NotFoundError, ValidationError
-from devicetrust.protocol import ClusterCAs, DeviceListQuery, ResourceDocument
+from devicetrust.protocol import ClusterCAs, DeviceListQuery, DeviceWithToken, ResourceDocument
 from devicetrust.types import (
     ENROLL_STATUSES,
     OS_TYPES,
@@ -266,7 +266,7 @@ def create(ctx: Context, filename: str, force: bool) -> None:
 _FORCE_OVERWRITES = frozenset({"role", "user", "bot", "device"})
 
 
-def _check_documents(documents: list[dict[str, Any]], source: str) -> list[str]:
+def _check_documents(documents: Sequence[Mapping[str, object]], source: str) -> list[str]:
     """Validate every document before any is sent, so a bad one late in a file leaves the cluster untouched.
     Returns each document's label ('role "access"')."""
     labels: list[str] = []
@@ -541,16 +541,17 @@ def devices_add(ctx: Context, os_type: str, asset_tag: str, enroll: bool, enroll
     ttl = _enroll_ttl_seconds(enroll_ttl, "--enroll-ttl")
     reply = ctx.client.add_device(os_type, asset_tag, create_enroll_token=enroll, enroll_token_ttl_seconds=ttl)
 
-    def text(r: dict[str, Any]) -> None:
-        spec = r["device"]["spec"]
-        click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} added to the inventory")
-        if r["enroll_token"]:
-            _print_enroll_command(spec["asset_tag"], r["enroll_token"])
-
-    emit(reply.model_dump(), fmt, text)
+    emit(reply.model_dump(), fmt, lambda _: _print_device_added(reply))
 
 
-def _device_rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+def _print_device_added(reply: DeviceWithToken) -> None:
+    spec = reply.device["spec"]
+    click.echo(f"Device {spec['asset_tag']}/{_display_os(spec['os_type'])} added to the inventory")
+    if reply.enroll_token:
+        _print_enroll_command(spec["asset_tag"], reply.enroll_token)
+
+
+def _device_rows(items: Sequence[ResourceDocument]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for doc in items:
         spec = doc["spec"]
@@ -699,7 +700,7 @@ def devices_unenroll(ctx: Context, device_id: str | None, asset_tag: str | None)
 
 # ------------------------------------------------------------------------------------------------ locks
 def _create_lock(ctx: Context, target: dict[str, str], message: str, ttl: str | None) -> str:
-    spec: dict[str, Any] = {"target": target, "message": message}
+    spec: dict[str, str | dict[str, str]] = {"target": target, "message": message}
     if ttl:
         spec["expires"] = (datetime.now(UTC) + parse_duration(ttl, what="--ttl")).isoformat()
     name = str(uuid.uuid4())

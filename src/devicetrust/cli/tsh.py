@@ -7,10 +7,11 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import click
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicetrust import __version__
 from devicetrust.ceremony.messages import Challenge, CollectedData
@@ -94,7 +95,9 @@ def _client_for(store: ProfileStore, proxy: str, insecure: bool, token: str | No
     return AuthApi(proxy, ca_pem=pinned, insecure=insecure and pinned is None, token=token)
 
 
-def _save_login(store: ProfileStore, proxy: str, kind: str, reply: LoginResponse, key: Any) -> Profile:
+def _save_login(
+    store: ProfileStore, proxy: str, kind: str, reply: LoginResponse, key: ec.EllipticCurvePrivateKey
+) -> Profile:
     profile = Profile(
         proxy=proxy,
         user=reply.identity.user,
@@ -117,7 +120,28 @@ def _save_login(store: ProfileStore, proxy: str, kind: str, reply: LoginResponse
     return profile
 
 
-def _status_data(store: ProfileStore, profile: Profile) -> dict[str, Any]:
+class _StatusDevice(TypedDict):
+    device_id: str
+    asset_tag: str
+    credential_id: str
+
+
+class _Status(TypedDict):
+    """``tsh status``'s document (--format json/yaml), in its key order."""
+
+    profile_url: str
+    user: str
+    cluster: str
+    roles: list[str]
+    logins: list[str]
+    bot_name: str | None
+    valid_until: str
+    expired: bool
+    extensions: list[str]
+    device: _StatusDevice | None
+
+
+def _status_data(store: ProfileStore, profile: Profile) -> _Status:
     cert = store.ssh_cert_path(profile).read_bytes()
     identity = identity_from_ssh_cert(cert)
     now = datetime.now(UTC)
@@ -141,7 +165,7 @@ def _status_data(store: ProfileStore, profile: Profile) -> dict[str, Any]:
     }
 
 
-def _print_status(data: dict[str, Any]) -> None:
+def _print_status(data: _Status) -> None:
     until = datetime.fromisoformat(data["valid_until"])
     remaining = until - datetime.now(UTC)
     validity = "EXPIRED" if data["expired"] else f"valid for {format_duration(remaining)}"

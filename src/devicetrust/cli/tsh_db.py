@@ -24,10 +24,10 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import click
 
@@ -78,7 +78,7 @@ def resolve_database(databases: Sequence[DatabaseServer], name: str) -> Database
     raise NotFoundError(f"database \"{name}\" not found; run 'tsh db ls' to see the databases you may reach")
 
 
-def _json(database: DatabaseServer) -> dict[str, Any]:
+def _json(database: DatabaseServer) -> dict[str, object]:
     return database.model_dump()
 
 
@@ -96,7 +96,7 @@ class DatabaseLogin:
     cert_path: Path
     key_path: Path
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, str]:
         return {
             "name": self.name,
             "protocol": self.protocol,
@@ -374,7 +374,10 @@ def db_ls(fmt: str) -> None:
     )
 
 
-def _db_options(function: Any) -> Any:
+_Command = TypeVar("_Command", bound=Callable[..., object])
+
+
+def _db_options(function: _Command) -> _Command:
     function = click.option("--db-name", default="", help="Database name to connect to (default: the user's).")(
         function
     )
@@ -393,7 +396,7 @@ def db_login_command(name: str, db_user: str, db_name: str, fmt: str) -> None:
     profile = store.require_current()
     login = db_login(store, profile, name, db_user=db_user, db_name=db_name)
 
-    def text(_: Any) -> None:
+    def text(_: object) -> None:
         click.echo(f'Logged into database "{name}" (served by {login.addr}).')
         click.echo(f"Connect with: tsh db connect {name}" + (f" --db-user={db_user}" if db_user else ""))
         click.echo(f"Or run a local listener for any client: tsh proxy db {name} --port=PORT")

@@ -15,9 +15,10 @@ import base64
 import json
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import click
 import yaml
@@ -65,7 +66,32 @@ def _tsh_command() -> str:
     return str(program.resolve()) if program.name.startswith("tsh") and program.exists() else "tsh"
 
 
-def _upsert(entries: list[dict[str, Any]], name: str, key: str, value: dict[str, Any]) -> list[dict[str, Any]]:
+class _ExecConfig(TypedDict, total=False):
+    """A kubeconfig user's ``exec``: the fields of client.authentication.k8s.io/v1's ExecConfig written here."""
+
+    apiVersion: str
+    command: str
+    args: list[str]
+    interactiveMode: str
+    provideClusterInfo: bool
+    env: list[dict[str, str]]
+
+
+class _ExecCredentialStatus(TypedDict):
+    clientCertificateData: str
+    clientKeyData: str
+    expirationTimestamp: str
+
+
+class ExecCredential(TypedDict):
+    """What a client.authentication.k8s.io/v1 exec plugin prints for kubectl."""
+
+    apiVersion: str
+    kind: str
+    status: _ExecCredentialStatus
+
+
+def _upsert(entries: Sequence[object], name: str, key: str, value: Mapping[str, object]) -> list[object]:
     kept = [entry for entry in entries if isinstance(entry, dict) and entry.get("name") != name]
     return [*kept, {"name": name, key: value}]
 
@@ -96,7 +122,7 @@ def write_kubeconfig(path: Path, profile: Profile, cluster: KubeCluster, host_ca
             "tls-server-name": cluster.service.host_id,
         },
     )
-    plugin: dict[str, Any] = {
+    plugin: _ExecConfig = {
         "apiVersion": EXEC_API_VERSION,
         "command": _tsh_command(),
         "args": ["kube", "credentials", f"--kube-cluster={cluster.name}", f"--proxy={profile.proxy}"],
@@ -114,7 +140,7 @@ def write_kubeconfig(path: Path, profile: Profile, cluster: KubeCluster, host_ca
 
 
 # ------------------------------------------------------------------------------------------- credentials
-def exec_credential(cert_pem: str, key_pem: str, expires: datetime) -> dict[str, Any]:
+def exec_credential(cert_pem: str, key_pem: str, expires: datetime) -> ExecCredential:
     """An ExecCredential (``client.authentication.k8s.io/v1``) with a client certificate kubectl keeps until
     ``expires``."""
     return {
@@ -128,7 +154,7 @@ def exec_credential(cert_pem: str, key_pem: str, expires: datetime) -> dict[str,
     }
 
 
-def kube_credentials(store: ProfileStore, profile: Profile, name: str) -> dict[str, Any]:
+def kube_credentials(store: ProfileStore, profile: Profile, name: str) -> ExecCredential:
     key_pem = store.key_path(profile.proxy, profile.user).read_text()
     if wants_session_proof(profile) and enrolled_backend(store) is not None:
         try:
@@ -190,7 +216,7 @@ def kube_login(name: str, fmt: str) -> None:
     path = kubeconfig_path()
     context = write_kubeconfig(path, profile, cluster, host_ca)
 
-    def text(_: Any) -> None:
+    def text(_: object) -> None:
         click.echo(f"Logged into Kubernetes cluster \"{name}\". Try 'kubectl version' to test the connection.")
 
     emit({"kube_cluster": name, "context": context, "kubeconfig": str(path)}, fmt, text)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TypedDict
 
 import asyncssh
 import click
@@ -77,6 +77,16 @@ _KNOWN_HOSTS_TAG = "devicetrust-cluster:"
 
 
 # ------------------------------------------------------------------------------------------------ nodes
+class NodeJson(TypedDict):
+    """A node as ``tsh ls --format json`` shows it."""
+
+    host_id: str
+    hostname: str
+    addr: str
+    labels: dict[str, str]
+    last_seen: str
+
+
 @dataclass(frozen=True)
 class Node:
     """One entry of ``GET /v1/nodes``."""
@@ -108,7 +118,7 @@ class Node:
     def labels_text(self) -> str:
         return labels_text(self.labels)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> NodeJson:
         return {
             "host_id": self.host_id,
             "hostname": self.hostname,
@@ -407,7 +417,35 @@ class _StdinForwarder:
                 await self._task
 
 
-def _connect_options(req: SSHRequest) -> dict[str, Any]:
+class _ConnectOptions(TypedDict):
+    """The keyword arguments of asyncssh.connect that tsh sets."""
+
+    username: str
+    client_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]]
+    known_hosts: asyncssh.SSHKnownHosts
+    host_key_alias: str
+    config: None
+    agent_path: None
+    agent_forwarding: bool
+    password_auth: bool
+    kbdint_auth: bool
+    gss_auth: bool
+    host_based_auth: bool
+    x509_trusted_certs: None
+    preferred_auth: str
+    connect_timeout: float
+    keepalive_interval: float
+
+
+class _Terminal(TypedDict, total=False):
+    """The keyword arguments of SSHClientConnection.create_session that ask for (or refuse) a terminal."""
+
+    request_pty: bool | str
+    term_type: str | None
+    term_size: tuple[int, int]
+
+
+def _connect_options(req: SSHRequest) -> _ConnectOptions:
     key = asyncssh.read_private_key(str(req.client.key_path))
     if req.session_cert is not None:
         cert = asyncssh.import_certificate(req.session_cert)
@@ -470,7 +508,7 @@ async def run_ssh(req: SSHRequest, stdin_fd: int = 0) -> int:
     forwarder = _StdinForwarder(stdin_fd)
     conn = await _connect(req)
     try:
-        term: dict[str, Any] = {"request_pty": False, "term_type": None}
+        term: _Terminal = {"request_pty": False, "term_type": None}
         if req.pty:
             term = {
                 "request_pty": "force",

@@ -9,13 +9,22 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from devicetrust.ceremony.messages import Challenge, ChallengeResponse
 from devicetrust.errors import DevicetrustError
 from devicetrust.files import write_atomic
+from devicetrust.protocol import KeyEnrollment, TpmEnrollment
 
-__all__ = ["DeviceKey", "DeviceKeyError"]
+__all__ = ["DeviceKey", "DeviceKeyError", "EnrollPayload"]
+
+
+class EnrollPayload(TypedDict, total=False):
+    """The ``tpm`` or ``key`` part of an enrollment begin, as :meth:`devicetrust.client.AuthApi.enroll_begin`
+    takes it."""
+
+    tpm: TpmEnrollment
+    key: KeyEnrollment
 
 
 class DeviceKeyError(DevicetrustError):
@@ -41,7 +50,7 @@ class DeviceKey(ABC):
         return credential_id
 
     @abstractmethod
-    def enroll_payload(self) -> dict[str, Any]:
+    def enroll_payload(self) -> EnrollPayload:
         """The ``tpm`` or ``key`` part of an enrollment begin."""
 
     @abstractmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,9 +27,12 @@ from devicetrust.ceremony.messages import (
     TPMEnrollPayload,
 )
 from devicetrust.crypto.keys import generate_private_key, load_private_key_pem, private_key_to_pem
-from devicetrust.device.device_key import DeviceKey, DeviceKeyError
+from devicetrust.device.device_key import DeviceKey, DeviceKeyError, EnrollPayload
 from devicetrust.errors import ValidationError
 from devicetrust.files import write_atomic
+
+if TYPE_CHECKING:
+    from devicetrust.device.tpm import AttestationKey
 
 ENV_TPM_TCTI = "DEVICETRUST_TPM_TCTI"
 ENV_TPM_EVENT_LOG = "DEVICETRUST_TPM_EVENT_LOG"
@@ -59,7 +62,7 @@ class UnsafeSoftwareKey(DeviceKey):
         signature = self._key().sign(challenge.challenge, ec.ECDSA(hashes.SHA256()))
         return ChallengeResponse(challenge.ceremony_id, signature=signature)
 
-    def enroll_payload(self) -> dict[str, Any]:
+    def enroll_payload(self) -> EnrollPayload:
         public_der = (
             self._key()
             .public_key()
@@ -87,9 +90,9 @@ class TPMKey(DeviceKey):
         self.tcti = tcti or os.environ.get(ENV_TPM_TCTI) or DEFAULT_TPM_TCTI
         self._tpm = TPMDevice(self.tcti)
         self._ak_file = state_dir / "tpm-ak.json"
-        self._ak: Any = None
+        self._ak: AttestationKey | None = None
 
-    def _attestation_key(self) -> Any:
+    def _attestation_key(self) -> AttestationKey:
         """The AK's blobs, read (or created) once per ceremony rather than at every step."""
         if self._ak is None:
             self._ak = self._tpm.load_or_create_ak(self._ak_file)
@@ -98,7 +101,7 @@ class TPMKey(DeviceKey):
     def close(self) -> None:
         self._tpm.close()
 
-    def enroll_payload(self) -> dict[str, Any]:
+    def enroll_payload(self) -> EnrollPayload:
         endorsement = self._tpm.endorsement()
         ak = self._attestation_key()
         payload = TPMEnrollPayload(

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicetrust.ceremony.messages import Challenge, ChallengeResponse, KeyEnrollPayload
-from devicetrust.device.device_key import DeviceKey, DeviceKeyError
+from devicetrust.device.device_key import DeviceKey, DeviceKeyError, EnrollPayload
 
 #: Keychain application tag of the device key (one per macOS user, like Teleport's).
 KEY_TAG = b"dev.devicetrust.device-key"
@@ -94,7 +94,7 @@ class SecureEnclaveKey(DeviceKey):
             raise DeviceKeyError(f"the Secure Enclave refused to sign: {error}")
         return ChallengeResponse(challenge.ceremony_id, signature=bytes(signature))
 
-    def enroll_payload(self) -> dict[str, Any]:
+    def enroll_payload(self) -> EnrollPayload:
         return {"key": KeyEnrollPayload(self._public_key_der(), self.attestation_type).to_json()}
 
     def answer_enrollment(self, challenge: Challenge) -> ChallengeResponse:

@@ -20,7 +20,9 @@ import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
+
+from pydantic import JsonValue
 
 from devicetrust.types import Device, DeviceProfile, DeviceSource, profile_to_dict, resource_to_dict
 from devicetrust.types.device import format_timestamp
@@ -131,7 +133,7 @@ class SourceDevice:
 # -- the document parts the MDM owns ------------------------------------------------------------------------
 
 
-def registration(observation: Observation, source: DeviceSource) -> tuple[dict[str, Any], dict[str, Any]]:
+def registration(observation: Observation, source: DeviceSource) -> tuple[dict[str, JsonValue], dict[str, JsonValue]]:
     """``spec.source`` and ``spec.profile`` (without update_time) as the device document holds them.
 
     The profile was validated when the observation was made, so it is rendered without building a Device again.
@@ -141,14 +143,14 @@ def registration(observation: Observation, source: DeviceSource) -> tuple[dict[s
     return {"name": source.name, "origin": source.origin}, profile
 
 
-def fingerprint(source: Mapping[str, Any] | None, profile: Mapping[str, Any] | None) -> int:
+def fingerprint(source: Mapping[str, object] | None, profile: Mapping[str, object] | None) -> int:
     """A 64-bit digest of the MDM-owned parts; the profile's update_time is left out (it is ours, not the MDM's)."""
     parts = [source, None if profile is None else {k: v for k, v in profile.items() if k != "update_time"}]
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=_FINGERPRINT_BYTES).digest(), "big")
 
 
-def spec_fingerprint(body: Mapping[str, Any]) -> int:
+def spec_fingerprint(body: Mapping[str, object]) -> int:
     """:func:`fingerprint` of a stored device document."""
     spec = body.get("spec")
     if not isinstance(spec, Mapping):
@@ -160,7 +162,9 @@ def observation_fingerprint(observation: Observation, source: DeviceSource) -> i
     return fingerprint(*registration(observation, source))
 
 
-def new_device_body(observation: Observation, source: DeviceSource, device_id: str, now: datetime) -> dict[str, Any]:
+def new_device_body(
+    observation: Observation, source: DeviceSource, device_id: str, now: datetime
+) -> dict[str, JsonValue]:
     """The document of a device the MDM registers for the first time: not enrolled, no owner."""
     body = resource_to_dict(
         Device(
@@ -181,12 +185,13 @@ def new_device_body(observation: Observation, source: DeviceSource, device_id: s
 
 
 def merged_body(
-    body: Mapping[str, Any], observation: Observation, source: DeviceSource, now: datetime
-) -> dict[str, Any]:
+    body: Mapping[str, JsonValue], observation: Observation, source: DeviceSource, now: datetime
+) -> dict[str, JsonValue]:
     """``body`` with the MDM's parts replaced and everything else (credential, owner, enroll status…) kept."""
     source_part, profile_part = registration(observation, source)
     stamp = format_timestamp(now)
-    spec = dict(body.get("spec") or {})
+    stored_spec = body.get("spec")
+    spec: dict[str, JsonValue] = dict(stored_spec) if isinstance(stored_spec, dict) else {}
     spec["source"] = source_part
     spec["profile"] = {**profile_part, "update_time": stamp}
     spec["update_time"] = stamp

@@ -37,12 +37,13 @@ import asyncio
 import logging
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
+from pydantic import JsonValue
 
 from devicetrust import audit as events
 from devicetrust.errors import ConflictError, ConnectionFailedError
@@ -161,7 +162,7 @@ class SyncReport:
         self.foreign += result.foreign
         self.conflicts += result.conflicts
 
-    def audit_body(self) -> dict[str, Any]:
+    def audit_body(self) -> dict[str, object]:
         body = asdict(self)
         body["started"] = self.started.isoformat()
         body["duration_s"] = round(self.duration_s, 3)
@@ -228,9 +229,10 @@ def _audit_device(device_id: str, os_type: str, asset_tag: str, credential_id: s
     }
 
 
-def _credential_id(body: dict[str, Any]) -> str:
-    credential = (body.get("spec") or {}).get("credential") or {}
-    value = credential.get("id", "")
+def _credential_id(body: Mapping[str, object]) -> str:
+    spec = body.get("spec")
+    credential = spec.get("credential") if isinstance(spec, Mapping) else None
+    value = credential.get("id", "") if isinstance(credential, Mapping) else ""
     return value if isinstance(value, str) else ""
 
 
@@ -248,7 +250,7 @@ async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
 class _Updated:
     """What :meth:`BackendSink._update` wrote (with the document written) and what it left."""
 
-    written: list[tuple[Observation, DeviceRecord, dict[str, Any]]] = field(default_factory=list)
+    written: list[tuple[Observation, DeviceRecord, dict[str, JsonValue]]] = field(default_factory=list)
     unchanged: int = 0
     foreign: int = 0
     conflicts: int = 0
@@ -477,7 +479,7 @@ class BackendSink:
         store: Store,
         source: DeviceSource,
         creates: Sequence[tuple[Observation, DeviceUpsert]],
-        updates: Sequence[tuple[Observation, DeviceRecord, dict[str, Any]]],
+        updates: Sequence[tuple[Observation, DeviceRecord, dict[str, JsonValue]]],
     ) -> None:
         created = [
             (_audit_device(row.id, row.os_type, row.asset_tag), {"external_id": observation.external_id})
@@ -498,7 +500,7 @@ class BackendSink:
         store: Store,
         event: tuple[str, str],
         source: DeviceSource,
-        items: Sequence[tuple[dict[str, str], dict[str, Any]]],
+        items: Sequence[tuple[dict[str, str], Mapping[str, str | None]]],
     ) -> None:
         """One event per device, or one listing them all when there are more than AUDIT_PER_DEVICE_LIMIT."""
         if not items:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar, cast
 
 import httpx
 
@@ -50,6 +50,7 @@ from devicetrust.mdm.jamf.config import (
     OAuthCredentials,
 )
 from devicetrust.mdm.jamf.errors import JamfAPIError, JamfAuthError, JamfPermissionError
+from devicetrust.mdm.jamf.records import InventoryRecord
 
 __all__ = [
     "COMPUTER_SECTIONS",
@@ -255,7 +256,7 @@ class _NotInventory(Exception):
     """An inventory reply of the wrong shape (the message says which)."""
 
 
-def _as_is(record: dict[str, Any]) -> dict[str, Any]:
+def _as_is(record: InventoryRecord) -> InventoryRecord:
     return record
 
 
@@ -303,7 +304,7 @@ class _JsonCursor:
         self.index += 1
         return char
 
-    def value(self) -> Any:
+    def value(self) -> object:
         self.peek()
         while True:
             try:
@@ -326,13 +327,14 @@ class _JsonCursor:
         while True:
             if self.peek() != '"':
                 raise json.JSONDecodeError("expected a key", self.text, self.index)
-            key: str = self.value()
+            key = self.value()
+            assert isinstance(key, str)  # peek saw its opening quote
             self.take(":")
             yield key
             if self.take(",}") == "}":
                 return
 
-    def array_items(self) -> Iterator[Any]:
+    def array_items(self) -> Iterator[object]:
         """An array's items, decoded one at a time."""
         self.take("[")
         if self.peek() == "]":
@@ -355,7 +357,7 @@ def _spent(chunks: list[bytes]) -> Iterator[bytes]:
         yield chunks.pop()
 
 
-def _decode_inventory(chunks: Iterator[bytes], each: Callable[[dict[str, Any]], _Item]) -> tuple[int, list[_Item]]:
+def _decode_inventory(chunks: Iterator[bytes], each: Callable[[InventoryRecord], _Item]) -> tuple[int, list[_Item]]:
     """``{"totalCount": N, "results": [...]}`` (keys in any order), each record decoded and handed to ``each`` in
     turn. JSONDecodeError or UnicodeDecodeError if it is not JSON, _NotInventory if it is JSON of another shape."""
     cursor = _JsonCursor(chunks)
@@ -367,7 +369,8 @@ def _decode_inventory(chunks: Iterator[bytes], each: Callable[[dict[str, Any]], 
             for record in cursor.array_items():
                 if not isinstance(record, dict):
                     raise _NotInventory("results must be objects")
-                results.append(each(record))
+                # unchecked: the mapping reads each of the record's values defensively
+                results.append(each(cast(InventoryRecord, record)))
             continue
         value = cursor.value()
         if key == "results":
@@ -472,7 +475,7 @@ class JamfClient:
         sort: str | None,
         filter_rsql: str,
         sections: Sequence[str] | None = None,
-    ) -> InventoryPage[dict[str, Any]]:
+    ) -> InventoryPage[InventoryRecord]:
         reply = await self._fetch_page(
             kind, page=page, page_size=page_size, sort=sort, filter_rsql=filter_rsql, sections=sections
         )
@@ -506,7 +509,7 @@ class JamfClient:
         sort: str,
         filter_rsql: str,
         page_size: int,
-        each: Callable[[dict[str, Any]], _Item],
+        each: Callable[[InventoryRecord], _Item],
     ) -> AsyncGenerator[InventoryPage[_Item], None]:
         """Every page, in order, fetching up to PAGE_PREFETCH ahead; a page's results are what ``each`` makes of
         its records. Close it (``contextlib.aclosing``) when stopping early; that cancels what is in flight.
@@ -555,7 +558,7 @@ class JamfClient:
 
     async def device(
         self, kind: InventoryKind, jamf_id: str, *, sections: Sequence[str] = RECHECK_SECTIONS
-    ) -> dict[str, Any] | None:
+    ) -> InventoryRecord | None:
         """One device by its Jamf id (computers: the given sections; mobile devices: /api/v2/mobile-devices/{id}),
         or None if Jamf answers 404."""
         check_jamf_id(jamf_id)
@@ -571,7 +574,7 @@ class JamfClient:
         data = self._json(reply)
         if not isinstance(data, dict):
             raise JamfAPIError(f"unexpected reply from Jamf for device {jamf_id}: not an object")
-        return data
+        return cast(InventoryRecord, data)
 
     async def _computers(self, suffix: str, params: _Params) -> _Reply:
         if self._computers_version is None:
@@ -588,7 +591,7 @@ class JamfClient:
         return await self._api("GET", f"/api/{self._computers_version}/computers-inventory{suffix}", params)
 
     @staticmethod
-    def _parsed(reply: _Reply, page: int, each: Callable[[dict[str, Any]], _Item]) -> InventoryPage[_Item]:
+    def _parsed(reply: _Reply, page: int, each: Callable[[InventoryRecord], _Item]) -> InventoryPage[_Item]:
         """``{"totalCount": N, "results": [record, …]}``, each record decoded and passed to ``each`` in turn; the
         reply's chunks are let go of as they are read."""
         try:
@@ -600,7 +603,7 @@ class JamfClient:
         return InventoryPage(page=page, total_count=total, results=results)
 
     @staticmethod
-    def _json(reply: _Reply) -> Any:
+    def _json(reply: _Reply) -> object:
         try:
             return json.loads(reply.content)
         except ValueError:

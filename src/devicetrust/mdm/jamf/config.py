@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypedDict
 from urllib.parse import urlsplit
 
 from devicetrust.config import (
@@ -235,7 +235,17 @@ def _ca_file(value: object, name: str = "ca_file") -> Path:
     return path
 
 
-def _remote(section: Mapping[str, Any]) -> dict[str, Any]:
+class _RemoteFields(TypedDict, total=False):
+    """The :class:`JamfServiceConfig` fields of a service that runs apart from the auth service."""
+
+    auth_server: str
+    join_token: str
+    token_file: Path | None
+    auth_ca_file: Path
+    auth_ca_pem: str
+
+
+def _remote(section: Mapping[str, object]) -> _RemoteFields:
     """auth_server, join_token/token_file, auth_ca_file: all or nothing."""
     remote_fields = ("auth_server", "join_token", "token_file", "auth_ca_file")
     if not any(section.get(name) is not None for name in remote_fields):

@@ -51,12 +51,13 @@ from devicetrust.mdm.jamf.mapping import (
     ID_FIELD,
     OS_TYPES,
     PARTIAL_SORT,
-    REPORT_FIELD,
     REPORT_FILTER_FIELD,
     map_record,
     parse_jamf_time,
     recheck_identity,
+    report_time,
 )
+from devicetrust.mdm.jamf.records import InventoryRecord
 from devicetrust.mdm.sink import InventorySink, Removal, SyncReport
 from devicetrust.types import DeviceSource
 from devicetrust.types.clock import utcnow
@@ -282,14 +283,12 @@ class JamfSync:
             return None
         return walk.max_report - timedelta(seconds=duration_s)
 
-    def _map(self, record: dict[str, Any]) -> Observation | Skipped:
+    def _map(self, record: InventoryRecord) -> Observation | Skipped:
         return map_record(self._entry.kind, record)
 
-    def _map_dated(self, record: dict[str, Any]) -> tuple[datetime | None, Observation | Skipped]:
+    def _map_dated(self, record: InventoryRecord) -> tuple[datetime | None, Observation | Skipped]:
         """The record's report time (a partial walk stops at the cut) and what it maps to."""
-        general = record.get("general")
-        when = parse_jamf_time(general.get(REPORT_FIELD[self._entry.kind]) if isinstance(general, dict) else None)
-        return when, map_record(self._entry.kind, record)
+        return report_time(self._entry.kind, record), map_record(self._entry.kind, record)
 
     def _observe(self, records: Sequence[Observation | Skipped], report: SyncReport, walk: _Walk) -> list[Observation]:
         observations: list[Observation] = []

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict, TypeVar
 
 from devicetrust.mdm.diff import Observation, Skipped
 from devicetrust.mdm.jamf.config import COMPUTERS, InventoryKind
+from devicetrust.mdm.jamf.records import General, Hardware, InventoryRecord, OperatingSystem
 from devicetrust.types import DeviceProfile, FieldError
 from devicetrust.types.device import MAX_OS_USERNAMES, check_asset_tag
 
@@ -33,13 +34,13 @@ __all__ = [
     "ID_FIELD",
     "OS_TYPES",
     "PARTIAL_SORT",
-    "REPORT_FIELD",
     "REPORT_FILTER_FIELD",
     "map_computer",
     "map_mobile_device",
     "map_record",
     "parse_jamf_time",
     "recheck_identity",
+    "report_time",
 ]
 
 #: a full sync walks by id (stable: new devices land on the last page)
@@ -49,8 +50,6 @@ PARTIAL_SORT: Mapping[str, str] = {
     "computers": "general.reportDate:desc",
     "mobile_devices": "lastInventoryUpdateDate:desc",
 }
-#: where a record's last report time is, in its general section
-REPORT_FIELD: Mapping[str, str] = {"computers": "reportDate", "mobile_devices": "lastInventoryUpdateDate"}
 #: the same as an RSQL field
 REPORT_FILTER_FIELD: Mapping[str, str] = {
     "computers": "general.reportDate",
@@ -66,9 +65,27 @@ OS_TYPES: Mapping[str, frozenset[str]] = {
 _MOBILE_OS_BY_MODEL_PREFIX = (("iPhone", "ios"), ("iPad", "ipados"))
 
 
-def _section(record: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = record.get(name)
-    return value if isinstance(value, Mapping) else {}
+class DeviceFields(TypedDict, total=False):
+    """The :class:`DeviceProfile` fields an inventory record gives (its Jamf id is passed apart)."""
+
+    model_identifier: str
+    os_version: str
+    os_build: str
+    os_build_supplemental: str
+    os_usernames: tuple[str, ...]
+    jamf_binary_version: str
+
+
+_Section = TypeVar("_Section", bound=Mapping[str, object])
+#: what a missing section reads as (shared: sections are only read)
+_NO_GENERAL: General = {}
+_NO_HARDWARE: Hardware = {}
+_NO_OPERATING_SYSTEM: OperatingSystem = {}
+
+
+def _section(value: _Section | None, empty: _Section) -> _Section:
+    """A record's section, or ``empty`` where Jamf sent none (or something else)."""
+    return value if isinstance(value, Mapping) else empty
 
 
 def _str(value: object) -> str:
@@ -86,8 +103,7 @@ def parse_jamf_time(value: object) -> datetime | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
-def _jamf_id(record: Mapping[str, Any], field: str) -> str:
-    value = record.get(field)
+def _jamf_id(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return _str(value)
@@ -106,7 +122,7 @@ def _usernames(accounts: object) -> tuple[str, ...]:
 
 
 def _observe(
-    external_id: str, name: str, os_type: str, serial: str, profile: dict[str, Any], report_time: datetime | None
+    external_id: str, name: str, os_type: str, serial: str, profile: DeviceFields, report_time: datetime | None
 ) -> Observation | Skipped:
     if not serial:
         return Skipped(external_id, name, "no serial number (hardware.serialNumber)")
@@ -125,18 +141,18 @@ def _observe(
     )
 
 
-def map_computer(record: Mapping[str, Any]) -> Observation | Skipped:
+def map_computer(record: InventoryRecord) -> Observation | Skipped:
     """One computers-inventory result (sections GENERAL, HARDWARE, OPERATING_SYSTEM, LOCAL_USER_ACCOUNTS)."""
-    external_id = _jamf_id(record, "id")
-    general = _section(record, "general")
+    external_id = _jamf_id(record.get("id"))
+    general = _section(record.get("general"), _NO_GENERAL)
     name = _str(general.get("name"))
     if not external_id.isdigit():
         return Skipped(external_id, name, "no Jamf id")
     platform = _str(general.get("platform"))
     if platform != "Mac":
         return Skipped(external_id, name, f"platform {platform or '(none)'!r} is not synced (only Mac)")
-    hardware = _section(record, "hardware")
-    system = _section(record, "operatingSystem")
+    hardware = _section(record.get("hardware"), _NO_HARDWARE)
+    system = _section(record.get("operatingSystem"), _NO_OPERATING_SYSTEM)
     return _observe(
         external_id,
         name,
@@ -161,11 +177,11 @@ def _mobile_os(model_identifier: str) -> str | None:
     return None
 
 
-def map_mobile_device(record: Mapping[str, Any]) -> Observation | Skipped:
+def map_mobile_device(record: InventoryRecord) -> Observation | Skipped:
     """One mobile-devices/detail result (sections GENERAL, HARDWARE)."""
-    external_id = _jamf_id(record, "mobileDeviceId")
-    general = _section(record, "general")
-    hardware = _section(record, "hardware")
+    external_id = _jamf_id(record.get("mobileDeviceId"))
+    general = _section(record.get("general"), _NO_GENERAL)
+    hardware = _section(record.get("hardware"), _NO_HARDWARE)
     name = _str(general.get("displayName"))
     if not external_id.isdigit():
         return Skipped(external_id, name, "no Jamf id")
@@ -188,15 +204,23 @@ def map_mobile_device(record: Mapping[str, Any]) -> Observation | Skipped:
     )
 
 
-def map_record(kind: InventoryKind, record: Mapping[str, Any]) -> Observation | Skipped:
+def map_record(kind: InventoryKind, record: InventoryRecord) -> Observation | Skipped:
     return map_computer(record) if kind == COMPUTERS else map_mobile_device(record)
 
 
-def recheck_identity(kind: InventoryKind, record: Mapping[str, Any]) -> tuple[str | None, str | None]:
+def report_time(kind: InventoryKind, record: InventoryRecord) -> datetime | None:
+    """When the device last reported to Jamf (general.reportDate or general.lastInventoryUpdateDate)."""
+    general = record.get("general")
+    if not isinstance(general, dict):
+        return None
+    return parse_jamf_time(general.get("reportDate") if kind == COMPUTERS else general.get("lastInventoryUpdateDate"))
+
+
+def recheck_identity(kind: InventoryKind, record: InventoryRecord) -> tuple[str | None, str | None]:
     """(os_type, serial) of a device fetched by id to re-check it; None where Jamf's record maps to nothing."""
     if kind == COMPUTERS:
-        general = _section(record, "general")
-        serial = _str(_section(record, "hardware").get("serialNumber")) or None
+        general = _section(record.get("general"), _NO_GENERAL)
+        serial = _str(_section(record.get("hardware"), _NO_HARDWARE).get("serialNumber")) or None
         return ("macos" if _str(general.get("platform")) == "Mac" else None), serial
     # /api/v2/mobile-devices/{id}: a flat MobileDeviceV2
     return _mobile_os(_str(record.get("modelIdentifier"))), _str(record.get("serialNumber")) or None
