@@ -9,6 +9,7 @@ device: its copy of the device state names a key that lives in hardware it does 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from devicetrust.types import SESSION_PROOF_LOGIN
 __all__ = [
     "ENV_DEVICE_KEY",
     "SessionCertificate",
+    "auth_api",
     "device_state_dir",
     "enrolled_backend",
     "prove_for_session",
@@ -67,18 +69,30 @@ def wants_session_proof(profile: Profile) -> bool:
     return profile.device_trust and profile.session_proof != SESSION_PROOF_LOGIN
 
 
+def auth_api(store: ProfileStore, profile: Profile) -> AuthApi:
+    """An API client for the profile's auth service, authenticated by its session token."""
+    return AuthApi(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
+
+
 def prove_for_session(
-    store: ProfileStore, profile: Profile, kind: str, target: str, *, backend: str | None = None
+    store: ProfileStore,
+    profile: Profile,
+    kind: str,
+    target: str,
+    *,
+    backend: str | None = None,
+    client: AuthApi | None = None,
 ) -> SessionCertificate:
     """Run the device authentication ceremony bound to ``kind``/``target`` and return the session certificate.
+    ``client``: an open connection to the auth service to reuse (one TLS handshake less per session).
     Raises DevicetrustError (one line) when the device cannot prove itself."""
     chosen = enrolled_backend(store, backend)
     if chosen is None:
         raise DevicetrustError("this device is not enrolled (tsh device enroll)")
     login_cert = store.ssh_cert_path(profile).read_text()
     collected = collect()
-    client = AuthApi(profile.proxy, ca_pem=store.pinned_ca(profile.proxy), token=store.session_token(profile))
-    with client, open_device_key(chosen, device_state_dir(store)) as key:
+    owned = contextlib.nullcontext(client) if client is not None else auth_api(store, profile)
+    with owned as client, open_device_key(chosen, device_state_dir(store)) as key:
         begin = client.authenticate_begin(
             credential_id=key.credential_id(),
             device_data=collected.to_dict(),
