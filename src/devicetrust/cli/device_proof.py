@@ -20,7 +20,7 @@ from devicetrust.client import AuthApi
 from devicetrust.crypto import SessionProof, identity_from_ssh_cert
 from devicetrust.device.collect import collect
 from devicetrust.device.keys import BACKENDS, default_backend, open_device_key
-from devicetrust.errors import DevicetrustError
+from devicetrust.errors import DevicetrustError, ValidationError
 from devicetrust.protocol import SessionTarget
 from devicetrust.types import SESSION_PROOF_LOGIN
 
@@ -28,6 +28,7 @@ __all__ = [
     "ENV_DEVICE_KEY",
     "SessionCertificate",
     "auth_api",
+    "chosen_backend",
     "device_state_dir",
     "enrolled_backend",
     "prove_for_session",
@@ -51,11 +52,24 @@ def device_state_dir(store: ProfileStore) -> Path:
     return store.home / "device"
 
 
+def chosen_backend(preferred: str | None = None) -> str:
+    """The device key backend to use: ``preferred`` (``--device-key``), else ``$DEVICETRUST_DEVICE_KEY``, else the
+    platform's hardware."""
+    if preferred:
+        return preferred
+    from_env = os.environ.get(ENV_DEVICE_KEY)
+    if not from_env:
+        return default_backend()
+    if from_env not in BACKENDS:
+        raise ValidationError(f"{ENV_DEVICE_KEY}: expected one of {', '.join(BACKENDS)}, got {from_env!r}")
+    return from_env
+
+
 def enrolled_backend(store: ProfileStore, preferred: str | None = None) -> str | None:
     """The key backend this tsh home enrolled a device with: ``preferred`` (or ``$DEVICETRUST_DEVICE_KEY``, or the
     platform's hardware) when it holds a credential, else the one backend that does; None if none does."""
     state = device_state_dir(store)
-    choice = preferred or os.environ.get(ENV_DEVICE_KEY) or default_backend()
+    choice = chosen_backend(preferred)
     candidates = [choice, *(name for name in BACKENDS if name != choice)]
     for name in candidates:
         if (state / f"{name}.credential-id").exists():
