@@ -19,9 +19,10 @@ plain sshd on a loopback port trusting the cluster's user CA (TrustedUserCAKeys)
 
 Session-time device proof: phases ``per_session`` and ``login`` (cluster mode required, the cluster's
 ``session_proof`` switched between them, ABBA again) with a device whose key lives in a swtpm TPM. In
-``per_session`` each sample is what ``tsh ssh`` does before the session (a new HTTPS connection to the auth
-service, the device ceremony bound to the node with its TPM quote) plus the session on the session certificate;
-in ``login`` it is the session alone on the login-time device certificate. One client, back to back. Reported:
+both phases each sample is what ``tsh ssh`` does: a new HTTPS connection to the auth service to look the node up,
+then the session; in ``per_session`` the device ceremony bound to the node (with its TPM quote) runs on that
+connection while the SSH connection is opened, and the session runs on the session certificate; in ``login`` on
+the login-time device certificate. One client, back to back. Reported:
 p50 time to open a session in each phase and their ratio (target ≤ 1.25), and the daemon's CPU per session
 (auth service and node share the process: the difference is the ceremony's cost on the auth service).
 
@@ -64,6 +65,7 @@ from tests.integration.cluster import free_port
 
 from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, summary_ms, tree_cpu_seconds
 from devicetrust.ceremony.messages import Challenge, CollectedData
+from devicetrust.cli.tsh_ssh import SessionProofClient, proved_certificate
 from devicetrust.client import AuthClient
 from devicetrust.device.keys import TPMKey
 from devicetrust.device.swtpm import SimulatedTPM, manufacture
@@ -355,24 +357,35 @@ class ProofBench:
     key: TPMKey
     collected: CollectedData
 
-    def session_cert(self) -> str:
-        """What tsh ssh does before a session: a fresh HTTPS connection, the ceremony bound to the node."""
-        with AuthClient(self.running.addr, ca_pem=self.running.ca_pem, token=self.login.session_token) as client:
-            begin = client.post(
-                "/v1/devices/authenticate/begin",
-                {
-                    "credential_id": self.key.credential_id(),
-                    "device_data": self.collected.to_dict(),
-                    "ssh_cert": self.login.ssh_cert,
-                    "target": {"kind": "ssh", "id": self.node.host_id},
-                },
-            )
-            answer = self.key.answer_authentication(Challenge.from_json(begin))
-            return str(client.post("/v1/devices/authenticate/finish", answer.to_json())["ssh_cert"])
+    def session_cert(self, client: AuthClient) -> str:
+        """The device ceremony bound to the node, on ``client``'s connection."""
+        begin = client.post(
+            "/v1/devices/authenticate/begin",
+            {
+                "credential_id": self.key.credential_id(),
+                "device_data": self.collected.to_dict(),
+                "ssh_cert": self.login.ssh_cert,
+                "target": {"kind": "ssh", "id": self.node.host_id},
+            },
+        )
+        answer = self.key.answer_authentication(Challenge.from_json(begin))
+        return str(client.post("/v1/devices/authenticate/finish", answer.to_json())["ssh_cert"])
 
     def sample(self, per_session: bool) -> None:
-        cert = self.session_cert() if per_session else self.login_device_cert
-        asyncio.run(_session(connect_options(self.node, self.host_ca_ssh, self.login.client_key(cert))))
+        """What tsh ssh does: look the node up on a new HTTPS connection to the auth service; with ``per_session``,
+        the ceremony on that connection, in a thread, while the SSH connection is opened (tsh's own
+        SessionProofClient offers the session certificate at user authentication)."""
+        with AuthClient(self.running.addr, ca_pem=self.running.ca_pem, token=self.login.session_token) as client:
+            client.get("/v1/nodes")
+            asyncio.run(self._session(client if per_session else None))
+
+    async def _session(self, client: AuthClient | None) -> None:
+        key, login_cert = self.login.client_key(self.login_device_cert)
+        options = connect_options(self.node, self.host_ca_ssh, (key, login_cert))
+        if client is not None:
+            proof = proved_certificate(lambda: self.session_cert(client).encode(), login_cert)
+            options |= {"client_keys": None, "client_factory": lambda: SessionProofClient(key, proof)}
+        await _session(options)
 
     def switch(self, session_proof: str) -> None:
         """Set session_proof and wait until the node enforces it: the login-time certificate opens (login) or not."""

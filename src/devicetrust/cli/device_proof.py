@@ -9,23 +9,26 @@ device: its copy of the device state names a key that lives in hardware it does 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from devicetrust.ceremony.messages import Challenge
 from devicetrust.cli.profile import Profile, ProfileStore, session_client
+from devicetrust.client import AuthApi
 from devicetrust.crypto.certs import identity_from_ssh_cert
 from devicetrust.crypto.identity import SessionProof
 from devicetrust.device.collect import collect
 from devicetrust.device.keys import BACKENDS, default_backend, open_device_key
-from devicetrust.errors import DevicetrustError
+from devicetrust.errors import DevicetrustError, ValidationError
 from devicetrust.protocol import SessionTarget
 from devicetrust.types import SESSION_PROOF_LOGIN
 
 __all__ = [
     "ENV_DEVICE_KEY",
     "SessionCertificate",
+    "chosen_backend",
     "device_state_dir",
     "enrolled_backend",
     "prove_for_session",
@@ -49,11 +52,24 @@ def device_state_dir(store: ProfileStore) -> Path:
     return store.home / "device"
 
 
+def chosen_backend(preferred: str | None = None) -> str:
+    """The device key backend to use: ``preferred`` (``--device-key``), else ``$DEVICETRUST_DEVICE_KEY``, else the
+    platform's hardware."""
+    if preferred:
+        return preferred
+    from_env = os.environ.get(ENV_DEVICE_KEY)
+    if not from_env:
+        return default_backend()
+    if from_env not in BACKENDS:
+        raise ValidationError(f"{ENV_DEVICE_KEY}: expected one of {', '.join(BACKENDS)}, got {from_env!r}")
+    return from_env
+
+
 def enrolled_backend(store: ProfileStore, preferred: str | None = None) -> str | None:
     """The key backend this tsh home enrolled a device with: ``preferred`` (or ``$DEVICETRUST_DEVICE_KEY``, or the
     platform's hardware) when it holds a credential, else the one backend that does; None if none does."""
     state = device_state_dir(store)
-    choice = preferred or os.environ.get(ENV_DEVICE_KEY) or default_backend()
+    choice = chosen_backend(preferred)
     candidates = [choice, *(name for name in BACKENDS if name != choice)]
     for name in candidates:
         if (state / f"{name}.credential-id").exists():
@@ -68,17 +84,24 @@ def wants_session_proof(profile: Profile) -> bool:
 
 
 def prove_for_session(
-    store: ProfileStore, profile: Profile, kind: str, target: str, *, backend: str | None = None
+    store: ProfileStore,
+    profile: Profile,
+    kind: str,
+    target: str,
+    *,
+    backend: str | None = None,
+    client: AuthApi | None = None,
 ) -> SessionCertificate:
     """Run the device authentication ceremony bound to ``kind``/``target`` and return the session certificate.
+    ``client``: an open connection to the auth service to reuse (one TLS handshake less per session).
     Raises DevicetrustError (one line) when the device cannot prove itself."""
     chosen = enrolled_backend(store, backend)
     if chosen is None:
         raise DevicetrustError("this device is not enrolled (tsh device enroll)")
     login_cert = store.ssh_cert_path(profile).read_text()
     collected = collect()
-    client = session_client(store, profile)
-    with client, open_device_key(chosen, device_state_dir(store)) as key:
+    owned = contextlib.nullcontext(client) if client is not None else session_client(store, profile)
+    with owned as client, open_device_key(chosen, device_state_dir(store)) as key:
         begin = client.authenticate_begin(
             credential_id=key.credential_id(),
             device_data=collected.to_dict(),

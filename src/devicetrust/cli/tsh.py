@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ from devicetrust.cli.common import (
     parse_duration,
     warn,
 )
-from devicetrust.cli.device_proof import ENV_DEVICE_KEY, device_state_dir, prove_for_session, wants_session_proof
+from devicetrust.cli.device_proof import chosen_backend, device_state_dir, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore
 from devicetrust.client import AuthApi
 from devicetrust.crypto.ca import load_certificate_pem
@@ -33,7 +32,7 @@ from devicetrust.crypto.certs import identity_from_ssh_cert, ssh_cert_extension_
 from devicetrust.crypto.keys import generate_private_key, private_key_to_pem, public_key_to_openssh
 from devicetrust.device.collect import collect
 from devicetrust.device.device_key import DeviceKey
-from devicetrust.device.keys import BACKENDS, UnsafeSoftwareKey, default_backend, open_device_key
+from devicetrust.device.keys import BACKENDS, UnsafeSoftwareKey, open_device_key
 from devicetrust.errors import AlreadyExistsError, DevicetrustError, TrustError, ValidationError
 from devicetrust.files import write_atomic
 from devicetrust.protocol import LoginResponse, ResourceDocument
@@ -377,7 +376,7 @@ def _device_login_step(store: ProfileStore, profile: Profile, backend: str | Non
     """After login: authenticate the enrolled device, auto-enrolling it first when the cluster allows it.
     Failures leave the plain certificates in place and say why; enforcement decides what they may reach."""
     state = _device_state(store)
-    backend = backend or os.environ.get(ENV_DEVICE_KEY) or default_backend()
+    backend = chosen_backend(backend)
     enrolled_before = (state / f"{backend}.credential-id").exists()
     if not enrolled_before and not auto_enroll:
         return
@@ -425,7 +424,7 @@ def device_enroll(token: str | None, current_device: bool, device_key: str | Non
     store = ProfileStore()
     profile = store.require_current()
     collected = collect()
-    backend = device_key or os.environ.get(ENV_DEVICE_KEY) or default_backend()
+    backend = chosen_backend(device_key)
     with _session_client(store, profile) as client, open_device_key(backend, _device_state(store)) as key:
         _warn_unsafe(key)
         if current_device:
@@ -455,7 +454,7 @@ def device_authenticate(device_key: str | None, fmt: str) -> None:
     """Re-run device authentication for the current login (e.g. after enrolling) without logging in again."""
     store = ProfileStore()
     profile = store.require_current()
-    backend = device_key or os.environ.get(ENV_DEVICE_KEY) or default_backend()
+    backend = chosen_backend(device_key)
     with open_device_key(backend, _device_state(store)) as key:
         _warn_unsafe(key)
         _authenticate_device(store, profile, key, collect())

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TypedDict
+from typing import IO, NotRequired, TypedDict
 
 import asyncssh
 import click
@@ -41,6 +41,7 @@ from devicetrust.access import UNAUTHORIZED_DEVICE
 from devicetrust.cli.common import emit, format_option, labels_text, print_table, warn
 from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore, session_client
+from devicetrust.client import AuthApi
 from devicetrust.crypto.certs import identity_from_ssh_cert
 from devicetrust.crypto.identity import Identity
 from devicetrust.errors import (
@@ -144,10 +145,10 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host, port
 
 
-def fetch_nodes(store: ProfileStore, profile: Profile) -> list[Node]:
-    """The nodes the current user may reach (``GET /v1/nodes``), by host name. Tests may replace this."""
-    with session_client(store, profile) as client:
-        items = client.list_nodes().items
+def fetch_nodes(store: ProfileStore, profile: Profile, client: AuthApi | None = None) -> list[Node]:
+    """The nodes the current user may reach (``GET /v1/nodes``), by host name; on ``client`` when given."""
+    with contextlib.nullcontext(client) if client is not None else session_client(store, profile) as api:
+        items = api.list_nodes().items
     return sorted((Node.from_reply(item) for item in items), key=lambda n: (n.hostname, n.host_id))
 
 
@@ -219,8 +220,9 @@ class SSHRequest:
     #: None: the login shell
     command: str | None
     pty: bool
-    #: the session certificate from this session's device proof (None: present the login certificate)
-    session_cert: bytes | None = None
+    #: this session's device proof: returns the session certificate, or None to present the login certificate.
+    #: It runs in a thread while the connection and key exchange go on (None: no proof, the login certificate).
+    prove: Callable[[], bytes | None] | None = None
 
     @property
     def where(self) -> str:
@@ -421,7 +423,9 @@ class _ConnectOptions(TypedDict):
     """The keyword arguments of asyncssh.connect that tsh sets."""
 
     username: str
-    client_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]]
+    #: None with client_factory: the key is offered once the session's device proof is done
+    client_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]] | None
+    client_factory: NotRequired[Callable[[], asyncssh.SSHClient]]
     known_hosts: asyncssh.SSHKnownHosts
     host_key_alias: str
     config: None
@@ -445,14 +449,40 @@ class _Terminal(TypedDict, total=False):
     term_size: tuple[int, int]
 
 
-def _connect_options(req: SSHRequest) -> _ConnectOptions:
+class SessionProofClient(asyncssh.SSHClient):
+    """Offers the key with the certificate ``certificate`` resolves to, at user authentication: the session's device
+    proof runs while the TCP connection, key exchange and host certificate check go on (as OpenSSH asks its agent
+    for keys only then), so a session pays for the proof only where it outlasts them."""
+
+    def __init__(self, key: asyncssh.SSHKey, certificate: asyncio.Future[asyncssh.SSHCertificate]) -> None:
+        self._key = key
+        self._certificate = certificate
+        self._offered = False
+
+    async def public_key_auth_requested(self) -> list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]] | None:
+        if self._offered:  # asyncssh asks again after a refusal: there is nothing else to offer
+            return None
+        self._offered = True
+        return [(self._key, await self._certificate)]
+
+
+def proved_certificate(
+    prove: Callable[[], bytes | None], fallback: asyncssh.SSHCertificate
+) -> asyncio.Future[asyncssh.SSHCertificate]:
+    """Start ``prove`` in a thread; the future resolves to its session certificate, or ``fallback`` without one."""
+
+    async def certificate() -> asyncssh.SSHCertificate:
+        session_cert = await asyncio.to_thread(prove)
+        return fallback if session_cert is None else asyncssh.import_certificate(session_cert)
+
+    return asyncio.ensure_future(certificate())
+
+
+def _connect_options(req: SSHRequest) -> tuple[_ConnectOptions, asyncio.Future[asyncssh.SSHCertificate] | None]:
     key = asyncssh.read_private_key(str(req.client.key_path))
-    if req.session_cert is not None:
-        cert = asyncssh.import_certificate(req.session_cert)
-    else:
-        cert = asyncssh.read_certificate(str(req.client.cert_path))
+    cert = asyncssh.read_certificate(str(req.client.cert_path))
     ca_line = f"@cert-authority * {req.client.profile.host_ca_ssh.strip()}\n"
-    return {
+    options: _ConnectOptions = {
         "username": req.login,
         "client_keys": [(key, cert)],
         # the cluster host CA and nothing else; its certificate must name this node's host id
@@ -470,13 +500,28 @@ def _connect_options(req: SSHRequest) -> _ConnectOptions:
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "keepalive_interval": KEEPALIVE_INTERVAL_SECONDS,
     }
+    if req.prove is None:
+        return options, None
+    proof = proved_certificate(req.prove, cert)
+    options["client_keys"] = None
+    options["client_factory"] = lambda: SessionProofClient(key, proof)
+    return options, proof
 
 
 async def _connect(req: SSHRequest) -> asyncssh.SSHClientConnection:
     try:
-        options = _connect_options(req)
+        options, proof = _connect_options(req)
     except (OSError, asyncssh.KeyImportError) as err:
         raise ValidationError(f"cannot read your key or certificate ({err}); run 'tsh login'") from None
+    try:
+        return await _open(req, options)
+    except BaseException:
+        if proof is not None:
+            proof.cancel()
+        raise
+
+
+async def _open(req: SSHRequest, options: _ConnectOptions) -> asyncssh.SSHClientConnection:
     try:
         return await asyncssh.connect(req.node.host, req.port, **options)
     except asyncssh.PermissionDenied:
@@ -560,44 +605,66 @@ def ssh_command(
     profile = store.require_current()
     client = load_identity(store, profile)
     target_login, host = split_target(target)
-    node = resolve_node(fetch_nodes(store, profile), host, profile.cluster_name)
-    text = " ".join(command) if command else None
-    session_cert, proof_error = _session_proof(store, profile, node, device_key)
-    req = SSHRequest(
-        client=client,
-        node=node,
-        login=choose_login(client.identity, login, target_login),
-        port=port or node.port,
-        command=text,
-        pty=force_pty or (text is None and os.isatty(0)),
-        session_cert=session_cert,
-    )
-    # asyncssh would log handshake failures to stderr through logging's last-resort handler
-    logging.getLogger("asyncssh").setLevel(logging.CRITICAL)
-    try:
-        return asyncio.run(run_ssh(req))
-    except AccessDeniedError as err:
-        if proof_error is None and session_cert is None and f"({UNAUTHORIZED_DEVICE})" in str(err):
-            # The cluster's settings changed since login (the profile said no proof was needed): prove and retry.
-            session_cert, proof_error = _session_proof(store, profile, node, device_key, always=True)
-            if session_cert is not None:
-                return asyncio.run(run_ssh(dataclasses.replace(req, session_cert=session_cert)))
-        if proof_error is not None:
-            warn(f"this device could not prove itself for the session: {proof_error}")
-        raise
+    with session_client(store, profile) as api:
+        node = resolve_node(fetch_nodes(store, profile, api), host, profile.cluster_name)
+        text = " ".join(command) if command else None
+        proof = SessionProof(store, profile, node, device_key, api)
+        req = SSHRequest(
+            client=client,
+            node=node,
+            login=choose_login(client.identity, login, target_login),
+            port=port or node.port,
+            command=text,
+            pty=force_pty or (text is None and os.isatty(0)),
+            prove=proof if proof.wanted() else None,
+        )
+        # asyncssh would log handshake failures to stderr through logging's last-resort handler
+        logging.getLogger("asyncssh").setLevel(logging.CRITICAL)
+        try:
+            return asyncio.run(run_ssh(req))
+        except AccessDeniedError as err:
+            if req.prove is None and f"({UNAUTHORIZED_DEVICE})" in str(err) and proof.wanted(always=True):
+                # The cluster's settings changed since login (the profile said no proof was needed): prove and retry.
+                session_cert = proof()
+                if session_cert is not None:
+                    return asyncio.run(run_ssh(dataclasses.replace(req, prove=lambda: session_cert)))
+            if proof.error is not None:
+                warn(f"this device could not prove itself for the session: {proof.error}")
+            raise
 
 
-def _session_proof(
-    store: ProfileStore, profile: Profile, node: Node, device_key: str | None, *, always: bool = False
-) -> tuple[bytes | None, DevicetrustError | None]:
-    """The session certificate for ``node`` (None when this profile does not use session proofs, unless
-    ``always``, or this home has no enrolled device), or the error that kept the device from proving itself."""
-    if not (always or wants_session_proof(profile)) or enrolled_backend(store, device_key) is None:
-        return None, None
-    try:
-        return prove_for_session(store, profile, "ssh", node.host_id, backend=device_key).ssh_cert, None
-    except DevicetrustError as err:
-        return None, err
+class SessionProof:
+    """The device proof for a session on ``node``, on the auth service connection ``client``; remembers what kept
+    the device from proving itself (the node's refusal is then explained by it)."""
+
+    def __init__(
+        self, store: ProfileStore, profile: Profile, node: Node, device_key: str | None, client: AuthApi
+    ) -> None:
+        self._store, self._profile, self._node, self._device_key, self._client = (
+            store,
+            profile,
+            node,
+            device_key,
+            client,
+        )
+        self.error: DevicetrustError | None = None
+
+    def wanted(self, *, always: bool = False) -> bool:
+        """Whether this profile proves the device before sessions (``always``: whatever the profile says) and this
+        tsh home has an enrolled device to do it."""
+        wanted = always or wants_session_proof(self._profile)
+        return wanted and enrolled_backend(self._store, self._device_key) is not None
+
+    def __call__(self) -> bytes | None:
+        """The session certificate, or None (and ``error`` set) when the device could not prove itself."""
+        try:
+            certificate = prove_for_session(
+                self._store, self._profile, "ssh", self._node.host_id, backend=self._device_key, client=self._client
+            )
+        except DevicetrustError as err:
+            self.error = err
+            return None
+        return certificate.ssh_cert
 
 
 # ----------------------------------------------------------------------------------------------- config

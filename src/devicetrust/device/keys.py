@@ -156,4 +156,4 @@ def open_device_key(backend: str | None, state_dir: Path) -> DeviceKey:
         from devicetrust.device.secure_enclave import SecureEnclaveKey
 
         return SecureEnclaveKey(state_dir)
-    raise ValidationError(f"--device-key: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    raise ValidationError(f"unknown device key backend {backend!r} (expected one of {', '.join(BACKENDS)})")
