@@ -63,9 +63,15 @@ PCR_DIGEST_BYTES: Final = 32
 
 @dataclass(frozen=True)
 class ClockInfo:
+    """TPMS_CLOCK_INFO, as the TPM signs it into every quote."""
+
+    #: milliseconds the TPM has been powered since its clock was last set
     clock: int
+    #: TPM resets (reboots) since the last TPM2_Clear
     reset_count: int
+    #: TPM2_Shutdown(STATE)/Startup(STATE) cycles (hibernation) since the last reset
     restart_count: int
+    #: no clock value reported before can have been greater than this one
     safe: bool
 
 
