@@ -73,7 +73,8 @@ def _third_party_imports() -> dict[str, Path]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in ("__future__", "devicetrust"):
+                # _typeshed exists only for type checkers (imported under TYPE_CHECKING)
+                if top not in sys.stdlib_module_names and top not in ("__future__", "_typeshed", "devicetrust"):
                     found.setdefault(top, path.relative_to(ROOT))
     return found
 
