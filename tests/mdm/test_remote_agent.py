@@ -402,6 +402,11 @@ def test_state_is_per_source_and_pages_are_bounded(cluster: Cluster) -> None:
             await jamf_sink.save_state("jamf/jamf/entry/cut", "2026-01-01T00:00:00+00:00")
             mine = await jamf_sink.load_state("jamf/jamf/entry/cut")
             theirs = await other_sink.load_state("jamf/jamf/entry/cut")
+            # a key is one path, never cut short at a "?" into another key
+            with pytest.raises(ValidationError) as refused:
+                await jamf_sink.save_state("jamf/cut?x", "never stored")
+            assert str(refused.value) == "state key: 'jamf/cut?x' is not valid"
+            assert await jamf_sink.load_state("jamf/cut") is None
             session = await jamf_sink.join()
             async with httpx.AsyncClient(
                 base_url=f"https://{cluster.proxy}",

@@ -25,6 +25,7 @@ import ssl
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
+from urllib.parse import quote
 
 import httpx
 
@@ -400,11 +401,11 @@ class ApiSink:
         return deleted
 
     async def load_state(self, key: str) -> str | None:
-        answer = await self._call("GET", f"/v1/mdm/state/{key}")
+        answer = await self._call("GET", _state_path(key))
         return reply_as(MdmStateValue, answer, "mdm/state").value
 
     async def save_state(self, key: str, value: str) -> None:
-        await self._call("PUT", f"/v1/mdm/state/{key}", json=body(MdmStateUpdate.model_construct(value=value)))
+        await self._call("PUT", _state_path(key), json=body(MdmStateUpdate.model_construct(value=value)))
 
     async def record_sync(self, report: SyncReport) -> None:
         await self._call("POST", "/v1/mdm/syncs", json=body(sync_report_to_model(report)))
@@ -435,3 +436,9 @@ async def run_remote_jamf_service(config: JamfServiceConfig, stop: asyncio.Event
         if stop.is_set():
             return
         await JamfService(config, sink).run(stop)
+
+
+def _state_path(key: str) -> str:
+    """The state route for ``key``, whose ``/`` separate its parts; anything else that means something in a URL
+    is escaped."""
+    return f"/v1/mdm/state/{quote(key, safe='/')}"
