@@ -101,6 +101,8 @@ def _uvicorn_config(config: Config, server: AuthServer, tls: tuple[Path, Path] |
 
 #: How long the daemon waits for its auth workers to listen before it gives up starting.
 WORKER_START_TIMEOUT_SECONDS = 60
+#: Bytes of the length that precedes the pickled configuration on a worker's stdin.
+CONFIG_LENGTH_BYTES = 8
 #: A worker that dies is restarted after this delay, doubled after each quick death, up to the maximum.
 WORKER_RESTART_DELAY_SECONDS = 1.0
 WORKER_MAX_RESTART_DELAY_SECONDS = 30.0
@@ -169,8 +171,9 @@ class AuthWorkers:
         finally:
             os.close(write_fd)
         assert process.stdin is not None
-        process.stdin.write(pickle.dumps(self._config))
-        process.stdin.close()
+        configuration = pickle.dumps(self._config)
+        # The pipe stays open for the worker's life: its end of file tells the worker the daemon is gone.
+        process.stdin.write(len(configuration).to_bytes(CONFIG_LENGTH_BYTES, "big") + configuration)
         reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb"))
@@ -186,6 +189,7 @@ class AuthWorkers:
             if await reader.read(1) and not ready.done():
                 ready.set_result(None)
             code = await process.wait()
+            _close_lifeline(process)
             if self._stopped():
                 return
             if not ready.done():
@@ -212,15 +216,23 @@ class AuthWorkers:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+            _close_lifeline(process)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._sock.close()
 
 
-def serve_auth_worker(config: Config, listen_fd: int, ready_fd: int) -> None:
+def _close_lifeline(process: asyncio.subprocess.Process) -> None:
+    if process.stdin is not None and not process.stdin.is_closing():
+        process.stdin.close()
+
+
+def serve_auth_worker(config: Config, listen_fd: int, ready_fd: int, lifeline_fd: int | None = None) -> None:
     """One auth worker: the auth API on the daemon's listening socket ``listen_fd``; writes one byte to
-    ``ready_fd`` once it accepts connections. SIGTERM stops it gracefully."""
+    ``ready_fd`` once it accepts connections. SIGTERM stops it gracefully, and so does the end of file on
+    ``lifeline_fd``, a pipe the daemon holds open while it lives: a worker never outlives its daemon, even one
+    killed with SIGKILL, so nothing keeps serving on the port of a daemon that is gone."""
     backend = Backend.open(config.storage_url)
     try:
         server = AuthServer(backend, cluster_name=config.auth_service.cluster_name)
@@ -229,7 +241,15 @@ def serve_auth_worker(config: Config, listen_fd: int, ready_fd: int) -> None:
         web = uvicorn.Server(_uvicorn_config(config, server, tls))
         sock = socket.socket(fileno=listen_fd)
 
+        def daemon_gone() -> None:
+            if lifeline_fd is not None and not os.read(lifeline_fd, 1):
+                asyncio.get_running_loop().remove_reader(lifeline_fd)
+                log.warning("the daemon is gone; this auth worker stops")
+                web.should_exit = True
+
         async def serve() -> None:
+            if lifeline_fd is not None:
+                asyncio.get_running_loop().add_reader(lifeline_fd, daemon_gone)
             task = asyncio.create_task(web.serve(sockets=[sock]))
             while not web.started and not task.done():  # noqa: ASYNC110 - uvicorn has no "started" event
                 await asyncio.sleep(STARTUP_POLL_SECONDS)
@@ -564,11 +584,26 @@ def _auth_worker_main() -> None:
 
     if len(sys.argv) != 3 or sys.stdin.isatty():
         sys.exit("devicetrust.daemon is started by 'devicetrust start' (auth_service.workers), not by hand")
-    config = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - written by the parent daemon over a pipe
+    lifeline = sys.stdin.fileno()
+    header = _read_exactly(lifeline, CONFIG_LENGTH_BYTES)
+    payload = _read_exactly(lifeline, int.from_bytes(header, "big"))
+    config = pickle.loads(payload)  # noqa: S301 - written by the parent daemon over a pipe
     if not isinstance(config, Config):
         sys.exit("devicetrust.daemon: expected a configuration on stdin")
     configure_json_logging(config.log_severity)
-    serve_auth_worker(config, int(sys.argv[1]), int(sys.argv[2]))
+    serve_auth_worker(config, int(sys.argv[1]), int(sys.argv[2]), lifeline)
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd``; exits if the daemon's pipe ends first (the daemon died while starting us)."""
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            sys.exit("devicetrust.daemon: the daemon's pipe closed before the configuration was read")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 if __name__ == "__main__":

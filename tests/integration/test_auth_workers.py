@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 from benchmarks.harness import LeanClient, process_tree
 
 from devicetrust.crypto.certs import identity_from_ssh_cert
+from devicetrust.daemon import GRACEFUL_SHUTDOWN_SECONDS
 from tests.integration.ceremony_helpers import (
     SoftwareDevice,
     answer,
@@ -189,3 +191,38 @@ def test_stopping_the_daemon_stops_its_workers(tmp_path: Path) -> None:
     while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its new parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _answers(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_workers_do_not_outlive_a_daemon_killed_with_sigkill(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path / "killed", auth_workers=WORKERS)
+    pids = worker_pids(cluster)
+    assert len(pids) >= WORKERS
+    assert _answers(cluster.proxy)
+    cluster.process.kill()
+    cluster.process.wait()
+    deadline = time.monotonic() + GRACEFUL_SHUTDOWN_SECONDS + 5
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in pids if _running(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "auth workers kept running after their daemon was killed"
+    assert not _answers(cluster.proxy), "something still answers on the killed daemon's port"
