@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -154,6 +155,8 @@ def test_tsh_db_config_lets_psycopg_speak_tls_straight_to_the_service(world: Wor
         assert conn.execute("SELECT current_user").fetchone() == ("alice",)
     proofs = [e for e in world.events("device.authenticate")[before:] if e.get("target", {}).get("kind") == "db"]
     assert len(proofs) == 1 and proofs[0]["success"]
+    ok(world.laptop.tsh("db", "logout", DATABASE))  # forgets the copy of the key made for libpq too
+    assert not Path(config["sslkey"]).exists() and not Path(config["sslcert"]).exists()
     # the copied profile has no TPM: its configuration carries no proof and the service refuses it
     stolen = world.cluster.run(
         "tsh", "db", "config", DATABASE, "--db-user=alice", "--db-name=test", "--format=json", env=world.thief_env()

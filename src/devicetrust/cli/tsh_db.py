@@ -522,12 +522,15 @@ def db_logout(name: str | None) -> None:
     """Forget the certificate of database NAME (of every database without NAME)."""
     store = ProfileStore()
     profile = store.require_current()
-    folder = _db_dir(store, profile)
+    folder, direct = _db_dir(store, profile), _direct_dir(store, profile)
     if name is None:
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(direct, ignore_errors=True)
         return
     for suffix in (".json", "-x509.pem"):
         (folder / f"{_safe_name(name)}{suffix}").unlink(missing_ok=True)
+    for suffix in ("-session-x509.pem", ".key"):
+        (direct / f"{_safe_name(name)}{suffix}").unlink(missing_ok=True)
 
 
 @db.command("connect")
