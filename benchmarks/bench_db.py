@@ -7,6 +7,9 @@ loopback (a process of its own, as a user runs it).
 - Query round trip: ``SELECT 1`` in a loop on ONE psycopg connection, through ``tsh proxy db`` (plain TCP to the
   local listener, TLS to the database service, TCP to PostgreSQL) and directly to PostgreSQL, in alternating
   rounds (ABBA) to cancel drift. Reported: p50 and p99 of each, and the ratio of the p50s (target ≤ 1.3).
+- The same round trip on one hop: psycopg speaking TLS straight to the database service with the session
+  certificate ``tsh db config`` wrote (what ``tsh db connect`` gives psql), in the same rotation; and, as the floor
+  of any relay hop on this machine, through ``socat`` (a plain TCP relay in C) when it is installed.
 - Connections: connect, ``SELECT 1``, close, back to back through the proxy, each with its own device proof (the
   TPM quote and the auth service's ceremony) and TLS to the service. Reported: connections/s and p50, with
   direct connections/s as the reference.
@@ -16,13 +19,16 @@ Needs swtpm and PostgreSQL at 127.0.0.1:5432 (trust authentication).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,29 +102,47 @@ def _start_proxy(laptop: Laptop, port: int) -> subprocess.Popen[str]:
     return process
 
 
-def _measure(proxy_port: int) -> None:
+def _ratio_line(name: str, ratio: float) -> str:
+    return f"bench_db[query ratio {name}]: p50 {name}/direct {ratio:.2f} " + (
+        f"({'ok' if ratio <= TARGET_RATIO else 'short'}, target <= {TARGET_RATIO})"
+    )
+
+
+def _measure(proxy_port: int, one_hop: dict[str, str], relay_port: int | None) -> None:
     direct_port = 5432
-    with (
-        psycopg.connect(**_conninfo(direct_port), autocommit=True) as direct,
-        psycopg.connect(**_conninfo(proxy_port), autocommit=True, connect_timeout=30) as proxied,
-    ):
-        _round(direct, WARMUP_QUERIES)
-        _round(proxied, WARMUP_QUERIES)
-        samples: dict[str, list[float]] = {"direct": [], "proxy": []}
-        order: list[tuple[str, psycopg.Connection[Any]]] = [("direct", direct), ("proxy", proxied)]
+    paths: dict[str, dict[str, Any]] = {
+        "direct": _conninfo(direct_port),
+        "tsh proxy db": {**_conninfo(proxy_port), "connect_timeout": 30},
+        "one hop": {**one_hop, "connect_timeout": 30},
+    }
+    if relay_port is not None:
+        paths["socat"] = _conninfo(relay_port)
+    with contextlib.ExitStack() as stack:
+        order = [(name, stack.enter_context(psycopg.connect(**info, autocommit=True))) for name, info in paths.items()]
+        for _, conn in order:
+            _round(conn, WARMUP_QUERIES)
+        samples: dict[str, list[float]] = {name: [] for name in paths}
         for index in range(ROUNDS):
             for name, conn in order if index % 2 == 0 else reversed(order):
                 samples[name] += _round(conn, ROUND_QUERIES)
-    ratio = statistics.median(samples["proxy"]) / statistics.median(samples["direct"])
+    direct = statistics.median(samples["direct"])
     print(f"bench_db[query direct]: SELECT 1 round trip, {len(samples['direct'])} queries: {_us(samples['direct'])}")
     print(
-        f"bench_db[query via tsh proxy db]: SELECT 1 round trip, {len(samples['proxy'])} queries: "
-        f"{_us(samples['proxy'])}"
+        f"bench_db[query via tsh proxy db]: SELECT 1 round trip, {len(samples['tsh proxy db'])} queries: "
+        f"{_us(samples['tsh proxy db'])}"
     )
+    print(_ratio_line("proxy", statistics.median(samples["tsh proxy db"]) / direct))
     print(
-        f"bench_db[query ratio]: p50 proxy/direct {ratio:.2f} "
-        f"({'ok' if ratio <= TARGET_RATIO else 'short'}, target <= {TARGET_RATIO})"
+        f"bench_db[query one hop, TLS straight to the service (tsh db connect/config)]: SELECT 1 round trip, "
+        f"{len(samples['one hop'])} queries: {_us(samples['one hop'])}"
     )
+    print(_ratio_line("one hop", statistics.median(samples["one hop"]) / direct))
+    if relay_port is not None:
+        ratio = statistics.median(samples["socat"]) / direct
+        print(
+            f"bench_db[reference: one plain hop through socat, a relay in C]: {_us(samples['socat'])}, "
+            f"ratio {ratio:.2f} (the floor of any relay hop on this machine)"
+        )
     proved = _connections(proxy_port, CONNECTIONS)
     plain = _connections(direct_port, CONNECTIONS)
     print(
@@ -128,7 +152,34 @@ def _measure(proxy_port: int) -> None:
     )
 
 
-def _with_world(run: Callable[[int], None]) -> None:
+@contextlib.contextmanager
+def _socat_relay() -> Iterator[int | None]:
+    """A plain TCP relay in C to PostgreSQL, as a reference for what one hop costs; None without socat."""
+    socat = shutil.which("socat")
+    if socat is None:
+        yield None
+        return
+    port = free_port()
+    process = subprocess.Popen(
+        [socat, f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay", "TCP:127.0.0.1:5432,nodelay"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + PROXY_START_SECONDS
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("socat did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _with_world(run: Callable[[int, dict[str, str], int | None], None]) -> None:
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
         ensure_db_users(admin)
     root = Path(tempfile.mkdtemp(prefix="bench-db-"))
@@ -152,7 +203,11 @@ def _with_world(run: Callable[[int], None]) -> None:
             time.sleep(0.2)
         port = free_port()
         proxy = _start_proxy(laptop, port)
-        run(port)
+        one_hop = json.loads(
+            _ok(laptop.tsh("db", "config", DATABASE, "--db-user=alice", "--db-name=test", "--format=json"))
+        )
+        with _socat_relay() as relay_port:
+            run(port, one_hop, relay_port)
     finally:
         if proxy is not None:
             proxy.terminate()

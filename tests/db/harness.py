@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -184,3 +186,68 @@ def client_files(
     files.key.chmod(0o600)
     files.root.write_bytes(cluster.server.host_ca.certificate_pem())
     return files
+
+
+def postgres_server_programs() -> Path:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl): Debian's newest, else the ones on PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda path: int(path.parts[-3]))
+    initdb = found[-1] if found else Path(shutil.which("initdb") or "/nonexistent")
+    if not initdb.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("the PostgreSQL server programs (initdb, pg_ctl) are required in CI")
+        pytest.skip("the PostgreSQL server programs (initdb, pg_ctl) are not installed")
+    return initdb.parent
+
+
+@dataclass(frozen=True)
+class PrivatePostgres:
+    """A PostgreSQL of a test's own on 127.0.0.1 (trust authentication, no Unix socket)."""
+
+    port: int
+    admin_url: str
+
+
+@contextmanager
+def private_postgres(port: int, *, settings: dict[str, str], files: Sequence[Path] = ()) -> Iterator[PrivatePostgres]:
+    """Run a private PostgreSQL with ``settings`` (``-c NAME=VALUE``); ``files`` are copied next to its data
+    folder first (by name, readable by the server only), e.g. ``ssl_cert_file``/``ssl_key_file``. PostgreSQL
+    refuses to run as root: as root it runs as ``nobody``, in a folder under /tmp it can reach."""
+    programs = postgres_server_programs()
+    home = Path(tempfile.mkdtemp(prefix="devicetrust-test-postgres-", dir="/tmp"))
+    account = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    for source in files:
+        copy = home / source.name
+        shutil.copyfile(source, copy)
+        copy.chmod(0o600)
+    if account:
+        for path in [home, *home.iterdir()]:
+            shutil.chown(path, "nobody")
+
+    def run(*command: str) -> None:
+        result = subprocess.run([*account, *command], cwd="/", capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+    data = home / "data"
+    options = {"listen_addresses": "127.0.0.1", "port": str(port), "unix_socket_directories": "''", "fsync": "off"}
+    options.update(settings)
+    try:
+        run(str(programs / "initdb"), "-D", str(data), "--auth=trust", "--username=postgres", "--no-sync")
+        settings_text = " ".join(f"-c {name}={value}" for name, value in options.items())
+        run(
+            str(programs / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(home / "postgres.log"),
+            "-w",
+            "-o",
+            settings_text,
+            "start",
+        )
+        try:
+            yield PrivatePostgres(port, f"postgresql://postgres@127.0.0.1:{port}/postgres")
+        finally:
+            run(str(programs / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

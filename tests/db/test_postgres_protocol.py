@@ -125,3 +125,7 @@ def test_a_startup_error_is_read() -> None:
 def test_an_impossible_frame_stops_the_stream() -> None:
     with pytest.raises(PostgresProtocolError):
         ServerStream().feed(b"Z\0\0\0\x02")
+    started = ServerStream()
+    started.feed(STARTUP_REPLY)
+    with pytest.raises(PostgresProtocolError):
+        started.feed(QUERY_REPLY + b"Z\0\0\0\x02")

@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -142,6 +143,27 @@ def test_psycopg_through_tsh_proxy_db_proves_the_device_per_connection(world: Wo
             assert conn.execute("SELECT %s::int + 1", (round_trip,)).fetchone() == (round_trip + 1,)
     proofs = [e for e in world.events("device.authenticate")[before:] if e.get("target", {}).get("kind") == "db"]
     assert len(proofs) == 2 and all(e["success"] for e in proofs)
+
+
+def test_tsh_db_config_lets_psycopg_speak_tls_straight_to_the_service(world: World) -> None:
+    before = len(world.events("device.authenticate"))
+    config = json.loads(
+        ok(world.laptop.tsh("db", "config", DATABASE, "--db-user=alice", "--db-name=test", "--format=json"))
+    )
+    assert config["sslmode"] == "verify-full" and ":" not in config["sslkey"]
+    with psycopg.connect(**config, connect_timeout=30) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("alice",)
+    proofs = [e for e in world.events("device.authenticate")[before:] if e.get("target", {}).get("kind") == "db"]
+    assert len(proofs) == 1 and proofs[0]["success"]
+    ok(world.laptop.tsh("db", "logout", DATABASE))  # forgets the copy of the key made for libpq too
+    assert not Path(config["sslkey"]).exists() and not Path(config["sslcert"]).exists()
+    # the copied profile has no TPM: its configuration carries no proof and the service refuses it
+    stolen = world.cluster.run(
+        "tsh", "db", "config", DATABASE, "--db-user=alice", "--db-name=test", "--format=json", env=world.thief_env()
+    )
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(**json.loads(ok(stolen)), connect_timeout=30).close()
+    assert TRUSTED_DEVICE_REQUIRED in str(refused.value)
 
 
 def test_a_lock_ends_a_live_psql_session(world: World, local_proxy: int) -> None:

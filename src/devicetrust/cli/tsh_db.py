@@ -1,15 +1,16 @@
 """tsh db and tsh proxy db: reach the cluster's databases through their database services.
 
 ``tsh db ls`` lists what the user's roles grant; ``tsh db login NAME`` gets an X.509 certificate routed to the
-database (for the login key, expiring with it); ``tsh proxy db NAME`` listens on loopback for any PostgreSQL
-client (psql, psycopg, …) and ``tsh db connect NAME`` runs the real ``psql`` against such a listener.
+database (for the login key, expiring with it); ``tsh db connect NAME`` runs the real ``psql`` speaking TLS straight
+to the database service (one hop); ``tsh db config NAME`` prints the same libpq parameters for any client; ``tsh
+proxy db NAME`` listens on loopback for any PostgreSQL client (psql, psycopg, …) that cannot hold certificates.
 
-The local listener speaks plain PostgreSQL to the client on loopback and TLS to the database service, with the
-user's certificate. Where device trust uses session proofs, every accepted connection first proves the device
-for this database (:mod:`devicetrust.cli.device_proof`) and connects with the session certificate that comes
-back, so a copied profile gets the service's "access to resource requires a trusted device". If the device cannot
-prove itself the connection is still attempted with the database certificate, and the service gives its verdict
-to the client as a PostgreSQL error.
+Where device trust uses session proofs, each connection first proves the device for this database
+(:mod:`devicetrust.cli.device_proof`) and presents the session certificate that comes back, so a copied profile gets
+the service's "access to resource requires a trusted device": the local listener proves once per accepted
+connection, ``tsh db connect`` once per psql run, ``tsh db config`` once per call (its certificate admits
+connections for the proof's short life only). If the device cannot prove itself the connection is still attempted
+with the database certificate, and the service gives its verdict to the client as a PostgreSQL error.
 """
 
 from __future__ import annotations
@@ -51,7 +52,16 @@ from devicetrust.errors import ConnectionFailedError, DevicetrustError, NotFound
 from devicetrust.files import write_atomic
 from devicetrust.protocol import DatabaseServer
 
-__all__ = ["COMMANDS", "PROXY_COMMANDS", "DatabaseLogin", "LocalProxy", "db_login"]
+__all__ = [
+    "COMMANDS",
+    "PROXY_COMMANDS",
+    "DatabaseLogin",
+    "DirectConnection",
+    "LocalProxy",
+    "db_login",
+    "direct_connection",
+    "session_certificate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +124,12 @@ def _db_dir(store: ProfileStore, profile: Profile) -> Path:
     return base.with_name(base.name + "-db")
 
 
+def _direct_dir(store: ProfileStore, profile: Profile) -> Path:
+    """Where ``tsh db config`` writes libpq's files: a folder without the ':' of the proxy's address."""
+    proxy = profile.proxy.replace(":", "_").replace("/", "_")
+    return store.home / "db" / f"{proxy}-{_safe_name(profile.user)}"
+
+
 def _safe_name(name: str) -> str:
     if not name or "/" in name or name.startswith("."):
         raise ValidationError(f"invalid database name {name!r}")
@@ -174,6 +190,106 @@ def _fresh_login(store: ProfileStore, profile: Profile, name: str, db_user: str,
         name,
         db_user=db_user or (previous.db_user if previous else ""),
         db_name=db_name or (previous.db_name if previous else ""),
+    )
+
+
+# ------------------------------------------------------------------------------------------- device proof
+def session_certificate(
+    store: ProfileStore, profile: Profile, name: str, device_key: str | None, warn_once: Callable[[str], None] = warn
+) -> str | None:
+    """A session certificate (PEM) with a fresh device proof for database ``name``, or None where no proof is
+    wanted or the device cannot give one (the routed database certificate is used then, and the service decides)."""
+    if not wants_session_proof(profile) or enrolled_backend(store, device_key) is None:
+        return None
+    try:
+        proof = prove_for_session(store, profile, "db", name, backend=device_key)
+    except DevicetrustError as err:
+        warn_once(f"this device could not prove itself for the session: {err}")
+        return None
+    return proof.tls_cert_pem
+
+
+@dataclass(frozen=True)
+class DirectConnection:
+    """What a PostgreSQL client needs to speak TLS straight to the database service, with no local listener:
+    libpq's ``sslmode=verify-full`` checks the service's certificate (from the cluster's host CA, naming its host
+    id) and presents the session certificate, whose device proof admits connections only for its short life."""
+
+    host_id: str
+    hostaddr: str
+    port: int
+    cert_path: Path
+    key_path: Path
+    root_path: Path
+    user: str
+    dbname: str
+
+    def parameters(self) -> dict[str, str]:
+        values = {
+            "host": self.host_id,
+            "hostaddr": self.hostaddr,
+            "port": str(self.port),
+            "sslmode": "verify-full",
+            "sslcert": str(self.cert_path),
+            "sslkey": str(self.key_path),
+            "sslrootcert": str(self.root_path),
+            "gssencmode": "disable",
+            "user": self.user,
+            "dbname": self.dbname,
+        }
+        return {key: value for key, value in values.items() if value}
+
+    def conninfo(self) -> str:
+        return " ".join(f"{key}={_conninfo_value(value)}" for key, value in self.parameters().items())
+
+
+def _conninfo_value(value: str) -> str:
+    if value and not any(char in value for char in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def direct_connection(
+    store: ProfileStore,
+    profile: Profile,
+    login: DatabaseLogin,
+    folder: Path,
+    *,
+    user: str,
+    dbname: str,
+    device_key: str | None = None,
+) -> DirectConnection:
+    """Prove the device for ``login``'s database where the cluster wants it and write what libpq needs into
+    ``folder`` (the session certificate, a copy of the login key, the host CA)."""
+    host_ca = store.pinned_ca(profile.proxy)
+    if host_ca is None:
+        raise ValidationError(f"no pinned CA for {profile.proxy}; run 'tsh login'")
+    host, _, port = login.addr.rpartition(":")
+    try:
+        hostaddr = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0][4][0]
+    except (OSError, ValueError) as err:
+        raise ConnectionFailedError(f"cannot resolve the database service at {login.addr}: {err}") from None
+    cert_path = login.cert_path
+    session_pem = session_certificate(store, profile, login.name, device_key)
+    if session_pem is not None:
+        cert_path = folder / f"{login.name}-session-x509.pem"
+        write_atomic(cert_path, session_pem.encode(), 0o600)
+    root_path = folder / "host-ca.pem"
+    write_atomic(root_path, host_ca.encode(), 0o600)
+    # libpq reads an sslkey with a ':' as ENGINE:KEY, and key folders are named after the proxy's HOST:PORT
+    key_path = folder / f"{login.name}.key"
+    if ":" in str(key_path):
+        raise ValidationError(f"{folder}: libpq cannot read a key file whose path contains ':'")
+    write_atomic(key_path, login.key_path.read_bytes(), 0o600)
+    return DirectConnection(
+        host_id=login.host_id,
+        hostaddr=str(hostaddr),
+        port=int(port),
+        cert_path=cert_path,
+        key_path=key_path,
+        root_path=root_path,
+        user=user,
+        dbname=dbname,
     )
 
 
@@ -257,17 +373,13 @@ class LocalProxy:
 
     def _session_cert(self) -> str | None:
         """A session certificate (PEM) for this database, or None to use the routed database certificate."""
-        if not wants_session_proof(self.profile) or enrolled_backend(self.store, self._device_key) is None:
-            return None
-        try:
-            with self._proof_lock:
-                proof = prove_for_session(self.store, self.profile, "db", self.login.name, backend=self._device_key)
-        except DevicetrustError as err:
-            if not self._warned:
-                warn(f"this device could not prove itself for the session: {err}")
-                self._warned = True
-            return None
-        return proof.tls_cert_pem
+        with self._proof_lock:
+            return session_certificate(self.store, self.profile, self.login.name, self._device_key, self._warn_once)
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            warn(message)
+            self._warned = True
 
     def _context(self, session_cert_pem: str | None) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self._host_ca_pem)
@@ -410,34 +522,59 @@ def db_logout(name: str | None) -> None:
     """Forget the certificate of database NAME (of every database without NAME)."""
     store = ProfileStore()
     profile = store.require_current()
-    folder = _db_dir(store, profile)
+    folder, direct = _db_dir(store, profile), _direct_dir(store, profile)
     if name is None:
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(direct, ignore_errors=True)
         return
     for suffix in (".json", "-x509.pem"):
         (folder / f"{_safe_name(name)}{suffix}").unlink(missing_ok=True)
+    for suffix in ("-session-x509.pem", ".key"):
+        (direct / f"{_safe_name(name)}{suffix}").unlink(missing_ok=True)
 
 
 @db.command("connect")
 @click.argument("name")
 @_db_options
 def db_connect(name: str, db_user: str, db_name: str) -> None:
-    """Run psql against database NAME through a local listener that proves this device per connection."""
+    """Run psql against database NAME, speaking TLS straight to its database service with a session certificate
+    that proves this device (where the cluster requires it) for this connection only."""
     psql = shutil.which("psql")
     if psql is None:
         raise ValidationError("psql is not installed (or not on PATH); install the PostgreSQL client")
     store = ProfileStore()
     profile = store.require_current()
-    with running_proxy(store, profile, name, db_user=db_user, db_name=db_name) as proxy:
-        user = db_user or proxy.login.db_user
-        if not user:
-            raise ValidationError("--db-user is required: which database user to connect as (see 'tsh db ls')")
-        conninfo = f"host={LOOPBACK} port={proxy.port} user={user} sslmode=disable gssencmode=disable"
-        database = db_name or proxy.login.db_name
-        if database:
-            conninfo += f" dbname={database}"
-        status = subprocess.call([psql, conninfo])
+    login = _fresh_login(store, profile, name, db_user, db_name)
+    user = db_user or login.db_user
+    if not user:
+        raise ValidationError("--db-user is required: which database user to connect as (see 'tsh db ls')")
+    with tempfile.TemporaryDirectory(prefix="tsh-db-") as folder:
+        connection = direct_connection(store, profile, login, Path(folder), user=user, dbname=db_name or login.db_name)
+        status = subprocess.call([psql, connection.conninfo()])
     raise click.exceptions.Exit(status)
+
+
+@db.command("config")
+@click.argument("name")
+@_db_options
+@format_option()
+def db_config(name: str, db_user: str, db_name: str, fmt: str) -> None:
+    """Print how any PostgreSQL client reaches database NAME directly over TLS (libpq parameters).
+
+    Where the cluster requires session-time device proofs, the certificate written here proves this device for a
+    short while only: run this again for each new connection (or use 'tsh proxy db', which does it for you)."""
+    store = ProfileStore()
+    profile = store.require_current()
+    login = _fresh_login(store, profile, name, db_user, db_name)
+    connection = direct_connection(
+        store,
+        profile,
+        login,
+        _direct_dir(store, profile),
+        user=db_user or login.db_user,
+        dbname=db_name or login.db_name,
+    )
+    emit(connection.parameters(), fmt, lambda _: click.echo(connection.conninfo()))
 
 
 @click.group("proxy")

@@ -214,6 +214,23 @@ class ServerStream:
     def feed(self, data: bytes | memoryview) -> None:
         """Account for ``data``, the next bytes the server sent. PostgresProtocolError if a frame is impossible
         (a length below 4): the stream cannot be followed any further."""
+        if self.startup or self.header:
+            self._feed_message_by_message(data)
+            return
+        # after the startup only the frames matter: hop from length to length (a query's reply is one chunk)
+        size, position = len(data), self.remaining
+        while position + _HEADER.size <= size:
+            (length,) = _INT32.unpack_from(data, position + 1)
+            if length < _INT32.size:
+                raise PostgresProtocolError("the server sent a message with an invalid length")
+            position += 1 + length
+        if position >= size:
+            self.remaining = position - size
+        else:  # the chunk ends inside a message's header
+            self.remaining = 0
+            self.header += data[position:]
+
+    def _feed_message_by_message(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         position, size = 0, len(view)
         while position < size:

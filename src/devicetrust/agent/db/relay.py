@@ -58,14 +58,19 @@ def send_all(sock: socket.socket, data: bytes | memoryview, timeout: float = SEN
                 raise RelayClosed("the peer stopped reading")
 
 
-def _receive(sock: socket.socket) -> bytes | None:
-    """Bytes available on a non-blocking socket; None if none yet; b"" at end of stream."""
+def _receive_into(sock: socket.socket, buffer: bytearray) -> int | None:
+    """Bytes read into ``buffer`` from a non-blocking socket; None if none yet; 0 at end of stream."""
     try:
-        return sock.recv(RELAY_CHUNK_BYTES)
+        return sock.recv_into(buffer)
     except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
         return None
     except (ConnectionError, ssl.SSLError, OSError):
-        return b""
+        return 0
+
+
+def _pending(sock: socket.socket) -> bool:
+    """Whether a TLS socket holds decrypted bytes that ``poll`` cannot see (a plain socket never does)."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 
 class Relay:
@@ -87,8 +92,9 @@ class Relay:
         #: None: the server's frames are not followed (a relay that never ends a session itself)
         self.stream = stream
         self._on_server_data = on_server_data
-        self._client_tls = isinstance(client, ssl.SSLSocket)
-        self._server_tls = isinstance(server, ssl.SSLSocket)
+        # one buffer per direction, reused for every chunk (send_all is done with it before the next read)
+        self._from_server = bytearray(RELAY_CHUNK_BYTES)
+        self._from_client = bytearray(RELAY_CHUNK_BYTES)
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._lock = threading.Lock()
         self._goodbye: bytes | None = None
@@ -136,36 +142,38 @@ class Relay:
             return self._end(str(closed))
 
     def _pump_server(self) -> None:
-        server, stream = self.server, self.stream
+        server, stream, buffer = self.server, self.stream, self._from_server
+        chunk = memoryview(buffer)
         while True:
-            data = _receive(server)
-            if data is None:
+            size = _receive_into(server, buffer)
+            if size is None:
                 return
-            if not data:
+            if not size:
                 raise RelayClosed("server")
             if stream is not None:
                 try:
-                    stream.feed(data)
+                    stream.feed(chunk[:size])
                 except PostgresProtocolError:
                     raise RelayClosed("the server's stream could not be followed") from None
-            send_all(self.client, data)
+            send_all(self.client, chunk[:size])
             if self._on_server_data is not None and stream is not None:
                 self._on_server_data(stream)
                 if not stream.startup:
                     self._on_server_data = None  # it watches the startup only
-            if not (self._server_tls and server.pending()):  # type: ignore[attr-defined]
+            if not _pending(server):  # a plain socket with more to read is readable again at the next poll
                 return
 
     def _pump_client(self) -> None:
-        client = self.client
+        client, buffer = self.client, self._from_client
+        chunk = memoryview(buffer)
         while True:
-            data = _receive(client)
-            if data is None:
+            size = _receive_into(client, buffer)
+            if size is None:
                 return
-            if not data:
+            if not size:
                 raise RelayClosed("client")
-            send_all(self.server, data)
-            if not (self._client_tls and client.pending()):  # type: ignore[attr-defined]
+            send_all(self.server, chunk[:size])
+            if not _pending(client):
                 return
 
     def _say_goodbye(self) -> None:

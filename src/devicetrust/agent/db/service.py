@@ -424,6 +424,12 @@ class DatabaseService(TLSService[DatabaseServiceConfig]):
             if answer != b"S":
                 raise DevicetrustError(f"database {database.name} does not accept TLS (its ca_file is set)")
             return context.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as err:
+            sock.close()
+            raise DevicetrustError(
+                f"TLS to database {database.name} failed: its certificate does not verify with the service's "
+                f"ca_file ({err.verify_message})"
+            ) from None
         except (OSError, ssl.SSLError) as err:
             sock.close()
             raise DevicetrustError(f"TLS to database {database.name} failed: {err}") from None
