@@ -23,6 +23,8 @@ python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(
 # server's programs (initdb, pg_ctl, postgres) off PATH, in /usr/lib/postgresql/<version>/bin.
 need psql postgresql-client
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || packages+=(postgresql)
+# socat: bench_db's reference relay in C (what one hop costs at the least).
+need socat socat
 
 if [ ${#packages[@]} -eq 0 ]; then
   exit 0
