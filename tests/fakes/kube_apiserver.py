@@ -13,6 +13,17 @@
   per line, staying open until the client goes or the server stops); tables (``Accept: ...;as=Table``) as kubectl
   asks for them.
 - ``POST /apis/authentication.k8s.io/v1/selfsubjectreviews`` echoes the (impersonated) user and groups.
+- ``pods/log`` (text; ``follow=true``: a chunked stream that writes a line every ``log_interval`` seconds until the
+  client goes or the server stops).
+- ``pods/exec`` and ``pods/attach`` over WebSocket (RFC 6455 handshake, ``v5.channel.k8s.io`` or
+  ``v4.channel.k8s.io``: binary messages whose first byte is the channel, 0 stdin, 1 stdout, 2 stderr, 3 error
+  (the exit as a ``metav1.Status``), 4 resize, and in v5 255 to close a channel). The pod runs a tiny canned
+  interpreter: ``echo ARGS``, ``cat`` (stdin back on stdout until stdin closes), ``true``, ``false``,
+  ``sh -c "exit N"``; anything else exits 127. ``attach`` is ``cat``. SPDY is not offered: an upgrade to it gets
+  400 BadRequest.
+- ``pods/portforward`` over WebSocket (``v4.channel.k8s.io``, the port-forward channel protocol: per requested
+  port a data and an error channel, each opened by the port number in two little-endian bytes); every port echoes
+  what it receives. (kubectl 1.32 tunnels SPDY over the WebSocket for port-forward; that is not spoken here.)
 - Errors are ``metav1.Status`` objects (NotFound, Unauthorized, Forbidden, BadRequest, MethodNotAllowed).
 
 Every request's method, path and headers are recorded (``requests``) for the tests to check what reached it.
@@ -20,11 +31,15 @@ Every request's method, path and headers are recorded (``requests``) for the tes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import secrets
+import shlex
 import ssl
+import struct
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +49,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes import websocket
 from tests.fakes.pki import TestPKI, make_test_pki
 
 __all__ = ["FakeKubeAPIServer", "RecordedRequest", "running_kube_apiserver"]
@@ -92,11 +108,14 @@ class FakeKubeAPIServer:
     namespaces: tuple[str, ...] = ("default", "kube-system")
     impersonators: tuple[str, ...] = (SERVICE_ACCOUNT,)
     requests: list[RecordedRequest] = field(default_factory=list)
+    #: seconds between the lines a followed log writes
+    log_interval: float = 0.2
     port: int = 0
     _pods: dict[tuple[str, str], _Pod] = field(default_factory=dict)
     _watchers: list[queue.Queue[dict[str, Any] | None]] = field(default_factory=list)
     _version: int = 100
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopped: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -148,6 +167,7 @@ class FakeKubeAPIServer:
         return self
 
     def stop(self) -> None:
+        self._stopped.set()
         with self._lock:
             watchers = list(self._watchers)
         for watcher in watchers:
@@ -240,6 +260,10 @@ API_V1 = {
     "resources": [
         _resource("namespaces", "Namespace", False, ["get", "list", "watch"], ["ns"]),
         _resource("pods", "Pod", True, ["get", "list", "watch"], ["po"]),
+        _resource("pods/attach", "PodAttachOptions", True, ["create", "get"]),
+        _resource("pods/exec", "PodExecOptions", True, ["create", "get"]),
+        _resource("pods/log", "Pod", True, ["get"]),
+        _resource("pods/portforward", "PodPortForwardOptions", True, ["create", "get"]),
     ],
 }
 AUTHN_V1 = {
@@ -378,6 +402,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake.requests.append(RecordedRequest(self.command, path, split.query, headers, user, groups))
         table = TABLE_MEDIA in self.headers.get("Accept", "")
         parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 7 and parts[4] == "pods":
+            self._pod_subresource(parts[3], parts[5], parts[6], query)
+            return
         if self.command == "POST" and path == "/apis/authentication.k8s.io/v1/selfsubjectreviews":
             # kubectl sends the (empty) review as protobuf and accepts JSON back; its metadata is all it holds
             try:
@@ -515,6 +542,146 @@ class _Handler(BaseHTTPRequestHandler):
             with fake._lock:
                 fake._watchers.remove(events)
             self.close_connection = True
+
+    # --------------------------------------------------------------------------------------------- subresources
+    def _pod_subresource(self, namespace: str, name: str, subresource: str, query: dict[str, list[str]]) -> None:
+        if not any(pod.name == name for pod in self.server_fake.pods(namespace)):
+            self._not_found("pods", name)
+        elif subresource == "log" and self.command == "GET":
+            self._log(name, query.get("follow", [""])[0] == "true")
+        elif subresource in ("exec", "attach", "portforward") and self.command in ("GET", "POST"):
+            protocols = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+            offered = [p for p in _CHANNEL_PROTOCOLS if p in protocols]
+            if self.headers.get("Upgrade", "").lower() != "websocket" or not offered:
+                self._send_json(400, status(400, "BadRequest", "Upgrade request required"))
+                return
+            self._upgrade(offered[0])
+            if subresource == "portforward":
+                self._port_forward([int(port) for port in query.get("ports", [])])
+            else:
+                command = query.get("command", []) if subresource == "exec" else ["cat"]
+                self._run(command, v5=offered[0] == V5_CHANNEL)
+            self.close_connection = True
+        else:
+            self._send_json(
+                405, status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            )
+
+    def _log(self, pod: str, follow: bool) -> None:
+        lines = [f"{pod}: started", f"{pod}: listening on :8080"]
+        if not follow:
+            body = "".join(line + "\n" for line in lines).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        tick = 0
+        try:
+            while not self.server_fake._stopped.is_set():
+                for line in lines:
+                    data = line.encode() + b"\n"
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+                tick += 1
+                lines = [f"{pod}: tick {tick}"]
+                time.sleep(self.server_fake.log_interval)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def _upgrade(self, protocol: str) -> None:
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", websocket.accept_key(self.headers.get("Sec-WebSocket-Key", "")))
+        self.send_header("Sec-WebSocket-Protocol", protocol)
+        self.end_headers()
+        self.wfile.flush()
+
+    def _send_channel(self, channel: int, data: bytes) -> None:
+        self.wfile.write(websocket.frame(websocket.BINARY, bytes([channel]) + data))
+
+    def _messages(self) -> Iterator[tuple[int, bytes]]:
+        """(channel, data) of each message the client sends, answering pings, until it closes or goes."""
+        while True:
+            try:
+                message = websocket.read_frame(self.rfile)
+            except OSError:
+                return
+            if message is None:
+                return
+            opcode, payload = message
+            if opcode == websocket.PING:
+                self.wfile.write(websocket.frame(websocket.PONG, payload))
+            elif opcode == websocket.CLOSE:
+                with contextlib.suppress(OSError):
+                    self.wfile.write(websocket.frame(websocket.CLOSE, payload[:2]))
+                return
+            elif opcode in (websocket.BINARY, websocket.TEXT) and payload:
+                yield payload[0], payload[1:]
+
+    def _run(self, command: list[str], *, v5: bool) -> None:
+        """The canned interpreter; its exit goes on the error channel as the API server reports it."""
+        try:
+            code = 0
+            if command[:1] == ["echo"]:
+                self._send_channel(STDOUT, " ".join(command[1:]).encode() + b"\n")
+            elif command[:1] == ["cat"]:
+                for channel, data in self._messages():
+                    if channel == STDIN:
+                        self._send_channel(STDOUT, data)
+                    elif v5 and channel == CLOSE_CHANNEL and data[:1] == bytes([STDIN]):
+                        break
+            elif command in (["true"], ["false"]):
+                code = int(command == ["false"])
+            elif command[:2] == ["sh", "-c"] and len(command) == 3 and command[2].startswith("exit "):
+                code = int(command[2].split()[1])
+            else:
+                self._send_channel(STDERR, f"sh: {shlex.join(command)}: not found\n".encode())
+                code = 127
+            if code == 0:
+                result: dict[str, Any] = {"metadata": {}, "status": "Success"}
+            else:
+                result = {
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": (
+                        f"command terminated with non-zero exit code: error executing command {command}, "
+                        f"exit code {code}"
+                    ),
+                    "reason": "NonZeroExitCode",
+                    "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+                }
+            self._send_channel(ERROR, json.dumps(result).encode())
+            self.wfile.write(websocket.frame(websocket.CLOSE, struct.pack("!H", 1000)))
+            self.wfile.flush()
+        except OSError:
+            pass
+
+    def _port_forward(self, ports: list[int]) -> None:
+        """Each port's data channel echoes; each channel first says its port (two bytes, little-endian)."""
+        try:
+            for index, port in enumerate(ports):
+                self._send_channel(2 * index, struct.pack("<H", port))
+                self._send_channel(2 * index + 1, struct.pack("<H", port))
+            for channel, data in self._messages():
+                if channel % 2 == 0 and channel // 2 < len(ports):
+                    self._send_channel(channel, data)
+        except OSError:
+            pass
+
+
+#: What the WebSocket subprotocol of a stream may be, preferred first.
+V5_CHANNEL = "v5.channel.k8s.io"
+_CHANNEL_PROTOCOLS = (V5_CHANNEL, "v4.channel.k8s.io")
+STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE_CHANNEL = 0, 1, 2, 3, 4, 255
 
 
 class _BadImpersonation(Exception):

@@ -9,10 +9,13 @@ trusted device``; the API server sees exactly the granted user and groups, imper
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +27,8 @@ import yaml
 
 from devicetrust.access import TRUSTED_DEVICE_REQUIRED
 from devicetrust.access.decision import NO_SESSION_PROOF
-from tests.fakes.kube_apiserver import FakeKubeAPIServer, running_kube_apiserver
+from tests.fakes import websocket
+from tests.fakes.kube_apiserver import FakeKubeAPIServer, RecordedRequest, running_kube_apiserver
 from tests.integration.cluster import free_port, start_cluster
 from tests.integration.laptops import StolenProfile, copy_profile, enrolled_laptop
 from tests.integration.test_cluster_cli import ok
@@ -187,8 +191,12 @@ def test_a_lock_ends_an_open_watch(world: World) -> None:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=10)
-        for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
-            ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
+        _remove_locks(world)
+
+
+def _remove_locks(world: World) -> None:
+    for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
+        ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
 
 
 def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
@@ -219,3 +227,180 @@ def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
     assert world.kubectl(env, "get", "pods", "-n", "default").returncode == 0
+
+
+def _requests_to(world: World, subresource: str, since: int) -> list[RecordedRequest]:
+    return [r for r in world.api.requests[since:] if r.path.endswith(f"/pods/web-0/{subresource}")]
+
+
+def test_kubectl_exec_runs_through_the_service_as_the_granted_user(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    result = world.kubectl(env, "exec", "web-0", "--", "echo", "hello")
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+    (upgraded,) = _requests_to(world, "exec", before)
+    assert (upgraded.user, list(upgraded.groups)) == ("alice", GROUPS)
+    assert upgraded.header("sec-websocket-protocol")[0].startswith("v5.channel.k8s.io")
+    assert upgraded.header("authorization") == [f"Bearer {world.api.token}"]
+    event = world.wait_for_event("kube.request", lambda e: e.get("resource_subresource") == "exec")
+    assert (event["verb"], event["resource_kind"], event["resource_name"]) == ("get", "pods", "web-0")
+    assert event["response_code"] == 101 and event["success"] and event["device"]["asset_tag"] == SERIAL
+    # the command's exit code comes back through the stream; stdin goes in and comes out
+    failed = world.kubectl(env, "exec", "web-0", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 3 and "command terminated with exit code 3" in failed.stderr, failed.stderr
+    interactive = subprocess.run(
+        [require_kubectl(), "exec", "-i", "web-0", "--", "cat"],
+        env=env,
+        input="one\ntwo\n",
+        capture_output=True,
+        text=True,
+        timeout=KUBECTL_TIMEOUT_SECONDS,
+    )
+    assert (interactive.returncode, interactive.stdout) == (0, "one\ntwo\n"), interactive.stderr
+
+
+def test_exec_impersonation_stays_within_the_grant(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    narrowed = world.kubectl(env, "exec", "--as=alice", "--as-group=viewers", "web-0", "--", "echo", "hi")
+    assert narrowed.returncode == 0, narrowed.stderr
+    (upgraded,) = _requests_to(world, "exec", before)
+    assert list(upgraded.groups) == ["viewers", "system:authenticated"]
+    before = len(world.api.requests)
+    refused = world.kubectl(env, "exec", "--as=alice", "--as-group=system:masters", "web-0", "--", "echo", "hi")
+    assert refused.returncode != 0 and 'group header "system:masters"' in refused.stderr, refused.stderr
+    assert _requests_to(world, "exec", before) == []
+
+
+def test_a_copied_profile_cannot_exec(world: World) -> None:
+    env = world.thief_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    result = world.kubectl(env, "exec", "web-0", "--", "echo", "hello")
+    assert result.returncode != 0 and "hello" not in result.stdout
+    assert result.stderr.splitlines()[-1] == f"Error from server (Forbidden): {TRUSTED_DEVICE_REQUIRED}", result.stderr
+    assert world.api.requests[before:] == []
+
+
+def test_kubectl_logs_follow_streams_lines_as_they_come(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    assert world.kubectl(env, "logs", "web-0").stdout == "web-0: started\nweb-0: listening on :8080\n"
+    process = subprocess.Popen([require_kubectl(), "logs", "-f", "web-0"], env=env, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    try:
+        lines = [process.stdout.readline().rstrip("\n") for _ in range(4)]
+        assert lines == ["web-0: started", "web-0: listening on :8080", "web-0: tick 1", "web-0: tick 2"]
+    finally:
+        process.kill()
+        process.communicate(timeout=10)
+
+
+def _port_forward(world: World, env: dict[str, str], extra_headers: str = "") -> ssl.SSLSocket:
+    """An upgrade to the WebSocket port-forward protocol through the service, with the credentials kubectl gets
+    from tsh; returns the upgraded connection (after the 101 and the port announcements)."""
+    credential = json.loads(
+        ok(world.cluster.run("tsh", "kube", "credentials", f"--kube-cluster={KUBE_CLUSTER}", env=env))
+    )
+    config = yaml.safe_load(Path(env["KUBECONFIG"]).read_text())
+    (entry,) = [c["cluster"] for c in config["clusters"] if c["cluster"]["server"].endswith(f"/kube/{KUBE_CLUSTER}")]
+    cert_file = world.root / "pf-cert.pem"
+    cert_file.write_text(credential["status"]["clientCertificateData"] + credential["status"]["clientKeyData"])
+    context = ssl.create_default_context(cadata=base64.b64decode(entry["certificate-authority-data"]).decode())
+    context.load_cert_chain(cert_file)
+    context.set_alpn_protocols(["http/1.1"])
+    server = entry["server"]
+    host, _, port = server.removeprefix("https://").split("/", 1)[0].rpartition(":")
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    tls = context.wrap_socket(raw, server_hostname=host)
+    key = base64.b64encode(os.urandom(16)).decode()
+    tls.sendall(
+        (
+            f"GET /kube/{KUBE_CLUSTER}/api/v1/namespaces/default/pods/web-0/portforward?ports=8080 HTTP/1.1\r\n"
+            f"Host: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n{extra_headers}\r\n"
+        ).encode()
+    )
+    reader = tls.makefile("rb")
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += reader.readline()
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert f"Sec-WebSocket-Accept: {websocket.accept_key(key)}".encode() in head
+    # the data and the error channel each announce the port
+    assert websocket.read_frame(reader) == (websocket.BINARY, b"\x00" + struct.pack("<H", 8080))
+    assert websocket.read_frame(reader) == (websocket.BINARY, b"\x01" + struct.pack("<H", 8080))
+    tls.sendall(websocket.frame(websocket.BINARY, b"\x00GET / HTTP/1.0\r\n\r\n", mask=True))
+    assert websocket.read_frame(reader) == (websocket.BINARY, b"\x00GET / HTTP/1.0\r\n\r\n")
+    reader.close()
+    return tls
+
+
+def test_port_forward_passes_through_as_the_granted_user(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    with _port_forward(world, env, "Impersonate-User: alice\r\nImpersonate-Group: viewers\r\n"):
+        (upgraded,) = _requests_to(world, "portforward", before)
+        assert (upgraded.user, list(upgraded.groups)) == ("alice", ["viewers", "system:authenticated"])
+    event = world.wait_for_event("kube.request", lambda e: e.get("resource_subresource") == "portforward")
+    assert (event["verb"], event["resource_kind"], event["response_code"]) == ("get", "pods", 101)
+
+
+def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    # one after the other: each kubectl asks tsh for credentials, and one TPM proves one at a time
+    cat = subprocess.Popen(
+        [require_kubectl(), "exec", "-i", "web-0", "--", "cat"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert cat.stdin is not None and cat.stdout is not None
+    logs: subprocess.Popen[str] | None = None
+    forwarded: ssl.SSLSocket | None = None
+    try:
+        cat.stdin.write("before the lock\n")
+        cat.stdin.flush()
+        assert cat.stdout.readline() == "before the lock\n", cat.stderr
+        logs = subprocess.Popen(
+            [require_kubectl(), "logs", "-f", "web-0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert logs.stdout is not None
+        assert logs.stdout.readline() == "web-0: started\n"
+        forwarded = _port_forward(world, env)
+        ok(world.cluster.tctl("lock", "--user=alice", "--message=stolen laptop reported"))
+        # the service polls the cluster state every 2 s: the streams end then, with the stdin still open
+        assert cat.wait(timeout=15) != 0
+        logs.wait(timeout=15)
+        forwarded.settimeout(15)
+        with contextlib.suppress(OSError):
+            while forwarded.recv(4096):
+                pass  # what was in flight, then the end
+        for subresource in ("exec", "log", "portforward"):
+            event = world.wait_for_event(
+                "kube.request",
+                lambda e, sub=subresource: (
+                    e.get("resource_subresource") == sub and e.get("reason") == "locked: stolen laptop reported"
+                ),
+            )
+            assert event["resource_name"] == "web-0"
+    finally:
+        if forwarded is not None:
+            forwarded.close()
+        for process in (cat, logs):
+            if process is None:
+                continue
+            if process.poll() is None:
+                process.kill()
+            process.communicate(timeout=10)
+        _remove_locks(world)
