@@ -196,6 +196,13 @@ class FakeKubeAPIServer:
             config += "      labels:\n" + "".join(f"        {key}: {value}\n" for key, value in labels.items())
         return config
 
+    def kubeconfig_cluster_entry(self, cluster_name: str, kubeconfig: Path, labels: Mapping[str, str]) -> str:
+        """One more ``kubernetes_clusters`` entry (to follow :meth:`kube_service_config`): this server again as
+        ``cluster_name``, in the kubeconfig form (written to ``kubeconfig``)."""
+        self.write_kubeconfig(kubeconfig)
+        entry = f"    - name: {cluster_name}\n      kubeconfig: {kubeconfig}\n"
+        return entry + "      labels:\n" + "".join(f"        {key}: {value}\n" for key, value in labels.items())
+
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig that reaches this server directly with the service account token (for kubectl)."""
         config = {

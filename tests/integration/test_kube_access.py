@@ -39,6 +39,8 @@ pytestmark = [pytest.mark.integration]
 
 SERIAL = "SN-KUBE-1"
 KUBE_CLUSTER = "prod"
+#: the same API server again, configured by a kubeconfig
+STAGING = "staging"
 GROUPS = ["developers", "viewers", "system:authenticated"]
 
 
@@ -70,6 +72,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("kube-access")
     with running_kube_apiserver(root / "apiserver") as api:
         extra = api.kube_service_config(KUBE_CLUSTER, free_port(), root / "sa-token", {"env": "prod"})
+        extra += api.kubeconfig_cluster_entry(STAGING, root / "sa-kubeconfig", {"env": "staging"})
         cluster = start_cluster(root / "cluster", extra_config=extra)
         laptop: Laptop | None = None
         try:
@@ -89,7 +92,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def test_tsh_kube_ls_shows_the_cluster_and_what_the_roles_grant(world: World) -> None:
     listed = json.loads(ok(world.laptop.tsh("kube", "ls", "--format=json")))
-    assert [(c["name"], c["labels"]) for c in listed] == [(KUBE_CLUSTER, {"env": "prod"})]
+    assert [(c["name"], c["labels"]) for c in listed] == [
+        (KUBE_CLUSTER, {"env": "prod"}),
+        (STAGING, {"env": "staging"}),
+    ]
     assert listed[0]["kubernetes_groups"] == ["developers", "viewers"]
     assert listed[0]["kubernetes_users"] == []
 
@@ -195,8 +201,13 @@ def test_a_lock_ends_an_open_watch(world: World) -> None:
 
 
 def _remove_locks(world: World) -> None:
+    """Remove every lock, and wait for the kube service to have seen it (it polls the cluster state)."""
     for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
         ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
+    deadline = time.monotonic() + 15
+    while world.kubectl(world.laptop_env(), "get", "pods", "-n", "default").returncode != 0:
+        assert time.monotonic() < deadline, "the kube service still applies a removed lock"
+        time.sleep(0.5)
 
 
 def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
@@ -367,7 +378,8 @@ def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> No
     try:
         cat.stdin.write("before the lock\n")
         cat.stdin.flush()
-        assert cat.stdout.readline() == "before the lock\n", cat.stderr
+        echoed = cat.stdout.readline()
+        assert echoed == "before the lock\n", cat.stderr.read() if cat.stderr else ""
         logs = subprocess.Popen(
             [require_kubectl(), "logs", "-f", "web-0"],
             env=env,
@@ -404,3 +416,15 @@ def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> No
                 process.kill()
             process.communicate(timeout=10)
         _remove_locks(world)
+
+
+def test_a_cluster_configured_by_a_kubeconfig_is_reached_the_same_way(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", STAGING, env=env))
+    before = len(world.api.requests)
+    result = world.kubectl(env, "get", "pods", "-n", "default")
+    assert result.returncode == 0, result.stderr
+    assert {"web-0", "web-1"} <= {line.split()[0] for line in result.stdout.splitlines()[1:]}
+    seen = world.api.requests[before:]
+    assert seen and all(r.user == "alice" and list(r.groups) == GROUPS for r in seen)
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))

@@ -45,6 +45,7 @@ from cryptography import x509
 from devicetrust.access import Decision, KubeClusterTarget, decide, kube_session_locks, lock_reason
 from devicetrust.agent.api import NodeAPI
 from devicetrust.agent.audit import device_fields, user_fields
+from devicetrust.agent.kube.kubeconfig import api_server_access
 from devicetrust.agent.kube.requests import (
     ImpersonationRefused,
     impersonation,
@@ -511,7 +512,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             ended, streamed = self._relay(response, conn.sock, identity, target)
         finally:
-            if streamed or response.will_close:
+            # kept only when its reply was read to the end (a client gone mid-reply leaves it half read)
+            if streamed or response.will_close or not response.isclosed():
                 conn.close()
             else:
                 upstream.release(conn)
@@ -741,21 +743,17 @@ def route_path(path: str) -> str:
 
 
 def _upstream(cluster: KubeClusterEntry) -> _Upstream:
-    where = f"kube_service.kubernetes_clusters[{cluster.name}]"
+    access = api_server_access(cluster)
     try:
-        token = cluster.token_file.read_text().strip()
-    except OSError as err:
-        raise ConfigError(f"{where}.token_file: cannot read {cluster.token_file}: {err.strerror}") from None
-    if not token:
-        raise ConfigError(f"{where}.token_file: {cluster.token_file} is empty")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    try:
-        context.load_verify_locations(cafile=str(cluster.ca_file))
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(f"{where}.ca_file: cannot read {cluster.ca_file}: {err}") from None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=access.ca_pem)
+    except ssl.SSLError as err:
+        source = "kubeconfig" if cluster.kubeconfig is not None else "ca_file"
+        raise ConfigError(
+            f"kube_service.kubernetes_clusters[{cluster.name}].{source}: the CA is not a PEM certificate ({err.reason})"
+        ) from None
     context.set_alpn_protocols(["http/1.1"])
-    split = urlsplit(cluster.api_server)
+    split = urlsplit(access.server)
     host = split.hostname or ""
     port = split.port or 443
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return _Upstream(cluster, host, port, split.path.rstrip("/"), context, token, authority)
+    return _Upstream(cluster, host, port, split.path.rstrip("/"), context, access.token, authority)
