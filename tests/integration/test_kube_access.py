@@ -428,3 +428,17 @@ def test_a_cluster_configured_by_a_kubeconfig_is_reached_the_same_way(world: Wor
     seen = world.api.requests[before:]
     assert seen and all(r.user == "alice" and list(r.groups) == GROUPS for r in seen)
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+
+
+def test_tsh_logout_removes_the_kube_contexts_login_wrote(world: World) -> None:
+    env = world.thief_env()  # the copied profile: logging it out leaves the laptop's own
+    kubeconfig = Path(env["KUBECONFIG"])
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["clusters"].append({"name": "mine", "cluster": {"server": "https://10.0.0.1:6443"}})
+    kubeconfig.write_text(yaml.safe_dump(config))
+    out = ok(world.cluster.run("tsh", "logout", env=env))
+    assert "Removed the Kubernetes contexts" in out
+    after = yaml.safe_load(kubeconfig.read_text())
+    assert [c["name"] for c in after["clusters"]] == ["mine"]
+    assert after["users"] == [] and after["contexts"] == [] and after["current-context"] == ""
