@@ -27,10 +27,14 @@
 - Errors are ``metav1.Status`` objects (NotFound, Unauthorized, Forbidden, BadRequest, MethodNotAllowed).
 
 Every request's method, path and headers are recorded (``requests``) for the tests to check what reached it.
+
+Run it by hand for the demo, from the repository root: ``python -m tests.fakes.kube_apiserver serve --dir
+.demo/kube`` (writes its test CA, the service account token and ``endpoint.json`` to ``--dir``; stops on SIGTERM).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import queue
@@ -40,7 +44,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -697,3 +701,25 @@ class _BadImpersonation(Exception):
 
 class _Forbidden(Exception):
     pass
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.kube_apiserver", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a fake Kubernetes API server over HTTPS on loopback")
+    serve.add_argument("--dir", type=Path, required=True, help="where to write the test CA, token and endpoint.json")
+    args = parser.parse_args(argv)
+    directory: Path = args.dir
+    directory.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(KeyboardInterrupt), running_kube_apiserver(directory) as api:
+        token_file = directory / "sa-token"
+        token_file.write_text(api.token + "\n")
+        token_file.chmod(0o600)
+        info = {"api_server": api.url, "ca_file": str(api.ca_file.resolve()), "token_file": str(token_file.resolve())}
+        (directory / "endpoint.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(json.dumps(info), flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

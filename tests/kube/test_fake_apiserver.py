@@ -82,3 +82,40 @@ def test_a_watch_streams_new_pods(kubeconfig: Path, api: FakeKubeAPIServer) -> N
     finally:
         process.terminate()
         process.communicate(timeout=10)
+
+
+def test_exec_over_websocket_runs_the_canned_interpreter(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
+    echoed = kubectl(kubeconfig, "exec", "web-0", "--", "echo", "hello")
+    assert (echoed.returncode, echoed.stdout) == (0, "hello\n"), echoed.stderr
+    (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/exec")][-1:]
+    assert upgraded.method == "GET" and upgraded.header("upgrade") == ["websocket"]
+    assert "command=echo" in upgraded.query and "v5.channel.k8s.io" in upgraded.header("sec-websocket-protocol")[0]
+    failed = kubectl(kubeconfig, "exec", "web-0", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 3 and "command terminated with exit code 3" in failed.stderr
+    interactive = subprocess.run(
+        [require_kubectl(), "exec", "-i", "web-0", "--", "cat"],
+        env={"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"},
+        input="one\ntwo\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (interactive.returncode, interactive.stdout) == (0, "one\ntwo\n"), interactive.stderr
+    missing = kubectl(kubeconfig, "exec", "nope", "--", "echo")
+    assert missing.stderr.strip() == 'Error from server (NotFound): pods "nope" not found'
+
+
+def test_logs_and_followed_logs(kubeconfig: Path) -> None:
+    assert kubectl(kubeconfig, "logs", "web-1").stdout == "web-1: started\nweb-1: listening on :8080\n"
+    process = subprocess.Popen(
+        [require_kubectl(), "logs", "-f", "web-1"],
+        env={"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        assert [process.stdout.readline() for _ in range(4)][2:] == ["web-1: tick 1\n", "web-1: tick 2\n"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)

@@ -14,11 +14,14 @@ Life of a request (one thread per connection):
 3. The request goes to the API server with the service's bearer token and ``Impersonate-User`` /
    ``Impersonate-Group`` from the granted kubernetes_users / kubernetes_groups (:func:`.requests.impersonation`);
    the client's own credentials and impersonation headers never pass through.
-4. The reply is relayed; a streamed one (a watch, ``logs -f``) chunk by chunk as it arrives. A lock that
-   targets an open stream ends it.
-5. Audit: ``kube.request`` with the path, verb, response code, cluster and resource, and the device block.
-
-Not served: protocol upgrades (``exec``, ``attach``, ``port-forward`` over SPDY/WebSocket) get 400 BadRequest.
+4. The reply is relayed; a streamed one (a watch, ``logs -f``) chunk by chunk as it arrives.
+5. A protocol upgrade (``exec``, ``attach``, ``port-forward`` over WebSocket or SPDY) goes on a connection of its
+   own with the same token and impersonation; after the API server's 101, bytes both ways (unread) until either
+   side closes.
+6. A lock that targets an open stream (a watch, ``logs -f``, an upgraded one) ends it: both connections are shut
+   down.
+7. Audit: ``kube.request`` with the path, verb, response code, cluster and resource (and subresource), and the
+   device block; an upgraded stream's when it ends.
 """
 
 from __future__ import annotations
