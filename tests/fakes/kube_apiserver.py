@@ -21,9 +21,10 @@
   interpreter: ``echo ARGS``, ``cat`` (stdin back on stdout until stdin closes), ``true``, ``false``,
   ``sh -c "exit N"``; anything else exits 127. ``attach`` is ``cat``. SPDY is not offered: an upgrade to it gets
   400 BadRequest.
-- ``pods/portforward`` over WebSocket (``v4.channel.k8s.io``, the port-forward channel protocol: per requested
-  port a data and an error channel, each opened by the port number in two little-endian bytes); every port echoes
-  what it receives. (kubectl 1.32 tunnels SPDY over the WebSocket for port-forward; that is not spoken here.)
+- ``pods/portforward`` over WebSocket: ``SPDY/3.1+portforward.k8s.io`` as kubectl 1.32 asks for it (SPDY/3.1
+  frames in binary messages, :mod:`tests.fakes.spdy`: per forwarded connection an error and a data stream), or
+  ``v4.channel.k8s.io`` (per requested port a data and an error channel, each opened by the port number in two
+  little-endian bytes); every port echoes what it receives.
 - Errors are ``metav1.Status`` objects (NotFound, Unauthorized, Forbidden, BadRequest, MethodNotAllowed).
 
 Every request's method, path and headers are recorded (``requests``) for the tests to check what reached it.
@@ -53,7 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes import websocket
+from tests.fakes import spdy, websocket
 from tests.fakes.pki import TestPKI, make_test_pki
 
 __all__ = ["FakeKubeAPIServer", "RecordedRequest", "running_kube_apiserver"]
@@ -562,12 +563,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(name, query.get("follow", [""])[0] == "true")
         elif subresource in ("exec", "attach", "portforward") and self.command in ("GET", "POST"):
             protocols = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-            offered = [p for p in _CHANNEL_PROTOCOLS if p in protocols]
+            supported = _PORT_FORWARD_PROTOCOLS if subresource == "portforward" else _CHANNEL_PROTOCOLS
+            offered = [p for p in supported if p in protocols]
             if self.headers.get("Upgrade", "").lower() != "websocket" or not offered:
                 self._send_json(400, status(400, "BadRequest", "Upgrade request required"))
                 return
             self._upgrade(offered[0])
-            if subresource == "portforward":
+            if offered[0] == SPDY_PORT_FORWARD:
+                self._spdy_port_forward()
+            elif subresource == "portforward":
                 self._port_forward([int(port) for port in query.get("ports", [])])
             else:
                 command = query.get("command", []) if subresource == "exec" else ["cat"]
@@ -621,6 +625,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _messages(self) -> Iterator[tuple[int, bytes]]:
         """(channel, data) of each message the client sends, answering pings, until it closes or goes."""
+        for payload in self._binary_messages():
+            if payload:
+                yield payload[0], payload[1:]
+
+    def _binary_messages(self) -> Iterator[bytes]:
+        """Each data message the client sends, answering pings, until it closes or goes."""
         while True:
             try:
                 message = websocket.read_frame(self.rfile)
@@ -635,8 +645,8 @@ class _Handler(BaseHTTPRequestHandler):
                 with contextlib.suppress(OSError):
                     self.wfile.write(websocket.frame(websocket.CLOSE, payload[:2]))
                 return
-            elif opcode in (websocket.BINARY, websocket.TEXT) and payload:
-                yield payload[0], payload[1:]
+            elif opcode in (websocket.BINARY, websocket.TEXT):
+                yield payload
 
     def _run(self, command: list[str], *, v5: bool) -> None:
         """The canned interpreter; its exit goes on the error channel as the API server reports it."""
@@ -676,6 +686,40 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def _spdy_port_forward(self) -> None:
+        """SPDY/3.1 in WebSocket binary messages, as kubectl port-forward tunnels it: per forwarded connection an
+        error and a data stream (headers streamType, port, requestID), each accepted with a SYN_REPLY; the data
+        stream echoes, and when the client ends it both streams end."""
+        session = spdy.Session()
+        error_streams: dict[str, int] = {}
+        data_streams: dict[int, str] = {}  # stream id: request id
+        send = self._send_binary
+        try:
+            for message in self._binary_messages():
+                for frame in session.feed(message):
+                    if frame.kind == spdy.SYN_STREAM:
+                        headers = session.headers(frame)
+                        if headers.get("streamtype") == "error":
+                            error_streams[headers.get("requestid", "")] = frame.stream_id
+                        else:
+                            data_streams[frame.stream_id] = headers.get("requestid", "")
+                        send(session.syn_reply(frame.stream_id))
+                    elif frame.kind == spdy.PING:
+                        send(session.echo(frame))
+                    elif frame.kind == spdy.DATA and frame.stream_id in data_streams:
+                        if frame.data:
+                            send(session.data(frame.stream_id, frame.data))
+                        if frame.flags & spdy.FLAG_FIN:
+                            send(session.data(frame.stream_id, b"", fin=True))
+                            error_stream = error_streams.pop(data_streams.pop(frame.stream_id), None)
+                            if error_stream is not None:
+                                send(session.data(error_stream, b"", fin=True))
+        except OSError:
+            pass
+
+    def _send_binary(self, data: bytes) -> None:
+        self.wfile.write(websocket.frame(websocket.BINARY, data))
+
     def _port_forward(self, ports: list[int]) -> None:
         """Each port's data channel echoes; each channel first says its port (two bytes, little-endian)."""
         try:
@@ -692,6 +736,9 @@ class _Handler(BaseHTTPRequestHandler):
 #: What the WebSocket subprotocol of a stream may be, preferred first.
 V5_CHANNEL = "v5.channel.k8s.io"
 _CHANNEL_PROTOCOLS = (V5_CHANNEL, "v4.channel.k8s.io")
+#: kubectl port-forward (1.31+) tunnels SPDY in the WebSocket; the channel protocol is the older one
+SPDY_PORT_FORWARD = "SPDY/3.1+portforward.k8s.io"
+_PORT_FORWARD_PROTOCOLS = (SPDY_PORT_FORWARD, "v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE_CHANNEL = 0, 1, 2, 3, 4, 255
 
 

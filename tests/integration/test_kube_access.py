@@ -360,6 +360,43 @@ def test_port_forward_passes_through_as_the_granted_user(world: World) -> None:
     assert (event["verb"], event["resource_kind"], event["response_code"]) == ("get", "pods", 101)
 
 
+def _kubectl_port_forward(env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+    """The real ``kubectl port-forward pod/web-0 :8080`` (SPDY tunnelled in a WebSocket), and its local port."""
+    process = subprocess.Popen(
+        [require_kubectl(), "port-forward", "pod/web-0", ":8080"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("Forwarding from 127.0.0.1:"), line + (process.stderr.read() if process.stderr else "")
+    return process, int(line.split("127.0.0.1:", 1)[1].split()[0])
+
+
+def _echoed(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(data)
+        return conn.recv(4096)
+
+
+def test_kubectl_port_forward_runs_through_the_service(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    process, port = _kubectl_port_forward(env)
+    try:
+        assert _echoed(port, b"GET / HTTP/1.0\r\n\r\n") == b"GET / HTTP/1.0\r\n\r\n"
+        assert _echoed(port, b"a second connection") == b"a second connection"
+        (upgraded,) = _requests_to(world, "portforward", before)
+        assert (upgraded.user, list(upgraded.groups)) == ("alice", GROUPS)
+        assert upgraded.header("sec-websocket-protocol")[0].startswith("SPDY/3.1+portforward.k8s.io")
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
 def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> None:
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
@@ -374,6 +411,7 @@ def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> No
     )
     assert cat.stdin is not None and cat.stdout is not None
     logs: subprocess.Popen[str] | None = None
+    port_forward: subprocess.Popen[str] | None = None
     forwarded: ssl.SSLSocket | None = None
     try:
         cat.stdin.write("before the lock\n")
@@ -390,10 +428,13 @@ def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> No
         assert logs.stdout is not None
         assert logs.stdout.readline() == "web-0: started\n"
         forwarded = _port_forward(world, env)
+        port_forward, port = _kubectl_port_forward(env)
+        assert _echoed(port, b"before the lock") == b"before the lock"
         ok(world.cluster.tctl("lock", "--user=alice", "--message=stolen laptop reported"))
         # the service polls the cluster state every 2 s: the streams end then, with the stdin still open
         assert cat.wait(timeout=15) != 0
         logs.wait(timeout=15)
+        assert port_forward.wait(timeout=15) != 0  # kubectl: lost connection to pod
         forwarded.settimeout(15)
         with contextlib.suppress(OSError):
             while forwarded.recv(4096):
@@ -409,7 +450,7 @@ def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> No
     finally:
         if forwarded is not None:
             forwarded.close()
-        for process in (cat, logs):
+        for process in (cat, logs, port_forward):
             if process is None:
                 continue
             if process.poll() is None:

@@ -4,6 +4,7 @@ tests rely on it for must be what kubectl sees from a real API server."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -116,6 +117,30 @@ def test_logs_and_followed_logs(kubeconfig: Path) -> None:
     assert process.stdout is not None
     try:
         assert [process.stdout.readline() for _ in range(4)][2:] == ["web-1: tick 1\n", "web-1: tick 2\n"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_port_forward_tunnels_spdy_in_a_websocket(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
+    process = subprocess.Popen(
+        [require_kubectl(), "port-forward", "pod/web-0", ":8080"],
+        env={"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("Forwarding from 127.0.0.1:"), line
+        port = int(line.split("127.0.0.1:", 1)[1].split()[0])
+        for data in (b"first connection", b"second connection"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(data)
+                assert conn.recv(4096) == data
+        (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/portforward")][-1:]
+        assert upgraded.header("sec-websocket-protocol")[0].startswith("SPDY/3.1+portforward.k8s.io")
     finally:
         process.terminate()
         process.communicate(timeout=10)
