@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import yaml
@@ -269,6 +270,17 @@ def test_kubectl_exec_runs_through_the_service_as_the_granted_user(world: World)
         timeout=KUBECTL_TIMEOUT_SECONDS,
     )
     assert (interactive.returncode, interactive.stdout) == (0, "one\ntwo\n"), interactive.stderr
+    attached = subprocess.run(
+        [require_kubectl(), "attach", "-i", "web-0"],
+        env=env,
+        input="to the main process\n",
+        capture_output=True,
+        text=True,
+        timeout=KUBECTL_TIMEOUT_SECONDS,
+    )
+    assert (attached.returncode, attached.stdout) == (0, "to the main process\n"), attached.stderr
+    event = world.wait_for_event("kube.request", lambda e: e.get("resource_subresource") == "attach")
+    assert (event["verb"], event["response_code"], event["kubernetes_groups"]) == ("get", 101, GROUPS)
 
 
 def test_exec_impersonation_stays_within_the_grant(world: World) -> None:
@@ -309,35 +321,46 @@ def test_kubectl_logs_follow_streams_lines_as_they_come(world: World) -> None:
         process.communicate(timeout=10)
 
 
-def _port_forward(world: World, env: dict[str, str], extra_headers: str = "") -> ssl.SSLSocket:
-    """An upgrade to the WebSocket port-forward protocol through the service, with the credentials kubectl gets
-    from tsh; returns the upgraded connection (after the 101 and the port announcements)."""
+def _upgrade(
+    world: World, env: dict[str, str], api_path: str, protocol: str, extra_headers: str = ""
+) -> tuple[ssl.SSLSocket, BinaryIO, bytes, str]:
+    """A WebSocket upgrade request through the service, with the credentials kubectl gets from tsh: the
+    connection, its reader, the reply's status line and headers, and the Sec-WebSocket-Key sent."""
     credential = json.loads(
         ok(world.cluster.run("tsh", "kube", "credentials", f"--kube-cluster={KUBE_CLUSTER}", env=env))
     )
     config = yaml.safe_load(Path(env["KUBECONFIG"]).read_text())
     (entry,) = [c["cluster"] for c in config["clusters"] if c["cluster"]["server"].endswith(f"/kube/{KUBE_CLUSTER}")]
-    cert_file = world.root / "pf-cert.pem"
+    cert_file = world.root / "upgrade-cert.pem"
     cert_file.write_text(credential["status"]["clientCertificateData"] + credential["status"]["clientKeyData"])
     context = ssl.create_default_context(cadata=base64.b64decode(entry["certificate-authority-data"]).decode())
     context.load_cert_chain(cert_file)
     context.set_alpn_protocols(["http/1.1"])
-    server = entry["server"]
-    host, _, port = server.removeprefix("https://").split("/", 1)[0].rpartition(":")
+    host, _, port = entry["server"].removeprefix("https://").split("/", 1)[0].rpartition(":")
     raw = socket.create_connection((host, int(port)), timeout=10)
     tls = context.wrap_socket(raw, server_hostname=host)
     key = base64.b64encode(os.urandom(16)).decode()
     tls.sendall(
         (
-            f"GET /kube/{KUBE_CLUSTER}/api/v1/namespaces/default/pods/web-0/portforward?ports=8080 HTTP/1.1\r\n"
+            f"GET /kube/{KUBE_CLUSTER}{api_path} HTTP/1.1\r\n"
             f"Host: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n{extra_headers}\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {protocol}\r\n{extra_headers}\r\n"
         ).encode()
     )
     reader = tls.makefile("rb")
     head = b""
     while not head.endswith(b"\r\n\r\n"):
-        head += reader.readline()
+        line = reader.readline()
+        assert line, head
+        head += line
+    return tls, reader, head, key
+
+
+def _port_forward(world: World, env: dict[str, str], extra_headers: str = "") -> ssl.SSLSocket:
+    """An upgrade to the WebSocket port-forward channel protocol through the service; returns the upgraded
+    connection (after the 101, the port announcements and one echo)."""
+    path = "/api/v1/namespaces/default/pods/web-0/portforward?ports=8080"
+    tls, reader, head, key = _upgrade(world, env, path, "v4.channel.k8s.io", extra_headers)
     assert head.startswith(b"HTTP/1.1 101"), head
     assert f"Sec-WebSocket-Accept: {websocket.accept_key(key)}".encode() in head
     # the data and the error channel each announce the port
@@ -347,6 +370,21 @@ def _port_forward(world: World, env: dict[str, str], extra_headers: str = "") ->
     assert websocket.read_frame(reader) == (websocket.BINARY, b"\x00GET / HTTP/1.0\r\n\r\n")
     reader.close()
     return tls
+
+
+def test_an_upgrade_the_api_server_refuses_is_relayed_as_it_is(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    path = "/api/v1/namespaces/default/pods/nope/exec?command=true&stdout=true"
+    tls, reader, head, _ = _upgrade(world, env, path, "v5.channel.k8s.io")
+    with tls, reader:
+        assert head.startswith(b"HTTP/1.1 404"), head
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        assert json.loads(reader.read(length))["message"] == 'pods "nope" not found'
+    event = world.wait_for_event("kube.request", lambda e: e.get("resource_name") == "nope")
+    assert (event["response_code"], event["resource_subresource"], event["success"]) == (404, "exec", False)
 
 
 def test_port_forward_passes_through_as_the_granted_user(world: World) -> None:
