@@ -34,7 +34,7 @@ from tests.integration.cluster import free_port, start_cluster
 from tests.integration.laptops import StolenProfile, copy_profile, enrolled_laptop
 from tests.integration.test_cluster_cli import ok
 from tests.integration.test_devices import Laptop, _require_swtpm
-from tests.kube.harness import KUBECTL_TIMEOUT_SECONDS, require_kubectl
+from tests.kube.harness import KUBECTL_TIMEOUT_SECONDS, require_kubectl, start_kubectl
 
 pytestmark = [pytest.mark.integration]
 
@@ -56,10 +56,11 @@ class World(StolenProfile):
     def laptop_env(self) -> dict[str, str]:
         return {**self.laptop.env(), "KUBECONFIG": str(self.laptop.home / "kubeconfig")}
 
-    def kubectl(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [require_kubectl(), f"--cache-dir={Path(env['KUBECONFIG']).parent / 'kube-cache'}", *args],
             env=env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=KUBECTL_TIMEOUT_SECONDS,
@@ -170,13 +171,7 @@ def test_a_copied_profile_is_refused_with_the_exact_message(world: World) -> Non
 def test_a_lock_ends_an_open_watch(world: World) -> None:
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
-    process = subprocess.Popen(
-        [require_kubectl(), "get", "pods", "-n", "default", "-w", "--no-headers"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_kubectl(env, "get", "pods", "-n", "default", "-w", "--no-headers")
     assert process.stdout is not None
     try:
         assert [process.stdout.readline().split()[0] for _ in range(2)] == ["web-0", "web-1"]
@@ -261,23 +256,9 @@ def test_kubectl_exec_runs_through_the_service_as_the_granted_user(world: World)
     # the command's exit code comes back through the stream; stdin goes in and comes out
     failed = world.kubectl(env, "exec", "web-0", "--", "sh", "-c", "exit 3")
     assert failed.returncode == 3 and "command terminated with exit code 3" in failed.stderr, failed.stderr
-    interactive = subprocess.run(
-        [require_kubectl(), "exec", "-i", "web-0", "--", "cat"],
-        env=env,
-        input="one\ntwo\n",
-        capture_output=True,
-        text=True,
-        timeout=KUBECTL_TIMEOUT_SECONDS,
-    )
+    interactive = world.kubectl(env, "exec", "-i", "web-0", "--", "cat", stdin="one\ntwo\n")
     assert (interactive.returncode, interactive.stdout) == (0, "one\ntwo\n"), interactive.stderr
-    attached = subprocess.run(
-        [require_kubectl(), "attach", "-i", "web-0"],
-        env=env,
-        input="to the main process\n",
-        capture_output=True,
-        text=True,
-        timeout=KUBECTL_TIMEOUT_SECONDS,
-    )
+    attached = world.kubectl(env, "attach", "-i", "web-0", stdin="to the main process\n")
     assert (attached.returncode, attached.stdout) == (0, "to the main process\n"), attached.stderr
     event = world.wait_for_event("kube.request", lambda e: e.get("resource_subresource") == "attach")
     assert (event["verb"], event["response_code"], event["kubernetes_groups"]) == ("get", 101, GROUPS)
@@ -311,7 +292,7 @@ def test_kubectl_logs_follow_streams_lines_as_they_come(world: World) -> None:
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
     assert world.kubectl(env, "logs", "web-0").stdout == "web-0: started\nweb-0: listening on :8080\n"
-    process = subprocess.Popen([require_kubectl(), "logs", "-f", "web-0"], env=env, stdout=subprocess.PIPE, text=True)
+    process = start_kubectl(env, "logs", "-f", "web-0")
     assert process.stdout is not None
     try:
         lines = [process.stdout.readline().rstrip("\n") for _ in range(4)]
@@ -400,13 +381,7 @@ def test_port_forward_passes_through_as_the_granted_user(world: World) -> None:
 
 def _kubectl_port_forward(env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
     """The real ``kubectl port-forward pod/web-0 :8080`` (SPDY tunnelled in a WebSocket), and its local port."""
-    process = subprocess.Popen(
-        [require_kubectl(), "port-forward", "pod/web-0", ":8080"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_kubectl(env, "port-forward", "pod/web-0", ":8080")
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith("Forwarding from 127.0.0.1:"), line + (process.stderr.read() if process.stderr else "")
@@ -439,14 +414,7 @@ def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> No
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
     # one after the other: each kubectl asks tsh for credentials, and one TPM proves one at a time
-    cat = subprocess.Popen(
-        [require_kubectl(), "exec", "-i", "web-0", "--", "cat"],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    cat = start_kubectl(env, "exec", "-i", "web-0", "--", "cat", stdin=True)
     assert cat.stdin is not None and cat.stdout is not None
     logs: subprocess.Popen[str] | None = None
     port_forward: subprocess.Popen[str] | None = None
@@ -456,13 +424,7 @@ def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> No
         cat.stdin.flush()
         echoed = cat.stdout.readline()
         assert echoed == "before the lock\n", cat.stderr.read() if cat.stderr else ""
-        logs = subprocess.Popen(
-            [require_kubectl(), "logs", "-f", "web-0"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        logs = start_kubectl(env, "logs", "-f", "web-0")
         assert logs.stdout is not None
         assert logs.stdout.readline() == "web-0: started\n"
         forwarded = _port_forward(world, env)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.kube_apiserver import SERVICE_ACCOUNT, FakeKubeAPIServer, running_kube_apiserver
-from tests.kube.harness import kubectl, require_kubectl
+from tests.kube.harness import kubectl, kubectl_env, require_kubectl, start_kubectl
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +64,7 @@ def test_whoami_echoes_the_impersonated_user_and_groups(kubeconfig: Path) -> Non
 
 
 def test_a_watch_streams_new_pods(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
-    process = subprocess.Popen(
-        [require_kubectl(), "get", "pods", "-n", "default", "-w", "--no-headers"],
-        env={"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_kubectl(kubectl_env(kubeconfig), "get", "pods", "-n", "default", "-w", "--no-headers")
     assert process.stdout is not None
     try:
         assert [process.stdout.readline().split()[0] for _ in range(2)] == ["web-0", "web-1"]
@@ -95,7 +89,7 @@ def test_exec_over_websocket_runs_the_canned_interpreter(kubeconfig: Path, api: 
     assert failed.returncode == 3 and "command terminated with exit code 3" in failed.stderr
     interactive = subprocess.run(
         [require_kubectl(), "exec", "-i", "web-0", "--", "cat"],
-        env={"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"},
+        env=kubectl_env(kubeconfig),
         input="one\ntwo\n",
         capture_output=True,
         text=True,
@@ -108,12 +102,7 @@ def test_exec_over_websocket_runs_the_canned_interpreter(kubeconfig: Path, api: 
 
 def test_logs_and_followed_logs(kubeconfig: Path) -> None:
     assert kubectl(kubeconfig, "logs", "web-1").stdout == "web-1: started\nweb-1: listening on :8080\n"
-    process = subprocess.Popen(
-        [require_kubectl(), "logs", "-f", "web-1"],
-        env={"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process = start_kubectl(kubectl_env(kubeconfig), "logs", "-f", "web-1")
     assert process.stdout is not None
     try:
         assert [process.stdout.readline() for _ in range(4)][2:] == ["web-1: tick 1\n", "web-1: tick 2\n"]
@@ -123,13 +112,7 @@ def test_logs_and_followed_logs(kubeconfig: Path) -> None:
 
 
 def test_port_forward_tunnels_spdy_in_a_websocket(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
-    process = subprocess.Popen(
-        [require_kubectl(), "port-forward", "pod/web-0", ":8080"],
-        env={"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_kubectl(kubectl_env(kubeconfig), "port-forward", "pod/web-0", ":8080")
     assert process.stdout is not None
     try:
         line = process.stdout.readline()

@@ -153,6 +153,19 @@ class _Upstream:
         conn.close()
 
 
+@dataclass(frozen=True)
+class _Granted:
+    """A request the decision allowed: the API server it goes to, and as whom."""
+
+    upstream: _Upstream
+    api_path: str
+    body: bytes
+    user: str
+    groups: tuple[str, ...]
+    identity: Identity
+    target: KubeClusterTarget
+
+
 @dataclass
 class _Stream:
     """An open streamed reply (a watch), ended by a lock on its user, roles, device or this service."""
@@ -437,11 +450,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(403, str(refused))
                 return
             event.update(kubernetes_users=[user], kubernetes_groups=list(groups))
-            upstream = service._upstreams[name]
+            granted = _Granted(service._upstreams[name], api_path, body, user, groups, identity, target)
             if "upgrade" in (self.headers.get("Connection") or "").lower() and self.headers.get("Upgrade"):
-                code, ended = self._tunnel(upstream, api_path, body, user, groups, identity, target)
+                code, ended = self._tunnel(granted)
             else:
-                code, ended = self._forward(upstream, api_path, body, user, groups, identity, target)
+                code, ended = self._forward(granted)
             if ended:
                 event["reason"] = ended
         except _ClientGone:
@@ -482,19 +495,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ClientGone
         return self.rfile.read(length) if length else b""
 
-    def _forward(
-        self,
-        upstream: _Upstream,
-        api_path: str,
-        body: bytes,
-        user: str,
-        groups: tuple[str, ...],
-        identity: Identity,
-        target: KubeClusterTarget,
-    ) -> tuple[int, str]:
+    def _forward(self, granted: _Granted) -> tuple[int, str]:
         """Send the request on and relay the reply: its status, and why the service ended it early ("" if it
         did not)."""
-        headers = self._upstream_headers(upstream, body, user, groups, keep=frozenset())
+        upstream, api_path, body, target = granted.upstream, granted.api_path, granted.body, granted.target
+        headers = self._upstream_headers(granted, keep=frozenset())
         for attempt in range(2):
             conn, reused = upstream.connection()
             try:
@@ -513,7 +518,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return 502, ""
         streamed = False
         try:
-            ended, streamed = self._relay(response, conn.sock, identity, target)
+            ended, streamed = self._relay(response, conn.sock, granted.identity, target)
         finally:
             # kept only when its reply was read to the end (a client gone mid-reply leaves it half read)
             if streamed or response.will_close or not response.isclosed():
@@ -522,9 +527,7 @@ class _Handler(BaseHTTPRequestHandler):
                 upstream.release(conn)
         return response.status, ended
 
-    def _upstream_headers(
-        self, upstream: _Upstream, body: bytes, user: str, groups: tuple[str, ...], *, keep: frozenset[str]
-    ) -> list[tuple[str, str]]:
+    def _upstream_headers(self, granted: _Granted, *, keep: frozenset[str]) -> list[tuple[str, str]]:
         """The client's headers, less its credentials, its impersonation and the hop-by-hop ones (but ``keep``),
         plus the service's token and the granted impersonation."""
         headers = [
@@ -532,31 +535,23 @@ class _Handler(BaseHTTPRequestHandler):
             for key, value in self.headers.items()
             if (key.lower() not in _HOP_BY_HOP or key.lower() in keep) and not key.lower().startswith("impersonate-")
         ]
-        headers += [("Authorization", f"Bearer {upstream.token}"), ("Impersonate-User", user)]
-        headers += [("Impersonate-Group", group) for group in groups]
-        if body or self.command in ("POST", "PUT", "PATCH"):
-            headers.append(("Content-Length", str(len(body))))
+        headers += [("Authorization", f"Bearer {granted.upstream.token}"), ("Impersonate-User", granted.user)]
+        headers += [("Impersonate-Group", group) for group in granted.groups]
+        if granted.body or self.command in ("POST", "PUT", "PATCH"):
+            headers.append(("Content-Length", str(len(granted.body))))
         return headers
 
-    def _tunnel(
-        self,
-        upstream: _Upstream,
-        api_path: str,
-        body: bytes,
-        user: str,
-        groups: tuple[str, ...],
-        identity: Identity,
-        target: KubeClusterTarget,
-    ) -> tuple[int, str]:
+    def _tunnel(self, granted: _Granted) -> tuple[int, str]:
         """A protocol upgrade (exec, attach, port-forward over WebSocket or SPDY) on a connection of its own: after
         the API server's 101, bytes both ways until either side closes or a lock ends it. Its status, and why the
         service ended it early ("" if it did not)."""
         self.close_connection = True
-        headers = self._upstream_headers(upstream, body, user, groups, keep=_UPGRADE_HEADERS)
+        upstream, target, identity = granted.upstream, granted.target, granted.identity
+        headers = self._upstream_headers(granted, keep=_UPGRADE_HEADERS)
         if any("\r" in value or "\n" in value for _, value in headers):
             self._reply(400, "a header value holds a line break")
             return 400, ""
-        head = f"{self.command} {upstream.base_path + api_path} HTTP/1.1\r\nHost: {upstream.authority}\r\n"
+        head = f"{self.command} {upstream.base_path + granted.api_path} HTTP/1.1\r\nHost: {upstream.authority}\r\n"
         head += "".join(f"{key}: {value}\r\n" for key, value in headers) + "\r\n"
         try:
             sock = upstream.dial()
@@ -565,7 +560,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 502, ""
         with contextlib.closing(sock):
             try:
-                sock.sendall(head.encode() + body)
+                sock.sendall(head.encode() + granted.body)
                 reply_head, rest = _read_head(sock)
                 code = int(reply_head.split(b" ", 2)[1])
                 if code != 101:  # a refusal (a Status): relayed as it is, and the connection ends with it
