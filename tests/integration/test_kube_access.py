@@ -372,9 +372,12 @@ def test_port_forward_passes_through_as_the_granted_user(world: World) -> None:
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
     before = len(world.api.requests)
-    with _port_forward(world, env, "Impersonate-User: alice\r\nImpersonate-Group: viewers\r\n"):
+    # a Connection header naming the impersonation headers (a proxy would drop them) is not passed on
+    extra = "Impersonate-User: alice\r\nImpersonate-Group: viewers\r\nConnection: Impersonate-User\r\n"
+    with _port_forward(world, env, extra):
         (upgraded,) = _requests_to(world, "portforward", before)
         assert (upgraded.user, list(upgraded.groups)) == ("alice", ["viewers", "system:authenticated"])
+        assert upgraded.header("connection") == ["Upgrade"]
     event = world.wait_for_event("kube.request", lambda e: e.get("resource_subresource") == "portforward")
     assert (event["verb"], event["resource_kind"], event["response_code"]) == ("get", "pods", 101)
 

@@ -547,7 +547,9 @@ class _Handler(BaseHTTPRequestHandler):
         service ended it early ("" if it did not)."""
         self.close_connection = True
         upstream, target, identity = granted.upstream, granted.target, granted.identity
-        headers = self._upstream_headers(granted, keep=_UPGRADE_HEADERS)
+        # the client's Connection header is not passed on: a proxy before the API server would drop the headers
+        # it names, and the impersonation must never be among them
+        headers = [*self._upstream_headers(granted, keep=_UPGRADE_HEADERS), ("Connection", "Upgrade")]
         if any("\r" in value or "\n" in value for _, value in headers):
             self._reply(400, "a header value holds a line break")
             return 400, ""
@@ -643,8 +645,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _IMPERSONATE = frozenset({"impersonate-user", "impersonate-group"})
-#: Hop-by-hop headers an upgrade passes on: they ask the API server for it.
-_UPGRADE_HEADERS = frozenset({"connection", "upgrade"})
+#: The hop-by-hop header an upgrade passes on: it names the protocol asked for.
+_UPGRADE_HEADERS = frozenset({"upgrade"})
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
