@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The seed's story on the embedded default (SQLite, loopback), unattended: SSH, then a PostgreSQL database.
-# KEEP=1 leaves the cluster (and the demo's PostgreSQL) running afterwards to explore.
+# The seed's story on the embedded default (SQLite, loopback), unattended: SSH, then a PostgreSQL database, then
+# Kubernetes with the real kubectl. KEEP=1 leaves the cluster (and the demo's PostgreSQL and API server) running
+# afterwards to explore.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -48,7 +49,16 @@ stop_postgres() { # stop_postgres DIR: the demo's PostgreSQL under DIR, if one r
   return 0
 }
 
+# The Kubernetes scene drives the real kubectl (scripts/install-system-deps.sh installs it).
+if ! command -v kubectl >/dev/null; then
+  echo "ERROR: kubectl is not installed; run scripts/install-system-deps.sh" >&2
+  exit 1
+fi
+
 stop_postgres "$demo/postgres"
+if [ -f "$demo/kube-apiserver.pid" ]; then
+  kill "$(cat "$demo/kube-apiserver.pid")" 2>/dev/null || true
+fi
 if [ -L "$demo/postgres" ]; then  # a previous run kept it outside the tree (see below)
   rm -rf "$(readlink "$demo/postgres")"
 fi
@@ -91,8 +101,14 @@ stop() {
         "$pg_port" "$pg_home/postgres.log" "$pg_port"
       stop_cmd+="${stop_cmd:+; }${as_pg_shown}$(printf '%q' "$pg_bin/pg_ctl") -D $(printf '%q' "$pg_home/data") stop"
     fi
+    if [ -f "$demo/kube-apiserver.pid" ]; then
+      printf 'The fake Kubernetes API server left running (pid %s): KUBECONFIG=%s kubectl get pods\n' \
+        "$(cat "$demo/kube-apiserver.pid")" "$demo/alice-laptop/kubeconfig"
+      stop_cmd+="${stop_cmd:+; }kill $(cat "$demo/kube-apiserver.pid")"
+    fi
     [ -n "$stop_cmd" ] && printf 'Stop it with: %s\n' "$stop_cmd"
   else
+    [ -f "$demo/kube-apiserver.pid" ] && kill "$(cat "$demo/kube-apiserver.pid")" 2>/dev/null
     [ -f "$demo/devicetrust.pid" ] && kill "$(cat "$demo/devicetrust.pid")" 2>/dev/null
     [ -d "$demo/alice-laptop/tpm" ] && "$bin/python" -m devicetrust.device.swtpm stop --dir "$demo/alice-laptop/tpm" 2>/dev/null
     stop_postgres "$demo/postgres"
@@ -142,9 +158,23 @@ sql "host=127.0.0.1 port=$pg_port user=alice dbname=app" \
   "CREATE TABLE payments (id serial PRIMARY KEY, customer text NOT NULL, amount numeric(10, 2) NOT NULL)" \
   "INSERT INTO payments (customer, amount) VALUES ('ACME Corp', 1250.00), ('Globex', 980.50), ('Initech', 42.00)"
 
+step "A Kubernetes API server for the Kubernetes scene: the test suite's fake (tests/fakes/kube_apiserver.py)"
+# No real API server is packaged on Debian; the fake speaks what kubectl uses of one (discovery, pods, logs, exec
+# over WebSocket, impersonation, metav1.Status errors) over HTTPS with its own CA, and trusts one service account
+# token, which the kube service presents.
+printf '$ python -m tests.fakes.kube_apiserver serve --dir %s &\n' "$demo/kube-apiserver"
+"$bin/python" -m tests.fakes.kube_apiserver serve --dir "$demo/kube-apiserver" >"$demo/kube-apiserver.log" 2>&1 &
+echo $! >"$demo/kube-apiserver.pid"
+for _ in $(seq 1 100); do [ -f "$demo/kube-apiserver/endpoint.json" ] && break; sleep 0.1; done
+[ -f "$demo/kube-apiserver/endpoint.json" ] || {
+  cat "$demo/kube-apiserver.log" >&2; echo "ERROR: the API server did not start" >&2; exit 1; }
+kube_endpoint() { "$bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$demo/kube-apiserver/endpoint.json" "$1"; }
+echo "API server at $(kube_endpoint api_server), CA $(kube_endpoint ca_file)"
+
 ssh_port=$(pick_port 3022)
 db_port=$(pick_port 5433)
-step "Start a cluster (embedded default: SQLite under $demo/data, auth on $proxy, an SSH node on :$ssh_port, a database service on :$db_port)"
+kube_port=$(pick_port 3026)
+step "Start a cluster (embedded default: SQLite under $demo/data, auth on $proxy, an SSH node on :$ssh_port, a database service on :$db_port, a kube service on :$kube_port)"
 run devicetrust configure --data-dir "$demo/data" --listen-addr "$proxy" --ssh-listen-addr "127.0.0.1:$ssh_port" \
   -o "$DEVICETRUST_CONFIG"
 # The node plays the seed's prod-server.
@@ -158,6 +188,16 @@ db_service:
     - name: pg-prod
       protocol: postgres
       uri: postgres://127.0.0.1:$pg_port
+      labels:
+        env: prod
+kube_service:
+  enabled: true
+  listen_addr: 127.0.0.1:$kube_port
+  kubernetes_clusters:
+    - name: prod
+      api_server: $(kube_endpoint api_server)
+      ca_file: $(kube_endpoint ca_file)
+      token_file: $(kube_endpoint token_file)  # a service account that may impersonate
       labels:
         env: prod
 EOF
@@ -175,9 +215,10 @@ run tctl status
 
 step "An administrator adds alice"
 login=$(id -un)
-invite_json=$(tctl users add alice --roles=access --logins="alice,$login" --db-users=alice --db-names=app --format=json)
+invite_json=$(tctl users add alice --roles=access --logins="alice,$login" --db-users=alice --db-names=app \
+  --kubernetes-groups=viewers --format=json)
 token=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["invite_token"])' <<<"$invite_json")
-printf '$ tctl users add alice --roles=access --logins=alice,%s --db-users=alice --db-names=app\n' "$login"
+printf '$ tctl users add alice --roles=access --logins=alice,%s --db-users=alice --db-names=app --kubernetes-groups=viewers\n' "$login"
 printf 'User "alice" has been created but requires a password. Share this command with the user:\n'
 printf 'tsh login --proxy=%s --user=alice --token=%s…\n' "$proxy" "${token:0:8}"
 
@@ -310,6 +351,38 @@ echo "$stolen"
 grep -q 'FATAL:  access to resource requires a trusted device' <<<"$stolen" || {
   echo "ERROR: unexpected rejection text for the copied profile" >&2; exit 1; }
 
+step "Kubernetes: the real kubectl through the kube service, with the same roles and the same device proof"
+# tsh kube login writes a kubeconfig context whose credentials come from 'tsh kube credentials', which proves
+# the laptop's TPM for the cluster; the kube service forwards each request impersonating what the roles grant
+# (kubernetes_groups: {{internal.kubernetes_groups}} and developers).
+export KUBECONFIG=$laptop/kubeconfig
+kubectl() { command kubectl --cache-dir="$demo/kube-cache" "$@"; }
+for _ in $(seq 1 100); do  # the service announces its cluster within seconds of the start
+  tsh kube ls 2>/dev/null | grep -q prod && break
+  sleep 0.2
+done
+run tsh kube ls
+run tsh kube login prod
+run kubectl get pods -n default
+run kubectl auth whoami
+run kubectl exec web-0 -- echo "hello from web-0"
+printf '$ echo "typed on the laptop" | kubectl exec -i web-0 -- cat\n'
+kubectl exec -i web-0 -- cat <<<"typed on the laptop"
+
+step "The thief's copy of the profile: kubectl gets the kube service's refusal, as an API server's Forbidden"
+thief_env=(TSH_HOME="$demo/thief-tsh" KUBECONFIG="$demo/thief-kubeconfig"
+  DEVICETRUST_TPM_TCTI="swtpm:host=127.0.0.1,port=$(pick_port 0)")
+printf '$ TSH_HOME=%s KUBECONFIG=%s tsh kube login prod\n' "$demo/thief-tsh" "$demo/thief-kubeconfig"
+env "${thief_env[@]}" tsh kube login prod
+printf '$ TSH_HOME=%s KUBECONFIG=%s DEVICETRUST_TPM_TCTI=<no TPM here> kubectl exec web-0 -- cat /etc/secrets\n' \
+  "$demo/thief-tsh" "$demo/thief-kubeconfig"
+if stolen=$(env "${thief_env[@]}" kubectl exec web-0 -- cat /etc/secrets 2>&1); then
+  echo "ERROR: the copied profile reached the Kubernetes API" >&2; exit 1
+fi
+echo "$stolen"
+[ "$(tail -n 1 <<<"$stolen")" = "Error from server (Forbidden): access to resource requires a trusted device" ] || {
+  echo "ERROR: unexpected rejection text for the copied profile" >&2; exit 1; }
+
 step "A bot (machine identity) and an agent join token"
 bot_json=$(tctl bots add robot --roles=access --logins=robot --format=json)
 bot_token=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' <<<"$bot_json")
@@ -339,7 +412,19 @@ for e in events:
     verdict = "device " + e["device"]["asset_tag"] if e["success"] else "refused: " + str(e.get("error"))
     print("%s -> %s as %s, database %s: %s" % (e["user"], e["db_service"], e["db_user"], e["db_name"], verdict))'
 
+printf '$ tctl audit ls --type=kube.request --format=json   # each Kubernetes request, exec included, with its device\n'
+tctl audit ls --type=kube.request --format=json | python3 -c '
+import json, sys
+events = json.load(sys.stdin)
+execs = [e for e in events if e.get("resource_subresource") == "exec" and e["success"] and e.get("device")]
+refused = [e for e in events if not e["success"] and e["response_code"] == 403]
+if not execs or not refused:
+    sys.exit("ERROR: expected kube.request events for an exec with a device and for a refusal")
+for e in (execs[-1], refused[-1]):
+    verdict = "device " + e["device"]["asset_tag"] if e["success"] else "refused: " + str(e.get("error"))
+    print("%s %s %s -> %s: %s" % (e["user"], e["verb"], e["request_path"], e["response_code"], verdict))'
+
 printf '\nDemo complete: alice was rejected from prod-server from an untrusted laptop, then admitted once the\n'
-printf 'laptop was registered and enrolled with its TPM; psql reached pg-prod from that laptop, each connection\n'
-printf 'proven by its TPM; a copy of her profile on another machine was rejected by the node and the database;\n'
-printf 'the audit log names the device behind each session.\n'
+printf 'laptop was registered and enrolled with its TPM; psql and kubectl reached pg-prod and the prod Kubernetes\n'
+printf 'cluster from that laptop, each connection proven by its TPM; a copy of her profile on another machine was\n'
+printf 'rejected by the node, the database and the kube service; the audit log names the device behind each session.\n'

@@ -90,7 +90,7 @@ _DB_FIELDS = ("enabled", "listen_addr", "hostname", "auth_server", "join_token",
 _DATABASE_FIELDS = ("name", "protocol", "uri", "labels", "ca_file")
 _DATABASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KUBE_FIELDS = _DB_FIELDS
-_KUBE_CLUSTER_FIELDS = ("name", "api_server", "ca_file", "token_file", "labels")
+_KUBE_CLUSTER_FIELDS = ("name", "api_server", "ca_file", "token_file", "kubeconfig", "context", "labels")
 
 
 def default_data_dir() -> Path:
@@ -200,13 +200,16 @@ class DBServiceConfig(_AgentSection):
 class KubeClusterEntry:
     """One entry of ``kube_service.kubernetes_clusters``: an API server at ``api_server`` (``https://HOST:PORT``)
     verified with ``ca_file``, which the service calls with the bearer token in ``token_file`` (a service
-    account allowed to impersonate users and groups)."""
+    account allowed to impersonate users and groups); or, instead of those three, a ``kubeconfig`` whose current
+    context (or the one ``context`` names) says all of it (read when the service starts)."""
 
     name: str
-    api_server: str
-    ca_file: Path
-    token_file: Path
+    api_server: str = ""
+    ca_file: Path | None = None
+    token_file: Path | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    kubeconfig: Path | None = None
+    context: str = ""
 
 
 @dataclass(frozen=True)
@@ -602,12 +605,23 @@ def _database(where: str, name: str, entry: Mapping[str, object]) -> DatabaseEnt
 def _kube_service(kube: Mapping[str, object]) -> KubeServiceConfig:
     join = _agent_join_settings(kube, "kube_service", DEFAULT_KUBE_LISTEN_ADDR)
     clusters = tuple(_kube_cluster(*named) for named in _named_entries(kube, "kubernetes_clusters", "kube_service"))
-    missing = "kube_service.kubernetes_clusters: list at least one cluster (name, api_server, ...)"
+    missing = "kube_service.kubernetes_clusters: list at least one cluster (name, kubeconfig or api_server, ...)"
     enabled = _enabled_with_entries(kube, "kube_service", clusters, missing)
     return KubeServiceConfig(enabled=enabled, kubernetes_clusters=clusters, **join)
 
 
 def _kube_cluster(where: str, name: str, entry: Mapping[str, object]) -> KubeClusterEntry:
+    labels = _labels(entry.get("labels"), f"{where}.labels")
+    kubeconfig = _optional_path(entry, "kubeconfig", where)
+    if kubeconfig is not None:
+        if any(entry.get(key) is not None for key in ("api_server", "ca_file", "token_file")):
+            raise ConfigError(f"{where}: either kubeconfig or api_server + ca_file + token_file, not both")
+        context = _str(entry["context"], f"{where}.context") if entry.get("context") is not None else ""
+        return KubeClusterEntry(name=name, labels=labels, kubeconfig=kubeconfig, context=context)
+    if entry.get("context") is not None:
+        raise ConfigError(f"{where}.context: only with kubeconfig")
+    if entry.get("api_server") is None:
+        raise ConfigError(f"{where}: give kubeconfig, or api_server + ca_file + token_file")
     api_server = _str(entry.get("api_server"), f"{where}.api_server")
     scheme, sep, rest = api_server.partition("://")
     if scheme != "https" or not sep:
@@ -622,7 +636,7 @@ def _kube_cluster(where: str, name: str, entry: Mapping[str, object]) -> KubeClu
         api_server=api_server.rstrip("/"),
         ca_file=ca_file,
         token_file=token_file,
-        labels=_labels(entry.get("labels"), f"{where}.labels"),
+        labels=labels,
     )
 
 
@@ -774,4 +788,7 @@ ssh_service:
 #       token_file: /path/to/service-account-token  # may impersonate users and groups
 #       labels:
 #         env: prod
+#     - name: staging                 # or: the server, CA and token of a kubeconfig's current context
+#       kubeconfig: /path/to/kubeconfig
+#       # context: staging-admin      # another context than the current one
 """

@@ -3,6 +3,7 @@ and mistakes."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,17 @@ def test_the_section_is_read(tmp_path: Path) -> None:
     assert config.kube_service_dir == config.data_dir / "kube"
 
 
+def test_a_cluster_may_come_from_a_kubeconfig(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "kube_service:\n  kubernetes_clusters:\n    - name: staging\n      kubeconfig: /etc/kube/config\n"
+        "      context: admin\n      labels:\n        env: staging\n",
+    )
+    assert config.kube_service.kubernetes_clusters == (
+        KubeClusterEntry("staging", labels={"env": "staging"}, kubeconfig=Path("/etc/kube/config"), context="admin"),
+    )
+
+
 def test_disabled_without_the_section(tmp_path: Path) -> None:
     assert not load(tmp_path, "version: v1\n").kube_service.enabled
 
@@ -68,11 +80,23 @@ CLUSTER = "  kubernetes_clusters:\n    - name: prod\n"
             "kube_service.kubernetes_clusters[0].name: invalid name",
         ),
         (
-            "kube_service:\n" + CLUSTER + "      kubeconfig: /root/.kube/config\n",
-            "kube_service.kubernetes_clusters[0].kubeconfig: unknown key",
+            "kube_service:\n" + CLUSTER + "      kubeconfig: /k\n      api_server: https://h:1\n",
+            "kube_service.kubernetes_clusters[0]: either kubeconfig or api_server + ca_file + token_file, not both",
+        ),
+        (
+            "kube_service:\n" + CLUSTER + "      api_server: https://h:6443\n      context: admin\n",
+            "kube_service.kubernetes_clusters[0].context: only with kubeconfig",
+        ),
+        (
+            "kube_service:\n" + CLUSTER + "      labels: {}\n",
+            "kube_service.kubernetes_clusters[0]: give kubeconfig, or api_server + ca_file + token_file",
+        ),
+        (
+            "kube_service:\n" + CLUSTER + "      kube_config: /root/.kube/config\n",
+            "kube_service.kubernetes_clusters[0].kube_config: unknown key (did you mean kubeconfig?)",
         ),
     ],
 )
 def test_mistakes_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load(tmp_path, text)

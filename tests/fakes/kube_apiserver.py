@@ -13,19 +13,39 @@
   per line, staying open until the client goes or the server stops); tables (``Accept: ...;as=Table``) as kubectl
   asks for them.
 - ``POST /apis/authentication.k8s.io/v1/selfsubjectreviews`` echoes the (impersonated) user and groups.
+- ``pods/log`` (text; ``follow=true``: a chunked stream that writes a line every ``log_interval`` seconds until the
+  client goes or the server stops).
+- ``pods/exec`` and ``pods/attach`` over WebSocket (RFC 6455 handshake, ``v5.channel.k8s.io`` or
+  ``v4.channel.k8s.io``: binary messages whose first byte is the channel, 0 stdin, 1 stdout, 2 stderr, 3 error
+  (the exit as a ``metav1.Status``), 4 resize, and in v5 255 to close a channel). The pod runs a tiny canned
+  interpreter: ``echo ARGS``, ``cat`` (stdin back on stdout until stdin closes), ``true``, ``false``,
+  ``sh -c "exit N"``; anything else exits 127. ``attach`` is ``cat``. SPDY is not offered: an upgrade to it gets
+  400 BadRequest.
+- ``pods/portforward`` over WebSocket: ``SPDY/3.1+portforward.k8s.io`` as kubectl 1.32 asks for it (SPDY/3.1
+  frames in binary messages, :mod:`tests.fakes.spdy`: per forwarded connection an error and a data stream), or
+  ``v4.channel.k8s.io`` (per requested port a data and an error channel, each opened by the port number in two
+  little-endian bytes); every port echoes what it receives.
 - Errors are ``metav1.Status`` objects (NotFound, Unauthorized, Forbidden, BadRequest, MethodNotAllowed).
 
 Every request's method, path and headers are recorded (``requests``) for the tests to check what reached it.
+
+Run it by hand for the demo, from the repository root: ``python -m tests.fakes.kube_apiserver serve --dir
+.demo/kube`` (writes its test CA, the service account token and ``endpoint.json`` to ``--dir``; stops on SIGTERM).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import queue
 import secrets
+import shlex
 import ssl
+import struct
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes import spdy, websocket
 from tests.fakes.pki import TestPKI, make_test_pki
 
 __all__ = ["FakeKubeAPIServer", "RecordedRequest", "running_kube_apiserver"]
@@ -92,11 +113,14 @@ class FakeKubeAPIServer:
     namespaces: tuple[str, ...] = ("default", "kube-system")
     impersonators: tuple[str, ...] = (SERVICE_ACCOUNT,)
     requests: list[RecordedRequest] = field(default_factory=list)
+    #: seconds between the lines a followed log writes
+    log_interval: float = 0.2
     port: int = 0
     _pods: dict[tuple[str, str], _Pod] = field(default_factory=dict)
     _watchers: list[queue.Queue[dict[str, Any] | None]] = field(default_factory=list)
     _version: int = 100
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopped: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -148,6 +172,7 @@ class FakeKubeAPIServer:
         return self
 
     def stop(self) -> None:
+        self._stopped.set()
         with self._lock:
             watchers = list(self._watchers)
         for watcher in watchers:
@@ -175,6 +200,13 @@ class FakeKubeAPIServer:
         if labels:
             config += "      labels:\n" + "".join(f"        {key}: {value}\n" for key, value in labels.items())
         return config
+
+    def kubeconfig_cluster_entry(self, cluster_name: str, kubeconfig: Path, labels: Mapping[str, str]) -> str:
+        """One more ``kubernetes_clusters`` entry (to follow :meth:`kube_service_config`): this server again as
+        ``cluster_name``, in the kubeconfig form (written to ``kubeconfig``)."""
+        self.write_kubeconfig(kubeconfig)
+        entry = f"    - name: {cluster_name}\n      kubeconfig: {kubeconfig}\n"
+        return entry + "      labels:\n" + "".join(f"        {key}: {value}\n" for key, value in labels.items())
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig that reaches this server directly with the service account token (for kubectl)."""
@@ -240,6 +272,10 @@ API_V1 = {
     "resources": [
         _resource("namespaces", "Namespace", False, ["get", "list", "watch"], ["ns"]),
         _resource("pods", "Pod", True, ["get", "list", "watch"], ["po"]),
+        _resource("pods/attach", "PodAttachOptions", True, ["create", "get"]),
+        _resource("pods/exec", "PodExecOptions", True, ["create", "get"]),
+        _resource("pods/log", "Pod", True, ["get"]),
+        _resource("pods/portforward", "PodPortForwardOptions", True, ["create", "get"]),
     ],
 }
 AUTHN_V1 = {
@@ -378,6 +414,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake.requests.append(RecordedRequest(self.command, path, split.query, headers, user, groups))
         table = TABLE_MEDIA in self.headers.get("Accept", "")
         parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 7 and parts[4] == "pods":
+            self._pod_subresource(parts[3], parts[5], parts[6], query)
+            return
         if self.command == "POST" and path == "/apis/authentication.k8s.io/v1/selfsubjectreviews":
             # kubectl sends the (empty) review as protobuf and accepts JSON back; its metadata is all it holds
             try:
@@ -516,6 +555,192 @@ class _Handler(BaseHTTPRequestHandler):
                 fake._watchers.remove(events)
             self.close_connection = True
 
+    # --------------------------------------------------------------------------------------------- subresources
+    def _pod_subresource(self, namespace: str, name: str, subresource: str, query: dict[str, list[str]]) -> None:
+        if not any(pod.name == name for pod in self.server_fake.pods(namespace)):
+            self._not_found("pods", name)
+        elif subresource == "log" and self.command == "GET":
+            self._log(name, query.get("follow", [""])[0] == "true")
+        elif subresource in ("exec", "attach", "portforward") and self.command in ("GET", "POST"):
+            protocols = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+            supported = _PORT_FORWARD_PROTOCOLS if subresource == "portforward" else _CHANNEL_PROTOCOLS
+            offered = [p for p in supported if p in protocols]
+            if self.headers.get("Upgrade", "").lower() != "websocket" or not offered:
+                self._send_json(400, status(400, "BadRequest", "Upgrade request required"))
+                return
+            self._upgrade(offered[0])
+            if offered[0] == SPDY_PORT_FORWARD:
+                self._spdy_port_forward()
+            elif subresource == "portforward":
+                self._port_forward([int(port) for port in query.get("ports", [])])
+            else:
+                command = query.get("command", []) if subresource == "exec" else ["cat"]
+                self._run(command, v5=offered[0] == V5_CHANNEL)
+            self.close_connection = True
+        else:
+            self._send_json(
+                405, status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            )
+
+    def _log(self, pod: str, follow: bool) -> None:
+        lines = [f"{pod}: started", f"{pod}: listening on :8080"]
+        if not follow:
+            body = "".join(line + "\n" for line in lines).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        tick = 0
+        try:
+            while not self.server_fake._stopped.is_set():
+                for line in lines:
+                    data = line.encode() + b"\n"
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+                tick += 1
+                lines = [f"{pod}: tick {tick}"]
+                time.sleep(self.server_fake.log_interval)
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def _upgrade(self, protocol: str) -> None:
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", websocket.accept_key(self.headers.get("Sec-WebSocket-Key", "")))
+        self.send_header("Sec-WebSocket-Protocol", protocol)
+        self.end_headers()
+        self.wfile.flush()
+
+    def _send_channel(self, channel: int, data: bytes) -> None:
+        self.wfile.write(websocket.frame(websocket.BINARY, bytes([channel]) + data))
+
+    def _messages(self) -> Iterator[tuple[int, bytes]]:
+        """(channel, data) of each message the client sends, answering pings, until it closes or goes."""
+        for payload in self._binary_messages():
+            if payload:
+                yield payload[0], payload[1:]
+
+    def _binary_messages(self) -> Iterator[bytes]:
+        """Each data message the client sends, answering pings, until it closes or goes."""
+        while True:
+            try:
+                message = websocket.read_frame(self.rfile)
+            except OSError:
+                return
+            if message is None:
+                return
+            opcode, payload = message
+            if opcode == websocket.PING:
+                self.wfile.write(websocket.frame(websocket.PONG, payload))
+            elif opcode == websocket.CLOSE:
+                with contextlib.suppress(OSError):
+                    self.wfile.write(websocket.frame(websocket.CLOSE, payload[:2]))
+                return
+            elif opcode in (websocket.BINARY, websocket.TEXT):
+                yield payload
+
+    def _run(self, command: list[str], *, v5: bool) -> None:
+        """The canned interpreter; its exit goes on the error channel as the API server reports it."""
+        try:
+            code = 0
+            if command[:1] == ["echo"]:
+                self._send_channel(STDOUT, " ".join(command[1:]).encode() + b"\n")
+            elif command[:1] == ["cat"]:
+                for channel, data in self._messages():
+                    if channel == STDIN:
+                        self._send_channel(STDOUT, data)
+                    elif v5 and channel == CLOSE_CHANNEL and data[:1] == bytes([STDIN]):
+                        break
+            elif command in (["true"], ["false"]):
+                code = int(command == ["false"])
+            elif command[:2] == ["sh", "-c"] and len(command) == 3 and command[2].startswith("exit "):
+                code = int(command[2].split()[1])
+            else:
+                self._send_channel(STDERR, f"sh: {shlex.join(command)}: not found\n".encode())
+                code = 127
+            if code == 0:
+                result: dict[str, Any] = {"metadata": {}, "status": "Success"}
+            else:
+                result = {
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": (
+                        f"command terminated with non-zero exit code: error executing command {command}, "
+                        f"exit code {code}"
+                    ),
+                    "reason": "NonZeroExitCode",
+                    "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+                }
+            self._send_channel(ERROR, json.dumps(result).encode())
+            self.wfile.write(websocket.frame(websocket.CLOSE, struct.pack("!H", 1000)))
+            self.wfile.flush()
+        except OSError:
+            pass
+
+    def _spdy_port_forward(self) -> None:
+        """SPDY/3.1 in WebSocket binary messages, as kubectl port-forward tunnels it: per forwarded connection an
+        error and a data stream (headers streamType, port, requestID), each accepted with a SYN_REPLY; the data
+        stream echoes, and when the client ends it both streams end."""
+        session = spdy.Session()
+        error_streams: dict[str, int] = {}
+        data_streams: dict[int, str] = {}  # stream id: request id
+        send = self._send_binary
+        try:
+            for message in self._binary_messages():
+                for frame in session.feed(message):
+                    if frame.kind == spdy.SYN_STREAM:
+                        headers = session.headers(frame)
+                        if headers.get("streamtype") == "error":
+                            error_streams[headers.get("requestid", "")] = frame.stream_id
+                        else:
+                            data_streams[frame.stream_id] = headers.get("requestid", "")
+                        send(session.syn_reply(frame.stream_id))
+                    elif frame.kind == spdy.PING:
+                        send(session.echo(frame))
+                    elif frame.kind == spdy.DATA and frame.stream_id in data_streams:
+                        if frame.data:
+                            send(session.data(frame.stream_id, frame.data))
+                        if frame.flags & spdy.FLAG_FIN:
+                            send(session.data(frame.stream_id, b"", fin=True))
+                            error_stream = error_streams.pop(data_streams.pop(frame.stream_id), None)
+                            if error_stream is not None:
+                                send(session.data(error_stream, b"", fin=True))
+        except OSError:
+            pass
+
+    def _send_binary(self, data: bytes) -> None:
+        self.wfile.write(websocket.frame(websocket.BINARY, data))
+
+    def _port_forward(self, ports: list[int]) -> None:
+        """Each port's data channel echoes; each channel first says its port (two bytes, little-endian)."""
+        try:
+            for index, port in enumerate(ports):
+                self._send_channel(2 * index, struct.pack("<H", port))
+                self._send_channel(2 * index + 1, struct.pack("<H", port))
+            for channel, data in self._messages():
+                if channel % 2 == 0 and channel // 2 < len(ports):
+                    self._send_channel(channel, data)
+        except OSError:
+            pass
+
+
+#: What the WebSocket subprotocol of a stream may be, preferred first.
+V5_CHANNEL = "v5.channel.k8s.io"
+_CHANNEL_PROTOCOLS = (V5_CHANNEL, "v4.channel.k8s.io")
+#: kubectl port-forward (1.31+) tunnels SPDY in the WebSocket; the channel protocol is the older one
+SPDY_PORT_FORWARD = "SPDY/3.1+portforward.k8s.io"
+_PORT_FORWARD_PROTOCOLS = (SPDY_PORT_FORWARD, "v4.channel.k8s.io")
+STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE_CHANNEL = 0, 1, 2, 3, 4, 255
+
 
 class _BadImpersonation(Exception):
     pass
@@ -523,3 +748,25 @@ class _BadImpersonation(Exception):
 
 class _Forbidden(Exception):
     pass
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.kube_apiserver", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a fake Kubernetes API server over HTTPS on loopback")
+    serve.add_argument("--dir", type=Path, required=True, help="where to write the test CA, token and endpoint.json")
+    args = parser.parse_args(argv)
+    directory: Path = args.dir
+    directory.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(KeyboardInterrupt), running_kube_apiserver(directory) as api:
+        token_file = directory / "sa-token"
+        token_file.write_text(api.token + "\n")
+        token_file.chmod(0o600)
+        info = {"api_server": api.url, "ca_file": str(api.ca_file.resolve()), "token_file": str(token_file.resolve())}
+        (directory / "endpoint.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(json.dumps(info), flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

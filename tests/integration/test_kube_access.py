@@ -9,32 +9,39 @@ trusted device``; the API server sees exactly the granted user and groups, imper
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import yaml
 
 from devicetrust.access import TRUSTED_DEVICE_REQUIRED
 from devicetrust.access.decision import NO_SESSION_PROOF
-from tests.fakes.kube_apiserver import FakeKubeAPIServer, running_kube_apiserver
+from tests.fakes import websocket
+from tests.fakes.kube_apiserver import FakeKubeAPIServer, RecordedRequest, running_kube_apiserver
 from tests.integration.cluster import free_port, start_cluster
 from tests.integration.laptops import StolenProfile, copy_profile, enrolled_laptop
 from tests.integration.test_cluster_cli import ok
 from tests.integration.test_devices import Laptop, _require_swtpm
-from tests.kube.harness import KUBECTL_TIMEOUT_SECONDS, require_kubectl
+from tests.kube.harness import KUBECTL_TIMEOUT_SECONDS, require_kubectl, start_kubectl
 
 pytestmark = [pytest.mark.integration]
 
 SERIAL = "SN-KUBE-1"
 KUBE_CLUSTER = "prod"
+#: the same API server again, configured by a kubeconfig
+STAGING = "staging"
 GROUPS = ["developers", "viewers", "system:authenticated"]
 
 
@@ -49,10 +56,11 @@ class World(StolenProfile):
     def laptop_env(self) -> dict[str, str]:
         return {**self.laptop.env(), "KUBECONFIG": str(self.laptop.home / "kubeconfig")}
 
-    def kubectl(self, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [require_kubectl(), f"--cache-dir={Path(env['KUBECONFIG']).parent / 'kube-cache'}", *args],
             env=env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=KUBECTL_TIMEOUT_SECONDS,
@@ -66,6 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("kube-access")
     with running_kube_apiserver(root / "apiserver") as api:
         extra = api.kube_service_config(KUBE_CLUSTER, free_port(), root / "sa-token", {"env": "prod"})
+        extra += api.kubeconfig_cluster_entry(STAGING, root / "sa-kubeconfig", {"env": "staging"})
         cluster = start_cluster(root / "cluster", extra_config=extra)
         laptop: Laptop | None = None
         try:
@@ -85,7 +94,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def test_tsh_kube_ls_shows_the_cluster_and_what_the_roles_grant(world: World) -> None:
     listed = json.loads(ok(world.laptop.tsh("kube", "ls", "--format=json")))
-    assert [(c["name"], c["labels"]) for c in listed] == [(KUBE_CLUSTER, {"env": "prod"})]
+    assert [(c["name"], c["labels"]) for c in listed] == [
+        (KUBE_CLUSTER, {"env": "prod"}),
+        (STAGING, {"env": "staging"}),
+    ]
     assert listed[0]["kubernetes_groups"] == ["developers", "viewers"]
     assert listed[0]["kubernetes_users"] == []
 
@@ -159,13 +171,7 @@ def test_a_copied_profile_is_refused_with_the_exact_message(world: World) -> Non
 def test_a_lock_ends_an_open_watch(world: World) -> None:
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
-    process = subprocess.Popen(
-        [require_kubectl(), "get", "pods", "-n", "default", "-w", "--no-headers"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_kubectl(env, "get", "pods", "-n", "default", "-w", "--no-headers")
     assert process.stdout is not None
     try:
         assert [process.stdout.readline().split()[0] for _ in range(2)] == ["web-0", "web-1"]
@@ -187,8 +193,17 @@ def test_a_lock_ends_an_open_watch(world: World) -> None:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=10)
-        for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
-            ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
+        _remove_locks(world)
+
+
+def _remove_locks(world: World) -> None:
+    """Remove every lock, and wait for the kube service to have seen it (it polls the cluster state)."""
+    for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
+        ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
+    deadline = time.monotonic() + 15
+    while world.kubectl(world.laptop_env(), "get", "pods", "-n", "default").returncode != 0:
+        assert time.monotonic() < deadline, "the kube service still applies a removed lock"
+        time.sleep(0.5)
 
 
 def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
@@ -219,3 +234,255 @@ def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
     assert world.kubectl(env, "get", "pods", "-n", "default").returncode == 0
+
+
+def _requests_to(world: World, subresource: str, since: int) -> list[RecordedRequest]:
+    return [r for r in world.api.requests[since:] if r.path.endswith(f"/pods/web-0/{subresource}")]
+
+
+def test_kubectl_exec_runs_through_the_service_as_the_granted_user(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    result = world.kubectl(env, "exec", "web-0", "--", "echo", "hello")
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+    (upgraded,) = _requests_to(world, "exec", before)
+    assert (upgraded.user, list(upgraded.groups)) == ("alice", GROUPS)
+    assert upgraded.header("sec-websocket-protocol")[0].startswith("v5.channel.k8s.io")
+    assert upgraded.header("authorization") == [f"Bearer {world.api.token}"]
+    event = world.wait_for_event("kube.request", lambda e: e.get("resource_subresource") == "exec")
+    assert (event["verb"], event["resource_kind"], event["resource_name"]) == ("get", "pods", "web-0")
+    assert event["response_code"] == 101 and event["success"] and event["device"]["asset_tag"] == SERIAL
+    # the command's exit code comes back through the stream; stdin goes in and comes out
+    failed = world.kubectl(env, "exec", "web-0", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 3 and "command terminated with exit code 3" in failed.stderr, failed.stderr
+    interactive = world.kubectl(env, "exec", "-i", "web-0", "--", "cat", stdin="one\ntwo\n")
+    assert (interactive.returncode, interactive.stdout) == (0, "one\ntwo\n"), interactive.stderr
+    attached = world.kubectl(env, "attach", "-i", "web-0", stdin="to the main process\n")
+    assert (attached.returncode, attached.stdout) == (0, "to the main process\n"), attached.stderr
+    event = world.wait_for_event("kube.request", lambda e: e.get("resource_subresource") == "attach")
+    assert (event["verb"], event["response_code"], event["kubernetes_groups"]) == ("get", 101, GROUPS)
+
+
+def test_exec_impersonation_stays_within_the_grant(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    narrowed = world.kubectl(env, "exec", "--as=alice", "--as-group=viewers", "web-0", "--", "echo", "hi")
+    assert narrowed.returncode == 0, narrowed.stderr
+    (upgraded,) = _requests_to(world, "exec", before)
+    assert list(upgraded.groups) == ["viewers", "system:authenticated"]
+    before = len(world.api.requests)
+    refused = world.kubectl(env, "exec", "--as=alice", "--as-group=system:masters", "web-0", "--", "echo", "hi")
+    assert refused.returncode != 0 and 'group header "system:masters"' in refused.stderr, refused.stderr
+    assert _requests_to(world, "exec", before) == []
+
+
+def test_a_copied_profile_cannot_exec(world: World) -> None:
+    env = world.thief_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    result = world.kubectl(env, "exec", "web-0", "--", "echo", "hello")
+    assert result.returncode != 0 and "hello" not in result.stdout
+    assert result.stderr.splitlines()[-1] == f"Error from server (Forbidden): {TRUSTED_DEVICE_REQUIRED}", result.stderr
+    assert world.api.requests[before:] == []
+
+
+def test_kubectl_logs_follow_streams_lines_as_they_come(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    assert world.kubectl(env, "logs", "web-0").stdout == "web-0: started\nweb-0: listening on :8080\n"
+    process = start_kubectl(env, "logs", "-f", "web-0")
+    assert process.stdout is not None
+    try:
+        lines = [process.stdout.readline().rstrip("\n") for _ in range(4)]
+        assert lines == ["web-0: started", "web-0: listening on :8080", "web-0: tick 1", "web-0: tick 2"]
+    finally:
+        process.kill()
+        process.communicate(timeout=10)
+
+
+def _upgrade(
+    world: World, env: dict[str, str], api_path: str, protocol: str, extra_headers: str = ""
+) -> tuple[ssl.SSLSocket, BinaryIO, bytes, str]:
+    """A WebSocket upgrade request through the service, with the credentials kubectl gets from tsh: the
+    connection, its reader, the reply's status line and headers, and the Sec-WebSocket-Key sent."""
+    credential = json.loads(
+        ok(world.cluster.run("tsh", "kube", "credentials", f"--kube-cluster={KUBE_CLUSTER}", env=env))
+    )
+    config = yaml.safe_load(Path(env["KUBECONFIG"]).read_text())
+    (entry,) = [c["cluster"] for c in config["clusters"] if c["cluster"]["server"].endswith(f"/kube/{KUBE_CLUSTER}")]
+    cert_file = world.root / "upgrade-cert.pem"
+    cert_file.write_text(credential["status"]["clientCertificateData"] + credential["status"]["clientKeyData"])
+    context = ssl.create_default_context(cadata=base64.b64decode(entry["certificate-authority-data"]).decode())
+    context.load_cert_chain(cert_file)
+    context.set_alpn_protocols(["http/1.1"])
+    host, _, port = entry["server"].removeprefix("https://").split("/", 1)[0].rpartition(":")
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    tls = context.wrap_socket(raw, server_hostname=host)
+    key = base64.b64encode(os.urandom(16)).decode()
+    tls.sendall(
+        (
+            f"GET /kube/{KUBE_CLUSTER}{api_path} HTTP/1.1\r\n"
+            f"Host: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {protocol}\r\n{extra_headers}\r\n"
+        ).encode()
+    )
+    reader = tls.makefile("rb")
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = reader.readline()
+        assert line, head
+        head += line
+    return tls, reader, head, key
+
+
+def _port_forward(world: World, env: dict[str, str], extra_headers: str = "") -> ssl.SSLSocket:
+    """An upgrade to the WebSocket port-forward channel protocol through the service; returns the upgraded
+    connection (after the 101, the port announcements and one echo)."""
+    path = "/api/v1/namespaces/default/pods/web-0/portforward?ports=8080"
+    tls, reader, head, key = _upgrade(world, env, path, "v4.channel.k8s.io", extra_headers)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert f"Sec-WebSocket-Accept: {websocket.accept_key(key)}".encode() in head
+    # the data and the error channel each announce the port
+    assert websocket.read_frame(reader) == (websocket.BINARY, b"\x00" + struct.pack("<H", 8080))
+    assert websocket.read_frame(reader) == (websocket.BINARY, b"\x01" + struct.pack("<H", 8080))
+    tls.sendall(websocket.frame(websocket.BINARY, b"\x00GET / HTTP/1.0\r\n\r\n", mask=True))
+    assert websocket.read_frame(reader) == (websocket.BINARY, b"\x00GET / HTTP/1.0\r\n\r\n")
+    reader.close()
+    return tls
+
+
+def test_an_upgrade_the_api_server_refuses_is_relayed_as_it_is(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    path = "/api/v1/namespaces/default/pods/nope/exec?command=true&stdout=true"
+    tls, reader, head, _ = _upgrade(world, env, path, "v5.channel.k8s.io")
+    with tls, reader:
+        assert head.startswith(b"HTTP/1.1 404"), head
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        assert json.loads(reader.read(length))["message"] == 'pods "nope" not found'
+    event = world.wait_for_event("kube.request", lambda e: e.get("resource_name") == "nope")
+    assert (event["response_code"], event["resource_subresource"], event["success"]) == (404, "exec", False)
+
+
+def test_port_forward_passes_through_as_the_granted_user(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    # a Connection header naming the impersonation headers (a proxy would drop them) is not passed on
+    extra = "Impersonate-User: alice\r\nImpersonate-Group: viewers\r\nConnection: Impersonate-User\r\n"
+    with _port_forward(world, env, extra):
+        (upgraded,) = _requests_to(world, "portforward", before)
+        assert (upgraded.user, list(upgraded.groups)) == ("alice", ["viewers", "system:authenticated"])
+        assert upgraded.header("connection") == ["Upgrade"]
+    event = world.wait_for_event("kube.request", lambda e: e.get("resource_subresource") == "portforward")
+    assert (event["verb"], event["resource_kind"], event["response_code"]) == ("get", "pods", 101)
+
+
+def _kubectl_port_forward(env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+    """The real ``kubectl port-forward pod/web-0 :8080`` (SPDY tunnelled in a WebSocket), and its local port."""
+    process = start_kubectl(env, "port-forward", "pod/web-0", ":8080")
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("Forwarding from 127.0.0.1:"), line + (process.stderr.read() if process.stderr else "")
+    return process, int(line.split("127.0.0.1:", 1)[1].split()[0])
+
+
+def _echoed(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(data)
+        return conn.recv(4096)
+
+
+def test_kubectl_port_forward_runs_through_the_service(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    process, port = _kubectl_port_forward(env)
+    try:
+        assert _echoed(port, b"GET / HTTP/1.0\r\n\r\n") == b"GET / HTTP/1.0\r\n\r\n"
+        assert _echoed(port, b"a second connection") == b"a second connection"
+        (upgraded,) = _requests_to(world, "portforward", before)
+        assert (upgraded.user, list(upgraded.groups)) == ("alice", GROUPS)
+        assert upgraded.header("sec-websocket-protocol")[0].startswith("SPDY/3.1+portforward.k8s.io")
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    # one after the other: each kubectl asks tsh for credentials, and one TPM proves one at a time
+    cat = start_kubectl(env, "exec", "-i", "web-0", "--", "cat", stdin=True)
+    assert cat.stdin is not None and cat.stdout is not None
+    logs: subprocess.Popen[str] | None = None
+    port_forward: subprocess.Popen[str] | None = None
+    forwarded: ssl.SSLSocket | None = None
+    try:
+        cat.stdin.write("before the lock\n")
+        cat.stdin.flush()
+        echoed = cat.stdout.readline()
+        assert echoed == "before the lock\n", cat.stderr.read() if cat.stderr else ""
+        logs = start_kubectl(env, "logs", "-f", "web-0")
+        assert logs.stdout is not None
+        assert logs.stdout.readline() == "web-0: started\n"
+        forwarded = _port_forward(world, env)
+        port_forward, port = _kubectl_port_forward(env)
+        assert _echoed(port, b"before the lock") == b"before the lock"
+        ok(world.cluster.tctl("lock", "--user=alice", "--message=stolen laptop reported"))
+        # the service polls the cluster state every 2 s: the streams end then, with the stdin still open
+        assert cat.wait(timeout=15) != 0
+        logs.wait(timeout=15)
+        assert port_forward.wait(timeout=15) != 0  # kubectl: lost connection to pod
+        forwarded.settimeout(15)
+        with contextlib.suppress(OSError):
+            while forwarded.recv(4096):
+                pass  # what was in flight, then the end
+        for subresource in ("exec", "log", "portforward"):
+            event = world.wait_for_event(
+                "kube.request",
+                lambda e, sub=subresource: (
+                    e.get("resource_subresource") == sub and e.get("reason") == "locked: stolen laptop reported"
+                ),
+            )
+            assert event["resource_name"] == "web-0"
+    finally:
+        if forwarded is not None:
+            forwarded.close()
+        for process in (cat, logs, port_forward):
+            if process is None:
+                continue
+            if process.poll() is None:
+                process.kill()
+            process.communicate(timeout=10)
+        _remove_locks(world)
+
+
+def test_a_cluster_configured_by_a_kubeconfig_is_reached_the_same_way(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", STAGING, env=env))
+    before = len(world.api.requests)
+    result = world.kubectl(env, "get", "pods", "-n", "default")
+    assert result.returncode == 0, result.stderr
+    assert {"web-0", "web-1"} <= {line.split()[0] for line in result.stdout.splitlines()[1:]}
+    seen = world.api.requests[before:]
+    assert seen and all(r.user == "alice" and list(r.groups) == GROUPS for r in seen)
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+
+
+def test_tsh_logout_removes_the_kube_contexts_login_wrote(world: World) -> None:
+    env = world.thief_env()  # the copied profile: logging it out leaves the laptop's own
+    kubeconfig = Path(env["KUBECONFIG"])
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["clusters"].append({"name": "mine", "cluster": {"server": "https://10.0.0.1:6443"}})
+    kubeconfig.write_text(yaml.safe_dump(config))
+    out = ok(world.cluster.run("tsh", "logout", env=env))
+    assert "Removed the Kubernetes contexts" in out
+    after = yaml.safe_load(kubeconfig.read_text())
+    assert [c["name"] for c in after["clusters"]] == ["mine"]
+    assert after["users"] == [] and after["contexts"] == [] and after["current-context"] == ""

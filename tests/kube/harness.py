@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -30,4 +31,21 @@ def kubectl(kubeconfig: Path, *args: str, env: dict[str, str] | None = None) -> 
         capture_output=True,
         text=True,
         timeout=KUBECTL_TIMEOUT_SECONDS,
+    )
+
+
+def kubectl_env(kubeconfig: Path) -> dict[str, str]:
+    """An environment for kubectl with just ``kubeconfig`` (and its folder as home)."""
+    return {"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"}
+
+
+def start_kubectl(env: Mapping[str, str], *args: str, stdin: bool = False) -> subprocess.Popen[str]:
+    """The real kubectl left running (a watch, ``logs -f``, ``exec -i``, ``port-forward``), its output piped."""
+    return subprocess.Popen(
+        [require_kubectl(), *args],
+        env=dict(env),
+        stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )

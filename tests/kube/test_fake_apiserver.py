@@ -4,6 +4,7 @@ tests rely on it for must be what kubectl sees from a real API server."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.kube_apiserver import SERVICE_ACCOUNT, FakeKubeAPIServer, running_kube_apiserver
-from tests.kube.harness import kubectl, require_kubectl
+from tests.kube.harness import kubectl, kubectl_env, require_kubectl, start_kubectl
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +64,7 @@ def test_whoami_echoes_the_impersonated_user_and_groups(kubeconfig: Path) -> Non
 
 
 def test_a_watch_streams_new_pods(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
-    process = subprocess.Popen(
-        [require_kubectl(), "get", "pods", "-n", "default", "-w", "--no-headers"],
-        env={"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_kubectl(kubectl_env(kubeconfig), "get", "pods", "-n", "default", "-w", "--no-headers")
     assert process.stdout is not None
     try:
         assert [process.stdout.readline().split()[0] for _ in range(2)] == ["web-0", "web-1"]
@@ -79,6 +74,56 @@ def test_a_watch_streams_new_pods(kubeconfig: Path, api: FakeKubeAPIServer) -> N
             time.sleep(0.1)
         api.add_pod("default", "watched-0")
         assert process.stdout.readline().split()[0] == "watched-0"
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_exec_over_websocket_runs_the_canned_interpreter(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
+    echoed = kubectl(kubeconfig, "exec", "web-0", "--", "echo", "hello")
+    assert (echoed.returncode, echoed.stdout) == (0, "hello\n"), echoed.stderr
+    (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/exec")][-1:]
+    assert upgraded.method == "GET" and upgraded.header("upgrade") == ["websocket"]
+    assert "command=echo" in upgraded.query and "v5.channel.k8s.io" in upgraded.header("sec-websocket-protocol")[0]
+    failed = kubectl(kubeconfig, "exec", "web-0", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 3 and "command terminated with exit code 3" in failed.stderr
+    interactive = subprocess.run(
+        [require_kubectl(), "exec", "-i", "web-0", "--", "cat"],
+        env=kubectl_env(kubeconfig),
+        input="one\ntwo\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (interactive.returncode, interactive.stdout) == (0, "one\ntwo\n"), interactive.stderr
+    missing = kubectl(kubeconfig, "exec", "nope", "--", "echo")
+    assert missing.stderr.strip() == 'Error from server (NotFound): pods "nope" not found'
+
+
+def test_logs_and_followed_logs(kubeconfig: Path) -> None:
+    assert kubectl(kubeconfig, "logs", "web-1").stdout == "web-1: started\nweb-1: listening on :8080\n"
+    process = start_kubectl(kubectl_env(kubeconfig), "logs", "-f", "web-1")
+    assert process.stdout is not None
+    try:
+        assert [process.stdout.readline() for _ in range(4)][2:] == ["web-1: tick 1\n", "web-1: tick 2\n"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_port_forward_tunnels_spdy_in_a_websocket(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
+    process = start_kubectl(kubectl_env(kubeconfig), "port-forward", "pod/web-0", ":8080")
+    assert process.stdout is not None
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("Forwarding from 127.0.0.1:"), line
+        port = int(line.split("127.0.0.1:", 1)[1].split()[0])
+        for data in (b"first connection", b"second connection"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(data)
+                assert conn.recv(4096) == data
+        (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/portforward")][-1:]
+        assert upgraded.header("sec-websocket-protocol")[0].startswith("SPDY/3.1+portforward.k8s.io")
     finally:
         process.terminate()
         process.communicate(timeout=10)

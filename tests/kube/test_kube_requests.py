@@ -45,7 +45,18 @@ def test_route(path: str, expected: tuple[str, str] | None) -> None:
         ("GET", "/api/v1/namespaces/default/pods?limit=500", RequestInfo("list", "default", "pods", "", "", "v1")),
         ("GET", "/api/v1/namespaces/default/pods?watch=true", RequestInfo("watch", "default", "pods", "", "", "v1")),
         ("GET", "/api/v1/namespaces/default/pods/web-0", RequestInfo("get", "default", "pods", "web-0", "", "v1")),
-        ("GET", "/api/v1/namespaces/a/pods/w/log", RequestInfo("get", "a", "pods/log", "w", "", "v1")),
+        ("GET", "/api/v1/namespaces/a/pods/w/log", RequestInfo("get", "a", "pods", "w", "", "v1", "log")),
+        (
+            "GET",
+            "/api/v1/namespaces/a/pods/w/exec?command=echo&stdout=true",
+            RequestInfo("get", "a", "pods", "w", "", "v1", "exec"),
+        ),
+        ("POST", "/api/v1/namespaces/a/pods/w/attach", RequestInfo("create", "a", "pods", "w", "", "v1", "attach")),
+        (
+            "POST",
+            "/api/v1/namespaces/a/pods/w/portforward?ports=80",
+            RequestInfo("create", "a", "pods", "w", "", "v1", "portforward"),
+        ),
         ("DELETE", "/api/v1/namespaces/a/pods", RequestInfo("deletecollection", "a", "pods", "", "", "v1")),
         ("DELETE", "/api/v1/namespaces/a/pods/w", RequestInfo("delete", "a", "pods", "w", "", "v1")),
         (

@@ -323,6 +323,14 @@ def logout() -> None:
     except Exception as err:
         warn(f"could not end the session on the server: {err}")
     store.remove(profile)
+    kubeconfig = tsh_kube.kubeconfig_path()
+    try:
+        removed = tsh_kube.remove_kubeconfig_entries(kubeconfig, profile)
+    except DevicetrustError as err:
+        warn(f"could not remove the Kubernetes contexts: {err}")
+    else:
+        if removed:
+            click.echo(f"Removed the Kubernetes contexts {', '.join(removed)} from {kubeconfig}.")
     click.echo(f"Logged out {profile.user} from {profile.proxy}.")
 
 

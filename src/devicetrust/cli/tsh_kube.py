@@ -31,7 +31,7 @@ from devicetrust.errors import DevicetrustError, NotFoundError, ValidationError
 from devicetrust.files import write_atomic
 from devicetrust.protocol import KubeCluster
 
-__all__ = ["COMMANDS", "exec_credential", "kubeconfig_path", "write_kubeconfig"]
+__all__ = ["COMMANDS", "exec_credential", "kubeconfig_path", "remove_kubeconfig_entries", "write_kubeconfig"]
 
 EXEC_API_VERSION = "client.authentication.k8s.io/v1"
 #: How long kubectl may keep credentials that carry no session proof before asking again.
@@ -137,6 +137,43 @@ def write_kubeconfig(path: Path, profile: Profile, cluster: KubeCluster, host_ca
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False).encode(), 0o600)
     return name
+
+
+def remove_kubeconfig_entries(path: Path, profile: Profile) -> list[str]:
+    """Remove from the kubeconfig at ``path`` the users ``tsh kube login`` wrote for ``profile`` (their exec
+    plugin is ``tsh kube credentials --proxy=<the profile's proxy>``) and the clusters and contexts of the same
+    names; nothing else. The current context is unset if it was one of them. Returns the context names removed."""
+    if not path.exists():
+        return []
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValidationError(f"cannot read kubeconfig {path}: {err}") from None
+    if not isinstance(doc, dict):
+        return []
+    names = {
+        str(user["name"])
+        for user in doc.get("users") or []
+        if isinstance(user, dict) and _written_for(user.get("user"), profile)
+    }
+    if not names:
+        return []
+    for section in ("clusters", "users", "contexts"):
+        doc[section] = [
+            entry for entry in doc.get(section) or [] if not (isinstance(entry, dict) and entry.get("name") in names)
+        ]
+    if doc.get("current-context") in names:
+        doc["current-context"] = ""
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False).encode(), 0o600)
+    return sorted(names)
+
+
+def _written_for(user: object, profile: Profile) -> bool:
+    plugin = user.get("exec") if isinstance(user, dict) else None
+    if not isinstance(plugin, dict) or plugin.get("apiVersion") != EXEC_API_VERSION:
+        return False
+    args = plugin.get("args")
+    return isinstance(args, list) and args[:2] == ["kube", "credentials"] and f"--proxy={profile.proxy}" in args
 
 
 # ------------------------------------------------------------------------------------------- credentials

@@ -66,14 +66,17 @@ class RequestInfo:
     name: str = ""
     api_group: str = ""
     api_version: str = ""
+    #: ``exec``, ``attach``, ``portforward``, ``log``, … of ``pods``
+    subresource: str = ""
 
 
 _METHOD_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
 def request_info(method: str, api_path: str) -> RequestInfo:
-    """The Kubernetes verb and resource of a request, as the API server's RequestInfo resolver reads them;
-    non-resource paths (discovery, ``/version``) have only a verb (the lower-case HTTP method)."""
+    """The Kubernetes verb and resource of a request, as the API server's RequestInfo resolver reads them
+    (``exec`` over WebSocket is a GET, so ``get``; over SPDY a POST, so ``create``); non-resource paths (discovery,
+    ``/version``) have only a verb (the lower-case HTTP method)."""
     path, _, query = api_path.partition("?")
     parts = [part for part in path.split("/") if part]
     if parts[:1] == ["api"] and len(parts) >= 2:
@@ -91,8 +94,7 @@ def request_info(method: str, api_path: str) -> RequestInfo:
         rest = ["namespaces", rest[1]]
     resource = rest[0]
     name = rest[1] if len(rest) > 1 else ""
-    if len(rest) > 2:
-        resource = f"{resource}/{rest[2]}"  # a subresource: pods/log, pods/exec
+    subresource = rest[2] if len(rest) > 2 else ""  # pods/log, pods/exec: the resource is still "pods"
     watch = parse_qs(query).get("watch", [""])[0] in ("1", "true")
     if method == "GET":
         verb = "watch" if watch else ("get" if name else "list")
@@ -100,7 +102,7 @@ def request_info(method: str, api_path: str) -> RequestInfo:
         verb = "deletecollection"
     else:
         verb = _METHOD_VERBS.get(method, method.lower())
-    return RequestInfo(verb, namespace, resource, name, group, version)
+    return RequestInfo(verb, namespace, resource, name, group, version, subresource)
 
 
 def impersonation(

@@ -14,11 +14,14 @@ Life of a request (one thread per connection):
 3. The request goes to the API server with the service's bearer token and ``Impersonate-User`` /
    ``Impersonate-Group`` from the granted kubernetes_users / kubernetes_groups (:func:`.requests.impersonation`);
    the client's own credentials and impersonation headers never pass through.
-4. The reply is relayed; a streamed one (a watch, ``logs -f``) chunk by chunk as it arrives. A lock that
-   targets an open stream ends it.
-5. Audit: ``kube.request`` with the path, verb, response code, cluster and resource, and the device block.
-
-Not served: protocol upgrades (``exec``, ``attach``, ``port-forward`` over SPDY/WebSocket) get 400 BadRequest.
+4. The reply is relayed; a streamed one (a watch, ``logs -f``) chunk by chunk as it arrives.
+5. A protocol upgrade (``exec``, ``attach``, ``port-forward`` over WebSocket or SPDY) goes on a connection of its
+   own with the same token and impersonation; after the API server's 101, bytes both ways (unread) until either
+   side closes.
+6. A lock that targets an open stream (a watch, ``logs -f``, an upgraded one) ends it: both connections are shut
+   down.
+7. Audit: ``kube.request`` with the path, verb, response code, cluster and resource (and subresource), and the
+   device block; an upgraded stream's when it ends.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import io
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -43,6 +48,7 @@ from cryptography import x509
 from devicetrust.access import Decision, KubeClusterTarget, decide, kube_session_locks, lock_reason
 from devicetrust.agent.api import NodeAPI
 from devicetrust.agent.audit import device_fields, user_fields
+from devicetrust.agent.kube.kubeconfig import api_server_access
 from devicetrust.agent.kube.requests import (
     ImpersonationRefused,
     impersonation,
@@ -74,7 +80,8 @@ MAX_IDLE_UPSTREAM_CONNECTIONS = 16
 STREAM_CHUNK = 64 * 1024
 NO_STATE_REASON = "this kube service has not received the cluster's access policy yet; try again shortly"
 NO_CERTIFICATE_REASON = "Unauthorized"
-UPGRADE_REASON = "exec, attach and port-forward are not supported by this kube service yet"
+#: Longest status line and headers of an API server's reply to an upgrade.
+MAX_REPLY_HEAD = 64 * 1024
 #: Headers that concern one connection only (RFC 9110 §7.6.1), and those the service sets itself.
 _HOP_BY_HOP = frozenset(
     {
@@ -114,6 +121,8 @@ class _Upstream:
     base_path: str
     context: ssl.SSLContext
     token: str
+    #: ``host:port`` as the Host header names the API server
+    authority: str
     #: kept-alive connections to the API server, as a client of it keeps them (a TLS handshake per request
     #: would cost more than the request)
     idle: list[http.client.HTTPSConnection] = field(default_factory=list)
@@ -127,12 +136,34 @@ class _Upstream:
         conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=UPSTREAM_TIMEOUT_SECONDS)
         return conn, False
 
+    def dial(self) -> ssl.SSLSocket:
+        """A connection of its own (an upgraded one is never reused)."""
+        raw = socket.create_connection((self.host, self.port), timeout=UPSTREAM_TIMEOUT_SECONDS)
+        try:
+            return self.context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+
     def release(self, conn: http.client.HTTPSConnection) -> None:
         with self.lock:
             if len(self.idle) < MAX_IDLE_UPSTREAM_CONNECTIONS:
                 self.idle.append(conn)
                 return
         conn.close()
+
+
+@dataclass(frozen=True)
+class _Granted:
+    """A request the decision allowed: the API server it goes to, and as whom."""
+
+    upstream: _Upstream
+    api_path: str
+    body: bytes
+    user: str
+    groups: tuple[str, ...]
+    identity: Identity
+    target: KubeClusterTarget
 
 
 @dataclass
@@ -376,6 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
             event.update(
                 kubernetes_cluster=name,
                 resource_kind=info.resource,
+                resource_subresource=info.subresource,
                 resource_name=info.name,
                 resource_namespace=info.namespace,
                 resource_api_group=info.api_group,
@@ -400,10 +432,6 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 self._reply(403, decision.reason)
                 return
-            if "upgrade" in (self.headers.get("Connection") or "").lower():
-                code = 400
-                self._reply(400, UPGRADE_REASON)
-                return
             try:
                 user, groups = impersonation(
                     identity.username,
@@ -422,14 +450,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(403, str(refused))
                 return
             event.update(kubernetes_users=[user], kubernetes_groups=list(groups))
-            code, ended = self._forward(service._upstreams[name], api_path, body, user, groups, identity, target)
+            granted = _Granted(service._upstreams[name], api_path, body, user, groups, identity, target)
+            if "upgrade" in (self.headers.get("Connection") or "").lower() and self.headers.get("Upgrade"):
+                code, ended = self._tunnel(granted)
+            else:
+                code, ended = self._forward(granted)
             if ended:
                 event["reason"] = ended
         except _ClientGone:
             code = 499
         finally:
             event["response_code"] = code
-            event["success"] = 200 <= code < 400
+            event["success"] = code == 101 or 200 <= code < 400  # 101: an upgraded stream ran
             event.update(device_fields(identity, decision))
             service.emit(event)
 
@@ -463,27 +495,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ClientGone
         return self.rfile.read(length) if length else b""
 
-    def _forward(
-        self,
-        upstream: _Upstream,
-        api_path: str,
-        body: bytes,
-        user: str,
-        groups: tuple[str, ...],
-        identity: Identity,
-        target: KubeClusterTarget,
-    ) -> tuple[int, str]:
+    def _forward(self, granted: _Granted) -> tuple[int, str]:
         """Send the request on and relay the reply: its status, and why the service ended it early ("" if it
         did not)."""
-        headers = [
-            (key, value)
-            for key, value in self.headers.items()
-            if key.lower() not in _HOP_BY_HOP and not key.lower().startswith("impersonate-")
-        ]
-        headers += [("Authorization", f"Bearer {upstream.token}"), ("Impersonate-User", user)]
-        headers += [("Impersonate-Group", group) for group in groups]
-        if body or self.command in ("POST", "PUT", "PATCH"):
-            headers.append(("Content-Length", str(len(body))))
+        upstream, api_path, body, target = granted.upstream, granted.api_path, granted.body, granted.target
+        headers = self._upstream_headers(granted, keep=frozenset())
         for attempt in range(2):
             conn, reused = upstream.connection()
             try:
@@ -502,13 +518,71 @@ class _Handler(BaseHTTPRequestHandler):
                 return 502, ""
         streamed = False
         try:
-            ended, streamed = self._relay(response, conn.sock, identity, target)
+            ended, streamed = self._relay(response, conn.sock, granted.identity, target)
         finally:
-            if streamed or response.will_close:
+            # kept only when its reply was read to the end (a client gone mid-reply leaves it half read)
+            if streamed or response.will_close or not response.isclosed():
                 conn.close()
             else:
                 upstream.release(conn)
         return response.status, ended
+
+    def _upstream_headers(self, granted: _Granted, *, keep: frozenset[str]) -> list[tuple[str, str]]:
+        """The client's headers, less its credentials, its impersonation and the hop-by-hop ones (but ``keep``),
+        plus the service's token and the granted impersonation."""
+        headers = [
+            (key, value)
+            for key, value in self.headers.items()
+            if (key.lower() not in _HOP_BY_HOP or key.lower() in keep) and not key.lower().startswith("impersonate-")
+        ]
+        headers += [("Authorization", f"Bearer {granted.upstream.token}"), ("Impersonate-User", granted.user)]
+        headers += [("Impersonate-Group", group) for group in granted.groups]
+        if granted.body or self.command in ("POST", "PUT", "PATCH"):
+            headers.append(("Content-Length", str(len(granted.body))))
+        return headers
+
+    def _tunnel(self, granted: _Granted) -> tuple[int, str]:
+        """A protocol upgrade (exec, attach, port-forward over WebSocket or SPDY) on a connection of its own: after
+        the API server's 101, bytes both ways until either side closes or a lock ends it. Its status, and why the
+        service ended it early ("" if it did not)."""
+        self.close_connection = True
+        upstream, target, identity = granted.upstream, granted.target, granted.identity
+        # the client's Connection header is not passed on: a proxy before the API server would drop the headers
+        # it names, and the impersonation must never be among them
+        headers = [*self._upstream_headers(granted, keep=_UPGRADE_HEADERS), ("Connection", "Upgrade")]
+        if any("\r" in value or "\n" in value for _, value in headers):
+            self._reply(400, "a header value holds a line break")
+            return 400, ""
+        head = f"{self.command} {upstream.base_path + granted.api_path} HTTP/1.1\r\nHost: {upstream.authority}\r\n"
+        head += "".join(f"{key}: {value}\r\n" for key, value in headers) + "\r\n"
+        try:
+            sock = upstream.dial()
+        except (OSError, ssl.SSLError) as err:
+            self._reply(502, f"cannot reach the Kubernetes API server of {target.name}: {err}")
+            return 502, ""
+        with contextlib.closing(sock):
+            try:
+                sock.sendall(head.encode() + granted.body)
+                reply_head, rest = _read_head(sock)
+                code = int(reply_head.split(b" ", 2)[1])
+                if code != 101:  # a refusal (a Status): relayed as it is, and the connection ends with it
+                    rest += _read_body_rest(sock, reply_head, len(rest))
+            except (OSError, ValueError, IndexError) as err:
+                self._reply(502, f"the Kubernetes API server of {target.name} failed the upgrade: {err}")
+                return 502, ""
+            self._write(reply_head + rest)
+            if code != 101:
+                return code, ""
+            service = self.server.service
+            stream = _Stream(identity, target, (self.connection, sock))
+            service.open_stream(stream)
+            try:
+                _splice(self.connection, _buffered(self.rfile, self.connection), sock, stream)
+            finally:
+                service.close_stream(stream)
+                if stream.ended:
+                    log.info("kube stream ended", extra={"user": identity.username, "reason": stream.ended})
+        return 101, stream.ended
 
     def _relay(
         self,
@@ -571,11 +645,96 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _IMPERSONATE = frozenset({"impersonate-user", "impersonate-group"})
+#: The hop-by-hop header an upgrade passes on: it names the protocol asked for.
+_UPGRADE_HEADERS = frozenset({"upgrade"})
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class _ClientGone(Exception):
     """The client went away mid-request."""
+
+
+def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """A reply's status line and headers, and the bytes read after them."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(STREAM_CHUNK)
+        if not chunk:
+            raise ConnectionError("the connection closed before the reply")
+        data += chunk
+        if len(data) > MAX_REPLY_HEAD:
+            raise ValueError("the reply's headers are too long")
+    end = data.index(b"\r\n\r\n") + 4
+    return data[:end], data[end:]
+
+
+def _read_body_rest(sock: socket.socket, head: bytes, have: int) -> bytes:
+    """The rest of a reply's body after ``have`` bytes: by its Content-Length, else until the connection ends."""
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        None,
+    )
+    data = b""
+    while length is None or have + len(data) < length:
+        chunk = sock.recv(STREAM_CHUNK)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST_BODY:
+            raise ValueError("the reply is too long")
+    return data
+
+
+def _buffered(reader: object, sock: socket.socket) -> bytes:
+    """What the client sent that the request's reader already holds (read without waiting for more)."""
+    if not isinstance(reader, io.BufferedReader):
+        return b""
+    sock.setblocking(False)
+    try:
+        pending = len(reader.peek(1))  # at most one read, which cannot wait: the socket does not block
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return b""
+    return reader.read1(pending) if pending else b""
+
+
+def _splice(client: socket.socket, early: bytes, upstream: socket.socket, stream: _Stream) -> None:
+    """Relay bytes both ways, in this one thread (a TLS connection must not be read and written at once from two),
+    until either side closes, fails, or the stream is ended (its sockets shut down)."""
+    other = {client: upstream, upstream: client}
+    try:
+        for sock in other:
+            sock.setblocking(False)
+        if early:
+            _send_all(upstream, early)
+        while not stream.ended:
+            readable, _, _ = select.select(list(other), [], [])
+            for sock in readable:
+                while True:  # everything TLS already decrypted, else select would not say so again
+                    try:
+                        data = sock.recv(STREAM_CHUNK)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                        break
+                    if not data:
+                        return
+                    _send_all(other[sock], data)
+    except (OSError, ValueError):  # a side went away (or was shut down by a lock)
+        return
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except (ssl.SSLWantWriteError, BlockingIOError):
+            _, writable, _ = select.select([], [sock], [], UPSTREAM_TIMEOUT_SECONDS)
+            if not writable:
+                raise TimeoutError("the peer stopped reading") from None
+            continue
+        except ssl.SSLWantReadError:
+            select.select([sock], [], [], UPSTREAM_TIMEOUT_SECONDS)
+            continue
+        view = view[sent:]
 
 
 def route_path(path: str) -> str:
@@ -584,19 +743,17 @@ def route_path(path: str) -> str:
 
 
 def _upstream(cluster: KubeClusterEntry) -> _Upstream:
-    where = f"kube_service.kubernetes_clusters[{cluster.name}]"
+    access = api_server_access(cluster)
     try:
-        token = cluster.token_file.read_text().strip()
-    except OSError as err:
-        raise ConfigError(f"{where}.token_file: cannot read {cluster.token_file}: {err.strerror}") from None
-    if not token:
-        raise ConfigError(f"{where}.token_file: {cluster.token_file} is empty")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    try:
-        context.load_verify_locations(cafile=str(cluster.ca_file))
-    except (OSError, ssl.SSLError) as err:
-        raise ConfigError(f"{where}.ca_file: cannot read {cluster.ca_file}: {err}") from None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=access.ca_pem)
+    except ssl.SSLError as err:
+        source = "kubeconfig" if cluster.kubeconfig is not None else "ca_file"
+        raise ConfigError(
+            f"kube_service.kubernetes_clusters[{cluster.name}].{source}: the CA is not a PEM certificate ({err.reason})"
+        ) from None
     context.set_alpn_protocols(["http/1.1"])
-    split = urlsplit(cluster.api_server)
+    split = urlsplit(access.server)
     host = split.hostname or ""
-    return _Upstream(cluster, host, split.port or 443, split.path.rstrip("/"), context, token)
+    port = split.port or 443
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _Upstream(cluster, host, port, split.path.rstrip("/"), context, access.token, authority)
