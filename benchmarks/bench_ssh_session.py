@@ -20,10 +20,9 @@ plain sshd on a loopback port trusting the cluster's user CA (TrustedUserCAKeys)
 Session-time device proof: phases ``per_session`` and ``login`` (cluster mode required, the cluster's
 ``session_proof`` switched between them, ABBA again) with a device whose key lives in a swtpm TPM. In
 both phases each sample is what ``tsh ssh`` does: a new HTTPS connection to the auth service to look the node up,
-then the session; in ``per_session`` the device ceremony begins on that connection before the lookup (the TPM
-quotes while the node is looked up) and finishes, bound to the node, while the SSH connection is opened; the
-session runs on the session certificate; in ``login`` on the login-time device certificate. One client, back to
-back. Reported:
+then the session; in ``per_session`` the device ceremony bound to the node (with its TPM quote) runs on that
+connection while the SSH connection is opened, and the session runs on the session certificate; in ``login`` on
+the login-time device certificate. One client, back to back. Reported:
 p50 time to open a session in each phase and their ratio (target ≤ 1.25), and the daemon's CPU per session
 (auth service and node share the process: the difference is the ceremony's cost on the auth service).
 
@@ -40,7 +39,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,7 +64,7 @@ from tests.integration.ceremony_helpers import (
 from tests.integration.cluster import free_port
 
 from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, summary_ms, tree_cpu_seconds
-from devicetrust.ceremony.messages import Challenge, ChallengeResponse, CollectedData
+from devicetrust.ceremony.messages import Challenge, CollectedData
 from devicetrust.cli.tsh_ssh import SessionProofClient, proved_certificate
 from devicetrust.client import AuthClient
 from devicetrust.device.keys import TPMKey
@@ -359,44 +357,33 @@ class ProofBench:
     key: TPMKey
     collected: CollectedData
 
-    def begin(self, client: AuthClient) -> Challenge:
-        """The device ceremony's begin on ``client``'s connection, the session proof's target left to finish."""
+    def session_cert(self, client: AuthClient) -> str:
+        """The device ceremony bound to the node, on ``client``'s connection."""
         begin = client.post(
             "/v1/devices/authenticate/begin",
             {
                 "credential_id": self.key.credential_id(),
                 "device_data": self.collected.to_dict(),
                 "ssh_cert": self.login.ssh_cert,
-                "target_at_finish": True,
+                "target": {"kind": "ssh", "id": self.node.host_id},
             },
         )
-        return Challenge.from_json(begin)
-
-    def finish(self, client: AuthClient, answer: ChallengeResponse) -> bytes:
-        """The session certificate for the node: the ceremony's finish naming it."""
-        target = {"kind": "ssh", "id": self.node.host_id}
-        reply = client.post("/v1/devices/authenticate/finish", {**answer.to_json(), "target": target})
-        return str(reply["ssh_cert"]).encode()
+        answer = self.key.answer_authentication(Challenge.from_json(begin))
+        return str(client.post("/v1/devices/authenticate/finish", answer.to_json())["ssh_cert"])
 
     def sample(self, per_session: bool) -> None:
-        """What tsh ssh does on a new HTTPS connection to the auth service: with ``per_session``, begin the
-        ceremony and let the TPM answer in a thread; look the node up; open the SSH connection while the ceremony
-        finishes for the node in a thread (tsh's own SessionProofClient offers the session certificate at user
-        authentication)."""
-        with (
-            AuthClient(self.running.addr, ca_pem=self.running.ca_pem, token=self.login.session_token) as client,
-            ThreadPoolExecutor(max_workers=1) as answering,
-        ):
-            answer = answering.submit(self.key.answer_authentication, self.begin(client)) if per_session else None
+        """What tsh ssh does: look the node up on a new HTTPS connection to the auth service; with ``per_session``,
+        the ceremony on that connection, in a thread, while the SSH connection is opened (tsh's own
+        SessionProofClient offers the session certificate at user authentication)."""
+        with AuthClient(self.running.addr, ca_pem=self.running.ca_pem, token=self.login.session_token) as client:
             client.get("/v1/nodes")
-            prove = None if answer is None else lambda: self.finish(client, answer.result())
-            asyncio.run(self._session(prove))
+            asyncio.run(self._session(client if per_session else None))
 
-    async def _session(self, prove: Callable[[], bytes] | None) -> None:
+    async def _session(self, client: AuthClient | None) -> None:
         key, login_cert = self.login.client_key(self.login_device_cert)
         options = connect_options(self.node, self.host_ca_ssh, (key, login_cert))
-        if prove is not None:
-            proof = proved_certificate(prove, login_cert)
+        if client is not None:
+            proof = proved_certificate(lambda: self.session_cert(client).encode(), login_cert)
             options |= {"client_keys": None, "client_factory": lambda: SessionProofClient(key, proof)}
         await _session(options)
 

@@ -294,27 +294,16 @@ class AuthApi(AuthClient):
         device_data: Mapping[str, str],
         ssh_cert: str,
         target: protocol.SessionTarget | None = None,
-        target_at_finish: bool = False,
     ) -> protocol.ChallengeMessage:
         request = protocol.AuthenticateBeginRequest.model_construct(
-            credential_id=credential_id,
-            device_data=device_data,
-            ssh_cert=ssh_cert,
-            target=target,
-            target_at_finish=target_at_finish,
+            credential_id=credential_id, device_data=device_data, ssh_cert=ssh_cert, target=target
         )
         path = "/v1/devices/authenticate/begin"
         return reply_as(protocol.ChallengeMessage, self.post(path, body(request)), "authenticate/begin")
 
-    def authenticate_finish(
-        self, answer: protocol.ChallengeAnswer, target: protocol.SessionTarget | None = None
-    ) -> protocol.DeviceCertificates:
-        """``target``: the session proof's target, for a ceremony begun with ``target_at_finish``."""
+    def authenticate_finish(self, answer: protocol.ChallengeAnswer) -> protocol.DeviceCertificates:
         path = "/v1/devices/authenticate/finish"
-        finish: dict[str, object] = {**answer}
-        if target is not None:
-            finish["target"] = {"kind": target.kind, "id": target.id}
-        return reply_as(protocol.DeviceCertificates, self.post(path, finish), "authenticate/finish")
+        return reply_as(protocol.DeviceCertificates, self.post(path, answer), "authenticate/finish")
 
     # -- nodes, databases, audit
     def list_nodes(self) -> protocol.NodeList:

@@ -366,20 +366,6 @@ class ChallengeAnswer(TypedDict):
     signature: NotRequired[str]
 
 
-class SessionTargetBody(TypedDict):
-    """A session proof's target as ``SessionTarget`` checks it."""
-
-    kind: str
-    id: str
-
-
-class AuthenticateAnswer(ChallengeAnswer):
-    """The body of device authentication's ``finish``: the device's answer, and the session proof's target when
-    the ceremony began with ``target_at_finish``."""
-
-    target: NotRequired[SessionTargetBody]
-
-
 @dataclass(frozen=True)
 class DocumentedAs:
     """Field metadata: the OpenAPI schema shows ``shape`` for a value the service checks by hand."""
@@ -413,8 +399,6 @@ class AuthenticateBeginRequest(Message):
     ssh_cert: str = Field(max_length=16 * 1024)
     #: With a target: a session proof for it (session certificates); without: login-time device certificates.
     target: SessionTarget | None = None
-    #: A session proof whose target the caller names at finish (it may still be looking the target up).
-    target_at_finish: bool = False
 
 
 class ChallengeMessage(Message):

@@ -201,20 +201,15 @@ def test_openapi_describes_every_request_body(api: RunningApi) -> None:
             if not body.get("properties"):
                 untyped.append((method, path))
     assert untyped == []
-    for path, shape in (
-        ("/v1/devices/enroll/finish", "ChallengeAnswer"),
-        ("/v1/devices/authenticate/finish", "AuthenticateAnswer"),
-    ):
-        body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
-        assert body == {"$ref": f"#/components/schemas/{shape}"}
-    answer_fields = {"ceremony_id", "activated_secret", "quote", "signature"}
-    assert set(schemas["ChallengeAnswer"]["properties"]) == answer_fields
-    assert set(schemas["AuthenticateAnswer"]["properties"]) == {*answer_fields, "target"}
-    assert schemas["ChallengeAnswer"]["required"] == schemas["AuthenticateAnswer"]["required"] == ["ceremony_id"]
+    answer = {"$ref": "#/components/schemas/ChallengeAnswer"}
+    for path in ("/v1/devices/enroll/finish", "/v1/devices/authenticate/finish"):
+        assert document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"] == answer
+    assert set(schemas["ChallengeAnswer"]["properties"]) == {"ceremony_id", "activated_secret", "quote", "signature"}
+    assert schemas["ChallengeAnswer"]["required"] == ["ceremony_id"]
     assert set(schemas["QuoteAnswer"]["properties"]) == {"attest", "signature", "pcr_values", "event_log"}
     begin = schemas["EnrollBeginRequest"]["properties"]
     assert {"collect_time", "os_type", "serial_number"} <= set(begin["device_data"]["properties"])
-    assert "ChallengeResponse" not in schemas and "AuthenticateFinish" not in schemas
+    assert "ChallengeResponse" not in schemas
 
 
 def test_an_unexpected_failure_is_a_500_in_the_error_shape(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,34 +220,3 @@ def test_an_unexpected_failure_is_a_500_in_the_error_shape(api: RunningApi, monk
     with api.client() as anonymous:
         error = error_of(anonymous.get("/v1/ping"), 500)
     assert error["kind"] == "internal" and "secret" not in error["message"]
-
-
-@pytest.mark.parametrize(
-    ("target", "where"),
-    [
-        ({"kind": "ftp", "id": "a-server"}, "target.kind"),
-        ({"kind": "ssh", "id": "a node"}, "target.id"),
-        ({"kind": "ssh"}, "target.id"),
-        ("ssh", "target"),
-    ],
-)
-def test_a_malformed_session_target_at_finish_is_a_validation_error(
-    api: RunningApi, target: object, where: str
-) -> None:
-    with api.client(plain_user_token(api)) as client:
-        finish = {"ceremony_id": "s1.x.y", "signature": "", "target": target}
-        error = error_of(client.post("/v1/devices/authenticate/finish", json=finish), 400)
-    assert error["kind"] == "validation" and error["message"].startswith(f"{where}: "), error
-
-
-def test_a_session_target_is_named_at_begin_or_at_finish_not_both(api: RunningApi) -> None:
-    begin = {
-        "credential_id": "cred-1",
-        "device_data": {"collect_time": "2026-01-01T00:00:00+00:00", "os_type": "linux", "serial_number": "SN-1"},
-        "ssh_cert": "",
-        "target": {"kind": "ssh", "id": "node-1"},
-        "target_at_finish": True,
-    }
-    with api.client(plain_user_token(api)) as client:
-        error = error_of(client.post("/v1/devices/authenticate/begin", json=begin), 400)
-    assert "at begin or at finish, not both" in error["message"], error

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.auth.server_harness import PASSWORD, Clock, make_server
 
-from devicetrust.auth.devices import AugmentedCerts
 from devicetrust.auth.server import Caller
 from devicetrust.ceremony.messages import CeremonyError, ChallengeResponse, CollectedData, KeyEnrollPayload
 from devicetrust.crypto.certs import identity_from_ssh_cert
@@ -71,40 +70,10 @@ class World:
         )
         return challenge.ceremony_id, challenge.challenge
 
-    def begin_untargeted(self, caller: Caller, ssh_cert: bytes) -> tuple[str, bytes]:
-        """A session proof's ceremony whose target the finish names."""
-        challenge = self.server.devices.authenticate_begin(
-            caller, credential_id="cred-1", collected=self.collected, ssh_cert=ssh_cert, target_at_finish=True
-        )
-        return challenge.ceremony_id, challenge.challenge
-
 
 @pytest.fixture
 def world(backend: Backend) -> World:
     return World(backend)
-
-
-class SessionCeremony:
-    """One way of running a session proof's ceremony for NODE: its target named at begin, or at finish."""
-
-    def __init__(self, world: World, named_at: str) -> None:
-        self.world = world
-        self.named_at = named_at
-
-    def begin(self, caller: Caller, ssh_cert: bytes) -> tuple[str, bytes]:
-        if self.named_at == "begin":
-            return self.world.begin(caller, ssh_cert)
-        return self.world.begin_untargeted(caller, ssh_cert)
-
-    def finish(self, caller: Caller, answer: ChallengeResponse) -> AugmentedCerts:
-        target = NODE if self.named_at == "finish" else None
-        return self.world.server.devices.authenticate_finish(caller, answer, target)
-
-
-@pytest.fixture(params=["begin", "finish"])
-def ceremony(request: pytest.FixtureRequest, world: World) -> SessionCeremony:
-    """The target named at begin, or at finish: every property of the ceremony holds for both."""
-    return SessionCeremony(world, request.param)
 
 
 def test_a_session_certificate_carries_the_device_and_a_proof_for_its_target(world: World) -> None:
@@ -149,15 +118,15 @@ def test_a_session_certificate_cannot_seed_another_proof(world: World) -> None:
         world.begin(alice, certs.ssh_cert)
 
 
-def test_another_users_finish_does_not_spend_the_owners_ceremony(world: World, ceremony: SessionCeremony) -> None:
+def test_another_users_finish_does_not_spend_the_owners_ceremony(world: World) -> None:
     alice, login_cert = world.user("alice")
     mallory, _ = world.user("mallory")
     world.enroll(alice)
-    ceremony_id, challenge = ceremony.begin(alice, login_cert)
+    ceremony_id, challenge = world.begin(alice, login_cert)
     with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
-        ceremony.finish(mallory, world.answer(ceremony_id, challenge))
+        world.server.devices.authenticate_finish(mallory, world.answer(ceremony_id, challenge))
     # the owner's ceremony is intact
-    certs = ceremony.finish(alice, world.answer(ceremony_id, challenge))
+    certs = world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge))
     assert identity_from_ssh_cert(certs.ssh_cert).username == "alice"
     failures = [
         e
@@ -169,7 +138,7 @@ def test_another_users_finish_does_not_spend_the_owners_ceremony(world: World, c
     assert failures[-1]["user"] == "mallory" and failures[-1]["reason"] == "ceremony belongs to another user"
     # and a replay by the owner finds nothing left
     with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
-        ceremony.finish(alice, world.answer(ceremony_id, challenge))
+        world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge))
 
 
 def test_a_login_time_augmentation_still_needs_an_unaugmented_certificate(world: World) -> None:
@@ -184,19 +153,17 @@ def test_a_login_time_augmentation_still_needs_an_unaugmented_certificate(world:
     assert identity_from_ssh_cert(certs.ssh_cert).session_proof is not None
 
 
-def test_concurrent_finishes_of_one_ceremony_yield_one_session_certificate(
-    world: World, ceremony: SessionCeremony
-) -> None:
+def test_concurrent_finishes_of_one_ceremony_yield_one_session_certificate(world: World) -> None:
     alice, login_cert = world.user("alice")
     world.enroll(alice)
-    ceremony_id, challenge = ceremony.begin(alice, login_cert)
+    ceremony_id, challenge = world.begin(alice, login_cert)
     answer = world.answer(ceremony_id, challenge)
     barrier = threading.Barrier(8)
 
     def finish() -> str:
         barrier.wait()
         try:
-            ceremony.finish(alice, answer)
+            world.server.devices.authenticate_finish(alice, answer)
         except CeremonyError as err:
             return str(err)
         return "issued"
@@ -207,123 +174,31 @@ def test_concurrent_finishes_of_one_ceremony_yield_one_session_certificate(
     assert set(outcomes) - {"issued"} == {"unknown or expired device ceremony"}
 
 
-def test_a_wrong_answer_spends_the_ceremony(world: World, ceremony: SessionCeremony) -> None:
+def test_a_wrong_answer_spends_the_ceremony(world: World) -> None:
     alice, login_cert = world.user("alice")
     world.enroll(alice)
-    ceremony_id, challenge = ceremony.begin(alice, login_cert)
+    ceremony_id, challenge = world.begin(alice, login_cert)
     with pytest.raises(CeremonyError):
-        ceremony.finish(alice, world.answer(ceremony_id, b"not the challenge"))
+        world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, b"not the challenge"))
     with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
-        ceremony.finish(alice, world.answer(ceremony_id, challenge))
+        world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge))
 
 
-def test_a_tampered_or_foreign_ceremony_id_is_refused(world: World, ceremony: SessionCeremony) -> None:
+def test_a_tampered_or_foreign_ceremony_id_is_refused(world: World) -> None:
     alice, login_cert = world.user("alice")
     world.enroll(alice)
-    ceremony_id, challenge = ceremony.begin(alice, login_cert)
+    ceremony_id, challenge = world.begin(alice, login_cert)
     flipped = ceremony_id[:20] + ("A" if ceremony_id[20] != "A" else "B") + ceremony_id[21:]
     for forged in (flipped, ceremony_id + "A", str(uuid.uuid4())):
         with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
-            ceremony.finish(alice, world.answer(forged, challenge))
-    ceremony.finish(alice, world.answer(ceremony_id, challenge))  # still good
+            world.server.devices.authenticate_finish(alice, world.answer(forged, challenge))
+    world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge))  # still good
 
 
-def test_a_ceremony_expires_after_a_minute(world: World, ceremony: SessionCeremony) -> None:
+def test_a_ceremony_expires_after_a_minute(world: World) -> None:
     alice, login_cert = world.user("alice")
     world.enroll(alice)
-    ceremony_id, challenge = ceremony.begin(alice, login_cert)
+    ceremony_id, challenge = world.begin(alice, login_cert)
     world.clock.now += timedelta(seconds=61)
     with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
-        ceremony.finish(alice, world.answer(ceremony_id, challenge))
-
-
-def test_a_target_named_at_finish_is_bound_into_the_proof(world: World) -> None:
-    alice, login_cert = world.user("alice")
-    world.enroll(alice)
-    ceremony_id, challenge = world.begin_untargeted(alice, login_cert)
-    certs = world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge), NODE)
-    proof = identity_from_ssh_cert(certs.ssh_cert).session_proof
-    assert proof is not None and (proof.kind, proof.target) == NODE
-    events = world.server.search_events(
-        world.admin, since=None, until=None, event_types=["device.authenticate"], user=None, limit=10, after_id=None
-    )
-    assert events[-1]["success"] and events[-1]["target"] == {"kind": "ssh", "id": NODE[1]}
-    # one target per ceremony: a second finish, for this node or another, finds nothing
-    for target in (NODE, ("ssh", "another-node")):
-        with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
-            world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge), target)
-
-
-@pytest.mark.parametrize(
-    ("named_at_begin", "named_at_finish", "refusal"),
-    [
-        (None, None, "needs the session proof's target at finish"),
-        (NODE, ("ssh", "another-node"), "target was set at begin"),
-        (NODE, NODE, "target was set at begin"),
-        ("login", NODE, "target was set at begin"),
-        (None, ("ftp", "a-server"), "unknown session proof target"),
-        (None, ("ssh", ""), "unknown session proof target"),
-    ],
-)
-def test_a_finish_names_the_target_exactly_when_the_begin_left_it_open(
-    world: World,
-    named_at_begin: tuple[str, str] | str | None,
-    named_at_finish: tuple[str, str] | None,
-    refusal: str,
-) -> None:
-    """A finish that names a target the begin bound (or a login ceremony's), or names none where the begin left it
-    open, or names no valid one, is refused, audited, and spends the ceremony."""
-    alice, login_cert = world.user("alice")
-    world.enroll(alice)
-    if named_at_begin is None:
-        ceremony_id, challenge = world.begin_untargeted(alice, login_cert)
-    else:
-        ceremony_id, challenge = world.begin(alice, login_cert, None if named_at_begin == "login" else NODE)
-    answer = world.answer(ceremony_id, challenge)
-    with pytest.raises(CeremonyError, match=refusal):
-        world.server.devices.authenticate_finish(alice, answer, named_at_finish)
-    events = world.server.search_events(
-        world.admin, since=None, until=None, event_types=["device.authenticate"], user=None, limit=10, after_id=None
-    )
-    assert not events[-1]["success"] and refusal in events[-1]["reason"]
-    with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
-        world.server.devices.authenticate_finish(alice, answer, None if named_at_begin is not None else NODE)
-
-
-def test_a_target_is_named_at_begin_or_at_finish_not_both(world: World) -> None:
-    alice, login_cert = world.user("alice")
-    world.enroll(alice)
-    with pytest.raises(CeremonyError, match="at begin or at finish, not both"):
-        world.server.devices.authenticate_begin(
-            alice,
-            credential_id="cred-1",
-            collected=world.collected,
-            ssh_cert=login_cert,
-            target=NODE,
-            target_at_finish=True,
-        )
-
-
-def test_a_ceremony_left_open_is_a_session_proof_never_a_login_augmentation(world: World) -> None:
-    """Begun without a target but for a session proof: the device-augmented login certificate may seed it (as for
-    any session proof), a session certificate may not, and what it yields is a session certificate."""
-    alice, login_cert = world.user("alice")
-    world.enroll(alice)
-    augmented = world.server.devices.authenticate_finish(alice, world.answer(*world.begin(alice, login_cert, None)))
-    ceremony_id, challenge = world.begin_untargeted(alice, augmented.ssh_cert)
-    certs = world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge), NODE)
-    assert identity_from_ssh_cert(certs.ssh_cert).session_proof is not None
-    with pytest.raises(CeremonyError, match="session certificate"):
-        world.begin_untargeted(alice, certs.ssh_cert)
-
-
-def test_only_database_and_kubernetes_session_certificates_carry_x509(world: World) -> None:
-    alice, login_cert = world.user("alice")
-    world.enroll(alice)
-    ssh = world.server.devices.authenticate_finish(alice, world.answer(*world.begin(alice, login_cert)))
-    assert ssh.tls_cert is None
-    for target in (("db", "orders"), ("kube", "prod")):
-        certs = world.server.devices.authenticate_finish(alice, world.answer(*world.begin(alice, login_cert, target)))
-        assert certs.tls_cert is not None
-    login = world.server.devices.authenticate_finish(alice, world.answer(*world.begin(alice, login_cert, None)))
-    assert login.tls_cert is not None
+        world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge))

@@ -8,7 +8,6 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -21,7 +20,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import PlainValidator
-from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -42,7 +40,6 @@ from devicetrust.protocol import (
     NDJSON_MEDIA_TYPE,
     AddDeviceRequest,
     AgentEventBody,
-    AuthenticateAnswer,
     AuthenticateBeginRequest,
     BotJoinRequest,
     ChallengeAnswer,
@@ -97,7 +94,6 @@ from devicetrust.protocol import (
     PutResourceResponse,
     ResourceDocument,
     ResourceList,
-    SessionTarget,
     SignupRequest,
     SignupResponse,
     TokenList,
@@ -262,36 +258,6 @@ ChallengeAnswerBody = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class AuthenticateFinish:
-    """Device authentication's ``finish``: the device's answer, and the session proof's target when the caller
-    names it there."""
-
-    response: ChallengeResponse
-    target: tuple[str, str] | None
-
-
-def _authenticate_finish(body: object) -> AuthenticateFinish:
-    response = _challenge_response(body)
-    named = body.get("target") if isinstance(body, dict) else None
-    if named is None:
-        return AuthenticateFinish(response, None)
-    try:
-        target = SessionTarget.model_validate(named)
-    except PydanticValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(["target", *(str(part) for part in first["loc"])])
-        raise PydanticCustomError(
-            "session_target", "{where}: {message}", {"where": where, "message": first["msg"]}
-        ) from None
-    return AuthenticateFinish(response, (target.kind, target.id))
-
-
-AuthenticateFinishBody = Annotated[
-    AuthenticateFinish, PlainValidator(_authenticate_finish, json_schema_input_type=AuthenticateAnswer)
-]
-
-
 def _login_response(result: LoginResult, server: AuthServer) -> LoginResponse:
     return LoginResponse(
         session_token=result.session_token,
@@ -339,8 +305,7 @@ def _openapi_with_errors(app: FastAPI) -> dict[str, Any]:
     document = get_openapi(title=app.title, version=app.version, routes=app.routes)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     # FastAPI lists the parsed finish body's classes too; the wire shape is ChallengeAnswer (ChallengeAnswerBody)
-    parsed = (ChallengeResponse.__name__, QuoteResponse.__name__, AuthenticateFinish.__name__)
-    for name in ("HTTPValidationError", "ValidationError", *parsed):
+    for name in ("HTTPValidationError", "ValidationError", ChallengeResponse.__name__, QuoteResponse.__name__):
         schemas.pop(name, None)
     schemas["ErrorDetail"] = ErrorDetail.model_json_schema()
     schemas["ErrorReply"] = ErrorReply.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -381,8 +346,7 @@ def build_app(server: AuthServer) -> FastAPI:
     async def bad_request(_: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = str(first.get("msg"))
-        return error_response(400, "validation", f"{where}: {message}" if where else message)
+        return error_response(400, "validation", f"{where}: {first.get('msg')}")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -568,19 +532,16 @@ def build_app(server: AuthServer) -> FastAPI:
             collected=CollectedData.from_dict(req.device_data),
             ssh_cert=req.ssh_cert.encode(),
             target=(req.target.kind, req.target.id) if req.target is not None else None,
-            target_at_finish=req.target_at_finish,
         )
         return _json_response(challenge.to_json())
 
     @app.post("/v1/devices/authenticate/finish", response_model=DeviceCertificates)
-    async def authenticate_finish(finish: AuthenticateFinishBody, caller: InlineCallerDep) -> Response:
-        certs = server.devices.authenticate_finish(caller, finish.response, finish.target)
-        tls_cert = certs.tls_cert
+    async def authenticate_finish(response: ChallengeAnswerBody, caller: InlineCallerDep) -> Response:
+        certs = server.devices.authenticate_finish(caller, response)
         return _json_response(
             {
                 "ssh_cert": certs.ssh_cert.decode(),
-                # empty for an SSH session certificate, which has no X.509 half
-                "tls_cert": tls_cert.public_bytes(serialization.Encoding.PEM).decode() if tls_cert else "",
+                "tls_cert": certs.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
                 "device": _device_json(certs.device),
             }
         )

@@ -94,8 +94,7 @@ SPENT_CEREMONY_MARGIN = timedelta(minutes=5)
 @dataclass(frozen=True)
 class AugmentedCerts:
     ssh_cert: bytes
-    #: None for a session certificate to an SSH node: only databases and Kubernetes clusters take X.509
-    tls_cert: x509.Certificate | None
+    tls_cert: x509.Certificate
     device: Device
 
 
@@ -550,21 +549,16 @@ class DeviceService:
         collected: CollectedData,
         ssh_cert: bytes,
         target: tuple[str, str] | None = None,
-        target_at_finish: bool = False,
     ) -> Challenge:
-        """Start device authentication for the caller's login certificate ``ssh_cert``. Without a target it
+        """Start device authentication for the caller's login certificate ``ssh_cert``. Without ``target`` it
         yields device-augmented login certificates; with ``target`` (kind, id) a session certificate whose proof
-        admits one session to that target for the cluster's ``session_proof_ttl``. With ``target_at_finish``
-        the same session certificate, for the target the caller names at finish (so a client can prove the device
-        while it still looks its target up); the target is bound then, once, by the caller that began.
+        admits one session to that target for the cluster's ``session_proof_ttl``.
 
         Nothing is written: the pending state goes to the device sealed, as the ceremony id
         (:mod:`devicetrust.ceremony.sealed`)."""
         if caller.kind not in ("user", "bot"):
             raise AccessDeniedError("device authentication is for users and bots")
-        if target is not None and target_at_finish:
-            raise CeremonyError("a session proof's target is named at begin or at finish, not both")
-        if target is None and not target_at_finish:
+        if target is None:
             self._verified_unaugmented(caller, ssh_cert)
         else:
             self._verified_login_cert(caller, ssh_cert)
@@ -613,8 +607,6 @@ class DeviceService:
         }
         if target is not None:
             sealed["target"] = {"kind": target[0], "id": target[1]}
-        if target_at_finish:
-            sealed["target_at_finish"] = True
         return replace(challenge, ceremony_id=seal(self.context.ceremony_key, sealed))
 
     def _verified_login_cert(self, caller: Caller, ssh_cert: bytes) -> Identity:
@@ -666,7 +658,9 @@ class DeviceService:
             raise CeremonyError("device is not enrolled")
         return self._save(store, appended(current))
 
-    def _opened(self, caller: Caller, ceremony_id: str, now: datetime) -> tuple[PendingCeremony, bytes, SealedTarget]:
+    def _opened(
+        self, caller: Caller, ceremony_id: str, now: datetime
+    ) -> tuple[PendingCeremony, bytes, tuple[str, str] | None]:
         """The pending state sealed into ``ceremony_id`` at begin, if it is the caller's and still live.
         Ownership is checked before anything is spent: another user's finish must not burn the owner's ceremony."""
         unknown = CeremonyError("unknown or expired device ceremony")
@@ -682,17 +676,14 @@ class DeviceService:
             raise unknown
         if now >= pending.expires:
             raise unknown
-        return pending, login_cert, _sealed_target(state)
+        return pending, login_cert, _pending_target(state)
 
-    def authenticate_finish(
-        self, caller: Caller, response: ChallengeResponse, target: tuple[str, str] | None = None
-    ) -> AugmentedCerts:
+    def authenticate_finish(self, caller: Caller, response: ChallengeResponse) -> AugmentedCerts:
         """Verify the device's answer against the credential it holds now, then, in ONE write transaction, spend
         the ceremony (its id's primary key: of concurrent finishes exactly one commits), record the
-        authentication on the device and audit it. ``target``: the session proof's target, for a ceremony begun
-        with ``target_at_finish`` (and only for one)."""
+        authentication on the device and audit it."""
         now = self._now()
-        pending, login_cert, sealed_target = self._opened(caller, response.ceremony_id, now)
+        pending, login_cert, target = self._opened(caller, response.ceremony_id, now)
         with self._backend.read() as store:
             state = self.context.state(store)
             record = store.devices.find(pending.device_id)
@@ -700,7 +691,6 @@ class DeviceService:
             raise CeremonyError("this device is not registered")
         device = device_from_record(record)
         try:
-            target = sealed_target.resolve(target)
             if locks_in_force(state.locks, now, user=caller.name, roles=caller.role_names, device_id=device.id):
                 raise CeremonyError("device authentication refused: locked by an administrator")
             proof = finish_authentication(
@@ -743,9 +733,7 @@ class DeviceService:
             )
             augmented = replace(login_identity, device=None).for_session(extensions, session_proof)
         new_ssh = issue_ssh_user_cert(self.context.user_ca, public_key, augmented)
-        new_tls = None
-        if session_proof is None or session_proof.kind != "ssh":
-            new_tls = issue_x509_client_cert(self.context.user_ca, public_key, augmented)
+        new_tls = issue_x509_client_cert(self.context.user_ca, public_key, augmented)
         with self._backend.begin() as store:
             try:
                 store.spent_ceremonies.spend(pending.id, pending.expires + SPENT_CEREMONY_MARGIN)
@@ -778,43 +766,14 @@ class DeviceService:
         return AugmentedCerts(new_ssh, new_tls, current)
 
 
-@dataclass(frozen=True)
-class SealedTarget:
-    """What a ceremony's begin sealed about its target: none (login-time device certificates), the session proof's
-    target, or that the caller names it at finish."""
-
-    bound: tuple[str, str] | None
-    at_finish: bool
-
-    def resolve(self, named: tuple[str, str] | None) -> tuple[str, str] | None:
-        """The target the session proof binds, given the one the finish ``named``; CeremonyError unless the finish
-        names one exactly when the begin left it to the finish."""
-        if not self.at_finish:
-            if named is not None:
-                raise CeremonyError("this device ceremony's target was set at begin; finish may not name one")
-            return self.bound
-        if named is None:
-            raise CeremonyError("this device ceremony needs the session proof's target at finish")
-        if named[0] not in SESSION_TARGET_KINDS or not named[1]:
-            raise CeremonyError(f"unknown session proof target {named[0]!r}")
-        return named
-
-
-#: The kinds of target a session proof may be for.
-SESSION_TARGET_KINDS = frozenset({"ssh", "db", "kube"})
-
-
-def _sealed_target(body: Mapping[str, object]) -> SealedTarget:
+def _pending_target(body: Mapping[str, object]) -> tuple[str, str] | None:
     target = body.get("target")
-    at_finish = body.get("target_at_finish", False)
-    if not isinstance(at_finish, bool) or (at_finish and target is not None):
-        raise CeremonyError("unknown or expired device ceremony")
     if target is None:
-        return SealedTarget(None, at_finish)
+        return None
     if (
         not isinstance(target, Mapping)
         or not isinstance(target.get("kind"), str)
         or not isinstance(target.get("id"), str)
     ):
         raise CeremonyError("unknown or expired device ceremony")
-    return SealedTarget((str(target["kind"]), str(target["id"])), False)
+    return str(target["kind"]), str(target["id"])

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from devicetrust.ceremony.messages import Challenge, ChallengeResponse
+from devicetrust.ceremony.messages import Challenge
 from devicetrust.cli.profile import Profile, ProfileStore, session_client
 from devicetrust.client import AuthApi
 from devicetrust.crypto.certs import identity_from_ssh_cert
@@ -22,12 +22,11 @@ from devicetrust.crypto.identity import SessionProof
 from devicetrust.device.collect import collect
 from devicetrust.device.keys import BACKENDS, default_backend, open_device_key
 from devicetrust.errors import DevicetrustError, ValidationError
-from devicetrust.protocol import DeviceCertificates, SessionTarget
+from devicetrust.protocol import SessionTarget
 from devicetrust.types import SESSION_PROOF_LOGIN
 
 __all__ = [
     "ENV_DEVICE_KEY",
-    "BegunSessionProof",
     "SessionCertificate",
     "chosen_backend",
     "device_state_dir",
@@ -96,7 +95,9 @@ def prove_for_session(
     """Run the device authentication ceremony bound to ``kind``/``target`` and return the session certificate.
     ``client``: an open connection to the auth service to reuse (one TLS handshake less per session).
     Raises DevicetrustError (one line) when the device cannot prove itself."""
-    chosen = _enrolled(store, backend)
+    chosen = enrolled_backend(store, backend)
+    if chosen is None:
+        raise DevicetrustError("this device is not enrolled (tsh device enroll)")
     login_cert = store.ssh_cert_path(profile).read_text()
     collected = collect()
     owned = contextlib.nullcontext(client) if client is not None else session_client(store, profile)
@@ -109,54 +110,6 @@ def prove_for_session(
         )
         answer = key.answer_authentication(Challenge.from_json(begin.model_dump()))
         reply = client.authenticate_finish(answer.to_json())
-    return _session_certificate(reply, kind, target)
-
-
-class BegunSessionProof:
-    """A session proof whose ceremony begins before its target is known: the device answers the challenge
-    (``answer``, the slow part on a TPM) while the caller looks the target up, and ``finish`` names it. The auth
-    service binds the target at finish, to the caller that began. Close it to release the device key."""
-
-    def __init__(self, store: ProfileStore, profile: Profile, client: AuthApi, backend: str | None = None) -> None:
-        chosen = _enrolled(store, backend)
-        login_cert = store.ssh_cert_path(profile).read_text()
-        collected = collect()
-        self._client = client
-        self._key = open_device_key(chosen, device_state_dir(store))
-        try:
-            begin = client.authenticate_begin(
-                credential_id=self._key.credential_id(),
-                device_data=collected.to_dict(),
-                ssh_cert=login_cert,
-                target_at_finish=True,
-            )
-        except BaseException:
-            self._key.close()
-            raise
-        self._challenge = Challenge.from_json(begin.model_dump())
-
-    def answer(self) -> ChallengeResponse:
-        """The device's answer to the challenge (its TPM quote or signature)."""
-        return self._key.answer_authentication(self._challenge)
-
-    def finish(self, answer: ChallengeResponse, kind: str, target: str) -> SessionCertificate:
-        """The session certificate for ``kind``/``target``; DevicetrustError (one line) if the proof fails."""
-        reply = self._client.authenticate_finish(answer.to_json(), SessionTarget.model_construct(kind=kind, id=target))
-        return _session_certificate(reply, kind, target)
-
-    def close(self) -> None:
-        self._key.close()
-
-
-def _enrolled(store: ProfileStore, backend: str | None) -> str:
-    chosen = enrolled_backend(store, backend)
-    if chosen is None:
-        raise DevicetrustError("this device is not enrolled (tsh device enroll)")
-    return chosen
-
-
-def _session_certificate(reply: DeviceCertificates, kind: str, target: str) -> SessionCertificate:
-    """The session certificate in ``reply``, which must carry a proof for ``kind``/``target``."""
     ssh_cert = reply.ssh_cert.strip().encode() + b"\n"
     proof = identity_from_ssh_cert(ssh_cert).session_proof
     if proof is None or (proof.kind, proof.target) != (kind, target):

@@ -20,10 +20,8 @@ ProxyCommand would race ssh: ssh reads ``CertificateFile`` right after starting 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import shlex
@@ -40,9 +38,8 @@ import asyncssh
 import click
 
 from devicetrust.access import UNAUTHORIZED_DEVICE
-from devicetrust.ceremony.messages import ChallengeResponse
 from devicetrust.cli.common import emit, format_option, labels_text, print_table, warn
-from devicetrust.cli.device_proof import BegunSessionProof, enrolled_backend, prove_for_session, wants_session_proof
+from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
 from devicetrust.cli.profile import Profile, ProfileStore, session_client
 from devicetrust.client import AuthApi
 from devicetrust.crypto.certs import identity_from_ssh_cert
@@ -608,16 +605,10 @@ def ssh_command(
     profile = store.require_current()
     client = load_identity(store, profile)
     target_login, host = split_target(target)
-    with (
-        session_client(store, profile) as api,
-        contextlib.closing(SessionProof(store, profile, device_key, api)) as proof,
-    ):
-        wanted = proof.wanted()
-        if wanted:
-            # the device answers its challenge while the node is looked up; the node is named at finish
-            proof.start()
+    with session_client(store, profile) as api:
         node = resolve_node(fetch_nodes(store, profile, api), host, profile.cluster_name)
         text = " ".join(command) if command else None
+        proof = SessionProof(store, profile, node, device_key, api)
         req = SSHRequest(
             client=client,
             node=node,
@@ -625,7 +616,7 @@ def ssh_command(
             port=port or node.port,
             command=text,
             pty=force_pty or (text is None and os.isatty(0)),
-            prove=functools.partial(proof, node) if wanted else None,
+            prove=proof if proof.wanted() else None,
         )
         # asyncssh would log handshake failures to stderr through logging's last-resort handler
         logging.getLogger("asyncssh").setLevel(logging.CRITICAL)
@@ -634,7 +625,7 @@ def ssh_command(
         except AccessDeniedError as err:
             if req.prove is None and f"({UNAUTHORIZED_DEVICE})" in str(err) and proof.wanted(always=True):
                 # The cluster's settings changed since login (the profile said no proof was needed): prove and retry.
-                session_cert = proof(node)
+                session_cert = proof()
                 if session_cert is not None:
                     return asyncio.run(run_ssh(dataclasses.replace(req, prove=lambda: session_cert)))
             if proof.error is not None:
@@ -643,16 +634,20 @@ def ssh_command(
 
 
 class SessionProof:
-    """The device proof for a session, on the auth service connection ``client``; remembers what kept the device
-    from proving itself (the node's refusal is then explained by it). ``start`` begins the ceremony before the node
-    is known; calling it with the node finishes that ceremony for the node (or runs a whole one)."""
+    """The device proof for a session on ``node``, on the auth service connection ``client``; remembers what kept
+    the device from proving itself (the node's refusal is then explained by it)."""
 
-    def __init__(self, store: ProfileStore, profile: Profile, device_key: str | None, client: AuthApi) -> None:
-        self._store, self._profile, self._device_key, self._client = store, profile, device_key, client
+    def __init__(
+        self, store: ProfileStore, profile: Profile, node: Node, device_key: str | None, client: AuthApi
+    ) -> None:
+        self._store, self._profile, self._node, self._device_key, self._client = (
+            store,
+            profile,
+            node,
+            device_key,
+            client,
+        )
         self.error: DevicetrustError | None = None
-        self._begun: BegunSessionProof | None = None
-        self._answer: concurrent.futures.Future[ChallengeResponse] | None = None
-        self._answering = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="device-proof")
 
     def wanted(self, *, always: bool = False) -> bool:
         """Whether this profile proves the device before sessions (``always``: whatever the profile says) and this
@@ -660,38 +655,16 @@ class SessionProof:
         wanted = always or wants_session_proof(self._profile)
         return wanted and enrolled_backend(self._store, self._device_key) is not None
 
-    def start(self) -> None:
-        """Begin the ceremony (its target named at finish) and let the device answer in a thread."""
+    def __call__(self) -> bytes | None:
+        """The session certificate, or None (and ``error`` set) when the device could not prove itself."""
         try:
-            self._begun = BegunSessionProof(self._store, self._profile, self._client, self._device_key)
-        except DevicetrustError as err:
-            self.error = err
-            return
-        self._answer = self._answering.submit(self._begun.answer)
-
-    def __call__(self, node: Node) -> bytes | None:
-        """The session certificate for ``node``, or None (and ``error`` set) when the device could not prove
-        itself. A started ceremony is finished once; afterwards, or without one, a whole ceremony runs."""
-        if self.error is not None:
-            return None
-        begun, answer = self._begun, self._answer
-        self._answer = None
-        try:
-            if begun is not None and answer is not None:
-                certificate = begun.finish(answer.result(), "ssh", node.host_id)
-            else:
-                certificate = prove_for_session(
-                    self._store, self._profile, "ssh", node.host_id, backend=self._device_key, client=self._client
-                )
+            certificate = prove_for_session(
+                self._store, self._profile, "ssh", self._node.host_id, backend=self._device_key, client=self._client
+            )
         except DevicetrustError as err:
             self.error = err
             return None
         return certificate.ssh_cert
-
-    def close(self) -> None:
-        self._answering.shutdown(wait=True, cancel_futures=True)
-        if self._begun is not None:
-            self._begun.close()
 
 
 # ----------------------------------------------------------------------------------------------- config
