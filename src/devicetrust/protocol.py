@@ -413,6 +413,7 @@ class ChallengeMessage(Message):
 
 class DeviceCertificates(Message):
     ssh_cert: str
+    #: PEM; empty for a session certificate to an SSH node (only databases and Kubernetes take X.509)
     tls_cert: str
     device: ResourceDocument
 

@@ -202,3 +202,15 @@ def test_a_ceremony_expires_after_a_minute(world: World) -> None:
     world.clock.now += timedelta(seconds=61)
     with pytest.raises(CeremonyError, match="unknown or expired device ceremony"):
         world.server.devices.authenticate_finish(alice, world.answer(ceremony_id, challenge))
+
+
+def test_only_database_and_kubernetes_session_certificates_carry_x509(world: World) -> None:
+    alice, login_cert = world.user("alice")
+    world.enroll(alice)
+    ssh = world.server.devices.authenticate_finish(alice, world.answer(*world.begin(alice, login_cert)))
+    assert ssh.tls_cert is None
+    for target in (("db", "orders"), ("kube", "prod")):
+        certs = world.server.devices.authenticate_finish(alice, world.answer(*world.begin(alice, login_cert, target)))
+        assert certs.tls_cert is not None
+    login = world.server.devices.authenticate_finish(alice, world.answer(*world.begin(alice, login_cert, None)))
+    assert login.tls_cert is not None

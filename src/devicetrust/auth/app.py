@@ -538,10 +538,12 @@ def build_app(server: AuthServer) -> FastAPI:
     @app.post("/v1/devices/authenticate/finish", response_model=DeviceCertificates)
     async def authenticate_finish(response: ChallengeAnswerBody, caller: InlineCallerDep) -> Response:
         certs = server.devices.authenticate_finish(caller, response)
+        tls_cert = certs.tls_cert
         return _json_response(
             {
                 "ssh_cert": certs.ssh_cert.decode(),
-                "tls_cert": certs.tls_cert.public_bytes(serialization.Encoding.PEM).decode(),
+                # empty for an SSH session certificate, which has no X.509 half
+                "tls_cert": tls_cert.public_bytes(serialization.Encoding.PEM).decode() if tls_cert else "",
                 "device": _device_json(certs.device),
             }
         )

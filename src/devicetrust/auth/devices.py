@@ -94,7 +94,8 @@ SPENT_CEREMONY_MARGIN = timedelta(minutes=5)
 @dataclass(frozen=True)
 class AugmentedCerts:
     ssh_cert: bytes
-    tls_cert: x509.Certificate
+    #: None for a session certificate to an SSH node: only databases and Kubernetes clusters take X.509
+    tls_cert: x509.Certificate | None
     device: Device
 
 
@@ -733,7 +734,9 @@ class DeviceService:
             )
             augmented = replace(login_identity, device=None).for_session(extensions, session_proof)
         new_ssh = issue_ssh_user_cert(self.context.user_ca, public_key, augmented)
-        new_tls = issue_x509_client_cert(self.context.user_ca, public_key, augmented)
+        new_tls = None
+        if session_proof is None or session_proof.kind != "ssh":
+            new_tls = issue_x509_client_cert(self.context.user_ca, public_key, augmented)
         with self._backend.begin() as store:
             try:
                 store.spent_ceremonies.spend(pending.id, pending.expires + SPENT_CEREMONY_MARGIN)
