@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from devicetrust.ceremony.messages import CollectedData
+from devicetrust.device import collect as collect_module
 from devicetrust.device.collect import (
     ENV_ASSET_TAG,
     CollectionError,
+    DMIValues,
     clean_serial,
     collect_linux,
     parse_os_release,
+    read_dmi_cache,
+    write_dmi_cache,
 )
 from devicetrust.errors import ValidationError
 
@@ -110,3 +115,65 @@ def test_collected_data_codec_is_strict() -> None:
         CollectedData.from_dict({**data.to_dict(), "os_version": "x" * 300})
     with pytest.raises(ValidationError, match="os_id"):
         CollectedData.from_dict({**data.to_dict(), "os_id": 7})
+
+
+def _no_sudo(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Serials root-only, and a record of every sudo run (there must be none)."""
+    runs: list[str] = []
+
+    def denied(_: Path) -> None:
+        raise PermissionError("root only")
+
+    def sudo() -> DMIValues:
+        runs.append("sudo")
+        return DMIValues(product_serial="FROM-SUDO")
+
+    monkeypatch.setattr("devicetrust.device.collect.read_dmi", denied)
+    monkeypatch.setattr("devicetrust.device.collect.read_dmi_with_sudo", sudo)
+    return runs
+
+
+def test_a_user_reads_the_serial_root_left_and_needs_no_sudo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = _no_sudo(monkeypatch)
+    cache = tmp_path / "lib" / "dmi.json"
+    write_dmi_cache(DMIValues(product_serial="C02ROOT", product_name="ThinkPad"), cache)
+    assert oct(cache.stat().st_mode & 0o777) == "0o644"
+    for _ in range(3):  # every session proof collects: none of them may ask for sudo
+        data = collect_linux(os_release=tmp_path / "x", environ={}, now=NOW, dmi_cache=cache)
+        assert (data.serial_number, data.model_identifier) == ("C02ROOT", "ThinkPad")
+    assert runs == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "{", "[]", '{"product_serial": 7}', '{"product_serial": "X"}', '{"nope": "x"}'],
+    ids=["empty", "truncated", "not-an-object", "not-a-string", "missing-fields", "unknown-field"],
+)
+def test_a_damaged_dmi_copy_is_read_again_through_sudo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str
+) -> None:
+    runs = _no_sudo(monkeypatch)
+    cache = tmp_path / "dmi.json"
+    cache.write_text(content)
+    data = collect_linux(os_release=tmp_path / "x", environ={}, now=NOW, dmi_cache=cache)
+    assert data.serial_number == "FROM-SUDO" and runs == ["sudo"]
+
+
+def test_no_dmi_copy_means_sudo_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = _no_sudo(monkeypatch)
+    data = collect_linux(os_release=tmp_path / "x", environ={}, now=NOW, dmi_cache=tmp_path / "absent.json")
+    assert data.serial_number == "FROM-SUDO" and runs == ["sudo"]
+
+
+def test_the_root_reader_prints_the_values_and_leaves_them_for_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dmi = make_dmi(tmp_path, product_serial="SERIAL-1")
+    cache = tmp_path / "var" / "dmi.json"
+    monkeypatch.setattr("devicetrust.device.collect.DMI_DIR", dmi)
+    monkeypatch.setattr("devicetrust.device.collect.DMI_CACHE", cache)
+    collect_module._dmi_read_main()
+    printed = DMIValues(**json.loads(capsys.readouterr().out))
+    assert printed.product_serial == "SERIAL-1"
+    assert read_dmi_cache(cache) == printed
+    assert [p.name for p in cache.parent.iterdir()] == ["dmi.json"]  # no partial file left behind

@@ -1,8 +1,11 @@
 """What a device says about itself: serial (asset tag), model, OS, login user.
 
 Collectors read the machine; the parsing they rely on is pure and tested on fixture files. Linux reads DMI from
-sysfs (the serial is root-only there, so tsh can re-run a tiny reader under sudo, as Teleport does) and the OS from
-``/etc/os-release``. macOS and Windows collectors sit behind the same interface.
+sysfs and the OS from ``/etc/os-release``. The serials are root-only in sysfs, so a user's tsh reads the copy root
+left in :data:`DMI_CACHE`, and only where there is none re-runs a tiny reader under sudo, which leaves that copy (as
+Teleport does): a session proof, which collects every time, prompts for sudo once per machine, not per session.
+The copy is no credential (the device key in the TPM is); root writes it so that a user's mistake cannot change
+what the machine reports. macOS and Windows collectors sit behind the same interface.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +30,8 @@ from devicetrust.errors import DevicetrustError
 #: match the registered device, so this grants nothing by itself.
 ENV_ASSET_TAG = "DEVICETRUST_ASSET_TAG"
 DMI_DIR = Path("/sys/class/dmi/id")
+#: DMI values root read for users who cannot (written by ``sudo … dmi-read``; readable by all, writable by root).
+DMI_CACHE = Path("/var/lib/devicetrust/dmi.json")
 OS_RELEASE = Path("/etc/os-release")
 #: Values firmware vendors ship when nobody set them; such a value is no serial at all.
 PLACEHOLDER_SERIALS = frozenset(
@@ -98,6 +103,30 @@ def read_dmi(dmi_dir: Path = DMI_DIR) -> DMIValues:
     )
 
 
+def read_dmi_cache(path: Path = DMI_CACHE) -> DMIValues | None:
+    """The values root left in ``path``; None where there are none or they are not a DMI record (read again)."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    names = {field.name for field in fields(DMIValues)}
+    if not isinstance(values, dict) or set(values) != names or not all(isinstance(v, str) for v in values.values()):
+        return None
+    return DMIValues(**{name: clean_serial(value)[:MAX_FIELD_LENGTH] for name, value in values.items()})
+
+
+def write_dmi_cache(values: DMIValues, path: Path = DMI_CACHE) -> None:
+    """Leave ``values`` for users in ``path``, atomically (readers see the old file or the new, never a part)."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        partial.write_text(json.dumps(asdict(values)))
+        partial.chmod(0o644)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def read_dmi_with_sudo() -> DMIValues:
     """Re-run the DMI reader as root through sudo (prompting on the terminal if sudo needs to)."""
     sudo = shutil.which("sudo")
@@ -123,13 +152,17 @@ def collect_linux(
     environ: Mapping[str, str] | None = None,
     now: datetime | None = None,
     allow_sudo: bool = True,
+    dmi_cache: Path = DMI_CACHE,
 ) -> CollectedData:
     env = os.environ if environ is None else environ
     override = env.get(ENV_ASSET_TAG, "").strip()
     try:
         dmi = read_dmi(dmi_dir)
     except PermissionError:
-        dmi = DMIValues() if override or not allow_sudo else read_dmi_with_sudo()
+        if override:
+            dmi = DMIValues()
+        else:
+            dmi = read_dmi_cache(dmi_cache) or (read_dmi_with_sudo() if allow_sudo else DMIValues())
     serial = override or dmi.serial
     if not serial:
         raise CollectionError(f"this machine reports no serial number; set {ENV_ASSET_TAG} to its asset tag")
@@ -217,7 +250,13 @@ def collect() -> CollectedData:
 
 
 def _dmi_read_main() -> None:
-    print(json.dumps(asdict(read_dmi())))
+    """Run as root (through sudo): print the DMI values, and leave them for later reads by users."""
+    values = read_dmi(DMI_DIR)
+    try:
+        write_dmi_cache(values, DMI_CACHE)
+    except OSError as err:
+        print(f"devicetrust: could not keep the DMI values in {DMI_CACHE}: {err}", file=sys.stderr)
+    print(json.dumps(asdict(values)))
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["dmi-read"]:
