@@ -229,7 +229,8 @@ def test_events_emitted_while_a_batch_is_on_its_way_go_in_the_next() -> None:
     async def scenario() -> None:
         forwarder.emit({"event": "session.start", "n": 0})
         forwarder.emit({"event": "session.start", "n": 1})
-        await asyncio.sleep(0.01)  # the batch [0, 1] is on its way
+        while not api.attempts:  # until the batch [0, 1] is on its way
+            await asyncio.sleep(0.005)
         for n in range(2, 6):
             forwarder.emit({"event": "session.start", "n": n})
         # the buffer stays bounded meanwhile: 0, 1 and 2 made room, the request in flight still carries 0 and 1
@@ -306,3 +307,16 @@ def test_an_event_that_cannot_be_sent_is_dropped_when_emitted() -> None:
     assert len(forwarder) == 1
     forwarding(forwarder)
     assert api.stored == [{"event": "session.end"}]
+
+
+def test_events_of_a_busy_agent_gather_into_one_request() -> None:
+    api = FakeAPI()
+    forwarder = AuditForwarder(api)
+
+    async def scenario() -> None:
+        for n in range(5):  # the forwarder wakes up on the first, the others come while it lets them gather
+            forwarder.emit({"event": "session.start", "n": n})
+            await asyncio.sleep(0)
+
+    forwarding(forwarder, scenario)
+    assert [[e["n"] for e in batch] for batch in api.requests] == [[0, 1, 2, 3, 4]]

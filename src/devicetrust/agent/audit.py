@@ -97,6 +97,9 @@ MAX_BUFFERED_EVENTS = 10_000
 #: First and longest wait between delivery attempts while the auth service fails (doubling in between).
 EVENT_RETRY_MIN_SECONDS = 0.5
 EVENT_RETRY_MAX_SECONDS = 10.0
+#: How long the forwarder lets events gather before each request while fewer than a full batch are queued: a busy
+#: agent then sends one request per interval carrying all its events, rather than one per event or two.
+EVENT_BATCH_LINGER_SECONDS = 0.05
 #: The bytes a batch body adds around its events: ``{"events":[`` and ``]}``.
 _BATCH_FRAME_BYTES = len(b'{"events":[]}')
 
@@ -176,8 +179,10 @@ class AuditForwarder:
         delay = EVENT_RETRY_MIN_SECONDS
         while True:
             await self._wake.wait()
-            self._wake.clear()
             while self._queue:
+                if len(self._queue) < self._max_batch:
+                    await asyncio.sleep(EVENT_BATCH_LINGER_SECONDS)
+                self._wake.clear()
                 batch = self._next_batch()
                 try:
                     refused = await self._send(batch)
