@@ -91,6 +91,7 @@ class FakeAPI:
         self.gate: asyncio.Event | None = None
         #: when each batch request came
         self.attempts: list[float] = []
+        self.requested = asyncio.Event()
         #: what each request carried, decoded
         self.requests: list[list[dict[str, Any]]] = []
         self.stored: list[dict[str, Any]] = []
@@ -111,6 +112,7 @@ class FakeAPI:
 
     async def events(self, encoded: Sequence[bytes]) -> AgentEventBatchResult:
         self.attempts.append(time.monotonic())
+        self.requested.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.event_failures:
@@ -229,8 +231,7 @@ def test_events_emitted_while_a_batch_is_on_its_way_go_in_the_next() -> None:
     async def scenario() -> None:
         forwarder.emit({"event": "session.start", "n": 0})
         forwarder.emit({"event": "session.start", "n": 1})
-        while not api.attempts:  # until the batch [0, 1] is on its way
-            await asyncio.sleep(0.005)
+        await api.requested.wait()  # the batch [0, 1] is on its way
         for n in range(2, 6):
             forwarder.emit({"event": "session.start", "n": n})
         # the buffer stays bounded meanwhile: 0, 1 and 2 made room, the request in flight still carries 0 and 1
