@@ -203,11 +203,11 @@ class NodeService:
         """Append the events the calling agent reports, in order, in one transaction: all but those it may not
         report, which are returned as (index in ``events``, why)."""
         kind = self._require_agent(caller)
-        accepted: list[tuple[str, str, str, bool, dict[str, object]]] = []
+        accepted: list[tuple[tuple[str, str], str, bool, dict[str, object]]] = []
         refused: list[tuple[int, str]] = []
         for index, event in enumerate(events):
             try:
-                name, code = _event_code(kind, event)
+                name_and_code = _event_code(kind, event)
             except ValidationError as err:
                 refused.append((index, str(err)))
                 continue
@@ -215,12 +215,12 @@ class NodeService:
             body = {k: v for k, v in event.items() if k not in ("event", "code", "user", "success", "time")}
             # attributed to the agent whose session reports it, whatever the event says
             body["server_id"] = caller.name
-            accepted.append((name, code, str(event.get("user", "")), success, body))
+            accepted.append((name_and_code, str(event.get("user", "")), success, body))
         if not accepted:
             return refused
         with self.context.backend.begin() as store:
             os_names: dict[str, str | None] = {}
-            for name, code, user, success, body in accepted:
+            for _, _, _, body in accepted:
                 device = body.get("device")
                 if isinstance(device, Mapping) and not device.get("os") and isinstance(device.get("device_id"), str):
                     # Certificates carry the device's id, asset tag and credential, not its OS: the inventory does.
@@ -231,7 +231,7 @@ class NodeService:
                     os_name = os_names[device_id]
                     if os_name is not None:
                         body["device"] = {**device, "os": os_name}
-                self.context.audit(store, (name, code), user, success, **body)
+            self.context.audit_many(store, accepted)
         return refused
 
     def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
