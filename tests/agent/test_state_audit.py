@@ -6,6 +6,7 @@ import asyncio
 import copy
 import itertools
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -321,3 +322,50 @@ def test_events_of_a_busy_agent_gather_into_one_request() -> None:
 
     forwarding(forwarder, scenario)
     assert [[e["n"] for e in batch] for batch in api.requests] == [[0, 1, 2, 3, 4]]
+
+
+def test_events_from_other_threads_are_delivered_in_each_threads_order() -> None:
+    api = FakeAPI()
+    forwarder = AuditForwarder(api)
+
+    def serve(thread: int) -> None:
+        for n in range(200):
+            forwarder.emit_threadsafe({"event": "session.start", "thread": thread, "n": n})
+
+    def serve_all() -> None:
+        threads = [threading.Thread(target=serve, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    async def scenario() -> None:
+        await asyncio.to_thread(serve_all)
+
+    forwarding(forwarder, scenario)
+    assert len(api.stored) == 800 and forwarder.delivered == 800
+    for thread in range(4):
+        assert [e["n"] for e in api.stored if e["thread"] == thread] == list(range(200))
+
+
+def test_an_event_from_another_thread_wakes_an_idle_forwarder() -> None:
+    api = FakeAPI()
+    forwarder = AuditForwarder(api)
+
+    async def scenario() -> None:
+        await asyncio.sleep(0.01)  # the forwarder waits for events
+        await asyncio.to_thread(forwarder.emit_threadsafe, {"event": "session.end"})
+        await asyncio.wait_for(api.requested.wait(), 5)  # delivered without a flush taking it
+
+    forwarding(forwarder, scenario)
+    assert api.stored == [{"event": "session.end"}]
+
+
+def test_events_from_other_threads_are_bounded_too() -> None:
+    api = FakeAPI()
+    forwarder = AuditForwarder(api, max_buffered=3)
+    for n in range(5):
+        forwarder.emit_threadsafe({"event": "session.start", "n": n})
+    assert len(forwarder) == 3 and forwarder.dropped == 2
+    forwarding(forwarder)  # the flush takes them in
+    assert [e["n"] for e in api.stored] == [2, 3, 4]

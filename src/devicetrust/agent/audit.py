@@ -3,9 +3,11 @@
 Events go out in order, as many per request as are queued (up to the protocol's batch bounds), stored by the auth
 service in one transaction. While the auth service is unreachable they wait in a bounded queue
 (:data:`MAX_BUFFERED_EVENTS`); when it is full the oldest are dropped and counted, so a long outage cannot
-exhaust the node's memory. An event the auth service refuses is dropped, never the others: the reply names the
-refused ones, and a batch refused as a whole goes again one event per request. The buffer lives in memory only:
-events still queued when the node stops are lost (and logged as such).
+exhaust the node's memory. Events from a service's connection threads wait in an inbox of the same bound until
+the forwarder's next pass takes them, so a busy service does not wake the event loop for each. An event the auth
+service refuses is dropped, never the others: the reply names the refused ones, and a batch refused as a whole
+goes again one event per request. The buffer lives in memory only: events still queued when the node stops are
+lost (and logged as such).
 """
 
 from __future__ import annotations
@@ -140,11 +142,17 @@ class AuditForwarder:
         self._retry = asyncio.Event()
         #: events at the head of the queue to send one per request: their batch was refused as a whole
         self._one_by_one = 0
+        #: events from other threads (a service's connection threads), taken into the queue on the event loop
+        self._inbox: collections.deque[Mapping[str, object]] = collections.deque(maxlen=max_buffered)
+        #: whether the next event from another thread must wake the event loop: only while the forwarder waits
+        #: for events (otherwise it takes the inbox on its next pass, and a busy service wakes no one)
+        self._inbox_wakes = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.dropped = 0
         self.delivered = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._inbox)
 
     def emit(self, event: Mapping[str, object]) -> None:
         """Queue one event for delivery; never blocks, never raises."""
@@ -159,29 +167,63 @@ class AuditForwarder:
             return
         if len(self._queue) >= self._max:
             self._queue.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("audit buffer full; dropping the oldest events", extra={"dropped": self.dropped})
+            self._count_drop()
         self._queue.append(_Queued(name, encoded))
         self._idle.clear()
         self._wake.set()
 
+    def emit_threadsafe(self, event: Mapping[str, object]) -> None:
+        """Queue one event from any thread; never blocks, never raises. Beyond the bound, the oldest of those not
+        yet taken into the queue are dropped."""
+        inbox = self._inbox
+        if len(inbox) == inbox.maxlen:
+            self._count_drop()
+        inbox.append(event)
+        loop = self._loop
+        if self._inbox_wakes and loop is not None:
+            self._inbox_wakes = False
+            with contextlib.suppress(RuntimeError):  # the loop is closing: the agent is stopping
+                loop.call_soon_threadsafe(self._take_inbox)
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning("audit buffer full; dropping the oldest events", extra={"dropped": self.dropped})
+
+    def _take_inbox(self) -> None:
+        inbox = self._inbox
+        while inbox:
+            self.emit(inbox.popleft())
+
     async def flush(self, within: float) -> bool:
         """Wait up to ``within`` seconds for the queue to drain; True if it did."""
+
+        async def drained() -> None:
+            while True:
+                self._take_inbox()
+                await self._idle.wait()
+                if not self._inbox:
+                    return
+
         try:
-            await asyncio.wait_for(self._idle.wait(), within)
+            await asyncio.wait_for(drained(), within)
         except TimeoutError:
             return False
         return True
 
     async def run(self) -> None:
         """Deliver the queue, oldest first, as many events per request as the batch bounds allow."""
+        self._loop = asyncio.get_running_loop()
         delay = EVENT_RETRY_MIN_SECONDS
         while True:
+            self._inbox_wakes = True
+            self._take_inbox()  # after the flag: an event put in the inbox from now on wakes the loop
             await self._wake.wait()
+            self._inbox_wakes = False
             while self._queue:
                 if len(self._queue) < self._max_batch:
                     await asyncio.sleep(EVENT_BATCH_LINGER_SECONDS)
+                self._take_inbox()
                 self._wake.clear()
                 batch = self._next_batch()
                 try:
@@ -257,5 +299,5 @@ class AuditForwarder:
             self._retry.set()
 
     def abandon(self) -> None:
-        if self._queue:
-            log.warning("node stopping with undelivered audit events", extra={"lost": len(self._queue)})
+        if len(self):
+            log.warning("node stopping with undelivered audit events", extra={"lost": len(self)})
