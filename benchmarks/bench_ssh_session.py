@@ -65,7 +65,15 @@ from tests.integration.ceremony_helpers import (
 )
 from tests.integration.cluster import free_port
 
-from benchmarks.harness import LeanClient, RunningCluster, cluster, percentile, summary_ms, tree_cpu_seconds
+from benchmarks.harness import (
+    LeanClient,
+    RunningCluster,
+    cluster,
+    percentile,
+    summary_ms,
+    tree_cpu_seconds,
+    wait_idle,
+)
 from devicetrust.ceremony.messages import Challenge, CollectedData
 from devicetrust.cli.tsh_ssh import SessionProofClient, proved_certificate
 from devicetrust.client import AuthClient
@@ -82,11 +90,6 @@ SSHD_START_SECONDS = 10.0
 PASSWORD = "benchmark password 1"
 TARGET_RATIO = 1.05
 UNAUTHORIZED_DEVICE = "unauthorized device"
-#: Before each phase: wait (at most IDLE_WAIT_SECONDS) until the server used < IDLE_CPU_FRACTION of a core over
-#: IDLE_SAMPLE_SECONDS.
-IDLE_WAIT_SECONDS = 30.0
-IDLE_SAMPLE_SECONDS = 0.5
-IDLE_CPU_FRACTION = 0.1
 
 
 @dataclass
@@ -135,19 +138,6 @@ async def _drive(options: dict[str, Any], seconds: float, clients: int, phase: P
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     phase.elapsed += time.perf_counter() - started
-
-
-def wait_idle(cpu: Callable[[], float]) -> None:
-    """Until the server has been (nearly) idle for a moment: work left from the previous phase, such as audit
-    events the node still forwards, must not be billed to the next one."""
-    deadline = time.monotonic() + IDLE_WAIT_SECONDS
-    last = cpu()
-    while time.monotonic() < deadline:
-        time.sleep(IDLE_SAMPLE_SECONDS)
-        now = cpu()
-        if now - last < IDLE_SAMPLE_SECONDS * IDLE_CPU_FRACTION:
-            return
-        last = now
 
 
 def measure(phase: Phase, options: dict[str, Any], cpu: Callable[[], float]) -> None:

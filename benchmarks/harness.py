@@ -8,7 +8,8 @@ import os
 import ssl
 import statistics
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,3 +123,23 @@ def process_cpu_seconds(pid: int, *, children: bool = False) -> float:
     if children:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+#: Before each phase: wait (at most IDLE_WAIT_SECONDS) until the server used < IDLE_CPU_FRACTION of a core over
+#: IDLE_SAMPLE_SECONDS.
+IDLE_WAIT_SECONDS = 30.0
+IDLE_SAMPLE_SECONDS = 0.5
+IDLE_CPU_FRACTION = 0.1
+
+
+def wait_idle(cpu: Callable[[], float]) -> None:
+    """Until the server has been (nearly) idle for a moment: work left from the previous phase, such as audit
+    events the node still forwards, must not be billed to the next one."""
+    deadline = time.monotonic() + IDLE_WAIT_SECONDS
+    last = cpu()
+    while time.monotonic() < deadline:
+        time.sleep(IDLE_SAMPLE_SECONDS)
+        now = cpu()
+        if now - last < IDLE_SAMPLE_SECONDS * IDLE_CPU_FRACTION:
+            return
+        last = now

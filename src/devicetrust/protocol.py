@@ -16,9 +16,12 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    ModelWrapValidatorHandler,
     NonNegativeInt,
+    PrivateAttr,
     StringConstraints,
     TypeAdapter,
+    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
@@ -439,8 +442,51 @@ class AgentEvent(TypedDict):
     success: NotRequired[bool]
 
 
-#: The body of ``POST /v1/nodes/events``: any fields beyond those named are the event's own.
+#: One event in ``POST /v1/nodes/events``: any fields beyond those named are the event's own.
 AgentEventBody = Annotated[dict[str, object], DocumentedAs(AgentEvent)]
+#: Most events one ``POST /v1/nodes/events`` may carry.
+MAX_AGENT_EVENT_BATCH = 500
+#: Largest body an agent sends with a batch of events, below the service's limit on request bodies (1 MiB).
+MAX_AGENT_EVENT_BATCH_BYTES = 1_000_000
+
+
+class AgentEventBatch(Message):
+    """The body of ``POST /v1/nodes/events``: audit events in the order they happened, stored together.
+
+    A body that is one event (an ``event`` field at the top), as agents sent before batches, is taken as a batch
+    of one; a refusal of it is then an error reply, as it always was.
+    """
+
+    events: list[AgentEventBody] = Field(min_length=1, max_length=MAX_AGENT_EVENT_BATCH)
+    _one_event: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _accept_one_event(cls, data: object, handler: ModelWrapValidatorHandler[AgentEventBatch]) -> AgentEventBatch:
+        if isinstance(data, dict) and "event" in data:
+            batch = handler({"events": [data]})
+            batch._one_event = True
+            return batch
+        return handler(data)
+
+    @property
+    def one_event(self) -> bool:
+        """The body was one event, not a batch."""
+        return self._one_event
+
+
+class RefusedAgentEvent(Message):
+    """An event of a batch the service will never take (its ``index`` in the batch), and why."""
+
+    index: NonNegativeInt
+    error: str
+
+
+class AgentEventBatchResult(Message):
+    """The events of a batch were stored, all but those ``refused``."""
+
+    stored: NonNegativeInt
+    refused: list[RefusedAgentEvent] = Field(default_factory=list)
 
 
 class NodeJoinRequest(Message):

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Unpack
 
 import pytest
 from tests.access import harness
 from tests.access.harness import DEVICE, NOW, PRESETS, role
 
-from devicetrust.access import KUBE_ACCESS_DENIED, TRUSTED_DEVICE_REQUIRED, Decision, KubeClusterTarget, decide
+from devicetrust.access import (
+    KUBE_ACCESS_DENIED,
+    TRUSTED_DEVICE_REQUIRED,
+    Decision,
+    KubeClusterTarget,
+    allowed_until,
+    decide,
+)
 from devicetrust.access.decision import PROOF_FOR_ANOTHER_TARGET
 from devicetrust.crypto.identity import DeviceExtensions, Identity, SessionProof
 from devicetrust.types import Lock, LockTarget, Role
@@ -146,3 +154,21 @@ def test_a_request_names_exactly_one_resource() -> None:
         decide(identity(), node=node, kube=PROD, roles={}, cluster_mode="off", locks=(), now=NOW)
     with pytest.raises(ValueError, match="exactly one"):
         decide(identity(), roles={}, cluster_mode="off", locks=(), now=NOW)
+
+
+@pytest.mark.parametrize("proof_minutes", [1, 60 * 24], ids=["as-minted", "minted-too-long"])
+def test_an_allow_stands_until_allowed_until_and_no_longer(proof_minutes: int) -> None:
+    proof = SessionProof(kind="kube", target="prod", time=NOW, expires=NOW + timedelta(minutes=proof_minutes), id="c-1")
+    who = identity(device=DEVICE, proof=proof)
+    until = allowed_until(who)
+    assert NOW < until <= proof.expires
+
+    def at(now: datetime) -> Decision:
+        return decide(
+            who, kube=PROD, roles={"dev": DEV}, cluster_mode="required", locks=(), now=now, session_proof="per_session"
+        )
+
+    assert at(NOW).allowed and at(until - timedelta(seconds=1)).allowed
+    assert not at(until).allowed
+    # without a proof (device trust not asked for), only the certificate's validity bounds it
+    assert allowed_until(identity()) == identity().not_after

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
 import socket
@@ -204,6 +205,39 @@ def _remove_locks(world: World) -> None:
     while world.kubectl(world.laptop_env(), "get", "pods", "-n", "default").returncode != 0:
         assert time.monotonic() < deadline, "the kube service still applies a removed lock"
         time.sleep(0.5)
+
+
+def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World) -> None:
+    # the service reuses an allowed decision on a connection only while the cluster state is the same
+    credential = json.loads(ok(world.laptop.tsh("kube", "credentials", f"--kube-cluster={KUBE_CLUSTER}")))["status"]
+    cert, key = world.root / "keepalive-cert.pem", world.root / "keepalive-key.pem"
+    cert.write_text(credential["clientCertificateData"])
+    key.write_text(credential["clientKeyData"])
+    host_ca = next(iter(json.loads((world.laptop.home / "known_cas.json").read_text()).values()))
+    context = ssl.create_default_context(cadata=host_ca)
+    context.load_cert_chain(cert, key)
+    host, _, port = json.loads(ok(world.laptop.tsh("kube", "ls", "--format=json")))[0]["service"]["addr"].rpartition(
+        ":"
+    )
+    conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+
+    def get_pods() -> tuple[int, bytes]:
+        conn.request("GET", f"/kube/{KUBE_CLUSTER}/api/v1/namespaces/default/pods")
+        response = conn.getresponse()
+        return response.status, response.read()
+
+    try:
+        assert get_pods()[0] == 200 and get_pods()[0] == 200
+        ok(world.cluster.tctl("lock", "--user=alice", "--message=stolen laptop reported"))
+        deadline = time.monotonic() + 15  # the service polls the cluster state every 2 s
+        while (reply := get_pods())[0] == 200:
+            assert time.monotonic() < deadline, "the lock never reached the kept-alive connection"
+            time.sleep(0.2)
+        assert reply[0] == 403 and b"locked: stolen laptop reported" in reply[1]
+    finally:
+        conn.close()
+        for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
+            ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
 
 
 def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:

@@ -12,7 +12,7 @@ from tests.storage.conftest import START
 
 from devicetrust.errors import ValidationError
 from devicetrust.storage.backend import Backend
-from devicetrust.storage.records import AuditRecord
+from devicetrust.storage.records import AuditEntry, AuditRecord
 from devicetrust.storage.repositories import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from devicetrust.storage.schema import AUDIT_APPEND_ONLY_MESSAGE
 
@@ -51,6 +51,23 @@ def test_append_returns_the_stored_record(backend: Backend) -> None:
     )
     with backend.begin() as store:
         assert store.audit.search() == [first, second]
+
+
+def test_append_many_stores_events_in_their_order(backend: Backend) -> None:
+    with backend.begin() as store:
+        before = store.audit.append("session.start", "T2000I", START, "alice", True, {"n": -1})
+        store.audit.append_many(
+            [AuditEntry("session.start", "T2000I", START + n * MINUTE, f"u{n}", n != 2, {"n": n}) for n in range(300)]
+        )
+        store.audit.append_many([])
+    with backend.read() as store:
+        stored = store.audit.search(limit=MAX_PAGE_SIZE)
+    assert stored[0] == before
+    appended = stored[1:]
+    assert [e.body["n"] for e in appended] == list(range(300))
+    assert [e.id for e in appended] == sorted(e.id for e in appended) and appended[0].id > before.id
+    assert len({e.uid for e in stored}) == 301
+    assert (appended[2].user, appended[2].success, appended[2].time) == ("u2", False, START + 2 * MINUTE)
 
 
 def test_search_filters(backend: Backend) -> None:

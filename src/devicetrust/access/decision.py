@@ -50,6 +50,7 @@ __all__ = [
     "Decision",
     "KubeClusterTarget",
     "NodeTarget",
+    "allowed_until",
     "database_session_locks",
     "decide",
     "kube_session_locks",
@@ -224,6 +225,16 @@ def session_proof_problem(identity: Identity, target: tuple[str, str], now: date
     if now >= proof.expires or now >= proof.time + MAX_SESSION_PROOF_TTL + PROOF_CLOCK_SKEW:
         return PROOF_EXPIRED
     return None
+
+
+def allowed_until(identity: Identity) -> datetime:
+    """Until when a decision that allowed ``identity`` stands, the cluster state (roles, settings, locks) being
+    the same: its session proof, if it has one, admits sessions until then, and its certificate is valid (a lock
+    only ever ends by itself; a new one comes with a new state)."""
+    proof = identity.session_proof
+    if proof is None:
+        return identity.not_after
+    return min(identity.not_after, proof.expires, proof.time + MAX_SESSION_PROOF_TTL + PROOF_CLOCK_SKEW)
 
 
 def decide(

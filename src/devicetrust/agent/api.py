@@ -14,6 +14,7 @@ import httpx
 from devicetrust.client import body, error_from_response, pinned_ssl_context, reply_as, transport_errors, with_port
 from devicetrust.errors import ConnectionFailedError
 from devicetrust.protocol import (
+    AgentEventBatchResult,
     AgentRole,
     DatabaseInfo,
     HeartbeatRequest,
@@ -44,9 +45,13 @@ class NodeAPI:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+    async def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, encoded: bytes | None = None
+    ) -> Any:
+        """``body`` as JSON, or ``encoded``, a body already encoded as JSON."""
+        headers = {"Content-Type": "application/json"} if encoded is not None else None
         with transport_errors(self.addr, untrusted="a certificate not issued by the cluster's host CA"):
-            response = await self._http.request(method, path, json=body)
+            response = await self._http.request(method, path, json=body, content=encoded, headers=headers)
         if response.status_code >= 500:
             raise ConnectionFailedError(
                 f"the auth service at {with_port(self.addr)} answered HTTP {response.status_code}"
@@ -87,5 +92,13 @@ class NodeAPI:
     async def state(self) -> NodeState:
         return reply_as(NodeState, await self.request("GET", "/v1/nodes/state"), "nodes/state")
 
-    async def event(self, event: Mapping[str, object]) -> None:
-        await self.request("POST", "/v1/nodes/events", event)
+    async def event(self, encoded: bytes) -> None:
+        """One audit event, encoded as JSON, as the body agents sent before batches (every auth service takes
+        it); ValidationError if the service refuses it."""
+        await self.request("POST", "/v1/nodes/events", encoded=encoded)
+
+    async def events(self, encoded: Sequence[bytes]) -> AgentEventBatchResult:
+        """Audit events, each encoded as JSON, in one request (up to ``MAX_AGENT_EVENT_BATCH_BYTES`` in all): the
+        reply names those the service refused."""
+        reply = await self.request("POST", "/v1/nodes/events", encoded=b'{"events":[' + b",".join(encoded) + b"]}")
+        return reply_as(AgentEventBatchResult, reply, "nodes/events")

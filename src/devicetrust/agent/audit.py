@@ -1,9 +1,13 @@
 """Session audit events from a node to the auth service, buffered in memory while the auth service is away.
 
-Events go out in order, one request each. While the auth service is unreachable they wait in a bounded queue
+Events go out in order, as many per request as are queued (up to the protocol's batch bounds), stored by the auth
+service in one transaction. While the auth service is unreachable they wait in a bounded queue
 (:data:`MAX_BUFFERED_EVENTS`); when it is full the oldest are dropped and counted, so a long outage cannot
-exhaust the node's memory. The buffer lives in memory only: events still queued when the node stops are lost
-(and logged as such).
+exhaust the node's memory. Events from a service's connection threads wait in an inbox of the same bound until
+the forwarder's next pass takes them, so a busy service does not wake the event loop for each. An event the auth
+service refuses is dropped, never the others: the reply names the refused ones, and a batch refused as a whole
+goes again one event per request. The buffer lives in memory only: events still queued when the node stops are
+lost (and logged as such).
 """
 
 from __future__ import annotations
@@ -11,20 +15,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
-from collections.abc import Mapping
-from typing import NotRequired, TypedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NotRequired, Protocol, TypedDict
 
 from devicetrust.access import Decision
-from devicetrust.agent.api import NodeAPI
 from devicetrust.crypto.identity import Identity
 from devicetrust.errors import DevicetrustError, ValidationError
+from devicetrust.protocol import MAX_AGENT_EVENT_BATCH, MAX_AGENT_EVENT_BATCH_BYTES, AgentEventBatchResult
 
 __all__ = [
     "MAX_BUFFERED_EVENTS",
     "USER_KIND_BOT",
     "USER_KIND_HUMAN",
     "AuditForwarder",
+    "AuditSink",
     "DeviceFields",
     "UserFields",
     "device_fields",
@@ -92,56 +99,135 @@ MAX_BUFFERED_EVENTS = 10_000
 #: First and longest wait between delivery attempts while the auth service fails (doubling in between).
 EVENT_RETRY_MIN_SECONDS = 0.5
 EVENT_RETRY_MAX_SECONDS = 10.0
+#: How long the forwarder lets events gather before each request while fewer than a full batch are queued: a busy
+#: agent then sends one request per interval carrying all its events, rather than one per event or two.
+EVENT_BATCH_LINGER_SECONDS = 0.05
+#: The bytes a batch body adds around its events: ``{"events":[`` and ``]}``.
+_BATCH_FRAME_BYTES = len(b'{"events":[]}')
+
+
+class AuditSink(Protocol):
+    """Where audit events go: the auth service's node API (:class:`devicetrust.agent.api.NodeAPI`)."""
+
+    async def event(self, encoded: bytes) -> None: ...
+
+    async def events(self, encoded: Sequence[bytes]) -> AgentEventBatchResult: ...
+
+
+@dataclass(frozen=True, eq=False)
+class _Queued:
+    """An event waiting for delivery: its name (for the log) and the event encoded as JSON, as sent."""
+
+    name: str
+    encoded: bytes
 
 
 class AuditForwarder:
-    def __init__(self, api: NodeAPI, max_buffered: int = MAX_BUFFERED_EVENTS) -> None:
+    def __init__(
+        self,
+        api: AuditSink,
+        max_buffered: int = MAX_BUFFERED_EVENTS,
+        *,
+        max_batch: int = MAX_AGENT_EVENT_BATCH,
+        max_batch_bytes: int = MAX_AGENT_EVENT_BATCH_BYTES,
+    ) -> None:
         self._api = api
-        self._queue: collections.deque[dict[str, object]] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._max = max_buffered
+        self._max_batch = max_batch
+        self._max_batch_bytes = max_batch_bytes
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._retry = asyncio.Event()
+        #: events at the head of the queue to send one per request: their batch was refused as a whole
+        self._one_by_one = 0
+        #: events from other threads (a service's connection threads), taken into the queue on the event loop
+        self._inbox: collections.deque[Mapping[str, object]] = collections.deque(maxlen=max_buffered)
+        #: whether the next event from another thread must wake the event loop: only while the forwarder waits
+        #: for events (otherwise it takes the inbox on its next pass, and a busy service wakes no one)
+        self._inbox_wakes = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.dropped = 0
         self.delivered = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._inbox)
 
     def emit(self, event: Mapping[str, object]) -> None:
         """Queue one event for delivery; never blocks, never raises."""
+        name = str(event.get("event"))
+        try:
+            encoded = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as err:  # a bug in the event: it could never be delivered
+            log.error("audit event cannot be encoded; dropping it", extra={"event": name, "error": str(err)})
+            return
+        if len(encoded) + _BATCH_FRAME_BYTES > self._max_batch_bytes:
+            log.error("audit event too large; dropping it", extra={"event": name, "bytes": len(encoded)})
+            return
         if len(self._queue) >= self._max:
             self._queue.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("audit buffer full; dropping the oldest events", extra={"dropped": self.dropped})
-        self._queue.append(dict(event))
+            self._count_drop()
+        self._queue.append(_Queued(name, encoded))
         self._idle.clear()
         self._wake.set()
 
+    def emit_threadsafe(self, event: Mapping[str, object]) -> None:
+        """Queue one event from any thread; never blocks, never raises. Beyond the bound, the oldest of those not
+        yet taken into the queue are dropped."""
+        inbox = self._inbox
+        if len(inbox) == inbox.maxlen:
+            self._count_drop()
+        inbox.append(event)
+        loop = self._loop
+        if self._inbox_wakes and loop is not None:
+            self._inbox_wakes = False
+            with contextlib.suppress(RuntimeError):  # the loop is closing: the agent is stopping
+                loop.call_soon_threadsafe(self._take_inbox)
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning("audit buffer full; dropping the oldest events", extra={"dropped": self.dropped})
+
+    def _take_inbox(self) -> None:
+        inbox = self._inbox
+        while inbox:
+            self.emit(inbox.popleft())
+
     async def flush(self, within: float) -> bool:
         """Wait up to ``within`` seconds for the queue to drain; True if it did."""
+
+        async def drained() -> None:
+            while True:
+                self._take_inbox()
+                await self._idle.wait()
+                if not self._inbox:
+                    return
+
         try:
-            await asyncio.wait_for(self._idle.wait(), within)
+            await asyncio.wait_for(drained(), within)
         except TimeoutError:
             return False
         return True
 
     async def run(self) -> None:
+        """Deliver the queue, oldest first, as many events per request as the batch bounds allow."""
+        self._loop = asyncio.get_running_loop()
         delay = EVENT_RETRY_MIN_SECONDS
         while True:
+            self._inbox_wakes = True
+            self._take_inbox()  # after the flag: an event put in the inbox from now on wakes the loop
             await self._wake.wait()
-            self._wake.clear()
+            self._inbox_wakes = False
             while self._queue:
-                event = self._queue[0]
+                if len(self._queue) < self._max_batch:
+                    await asyncio.sleep(EVENT_BATCH_LINGER_SECONDS)
+                self._take_inbox()
+                self._wake.clear()
+                batch = self._next_batch()
                 try:
-                    await self._api.event(event)
-                except ValidationError as err:
-                    # The auth service will never take this one: drop it rather than block those behind it.
-                    log.error(
-                        "audit event refused; dropping it", extra={"event": event.get("event"), "error": str(err)}
-                    )
+                    refused = await self._send(batch)
                 except DevicetrustError as err:
                     if delay == EVENT_RETRY_MIN_SECONDS:
                         log.warning(
@@ -153,14 +239,59 @@ class AuditForwarder:
                     self._retry.clear()
                     delay = min(delay * 2, EVENT_RETRY_MAX_SECONDS)
                     continue
-                else:
-                    self.delivered += 1
-                    if delay > EVENT_RETRY_MIN_SECONDS:
-                        log.info("audit events delivered again", extra={"queued": len(self) - 1})
+                if refused is None:
+                    continue  # the same events go again, one per request
+                for index, error in refused:
+                    # The auth service will never take this one: drop it rather than block those behind it.
+                    log.error("audit event refused; dropping it", extra={"event": batch[index].name, "error": error})
+                self.delivered += len(batch) - len(refused)
+                if delay > EVENT_RETRY_MIN_SECONDS:
+                    log.info("audit events delivered again", extra={"queued": len(self) - len(batch)})
                 delay = EVENT_RETRY_MIN_SECONDS
-                if self._queue and self._queue[0] is event:
-                    self._queue.popleft()
+                self._remove(batch)
             self._idle.set()
+
+    def _next_batch(self) -> list[_Queued]:
+        """The oldest events, as many as one request may carry."""
+        if self._one_by_one:
+            return [self._queue[0]]
+        batch: list[_Queued] = []
+        size = _BATCH_FRAME_BYTES - 1  # the first event has no comma before it
+        for queued in self._queue:
+            size += len(queued.encoded) + 1
+            if batch and (len(batch) >= self._max_batch or size > self._max_batch_bytes):
+                break
+            batch.append(queued)
+        return batch
+
+    async def _send(self, batch: list[_Queued]) -> list[tuple[int, str]] | None:
+        """Deliver ``batch``: the events the auth service refused, as (index, why), or None if it refused the
+        batch as a whole. DevicetrustError (but ValidationError) if it may be tried again."""
+        if self._one_by_one:
+            try:
+                await self._api.event(batch[0].encoded)
+            except ValidationError as err:
+                refused = [(0, str(err))]
+            else:
+                refused = []
+            self._one_by_one -= 1
+            return refused
+        try:
+            result = await self._api.events([queued.encoded for queued in batch])
+        except ValidationError as err:
+            # A value in one event the service cannot store, or a service that predates batches: one event per
+            # request then, so that only the events it refuses are dropped.
+            log.info("audit batch refused; sending its events one by one", extra={"error": str(err)})
+            self._one_by_one = len(batch)
+            return None
+        return [(item.index, item.error) for item in result.refused if item.index < len(batch)]
+
+    def _remove(self, batch: list[_Queued]) -> None:
+        """Take the delivered ``batch`` off the queue: those of its events still at its head (while it was on its
+        way, a full buffer may have dropped its first ones)."""
+        for queued in batch:
+            if self._queue and self._queue[0] is queued:
+                self._queue.popleft()
 
     def retry_now(self) -> None:
         """The auth service answers again (say, a state poll succeeded): end any back-off wait."""
@@ -168,5 +299,5 @@ class AuditForwarder:
             self._retry.set()
 
     def abandon(self) -> None:
-        if self._queue:
-            log.warning("node stopping with undelivered audit events", extra={"lost": len(self._queue)})
+        if len(self):
+            log.warning("node stopping with undelivered audit events", extra={"lost": len(self)})

@@ -8,7 +8,6 @@ forwards audit events from its connection threads with :meth:`~TLSService.emit`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import tempfile
 import threading
@@ -99,10 +98,9 @@ class TLSService(Generic[_Settings]):
 
     def emit(self, event: dict[str, object]) -> None:
         """Queue an audit event from any thread."""
-        loop, audit = self._loop, self.membership.audit
-        if loop is not None and audit is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is closing: the service is stopping
-                loop.call_soon_threadsafe(audit.emit, event)
+        audit = self.membership.audit
+        if audit is not None:
+            audit.emit_threadsafe(event)
 
     def _state_updated(self, state: ClusterState) -> None:
         """End what a lock in the new ``state`` now targets."""

@@ -39,7 +39,8 @@ from devicetrust.logs import request_id_var
 from devicetrust.protocol import (
     NDJSON_MEDIA_TYPE,
     AddDeviceRequest,
-    AgentEventBody,
+    AgentEventBatch,
+    AgentEventBatchResult,
     AuthenticateBeginRequest,
     BotJoinRequest,
     ChallengeAnswer,
@@ -92,6 +93,7 @@ from devicetrust.protocol import (
     PingResponse,
     PutResourceRequest,
     PutResourceResponse,
+    RefusedAgentEvent,
     ResourceDocument,
     ResourceList,
     SignupRequest,
@@ -570,9 +572,14 @@ def build_app(server: AuthServer) -> FastAPI:
         return server.nodes.state(caller)
 
     @app.post("/v1/nodes/events")
-    def node_event(event: AgentEventBody, caller: CallerDep) -> Empty:
-        server.nodes.record_event(caller, event)
-        return Empty()
+    def node_events(batch: AgentEventBatch, caller: CallerDep) -> AgentEventBatchResult:
+        refused = server.nodes.record_events(caller, batch.events)
+        if batch.one_event and refused:
+            raise ValidationError(refused[0][1])
+        return AgentEventBatchResult(
+            stored=len(batch.events) - len(refused),
+            refused=[RefusedAgentEvent(index=index, error=error) for index, error in refused],
+        )
 
     @app.get("/v1/nodes")
     def list_nodes(caller: CallerDep) -> NodeList:

@@ -3,7 +3,7 @@ auth preference reader — and who is calling (:class:`Caller`). Services receiv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,6 +13,7 @@ from devicetrust.auth.cache import CachedState, StateCache
 from devicetrust.auth.parsing import parse_as
 from devicetrust.crypto.ca import CertAuthority
 from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import AuditEntry
 from devicetrust.storage.repositories import Store
 from devicetrust.types import ClusterAuthPreference, Lock, Role, locks_in_force
 from devicetrust.types.clock import utcnow
@@ -72,6 +73,16 @@ class AuthContext:
         name, code = event
         body.setdefault("cluster_name", self.cluster_name)
         store.audit.append(name, code, self.clock(), user, success, body)
+
+    def audit_many(self, store: Store, events: Sequence[tuple[tuple[str, str], str, bool, dict[str, object]]]) -> None:
+        """Append ``events`` ((name, code), user, success, body), in order, at one time."""
+        now = self.clock()
+        store.audit.append_many(
+            [
+                AuditEntry(name, code, now, user, success, {"cluster_name": self.cluster_name, **body})
+                for (name, code), user, success, body in events
+            ]
+        )
 
     def state(self, store: Store) -> CachedState:
         """The cached roles, auth preference, bots and locks, current as of this transaction."""

@@ -194,31 +194,45 @@ class NodeService:
         )
 
     def record_event(self, caller: Caller, event: Mapping[str, object]) -> None:
+        """Append one event the calling agent reports; ValidationError if it may not report it."""
+        refused = self.record_events(caller, [event])
+        if refused:
+            raise ValidationError(refused[0][1])
+
+    def record_events(self, caller: Caller, events: Sequence[Mapping[str, object]]) -> list[tuple[int, str]]:
+        """Append the events the calling agent reports, in order, in one transaction: all but those it may not
+        report, which are returned as (index in ``events``, why)."""
         kind = self._require_agent(caller)
-        name = event.get("event")
-        success = bool(event.get("success", True))
-        if kind == RES_KUBE_SERVICE:
-            if name not in KUBE_EVENTS:
-                raise ValidationError(f"event: kube services may only report {', '.join(sorted(KUBE_EVENTS))}")
-            code = KUBE_EVENTS[str(name)][0 if success else 1]
-        elif kind == RES_DB_SERVICE:
-            if name not in DB_EVENTS:
-                raise ValidationError(f"event: database services may only report {', '.join(sorted(DB_EVENTS))}")
-            code = DB_EVENTS[str(name)][0 if success else 1]
-        else:
-            if name not in NODE_EVENTS:
-                raise ValidationError(f"event: nodes may only report {', '.join(sorted(NODE_EVENTS))}")
-            code = NODE_EVENTS[str(name)]
-        body = {k: v for k, v in event.items() if k not in ("event", "code", "user", "success", "time")}
-        body["server_id"] = caller.name
+        accepted: list[tuple[tuple[str, str], str, bool, dict[str, object]]] = []
+        refused: list[tuple[int, str]] = []
+        for index, event in enumerate(events):
+            try:
+                name_and_code = _event_code(kind, event)
+            except ValidationError as err:
+                refused.append((index, str(err)))
+                continue
+            success = bool(event.get("success", True))
+            body = {k: v for k, v in event.items() if k not in ("event", "code", "user", "success", "time")}
+            # attributed to the agent whose session reports it, whatever the event says
+            body["server_id"] = caller.name
+            accepted.append((name_and_code, str(event.get("user", "")), success, body))
+        if not accepted:
+            return refused
         with self.context.backend.begin() as store:
-            device = body.get("device")
-            if isinstance(device, Mapping) and not device.get("os") and isinstance(device.get("device_id"), str):
-                # Certificates carry the device's id, asset tag and credential, not its OS: the inventory does.
-                record = store.devices.find(device["device_id"])
-                if record is not None:
-                    body["device"] = {**device, "os": os_display_name(record.os_type)}
-            self.context.audit(store, (str(name), code), str(event.get("user", "")), success, **body)
+            os_names: dict[str, str | None] = {}
+            for _, _, _, body in accepted:
+                device = body.get("device")
+                if isinstance(device, Mapping) and not device.get("os") and isinstance(device.get("device_id"), str):
+                    # Certificates carry the device's id, asset tag and credential, not its OS: the inventory does.
+                    device_id = device["device_id"]
+                    if device_id not in os_names:
+                        record = store.devices.find(device_id)
+                        os_names[device_id] = os_display_name(record.os_type) if record is not None else None
+                    os_name = os_names[device_id]
+                    if os_name is not None:
+                        body["device"] = {**device, "os": os_name}
+            self.context.audit_many(store, accepted)
+        return refused
 
     def list_visible(self, caller: Caller) -> list[dict[str, Any]]:
         """Nodes whose labels one of the caller's roles allows (and none denies)."""
@@ -244,6 +258,23 @@ __all__ = [
     "label_matches",
     "spend_join_token",
 ]
+
+
+def _event_code(kind: str, event: Mapping[str, object]) -> tuple[str, str]:
+    """The event's name and audit code, if an agent of ``kind`` may report it; ValidationError otherwise."""
+    name = event.get("event")
+    success = bool(event.get("success", True))
+    if kind == RES_KUBE_SERVICE:
+        if not isinstance(name, str) or name not in KUBE_EVENTS:
+            raise ValidationError(f"event: kube services may only report {', '.join(sorted(KUBE_EVENTS))}")
+        return name, KUBE_EVENTS[name][0 if success else 1]
+    if kind == RES_DB_SERVICE:
+        if not isinstance(name, str) or name not in DB_EVENTS:
+            raise ValidationError(f"event: database services may only report {', '.join(sorted(DB_EVENTS))}")
+        return name, DB_EVENTS[name][0 if success else 1]
+    if not isinstance(name, str) or name not in NODE_EVENTS:
+        raise ValidationError(f"event: nodes may only report {', '.join(sorted(NODE_EVENTS))}")
+    return name, NODE_EVENTS[name]
 
 
 def spend_join_token(context: AuthContext, token: str, kind: str, now: datetime) -> None:

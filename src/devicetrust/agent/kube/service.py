@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
-from devicetrust.access import Decision, KubeClusterTarget, decide, kube_session_locks, lock_reason
+from devicetrust.access import Decision, KubeClusterTarget, allowed_until, decide, kube_session_locks, lock_reason
 from devicetrust.agent.api import NodeAPI
 from devicetrust.agent.audit import device_fields, user_fields
 from devicetrust.agent.kube.kubeconfig import api_server_access
@@ -418,7 +418,7 @@ class _Handler(BaseHTTPRequestHandler):
                 code = 404
                 self._reply(404, f'kubernetes cluster "{name}" not found')
                 return
-            decision = service.decide(identity, target)
+            decision = self._decide(identity, target)
             if decision is None:
                 code = 503
                 self._reply(503, NO_STATE_REASON)
@@ -476,6 +476,19 @@ class _Handler(BaseHTTPRequestHandler):
         if der and identity is not None:
             self._verified = (der, identity)
         return identity
+
+    def _decide(self, identity: Identity, target: KubeClusterTarget) -> Decision | None:
+        """The service's decision; one that allowed this connection's identity is reused while the cluster
+        state is the same object and until :func:`allowed_until` (denials are decided anew every request)."""
+        service = self.server.service
+        state, now = service.membership.current_state, service.clock()
+        known: tuple[object, Identity, KubeClusterTarget, Decision, datetime] | None = getattr(self, "_allowed", None)
+        if known is not None and known[0] is state and known[1] is identity and known[2] == target and now < known[4]:
+            return known[3]
+        decision = service.decide(identity, target)
+        if decision is not None and decision.allowed:
+            self._allowed = (state, identity, target, decision, allowed_until(identity))
+        return decision
 
     def _read_body(self) -> bytes:
         if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
