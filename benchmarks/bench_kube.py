@@ -9,6 +9,9 @@ credentials kubectl would get from ``tsh kube credentials`` (a session certifica
   connection to the API server) and directly to the API server with its bearer token, in alternating rounds
   (ABBA) to cancel drift. Reported: p50 and p99 of each, the ratio of the p50s (target ≤ 1.3) and requests/s
   through the service. The API server is the same fake both ways, so the ratio isolates the service's cost.
+- Reference: the same requests through ``socat`` (a relay in C) that ends the client's TLS and opens its own to the
+  API server, parsing nothing: the least any service that must read the client's certificate and re-encrypt can
+  add. Its ratio to direct is the floor of the target's ratio on this machine (where socat is installed).
 - Server CPU per request through the service: the daemon's and its auth workers' CPU time over the service's
   rounds, each until the daemon is idle again (so the audit events' delivery is billed), per request. On a shared
   machine it is steadier than the latencies.
@@ -18,18 +21,22 @@ Needs swtpm.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import shutil
+import socket
 import ssl
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.fakes.kube_apiserver import FakeKubeAPIServer, running_kube_apiserver
+from tests.fakes.pki import TestPKI, make_test_pki
 from tests.integration.cluster import free_port, start_cluster
 from tests.integration.laptops import enrolled_laptop
 from tests.integration.test_devices import Laptop
@@ -39,6 +46,7 @@ from benchmarks.harness import percentile, tree_cpu_seconds, wait_idle
 ROUND_REQUESTS = int(os.environ.get("BENCH_KUBE_REQUESTS", "300"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
 WARMUP_REQUESTS = 50
+RELAY_START_SECONDS = 10.0
 TARGET_RATIO = 1.3
 KUBE_CLUSTER = "bench"
 SERIAL = "SN-BENCH-KUBE"
@@ -92,6 +100,33 @@ def _through_service(laptop: Laptop, root: Path, addr: str, host_ca: str) -> _Cl
     return _Client(host, int(port), context, f"/kube/{KUBE_CLUSTER}", {"Accept": ACCEPT_TABLE})
 
 
+@contextlib.contextmanager
+def _socat_tls_relay(api: FakeKubeAPIServer, pki: TestPKI) -> Iterator[int | None]:
+    """A TLS-terminating relay in C in front of the API server (None without socat)."""
+    socat = shutil.which("socat")
+    if socat is None:
+        yield None
+        return
+    port = free_port()
+    listen = (
+        f"OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay,cert={pki.cert_file},key={pki.key_file},verify=0"
+    )
+    upstream = f"OPENSSL:127.0.0.1:{api.port},cafile={api.ca_file},nodelay,commonname=127.0.0.1"
+    process = subprocess.Popen([socat, listen, upstream], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + RELAY_START_SECONDS
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("socat did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def _measure(api: FakeKubeAPIServer, laptop: Laptop, root: Path, daemon_cpu: Callable[[], float]) -> None:
     listed = json.loads(_ok(laptop.tsh("kube", "ls", "--format=json")))
     service = listed[0]["service"]
@@ -101,17 +136,29 @@ def _measure(api: FakeKubeAPIServer, laptop: Laptop, root: Path, daemon_cpu: Cal
     direct = _Client(
         "127.0.0.1", api.port, direct_context, "", {"Accept": ACCEPT_TABLE, "Authorization": f"Bearer {api.token}"}
     )
-    samples: dict[str, list[float]] = {"direct": [], "service": []}
+    samples: dict[str, list[float]] = {"direct": [], "service": [], "socat": []}
     service_cpu = 0.0
-    try:
+    relay_pki = make_test_pki(root / "relay-tls", name="bench_kube relay CA")
+    with contextlib.ExitStack() as closing:
+        closing.callback(direct.close)
+        relay_port = closing.enter_context(_socat_tls_relay(api, relay_pki))
+        reference: _Client | None = None
+        if relay_port is not None:
+            relay_context = ssl.create_default_context(cafile=str(relay_pki.ca_file))
+            headers = {"Accept": ACCEPT_TABLE, "Authorization": f"Bearer {api.token}"}
+            reference = _Client("127.0.0.1", relay_port, relay_context, "", headers)
+            closing.callback(reference.close)
+            reference.round(WARMUP_REQUESTS)
         direct.round(WARMUP_REQUESTS)
         for index in range(ROUNDS):
             proxied = _through_service(laptop, root, service["addr"], host_ca)
             try:
                 proxied.round(WARMUP_REQUESTS)
                 order = [("direct", direct), ("service", proxied)]
+                if reference is not None:
+                    order.append(("socat", reference))
                 for name, client in order if index % 2 == 0 else list(reversed(order)):
-                    if name == "direct":
+                    if name != "service":
                         samples[name] += client.round(ROUND_REQUESTS)
                         continue
                     # billed: the daemon's work for the round, until it is idle again (audit delivery included)
@@ -122,8 +169,6 @@ def _measure(api: FakeKubeAPIServer, laptop: Laptop, root: Path, daemon_cpu: Cal
                     service_cpu += daemon_cpu() - before
             finally:
                 proxied.close()
-    finally:
-        direct.close()
     ratio = statistics.median(samples["service"]) / statistics.median(samples["direct"])
     per_second = len(samples["service"]) / sum(samples["service"])
     print(f"bench_kube[get pods direct]: round trip, {len(samples['direct'])} requests: {_us(samples['direct'])}")
@@ -139,6 +184,12 @@ def _measure(api: FakeKubeAPIServer, laptop: Laptop, root: Path, daemon_cpu: Cal
         f"bench_kube[ratio]: p50 service/direct {ratio:.2f} "
         f"({'ok' if ratio <= TARGET_RATIO else 'short'}, target <= {TARGET_RATIO})"
     )
+    if samples["socat"]:
+        floor = statistics.median(samples["socat"]) / statistics.median(samples["direct"])
+        print(
+            f"bench_kube[reference: TLS ended and re-opened by socat, a relay in C parsing nothing]: "
+            f"{_us(samples['socat'])}, ratio {floor:.2f} (the floor of any such service on this machine)"
+        )
 
 
 def main() -> None:
