@@ -98,13 +98,21 @@ def test_refused_events_are_named_and_the_others_stored(api: RunningApi) -> None
 def test_events_are_attributed_to_the_reporting_agent(api: RunningApi) -> None:
     other, _ = joined(api, "node", "victim")
     reporter, session = joined(api, "node", "reporter")
-    forged = {"event": "session.start", "user": "alice", "server_id": other.name, "code": "T0000I", "time": "1999"}
+    forged = {
+        "event": "session.start",
+        "user": "alice",
+        "server_id": other.name,
+        "code": "T0000I",
+        "time": "1999",
+        "cluster_name": "another-cluster",
+    }
     with api.client(session) as agent:
         assert agent.post("/v1/nodes/events", json={"events": [forged]}).status_code == 200
         assert agent.post("/v1/nodes/events", json=forged).status_code == 200
     events = stored(api, "session.start")
     assert [(e["server_id"], e["code"]) for e in events] == [(reporter.name, "T2000I")] * 2
     assert all(not e["time"].startswith("1999") for e in events)
+    assert {e["cluster_name"] for e in events} == {api.server.cluster_name}
     with api.client(api.admin_token) as admin:
         error_of(admin.post("/v1/nodes/events", json={"events": [forged]}), 403)
     with api.client() as anonymous:

@@ -70,6 +70,10 @@ def _labels(value: Mapping[str, Any]) -> dict[str, str]:
     return dict(value)
 
 
+#: Fields of an agent's event the auth service sets itself (the cluster's name is added when it is stored).
+_SET_BY_THE_AUTH_SERVICE = frozenset({"event", "code", "user", "success", "time", "cluster_name"})
+
+
 class NodeService:
     def __init__(self, context: AuthContext) -> None:
         self.context = context
@@ -212,8 +216,8 @@ class NodeService:
                 refused.append((index, str(err)))
                 continue
             success = bool(event.get("success", True))
-            body = {k: v for k, v in event.items() if k not in ("event", "code", "user", "success", "time")}
-            # attributed to the agent whose session reports it, whatever the event says
+            body = {k: v for k, v in event.items() if k not in _SET_BY_THE_AUTH_SERVICE}
+            # attributed to the agent whose session reports it, in this cluster, whatever the event says
             body["server_id"] = caller.name
             accepted.append((name_and_code, str(event.get("user", "")), success, body))
         if not accepted:
