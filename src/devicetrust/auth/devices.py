@@ -11,7 +11,7 @@ import hmac
 import re
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -72,7 +72,13 @@ from devicetrust.types import (
 )
 
 if TYPE_CHECKING:
+    from devicetrust.auth.cache import CachedState
     from devicetrust.auth.context import AuthContext, Caller
+
+    #: the caller a session token resolves to within a transaction, and the state it was resolved at
+    CallerLookup = Callable[[Store, str], tuple[Caller, CachedState | None]]
+    #: what a ceremony reads first in its transaction: the caller and the access-control state
+    CallerRead = Callable[[Store], tuple[Caller, CachedState]]
 
 RES_DEVICE = "device"
 #: Enrollment tokens last an hour unless asked otherwise, at most a week.
@@ -157,8 +163,10 @@ def device_filter(
 
 
 class DeviceService:
-    def __init__(self, context: AuthContext) -> None:
+    def __init__(self, context: AuthContext, caller_in: CallerLookup) -> None:
         self.context = context
+        #: resolves a session token within a transaction, so a ceremony reads its caller and its device together
+        self._caller_in = caller_in
         #: login certificates verified before, by their exact bytes: a user proves the device with the same one
         #: before every session of the day, and verifying costs more than the rest of ``begin``
         self._login_certs: dict[bytes, tuple[Identity, ec.EllipticCurvePublicKey]] = {}
@@ -557,19 +565,59 @@ class DeviceService:
 
         Nothing is written: the pending state goes to the device sealed, as the ceremony id
         (:mod:`devicetrust.ceremony.sealed`)."""
+        return self._begin(
+            self._known(caller), credential_id=credential_id, collected=collected, ssh_cert=ssh_cert, target=target
+        )[1]
+
+    def authenticate_begin_as(
+        self,
+        token: str,
+        *,
+        credential_id: str,
+        collected: CollectedData,
+        ssh_cert: bytes,
+        target: tuple[str, str] | None = None,
+    ) -> tuple[Caller, Challenge]:
+        """:meth:`authenticate_begin` for the caller of session ``token``, resolved in the ceremony's one read
+        transaction."""
+        return self._begin(
+            self._of_token(token), credential_id=credential_id, collected=collected, ssh_cert=ssh_cert, target=target
+        )
+
+    def _known(self, caller: Caller) -> CallerRead:
+        return lambda store: (caller, self.context.state(store))
+
+    def _of_token(self, token: str) -> CallerRead:
+        def read(store: Store) -> tuple[Caller, CachedState]:
+            caller, state = self._caller_in(store, token)
+            return caller, state if state is not None else self.context.state(store)
+
+        return read
+
+    def _begin(
+        self,
+        caller_read: CallerRead,
+        *,
+        credential_id: str,
+        collected: CollectedData,
+        ssh_cert: bytes,
+        target: tuple[str, str] | None,
+    ) -> tuple[Caller, Challenge]:
+        now = self._now()
+        device: Device | None = None
+        refusal: CeremonyError | AccessDeniedError | None = None
+        reason = ""
+        with self._backend.read() as store:
+            caller, state = caller_read(store)
+            record = None
+            if caller.kind in ("user", "bot"):
+                record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
         if caller.kind not in ("user", "bot"):
             raise AccessDeniedError("device authentication is for users and bots")
         if target is None:
             self._verified_unaugmented(caller, ssh_cert)
         else:
             self._verified_login_cert(caller, ssh_cert)
-        now = self._now()
-        device: Device | None = None
-        refusal: CeremonyError | AccessDeniedError | None = None
-        reason = ""
-        with self._backend.read() as store:
-            state = self.context.state(store)
-            record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
         settings = state.auth_preference.device_trust
         role_modes = [r.options.device_trust_mode for r in caller.roles if r.options.device_trust_mode]
         if all(mode == "off" for mode in [settings.mode, *role_modes]):
@@ -608,7 +656,7 @@ class DeviceService:
         }
         if target is not None:
             sealed["target"] = {"kind": target[0], "id": target[1]}
-        return replace(challenge, ceremony_id=seal(self.context.ceremony_key, sealed))
+        return caller, replace(challenge, ceremony_id=seal(self.context.ceremony_key, sealed))
 
     def _verified_login_cert(self, caller: Caller, ssh_cert: bytes) -> Identity:
         """The caller's own login certificate (device-augmented or not; never a session certificate)."""
@@ -659,35 +707,46 @@ class DeviceService:
             raise CeremonyError("device is not enrolled")
         return self._save(store, appended(current))
 
-    def _opened(
-        self, caller: Caller, ceremony_id: str, now: datetime
-    ) -> tuple[PendingCeremony, bytes, tuple[str, str] | None]:
-        """The pending state sealed into ``ceremony_id`` at begin, if it is the caller's and still live.
-        Ownership is checked before anything is spent: another user's finish must not burn the owner's ceremony."""
-        unknown = CeremonyError("unknown or expired device ceremony")
+    def _opened(self, ceremony_id: str) -> tuple[PendingCeremony, bytes, tuple[str, str] | None]:
+        """The pending state sealed into ``ceremony_id`` at begin (whose it is and whether it is live are checked
+        by :meth:`_owned`)."""
         state = open_sealed(self.context.ceremony_key, ceremony_id)
         try:
             expires = datetime.fromisoformat(str(state["expires"]))
             pending = PendingCeremony.from_body(str(state["id"]), AUTHENTICATE, expires, state)
             login_cert = str(state["ssh_cert"]).encode()
         except (KeyError, TypeError, ValueError):
-            raise unknown from None
+            raise CeremonyError("unknown or expired device ceremony") from None
+        return pending, login_cert, _pending_target(state)
+
+    def _owned(self, caller: Caller, pending: PendingCeremony, now: datetime) -> None:
+        """Refuse a ceremony that is not the caller's or no longer live. Ownership is checked before anything is
+        spent: another user's finish must not burn the owner's ceremony."""
+        unknown = CeremonyError("unknown or expired device ceremony")
         if not hmac.compare_digest(pending.user.encode(), caller.name.encode()):
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, None, "ceremony belongs to another user")
             raise unknown
         if now >= pending.expires:
             raise unknown
-        return pending, login_cert, _pending_target(state)
 
     def authenticate_finish(self, caller: Caller, response: ChallengeResponse) -> AugmentedCerts:
         """Verify the device's answer against the credential it holds now, then, in ONE write transaction, spend
         the ceremony (its id's primary key: of concurrent finishes exactly one commits), record the
         authentication on the device and audit it."""
+        return self._finish(self._known(caller), response)[1]
+
+    def authenticate_finish_as(self, token: str, response: ChallengeResponse) -> tuple[Caller, AugmentedCerts]:
+        """:meth:`authenticate_finish` for the caller of session ``token``, resolved in the same read transaction
+        as the device."""
+        return self._finish(self._of_token(token), response)
+
+    def _finish(self, caller_read: CallerRead, response: ChallengeResponse) -> tuple[Caller, AugmentedCerts]:
         now = self._now()
-        pending, login_cert, target = self._opened(caller, response.ceremony_id, now)
+        pending, login_cert, target = self._opened(response.ceremony_id)
         with self._backend.read() as store:
-            state = self.context.state(store)
+            caller, state = caller_read(store)
             record = store.devices.find(pending.device_id)
+        self._owned(caller, pending, now)
         if record is None:
             raise CeremonyError("this device is not registered")
         device = device_from_record(record)
@@ -766,7 +825,7 @@ class DeviceService:
                     identity={"user": caller.name, "expires": augmented.not_after.isoformat()},
                     device=device_audit(current, proof.credential.id),
                 )
-        return AugmentedCerts(new_ssh, new_tls, current)
+        return caller, AugmentedCerts(new_ssh, new_tls, current)
 
 
 def _pending_target(body: Mapping[str, object]) -> tuple[str, str] | None:
