@@ -12,7 +12,7 @@ from tests.storage.conftest import START
 
 from devicetrust.errors import ValidationError
 from devicetrust.storage.backend import Backend
-from devicetrust.storage.records import AuditRecord
+from devicetrust.storage.records import AuditEntry, AuditRecord
 from devicetrust.storage.repositories import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from devicetrust.storage.schema import AUDIT_APPEND_ONLY_MESSAGE
 
@@ -51,6 +51,22 @@ def test_append_returns_the_stored_record(backend: Backend) -> None:
     )
     with backend.begin() as store:
         assert store.audit.search() == [first, second]
+
+
+def test_append_all_writes_the_events_in_order(backend: Backend) -> None:
+    entries = [
+        AuditEntry("device.authenticate", "TV006I", START, "alice", True, {"device": {"id": "d1"}}),
+        AuditEntry("cert.create", "TC000I", START, "alice", True, {"cert_type": "user"}),
+    ]
+    with backend.begin() as store:
+        store.audit.append_all(entries)
+        store.audit.append_all([])
+    with backend.begin() as store:
+        stored = store.audit.search()
+    assert [(r.event, r.code, r.time, r.user, r.success, r.body) for r in stored] == [
+        (e.event, e.code, e.time, e.user, e.success, e.body) for e in entries
+    ]
+    assert stored[0].id < stored[1].id and stored[0].uid != stored[1].uid
 
 
 def test_search_filters(backend: Backend) -> None:

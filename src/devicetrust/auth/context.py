@@ -13,6 +13,7 @@ from devicetrust.auth.cache import CachedState, StateCache
 from devicetrust.auth.parsing import parse_as
 from devicetrust.crypto.ca import CertAuthority
 from devicetrust.storage.backend import Backend
+from devicetrust.storage.records import AuditEntry
 from devicetrust.storage.repositories import Store
 from devicetrust.types import ClusterAuthPreference, Lock, Role, locks_in_force
 from devicetrust.types.clock import utcnow
@@ -72,6 +73,12 @@ class AuthContext:
         name, code = event
         body.setdefault("cluster_name", self.cluster_name)
         store.audit.append(name, code, self.clock(), user, success, body)
+
+    def audit_entry(self, event: tuple[str, str], user: str, success: bool, /, **body: Any) -> AuditEntry:
+        """An event for :meth:`AuditRepository.append_all`, which writes several in one statement."""
+        name, code = event
+        body.setdefault("cluster_name", self.cluster_name)
+        return AuditEntry(name, code, self.clock(), user, success, body)
 
     def state(self, store: Store) -> CachedState:
         """The cached roles, auth preference, bots and locks, current as of this transaction."""

@@ -93,6 +93,8 @@ INVALID_ENROLL_TOKEN = "invalid device enrollment token"
 TRUST_DISABLED = "device trust disabled by cluster settings"
 #: Verified login certificates an auth worker remembers; past it the oldest half is forgotten.
 MAX_REMEMBERED_LOGIN_CERTS = 10_000
+#: Devices whose last document an auth worker keeps for their next ceremony; past it the oldest half is forgotten.
+MAX_REMEMBERED_DEVICES = 1_000
 #: How long a spent ceremony id is kept past the ceremony's expiry: auth servers' clocks may differ this much.
 SPENT_CEREMONY_MARGIN = timedelta(minutes=5)
 
@@ -170,6 +172,9 @@ class DeviceService:
         #: login certificates verified before, by their exact bytes: a user proves the device with the same one
         #: before every session of the day, and verifying costs more than the rest of ``begin``
         self._login_certs: dict[bytes, tuple[Identity, ec.EllipticCurvePublicKey]] = {}
+        #: the device document each ceremony last read or wrote, by device id, with the stored body it was parsed
+        #: from: the next ceremony of the device finds the same body and skips parsing it
+        self._ceremony_devices: dict[str, tuple[Mapping[str, object], Device]] = {}
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
@@ -183,8 +188,13 @@ class DeviceService:
         self.context.audit(store, event, user, success, **body)
 
     def _save(self, store: Store, device: Device, *, expected_revision: int | None = None) -> Device:
+        return self._write(store, device, expected_revision=expected_revision)[0]
+
+    def _write(
+        self, store: Store, device: Device, *, expected_revision: int | None = None
+    ) -> tuple[Device, DeviceRecord]:
         device = replace(device, update_time=self._now())
-        store.devices.update(
+        written = store.devices.update(
             device.id,
             resource_to_dict(device),
             enroll_status=device.enroll_status,
@@ -194,7 +204,23 @@ class DeviceService:
             external_id=device.profile.external_id if device.profile and device.profile.external_id else None,
             expected_revision=expected_revision,
         )
+        return device, written
+
+    def _ceremony_device(self, record: DeviceRecord) -> Device:
+        """:func:`device_from_record`, without parsing again a body this service parsed or wrote last (compared
+        whole: equal bodies are the same document)."""
+        known = self._ceremony_devices.get(record.id)
+        if known is not None and known[0] == record.body:
+            return known[1]
+        device = device_from_record(record)
+        self._remember_device(record, device)
         return device
+
+    def _remember_device(self, record: DeviceRecord, device: Device) -> None:
+        if len(self._ceremony_devices) >= MAX_REMEMBERED_DEVICES:
+            for stale in list(self._ceremony_devices)[: MAX_REMEMBERED_DEVICES // 2]:
+                self._ceremony_devices.pop(stale, None)
+        self._ceremony_devices[record.id] = (record.body, device)
 
     def _settings(self) -> DeviceTrustSettings:
         return self.context.auth_preference().device_trust
@@ -625,7 +651,7 @@ class DeviceService:
         if record is None:
             refusal, reason = CeremonyError("this device is not registered"), "device not registered"
         else:
-            device = device_from_record(record)
+            device = self._ceremony_device(record)
             in_force = locks_in_force(state.locks, now, user=caller.name, roles=caller.role_names, device_id=device.id)
             if in_force:
                 message = in_force[0].message or "locked by an administrator"
@@ -690,7 +716,9 @@ class DeviceService:
             raise CeremonyError("the certificate already carries device extensions; run 'tsh login' for new ones")
         return identity
 
-    def _record_authentication(self, store: Store, device: Device, revision: int, record: dict[str, str]) -> Device:
+    def _record_authentication(
+        self, store: Store, device: Device, revision: int, record: dict[str, str]
+    ) -> tuple[Device, DeviceRecord]:
         """Append ``record`` to the device's collected data (the enrollment record stays first). Written only if
         the device is as it was read (one statement); if it changed meanwhile (another session's ceremony, say),
         re-read under a row lock, and refused if its credential is not the one that was proven."""
@@ -700,12 +728,12 @@ class DeviceService:
             return replace(current, collected_data=(*current.collected_data[:1], *kept))
 
         try:
-            return self._save(store, appended(device), expected_revision=revision)
+            return self._write(store, appended(device), expected_revision=revision)
         except ConflictError:
             current = device_from_record(store.devices.get(device.id, for_update=True))
         if current.credential != device.credential:
             raise CeremonyError("device is not enrolled")
-        return self._save(store, appended(current))
+        return self._write(store, appended(current))
 
     def _opened(self, ceremony_id: str) -> tuple[PendingCeremony, bytes, tuple[str, str] | None]:
         """The pending state sealed into ``ceremony_id`` at begin (whose it is and whether it is live are checked
@@ -749,7 +777,7 @@ class DeviceService:
         self._owned(caller, pending, now)
         if record is None:
             raise CeremonyError("this device is not registered")
-        device = device_from_record(record)
+        device = self._ceremony_device(record)
         try:
             if locks_in_force(state.locks, now, user=caller.name, roles=caller.role_names, device_id=device.id):
                 raise CeremonyError("device authentication refused: locked by an administrator")
@@ -801,30 +829,37 @@ class DeviceService:
                 store.spent_ceremonies.spend(pending.id, pending.expires + SPENT_CEREMONY_MARGIN)
             except NotFoundError:
                 raise CeremonyError("unknown or expired device ceremony") from None
-            current = self._record_authentication(store, device, record.revision, self._record(pending, proof, now))
+            current, written = self._record_authentication(
+                store, device, record.revision, self._record(pending, proof, now)
+            )
             details: dict[str, dict[str, str]] = {}
             if session_proof is not None:
                 details["target"] = {"kind": session_proof.kind, "id": session_proof.target}
                 details["proof"] = {"id": session_proof.id, "expires": session_proof.expires.isoformat()}
-            self._audit(
-                store,
-                events.DEVICE_AUTHENTICATE,
-                caller.name,
-                True,
-                device=device_audit(current, proof.credential.id),
-                event_log=proof.event_log,
-                **details,
-            )
-            if session_proof is None:
-                self._audit(
-                    store,
-                    events.CERT_CREATE,
+            audited = [
+                self.context.audit_entry(
+                    events.DEVICE_AUTHENTICATE,
                     caller.name,
                     True,
-                    cert_type="user",
-                    identity={"user": caller.name, "expires": augmented.not_after.isoformat()},
                     device=device_audit(current, proof.credential.id),
+                    event_log=proof.event_log,
+                    **details,
                 )
+            ]
+            if session_proof is None:
+                audited.append(
+                    self.context.audit_entry(
+                        events.CERT_CREATE,
+                        caller.name,
+                        True,
+                        cert_type="user",
+                        identity={"user": caller.name, "expires": augmented.not_after.isoformat()},
+                        device=device_audit(current, proof.credential.id),
+                    )
+                )
+            store.audit.append_all(audited)
+        # committed: the device's next ceremony reads this very document
+        self._remember_device(written, current)
         return caller, AugmentedCerts(new_ssh, new_tls, current)
 
 

@@ -5,6 +5,7 @@ Every ``datetime`` is timezone-aware UTC. Bodies are the JSON documents as store
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from pydantic import JsonValue
 
 __all__ = [
+    "AuditEntry",
     "AuditRecord",
     "DeviceFilter",
     "DeviceIdentity",
@@ -80,6 +82,18 @@ class PendingRecord:
     body: dict[str, JsonValue]
     expires: datetime
     created: datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """An event to append (:meth:`AuditRepository.append_all`)."""
+
+    event: str
+    code: str
+    time: datetime
+    user: str
+    success: bool
+    body: Mapping[str, object]
 
 
 @dataclass(frozen=True)
