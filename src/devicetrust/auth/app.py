@@ -27,6 +27,7 @@ from devicetrust import __version__
 from devicetrust.auth.devices import device_filter
 from devicetrust.auth.edge import INT64_MAX, RequestGuardMiddleware, error_response, short_message
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
+from devicetrust.auth.sessions import SESSION_EXPIRED
 from devicetrust.ceremony.messages import (
     ChallengeResponse,
     CollectedData,
@@ -34,7 +35,7 @@ from devicetrust.ceremony.messages import (
     QuoteResponse,
     TPMEnrollPayload,
 )
-from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
+from devicetrust.errors import DevicetrustError, RateLimitedError, SessionExpiredError, ValidationError
 from devicetrust.logs import request_id_var
 from devicetrust.protocol import (
     NDJSON_MEDIA_TYPE,
@@ -218,13 +219,12 @@ async def caller_dep(request: Request, credentials: BearerDep) -> Caller:
 CallerDep = Annotated[Caller, Depends(caller_dep)]
 
 
-async def session_token(request: Request, credentials: BearerDep) -> str:
+async def session_token(credentials: BearerDep) -> str:
     """The bearer token itself, for routes that resolve their caller in the transaction reading what they need
     (the device ceremony's). A request without one is refused here, before its body is read."""
     if credentials is None or not credentials.credentials:
-        server: AuthServer = request.app.state.auth_server
-        server.authenticate("")  # raises: the same refusal as every other route's
-    return credentials.credentials if credentials is not None else ""
+        raise SessionExpiredError(SESSION_EXPIRED)
+    return credentials.credentials
 
 
 SessionTokenDep = Annotated[str, Depends(session_token)]

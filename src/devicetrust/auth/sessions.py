@@ -35,6 +35,9 @@ from devicetrust.errors import (
 from devicetrust.storage.repositories import Store
 from devicetrust.types import SESSION_PROOF_PER_SESSION, Bot, Role, User
 
+#: Every failure to resolve a session token reads the same: nothing to learn from it.
+SESSION_EXPIRED = "your session has expired or is not valid; run 'tsh login'"
+
 log = logging.getLogger(__name__)
 
 #: Certificates last 12 h unless asked otherwise (Teleport's default) and never longer than 30 h.
@@ -109,7 +112,7 @@ class SessionService:
 
         One statement reads the session and the state generation; while neither the session's user, bot or
         roles changed (the generation did not move), the caller resolved before is reused."""
-        expired = SessionExpiredError("your session has expired or is not valid; run 'tsh login'")
+        expired = SessionExpiredError(SESSION_EXPIRED)
         if not token:
             raise expired
         token_hash = hash_token(token)
