@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from tests.auth.server_harness import PASSWORD, public_key
-from tests.auth.test_session_certificates import World
+from tests.auth.test_session_certificates import NODE, World
 
+from devicetrust.ceremony.messages import CeremonyError
 from devicetrust.storage.backend import Backend
+from devicetrust.types import Device
 
 WRITES = ("INSERT", "UPDATE", "DELETE")
 
@@ -61,7 +63,7 @@ def world(backend_url: str) -> Iterator[World]:
         backend.close()
 
 
-@pytest.mark.parametrize("target", [None, ("ssh", "0b6c3f1e-7d0e-4a57-9a43-2d0c3e9b8f11")])
+@pytest.mark.parametrize("target", [None, NODE])
 def test_a_ceremony_takes_three_transactions_of_which_one_writes(
     world: World, recorder: Recorder, target: tuple[str, str] | None
 ) -> None:
@@ -71,7 +73,7 @@ def test_a_ceremony_takes_three_transactions_of_which_one_writes(
     login = world.server.login("alice", PASSWORD, public_key(), None)
     devices = world.server.devices
 
-    def ceremony() -> None:
+    def ceremony() -> Device:
         _, challenge = devices.authenticate_begin_as(
             login.session_token,
             credential_id="cred-1",
@@ -79,16 +81,41 @@ def test_a_ceremony_takes_three_transactions_of_which_one_writes(
             ssh_cert=login.ssh_cert,
             target=target,
         )
-        devices.authenticate_finish_as(login.session_token, world.answer(challenge.ceremony_id, challenge.challenge))
+        _, certs = devices.authenticate_finish_as(
+            login.session_token, world.answer(challenge.ceremony_id, challenge.challenge)
+        )
+        return certs.device
 
     ceremony()  # the first fills the caches
     recorder.transactions.clear()
-    ceremony()
+    device = ceremony()
+    transactions = list(recorder.transactions)
+    # the document the next ceremony starts from, unparsed, is the one stored
+    assert device == devices.get(world.admin, device.id)
 
-    transactions = recorder.transactions
     assert len(transactions) == 3, transactions
     begin, finish_read, finish_write = transactions
     assert not begin.writes and not finish_read.writes
     assert len(begin.statements) == 2 and len(finish_read.statements) == 2, (begin, finish_read)
     # the spent id, the device, and the audit events (the certificate's too for login-time augmentation)
     assert len(finish_write.statements) == 3, finish_write
+
+
+def test_a_device_unenrolled_after_a_ceremony_is_refused_at_the_next(world: World) -> None:
+    alice, _ = world.user("alice")
+    world.enroll(alice)
+    login = world.server.login("alice", PASSWORD, public_key(), None)
+    devices = world.server.devices
+
+    def ceremony() -> Device:
+        _, challenge = devices.authenticate_begin_as(
+            login.session_token, credential_id="cred-1", collected=world.collected, ssh_cert=login.ssh_cert, target=NODE
+        )
+        return devices.authenticate_finish_as(
+            login.session_token, world.answer(challenge.ceremony_id, challenge.challenge)
+        )[1].device
+
+    device = ceremony()
+    devices.unenroll(world.admin, device.id)
+    with pytest.raises(CeremonyError):
+        ceremony()
