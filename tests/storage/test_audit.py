@@ -70,6 +70,22 @@ def test_append_many_stores_events_in_their_order(backend: Backend) -> None:
     assert (appended[2].user, appended[2].success, appended[2].time) == ("u2", False, START + 2 * MINUTE)
 
 
+def test_append_many_writes_the_events_in_order(backend: Backend) -> None:
+    entries = [
+        AuditEntry("device.authenticate", "TV006I", START, "alice", True, {"device": {"id": "d1"}}),
+        AuditEntry("cert.create", "TC000I", START, "alice", True, {"cert_type": "user"}),
+    ]
+    with backend.begin() as store:
+        store.audit.append_many(entries)
+        store.audit.append_many([])
+    with backend.begin() as store:
+        stored = store.audit.search()
+    assert [(r.event, r.code, r.time, r.user, r.success, r.body) for r in stored] == [
+        (e.event, e.code, e.time, e.user, e.success, e.body) for e in entries
+    ]
+    assert stored[0].id < stored[1].id and stored[0].uid != stored[1].uid
+
+
 def test_search_filters(backend: Backend) -> None:
     events = _append_events(backend, 10)
     with backend.begin() as store:

@@ -27,6 +27,7 @@ from devicetrust import __version__
 from devicetrust.auth.devices import device_filter
 from devicetrust.auth.edge import INT64_MAX, RequestGuardMiddleware, error_response, short_message
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
+from devicetrust.auth.sessions import SESSION_EXPIRED
 from devicetrust.ceremony.messages import (
     ChallengeResponse,
     CollectedData,
@@ -34,7 +35,7 @@ from devicetrust.ceremony.messages import (
     QuoteResponse,
     TPMEnrollPayload,
 )
-from devicetrust.errors import DevicetrustError, RateLimitedError, ValidationError
+from devicetrust.errors import DevicetrustError, RateLimitedError, SessionExpiredError, ValidationError
 from devicetrust.logs import request_id_var
 from devicetrust.protocol import (
     NDJSON_MEDIA_TYPE,
@@ -220,15 +221,15 @@ async def caller_dep(request: Request, credentials: BearerDep) -> Caller:
 CallerDep = Annotated[Caller, Depends(caller_dep)]
 
 
-async def inline_caller_dep(request: Request, credentials: BearerDep) -> Caller:
-    """:func:`caller_dep` without the hop to a worker thread, for routes that run on the event loop."""
-    server: AuthServer = request.app.state.auth_server
-    caller = server.authenticate(credentials.credentials if credentials is not None else "")
-    request.state.caller = caller.name
-    return caller
+async def session_token(credentials: BearerDep) -> str:
+    """The bearer token itself, for routes that resolve their caller in the transaction reading what they need
+    (the device ceremony's). A request without one is refused here, before its body is read."""
+    if credentials is None or not credentials.credentials:
+        raise SessionExpiredError(SESSION_EXPIRED)
+    return credentials.credentials
 
 
-InlineCallerDep = Annotated[Caller, Depends(inline_caller_dep)]
+SessionTokenDep = Annotated[str, Depends(session_token)]
 
 
 def _json_response(body: Any) -> Response:
@@ -527,19 +528,21 @@ def build_app(server: AuthServer) -> FastAPI:
     # The device ceremony runs before every session. Its routes run on the event loop: their work is short (a
     # cached read, the crypto, one write), and a hop to a worker thread would cost more than the work itself.
     @app.post("/v1/devices/authenticate/begin", response_model=ChallengeMessage)
-    async def authenticate_begin(req: AuthenticateBeginRequest, caller: InlineCallerDep) -> Response:
-        challenge = server.devices.authenticate_begin(
-            caller,
+    async def authenticate_begin(req: AuthenticateBeginRequest, token: SessionTokenDep, request: Request) -> Response:
+        caller, challenge = server.devices.authenticate_begin_as(
+            token,
             credential_id=req.credential_id,
             collected=CollectedData.from_dict(req.device_data),
             ssh_cert=req.ssh_cert.encode(),
             target=(req.target.kind, req.target.id) if req.target is not None else None,
         )
+        request.state.caller = caller.name
         return _json_response(challenge.to_json())
 
     @app.post("/v1/devices/authenticate/finish", response_model=DeviceCertificates)
-    async def authenticate_finish(response: ChallengeAnswerBody, caller: InlineCallerDep) -> Response:
-        certs = server.devices.authenticate_finish(caller, response)
+    async def authenticate_finish(response: ChallengeAnswerBody, token: SessionTokenDep, request: Request) -> Response:
+        caller, certs = server.devices.authenticate_finish_as(token, response)
+        request.state.caller = caller.name
         tls_cert = certs.tls_cert
         return _json_response(
             {

@@ -84,6 +84,12 @@ class AuthContext:
             ]
         )
 
+    def audit_entry(self, event: tuple[str, str], user: str, success: bool, /, **body: Any) -> AuditEntry:
+        """An event for :meth:`AuditRepository.append_many`, which writes several in one statement."""
+        name, code = event
+        body.setdefault("cluster_name", self.cluster_name)
+        return AuditEntry(name, code, self.clock(), user, success, body)
+
     def state(self, store: Store) -> CachedState:
         """The cached roles, auth preference, bots and locks, current as of this transaction."""
         return self.cache.current(store)

@@ -11,7 +11,7 @@ import hmac
 import re
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -72,7 +72,13 @@ from devicetrust.types import (
 )
 
 if TYPE_CHECKING:
+    from devicetrust.auth.cache import CachedState
     from devicetrust.auth.context import AuthContext, Caller
+
+    #: the caller a session token resolves to within a transaction, and the state it was resolved at
+    CallerLookup = Callable[[Store, str], tuple[Caller, CachedState | None]]
+    #: what a ceremony reads first in its transaction: the caller and the access-control state
+    CallerRead = Callable[[Store], tuple[Caller, CachedState]]
 
 RES_DEVICE = "device"
 #: Enrollment tokens last an hour unless asked otherwise, at most a week.
@@ -87,6 +93,8 @@ INVALID_ENROLL_TOKEN = "invalid device enrollment token"
 TRUST_DISABLED = "device trust disabled by cluster settings"
 #: Verified login certificates an auth worker remembers; past it the oldest half is forgotten.
 MAX_REMEMBERED_LOGIN_CERTS = 10_000
+#: Devices whose last document an auth worker keeps for their next ceremony; past it the oldest half is forgotten.
+MAX_REMEMBERED_DEVICES = 1_000
 #: How long a spent ceremony id is kept past the ceremony's expiry: auth servers' clocks may differ this much.
 SPENT_CEREMONY_MARGIN = timedelta(minutes=5)
 
@@ -157,11 +165,16 @@ def device_filter(
 
 
 class DeviceService:
-    def __init__(self, context: AuthContext) -> None:
+    def __init__(self, context: AuthContext, caller_in: CallerLookup) -> None:
         self.context = context
+        #: resolves a session token within a transaction, so a ceremony reads its caller and its device together
+        self._caller_in = caller_in
         #: login certificates verified before, by their exact bytes: a user proves the device with the same one
         #: before every session of the day, and verifying costs more than the rest of ``begin``
         self._login_certs: dict[bytes, tuple[Identity, ec.EllipticCurvePublicKey]] = {}
+        #: the device document each ceremony last read or wrote, by device id, with the stored body it was parsed
+        #: from: the next ceremony of the device finds the same body and skips parsing it
+        self._ceremony_devices: dict[str, tuple[Mapping[str, object], Device]] = {}
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
@@ -175,8 +188,13 @@ class DeviceService:
         self.context.audit(store, event, user, success, **body)
 
     def _save(self, store: Store, device: Device, *, expected_revision: int | None = None) -> Device:
+        return self._write(store, device, expected_revision=expected_revision)[0]
+
+    def _write(
+        self, store: Store, device: Device, *, expected_revision: int | None = None
+    ) -> tuple[Device, DeviceRecord]:
         device = replace(device, update_time=self._now())
-        store.devices.update(
+        written = store.devices.update(
             device.id,
             resource_to_dict(device),
             enroll_status=device.enroll_status,
@@ -186,7 +204,23 @@ class DeviceService:
             external_id=device.profile.external_id if device.profile and device.profile.external_id else None,
             expected_revision=expected_revision,
         )
+        return device, written
+
+    def _ceremony_device(self, record: DeviceRecord) -> Device:
+        """:func:`device_from_record`, without parsing again a body this service parsed or wrote last (compared
+        whole: equal bodies are the same document)."""
+        known = self._ceremony_devices.get(record.id)
+        if known is not None and known[0] == record.body:
+            return known[1]
+        device = device_from_record(record)
+        self._remember_device(record, device)
         return device
+
+    def _remember_device(self, record: DeviceRecord, device: Device) -> None:
+        if len(self._ceremony_devices) >= MAX_REMEMBERED_DEVICES:
+            for stale in list(self._ceremony_devices)[: MAX_REMEMBERED_DEVICES // 2]:
+                self._ceremony_devices.pop(stale, None)
+        self._ceremony_devices[record.id] = (record.body, device)
 
     def _settings(self) -> DeviceTrustSettings:
         return self.context.auth_preference().device_trust
@@ -557,19 +591,59 @@ class DeviceService:
 
         Nothing is written: the pending state goes to the device sealed, as the ceremony id
         (:mod:`devicetrust.ceremony.sealed`)."""
+        return self._begin(
+            self._known(caller), credential_id=credential_id, collected=collected, ssh_cert=ssh_cert, target=target
+        )[1]
+
+    def authenticate_begin_as(
+        self,
+        token: str,
+        *,
+        credential_id: str,
+        collected: CollectedData,
+        ssh_cert: bytes,
+        target: tuple[str, str] | None = None,
+    ) -> tuple[Caller, Challenge]:
+        """:meth:`authenticate_begin` for the caller of session ``token``, resolved in the ceremony's one read
+        transaction."""
+        return self._begin(
+            self._of_token(token), credential_id=credential_id, collected=collected, ssh_cert=ssh_cert, target=target
+        )
+
+    def _known(self, caller: Caller) -> CallerRead:
+        return lambda store: (caller, self.context.state(store))
+
+    def _of_token(self, token: str) -> CallerRead:
+        def read(store: Store) -> tuple[Caller, CachedState]:
+            caller, state = self._caller_in(store, token)
+            return caller, state if state is not None else self.context.state(store)
+
+        return read
+
+    def _begin(
+        self,
+        caller_read: CallerRead,
+        *,
+        credential_id: str,
+        collected: CollectedData,
+        ssh_cert: bytes,
+        target: tuple[str, str] | None,
+    ) -> tuple[Caller, Challenge]:
+        now = self._now()
+        device: Device | None = None
+        refusal: CeremonyError | AccessDeniedError | None = None
+        reason = ""
+        with self._backend.read() as store:
+            caller, state = caller_read(store)
+            record = None
+            if caller.kind in ("user", "bot"):
+                record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
         if caller.kind not in ("user", "bot"):
             raise AccessDeniedError("device authentication is for users and bots")
         if target is None:
             self._verified_unaugmented(caller, ssh_cert)
         else:
             self._verified_login_cert(caller, ssh_cert)
-        now = self._now()
-        device: Device | None = None
-        refusal: CeremonyError | AccessDeniedError | None = None
-        reason = ""
-        with self._backend.read() as store:
-            state = self.context.state(store)
-            record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
         settings = state.auth_preference.device_trust
         role_modes = [r.options.device_trust_mode for r in caller.roles if r.options.device_trust_mode]
         if all(mode == "off" for mode in [settings.mode, *role_modes]):
@@ -577,7 +651,7 @@ class DeviceService:
         if record is None:
             refusal, reason = CeremonyError("this device is not registered"), "device not registered"
         else:
-            device = device_from_record(record)
+            device = self._ceremony_device(record)
             in_force = locks_in_force(state.locks, now, user=caller.name, roles=caller.role_names, device_id=device.id)
             if in_force:
                 message = in_force[0].message or "locked by an administrator"
@@ -608,7 +682,7 @@ class DeviceService:
         }
         if target is not None:
             sealed["target"] = {"kind": target[0], "id": target[1]}
-        return replace(challenge, ceremony_id=seal(self.context.ceremony_key, sealed))
+        return caller, replace(challenge, ceremony_id=seal(self.context.ceremony_key, sealed))
 
     def _verified_login_cert(self, caller: Caller, ssh_cert: bytes) -> Identity:
         """The caller's own login certificate (device-augmented or not; never a session certificate)."""
@@ -642,7 +716,9 @@ class DeviceService:
             raise CeremonyError("the certificate already carries device extensions; run 'tsh login' for new ones")
         return identity
 
-    def _record_authentication(self, store: Store, device: Device, revision: int, record: dict[str, str]) -> Device:
+    def _record_authentication(
+        self, store: Store, device: Device, revision: int, record: dict[str, str]
+    ) -> tuple[Device, DeviceRecord]:
         """Append ``record`` to the device's collected data (the enrollment record stays first). Written only if
         the device is as it was read (one statement); if it changed meanwhile (another session's ceremony, say),
         re-read under a row lock, and refused if its credential is not the one that was proven."""
@@ -652,45 +728,56 @@ class DeviceService:
             return replace(current, collected_data=(*current.collected_data[:1], *kept))
 
         try:
-            return self._save(store, appended(device), expected_revision=revision)
+            return self._write(store, appended(device), expected_revision=revision)
         except ConflictError:
             current = device_from_record(store.devices.get(device.id, for_update=True))
         if current.credential != device.credential:
             raise CeremonyError("device is not enrolled")
-        return self._save(store, appended(current))
+        return self._write(store, appended(current))
 
-    def _opened(
-        self, caller: Caller, ceremony_id: str, now: datetime
-    ) -> tuple[PendingCeremony, bytes, tuple[str, str] | None]:
-        """The pending state sealed into ``ceremony_id`` at begin, if it is the caller's and still live.
-        Ownership is checked before anything is spent: another user's finish must not burn the owner's ceremony."""
-        unknown = CeremonyError("unknown or expired device ceremony")
+    def _opened(self, ceremony_id: str) -> tuple[PendingCeremony, bytes, tuple[str, str] | None]:
+        """The pending state sealed into ``ceremony_id`` at begin (whose it is and whether it is live are checked
+        by :meth:`_owned`)."""
         state = open_sealed(self.context.ceremony_key, ceremony_id)
         try:
             expires = datetime.fromisoformat(str(state["expires"]))
             pending = PendingCeremony.from_body(str(state["id"]), AUTHENTICATE, expires, state)
             login_cert = str(state["ssh_cert"]).encode()
         except (KeyError, TypeError, ValueError):
-            raise unknown from None
+            raise CeremonyError("unknown or expired device ceremony") from None
+        return pending, login_cert, _pending_target(state)
+
+    def _owned(self, caller: Caller, pending: PendingCeremony, now: datetime) -> None:
+        """Refuse a ceremony that is not the caller's or no longer live. Ownership is checked before anything is
+        spent: another user's finish must not burn the owner's ceremony."""
+        unknown = CeremonyError("unknown or expired device ceremony")
         if not hmac.compare_digest(pending.user.encode(), caller.name.encode()):
             self._audit_failure(events.DEVICE_AUTHENTICATE, caller.name, None, "ceremony belongs to another user")
             raise unknown
         if now >= pending.expires:
             raise unknown
-        return pending, login_cert, _pending_target(state)
 
     def authenticate_finish(self, caller: Caller, response: ChallengeResponse) -> AugmentedCerts:
         """Verify the device's answer against the credential it holds now, then, in ONE write transaction, spend
         the ceremony (its id's primary key: of concurrent finishes exactly one commits), record the
         authentication on the device and audit it."""
+        return self._finish(self._known(caller), response)[1]
+
+    def authenticate_finish_as(self, token: str, response: ChallengeResponse) -> tuple[Caller, AugmentedCerts]:
+        """:meth:`authenticate_finish` for the caller of session ``token``, resolved in the same read transaction
+        as the device."""
+        return self._finish(self._of_token(token), response)
+
+    def _finish(self, caller_read: CallerRead, response: ChallengeResponse) -> tuple[Caller, AugmentedCerts]:
         now = self._now()
-        pending, login_cert, target = self._opened(caller, response.ceremony_id, now)
+        pending, login_cert, target = self._opened(response.ceremony_id)
         with self._backend.read() as store:
-            state = self.context.state(store)
+            caller, state = caller_read(store)
             record = store.devices.find(pending.device_id)
+        self._owned(caller, pending, now)
         if record is None:
             raise CeremonyError("this device is not registered")
-        device = device_from_record(record)
+        device = self._ceremony_device(record)
         try:
             if locks_in_force(state.locks, now, user=caller.name, roles=caller.role_names, device_id=device.id):
                 raise CeremonyError("device authentication refused: locked by an administrator")
@@ -742,31 +829,38 @@ class DeviceService:
                 store.spent_ceremonies.spend(pending.id, pending.expires + SPENT_CEREMONY_MARGIN)
             except NotFoundError:
                 raise CeremonyError("unknown or expired device ceremony") from None
-            current = self._record_authentication(store, device, record.revision, self._record(pending, proof, now))
+            current, written = self._record_authentication(
+                store, device, record.revision, self._record(pending, proof, now)
+            )
             details: dict[str, dict[str, str]] = {}
             if session_proof is not None:
                 details["target"] = {"kind": session_proof.kind, "id": session_proof.target}
                 details["proof"] = {"id": session_proof.id, "expires": session_proof.expires.isoformat()}
-            self._audit(
-                store,
-                events.DEVICE_AUTHENTICATE,
-                caller.name,
-                True,
-                device=device_audit(current, proof.credential.id),
-                event_log=proof.event_log,
-                **details,
-            )
-            if session_proof is None:
-                self._audit(
-                    store,
-                    events.CERT_CREATE,
+            audited = [
+                self.context.audit_entry(
+                    events.DEVICE_AUTHENTICATE,
                     caller.name,
                     True,
-                    cert_type="user",
-                    identity={"user": caller.name, "expires": augmented.not_after.isoformat()},
                     device=device_audit(current, proof.credential.id),
+                    event_log=proof.event_log,
+                    **details,
                 )
-        return AugmentedCerts(new_ssh, new_tls, current)
+            ]
+            if session_proof is None:
+                audited.append(
+                    self.context.audit_entry(
+                        events.CERT_CREATE,
+                        caller.name,
+                        True,
+                        cert_type="user",
+                        identity={"user": caller.name, "expires": augmented.not_after.isoformat()},
+                        device=device_audit(current, proof.credential.id),
+                    )
+                )
+            store.audit.append_many(audited)
+        # committed: the device's next ceremony reads this very document
+        self._remember_device(written, current)
+        return caller, AugmentedCerts(new_ssh, new_tls, current)
 
 
 def _pending_target(body: Mapping[str, object]) -> tuple[str, str] | None:

@@ -66,7 +66,7 @@ class AuthServer:
         self.sessions = SessionService(context, hasher)
         self.identities = IdentityService(context, hasher)
         self.locks = LockService(context)
-        self.devices = DeviceService(context)
+        self.devices = DeviceService(context, self.sessions.authenticate_in)
         self.nodes = NodeService(context)
         self.databases = DatabaseAccessService(context)
         self.kube = KubeAccessService(context)

@@ -35,6 +35,9 @@ from devicetrust.errors import (
 from devicetrust.storage.repositories import Store
 from devicetrust.types import SESSION_PROOF_PER_SESSION, Bot, Role, User
 
+#: Every failure to resolve a session token reads the same: nothing to learn from it.
+SESSION_EXPIRED = "your session has expired or is not valid; run 'tsh login'"
+
 log = logging.getLogger(__name__)
 
 #: Certificates last 12 h unless asked otherwise (Teleport's default) and never longer than 30 h.
@@ -99,32 +102,37 @@ class SessionService:
         return token
 
     def authenticate(self, token: str) -> Caller:
-        """Resolve a bearer token to a caller. One message for every failure: nothing to learn from it.
+        """Resolve a bearer token to a caller. One message for every failure: nothing to learn from it."""
+        with self.context.backend.read() as store:
+            return self.authenticate_in(store, token)[0]
+
+    def authenticate_in(self, store: Store, token: str) -> tuple[Caller, CachedState | None]:
+        """:meth:`authenticate` within the transaction ``store``, which may go on to read what the request needs;
+        with the access-control state the caller was resolved at (None for agents, which have no roles).
 
         One statement reads the session and the state generation; while neither the session's user, bot or
         roles changed (the generation did not move), the caller resolved before is reused."""
-        expired = SessionExpiredError("your session has expired or is not valid; run 'tsh login'")
+        expired = SessionExpiredError(SESSION_EXPIRED)
         if not token:
             raise expired
         token_hash = hash_token(token)
-        with self.context.backend.read() as store:
-            try:
-                session, generation = store.sessions.get_valid_at_generation(token_hash, self.context.clock())
-            except NotFoundError:
-                raise expired from None
-            if session.kind in ("node", "db", "kube"):  # an agent: no roles, its own endpoints
-                return Caller(session.user, session.kind, (), {}, token_hash)
-            if session.kind == "mdm":
-                return Caller(session.user, "mdm", (), {}, token_hash)
-            state = self.context.cache.at(store, generation)
-            known = state.callers.get(token_hash)
-            if isinstance(known, Caller):
-                return known
-            caller = self._resolve(store, state, session.kind, session.user, session.body, token_hash)
-            if caller is None:
-                raise expired
-            state.remember_caller(token_hash, caller)
-            return caller
+        try:
+            session, generation = store.sessions.get_valid_at_generation(token_hash, self.context.clock())
+        except NotFoundError:
+            raise expired from None
+        if session.kind in ("node", "db", "kube"):  # an agent: no roles, its own endpoints
+            return Caller(session.user, session.kind, (), {}, token_hash), None
+        if session.kind == "mdm":
+            return Caller(session.user, "mdm", (), {}, token_hash), None
+        state = self.context.cache.at(store, generation)
+        known = state.callers.get(token_hash)
+        if isinstance(known, Caller):
+            return known, state
+        caller = self._resolve(store, state, session.kind, session.user, session.body, token_hash)
+        if caller is None:
+            raise expired
+        state.remember_caller(token_hash, caller)
+        return caller, state
 
     @staticmethod
     def _resolve(

@@ -574,7 +574,8 @@ class PendingRepository(_Repository):
         return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
 
 
-def _device(row: Row[Any]) -> DeviceRecord:
+def _device(row: Row[Any], body: dict[str, JsonValue] | None = None) -> DeviceRecord:
+    """The record of ``row``; with ``body``, the one just written (the row then does not return it)."""
     return DeviceRecord(
         row.id,
         row.os_type,
@@ -584,7 +585,7 @@ def _device(row: Row[Any]) -> DeviceRecord:
         row.source_name,
         row.source_origin,
         row.external_id,
-        row.body,
+        row.body if body is None else body,
         row.revision,
         row.created,
         row.updated,
@@ -627,7 +628,8 @@ _DEVICE_UPDATE = (
     sa.update(schema.devices)
     .where(schema.devices.c.id == sa.bindparam("device_id"))
     .values(revision=schema.devices.c.revision + 1)
-    .returning(*schema.devices.c)
+    # everything but the body, which the writer has already: decoding it back would cost as much as encoding it
+    .returning(*(column for column in schema.devices.c if column.name != "body"))
 )
 _DEVICE_UPDATE_AT_REVISION = _DEVICE_UPDATE.where(schema.devices.c.revision == sa.bindparam("expected_revision"))
 
@@ -712,9 +714,10 @@ class DeviceRepository(_Repository):
         expected_revision: int | None = None,
     ) -> DeviceRecord:
         """Replace the body and the columns. With ``expected_revision``, ConflictError if someone wrote in between."""
+        canonical = _canonical_body(body)
         values = {
             "device_id": id,
-            "body": _canonical_body(body),
+            "body": canonical,
             "enroll_status": enroll_status,
             "owner": owner,
             "source_name": source_name,
@@ -734,7 +737,7 @@ class DeviceRepository(_Repository):
                 f'device "{current.os_type}/{current.asset_tag}" was changed by someone else (revision '
                 f"{current.revision}, expected {expected_revision}); read it again and retry"
             )
-        return _device(row)
+        return _device(row, canonical)
 
     def delete(self, id: str) -> DeviceRecord:
         """Remove the device; return what was stored."""
@@ -1193,6 +1196,7 @@ def _audit(row: Row[Any]) -> AuditRecord:
 
 
 _AUDIT_INSERT = sa.insert(schema.audit_events).returning(*schema.audit_events.c)
+_AUDIT_INSERT_ALL = sa.insert(schema.audit_events)
 
 
 class AuditRepository(_Repository):
@@ -1218,7 +1222,7 @@ class AuditRepository(_Repository):
         """Append ``events`` in their order, in one statement (an agent's batch: no records read back)."""
         if events:
             self._conn.execute(
-                sa.insert(self._t),
+                _AUDIT_INSERT_ALL,
                 [
                     {
                         "uid": str(uuid.uuid4()),
