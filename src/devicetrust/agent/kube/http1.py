@@ -171,6 +171,8 @@ class Reply:
         self.complete = False
         #: body bytes came after the reply to a HEAD request ended (the connection cannot be reused)
         self._extra = False
+        #: the reply lets the connection carry another request (llhttp forgets it once the reply is complete)
+        self._keep_alive = False
 
     # httptools callbacks ------------------------------------------------------------------------
     def on_status(self, status: bytes) -> None:
@@ -184,6 +186,7 @@ class Reply:
         if 100 <= self.status < 200:
             return
         self.headers_complete = True
+        self._keep_alive = self._parser.should_keep_alive()
         for name, _ in self.fields:
             lowered = name.lower()
             if lowered == b"transfer-encoding":
@@ -244,4 +247,4 @@ class Reply:
     @property
     def reusable(self) -> bool:
         """The connection may carry another request: this reply was read to its end and asked no close."""
-        return self.complete and not self.until_close and not self._extra and self._parser.should_keep_alive()
+        return self.complete and not self.until_close and not self._extra and self._keep_alive
