@@ -67,24 +67,34 @@ class LineReader(Protocol):
 class Fields:
     """A message's header fields in their order; names matched without regard to case."""
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_by_name", "_fields")
 
-    def __init__(self, fields: list[tuple[str, str]]) -> None:
-        self._fields = fields
+    def __init__(self) -> None:
+        #: (lower-case name, name as sent, value)
+        self._fields: list[tuple[str, str, str]] = []
+        self._by_name: dict[str, list[str]] = {}
+
+    def add(self, name: str, value: str) -> None:
+        lowered = name.lower()
+        self._fields.append((lowered, name, value))
+        self._by_name.setdefault(lowered, []).append(value)
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        wanted = name.lower()
-        return next((value for key, value in self._fields if key.lower() == wanted), default)
+        values = self._by_name.get(name.lower())
+        return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
-        wanted = name.lower()
-        return [value for key, value in self._fields if key.lower() == wanted]
+        return list(self._by_name.get(name.lower(), ()))
 
     def items(self) -> list[tuple[str, str]]:
+        return [(name, value) for _, name, value in self._fields]
+
+    def lowered_items(self) -> list[tuple[str, str, str]]:
+        """(lower-case name, name as sent, value) of each field."""
         return list(self._fields)
 
     def __iter__(self) -> Iterator[str]:
-        return (key for key, _ in self._fields)
+        return (name for _, name, _ in self._fields)
 
     def __len__(self) -> int:
         return len(self._fields)
@@ -120,9 +130,8 @@ def parse_request_line(raw: bytes) -> tuple[str, str, str]:
 
 def read_fields(reader: LineReader, *, head_so_far: int = 0) -> Fields:
     """The header fields up to the empty line that ends a request's head."""
-    fields: list[tuple[str, str]] = []
+    fields = Fields()
     size = head_so_far
-    content_length = False
     while True:
         line = reader.readline(MAX_LINE + 1)
         if len(line) > MAX_LINE:
@@ -134,7 +143,7 @@ def read_fields(reader: LineReader, *, head_so_far: int = 0) -> Fields:
         if content is None:
             raise MalformedRequest(400, "the request's headers were cut short")
         if not content:
-            return Fields(fields)
+            return fields
         if len(fields) == MAX_HEADERS:
             raise MalformedRequest(431, "Too many headers")
         if content[:1] in (b" ", b"\t"):
@@ -146,11 +155,9 @@ def read_fields(reader: LineReader, *, head_so_far: int = 0) -> Fields:
         if _CONTROL.search(value):
             raise MalformedRequest(400, "a header value holds a control character")
         key = name.decode("ascii")
-        if key.lower() == "content-length":
-            if content_length or not value.isdigit():
-                raise MalformedRequest(400, "Content-Length is malformed or repeated")
-            content_length = True
-        fields.append((key, value.decode("latin-1")))
+        if key.lower() == "content-length" and (fields.get(key) is not None or not value.isdigit()):
+            raise MalformedRequest(400, "Content-Length is malformed or repeated")
+        fields.add(key, value.decode("latin-1"))
 
 
 class Reply:
@@ -173,13 +180,16 @@ class Reply:
         self._extra = False
         #: the reply lets the connection carry another request (llhttp forgets it once the reply is complete)
         self._keep_alive = False
+        #: a header value holds a line break: the reply is not relayed
+        self._line_break = False
 
     # httptools callbacks ------------------------------------------------------------------------
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value))
+        if not self.headers_complete:  # a chunked body's trailer fields are not relayed
+            self.fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -187,12 +197,14 @@ class Reply:
             return
         self.headers_complete = True
         self._keep_alive = self._parser.should_keep_alive()
-        for name, _ in self.fields:
+        for name, value in self.fields:
             lowered = name.lower()
             if lowered == b"transfer-encoding":
                 self._chunked = True
             elif lowered == b"content-length":
                 self._length = True
+            if b"\r" in value or b"\n" in value:
+                self._line_break = True
         if self._head_request:
             self.complete = True
 
@@ -215,7 +227,7 @@ class Reply:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
             raise MalformedReply(f"malformed reply: {err}") from None
-        if self.headers_complete and any(b"\r" in value or b"\n" in value for _, value in self.fields):
+        if self._line_break:
             raise MalformedReply("malformed reply: a header value holds a line break")
 
     def end_of_input(self) -> None:

@@ -604,8 +604,8 @@ class _Handler(BaseHTTPRequestHandler):
         plus the service's token and the granted impersonation."""
         headers = [
             (key, value)
-            for key, value in self.fields.items()
-            if (key.lower() not in _HOP_BY_HOP or key.lower() in keep) and not key.lower().startswith("impersonate-")
+            for lowered, key, value in self.fields.lowered_items()
+            if (lowered not in _HOP_BY_HOP or lowered in keep) and not lowered.startswith("impersonate-")
         ]
         headers += [("Authorization", f"Bearer {granted.upstream.token}"), ("Impersonate-User", granted.user)]
         headers += [("Impersonate-Group", group) for group in granted.groups]
