@@ -14,7 +14,8 @@ Life of a request (one thread per connection):
 3. The request goes to the API server with the service's bearer token and ``Impersonate-User`` /
    ``Impersonate-Group`` from the granted kubernetes_users / kubernetes_groups (:func:`.requests.impersonation`);
    the client's own credentials and impersonation headers never pass through.
-4. The reply is relayed; a streamed one (a watch, ``logs -f``) chunk by chunk as it arrives.
+4. The reply is relayed (:mod:`.http1` frames both the client's request and the API server's reply); a streamed
+   one (a watch, ``logs -f``) chunk by chunk as it arrives.
 5. A protocol upgrade (``exec``, ``attach``, ``port-forward`` over WebSocket or SPDY) goes on a connection of its
    own with the same token and impersonation; after the API server's 101, bytes both ways (unread) until either
    side closes.
