@@ -259,6 +259,18 @@ def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
         while chunk := tls.recv(4096):  # the service closes after a malformed request
             reply += chunk
         assert reply.startswith(b"HTTP/1.1 501") and b'"kind": "Status"' in reply
+    # request heads a strict reader refuses: a folded header line, a repeated Content-Length, a bare CR
+    for head in (
+        b"GET /kube/prod/api HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+        b"POST /kube/prod/api HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"GET /kube/prod/api HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
+            tls.sendall(head)
+            reply = b""
+            while chunk := tls.recv(4096):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 400") and b'"kind": "Status"' in reply, reply
     with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
         tls.sendall(b"GET /kube/prod/api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         reply = b""
