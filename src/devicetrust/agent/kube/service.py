@@ -155,7 +155,7 @@ class _Upstream:
             raise
 
     def release(self, sock: ssl.SSLSocket) -> None:
-        sock.settimeout(UPSTREAM_TIMEOUT_SECONDS)
+        """Keep a connection whose reply was read to its end (its timeout as dialled: streamed ones are not kept)."""
         with self.lock:
             if len(self.idle) < MAX_IDLE_UPSTREAM_CONNECTIONS:
                 self.idle.append(sock)
