@@ -207,8 +207,8 @@ def _remove_locks(world: World) -> None:
         time.sleep(0.5)
 
 
-def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World) -> None:
-    # the service reuses an allowed decision on a connection only while the cluster state is the same
+def _kept_alive_connection(world: World) -> http.client.HTTPSConnection:
+    """One HTTPS connection to the kube service with the credentials kubectl would get (not yet opened)."""
     credential = json.loads(ok(world.laptop.tsh("kube", "credentials", f"--kube-cluster={KUBE_CLUSTER}")))["status"]
     cert, key = world.root / "keepalive-cert.pem", world.root / "keepalive-key.pem"
     cert.write_text(credential["clientCertificateData"])
@@ -219,7 +219,12 @@ def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World
     host, _, port = json.loads(ok(world.laptop.tsh("kube", "ls", "--format=json")))[0]["service"]["addr"].rpartition(
         ":"
     )
-    conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+    return http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+
+
+def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World) -> None:
+    # the service reuses an allowed decision on a connection only while the cluster state is the same
+    conn = _kept_alive_connection(world)
 
     def get_pods() -> tuple[int, bytes]:
         conn.request("GET", f"/kube/{KUBE_CLUSTER}/api/v1/namespaces/default/pods")
@@ -238,6 +243,29 @@ def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World
         conn.close()
         for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
             ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
+
+
+def test_a_chunked_reply_relayed_to_its_end_keeps_both_connections(world: World) -> None:
+    # the real API server streams large lists chunked: kubectl's connection and the service's to the API server
+    # both carry the next request
+    conn = _kept_alive_connection(world)
+    world.api.chunked_over = 0
+    before = len(world.api.requests)
+    try:
+        conn.connect()
+        client_socket = conn.sock
+        for _ in range(3):
+            conn.request("GET", f"/kube/{KUBE_CLUSTER}/api/v1/namespaces/default/pods")
+            response = conn.getresponse()
+            assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+            names = {pod["metadata"]["name"] for pod in json.loads(response.read())["items"]}
+            assert {"web-0", "web-1"} <= names
+            assert conn.sock is client_socket  # the same connection: the service did not close it
+    finally:
+        world.api.chunked_over = None
+        conn.close()
+    seen = [r for r in world.api.requests[before:] if r.path == "/api/v1/namespaces/default/pods"]
+    assert len(seen) == 3 and len({r.client_port for r in seen}) == 1, seen
 
 
 def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:

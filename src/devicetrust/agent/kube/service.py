@@ -155,7 +155,7 @@ class _Upstream:
             raise
 
     def release(self, sock: ssl.SSLSocket) -> None:
-        """Keep a connection whose reply was read to its end (its timeout as dialled: streamed ones are not kept)."""
+        """Keep a connection whose reply was read to its end, with the timeout it was dialled with."""
         with self.lock:
             if len(self.idle) < MAX_IDLE_UPSTREAM_CONNECTIONS:
                 self.idle.append(sock)
@@ -683,7 +683,8 @@ class _Handler(BaseHTTPRequestHandler):
             return "", reply.reusable
         # streamed (a watch, logs -f): chunk by chunk as it comes, until either side ends or a lock does
         head.append(b"Transfer-Encoding: chunked\r\n\r\n")
-        self.close_connection = True
+        keep_client, self.close_connection = self.close_connection, True
+        finished = False
         service = self.server.service
         stream = _Stream(identity, target, (self.connection, upstream_sock))
         upstream_sock.settimeout(None)  # a watch may be quiet for a long time
@@ -696,6 +697,7 @@ class _Handler(BaseHTTPRequestHandler):
                     pending += b"%x\r\n" % len(chunk) + chunk + b"\r\n"
                 if reply.complete:
                     self._write(pending + b"0\r\n\r\n")
+                    finished = True
                     break
                 if pending:
                     self._write(pending)
@@ -714,7 +716,12 @@ class _Handler(BaseHTTPRequestHandler):
             service.close_stream(stream)
             if stream.ended:
                 log.info("kube stream ended", extra={"user": identity.username, "reason": stream.ended})
-        return stream.ended, False
+        if not finished or stream.is_ended():
+            return stream.ended, False
+        # relayed to its end (a chunked list, a watch the API server closed): both connections carry on
+        self.close_connection = keep_client
+        upstream_sock.settimeout(UPSTREAM_TIMEOUT_SECONDS)
+        return "", reply.reusable
 
     def _write(self, data: bytes) -> None:
         try:
