@@ -119,6 +119,8 @@ class FakeKubeAPIServer:
     log_interval: float = 0.2
     #: JSON replies longer than this many bytes go chunked, as the real API server streams large lists (None: never)
     chunked_over: int | None = None
+    #: JSON replies end halfway through their body and the connection closes (an API server that fails mid-reply)
+    cut_replies: bool = False
     port: int = 0
     _pods: dict[tuple[str, str], _Pod] = field(default_factory=dict)
     _watchers: list[queue.Queue[dict[str, Any] | None]] = field(default_factory=list)
@@ -372,6 +374,10 @@ class _Handler(BaseHTTPRequestHandler):
         if chunked_over is None or len(body) <= chunked_over:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if self.server_fake.cut_replies:
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
             self.wfile.write(body)
             return
         self.send_header("Transfer-Encoding", "chunked")

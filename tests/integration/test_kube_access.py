@@ -268,6 +268,26 @@ def test_a_chunked_reply_relayed_to_its_end_keeps_both_connections(world: World)
     assert len(seen) == 3 and len({r.client_port for r in seen}) == 1, seen
 
 
+def test_a_reply_the_api_server_cuts_short_is_a_502(world: World) -> None:
+    conn = _kept_alive_connection(world)
+    world.api.cut_replies = True
+    try:
+        conn.request("GET", f"/kube/{KUBE_CLUSTER}/api/v1/namespaces/default/pods")
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    finally:
+        world.api.cut_replies = False
+        conn.close()
+    assert response.status == 502 and body["kind"] == "Status", body
+    assert f"the Kubernetes API server of {KUBE_CLUSTER} failed its reply" in body["message"]
+    event = world.wait_for_event("kube.request", lambda e: e.get("response_code") == 502)
+    assert (event["resource_kind"], event["success"]) == ("pods", False)
+    # the next request gets a new API server connection and a whole reply
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    assert world.kubectl(env, "get", "pods", "-n", "default").returncode == 0
+
+
 def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
     service = json.loads(ok(world.laptop.tsh("kube", "ls", "--format=json")))[0]["service"]
     host, _, port = service["addr"].rpartition(":")

@@ -591,14 +591,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return 502, ""
         reusable = False
         try:
-            ended, reusable = self._relay(reply, sock, granted.identity, target)
+            code, ended, reusable = self._relay(reply, sock, granted.identity, target)
         finally:
             # kept only when its reply was read to the end (a client gone mid-reply leaves it half read)
             if reusable:
                 upstream.release(sock)
             else:
                 sock.close()
-        return reply.status, ended
+        return code, ended
 
     def _upstream_headers(self, granted: _Granted, *, keep: frozenset[str]) -> list[tuple[str, str]]:
         """The client's headers, less its credentials, its impersonation and the hop-by-hop ones (but ``keep``),
@@ -658,9 +658,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _relay(
         self, reply: Reply, upstream_sock: ssl.SSLSocket, identity: Identity, target: KubeClusterTarget
-    ) -> tuple[str, bool]:
-        """Relay the reply whose head was read; (why the service ended it early or "", whether the API server's
-        connection may be reused)."""
+    ) -> tuple[int, str, bool]:
+        """Relay the reply whose head was read: (the status the client got, why the service ended it early or "",
+        whether the API server's connection may be reused)."""
         head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reply.reason)]
         head += [
             name + b": " + value + b"\r\n" for name, value in reply.fields if name.lower() not in _HOP_BY_HOP_BYTES
@@ -676,11 +676,11 @@ class _Handler(BaseHTTPRequestHandler):
             except (OSError, MalformedReply) as err:
                 self.close_connection = True
                 self._reply(502, f"the Kubernetes API server of {target.name} failed its reply: {err}")
-                return "", False
+                return 502, "", False
             body = reply.take_body()
             head.append(b"Content-Length: %d\r\n\r\n" % len(body))
             self._write(b"".join(head) + body)
-            return "", reply.reusable
+            return reply.status, "", reply.reusable
         # streamed (a watch, logs -f): chunk by chunk as it comes, until either side ends or a lock does
         head.append(b"Transfer-Encoding: chunked\r\n\r\n")
         keep_client, self.close_connection = self.close_connection, True
@@ -717,11 +717,11 @@ class _Handler(BaseHTTPRequestHandler):
             if stream.ended:
                 log.info("kube stream ended", extra={"user": identity.username, "reason": stream.ended})
         if not finished or stream.is_ended():
-            return stream.ended, False
+            return reply.status, stream.ended, False
         # relayed to its end (a chunked list, a watch the API server closed): both connections carry on
         self.close_connection = keep_client
         upstream_sock.settimeout(UPSTREAM_TIMEOUT_SECONDS)
-        return "", reply.reusable
+        return reply.status, "", reply.reusable
 
     def _write(self, data: bytes) -> None:
         try:
