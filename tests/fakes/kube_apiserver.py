@@ -73,6 +73,8 @@ class RecordedRequest:
     headers: dict[str, list[str]]
     user: str
     groups: tuple[str, ...]
+    #: the client's port: requests on one kept-alive connection share it
+    client_port: int = 0
 
     def header(self, name: str) -> list[str]:
         return self.headers.get(name.lower(), [])
@@ -115,6 +117,10 @@ class FakeKubeAPIServer:
     requests: list[RecordedRequest] = field(default_factory=list)
     #: seconds between the lines a followed log writes
     log_interval: float = 0.2
+    #: JSON replies longer than this many bytes go chunked, as the real API server streams large lists (None: never)
+    chunked_over: int | None = None
+    #: JSON replies end halfway through their body and the connection closes (an API server that fails mid-reply)
+    cut_replies: bool = False
     port: int = 0
     _pods: dict[tuple[str, str], _Pod] = field(default_factory=dict)
     _watchers: list[queue.Queue[dict[str, Any] | None]] = field(default_factory=list)
@@ -364,9 +370,22 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.dumps(doc).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        chunked_over = self.server_fake.chunked_over
+        if chunked_over is None or len(body) <= chunked_over:
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.server_fake.cut_replies:
+                self.wfile.write(body[: len(body) // 2])
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        self.wfile.write(body)
+        half = len(body) // 2
+        for part in (body[:half], body[half:]) if half else (body,):
+            self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
 
     def _authenticate(self) -> tuple[str, tuple[str, ...]]:
         fake = self.server_fake
@@ -402,7 +421,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             user, groups = self._authenticate()
         except _Unauthorized:
-            fake.requests.append(RecordedRequest(self.command, path, split.query, headers, "", ()))
+            fake.requests.append(
+                RecordedRequest(self.command, path, split.query, headers, "", (), self.client_address[1])
+            )
             self._send_json(401, status(401, "Unauthorized", "Unauthorized"))
             return
         except _BadImpersonation as err:
@@ -411,7 +432,9 @@ class _Handler(BaseHTTPRequestHandler):
         except _Forbidden as err:
             self._send_json(403, status(403, "Forbidden", str(err)))
             return
-        fake.requests.append(RecordedRequest(self.command, path, split.query, headers, user, groups))
+        fake.requests.append(
+            RecordedRequest(self.command, path, split.query, headers, user, groups, self.client_address[1])
+        )
         table = TABLE_MEDIA in self.headers.get("Accept", "")
         parts = path.strip("/").split("/")
         if parts[:3] == ["api", "v1", "namespaces"] and len(parts) == 7 and parts[4] == "pods":

@@ -207,8 +207,8 @@ def _remove_locks(world: World) -> None:
         time.sleep(0.5)
 
 
-def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World) -> None:
-    # the service reuses an allowed decision on a connection only while the cluster state is the same
+def _kept_alive_connection(world: World) -> http.client.HTTPSConnection:
+    """One HTTPS connection to the kube service with the credentials kubectl would get (not yet opened)."""
     credential = json.loads(ok(world.laptop.tsh("kube", "credentials", f"--kube-cluster={KUBE_CLUSTER}")))["status"]
     cert, key = world.root / "keepalive-cert.pem", world.root / "keepalive-key.pem"
     cert.write_text(credential["clientCertificateData"])
@@ -219,7 +219,12 @@ def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World
     host, _, port = json.loads(ok(world.laptop.tsh("kube", "ls", "--format=json")))[0]["service"]["addr"].rpartition(
         ":"
     )
-    conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+    return http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+
+
+def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World) -> None:
+    # the service reuses an allowed decision on a connection only while the cluster state is the same
+    conn = _kept_alive_connection(world)
 
     def get_pods() -> tuple[int, bytes]:
         conn.request("GET", f"/kube/{KUBE_CLUSTER}/api/v1/namespaces/default/pods")
@@ -238,6 +243,49 @@ def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World
         conn.close()
         for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
             ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
+
+
+def test_a_chunked_reply_relayed_to_its_end_keeps_both_connections(world: World) -> None:
+    # the real API server streams large lists chunked: kubectl's connection and the service's to the API server
+    # both carry the next request
+    conn = _kept_alive_connection(world)
+    world.api.chunked_over = 0
+    before = len(world.api.requests)
+    try:
+        conn.connect()
+        client_socket = conn.sock
+        for _ in range(3):
+            conn.request("GET", f"/kube/{KUBE_CLUSTER}/api/v1/namespaces/default/pods")
+            response = conn.getresponse()
+            assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+            names = {pod["metadata"]["name"] for pod in json.loads(response.read())["items"]}
+            assert {"web-0", "web-1"} <= names
+            assert conn.sock is client_socket  # the same connection: the service did not close it
+    finally:
+        world.api.chunked_over = None
+        conn.close()
+    seen = [r for r in world.api.requests[before:] if r.path == "/api/v1/namespaces/default/pods"]
+    assert len(seen) == 3 and len({r.client_port for r in seen}) == 1, seen
+
+
+def test_a_reply_the_api_server_cuts_short_is_a_502(world: World) -> None:
+    conn = _kept_alive_connection(world)
+    world.api.cut_replies = True
+    try:
+        conn.request("GET", f"/kube/{KUBE_CLUSTER}/api/v1/namespaces/default/pods")
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    finally:
+        world.api.cut_replies = False
+        conn.close()
+    assert response.status == 502 and body["kind"] == "Status", body
+    assert f"the Kubernetes API server of {KUBE_CLUSTER} failed its reply" in body["message"]
+    event = world.wait_for_event("kube.request", lambda e: e.get("response_code") == 502)
+    assert (event["resource_kind"], event["success"]) == ("pods", False)
+    # the next request gets a new API server connection and a whole reply
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    assert world.kubectl(env, "get", "pods", "-n", "default").returncode == 0
 
 
 def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
@@ -259,6 +307,18 @@ def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
         while chunk := tls.recv(4096):  # the service closes after a malformed request
             reply += chunk
         assert reply.startswith(b"HTTP/1.1 501") and b'"kind": "Status"' in reply
+    # request heads a strict reader refuses: a folded header line, a repeated Content-Length, a bare CR
+    for head in (
+        b"GET /kube/prod/api HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+        b"POST /kube/prod/api HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"GET /kube/prod/api HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
+            tls.sendall(head)
+            reply = b""
+            while chunk := tls.recv(4096):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 400") and b'"kind": "Status"' in reply, reply
     with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
         tls.sendall(b"GET /kube/prod/api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         reply = b""

@@ -14,7 +14,8 @@ Life of a request (one thread per connection):
 3. The request goes to the API server with the service's bearer token and ``Impersonate-User`` /
    ``Impersonate-Group`` from the granted kubernetes_users / kubernetes_groups (:func:`.requests.impersonation`);
    the client's own credentials and impersonation headers never pass through.
-4. The reply is relayed; a streamed one (a watch, ``logs -f``) chunk by chunk as it arrives.
+4. The reply is relayed (:mod:`.http1` frames both the client's request and the API server's reply); a streamed
+   one (a watch, ``logs -f``) chunk by chunk as it arrives.
 5. A protocol upgrade (``exec``, ``attach``, ``port-forward`` over WebSocket or SPDY) goes on a connection of its
    own with the same token and impersonation; after the API server's 101, bytes both ways (unread) until either
    side closes.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import io
 import logging
 import select
@@ -48,6 +48,15 @@ from cryptography import x509
 from devicetrust.access import Decision, KubeClusterTarget, allowed_until, decide, kube_session_locks, lock_reason
 from devicetrust.agent.api import NodeAPI
 from devicetrust.agent.audit import device_fields, user_fields
+from devicetrust.agent.kube.http1 import (
+    Fields,
+    MalformedReply,
+    MalformedRequest,
+    Reply,
+    ReplyCutShort,
+    parse_request_line,
+    read_fields,
+)
 from devicetrust.agent.kube.kubeconfig import api_server_access
 from devicetrust.agent.kube.requests import (
     ImpersonationRefused,
@@ -125,32 +134,46 @@ class _Upstream:
     authority: str
     #: kept-alive connections to the API server, as a client of it keeps them (a TLS handshake per request
     #: would cost more than the request)
-    idle: list[http.client.HTTPSConnection] = field(default_factory=list)
+    idle: list[ssl.SSLSocket] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def connection(self) -> tuple[http.client.HTTPSConnection, bool]:
+    def connection(self) -> tuple[ssl.SSLSocket, bool]:
         """An idle connection (and True), else a new one (and False)."""
         with self.lock:
             if self.idle:
                 return self.idle.pop(), True
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=UPSTREAM_TIMEOUT_SECONDS)
-        return conn, False
+        return self.dial(), False
 
     def dial(self) -> ssl.SSLSocket:
-        """A connection of its own (an upgraded one is never reused)."""
+        """A new connection (an upgraded one is never reused)."""
         raw = socket.create_connection((self.host, self.port), timeout=UPSTREAM_TIMEOUT_SECONDS)
         try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return self.context.wrap_socket(raw, server_hostname=self.host)
         except BaseException:
             raw.close()
             raise
 
-    def release(self, conn: http.client.HTTPSConnection) -> None:
+    def release(self, sock: ssl.SSLSocket) -> None:
+        """Keep a connection whose reply was read to its end, with the timeout it was dialled with."""
         with self.lock:
             if len(self.idle) < MAX_IDLE_UPSTREAM_CONNECTIONS:
-                self.idle.append(conn)
+                self.idle.append(sock)
                 return
-        conn.close()
+        sock.close()
+
+    def request_head(self, method: str, api_path: str, headers: list[tuple[str, str]]) -> bytes | None:
+        """A request's line and headers as sent to the API server; None if a value cannot be sent (a line break,
+        a character outside Latin-1)."""
+        lines = [f"{method} {self.base_path}{api_path} HTTP/1.1", f"Host: {self.authority}"]
+        lines += [f"{key}: {value}" for key, value in headers]
+        text = "\r\n".join(lines) + "\r\n\r\n"
+        if text.count("\n") != len(lines) + 1 or "\r" in text.replace("\r\n", ""):
+            return None
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -175,6 +198,10 @@ class _Stream:
     #: the client's connection and the API server's: both shut down to end the stream
     sockets: tuple[socket.socket, ...]
     ended: str = ""
+
+    def is_ended(self) -> bool:
+        """Whether it was ended (by another thread: a lock, or the service stopping)."""
+        return bool(self.ended)
 
 
 class KubeService(TLSService[KubeServiceConfig]):
@@ -339,8 +366,35 @@ class _Handler(BaseHTTPRequestHandler):
     # headers and body go out in separate writes: without this, Nagle and delayed ACKs add 40 ms to each reply
     disable_nagle_algorithm = True
 
+    #: the request line as read (by the standard library's handle_one_request)
+    raw_requestline: bytes
+    #: the request's header fields (read by :func:`.http1.read_fields`, not the e-mail parser ``headers`` is)
+    fields: Fields
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # requests are audited; the access log is not needed
+
+    def parse_request(self) -> bool:
+        """The request line and headers, strictly and within bounds; False after refusing a malformed one."""
+        self.close_connection = True
+        self.command, self.request_version = "", "HTTP/1.1"
+        self.requestline = self.raw_requestline.rstrip(b"\r\n").decode("latin-1")
+        try:
+            self.command, path, self.request_version = parse_request_line(self.raw_requestline)
+            self.fields = read_fields(self.rfile, head_so_far=len(self.raw_requestline))
+        except MalformedRequest as malformed:
+            self.send_error(malformed.status, malformed.reason)
+            return False
+        # a path starting with // reads as a scheme-relative URL to some clients
+        self.path = "/" + path.lstrip("/") if path.startswith("//") else path
+        connection = (self.fields.get("Connection") or "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive" or self.request_version >= "HTTP/1.1":
+            self.close_connection = False
+        if (self.fields.get("Expect") or "").lower() == "100-continue" and self.request_version >= "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Malformed requests and unknown methods: a Status too, never the standard library's HTML page."""
@@ -437,11 +491,11 @@ class _Handler(BaseHTTPRequestHandler):
                     identity.username,
                     decision.kubernetes_users,
                     decision.kubernetes_groups,
-                    self.headers.get_all("Impersonate-User") or [],
-                    self.headers.get_all("Impersonate-Group") or [],
+                    self.fields.get_all("Impersonate-User") or [],
+                    self.fields.get_all("Impersonate-Group") or [],
                     other_impersonation=any(
                         key.lower().startswith("impersonate-") and key.lower() not in _IMPERSONATE
-                        for key in self.headers
+                        for key in self.fields
                     ),
                 )
             except ImpersonationRefused as refused:
@@ -451,7 +505,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             event.update(kubernetes_users=[user], kubernetes_groups=list(groups))
             granted = _Granted(service._upstreams[name], api_path, body, user, groups, identity, target)
-            if "upgrade" in (self.headers.get("Connection") or "").lower() and self.headers.get("Upgrade"):
+            if "upgrade" in (self.fields.get("Connection") or "").lower() and self.fields.get("Upgrade"):
                 code, ended = self._tunnel(granted)
             else:
                 code, ended = self._forward(granted)
@@ -491,7 +545,7 @@ class _Handler(BaseHTTPRequestHandler):
         return decision
 
     def _read_body(self) -> bytes:
-        if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+        if (self.fields.get("Transfer-Encoding") or "").lower() == "chunked":
             data = bytearray()
             while True:
                 size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
@@ -502,7 +556,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
                 if len(data) > MAX_REQUEST_BODY:
                     raise _ClientGone
-        length = int(self.headers.get("Content-Length") or 0)
+        length = int(self.fields.get("Content-Length") or 0)
         if length > MAX_REQUEST_BODY:
             self.close_connection = True
             raise _ClientGone
@@ -511,42 +565,48 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, granted: _Granted) -> tuple[int, str]:
         """Send the request on and relay the reply: its status, and why the service ended it early ("" if it
         did not)."""
-        upstream, api_path, body, target = granted.upstream, granted.api_path, granted.body, granted.target
-        headers = self._upstream_headers(granted, keep=frozenset())
+        upstream, target = granted.upstream, granted.target
+        head = upstream.request_head(self.command, granted.api_path, self._upstream_headers(granted, keep=frozenset()))
+        if head is None:
+            self._reply(400, "a header value cannot be sent on")
+            return 400, ""
+        message = head + granted.body
         for attempt in range(2):
-            conn, reused = upstream.connection()
             try:
-                conn.putrequest(self.command, upstream.base_path + api_path, skip_accept_encoding=True)
-                for key, value in headers:
-                    conn.putheader(key, value)
-                conn.endheaders(body or None)
-                response = conn.getresponse()
+                sock, reused = upstream.connection()
+            except OSError as err:
+                self._reply(502, f"cannot reach the Kubernetes API server of {target.name}: {err}")
+                return 502, ""
+            reply = Reply(head_request=self.command == "HEAD")
+            try:
+                sock.sendall(message)
+                _read_reply_head(sock, reply)
                 break
-            except (OSError, http.client.HTTPException) as err:
-                conn.close()
+            except (OSError, MalformedReply) as err:
+                sock.close()
                 # a kept-alive connection the API server closed meanwhile: once more on a new one
-                if reused and attempt == 0 and isinstance(err, _STALE_CONNECTION):
+                if reused and attempt == 0 and isinstance(err, _STALE_CONNECTION) and not reply.status:
                     continue
                 self._reply(502, f"cannot reach the Kubernetes API server of {target.name}: {err}")
                 return 502, ""
-        streamed = False
+        reusable = False
         try:
-            ended, streamed = self._relay(response, conn.sock, granted.identity, target)
+            code, ended, reusable = self._relay(reply, sock, granted.identity, target)
         finally:
             # kept only when its reply was read to the end (a client gone mid-reply leaves it half read)
-            if streamed or response.will_close or not response.isclosed():
-                conn.close()
+            if reusable:
+                upstream.release(sock)
             else:
-                upstream.release(conn)
-        return response.status, ended
+                sock.close()
+        return code, ended
 
     def _upstream_headers(self, granted: _Granted, *, keep: frozenset[str]) -> list[tuple[str, str]]:
         """The client's headers, less its credentials, its impersonation and the hop-by-hop ones (but ``keep``),
         plus the service's token and the granted impersonation."""
         headers = [
             (key, value)
-            for key, value in self.headers.items()
-            if (key.lower() not in _HOP_BY_HOP or key.lower() in keep) and not key.lower().startswith("impersonate-")
+            for lowered, key, value in self.fields.lowered_items()
+            if (lowered not in _HOP_BY_HOP or lowered in keep) and not lowered.startswith("impersonate-")
         ]
         headers += [("Authorization", f"Bearer {granted.upstream.token}"), ("Impersonate-User", granted.user)]
         headers += [("Impersonate-Group", group) for group in granted.groups]
@@ -563,11 +623,10 @@ class _Handler(BaseHTTPRequestHandler):
         # the client's Connection header is not passed on: a proxy before the API server would drop the headers
         # it names, and the impersonation must never be among them
         headers = [*self._upstream_headers(granted, keep=_UPGRADE_HEADERS), ("Connection", "Upgrade")]
-        if any("\r" in value or "\n" in value for _, value in headers):
-            self._reply(400, "a header value holds a line break")
+        head = upstream.request_head(self.command, granted.api_path, headers)
+        if head is None:
+            self._reply(400, "a header value cannot be sent on")
             return 400, ""
-        head = f"{self.command} {upstream.base_path + granted.api_path} HTTP/1.1\r\nHost: {upstream.authority}\r\n"
-        head += "".join(f"{key}: {value}\r\n" for key, value in headers) + "\r\n"
         try:
             sock = upstream.dial()
         except (OSError, ssl.SSLError) as err:
@@ -575,7 +634,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 502, ""
         with contextlib.closing(sock):
             try:
-                sock.sendall(head.encode() + granted.body)
+                sock.sendall(head + granted.body)
                 reply_head, rest = _read_head(sock)
                 code = int(reply_head.split(b" ", 2)[1])
                 if code != 101:  # a refusal (a Status): relayed as it is, and the connection ends with it
@@ -598,51 +657,71 @@ class _Handler(BaseHTTPRequestHandler):
         return 101, stream.ended
 
     def _relay(
-        self,
-        response: http.client.HTTPResponse,
-        upstream_sock: socket.socket | None,
-        identity: Identity,
-        target: KubeClusterTarget,
-    ) -> tuple[str, bool]:
-        """Relay the reply; (why the service ended it early or "", whether it was streamed)."""
-        self.send_response_only(response.status, response.reason)
-        for key, value in response.getheaders():
-            if key.lower() not in _HOP_BY_HOP:
-                self.send_header(key, value)
-        length = response.getheader("Content-Length")
-        if length is not None or response.status in (204, 304) or self.command == "HEAD":
-            data = response.read()
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self._write(data)
-            return "", False
+        self, reply: Reply, upstream_sock: ssl.SSLSocket, identity: Identity, target: KubeClusterTarget
+    ) -> tuple[int, str, bool]:
+        """Relay the reply whose head was read: (the status the client got, why the service ended it early or "",
+        whether the API server's connection may be reused)."""
+        head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reply.reason)]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in reply.fields if name.lower() not in _HOP_BY_HOP_BYTES
+        ]
+        if reply.has_length:
+            try:
+                while not reply.complete:
+                    data = upstream_sock.recv(STREAM_CHUNK)
+                    if data:
+                        reply.feed(data)
+                    else:
+                        reply.end_of_input()
+            except (OSError, MalformedReply) as err:
+                self.close_connection = True
+                self._reply(502, f"the Kubernetes API server of {target.name} failed its reply: {err}")
+                return 502, "", False
+            body = reply.take_body()
+            head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+            self._write(b"".join(head) + body)
+            return reply.status, "", reply.reusable
         # streamed (a watch, logs -f): chunk by chunk as it comes, until either side ends or a lock does
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        self._flush()
+        head.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        keep_client, self.close_connection = self.close_connection, True
+        finished = False
         service = self.server.service
-        sockets = (self.connection, *([upstream_sock] if upstream_sock is not None else []))
-        stream = _Stream(identity, target, sockets)
-        if upstream_sock is not None:
-            upstream_sock.settimeout(None)  # a watch may be quiet for a long time
+        stream = _Stream(identity, target, (self.connection, upstream_sock))
+        upstream_sock.settimeout(None)  # a watch may be quiet for a long time
         service.open_stream(stream)
         try:
+            pending = b"".join(head)
             while not stream.ended:
+                chunk = reply.take_body()
+                if chunk:
+                    pending += b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+                if reply.complete:
+                    self._write(pending + b"0\r\n\r\n")
+                    finished = True
+                    break
+                if pending:
+                    self._write(pending)
+                    pending = b""
                 try:
-                    chunk = response.read1(STREAM_CHUNK)
-                except (OSError, http.client.HTTPException):
+                    data = upstream_sock.recv(STREAM_CHUNK)
+                    if stream.is_ended():  # shut down by a lock: no last chunk, the client sees the stream cut
+                        break
+                    if data:
+                        reply.feed(data)
+                    else:
+                        reply.end_of_input()
+                except (OSError, MalformedReply):  # cut short, or shut down by a lock
                     break
-                if not chunk:
-                    self._write(b"0\r\n\r\n")
-                    break
-                self._write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                self._flush()
         finally:
             service.close_stream(stream)
-            self.close_connection = True
             if stream.ended:
                 log.info("kube stream ended", extra={"user": identity.username, "reason": stream.ended})
-        return stream.ended, True
+        if not finished or stream.is_ended():
+            return reply.status, stream.ended, False
+        # relayed to its end (a chunked list, a watch the API server closed): both connections carry on
+        self.close_connection = keep_client
+        upstream_sock.settimeout(UPSTREAM_TIMEOUT_SECONDS)
+        return reply.status, "", reply.reusable
 
     def _write(self, data: bytes) -> None:
         try:
@@ -650,21 +729,26 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             raise _ClientGone from None
 
-    def _flush(self) -> None:
-        try:
-            self.wfile.flush()
-        except OSError:
-            raise _ClientGone from None
-
 
 _IMPERSONATE = frozenset({"impersonate-user", "impersonate-group"})
 #: The hop-by-hop header an upgrade passes on: it names the protocol asked for.
 _UPGRADE_HEADERS = frozenset({"upgrade"})
-_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in _HOP_BY_HOP)
+_STALE_CONNECTION = (ReplyCutShort, ConnectionResetError, BrokenPipeError)
 
 
 class _ClientGone(Exception):
     """The client went away mid-request."""
+
+
+def _read_reply_head(sock: ssl.SSLSocket, reply: Reply) -> None:
+    """Feed ``reply`` until its status line and headers are in (some of its body may be too)."""
+    while not reply.headers_complete:
+        data = sock.recv(STREAM_CHUNK)
+        if data:
+            reply.feed(data)
+        else:
+            reply.end_of_input()
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:

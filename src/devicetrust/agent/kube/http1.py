@@ -1,0 +1,262 @@
+"""HTTP/1.1 framing for the kube service, without the standard library's e-mail header parser. Pure.
+
+- :func:`parse_request_line` and :func:`read_fields`: the client's request head, read strictly and within bounds
+  (line length, header count, head size); obs-fold, a bare CR, NUL or another control character, a space before a
+  field's colon, a malformed or repeated Content-Length are refused (:class:`MalformedRequest`, with the HTTP
+  status to answer). A bare LF ends a line as CRLF does (RFC 9112 §2.2).
+- :class:`Reply`: the API server's reply, parsed by llhttp (``httptools``) as its bytes arrive: the status, the
+  header fields, the body (by Content-Length, chunked, or until the connection closes) taken piece by piece.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Protocol
+
+import httptools
+
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_LINE",
+    "MAX_REQUEST_HEAD",
+    "Fields",
+    "MalformedReply",
+    "MalformedRequest",
+    "Reply",
+    "ReplyCutShort",
+    "parse_request_line",
+    "read_fields",
+]
+
+#: Longest request line or header line (as the standard library's server).
+MAX_LINE = 65536
+#: Most header fields in a request (as the standard library's server).
+MAX_HEADERS = 100
+#: Longest request head, request line included (as Go's net/http server, so the API server's).
+MAX_REQUEST_HEAD = 1024 * 1024
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Control characters other than HTAB (NUL, CR, LF among them).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TARGET = re.compile(rb"[^\x00-\x20\x7f]+")
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+
+
+class MalformedRequest(Exception):
+    """A request the service refuses to read: the HTTP status to answer and a short reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class MalformedReply(Exception):
+    """The API server's reply is not HTTP/1.1 the service can relay."""
+
+
+class ReplyCutShort(MalformedReply):
+    """The API server's connection ended before its reply did."""
+
+
+class LineReader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+class Fields:
+    """A message's header fields in their order; names matched without regard to case."""
+
+    __slots__ = ("_by_name", "_fields")
+
+    def __init__(self) -> None:
+        #: (lower-case name, name as sent, value)
+        self._fields: list[tuple[str, str, str]] = []
+        self._by_name: dict[str, list[str]] = {}
+
+    def add(self, name: str, value: str) -> None:
+        lowered = name.lower()
+        self._fields.append((lowered, name, value))
+        self._by_name.setdefault(lowered, []).append(value)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self._by_name.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str]:
+        return list(self._by_name.get(name.lower(), ()))
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(name, value) for _, name, value in self._fields]
+
+    def lowered_items(self) -> list[tuple[str, str, str]]:
+        """(lower-case name, name as sent, value) of each field."""
+        return list(self._fields)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for _, name, _ in self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+def _line_content(line: bytes) -> bytes | None:
+    """A line without its end (CRLF or a bare LF); None if it has none (the connection ended mid-line)."""
+    if line.endswith(b"\r\n"):
+        return line[:-2]
+    if line.endswith(b"\n"):
+        return line[:-1]
+    return None
+
+
+def parse_request_line(raw: bytes) -> tuple[str, str, str]:
+    """(method, request target, version) of a request line as read (with its line end)."""
+    content = _line_content(raw)
+    if content is None:
+        raise MalformedRequest(400, "the request line has no end")
+    parts = content.split(b" ")
+    if len(parts) != 3:
+        raise MalformedRequest(400, "Bad request syntax")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise MalformedRequest(400, "Bad request syntax")
+    matched = _VERSION.fullmatch(version)
+    if matched is None:
+        raise MalformedRequest(400, "Bad request version")
+    if matched.group(1) != b"1":
+        raise MalformedRequest(505, "Invalid HTTP version")
+    return method.decode("ascii"), target.decode("latin-1"), version.decode("ascii")
+
+
+def read_fields(reader: LineReader, *, head_so_far: int = 0) -> Fields:
+    """The header fields up to the empty line that ends a request's head."""
+    fields = Fields()
+    size = head_so_far
+    while True:
+        line = reader.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise MalformedRequest(431, "Line too long")
+        size += len(line)
+        if size > MAX_REQUEST_HEAD:
+            raise MalformedRequest(431, "the request's headers are too large")
+        content = _line_content(line)
+        if content is None:
+            raise MalformedRequest(400, "the request's headers were cut short")
+        if not content:
+            return fields
+        if len(fields) == MAX_HEADERS:
+            raise MalformedRequest(431, "Too many headers")
+        if content[:1] in (b" ", b"\t"):
+            raise MalformedRequest(400, "a header line is folded (obs-fold)")
+        name, colon, value = content.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise MalformedRequest(400, "a header line is malformed")
+        value = value.strip(b" \t")
+        if _CONTROL.search(value):
+            raise MalformedRequest(400, "a header value holds a control character")
+        key = name.decode("ascii")
+        if key.lower() == "content-length" and (fields.get(key) is not None or not value.isdigit()):
+            raise MalformedRequest(400, "Content-Length is malformed or repeated")
+        fields.add(key, value.decode("latin-1"))
+
+
+class Reply:
+    """The API server's reply to one request, parsed as its bytes are fed. Interim (1xx) replies are skipped; the
+    reply to a HEAD request ends with its headers."""
+
+    def __init__(self, *, head_request: bool = False) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_request = head_request
+        self._pending: list[bytes] = []
+        self._chunked = False
+        self._length = False
+        self.status = 0
+        self.reason = b""
+        #: header fields as sent (names and values as bytes)
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.headers_complete = False
+        self.complete = False
+        #: body bytes came after the reply to a HEAD request ended (the connection cannot be reused)
+        self._extra = False
+        #: the reply lets the connection carry another request (llhttp forgets it once the reply is complete)
+        self._keep_alive = False
+        #: a header value holds a line break: the reply is not relayed
+        self._line_break = False
+
+    # httptools callbacks ------------------------------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.headers_complete:  # a chunked body's trailer fields are not relayed
+            self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if 100 <= self.status < 200:
+            return
+        self.headers_complete = True
+        self._keep_alive = self._parser.should_keep_alive()
+        for name, value in self.fields:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                self._chunked = True
+            elif lowered == b"content-length":
+                self._length = True
+            if b"\r" in value or b"\n" in value:
+                self._line_break = True
+        if self._head_request:
+            self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self._head_request:
+            self._extra = True
+        else:
+            self._pending.append(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:  # an interim reply: the real one follows
+            self.status, self.reason, self.fields = 0, b"", []
+            return
+        self.complete = True
+
+    # ------------------------------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Parse bytes of the reply as they came."""
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as err:
+            raise MalformedReply(f"malformed reply: {err}") from None
+        if self._line_break:
+            raise MalformedReply("malformed reply: a header value holds a line break")
+
+    def end_of_input(self) -> None:
+        """The connection ended: the end of a body read until then, else the reply was cut short."""
+        if self.complete:
+            return
+        if not self.headers_complete or not self.until_close:
+            raise ReplyCutShort("the reply ended early")
+        self.complete = True
+
+    def take_body(self) -> bytes:
+        """The body bytes parsed since the last call (chunked framing removed)."""
+        if not self._pending:
+            return b""
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        return data
+
+    @property
+    def has_length(self) -> bool:
+        """Its body's length is known before it arrives (Content-Length, or no body at all)."""
+        return self._length or self._head_request or self.status in (204, 304)
+
+    @property
+    def until_close(self) -> bool:
+        """Its body lasts until the connection closes."""
+        return not self.has_length and not self._chunked
+
+    @property
+    def reusable(self) -> bool:
+        """The connection may carry another request: this reply was read to its end and asked no close."""
+        return self.complete and not self.until_close and not self._extra and self._keep_alive

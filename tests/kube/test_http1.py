@@ -1,0 +1,272 @@
+"""The kube service's HTTP/1.1 framing: the client's request head read strictly and within bounds, the API server's
+reply parsed however its bytes are split."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from devicetrust.agent.kube.http1 import (
+    MAX_HEADERS,
+    MAX_LINE,
+    Fields,
+    MalformedReply,
+    MalformedRequest,
+    Reply,
+    ReplyCutShort,
+    parse_request_line,
+    read_fields,
+)
+
+
+def _fields(head: bytes) -> Fields:
+    return read_fields(io.BufferedReader(io.BytesIO(head)))
+
+
+def _refused(head: bytes) -> MalformedRequest:
+    with pytest.raises(MalformedRequest) as refused:
+        _fields(head)
+    return refused.value
+
+
+# ---------------------------------------------------------------------------------------------- request line
+def test_a_request_line_gives_method_target_and_version() -> None:
+    assert parse_request_line(b"GET /kube/prod/api?watch=1 HTTP/1.1\r\n") == (
+        "GET",
+        "/kube/prod/api?watch=1",
+        "HTTP/1.1",
+    )
+    assert parse_request_line(b"POST /x HTTP/1.0\n") == ("POST", "/x", "HTTP/1.0")  # a bare LF ends a line too
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"GET / HTTP/1.1", 400),  # no line end: the connection ended mid-line
+        (b"GET /\r\n", 400),  # HTTP/0.9
+        (b"GET  / HTTP/1.1\r\n", 400),
+        (b"GET / HTTP/1.1 extra\r\n", 400),
+        (b"GET\t/ HTTP/1.1\r\n", 400),
+        (b"G(T / HTTP/1.1\r\n", 400),
+        (b"GET /a\x00b HTTP/1.1\r\n", 400),
+        (b"GET /a\rb HTTP/1.1\r\n", 400),
+        (b"GET / HTTP/1.1\r\r\n", 400),  # a bare CR before the line end
+        (b"GET / HTTPS/1.1\r\n", 400),
+        (b"GET / HTTP/1.10\r\n", 400),
+        (b"GET / http/1.1\r\n", 400),
+        (b"GET / HTTP/2.0\r\n", 505),
+        (b"\r\n", 400),
+    ],
+)
+def test_a_malformed_request_line_is_refused(line: bytes, status: int) -> None:
+    with pytest.raises(MalformedRequest) as refused:
+        parse_request_line(line)
+    assert refused.value.status == status
+
+
+# ---------------------------------------------------------------------------------------------- headers
+def test_fields_keep_their_order_and_match_names_without_case() -> None:
+    fields = _fields(
+        b"Host: example\r\nAccept:  application/json \t\r\nImpersonate-Group: a\r\nimpersonate-group:b\r\n"
+        b"X-Tab: one\ttwo\r\n\r\nbody after the head"
+    )
+    assert fields.get("host") == "example" and fields.get("HOST") == "example"
+    assert fields.get("Accept") == "application/json"  # whitespace around a value is not part of it
+    assert fields.get_all("Impersonate-Group") == ["a", "b"]
+    assert fields.get("X-Tab") == "one\ttwo"
+    assert fields.get("Missing") is None and fields.get_all("Missing") == []
+    assert list(fields) == ["Host", "Accept", "Impersonate-Group", "impersonate-group", "X-Tab"]
+    assert fields.items()[2:4] == [("Impersonate-Group", "a"), ("impersonate-group", "b")]
+    assert len(fields) == 5
+
+
+def test_bare_lf_ends_header_lines_and_the_head() -> None:
+    reader = io.BufferedReader(io.BytesIO(b"Host: x\nContent-Length: 4\n\nbody"))
+    fields = read_fields(reader)
+    assert (fields.get("Host"), fields.get("Content-Length")) == ("x", "4")
+    assert reader.read() == b"body"  # the head's reading stops at its end
+
+
+def test_latin1_values_pass_unchanged() -> None:
+    assert _fields(b"X-Name: caf\xe9\r\n\r\n").get("X-Name") == "caf\xe9"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Host: x\r\n folded: on\r\n\r\n",  # obs-fold
+        b"Host: x\r\n\tfolded\r\n\r\n",
+        b"Host : x\r\n\r\n",  # a space before the colon
+        b"Host\t: x\r\n\r\n",
+        b"no colon here\r\n\r\n",
+        b": no name\r\n\r\n",
+        b"Ho(st: x\r\n\r\n",
+        b"Host: a\rb\r\n\r\n",  # a bare CR in a value
+        b"Host: a\x00b\r\n\r\n",
+        b"Host: a\x7fb\r\n\r\n",
+        b"Host: a\x1bb\r\n\r\n",
+        b"Host: x\r\r\n\r\n",
+        b"Content-Length: 4\r\nContent-Length: 4\r\n\r\n",  # repeated, even with the same value
+        b"Content-Length: 4\r\ncontent-length: 5\r\n\r\n",
+        b"Content-Length: -1\r\n\r\n",
+        b"Content-Length: +4\r\n\r\n",
+        b"Content-Length: 4 4\r\n\r\n",
+        b"Content-Length: \r\n\r\n",
+        b"Host: x\r\n",  # cut short before the empty line
+        b"Host: x",
+    ],
+)
+def test_a_malformed_header_is_refused_with_400(head: bytes) -> None:
+    assert _refused(head).status == 400
+
+
+def test_an_overlong_header_line_is_refused_with_431() -> None:
+    assert _refused(b"X-Big: " + b"a" * MAX_LINE + b"\r\n\r\n").status == 431
+    assert _fields(b"X-Big: " + b"a" * (MAX_LINE - 9) + b"\r\n\r\n").get("X-Big") == "a" * (MAX_LINE - 9)
+
+
+def test_too_many_headers_are_refused_with_431() -> None:
+    fields = b"".join(b"X-%d: v\r\n" % n for n in range(MAX_HEADERS))
+    assert len(_fields(fields + b"\r\n")) == MAX_HEADERS
+    assert _refused(fields + b"X-One-More: v\r\n\r\n").status == 431
+
+
+def test_an_oversize_head_is_refused_with_431() -> None:
+    line = b"X-Big: " + b"a" * (MAX_LINE - 20) + b"\r\n"
+    assert _refused(line * 17 + b"\r\n").status == 431  # each line within bounds, the whole over a MiB
+    with pytest.raises(MalformedRequest) as refused:
+        read_fields(io.BufferedReader(io.BytesIO(b"Host: x\r\n\r\n")), head_so_far=1024 * 1024)
+    assert refused.value.status == 431
+
+
+# ---------------------------------------------------------------------------------------------- replies
+def _feed(reply: Reply, data: bytes, cuts: list[int]) -> bytes:
+    """Feed ``data`` split at ``cuts``; the body as taken piece by piece."""
+    body = b""
+    start = 0
+    for end in [*sorted(set(cuts)), len(data)]:
+        reply.feed(data[start:end])
+        body += reply.take_body()
+        start = end
+    return body
+
+
+CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b'7\r\n{"a":1}\r\n1a;ext=1\r\n' + b"b" * 26 + b"\r\n0\r\nTrailer-Field: t\r\n\r\n"
+)
+CHUNKED_BODY = b'{"a":1}' + b"b" * 26
+
+
+@pytest.mark.parametrize("cut", range(1, len(CHUNKED)))
+def test_a_chunked_reply_split_at_any_byte_reads_the_same(cut: int) -> None:
+    reply = Reply()
+    assert _feed(reply, CHUNKED, [cut]) == CHUNKED_BODY
+    assert (reply.status, reply.reason, reply.complete, reply.reusable) == (200, b"OK", True, True)
+    assert reply.fields == [(b"Content-Type", b"application/json"), (b"Transfer-Encoding", b"chunked")]
+    assert not reply.has_length and not reply.until_close
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(CHUNKED) - 1), max_size=12))
+def test_a_chunked_reply_split_anywhere_reads_the_same(cuts: list[int]) -> None:
+    reply = Reply()
+    assert _feed(reply, CHUNKED, cuts) == CHUNKED_BODY
+    assert reply.complete and reply.reusable
+
+
+def test_a_chunked_reply_byte_by_byte_has_its_headers_before_its_body() -> None:
+    reply = Reply()
+    end_of_head = CHUNKED.index(b"\r\n\r\n") + 4
+    for index in range(len(CHUNKED)):
+        reply.feed(CHUNKED[index : index + 1])
+        assert reply.headers_complete == (index + 1 >= end_of_head)
+        assert reply.complete == (index + 1 == len(CHUNKED))
+
+
+LENGTH = b"HTTP/1.1 404 Not Found\r\nContent-Length: 11\r\n\r\nnot found\r\n"
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(LENGTH) - 1), max_size=8))
+def test_a_content_length_reply_split_anywhere_reads_the_same(cuts: list[int]) -> None:
+    reply = Reply()
+    assert _feed(reply, LENGTH, cuts) == b"not found\r\n"
+    assert (reply.status, reply.complete, reply.reusable, reply.has_length) == (404, True, True, True)
+
+
+def test_a_reply_until_close_ends_with_the_connection_and_is_not_reused() -> None:
+    reply = Reply()
+    assert _feed(reply, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nline 1\n", [20]) == b"line 1\n"
+    assert reply.until_close and not reply.complete
+    reply.end_of_input()
+    assert reply.complete and not reply.reusable
+
+
+@pytest.mark.parametrize(
+    "cut_short",
+    [
+        b"",
+        b"HTTP/1.1 200 OK\r\nContent-Le",
+        LENGTH[:-1],
+        CHUNKED[: CHUNKED.index(b"0\r\n")],
+        CHUNKED[:-2],
+    ],
+)
+def test_a_reply_cut_short_upstream_is_told(cut_short: bytes) -> None:
+    reply = Reply()
+    reply.feed(cut_short)
+    with pytest.raises(ReplyCutShort):
+        reply.end_of_input()
+    assert not reply.complete and not reply.reusable
+
+
+def test_a_reply_that_asks_to_close_is_not_reused() -> None:
+    for head in (b"HTTP/1.1 200 OK\r\nConnection: close\r\n", b"HTTP/1.0 200 OK\r\n"):
+        reply = Reply()
+        reply.feed(head + b"Content-Length: 2\r\n\r\nok")
+        assert reply.complete and not reply.reusable
+
+
+def test_interim_replies_are_skipped() -> None:
+    reply = Reply()
+    reply.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+    assert (reply.status, reply.reason, reply.fields, reply.take_body()) == (
+        201,
+        b"Created",
+        [(b"Content-Length", b"2")],
+        b"ok",
+    )
+    assert reply.complete and reply.reusable
+
+
+def test_the_reply_to_head_ends_with_its_headers() -> None:
+    reply = Reply(head_request=True)
+    reply.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+    assert reply.complete and reply.reusable and reply.has_length and reply.take_body() == b""
+    reply.feed(b"unexpected")  # bytes after it: the connection is not reused
+    assert not reply.reusable
+
+
+def test_no_body_replies_have_a_known_length() -> None:
+    for status in (b"204 No Content", b"304 Not Modified"):
+        reply = Reply()
+        reply.feed(b"HTTP/1.1 " + status + b"\r\nETag: x\r\n\r\n")
+        assert reply.complete and reply.has_length and reply.reusable
+
+
+@pytest.mark.parametrize(
+    "malformed",
+    [
+        b"HTTP/1.1 OK\r\n\r\n",
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n",
+    ],
+)
+def test_a_malformed_reply_is_refused(malformed: bytes) -> None:
+    with pytest.raises(MalformedReply):
+        Reply().feed(malformed)
