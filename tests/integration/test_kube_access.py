@@ -241,8 +241,7 @@ def test_a_lock_refuses_the_next_request_on_a_kept_alive_connection(world: World
         assert reply[0] == 403 and b"locked: stolen laptop reported" in reply[1]
     finally:
         conn.close()
-        for lock in json.loads(ok(world.cluster.tctl("get", "locks", "--format=json"))):
-            ok(world.cluster.tctl("rm", f"lock/{lock['metadata']['name']}"))
+        _remove_locks(world)
 
 
 def test_a_chunked_reply_relayed_to_its_end_keeps_both_connections(world: World) -> None:
@@ -312,6 +311,7 @@ def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
         b"GET /kube/prod/api HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
         b"POST /kube/prod/api HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
         b"GET /kube/prod/api HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+        b"POST /kube/prod/api/v1/namespaces/default/pods HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ):
         with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
             tls.sendall(head)
@@ -319,6 +319,14 @@ def test_malformed_clients_cost_only_their_own_connection(world: World) -> None:
             while chunk := tls.recv(4096):
                 reply += chunk
             assert reply.startswith(b"HTTP/1.1 400") and b'"kind": "Status"' in reply, reply
+    # a chunk size no body may have is refused before a byte of it is read (nor memory set aside for it)
+    with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        head = b"POST /kube/prod/api/v1/namespaces/default/pods HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        tls.sendall(head + b"ffff0000ffff0000\r\n")
+        reply = b""
+        while chunk := tls.recv(4096):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 413") and b"RequestEntityTooLarge" in reply, reply
     with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
         tls.sendall(b"GET /kube/prod/api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         reply = b""

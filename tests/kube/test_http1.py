@@ -18,6 +18,7 @@ from devicetrust.agent.kube.http1 import (
     Reply,
     ReplyCutShort,
     parse_request_line,
+    read_chunked_body,
     read_fields,
 )
 
@@ -270,3 +271,56 @@ def test_no_body_replies_have_a_known_length() -> None:
 def test_a_malformed_reply_is_refused(malformed: bytes) -> None:
     with pytest.raises(MalformedReply):
         Reply().feed(malformed)
+
+
+# -- chunked request bodies ----------------------------------------------------------------------------------
+
+
+def _chunked(raw: bytes, limit: int = 1024) -> bytes:
+    return read_chunked_body(io.BytesIO(raw), limit)
+
+
+def test_a_chunked_body_is_joined_and_its_trailers_skipped() -> None:
+    raw = b"3\r\nabc\r\n2;name=value\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    assert _chunked(raw) == b"abcde"
+    assert _chunked(b"0\r\n\r\n") == b""
+    assert _chunked(b"400\r\n" + b"x" * 1024 + b"\r\n0\r\n\r\n", limit=1024) == b"x" * 1024  # exactly the limit
+    assert _chunked(b"A\n0123456789\n0\n\n") == b"0123456789"  # bare LF line ends, as for heads
+
+
+def test_a_chunked_body_reads_only_what_it_consumed() -> None:
+    stream = io.BytesIO(b"1\r\nx\r\n0\r\n\r\nGET /next HTTP/1.1\r\n")
+    assert read_chunked_body(stream, 10) == b"x"
+    assert stream.read() == b"GET /next HTTP/1.1\r\n"  # the kept-alive connection's next request
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"ffffffffffffffff\r\n", 413),  # refused before any of it is read
+        (b"401\r\n", 413),  # 1025 bytes: one past the limit
+        (b"200\r\n" + b"x" * 0x200 + b"\r\n201\r\n", 413),
+        (b"zz\r\n", 400),
+        (b"-1\r\n", 400),
+        (b"0x10\r\n", 400),
+        (b"\r\n", 400),
+        (b"1ffffffffffffffff\r\n", 400),  # more than 16 hex digits
+        (b"3\r\nabc", 400),  # no line end after the data
+        (b"3\r\nabcX\r\n", 400),
+        (b"5\r\nabc", 400),  # cut short
+        (b"3", 400),
+        (b"1;" + b"e" * 2000 + b"\r\n", 400),  # an endless chunk extension
+        (b"0\r\nX-Trailer: 1\r\n", 400),  # trailers cut short
+        (b"0\r\n" + b"X: 1\r\n" * 200 + b"\r\n", 431),
+    ],
+)
+def test_a_malformed_or_oversize_chunked_body_is_refused(raw: bytes, status: int) -> None:
+    with pytest.raises(MalformedRequest) as refused:
+        _chunked(raw, limit=1024)
+    assert refused.value.status == status
+
+
+@given(st.lists(st.binary(max_size=40), max_size=8))
+def test_any_chunks_within_the_limit_read_back(chunks: list[bytes]) -> None:
+    raw = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks if chunk) + b"0\r\n\r\n"
+    assert _chunked(raw) == b"".join(chunks)

@@ -3,7 +3,8 @@
 - :func:`parse_request_line` and :func:`read_fields`: the client's request head, read strictly and within bounds
   (line length, header count, head size); obs-fold, a bare CR, NUL or another control character, a space before a
   field's colon, a malformed or repeated Content-Length are refused (:class:`MalformedRequest`, with the HTTP
-  status to answer). A bare LF ends a line as CRLF does (RFC 9112 §2.2).
+  status to answer). A bare LF ends a line as CRLF does (RFC 9112 §2.2). :func:`read_chunked_body`: a chunked
+  request body, each chunk's size checked against the limit before it is read.
 - :class:`Reply`: the API server's reply, parsed by llhttp (``httptools``) as its bytes arrive: the status, the
   header fields, the body (by Content-Length, chunked, or until the connection closes) taken piece by piece.
 """
@@ -17,6 +18,7 @@ from typing import Protocol
 import httptools
 
 __all__ = [
+    "MAX_CHUNK_LINE",
     "MAX_HEADERS",
     "MAX_LINE",
     "MAX_REQUEST_HEAD",
@@ -26,6 +28,7 @@ __all__ = [
     "Reply",
     "ReplyCutShort",
     "parse_request_line",
+    "read_chunked_body",
     "read_fields",
 ]
 
@@ -158,6 +161,45 @@ def read_fields(reader: LineReader, *, head_so_far: int = 0) -> Fields:
         if key.lower() == "content-length" and (fields.get(key) is not None or not value.isdigit()):
             raise MalformedRequest(400, "Content-Length is malformed or repeated")
         fields.add(key, value.decode("latin-1"))
+
+
+class ByteReader(LineReader, Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+#: Longest chunk-size line of a chunked request body (the size, and any chunk extensions).
+MAX_CHUNK_LINE = 1024
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+def read_chunked_body(reader: ByteReader, limit: int) -> bytes:
+    """A chunked request body (RFC 9112 §7.1) of at most ``limit`` bytes, trailers skipped. A chunk is never read
+    before its size is known to fit: MalformedRequest(413) past the limit, (400) for a malformed or cut frame."""
+    data = bytearray()
+    while True:
+        content = _line_content(reader.readline(MAX_CHUNK_LINE + 1))
+        if content is None:
+            raise MalformedRequest(400, "the request body's chunk size line is too long or cut short")
+        size_text = content.split(b";", 1)[0].strip(b" \t")
+        if not _CHUNK_SIZE.fullmatch(size_text):
+            raise MalformedRequest(400, "the request body's chunk size is malformed")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        if len(data) + size > limit:
+            raise MalformedRequest(413, "the request body is too large")
+        chunk = reader.read(size)
+        if len(chunk) != size or _line_content(reader.readline(3)) != b"":
+            raise MalformedRequest(400, "the request body's chunk is cut short or not followed by a line end")
+        data += chunk
+    for _ in range(MAX_HEADERS + 1):  # the trailer section, up to its empty line
+        line = reader.readline(MAX_LINE + 1)
+        content = _line_content(line)
+        if content is None:
+            raise MalformedRequest(400, "the request body's trailers are too long or cut short")
+        if not content:
+            return bytes(data)
+    raise MalformedRequest(431, "Too many trailer fields")
 
 
 class Reply:

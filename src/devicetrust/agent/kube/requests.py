@@ -35,6 +35,8 @@ _HTTP_REASONS = {
     403: "Forbidden",
     404: "NotFound",
     405: "MethodNotAllowed",
+    413: "RequestEntityTooLarge",
+    431: "BadRequest",
     502: "InternalError",
     503: "ServiceUnavailable",
 }

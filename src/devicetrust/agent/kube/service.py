@@ -55,6 +55,7 @@ from devicetrust.agent.kube.http1 import (
     Reply,
     ReplyCutShort,
     parse_request_line,
+    read_chunked_body,
     read_fields,
 )
 from devicetrust.agent.kube.kubeconfig import api_server_access
@@ -511,6 +512,10 @@ class _Handler(BaseHTTPRequestHandler):
                 code, ended = self._forward(granted)
             if ended:
                 event["reason"] = ended
+        except MalformedRequest as malformed:
+            code = malformed.status
+            self.close_connection = True  # what is left of the body cannot be told from a next request
+            self._reply(code, malformed.reason)
         except _ClientGone:
             code = 499
         finally:
@@ -545,22 +550,17 @@ class _Handler(BaseHTTPRequestHandler):
         return decision
 
     def _read_body(self) -> bytes:
+        """The request's body, within MAX_REQUEST_BODY (MalformedRequest otherwise), before anything is decided:
+        a kept-alive connection's next request starts after it."""
         if (self.fields.get("Transfer-Encoding") or "").lower() == "chunked":
-            data = bytearray()
-            while True:
-                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return bytes(data)
-                data += self.rfile.read(size)
-                self.rfile.readline()
-                if len(data) > MAX_REQUEST_BODY:
-                    raise _ClientGone
+            return read_chunked_body(self.rfile, MAX_REQUEST_BODY)
         length = int(self.fields.get("Content-Length") or 0)
         if length > MAX_REQUEST_BODY:
-            self.close_connection = True
+            raise MalformedRequest(413, "the request body is too large")
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
             raise _ClientGone
-        return self.rfile.read(length) if length else b""
+        return body
 
     def _forward(self, granted: _Granted) -> tuple[int, str]:
         """Send the request on and relay the reply: its status, and why the service ended it early ("" if it
