@@ -22,13 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,7 @@ from tests.integration.cluster import BIN, free_port, start_cluster
 from tests.integration.laptops import enrolled_laptop
 from tests.integration.test_devices import Laptop
 
-from benchmarks.harness import percentile
+from benchmarks.harness import percentile, socat_relay
 
 ROUND_QUERIES = int(os.environ.get("BENCH_DB_QUERIES", "2000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
@@ -152,31 +150,9 @@ def _measure(proxy_port: int, one_hop: dict[str, str], relay_port: int | None) -
     )
 
 
-@contextlib.contextmanager
-def _socat_relay() -> Iterator[int | None]:
+def _socat_relay() -> contextlib.AbstractContextManager[int | None]:
     """A plain TCP relay in C to PostgreSQL, as a reference for what one hop costs; None without socat."""
-    socat = shutil.which("socat")
-    if socat is None:
-        yield None
-        return
-    port = free_port()
-    process = subprocess.Popen(
-        [socat, f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay", "TCP:127.0.0.1:5432,nodelay"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + PROXY_START_SECONDS
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("socat did not start")
-            time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
+    return socat_relay("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay", "TCP:127.0.0.1:5432,nodelay")
 
 
 def _with_world(run: Callable[[int, dict[str, str], int | None], None]) -> None:

@@ -25,14 +25,12 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
-import socket
 import ssl
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.fakes.kube_apiserver import FakeKubeAPIServer, running_kube_apiserver
@@ -41,12 +39,11 @@ from tests.integration.cluster import free_port, start_cluster
 from tests.integration.laptops import enrolled_laptop
 from tests.integration.test_devices import Laptop
 
-from benchmarks.harness import percentile, tree_cpu_seconds, wait_idle
+from benchmarks.harness import percentile, socat_relay, tree_cpu_seconds, wait_idle
 
 ROUND_REQUESTS = int(os.environ.get("BENCH_KUBE_REQUESTS", "300"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "4"))
 WARMUP_REQUESTS = 50
-RELAY_START_SECONDS = 10.0
 TARGET_RATIO = 1.3
 KUBE_CLUSTER = "bench"
 SERIAL = "SN-BENCH-KUBE"
@@ -100,31 +97,13 @@ def _through_service(laptop: Laptop, root: Path, addr: str, host_ca: str) -> _Cl
     return _Client(host, int(port), context, f"/kube/{KUBE_CLUSTER}", {"Accept": ACCEPT_TABLE})
 
 
-@contextlib.contextmanager
-def _socat_tls_relay(api: FakeKubeAPIServer, pki: TestPKI) -> Iterator[int | None]:
+def _socat_tls_relay(api: FakeKubeAPIServer, pki: TestPKI) -> contextlib.AbstractContextManager[int | None]:
     """A TLS-terminating relay in C in front of the API server (None without socat)."""
-    socat = shutil.which("socat")
-    if socat is None:
-        yield None
-        return
-    port = free_port()
     listen = (
-        f"OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay,cert={pki.cert_file},key={pki.key_file},verify=0"
+        "OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,nodelay,"
+        + f"cert={pki.cert_file},key={pki.key_file},verify=0"
     )
-    upstream = f"OPENSSL:127.0.0.1:{api.port},cafile={api.ca_file},nodelay,commonname=127.0.0.1"
-    process = subprocess.Popen([socat, listen, upstream], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + RELAY_START_SECONDS
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("socat did not start")
-            time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
+    return socat_relay(listen, f"OPENSSL:127.0.0.1:{api.port},cafile={api.ca_file},nodelay,commonname=127.0.0.1")
 
 
 def _measure(api: FakeKubeAPIServer, laptop: Laptop, root: Path, daemon_cpu: Callable[[], float]) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import shutil
+import socket
 import ssl
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.integration.cluster import Cluster, start_cluster
+from tests.integration.cluster import Cluster, free_port, start_cluster
 
 
 class LeanClient:
@@ -143,3 +147,32 @@ def wait_idle(cpu: Callable[[], float]) -> None:
         if now - last < IDLE_SAMPLE_SECONDS * IDLE_CPU_FRACTION:
             return
         last = now
+
+
+#: How long a reference relay may take to listen.
+RELAY_START_SECONDS = 10.0
+
+
+@contextmanager
+def socat_relay(listen: str, connect: str) -> Iterator[int | None]:
+    """A relay in C (socat) as a reference for what a hop costs: ``listen``'s ``{port}`` becomes a free loopback
+    port, which is yielded once socat accepts connections on it; None where socat is not installed."""
+    socat = shutil.which("socat")
+    if socat is None:
+        yield None
+        return
+    port = free_port()
+    argv = [socat, listen.format(port=port), connect]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + RELAY_START_SECONDS
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("socat did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)

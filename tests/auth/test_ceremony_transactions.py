@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from tests.auth.server_harness import PASSWORD, public_key
 from tests.auth.test_session_certificates import NODE, World
 
+from devicetrust.auth.sessions import LoginResult
 from devicetrust.ceremony.messages import CeremonyError
 from devicetrust.storage.backend import Backend
 from devicetrust.types import Device
@@ -63,6 +64,18 @@ def world(backend_url: str) -> Iterator[World]:
         backend.close()
 
 
+def token_ceremony(world: World, login: LoginResult, target: tuple[str, str] | None) -> Device:
+    """One device authentication as the HTTP routes run it (the caller named by its session token)."""
+    devices = world.server.devices
+    _, challenge = devices.authenticate_begin_as(
+        login.session_token, credential_id="cred-1", collected=world.collected, ssh_cert=login.ssh_cert, target=target
+    )
+    _, certs = devices.authenticate_finish_as(
+        login.session_token, world.answer(challenge.ceremony_id, challenge.challenge)
+    )
+    return certs.device
+
+
 @pytest.mark.parametrize("target", [None, NODE])
 def test_a_ceremony_takes_three_transactions_of_which_one_writes(
     world: World, recorder: Recorder, target: tuple[str, str] | None
@@ -71,27 +84,13 @@ def test_a_ceremony_takes_three_transactions_of_which_one_writes(
     world.enroll(alice)
     # a fresh login certificate: a session proof's target needs none, login-time augmentation an unaugmented one
     login = world.server.login("alice", PASSWORD, public_key(), None)
-    devices = world.server.devices
 
-    def ceremony() -> Device:
-        _, challenge = devices.authenticate_begin_as(
-            login.session_token,
-            credential_id="cred-1",
-            collected=world.collected,
-            ssh_cert=login.ssh_cert,
-            target=target,
-        )
-        _, certs = devices.authenticate_finish_as(
-            login.session_token, world.answer(challenge.ceremony_id, challenge.challenge)
-        )
-        return certs.device
-
-    ceremony()  # the first fills the caches
+    token_ceremony(world, login, target)  # the first fills the caches
     recorder.transactions.clear()
-    device = ceremony()
+    device = token_ceremony(world, login, target)
     transactions = list(recorder.transactions)
     # the document the next ceremony starts from, unparsed, is the one stored
-    assert device == devices.get(world.admin, device.id)
+    assert device == world.server.devices.get(world.admin, device.id)
 
     assert len(transactions) == 3, transactions
     begin, finish_read, finish_write = transactions
@@ -105,17 +104,8 @@ def test_a_device_unenrolled_after_a_ceremony_is_refused_at_the_next(world: Worl
     alice, _ = world.user("alice")
     world.enroll(alice)
     login = world.server.login("alice", PASSWORD, public_key(), None)
-    devices = world.server.devices
 
-    def ceremony() -> Device:
-        _, challenge = devices.authenticate_begin_as(
-            login.session_token, credential_id="cred-1", collected=world.collected, ssh_cert=login.ssh_cert, target=NODE
-        )
-        return devices.authenticate_finish_as(
-            login.session_token, world.answer(challenge.ceremony_id, challenge.challenge)
-        )[1].device
-
-    device = ceremony()
-    devices.unenroll(world.admin, device.id)
+    device = token_ceremony(world, login, NODE)
+    world.server.devices.unenroll(world.admin, device.id)
     with pytest.raises(CeremonyError):
-        ceremony()
+        token_ceremony(world, login, NODE)

@@ -580,7 +580,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = Reply(head_request=self.command == "HEAD")
             try:
                 sock.sendall(message)
-                _read_reply_head(sock, reply)
+                _read_reply(sock, reply, whole=False)
                 break
             except (OSError, MalformedReply) as err:
                 sock.close()
@@ -667,12 +667,7 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         if reply.has_length:
             try:
-                while not reply.complete:
-                    data = upstream_sock.recv(STREAM_CHUNK)
-                    if data:
-                        reply.feed(data)
-                    else:
-                        reply.end_of_input()
+                _read_reply(upstream_sock, reply, whole=True)
             except (OSError, MalformedReply) as err:
                 self.close_connection = True
                 self._reply(502, f"the Kubernetes API server of {target.name} failed its reply: {err}")
@@ -741,9 +736,10 @@ class _ClientGone(Exception):
     """The client went away mid-request."""
 
 
-def _read_reply_head(sock: ssl.SSLSocket, reply: Reply) -> None:
-    """Feed ``reply`` until its status line and headers are in (some of its body may be too)."""
-    while not reply.headers_complete:
+def _read_reply(sock: ssl.SSLSocket, reply: Reply, *, whole: bool) -> None:
+    """Feed ``reply`` from ``sock`` until its head is in (some of its body may be too), or with ``whole`` all of
+    it (MalformedReply if the connection ends first)."""
+    while not (reply.complete if whole else reply.headers_complete):
         data = sock.recv(STREAM_CHUNK)
         if data:
             reply.feed(data)
