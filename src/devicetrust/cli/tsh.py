@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import importlib
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicetrust import __version__
 from devicetrust.ceremony.messages import Challenge, CollectedData
-from devicetrust.cli import tsh_db, tsh_kube, tsh_ssh
 from devicetrust.cli.common import (
     DevicetrustGroup,
     emit,
@@ -184,7 +184,36 @@ def _print_status(data: _Status) -> None:
         click.echo(f"  {name + ':':<16}{value}")
 
 
-@click.group(cls=DevicetrustGroup, context_settings={"help_option_names": ["-h", "--help"]})
+#: Commands defined in modules of their own, imported when used: ``tsh device session-cert`` (which OpenSSH runs
+#: before each connection) and ``tsh kube credentials`` (which kubectl runs) start without the SSH client or the
+#: database relay, and ``tsh ssh`` without the other two.
+LAZY_COMMANDS = {
+    "ssh": "devicetrust.cli.tsh_ssh",
+    "ls": "devicetrust.cli.tsh_ssh",
+    "config": "devicetrust.cli.tsh_ssh",
+    "db": "devicetrust.cli.tsh_db",
+    "proxy": "devicetrust.cli.tsh_db",
+    "kube": "devicetrust.cli.tsh_kube",
+}
+
+
+class TshGroup(DevicetrustGroup):
+    """The tsh command group, with :data:`LAZY_COMMANDS` loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = LAZY_COMMANDS.get(cmd_name)
+        if module_name is None or cmd_name in self.commands:
+            return super().get_command(ctx, cmd_name)
+        commands: tuple[click.Command, ...] = importlib.import_module(module_name).COMMANDS
+        for command in commands:
+            self.add_command(command)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=TshGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tsh")
 def cli() -> None:
     """tsh: log in to a devicetrust cluster and use its resources from a trusted device."""
@@ -323,6 +352,8 @@ def logout() -> None:
     except Exception as err:
         warn(f"could not end the session on the server: {err}")
     store.remove(profile)
+    from devicetrust.cli import tsh_kube  # imported here, as LAZY_COMMANDS are
+
     kubeconfig = tsh_kube.kubeconfig_path()
     try:
         removed = tsh_kube.remove_kubeconfig_entries(kubeconfig, profile)
@@ -491,11 +522,6 @@ def device_session_cert(host_id: str, out: Path | None, device_key: str | None) 
         click.echo(certificate.ssh_cert.decode().rstrip())
     else:
         write_atomic(out, certificate.ssh_cert, 0o644)
-
-
-# -------------------------------------------------------------------------- ssh, ls, config, db, proxy
-for _command in (*tsh_ssh.COMMANDS, *tsh_db.COMMANDS, *tsh_db.PROXY_COMMANDS, *tsh_kube.COMMANDS):
-    cli.add_command(_command)
 
 
 def main() -> None:

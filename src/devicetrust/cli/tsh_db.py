@@ -54,7 +54,6 @@ from devicetrust.protocol import DatabaseServer
 
 __all__ = [
     "COMMANDS",
-    "PROXY_COMMANDS",
     "DatabaseLogin",
     "DirectConnection",
     "LocalProxy",
@@ -603,5 +602,4 @@ def proxy_db(name: str, port: int, db_user: str, db_name: str) -> None:
             pass
 
 
-COMMANDS = (db,)
-PROXY_COMMANDS = (proxy,)
+COMMANDS = (db, proxy)
