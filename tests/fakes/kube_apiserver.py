@@ -19,13 +19,25 @@
   ``v4.channel.k8s.io``: binary messages whose first byte is the channel, 0 stdin, 1 stdout, 2 stderr, 3 error
   (the exit as a ``metav1.Status``), 4 resize, and in v5 255 to close a channel). The pod runs a tiny canned
   interpreter: ``echo ARGS``, ``cat`` (stdin back on stdout until stdin closes), ``true``, ``false``,
-  ``sh -c "exit N"``; anything else exits 127. ``attach`` is ``cat``. SPDY is not offered: an upgrade to it gets
-  400 BadRequest.
+  ``sh -c "exit N"``; anything else exits 127. ``attach`` is ``cat``.
+- ``pods/exec`` and ``pods/attach`` over plain SPDY/3.1 (kubectl with ``KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false``,
+  or after a refused WebSocket: a POST with ``Upgrade: SPDY/3.1``), as the kubelet serves them: the stream protocol
+  is the first of the client's ``X-Stream-Protocol-Version`` values it speaks (``v4.channel.k8s.io`` down to
+  ``channel.k8s.io``; v5 is WebSocket only), echoed in the 101 (none offered: 400, none it speaks: 403 with
+  ``X-Accepted-Stream-Protocol-Versions``, both plain text). The client opens a stream per ``streamType`` (error,
+  and stdin, stdout, stderr, resize as the options ask); each gets a SYN_REPLY, and once all are open the same
+  interpreter runs: output on stdout/stderr, the exit on the error stream (v4: the Status; older: only a failure's
+  message), then every stream ends (FIN) and a GOAWAY closes the connection.
 - ``pods/portforward`` over WebSocket: ``SPDY/3.1+portforward.k8s.io`` as kubectl 1.32 asks for it (SPDY/3.1
-  frames in binary messages, :mod:`tests.fakes.spdy`: per forwarded connection an error and a data stream), or
-  ``v4.channel.k8s.io`` (per requested port a data and an error channel, each opened by the port number in two
-  little-endian bytes); every port echoes what it receives.
-- Errors are ``metav1.Status`` objects (NotFound, Unauthorized, Forbidden, BadRequest, MethodNotAllowed).
+  frames in binary messages, :mod:`tests.fakes.spdy`: per forwarded connection an error and a data stream, headers
+  ``streamType``, ``port``, ``requestID``), or ``v4.channel.k8s.io`` (per requested port a data and an error
+  channel, each opened by the port number in two little-endian bytes); or over plain SPDY/3.1
+  (``KUBECTL_PORT_FORWARD_WEBSOCKETS=false``: ``X-Stream-Protocol-Version: portforward.k8s.io``, the same streams on
+  the connection itself). Every port echoes what it receives.
+- ``refuse_websocket_streams``: WebSocket upgrades of exec, attach and port-forward get 400 BadRequest, as from an
+  API server (or a proxy before it) that does not take them; kubectl then falls back to plain SPDY.
+- Errors are ``metav1.Status`` objects (NotFound, Unauthorized, Forbidden, BadRequest, MethodNotAllowed), but for
+  the plain-text refusals of a SPDY upgrade's stream protocol.
 
 Every request's method, path and headers are recorded (``requests``) for the tests to check what reached it.
 
@@ -45,7 +57,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,6 +133,8 @@ class FakeKubeAPIServer:
     chunked_over: int | None = None
     #: JSON replies end halfway through their body and the connection closes (an API server that fails mid-reply)
     cut_replies: bool = False
+    #: WebSocket upgrades of exec, attach and port-forward are refused (kubectl falls back to plain SPDY)
+    refuse_websocket_streams: bool = False
     port: int = 0
     _pods: dict[tuple[str, str], _Pod] = field(default_factory=dict)
     _watchers: list[queue.Queue[dict[str, Any] | None]] = field(default_factory=list)
@@ -585,19 +599,23 @@ class _Handler(BaseHTTPRequestHandler):
         elif subresource == "log" and self.command == "GET":
             self._log(name, query.get("follow", [""])[0] == "true")
         elif subresource in ("exec", "attach", "portforward") and self.command in ("GET", "POST"):
+            command = query.get("command", []) if subresource == "exec" else ["cat"]
+            upgrade = self.headers.get("Upgrade", "").lower()
+            if upgrade == SPDY and "upgrade" in self.headers.get("Connection", "").lower():
+                self._spdy_upgrade(subresource, command, query)
+                return
             protocols = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
             supported = _PORT_FORWARD_PROTOCOLS if subresource == "portforward" else _CHANNEL_PROTOCOLS
             offered = [p for p in supported if p in protocols]
-            if self.headers.get("Upgrade", "").lower() != "websocket" or not offered:
+            if upgrade != "websocket" or not offered or self.server_fake.refuse_websocket_streams:
                 self._send_json(400, status(400, "BadRequest", "Upgrade request required"))
                 return
             self._upgrade(offered[0])
             if offered[0] == SPDY_PORT_FORWARD:
-                self._spdy_port_forward()
+                self._spdy_port_forward(self._binary_messages(), self._send_binary)
             elif subresource == "portforward":
                 self._port_forward([int(port) for port in query.get("ports", [])])
             else:
-                command = query.get("command", []) if subresource == "exec" else ["cat"]
                 self._run(command, v5=offered[0] == V5_CHANNEL)
             self.close_connection = True
         else:
@@ -672,71 +690,162 @@ class _Handler(BaseHTTPRequestHandler):
                 yield payload
 
     def _run(self, command: list[str], *, v5: bool) -> None:
-        """The canned interpreter; its exit goes on the error channel as the API server reports it."""
+        """The canned interpreter over WebSocket channels; its exit goes on the error channel as a Status."""
+
+        def stdin() -> Iterator[bytes]:
+            for channel, data in self._messages():
+                if channel == STDIN:
+                    yield data
+                elif v5 and channel == CLOSE_CHANNEL and data[:1] == bytes([STDIN]):
+                    return
+
         try:
-            code = 0
-            if command[:1] == ["echo"]:
-                self._send_channel(STDOUT, " ".join(command[1:]).encode() + b"\n")
-            elif command[:1] == ["cat"]:
-                for channel, data in self._messages():
-                    if channel == STDIN:
-                        self._send_channel(STDOUT, data)
-                    elif v5 and channel == CLOSE_CHANNEL and data[:1] == bytes([STDIN]):
-                        break
-            elif command in (["true"], ["false"]):
-                code = int(command == ["false"])
-            elif command[:2] == ["sh", "-c"] and len(command) == 3 and command[2].startswith("exit "):
-                code = int(command[2].split()[1])
-            else:
-                self._send_channel(STDERR, f"sh: {shlex.join(command)}: not found\n".encode())
-                code = 127
-            if code == 0:
-                result: dict[str, Any] = {"metadata": {}, "status": "Success"}
-            else:
-                result = {
-                    "metadata": {},
-                    "status": "Failure",
-                    "message": (
-                        f"command terminated with non-zero exit code: error executing command {command}, "
-                        f"exit code {code}"
-                    ),
-                    "reason": "NonZeroExitCode",
-                    "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
-                }
+            result = _interpret(command, stdin(), self._send_channel)
             self._send_channel(ERROR, json.dumps(result).encode())
             self.wfile.write(websocket.frame(websocket.CLOSE, struct.pack("!H", 1000)))
             self.wfile.flush()
         except OSError:
             pass
 
-    def _spdy_port_forward(self) -> None:
-        """SPDY/3.1 in WebSocket binary messages, as kubectl port-forward tunnels it: per forwarded connection an
-        error and a data stream (headers streamType, port, requestID), each accepted with a SYN_REPLY; the data
-        stream echoes, and when the client ends it both streams end."""
+    # --------------------------------------------------------------------------------------------- plain SPDY
+    def _spdy_upgrade(self, subresource: str, command: list[str], query: dict[str, list[str]]) -> None:
+        """``Upgrade: SPDY/3.1`` as the kubelet answers it: the stream protocol negotiated from the client's
+        ``X-Stream-Protocol-Version`` list (its first the server supports), then SPDY frames on the connection
+        itself."""
+        supported = (PORT_FORWARD_V1,) if subresource == "portforward" else _SPDY_CHANNEL_PROTOCOLS
+        offered = [p.strip() for value in self.headers.get_all(STREAM_PROTOCOL_HEADER) or [] for p in value.split(",")]
+        offered = [p for p in offered if p]
+        if not offered:
+            self._send_text(400, f"unable to upgrade: {STREAM_PROTOCOL_HEADER} is required")
+            return
+        protocol = next((p for p in offered if p in supported), None)
+        if protocol is None:
+            self._send_text(
+                403,
+                f"unable to upgrade: unable to negotiate protocol: client supports [{' '.join(offered)}], "
+                f"server accepts [{' '.join(supported)}]",
+                [("X-Accepted-Stream-Protocol-Versions", p) for p in supported],
+            )
+            return
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Upgrade", "SPDY/3.1")
+        self.send_header(STREAM_PROTOCOL_HEADER, protocol)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        if subresource == "portforward":
+            self._spdy_port_forward(self._raw_reads(), self.wfile.write)
+        else:
+            self._spdy_exec(command, query, protocol)
+
+    def _send_text(self, code: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """An error as Go's ``http.Error`` writes it (the kubelet's refusals of an upgrade)."""
+        body = message.encode() + b"\n"
+        self.send_response(code)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _raw_reads(self) -> Iterator[bytes]:
+        """What the client sends on the upgraded connection, as it comes, until it closes or goes."""
+        while True:
+            try:
+                data = self.rfile.read1(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            yield data
+
+    def _spdy_frames(
+        self, session: spdy.Session, chunks: Iterator[bytes], send: Callable[[bytes], object]
+    ) -> Iterator[tuple[spdy.Frame, dict[str, str]]]:
+        """The SPDY frames the client sends (and a SYN_STREAM's headers), as spdystream serves them: each new
+        stream accepted with a SYN_REPLY, each PING answered."""
+        for chunk in chunks:
+            for frame in session.feed(chunk):
+                if frame.kind == spdy.SYN_STREAM:
+                    headers = session.headers(frame)
+                    send(session.syn_reply(frame.stream_id))
+                    yield frame, headers
+                elif frame.kind == spdy.PING:
+                    send(session.echo(frame))
+                else:
+                    yield frame, {}
+
+    def _spdy_exec(self, command: list[str], query: dict[str, list[str]], protocol: str) -> None:
+        """exec and attach over plain SPDY, as the kubelet serves them: once the client has opened the streams the
+        options ask for (``streamtype`` error, and stdin, stdout, stderr, resize), the command runs; its exit goes
+        on the error stream (v4: a Status; older: the failure's message only), then every stream ends and the
+        connection goes away."""
+        session = spdy.Session()
+        send = self.wfile.write
+        frames = self._spdy_frames(session, self._raw_reads(), send)
+        wanted = {"error", *(name for name in ("stdin", "stdout", "stderr") if _flag(query, name))}
+        if _flag(query, "tty"):
+            wanted.add("resize")
+        streams: dict[str, int] = {}  # stream type: stream id
+        try:
+            while not wanted <= streams.keys():
+                frame, headers = next(frames, (None, {}))
+                if frame is None:
+                    return
+                if frame.kind == spdy.SYN_STREAM:
+                    streams[headers.get("streamtype", "")] = frame.stream_id
+
+            def stdin() -> Iterator[bytes]:
+                if "stdin" not in streams:
+                    return
+                for frame, _ in frames:
+                    if frame.kind == spdy.DATA and frame.stream_id == streams["stdin"]:
+                        if frame.data:
+                            yield frame.data
+                        if frame.flags & spdy.FLAG_FIN:
+                            return
+
+            def output(channel: int, data: bytes) -> None:
+                stream_id = streams.get("stdout" if channel == STDOUT else "stderr")
+                if stream_id is not None:
+                    send(session.data(stream_id, data))
+
+            result = _interpret(command, stdin(), output)
+            if protocol == V4_CHANNEL:
+                send(session.data(streams["error"], json.dumps(result).encode()))
+            elif result["status"] != "Success":
+                send(session.data(streams["error"], result["message"].encode()))
+            for stream_id in streams.values():
+                send(session.data(stream_id, b"", fin=True))
+            send(session.goaway(max(streams.values())))
+        except OSError:
+            pass
+
+    def _spdy_port_forward(self, chunks: Iterator[bytes], send: Callable[[bytes], object]) -> None:
+        """Port-forward's SPDY/3.1 (in WebSocket binary messages as kubectl 1.31+ tunnels it, or on the connection
+        itself): per forwarded connection an error and a data stream (headers streamType, port, requestID); the
+        data stream echoes, and when the client ends it both streams end."""
         session = spdy.Session()
         error_streams: dict[str, int] = {}
         data_streams: dict[int, str] = {}  # stream id: request id
-        send = self._send_binary
         try:
-            for message in self._binary_messages():
-                for frame in session.feed(message):
-                    if frame.kind == spdy.SYN_STREAM:
-                        headers = session.headers(frame)
-                        if headers.get("streamtype") == "error":
-                            error_streams[headers.get("requestid", "")] = frame.stream_id
-                        else:
-                            data_streams[frame.stream_id] = headers.get("requestid", "")
-                        send(session.syn_reply(frame.stream_id))
-                    elif frame.kind == spdy.PING:
-                        send(session.echo(frame))
-                    elif frame.kind == spdy.DATA and frame.stream_id in data_streams:
-                        if frame.data:
-                            send(session.data(frame.stream_id, frame.data))
-                        if frame.flags & spdy.FLAG_FIN:
-                            send(session.data(frame.stream_id, b"", fin=True))
-                            error_stream = error_streams.pop(data_streams.pop(frame.stream_id), None)
-                            if error_stream is not None:
-                                send(session.data(error_stream, b"", fin=True))
+            for frame, headers in self._spdy_frames(session, chunks, send):
+                if frame.kind == spdy.SYN_STREAM:
+                    if headers.get("streamtype") == "error":
+                        error_streams[headers.get("requestid", "")] = frame.stream_id
+                    else:
+                        data_streams[frame.stream_id] = headers.get("requestid", "")
+                elif frame.kind == spdy.DATA and frame.stream_id in data_streams:
+                    if frame.data:
+                        send(session.data(frame.stream_id, frame.data))
+                    if frame.flags & spdy.FLAG_FIN:
+                        send(session.data(frame.stream_id, b"", fin=True))
+                        error_stream = error_streams.pop(data_streams.pop(frame.stream_id), None)
+                        if error_stream is not None:
+                            send(session.data(error_stream, b"", fin=True))
         except OSError:
             pass
 
@@ -756,9 +865,47 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+def _interpret(command: list[str], stdin: Iterator[bytes], output: Callable[[int, bytes], None]) -> dict[str, Any]:
+    """The pod's tiny canned interpreter: runs ``command`` (writing ``output(STDOUT or STDERR, data)``, reading
+    ``stdin`` until it closes) and returns its exit as the API server reports it, a ``metav1.Status``."""
+    code = 0
+    if command[:1] == ["echo"]:
+        output(STDOUT, " ".join(command[1:]).encode() + b"\n")
+    elif command[:1] == ["cat"]:
+        for data in stdin:
+            output(STDOUT, data)
+    elif command in (["true"], ["false"]):
+        code = int(command == ["false"])
+    elif command[:2] == ["sh", "-c"] and len(command) == 3 and command[2].startswith("exit "):
+        code = int(command[2].split()[1])
+    else:
+        output(STDERR, f"sh: {shlex.join(command)}: not found\n".encode())
+        code = 127
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    argv = " ".join(command)  # as Go prints a []string
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code: error executing command [{argv}], exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    return query.get(name, [""])[0] in ("1", "true")
+
+
 #: What the WebSocket subprotocol of a stream may be, preferred first.
 V5_CHANNEL = "v5.channel.k8s.io"
-_CHANNEL_PROTOCOLS = (V5_CHANNEL, "v4.channel.k8s.io")
+V4_CHANNEL = "v4.channel.k8s.io"
+_CHANNEL_PROTOCOLS = (V5_CHANNEL, V4_CHANNEL)
+#: Plain SPDY: the kubelet's stream protocols (v5 is WebSocket only), named in X-Stream-Protocol-Version
+SPDY = "spdy/3.1"
+STREAM_PROTOCOL_HEADER = "X-Stream-Protocol-Version"
+_SPDY_CHANNEL_PROTOCOLS = (V4_CHANNEL, "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
+PORT_FORWARD_V1 = "portforward.k8s.io"
 #: kubectl port-forward (1.31+) tunnels SPDY in the WebSocket; the channel protocol is the older one
 SPDY_PORT_FORWARD = "SPDY/3.1+portforward.k8s.io"
 _PORT_FORWARD_PROTOCOLS = (SPDY_PORT_FORWARD, "v4.channel.k8s.io")

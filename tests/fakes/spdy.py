@@ -1,4 +1,5 @@
-"""SPDY/3.1 framing, as much as Kubernetes' port-forward speaks of it (what client-go's spdystream sends and expects).
+"""SPDY/3.1 framing, as much as Kubernetes' exec, attach and port-forward speak of it (what client-go's spdystream
+sends and expects).
 
 Frames: control ``|1|version 3|type|flags|length 24|data`` and data ``|0|stream id 31|flags|length 24|data``.
 Header blocks (SYN_STREAM, SYN_REPLY) are zlib streams, one per direction for the whole connection, primed with
@@ -11,7 +12,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["DATA", "FLAG_FIN", "PING", "SYN_REPLY", "SYN_STREAM", "Frame", "Session"]
+__all__ = ["DATA", "FLAG_FIN", "GOAWAY", "PING", "SYN_REPLY", "SYN_STREAM", "Frame", "Session"]
 
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDATE = 1, 2, 3, 4, 6, 7, 8, 9
 #: a data frame has no type; this stands for one in :class:`Frame`
@@ -139,14 +140,29 @@ class Session:
             offset += 4 + value_length
         return headers
 
+    def syn_stream(self, stream_id: int, headers: dict[str, str]) -> bytes:
+        """A SYN_STREAM opening ``stream_id`` (odd: the client's) with ``headers`` (a client's, in the tests)."""
+        return _control(SYN_STREAM, 0, struct.pack("!IIH", stream_id, 0, 0) + self._header_block(headers))
+
     def syn_reply(self, stream_id: int) -> bytes:
         """A SYN_REPLY with no headers, accepting the stream."""
-        block = self._deflate.compress(struct.pack("!I", 0)) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
-        return _control(SYN_REPLY, 0, struct.pack("!I", stream_id) + block)
+        return _control(SYN_REPLY, 0, struct.pack("!I", stream_id) + self._header_block({}))
+
+    def _header_block(self, headers: dict[str, str]) -> bytes:
+        block = struct.pack("!I", len(headers))
+        for name, value in headers.items():
+            block += struct.pack("!I", len(name)) + name.lower().encode()
+            block += struct.pack("!I", len(value.encode())) + value.encode()
+        return self._deflate.compress(block) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
 
     @staticmethod
     def data(stream_id: int, payload: bytes, *, fin: bool = False) -> bytes:
         return struct.pack("!II", stream_id, (FLAG_FIN if fin else 0) << 24 | len(payload)) + payload
+
+    @staticmethod
+    def goaway(last_good_stream_id: int) -> bytes:
+        """A GOAWAY with status OK: no new streams after ``last_good_stream_id`` (spdystream's ``Close``)."""
+        return _control(GOAWAY, 0, struct.pack("!II", last_good_stream_id, 0))
 
     @staticmethod
     def echo(frame: Frame) -> bytes:

@@ -366,6 +366,58 @@ def test_kubectl_exec_runs_through_the_service_as_the_granted_user(world: World)
     assert (event["verb"], event["response_code"], event["kubernetes_groups"]) == ("get", 101, GROUPS)
 
 
+#: kubectl's plain SPDY/3.1 streams (no WebSocket), as it speaks them when told to or when the WebSocket is refused
+SPDY_EXEC = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}
+SPDY_PORT_FORWARD = {"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
+
+
+def test_kubectl_exec_over_plain_spdy_runs_through_the_service(world: World) -> None:
+    env = {**world.laptop_env(), **SPDY_EXEC}
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    result = world.kubectl(env, "exec", "web-0", "--", "echo", "hello")
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+    (upgraded,) = _requests_to(world, "exec", before)
+    assert (upgraded.method, upgraded.header("upgrade"), upgraded.header("connection")) == (
+        "POST",
+        ["SPDY/3.1"],
+        ["Upgrade"],
+    )
+    # every stream protocol kubectl offers reaches the API server, to pick one from
+    offered = ["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"]
+    assert upgraded.header("x-stream-protocol-version") == offered
+    assert (upgraded.user, list(upgraded.groups)) == ("alice", GROUPS)
+    event = world.wait_for_event(
+        "kube.request", lambda e: e.get("resource_subresource") == "exec" and e.get("verb") == "create"
+    )
+    assert (event["resource_name"], event["response_code"], event["success"]) == ("web-0", 101, True)
+    failed = world.kubectl(env, "exec", "web-0", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 3 and "command terminated with exit code 3" in failed.stderr, failed.stderr
+    interactive = world.kubectl(env, "exec", "-i", "web-0", "--", "cat", stdin="one\ntwo\n")
+    assert (interactive.returncode, interactive.stdout) == (0, "one\ntwo\n"), interactive.stderr
+    attached = world.kubectl(env, "attach", "-i", "web-0", stdin="to the main process\n")
+    assert (attached.returncode, attached.stdout) == (0, "to the main process\n"), attached.stderr
+
+
+def test_kubectl_falls_back_to_plain_spdy_through_the_service_when_the_websocket_is_refused(world: World) -> None:
+    env = world.laptop_env()
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    world.api.refuse_websocket_streams = True
+    try:
+        result = world.kubectl(env, "exec", "web-0", "--", "echo", "hello")
+    finally:
+        world.api.refuse_websocket_streams = False
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+    refused, upgraded = _requests_to(world, "exec", before)
+    assert (refused.method, refused.header("upgrade"), upgraded.method, upgraded.header("upgrade")) == (
+        "GET",
+        ["websocket"],
+        "POST",
+        ["SPDY/3.1"],
+    )
+
+
 def test_exec_impersonation_stays_within_the_grant(world: World) -> None:
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
@@ -515,6 +567,23 @@ def test_kubectl_port_forward_runs_through_the_service(world: World) -> None:
         process.communicate(timeout=10)
 
 
+def test_kubectl_port_forward_over_plain_spdy_runs_through_the_service(world: World) -> None:
+    env = {**world.laptop_env(), **SPDY_PORT_FORWARD}
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    process, port = _kubectl_port_forward(env)
+    try:
+        assert _echoed(port, b"GET / HTTP/1.0\r\n\r\n") == b"GET / HTTP/1.0\r\n\r\n"
+        assert _echoed(port, b"a second connection") == b"a second connection"
+        (upgraded,) = _requests_to(world, "portforward", before)
+        assert (upgraded.method, upgraded.header("upgrade")) == ("POST", ["SPDY/3.1"])
+        assert upgraded.header("x-stream-protocol-version") == ["portforward.k8s.io"]
+        assert (upgraded.user, list(upgraded.groups)) == ("alice", GROUPS)
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
 def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> None:
     env = world.laptop_env()
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
@@ -556,6 +625,48 @@ def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> No
         if forwarded is not None:
             forwarded.close()
         for process in (cat, logs, port_forward):
+            if process is None:
+                continue
+            if process.poll() is None:
+                process.kill()
+            process.communicate(timeout=10)
+        _remove_locks(world)
+
+
+def test_a_lock_ends_open_plain_spdy_exec_and_port_forward_streams(world: World) -> None:
+    env = {**world.laptop_env(), **SPDY_EXEC, **SPDY_PORT_FORWARD}
+    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
+    before = len(world.api.requests)
+    cat = start_kubectl(env, "exec", "-i", "web-0", "--", "cat", stdin=True)
+    assert cat.stdin is not None and cat.stdout is not None
+    port_forward: subprocess.Popen[str] | None = None
+    try:
+        cat.stdin.write("before the lock\n")
+        cat.stdin.flush()
+        echoed = cat.stdout.readline()
+        assert echoed == "before the lock\n", cat.stderr.read() if cat.stderr else ""
+        port_forward, port = _kubectl_port_forward(env)
+        assert _echoed(port, b"before the lock") == b"before the lock"
+        assert {r.header("upgrade")[0] for r in world.api.requests[before:] if r.header("upgrade")} == {"SPDY/3.1"}
+        ok(world.cluster.tctl("lock", "--user=alice", "--message=stolen laptop reported"))
+        # the service polls the cluster state every 2 s: the streams end then, with the stdin still open
+        # kubectl's SPDY executor takes a cut connection for the command's end (its error stream ends empty, so no
+        # exit code): it ends, with nothing more written, but not with a failure as over WebSocket
+        cat.wait(timeout=15)
+        assert cat.stdout.read() == ""
+        assert port_forward.wait(timeout=15) != 0  # kubectl: lost connection to pod
+        for subresource in ("exec", "portforward"):
+            event = world.wait_for_event(
+                "kube.request",
+                lambda e, sub=subresource: (
+                    e.get("resource_subresource") == sub
+                    and e.get("verb") == "create"
+                    and e.get("reason") == "locked: stolen laptop reported"
+                ),
+            )
+            assert event["resource_name"] == "web-0"
+    finally:
+        for process in (cat, port_forward):
             if process is None:
                 continue
             if process.poll() is None:

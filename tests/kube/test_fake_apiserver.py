@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import spdy
 from tests.fakes.kube_apiserver import SERVICE_ACCOUNT, FakeKubeAPIServer, running_kube_apiserver
 from tests.kube.harness import kubectl, kubectl_env, require_kubectl, start_kubectl
 
@@ -124,6 +126,129 @@ def test_port_forward_tunnels_spdy_in_a_websocket(kubeconfig: Path, api: FakeKub
                 assert conn.recv(4096) == data
         (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/portforward")][-1:]
         assert upgraded.header("sec-websocket-protocol")[0].startswith("SPDY/3.1+portforward.k8s.io")
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+SPDY_EXEC = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}
+
+
+def test_exec_and_attach_over_plain_spdy(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
+    echoed = kubectl(kubeconfig, "exec", "web-0", "--", "echo", "hello", env=SPDY_EXEC)
+    assert (echoed.returncode, echoed.stdout) == (0, "hello\n"), echoed.stderr
+    (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/exec")][-1:]
+    assert upgraded.method == "POST" and upgraded.header("upgrade") == ["SPDY/3.1"]
+    assert upgraded.header("x-stream-protocol-version")[:2] == ["v5.channel.k8s.io", "v4.channel.k8s.io"]
+    failed = kubectl(kubeconfig, "exec", "web-0", "--", "sh", "-c", "exit 3", env=SPDY_EXEC)
+    assert failed.returncode == 3 and "command terminated with exit code 3" in failed.stderr, failed.stderr
+    unknown = kubectl(kubeconfig, "exec", "web-0", "--", "ls", env=SPDY_EXEC)
+    assert (unknown.returncode, unknown.stderr.splitlines()[0]) == (127, "sh: ls: not found"), unknown.stderr
+    interactive = subprocess.run(
+        [require_kubectl(), "exec", "-i", "web-0", "--", "cat"],
+        env={**kubectl_env(kubeconfig), **SPDY_EXEC},
+        input="one\ntwo\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (interactive.returncode, interactive.stdout) == (0, "one\ntwo\n"), interactive.stderr
+    attached = subprocess.run(
+        [require_kubectl(), "attach", "-i", "web-0"],
+        env={**kubectl_env(kubeconfig), **SPDY_EXEC},
+        input="to the main process\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (attached.returncode, attached.stdout) == (0, "to the main process\n"), attached.stderr
+
+
+def _spdy_exec(
+    api: FakeKubeAPIServer, protocols: tuple[str, ...], query: str = "command=true&stdout=true", *, streams: int = 0
+) -> tuple[bytes, list[spdy.Frame]]:
+    """A plain SPDY exec upgrade offering ``protocols``: the reply's status line and headers, and, when it opens
+    ``streams`` of ``error``, ``stdout``, ``stderr`` (in that order) once upgraded, every frame the fake sends."""
+    context = ssl.create_default_context(cafile=str(api.ca_file))
+    with (
+        socket.create_connection(("127.0.0.1", api.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        offers = "".join(f"X-Stream-Protocol-Version: {protocol}\r\n" for protocol in protocols)
+        tls.sendall(
+            (
+                f"POST /api/v1/namespaces/default/pods/web-0/exec?{query} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1\r\nAuthorization: Bearer {api.token}\r\nContent-Length: 0\r\n"
+                f"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n{offers}\r\n"
+            ).encode()
+        )
+        received = b""
+        while b"\r\n\r\n" not in received:
+            data = tls.recv(4096)
+            assert data, received
+            received += data
+        head, rest = received.split(b"\r\n\r\n", 1)
+        session = spdy.Session()
+        for index, stream_type in enumerate(("error", "stdout", "stderr")[:streams]):
+            tls.sendall(session.syn_stream(2 * index + 1, {"streamType": stream_type}))
+        frames = session.feed(rest)
+        while streams and (data := tls.recv(4096)):
+            frames += session.feed(data)
+        return head, frames
+
+
+def _spdy_upgrade_reply(api: FakeKubeAPIServer, *protocols: str) -> bytes:
+    return _spdy_exec(api, protocols)[0]
+
+
+def test_a_plain_spdy_upgrade_negotiates_the_stream_protocol_as_the_kubelet(api: FakeKubeAPIServer) -> None:
+    # v5 is WebSocket only: the first the client offers that the kubelet speaks over SPDY wins
+    chosen = _spdy_upgrade_reply(api, "v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io")
+    assert chosen.startswith(b"HTTP/1.1 101 ") and b"\r\nUpgrade: SPDY/3.1" in chosen, chosen
+    assert b"\r\nX-Stream-Protocol-Version: v4.channel.k8s.io" in chosen
+    assert b"\r\nX-Stream-Protocol-Version: v3.channel.k8s.io" in _spdy_upgrade_reply(api, "v3.channel.k8s.io")
+    refused = _spdy_upgrade_reply(api, "v5.channel.k8s.io")
+    assert refused.startswith(b"HTTP/1.1 403 ") and b"X-Accepted-Stream-Protocol-Versions: v4.channel.k8s.io" in refused
+    assert _spdy_upgrade_reply(api).startswith(b"HTTP/1.1 400 ")
+
+
+def test_plain_spdy_exec_streams_end_with_the_exit_the_protocol_version_reports(api: FakeKubeAPIServer) -> None:
+    exit_3 = "command=sh&command=-c&command=exit+3&stdout=true&stderr=true"
+    _, frames = _spdy_exec(api, ("v4.channel.k8s.io",), exit_3, streams=3)
+    # each stream accepted, the Status on the error stream, every stream ended, then the connection goes away
+    assert [(f.kind, f.stream_id) for f in frames if f.kind == spdy.SYN_REPLY] == [
+        (spdy.SYN_REPLY, i) for i in (1, 3, 5)
+    ]
+    (written,) = [f for f in frames if f.kind == spdy.DATA and f.data]
+    assert written.stream_id == 1 and json.loads(written.data)["details"]["causes"][0]["message"] == "3"
+    assert sorted(f.stream_id for f in frames if f.kind == spdy.DATA and f.flags & spdy.FLAG_FIN) == [1, 3, 5]
+    assert frames[-1].kind == spdy.GOAWAY
+    # before v4 the error stream carries only a failure's message
+    _, frames = _spdy_exec(api, ("v3.channel.k8s.io",), exit_3, streams=3)
+    (written,) = [f for f in frames if f.kind == spdy.DATA and f.data]
+    assert (written.stream_id, written.data.decode()) == (
+        1,
+        "command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3",
+    )
+    _, frames = _spdy_exec(api, ("v3.channel.k8s.io",), "command=true&stdout=true", streams=2)
+    assert [f for f in frames if f.kind == spdy.DATA and f.data] == []
+
+
+def test_port_forward_over_plain_spdy(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
+    env = {**kubectl_env(kubeconfig), "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
+    process = start_kubectl(env, "port-forward", "pod/web-0", ":8080")
+    assert process.stdout is not None
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("Forwarding from 127.0.0.1:"), line
+        port = int(line.split("127.0.0.1:", 1)[1].split()[0])
+        for data in (b"first connection", b"second connection"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(data)
+                assert conn.recv(4096) == data
+        (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/portforward")][-1:]
+        assert (upgraded.method, upgraded.header("upgrade")) == ("POST", ["SPDY/3.1"])
+        assert upgraded.header("x-stream-protocol-version") == ["portforward.k8s.io"]
     finally:
         process.terminate()
         process.communicate(timeout=10)
