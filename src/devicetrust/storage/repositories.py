@@ -654,6 +654,10 @@ class DeviceRepository(_Repository):
 
     ``id`` and (os_type, asset_tag) are fixed at creation; lists run in (asset_tag, id) order, resumable with a
     keyset, so concurrent writes never make a page walk skip or repeat a device.
+
+    Every write of a document also stores the fingerprint of its MDM-owned parts and the revision it is written
+    at (``mdm_fingerprint``, ``mdm_fingerprint_revision``); it is used only while that is still the row's revision,
+    so a write that does not keep it (a script, a row from before 0005) makes it stale, never wrong.
     """
 
     _t = schema.devices
@@ -1012,28 +1016,20 @@ class DeviceRepository(_Repository):
         stmt = sa.select(
             *columns,
             t.c.revision,
-            sa.case((current, t.c.mdm_fingerprint), else_=sa.null()).label("stored_fingerprint"),
+            sa.case((current, t.c.mdm_fingerprint), else_=sa.null()),
             # the parts only where the stored fingerprint cannot be used
             *(sa.case((current, sa.null()), else_=t.c.body[path]) for path in MDM_PART_PATHS),
         )
         found: builtins.list[DeviceFingerprint] = []
+        # rows unpacked, not read by name: a sync reads 100k of them
         for row in self._by_identity(stmt, keys):
-            stored: int | None = row.stored_fingerprint
-            if stored is None:
-                value = fingerprint(*row[len(columns) + 2 :])
-            else:
-                value = stored + _FINGERPRINT_MODULUS if stored < 0 else stored
+            fields: tuple[Any, ...] = tuple(row)
+            id, os_type, asset_tag, source_name, source_origin, external_id, revision, stored, *parts = fields
+            # the column is signed: modulo 2**64 gives the unsigned fingerprint back
+            value = fingerprint(*parts) if stored is None else stored % _FINGERPRINT_MODULUS
             found.append(
                 DeviceFingerprint(
-                    row.id,
-                    row.os_type,
-                    row.asset_tag,
-                    row.source_name,
-                    row.source_origin,
-                    row.external_id,
-                    row.revision,
-                    value,
-                    stored is not None,
+                    id, os_type, asset_tag, source_name, source_origin, external_id, revision, value, stored is not None
                 )
             )
         return found
@@ -1049,7 +1045,8 @@ class DeviceRepository(_Repository):
                 "match_revision": device.revision,
                 "new_mdm_fingerprint": _fingerprint_column(device.fingerprint),
             }
-            for device in devices
+            # in update_from_source's order: a sync's batch written meanwhile locks its rows in the same order
+            for device in sorted(devices, key=lambda device: device.id)
         ]
         if not values:
             return
