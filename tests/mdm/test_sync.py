@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from devicetrust.mdm.diff import fingerprint
 from devicetrust.mdm.jamf.config import InventoryEntry
 from devicetrust.mdm.jamf.engine import JamfSync, cut_state_key
 from devicetrust.mdm.jamf.errors import JamfAuthError
@@ -26,6 +27,7 @@ from devicetrust.types import (
     parse_resource,
     resource_to_dict,
 )
+from devicetrust.types.mdm_parts import MDM_PART_PATHS
 from tests.fakes.jamf import server as fake_module
 from tests.fakes.jamf.server import FakeJamf
 from tests.mdm.conftest import JamfSetup
@@ -508,6 +510,107 @@ def test_a_device_that_keeps_changing_is_left_for_the_next_sync_not_overwritten(
     alice = device(devices(backend)[ALICE])
     assert alice.credential is not None and alice.credential.id == writes[-1]
     assert alice.profile is not None and alice.profile.os_version == "15.1"
+
+
+# -- the stored fingerprints ---------------------------------------------------------------------------------
+
+
+def stored_fingerprints(backend: Backend) -> dict[str, tuple[int, bool, int]]:
+    """Each device's (fingerprint, whether it was stored for the current revision, what ``fingerprint(*parts)``
+    computes from its stored document), by asset tag."""
+    records = devices(backend)
+    with backend.read() as store:
+        found = store.devices.find_fingerprints_by_asset_tag([(r.os_type, r.asset_tag) for r in records.values()])
+    parts: dict[str, tuple[Any, ...]] = {}
+    for tag, record in records.items():
+        spec = record.body["spec"]
+        assert isinstance(spec, dict)
+        parts[tag] = tuple(spec.get(path[1]) for path in MDM_PART_PATHS)
+    return {d.asset_tag: (d.fingerprint, d.stored, fingerprint(*parts[d.asset_tag])) for d in found}
+
+
+def raw_sql(backend_url: str, statement: str, **params: str) -> None:
+    """A write past the repositories (a script, or a path that does not keep the fingerprint)."""
+    url = sa.make_url(backend_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement), params)
+    finally:
+        engine.dispose()
+
+
+def test_the_stored_fingerprint_is_that_of_the_document_written(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend
+) -> None:
+    sync(jamf, backend, full=True)
+    created = stored_fingerprints(backend)
+    assert len(created) == SYNCED_MACS
+    assert all(stored and value == computed for value, stored, computed in created.values())
+    fake.computers.patch(1, "general", {"reportDate": "2026-11-25T12:00:00Z"})
+    fake.computers.patch(1, "operatingSystem", {"version": "15.1", "build": "24B83"})
+    report = sync(jamf, backend, full=False)
+    assert (report.error, report.updated) == (None, 1)
+    updated = stored_fingerprints(backend)
+    assert all(stored and value == computed for value, stored, computed in updated.values())
+    assert updated[ALICE][0] != created[ALICE][0]
+    assert devices(backend)[ALICE].revision == 2
+
+
+def test_a_write_between_syncs_is_seen_by_the_next_sync(
+    jamf: JamfSetup, fake: FakeJamf, backend: Backend, backend_url: str
+) -> None:
+    sync(jamf, backend, full=True)
+    # an enrollment (as every device write of the auth service: the whole document, revision + 1)
+    enroll(backend, ALICE, "cred-between")
+    assert stored_fingerprints(backend)[ALICE][1]
+    again = sync(jamf, backend, full=True)
+    assert (again.error, again.updated, again.unchanged) == (None, 0, SYNCED_MACS)
+    record = devices(backend)[ALICE]
+    assert (record.revision, record.enroll_status) == (2, "enrolled")
+    # a write that changes the MDM's parts and the revision but not the stored fingerprint: it is stale, not used
+    statement = {
+        "postgresql": "UPDATE devices SET body = jsonb_set(body, '{spec,profile,os_version}', '\"9.9\"'), "
+        "revision = revision + 1 WHERE asset_tag = :tag",
+        "sqlite": "UPDATE devices SET body = json_set(body, '$.spec.profile.os_version', '9.9'), "
+        "revision = revision + 1 WHERE asset_tag = :tag",
+    }[backend.dialect_name]
+    raw_sql(backend_url, statement, tag=ALICE)
+    stale = stored_fingerprints(backend)[ALICE]
+    assert not stale[1] and stale[0] == stale[2]
+    fixed = sync(jamf, backend, full=True)
+    assert (fixed.error, fixed.updated, fixed.unchanged) == (None, 1, SYNCED_MACS - 1)
+    record = devices(backend)[ALICE]
+    alice = device(record)
+    assert alice.profile is not None and alice.profile.os_version == "14.6.1"
+    assert alice.credential is not None and alice.credential.id == "cred-between"
+    assert record.revision == 4
+    assert all(stored and value == computed for value, stored, computed in stored_fingerprints(backend).values())
+
+
+def test_devices_without_a_stored_fingerprint_are_compared_by_their_parts_and_then_keep_one(
+    jamf: JamfSetup, backend: Backend, backend_url: str
+) -> None:
+    sync(jamf, backend, full=True)
+    # as rows written before the fingerprint was kept
+    raw_sql(backend_url, "UPDATE devices SET mdm_fingerprint = NULL, mdm_fingerprint_revision = NULL")
+    assert not any(stored for _, stored, _ in stored_fingerprints(backend).values())
+    again = sync(jamf, backend, full=True)
+    assert (again.error, again.updated, again.unchanged) == (None, 0, SYNCED_MACS)
+    assert {r.revision for r in devices(backend).values()} == {1}
+    assert all(stored and value == computed for value, stored, computed in stored_fingerprints(backend).values())
+
+
+def test_the_lookup_takes_no_write_lock(jamf: JamfSetup, sqlite_backend: Backend) -> None:
+    sync(jamf, sqlite_backend, full=True)
+    sink = BackendSink(sqlite_backend)
+    # another writer holds SQLite's write lock for the whole lookup: a read-only transaction does not queue
+    with sqlite_backend.begin() as store:
+        store.cluster.set("holder", "x")
+        found = asyncio.run(sink.lookup([("macos", ALICE), ("macos", "NOPE")]))
+    assert [d.asset_tag for d in found] == [ALICE]
 
 
 # -- pages written one behind the walk ------------------------------------------------------------------------

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import alembic.command
+import alembic.config
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -14,8 +17,9 @@ from alembic.runtime.migration import MigrationContext
 from tests.storage.conftest import START, FakeClock
 
 from devicetrust.errors import ConfigError, NotFoundError
-from devicetrust.storage.backend import Backend
+from devicetrust.storage.backend import MIGRATIONS_DIR, Backend
 from devicetrust.storage.schema import metadata
+from devicetrust.types.mdm_parts import spec_fingerprint
 
 TABLES = {
     "alembic_version",
@@ -51,11 +55,11 @@ def test_migrate_creates_the_schema_and_twice_is_a_no_op(backend_url: str) -> No
     with Backend.open(backend_url) as backend:
         assert backend.current_revision() is None
         backend.migrate()
-        assert backend.current_revision() == "0004"
+        assert backend.current_revision() == "0005"
         with backend.begin() as store:
             store.cluster.set("name", "kept")
         backend.migrate()
-        assert backend.current_revision() == "0004"
+        assert backend.current_revision() == "0005"
         with backend.begin() as store:
             assert store.cluster.get("name") == "kept"
     # on PostgreSQL, in the schema named by the URL's search_path and nowhere else
@@ -73,6 +77,46 @@ def test_migrated_schema_matches_the_table_metadata(backend: Backend, backend_ur
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
+
+
+def _downgrade(backend_url: str, revision: str) -> None:
+    url = sa.make_url(backend_url)
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    engine = sa.create_engine(url)
+    config = alembic.config.Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            alembic.command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def test_devices_written_before_0005_get_their_fingerprint_from_their_document(
+    backend: Backend, backend_url: str, raw_sql: Callable[[str], None]
+) -> None:
+    _downgrade(backend_url, "0004")
+    assert backend.current_revision() == "0004"
+    raw_sql(
+        "INSERT INTO devices (id, os_type, asset_tag, enroll_status, owner, source_name, source_origin, external_id,"
+        " body, revision, created, updated) VALUES ('d1', 'macos', 'OLD1', 'not_enrolled', '', 'jamf', 'jamf', '7',"
+        ' \'{"spec": {"source": {"name": "jamf", "origin": "jamf"}, "profile": {"model": "m"}}}\','
+        " 3, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+    )
+    backend.migrate()
+    assert backend.current_revision() == "0005"
+    with backend.read() as store:
+        (found,) = store.devices.find_fingerprints_by_asset_tag([("macos", "OLD1")])
+        body = store.devices.get("d1").body
+    assert (found.revision, found.stored) == (3, False)
+    assert found.fingerprint == spec_fingerprint(body)
+    with backend.begin() as store:
+        store.devices.store_fingerprints([found])
+    with backend.read() as store:
+        assert store.devices.find_fingerprints_by_asset_tag([("macos", "OLD1")]) == [replace(found, stored=True)]
 
 
 def test_a_schema_newer_than_the_code_is_a_config_error(backend: Backend, raw_sql: Callable[[str], None]) -> None:

@@ -91,7 +91,7 @@ def test_racing_migrations_are_safe(backend_url: str) -> None:
             return backend.current_revision()
 
         with ThreadPoolExecutor(len(backends)) as pool:
-            assert list(pool.map(migrate, backends)) == ["0004"] * len(backends)
+            assert list(pool.map(migrate, backends)) == ["0005"] * len(backends)
     finally:
         for backend in backends:
             backend.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError,
 from devicetrust.storage.backend import Backend
 from devicetrust.storage.records import DeviceIdentity, DeviceRecord, DeviceSourceUpdate, DeviceUpsert, UpsertResult
 from devicetrust.storage.repositories import INVALID_PAGE_TOKEN_MESSAGE, MAX_IDENTITY_PAGE_SIZE, MAX_PAGE_SIZE, Store
+from devicetrust.types.mdm_parts import spec_fingerprint
 
 HOUR = timedelta(hours=1)
 DEVICE_ID = "5a2b3c4d-1111-2222-3333-444455556666"
@@ -513,14 +515,57 @@ def test_find_many_by_asset_tag_returns_only_the_identities_asked_for(backend: B
         both = store.devices.find_many_by_asset_tag([("macos", "F00001"), ("windows", "F00001")])
         assert sorted(record.os_type for record in both) == ["macos", "windows"]
         assert [r.id for r in store.devices.find_many([rows[0].id, rows[0].id, "missing"])] == [rows[0].id]
-        # the same lookup without the documents: the columns and the asked-for parts of each body
-        parts = store.devices.find_parts_by_asset_tag(
-            [("macos", "F00002"), ("windows", "F00001"), ("macos", "NOPE")], [("spec", "asset_tag"), ("spec", "x")]
+        # the same lookup without the documents: the columns and the fingerprint of each body's MDM parts
+        prints = store.devices.find_fingerprints_by_asset_tag(
+            [("macos", "F00002"), ("windows", "F00001"), ("macos", "NOPE")]
         )
-        assert sorted((p.os_type, p.asset_tag, p.source_name, p.external_id, p.revision, p.parts) for p in parts) == [
-            ("macos", "F00002", "jamf", "ext-F00002", 1, ("F00002", None)),
-            ("windows", "F00001", "jamf", "ext-F00001", 1, ("F00001", None)),
+        assert sorted((p.os_type, p.asset_tag, p.source_name, p.external_id, p.revision, p.stored) for p in prints) == [
+            ("macos", "F00002", "jamf", "ext-F00002", 1, True),
+            ("windows", "F00001", "jamf", "ext-F00001", 1, True),
         ]
+        bodies = {(r.os_type, r.asset_tag): r.body for r in store.devices.find_many(p.id for p in prints)}
+        assert {p.fingerprint for p in prints} == {spec_fingerprint(body) for body in bodies.values()}
+
+
+def test_every_device_write_keeps_the_fingerprint_of_the_document_it_writes(backend: Backend) -> None:
+    jamf = {"name": "jamf", "origin": "jamf"}
+
+    def check(store: Store, *tags: str) -> None:
+        found = store.devices.find_fingerprints_by_asset_tag([("macos", tag) for tag in tags])
+        bodies = {record.id: record.body for record in store.devices.find_many(d.id for d in found)}
+        assert len(found) == len(tags)
+        assert all(d.stored and d.fingerprint == spec_fingerprint(bodies[d.id]) for d in found)
+
+    with backend.begin() as store:
+        created = store.devices.create(DEVICE_ID, "macos", "P1", _body("P1", source=jamf, profile={"model": "a"}))
+        store.devices.upsert_many([_upsert("P2", source="jamf", profile={"model": "b"})])  # inserted
+        check(store, "P1", "P2")
+        # fingerprints are unsigned 64-bit; a document without MDM parts has one above 2**63 (stored as BIGINT)
+        assert spec_fingerprint(_body("P3")) >= 1 << 63
+        store.devices.create(str(uuid.uuid4()), "macos", "P3", _body("P3"))
+        check(store, "P3")
+        store.devices.update(
+            created.id,
+            _body("P1", source=jamf, profile={"model": "c"}),
+            enroll_status="enrolled",
+            owner="alice",
+            source_name="jamf",
+            source_origin="jamf",
+            external_id=None,
+        )
+        store.devices.upsert_many([_upsert("P2", source="jamf", profile={"model": "d"})])  # updated
+        check(store, "P1", "P2")
+        p2 = store.devices.find_by_asset_tag("macos", "P2")
+        assert p2 is not None and p2.revision == 2
+        body = _body("P2", source=jamf, profile={"model": "e"})
+        assert store.devices.update_from_source([DeviceSourceUpdate(p2.id, body, "jamf", "jamf", "x", 2)]) == {p2.id}
+        check(store, "P1", "P2", "P3")
+        # kept for devices still at the revision it was computed at, never for one written since
+        stale = store.devices.find_fingerprints_by_asset_tag([("macos", "P1")])[0]
+        store.devices.store_fingerprints([replace(stale, fingerprint=1, revision=stale.revision - 1)])
+        check(store, "P1")
+        store.devices.store_fingerprints([replace(stale, fingerprint=1)])
+        assert store.devices.find_fingerprints_by_asset_tag([("macos", "P1")])[0].fingerprint == 1
 
 
 def test_update_from_source_writes_only_devices_still_at_their_revision(backend: Backend, clock: FakeClock) -> None:

@@ -15,8 +15,6 @@ status, credential, owner, collected data, create time) belongs to the cluster a
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +24,7 @@ from pydantic import JsonValue
 
 from devicetrust.types import Device, DeviceProfile, DeviceSource, profile_to_dict, resource_to_dict
 from devicetrust.types.device import format_timestamp
+from devicetrust.types.mdm_parts import fingerprint, spec_fingerprint
 
 __all__ = [
     "Action",
@@ -55,9 +54,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-#: 64 bits: two different registrations collide with probability 2**-64 per comparison; a collision only means
-#: one device's profile update waits for its next change
-_FINGERPRINT_BYTES = 8
 
 
 def device_key(os_type: str, asset_tag: str) -> str:
@@ -141,21 +137,6 @@ def registration(observation: Observation, source: DeviceSource) -> tuple[dict[s
     profile = profile_to_dict(observation.profile)
     profile.pop("update_time", None)
     return {"name": source.name, "origin": source.origin}, profile
-
-
-def fingerprint(source: Mapping[str, object] | None, profile: Mapping[str, object] | None) -> int:
-    """A 64-bit digest of the MDM-owned parts; the profile's update_time is left out (it is ours, not the MDM's)."""
-    parts = [source, None if profile is None else {k: v for k, v in profile.items() if k != "update_time"}]
-    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=_FINGERPRINT_BYTES).digest(), "big")
-
-
-def spec_fingerprint(body: Mapping[str, object]) -> int:
-    """:func:`fingerprint` of a stored device document."""
-    spec = body.get("spec")
-    if not isinstance(spec, Mapping):
-        return fingerprint(None, None)
-    return fingerprint(spec.get("source"), spec.get("profile"))
 
 
 def observation_fingerprint(observation: Observation, source: DeviceSource) -> int:

@@ -53,14 +53,13 @@ from devicetrust.mdm.diff import (
     SourceDevice,
     StoredDevice,
     device_key,
-    fingerprint,
     merged_body,
     new_device_body,
     reconcile,
     spec_fingerprint,
 )
 from devicetrust.storage.backend import Backend
-from devicetrust.storage.records import DeviceRecord, DeviceSourceUpdate, DeviceUpsert
+from devicetrust.storage.records import DeviceFingerprint, DeviceRecord, DeviceSourceUpdate, DeviceUpsert
 from devicetrust.storage.repositories import CLUSTER_NAME_KEY, DEVICE_ENROLL_TOKEN_KIND, MAX_PAGE_SIZE, Store
 from devicetrust.types import DeviceSource, os_display_name
 from devicetrust.types.clock import utcnow
@@ -93,8 +92,6 @@ MAX_APPLY_ATTEMPTS = 3
 MAX_UPDATE_ATTEMPTS = 3
 #: devices read per query by a lookup
 LOOKUP_CHUNK = 500
-#: the paths of a device document the MDM owns (what a lookup reads of it)
-MDM_PARTS = (("spec", "source"), ("spec", "profile"))
 #: where the sync keeps its state in the cluster key/value store
 STATE_KEY_PREFIX = "mdm/"
 
@@ -311,10 +308,13 @@ class BackendSink:
 
     def _lookup(self, keys: Sequence[tuple[str, str]]) -> list[StoredDevice]:
         found: list[StoredDevice] = []
-        with self._backend.begin() as store:
-            # a chunk's rows (and the document parts they carry) are reduced to fingerprints before the next is read
+        computed: list[DeviceFingerprint] = []
+        # a read-only transaction: what is read only plans the page; _apply reads each device again as it writes
+        with self._backend.read() as store:
             for start in range(0, len(keys), LOOKUP_CHUNK):
-                for device in store.devices.find_parts_by_asset_tag(keys[start : start + LOOKUP_CHUNK], MDM_PARTS):
+                for device in store.devices.find_fingerprints_by_asset_tag(keys[start : start + LOOKUP_CHUNK]):
+                    if not device.stored:
+                        computed.append(device)
                     found.append(
                         StoredDevice(
                             id=device.id,
@@ -324,13 +324,18 @@ class BackendSink:
                             source_origin=_interned(device.source_origin),
                             external_id=device.external_id,
                             revision=device.revision,
-                            fingerprint=fingerprint(*device.parts),
+                            fingerprint=device.fingerprint,
                         )
                     )
+        if computed:
+            # devices written before fingerprints were stored: keep them (each only if still at the revision it
+            # was computed at), so the next lookups read them instead of decoding the parts again
+            with self._backend.begin() as store:
+                store.devices.store_fingerprints(computed)
         return found
 
     def _source_devices(self, source: DeviceSource, page_token: str | None) -> tuple[list[SourceDevice], str | None]:
-        with self._backend.begin() as store:
+        with self._backend.read() as store:
             identities, next_token = store.devices.identities_page(source_name=source.name, page_token=page_token)
         devices = [
             SourceDevice(identity.id, sys.intern(identity.os_type), identity.asset_tag, identity.external_id)

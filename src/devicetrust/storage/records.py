@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from pydantic import JsonValue
 
@@ -16,8 +15,8 @@ __all__ = [
     "AuditEntry",
     "AuditRecord",
     "DeviceFilter",
+    "DeviceFingerprint",
     "DeviceIdentity",
-    "DeviceParts",
     "DeviceRecord",
     "DeviceSourceUpdate",
     "DeviceUpsert",
@@ -186,8 +185,9 @@ class DeviceIdentity:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceParts:
-    """A device's columns and some values of its document (``DeviceRepository.find_parts_by_asset_tag``)."""
+class DeviceFingerprint:
+    """A device's columns and the fingerprint of its MDM-owned parts
+    (``DeviceRepository.find_fingerprints_by_asset_tag``)."""
 
     id: str
     os_type: str
@@ -196,8 +196,10 @@ class DeviceParts:
     source_origin: str | None
     external_id: str | None
     revision: int
-    #: the JSON values at the paths asked for, in their order (None where absent)
-    parts: tuple[Any, ...]
+    #: devicetrust.types.mdm_parts.fingerprint of the document at ``revision``
+    fingerprint: int
+    #: whether it was stored for this revision; False: computed from the document (stale or never stored)
+    stored: bool
 
 
 @dataclass(frozen=True)

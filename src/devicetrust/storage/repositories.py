@@ -31,8 +31,8 @@ from devicetrust.storage.records import (
     AuditEntry,
     AuditRecord,
     DeviceFilter,
+    DeviceFingerprint,
     DeviceIdentity,
-    DeviceParts,
     DeviceRecord,
     DeviceSourceUpdate,
     DeviceUpsert,
@@ -45,6 +45,7 @@ from devicetrust.storage.records import (
     UpsertResult,
     UserRecord,
 )
+from devicetrust.types.mdm_parts import MDM_PART_PATHS, fingerprint, spec_fingerprint
 
 __all__ = [
     "CACHED_RESOURCE_KINDS",
@@ -599,6 +600,20 @@ def _canonical_body(body: Mapping[str, object]) -> dict[str, JsonValue]:
     return canonical
 
 
+_FINGERPRINT_MODULUS = 1 << 64
+_FINGERPRINT_SIGN = 1 << 63
+
+
+def _fingerprint_column(value: int) -> int:
+    """An (unsigned 64-bit) fingerprint as the column holds it: a signed 64-bit integer (BIGINT)."""
+    return value - _FINGERPRINT_MODULUS if value >= _FINGERPRINT_SIGN else value
+
+
+def _stored_fingerprint(body: Mapping[str, object]) -> int:
+    """The column value for a document being written: the one place a write computes its fingerprint."""
+    return _fingerprint_column(spec_fingerprint(body))
+
+
 def _page_token(asset_tag: str, id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([asset_tag, id]).encode()).decode()
 
@@ -627,7 +642,7 @@ _DEVICE_BY_ASSET_TAG = sa.select(schema.devices).where(
 _DEVICE_UPDATE = (
     sa.update(schema.devices)
     .where(schema.devices.c.id == sa.bindparam("device_id"))
-    .values(revision=schema.devices.c.revision + 1)
+    .values(revision=schema.devices.c.revision + 1, mdm_fingerprint_revision=schema.devices.c.revision + 1)
     # everything but the body, which the writer has already: decoding it back would cost as much as encoding it
     .returning(*(column for column in schema.devices.c if column.name != "body"))
 )
@@ -639,6 +654,10 @@ class DeviceRepository(_Repository):
 
     ``id`` and (os_type, asset_tag) are fixed at creation; lists run in (asset_tag, id) order, resumable with a
     keyset, so concurrent writes never make a page walk skip or repeat a device.
+
+    Every write of a document also stores the fingerprint of its MDM-owned parts and the revision it is written
+    at (``mdm_fingerprint``, ``mdm_fingerprint_revision``); it is used only while that is still the row's revision,
+    so a write that does not keep it (a script, a row from before 0005) makes it stale, never wrong.
     """
 
     _t = schema.devices
@@ -658,6 +677,7 @@ class DeviceRepository(_Repository):
     ) -> DeviceRecord:
         """AlreadyExistsError if the (os_type, asset_tag) or the id is taken."""
         now = self._clock()
+        canonical = _canonical_body(body)
         stmt = _insert(self._conn, self._t).values(
             id=id,
             os_type=os_type,
@@ -667,10 +687,12 @@ class DeviceRepository(_Repository):
             source_name=source_name,
             source_origin=source_origin,
             external_id=external_id,
-            body=_canonical_body(body),
+            body=canonical,
             revision=1,
             created=now,
             updated=now,
+            mdm_fingerprint=_stored_fingerprint(canonical),
+            mdm_fingerprint_revision=1,
         )
         # no conflict target: the primary key and the (os_type, asset_tag) constraint both count
         row = self._conn.execute(stmt.on_conflict_do_nothing().returning(*self._t.c)).one_or_none()
@@ -724,6 +746,7 @@ class DeviceRepository(_Repository):
             "source_origin": source_origin,
             "external_id": external_id,
             "updated": self._clock(),
+            "mdm_fingerprint": _stored_fingerprint(canonical),
         }
         if expected_revision is None:
             row = self._conn.execute(_DEVICE_UPDATE, values).one_or_none()
@@ -916,12 +939,14 @@ class DeviceRepository(_Repository):
                     "source_name": row.source_name,
                     "source_origin": row.source_origin,
                     "external_id": row.external_id,
-                    "body": _canonical_body(row.body),
+                    "body": canonical,
                     "revision": 1,
                     "created": now,
                     "updated": now,
+                    "mdm_fingerprint": _stored_fingerprint(canonical),
+                    "mdm_fingerprint_revision": 1,
                 }
-                for row in rows
+                for row, canonical in ((row, _canonical_body(row.body)) for row in rows)
             ]
         written = ("body", "source_name", "source_origin", "external_id")
         stmt = stmt.on_conflict_do_update(
@@ -930,6 +955,8 @@ class DeviceRepository(_Repository):
                 **{name: stmt.excluded[name] for name in written},
                 "updated": stmt.excluded.updated,
                 "revision": t.c.revision + 1,
+                "mdm_fingerprint": stmt.excluded.mdm_fingerprint,
+                "mdm_fingerprint_revision": t.c.revision + 1,
             },
             where=sa.or_(*(t.c[name].is_distinct_from(stmt.excluded[name]) for name in written)),
         )
@@ -953,8 +980,10 @@ class DeviceRepository(_Repository):
             "source_origin": [row.source_origin for row in rows],
             "external_id": [row.external_id for row in rows],
             "body": [json.dumps(row.body, sort_keys=True) for row in rows],
+            "mdm_fingerprint": [str(_stored_fingerprint(row.body)) for row in rows],
         }
         batch = _unnest_text_arrays(arrays, "batch")
+        # in the table's column order (the insert names them all)
         return sa.select(
             batch.c.id,
             batch.c.os_type,
@@ -968,6 +997,8 @@ class DeviceRepository(_Repository):
             sa.literal(1, sa.Integer),
             sa.literal(now, schema.UTCDateTime),
             sa.literal(now, schema.UTCDateTime),
+            sa.cast(batch.c.mdm_fingerprint, sa.BigInteger),
+            sa.literal(1, sa.Integer),
         )
 
     # -- MDM sync batches -------------------------------------------------------------------------------------
@@ -975,27 +1006,56 @@ class DeviceRepository(_Repository):
         """The devices among these (os_type, asset_tag) identities that exist, in a query per _IN_LIST_SIZE."""
         return [_device(row) for row in self._by_identity(sa.select(self._t), keys)]
 
-    def find_parts_by_asset_tag(
-        self, keys: Iterable[tuple[str, str]], paths: Sequence[tuple[str, ...]]
-    ) -> builtins.list[DeviceParts]:
-        """As :meth:`find_many_by_asset_tag`, without the documents: each device's columns and the JSON values at
-        ``paths`` of its body (None where a path is absent) — far less to read and decode than whole documents."""
+    def find_fingerprints_by_asset_tag(self, keys: Iterable[tuple[str, str]]) -> builtins.list[DeviceFingerprint]:
+        """As :meth:`find_many_by_asset_tag`, without the documents: each device's columns and the fingerprint of
+        its MDM-owned parts — the stored one where it was computed at the row's current revision, else computed
+        from the parts (only those are read and decoded, never the whole document)."""
         t = self._t
         columns = (t.c.id, t.c.os_type, t.c.asset_tag, t.c.source_name, t.c.source_origin, t.c.external_id)
-        stmt = sa.select(*columns, t.c.revision, *(t.c.body[path] for path in paths))
-        return [
-            DeviceParts(
-                row.id,
-                row.os_type,
-                row.asset_tag,
-                row.source_name,
-                row.source_origin,
-                row.external_id,
-                row.revision,
-                tuple(row[len(columns) + 1 :]),
+        current = t.c.mdm_fingerprint_revision == t.c.revision
+        stmt = sa.select(
+            *columns,
+            t.c.revision,
+            sa.case((current, t.c.mdm_fingerprint), else_=sa.null()),
+            # the parts only where the stored fingerprint cannot be used
+            *(sa.case((current, sa.null()), else_=t.c.body[path]) for path in MDM_PART_PATHS),
+        )
+        found: builtins.list[DeviceFingerprint] = []
+        # rows unpacked, not read by name: a sync reads 100k of them
+        for row in self._by_identity(stmt, keys):
+            fields: tuple[Any, ...] = tuple(row)
+            id, os_type, asset_tag, source_name, source_origin, external_id, revision, stored, *parts = fields
+            # the column is signed: modulo 2**64 gives the unsigned fingerprint back
+            value = fingerprint(*parts) if stored is None else stored % _FINGERPRINT_MODULUS
+            found.append(
+                DeviceFingerprint(
+                    id, os_type, asset_tag, source_name, source_origin, external_id, revision, value, stored is not None
+                )
             )
-            for row in self._by_identity(stmt, keys)
+        return found
+
+    def store_fingerprints(self, devices: Iterable[DeviceFingerprint]) -> None:
+        """Keep these fingerprints (computed from the documents by :meth:`find_fingerprints_by_asset_tag`) for the
+        devices still at the revision they were computed at; the revision is not bumped (the document is
+        unchanged)."""
+        t = self._t
+        values = [
+            {
+                "match_id": device.id,
+                "match_revision": device.revision,
+                "new_mdm_fingerprint": _fingerprint_column(device.fingerprint),
+            }
+            # in update_from_source's order: a sync's batch written meanwhile locks its rows in the same order
+            for device in sorted(devices, key=lambda device: device.id)
         ]
+        if not values:
+            return
+        stmt = (
+            sa.update(t)
+            .where(t.c.id == sa.bindparam("match_id"), t.c.revision == sa.bindparam("match_revision"))
+            .values(mdm_fingerprint=sa.bindparam("new_mdm_fingerprint"), mdm_fingerprint_revision=t.c.revision)
+        )
+        self._conn.execute(stmt, values)
 
     def _by_identity(self, stmt: sa.Select[Any], keys: Iterable[tuple[str, str]]) -> Iterator[Row[Any]]:
         """The rows of ``stmt`` (a select from the devices table) for these (os_type, asset_tag) identities."""
@@ -1049,17 +1109,21 @@ class DeviceRepository(_Repository):
                 external_id=sa.bindparam("new_external_id"),
                 revision=t.c.revision + 1,
                 updated=sa.bindparam("new_updated", type_=schema.UTCDateTime),
+                mdm_fingerprint=sa.bindparam("new_mdm_fingerprint"),
+                mdm_fingerprint_revision=t.c.revision + 1,
             )
             .returning(t.c.id)
         )
         written: builtins.set[str] = set()
         for update in ordered:
+            canonical = _canonical_body(update.body)
             row = self._conn.execute(
                 stmt,
                 {
                     "match_id": update.id,
                     "match_revision": update.expected_revision,
-                    "new_body": _canonical_body(update.body),
+                    "new_body": canonical,
+                    "new_mdm_fingerprint": _stored_fingerprint(canonical),
                     "new_source_name": update.source_name,
                     "new_source_origin": update.source_origin,
                     "new_external_id": update.external_id,
@@ -1079,6 +1143,7 @@ class DeviceRepository(_Repository):
             "source_name": [update.source_name for update in updates],
             "source_origin": [update.source_origin for update in updates],
             "external_id": [update.external_id for update in updates],
+            "mdm_fingerprint": [str(_stored_fingerprint(update.body)) for update in updates],
         }
         batch = _unnest_text_arrays(arrays, "batch")
         stmt = (
@@ -1091,6 +1156,8 @@ class DeviceRepository(_Repository):
                 external_id=batch.c.external_id,
                 revision=t.c.revision + 1,
                 updated=sa.literal(now, schema.UTCDateTime),
+                mdm_fingerprint=sa.cast(batch.c.mdm_fingerprint, sa.BigInteger),
+                mdm_fingerprint_revision=t.c.revision + 1,
             )
             .returning(t.c.id)
         )

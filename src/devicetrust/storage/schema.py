@@ -205,6 +205,10 @@ devices = sa.Table(
     sa.Column("revision", sa.Integer, nullable=False),
     sa.Column("created", UTCDateTime, nullable=False),
     sa.Column("updated", UTCDateTime, nullable=False),
+    #: the fingerprint of the document's MDM-owned parts (devicetrust.types.mdm_parts, as a signed 64-bit integer)
+    #: and the revision it was computed at: valid only while that is still the row's revision
+    sa.Column("mdm_fingerprint", sa.BigInteger, nullable=True),
+    sa.Column("mdm_fingerprint_revision", sa.Integer, nullable=True),
     sa.UniqueConstraint("os_type", "asset_tag"),
     # the paging order, lookups by asset tag on any OS, and substring searches (asset tag, owner, id) that read
     # this index alone
