@@ -29,9 +29,9 @@
   interpreter runs: output on stdout/stderr, the exit on the error stream (v4: the Status; older: only a failure's
   message), then every stream ends (FIN) and a GOAWAY closes the connection.
 - ``pods/portforward`` over WebSocket: ``SPDY/3.1+portforward.k8s.io`` as kubectl 1.32 asks for it (SPDY/3.1
-  frames in binary messages, :mod:`tests.fakes.spdy`: per forwarded connection an error and a data stream, headers
-  ``streamType``, ``port``, ``requestID``), or ``v4.channel.k8s.io`` (per requested port a data and an error
-  channel, each opened by the port number in two little-endian bytes); or over plain SPDY/3.1
+  frames in binary messages, :mod:`devicetrust.agent.kube.spdy`: per forwarded connection an error and a data
+  stream, headers ``streamType``, ``port``, ``requestID``), or ``v4.channel.k8s.io`` (per requested port a data and
+  an error channel, each opened by the port number in two little-endian bytes); or over plain SPDY/3.1
   (``KUBECTL_PORT_FORWARD_WEBSOCKETS=false``: ``X-Stream-Protocol-Version: portforward.k8s.io``, the same streams on
   the connection itself). Every port echoes what it receives.
 - ``refuse_websocket_streams``: WebSocket upgrades of exec, attach and port-forward get 400 BadRequest, as from an
@@ -66,7 +66,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes import spdy, websocket
+from devicetrust.agent.kube import spdy
+from tests.fakes import websocket
 from tests.fakes.pki import TestPKI, make_test_pki
 
 __all__ = ["FakeKubeAPIServer", "RecordedRequest", "running_kube_apiserver"]

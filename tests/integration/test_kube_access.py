@@ -649,11 +649,13 @@ def test_a_lock_ends_open_plain_spdy_exec_and_port_forward_streams(world: World)
         assert _echoed(port, b"before the lock") == b"before the lock"
         assert {r.header("upgrade")[0] for r in world.api.requests[before:] if r.header("upgrade")} == {"SPDY/3.1"}
         ok(world.cluster.tctl("lock", "--user=alice", "--message=stolen laptop reported"))
-        # the service polls the cluster state every 2 s: the streams end then, with the stdin still open
-        # kubectl's SPDY executor takes a cut connection for the command's end (its error stream ends empty, so no
-        # exit code): it ends, with nothing more written, but not with a failure as over WebSocket
-        cat.wait(timeout=15)
+        # the service polls the cluster state every 2 s: the streams end then, with the stdin still open; the exec
+        # ends as a failed command does, with a Status on its error stream (a cut connection alone would read as
+        # success to kubectl's SPDY executor)
+        assert cat.wait(timeout=15) != 0
         assert cat.stdout.read() == ""
+        assert cat.stderr is not None
+        assert "the kube service ended the session: locked: stolen laptop reported" in cat.stderr.read()
         assert port_forward.wait(timeout=15) != 0  # kubectl: lost connection to pod
         for subresource in ("exec", "portforward"):
             event = world.wait_for_event(

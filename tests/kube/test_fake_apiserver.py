@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import spdy
+from devicetrust.agent.kube import spdy
 from tests.fakes.kube_apiserver import SERVICE_ACCOUNT, FakeKubeAPIServer, running_kube_apiserver
 from tests.kube.harness import kubectl, kubectl_env, require_kubectl, start_kubectl
 

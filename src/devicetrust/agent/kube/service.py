@@ -48,6 +48,7 @@ from cryptography import x509
 from devicetrust.access import Decision, KubeClusterTarget, allowed_until, decide, kube_session_locks, lock_reason
 from devicetrust.agent.api import NodeAPI
 from devicetrust.agent.audit import device_fields, user_fields
+from devicetrust.agent.kube import spdy
 from devicetrust.agent.kube.http1 import (
     Fields,
     MalformedReply,
@@ -646,10 +647,13 @@ class _Handler(BaseHTTPRequestHandler):
             if code != 101:
                 return code, ""
             service = self.server.service
-            stream = _Stream(identity, target, (self.connection, sock))
+            watch = _spdy_exec_watch(reply_head, request_info(self.command, granted.api_path).subresource)
+            # a followed SPDY stream is ended by cutting the API server's side only: the client's then gets a Status
+            sockets = (sock,) if watch is not None else (self.connection, sock)
+            stream = _Stream(identity, target, sockets)
             service.open_stream(stream)
             try:
-                _splice(self.connection, _buffered(self.rfile, self.connection), sock, stream)
+                _splice(self.connection, _buffered(self.rfile, self.connection), sock, stream, watch)
             finally:
                 service.close_stream(stream)
                 if stream.ended:
@@ -790,14 +794,19 @@ def _buffered(reader: object, sock: socket.socket) -> bytes:
     return reader.read1(pending) if pending else b""
 
 
-def _splice(client: socket.socket, early: bytes, upstream: socket.socket, stream: _Stream) -> None:
+def _splice(
+    client: socket.socket, early: bytes, upstream: socket.socket, stream: _Stream, watch: _SpdyExecWatch | None = None
+) -> None:
     """Relay bytes both ways, in this one thread (a TLS connection must not be read and written at once from two),
-    until either side closes, fails, or the stream is ended (its sockets shut down)."""
+    until either side closes, fails, or the stream is ended (its sockets shut down). With ``watch``, a stream ended
+    by the service ends for the client as a failed command does (see :class:`_SpdyExecWatch`)."""
     other = {client: upstream, upstream: client}
     try:
         for sock in other:
             sock.setblocking(False)
         if early:
+            if watch is not None:
+                watch.from_client(early)
             _send_all(upstream, early)
         while not stream.ended:
             readable, _, _ = select.select(list(other), [], [])
@@ -808,10 +817,81 @@ def _splice(client: socket.socket, early: bytes, upstream: socket.socket, stream
                     except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                         break
                     if not data:
-                        return
-                    _send_all(other[sock], data)
-    except (OSError, ValueError):  # a side went away (or was shut down by a lock)
-        return
+                        raise EOFError
+                    if watch is not None:
+                        data = watch.from_client(data) if sock is client else watch.from_upstream(data)
+                    if data:
+                        _send_all(other[sock], data)
+    except (OSError, ValueError, EOFError):  # a side went away (or was shut down by a lock)
+        pass
+    ending = watch.ending(stream.ended) if watch is not None and stream.ended else b""
+    if ending:
+        with contextlib.suppress(OSError, ValueError):
+            _send_all(client, ending)
+
+
+def _spdy_exec_watch(reply_head: bytes, subresource: str) -> _SpdyExecWatch | None:
+    """A watch for an exec or attach the API server upgraded to plain SPDY (not for port-forward: its streams
+    belong to forwarded connections, which a cut connection ends as they would end anyway)."""
+    if subresource not in ("exec", "attach"):
+        return None
+    fields = {}
+    for line in reply_head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip().decode("latin-1")
+    if fields.get(b"upgrade", "").lower() != "spdy/3.1":
+        return None
+    return _SpdyExecWatch(fields.get(b"x-stream-protocol-version", ""))
+
+
+class _SpdyExecWatch:
+    """Follows a plain SPDY exec or attach, so that a stream the service ends (a lock) ends for kubectl as the API
+    server ends a failed command: a Status on the error stream, then GOAWAY. A cut connection alone reads as
+    success to kubectl's SPDY client (an error stream that ends empty).
+
+    The client's SYN_STREAMs name the error stream (their header blocks share one zlib stream, so each is inflated
+    in order until that one is seen); the API server's frames are passed on whole, so that the service's own can go
+    between two. Client bytes that cannot be followed (malformed, or too much before the error stream is named)
+    leave the stream to be cut as before."""
+
+    #: client bytes held at most while looking for the error stream's SYN_STREAM
+    MAX_FOLLOWED = 256 * 1024
+
+    def __init__(self, protocol: str) -> None:
+        self._protocol = protocol
+        self._client: spdy.Session | None = spdy.Session()
+        self._upstream = spdy.FrameBoundary()
+        self.error_stream: int | None = None
+
+    def from_client(self, data: bytes) -> bytes:
+        """``data`` unchanged, having followed it."""
+        client = self._client
+        if client is None:
+            return data
+        try:
+            for frame in client.feed(data):
+                if frame.kind == spdy.SYN_STREAM and client.headers(frame).get("streamtype") == "error":
+                    self.error_stream = frame.stream_id
+                    self._client = None  # nothing more to learn
+                    return data
+        except spdy.MalformedFrame:
+            self._client = None
+        if self._client is not None and client.buffered > self.MAX_FOLLOWED:
+            self._client = None
+        return data
+
+    def from_upstream(self, data: bytes) -> bytes:
+        """What of ``data`` (and what was held) completes frames; the rest is held."""
+        return self._upstream.complete(data)
+
+    def ending(self, reason: str) -> bytes:
+        """The frames that end the stream for the client with ``reason``: b"" if the error stream is unknown."""
+        if self.error_stream is None:
+            return b""
+        message = f"the kube service ended the session: {reason}"
+        # v4 writes a Status; v1 to v3 write a failure as its bare message
+        payload = status_body(403, message) if self._protocol == "v4.channel.k8s.io" else message.encode()
+        return spdy.Session.data(self.error_stream, payload, fin=True) + spdy.Session.goaway(0)
 
 
 def _send_all(sock: socket.socket, data: bytes) -> None:

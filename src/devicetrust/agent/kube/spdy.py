@@ -1,5 +1,5 @@
 """SPDY/3.1 framing, as much as Kubernetes' exec, attach and port-forward speak of it (what client-go's spdystream
-sends and expects).
+sends and expects): the kube service follows it to end a stream with a Status, the tests' fake API server speaks it.
 
 Frames: control ``|1|version 3|type|flags|length 24|data`` and data ``|0|stream id 31|flags|length 24|data``.
 Header blocks (SYN_STREAM, SYN_REPLY) are zlib streams, one per direction for the whole connection, primed with
@@ -12,13 +12,33 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["DATA", "FLAG_FIN", "GOAWAY", "PING", "SYN_REPLY", "SYN_STREAM", "Frame", "Session"]
+__all__ = [
+    "DATA",
+    "FLAG_FIN",
+    "GOAWAY",
+    "MAX_HEADER_BLOCK",
+    "PING",
+    "SYN_REPLY",
+    "SYN_STREAM",
+    "Frame",
+    "FrameBoundary",
+    "MalformedFrame",
+    "Session",
+]
 
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS, PING, GOAWAY, HEADERS, WINDOW_UPDATE = 1, 2, 3, 4, 6, 7, 8, 9
 #: a data frame has no type; this stands for one in :class:`Frame`
 DATA = 0
 FLAG_FIN = 0x01
 VERSION = 3
+#: Largest name/value block taken from a peer once inflated (spdystream's own limit is far below)
+MAX_HEADER_BLOCK = 64 * 1024
+_FRAME_HEADER = 8
+
+
+class MalformedFrame(ValueError):
+    """A header block that does not inflate or parse, or is too large."""
+
 
 _NAMES = [
     "options",
@@ -107,6 +127,11 @@ class Session:
         self._inflate = zlib.decompressobj(zdict=DICTIONARY)
         self._deflate = zlib.compressobj(zdict=DICTIONARY)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received that do not complete a frame yet."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[Frame]:
         """The frames now complete."""
         self._buffer += data
@@ -127,17 +152,24 @@ class Session:
         return frames
 
     def headers(self, frame: Frame) -> dict[str, str]:
-        """The name/value block of a SYN_STREAM (after stream id, associated id, priority and slot)."""
-        block = self._inflate.decompress(frame.data[10:])
-        count = struct.unpack("!I", block[:4])[0]
-        offset, headers = 4, {}
-        for _ in range(count):
-            (name_length,) = struct.unpack("!I", block[offset : offset + 4])
-            name = block[offset + 4 : offset + 4 + name_length].decode()
-            offset += 4 + name_length
-            (value_length,) = struct.unpack("!I", block[offset : offset + 4])
-            headers[name.lower()] = block[offset + 4 : offset + 4 + value_length].decode()
-            offset += 4 + value_length
+        """The name/value block of a SYN_STREAM (after stream id, associated id, priority and slot); every
+        SYN_STREAM of the connection must come here in order (the blocks share one zlib stream).
+        MalformedFrame if it does not inflate or parse, or inflates beyond MAX_HEADER_BLOCK."""
+        try:
+            block = self._inflate.decompress(frame.data[10:], MAX_HEADER_BLOCK)
+            if self._inflate.unconsumed_tail:
+                raise MalformedFrame("SPDY header block too large")
+            count = struct.unpack("!I", block[:4])[0]
+            offset, headers = 4, {}
+            for _ in range(count):
+                (name_length,) = struct.unpack("!I", block[offset : offset + 4])
+                name = block[offset + 4 : offset + 4 + name_length].decode()
+                offset += 4 + name_length
+                (value_length,) = struct.unpack("!I", block[offset : offset + 4])
+                headers[name.lower()] = block[offset + 4 : offset + 4 + value_length].decode()
+                offset += 4 + value_length
+        except (zlib.error, struct.error, UnicodeDecodeError) as err:
+            raise MalformedFrame(f"SPDY header block unreadable: {err}") from None
         return headers
 
     def syn_stream(self, stream_id: int, headers: dict[str, str]) -> bytes:
@@ -172,3 +204,26 @@ class Session:
 
 def _control(kind: int, flags: int, data: bytes) -> bytes:
     return struct.pack("!HHI", 0x8000 | VERSION, kind, flags << 24 | len(data)) + data
+
+
+class FrameBoundary:
+    """Splits a byte stream at frame boundaries: what :meth:`complete` returns ends with a whole frame, and the
+    start of a frame still arriving is held (so that a frame of one's own can be put between two)."""
+
+    def __init__(self) -> None:
+        self._held = bytearray()
+
+    def complete(self, data: bytes) -> bytes:
+        """The bytes, with what was held before, up to the end of the last complete frame."""
+        held = self._held
+        held += data
+        position = 0
+        while len(held) >= position + _FRAME_HEADER:
+            (flags_length,) = struct.unpack_from("!I", held, position + 4)
+            end = position + _FRAME_HEADER + (flags_length & 0xFFFFFF)
+            if end > len(held):
+                break
+            position = end
+        ready = bytes(held[:position])
+        del held[:position]
+        return ready
