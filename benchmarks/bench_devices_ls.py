@@ -29,6 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from tests.integration.cluster import BIN
+from tests.storage.raw import raw_engine
 
 from benchmarks.harness import RunningCluster, cluster
 from devicetrust.storage import schema
@@ -190,20 +191,13 @@ def fleet(count: int) -> list[dict[str, Any]]:
 
 
 def seed(storage_url: str, rows: list[dict[str, Any]]) -> None:
-    url = sa.make_url(storage_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            for start in range(0, len(rows), INSERT_CHUNK):
-                conn.execute(sa.insert(schema.devices), rows[start : start + INSERT_CHUNK])
-            if url.get_backend_name() == "postgresql":
-                conn.execute(sa.text("ANALYZE devices"))
-            else:
-                conn.execute(sa.text("ANALYZE"))
-    finally:
-        engine.dispose()
+    with raw_engine(storage_url) as engine, engine.begin() as conn:
+        for start in range(0, len(rows), INSERT_CHUNK):
+            conn.execute(sa.insert(schema.devices), rows[start : start + INSERT_CHUNK])
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("ANALYZE devices"))
+        else:
+            conn.execute(sa.text("ANALYZE"))
 
 
 @dataclass

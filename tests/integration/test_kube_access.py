@@ -35,7 +35,7 @@ from tests.integration.cluster import free_port, start_cluster
 from tests.integration.laptops import StolenProfile, copy_profile, enrolled_laptop
 from tests.integration.test_cluster_cli import ok
 from tests.integration.test_devices import Laptop, _require_swtpm
-from tests.kube.harness import KUBECTL_TIMEOUT_SECONDS, require_kubectl, start_kubectl
+from tests.kube.harness import KUBECTL_TIMEOUT_SECONDS, echoed, require_kubectl, start_kubectl, start_port_forward
 
 pytestmark = [pytest.mark.integration]
 
@@ -536,49 +536,22 @@ def test_port_forward_passes_through_as_the_granted_user(world: World) -> None:
     assert (event["verb"], event["resource_kind"], event["response_code"]) == ("get", "pods", 101)
 
 
-def _kubectl_port_forward(env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    """The real ``kubectl port-forward pod/web-0 :8080`` (SPDY tunnelled in a WebSocket), and its local port."""
-    process = start_kubectl(env, "port-forward", "pod/web-0", ":8080")
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line.startswith("Forwarding from 127.0.0.1:"), line + (process.stderr.read() if process.stderr else "")
-    return process, int(line.split("127.0.0.1:", 1)[1].split()[0])
-
-
-def _echoed(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(data)
-        return conn.recv(4096)
-
-
-def test_kubectl_port_forward_runs_through_the_service(world: World) -> None:
-    env = world.laptop_env()
+@pytest.mark.parametrize("transport", ["websocket", "spdy"])
+def test_kubectl_port_forward_runs_through_the_service(world: World, transport: str) -> None:
+    env = {**world.laptop_env(), **(SPDY_PORT_FORWARD if transport == "spdy" else {})}
     ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
     before = len(world.api.requests)
-    process, port = _kubectl_port_forward(env)
+    process, port = start_port_forward(env)
     try:
-        assert _echoed(port, b"GET / HTTP/1.0\r\n\r\n") == b"GET / HTTP/1.0\r\n\r\n"
-        assert _echoed(port, b"a second connection") == b"a second connection"
+        assert echoed(port, b"GET / HTTP/1.0\r\n\r\n") == b"GET / HTTP/1.0\r\n\r\n"
+        assert echoed(port, b"a second connection") == b"a second connection"
         (upgraded,) = _requests_to(world, "portforward", before)
         assert (upgraded.user, list(upgraded.groups)) == ("alice", GROUPS)
-        assert upgraded.header("sec-websocket-protocol")[0].startswith("SPDY/3.1+portforward.k8s.io")
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)
-
-
-def test_kubectl_port_forward_over_plain_spdy_runs_through_the_service(world: World) -> None:
-    env = {**world.laptop_env(), **SPDY_PORT_FORWARD}
-    ok(world.cluster.run("tsh", "kube", "login", KUBE_CLUSTER, env=env))
-    before = len(world.api.requests)
-    process, port = _kubectl_port_forward(env)
-    try:
-        assert _echoed(port, b"GET / HTTP/1.0\r\n\r\n") == b"GET / HTTP/1.0\r\n\r\n"
-        assert _echoed(port, b"a second connection") == b"a second connection"
-        (upgraded,) = _requests_to(world, "portforward", before)
-        assert (upgraded.method, upgraded.header("upgrade")) == ("POST", ["SPDY/3.1"])
-        assert upgraded.header("x-stream-protocol-version") == ["portforward.k8s.io"]
-        assert (upgraded.user, list(upgraded.groups)) == ("alice", GROUPS)
+        if transport == "spdy":
+            assert (upgraded.method, upgraded.header("upgrade")) == ("POST", ["SPDY/3.1"])
+            assert upgraded.header("x-stream-protocol-version") == ["portforward.k8s.io"]
+        else:  # SPDY tunnelled in a WebSocket
+            assert upgraded.header("sec-websocket-protocol")[0].startswith("SPDY/3.1+portforward.k8s.io")
     finally:
         process.terminate()
         process.communicate(timeout=10)
@@ -596,14 +569,14 @@ def test_a_lock_ends_open_exec_logs_and_port_forward_streams(world: World) -> No
     try:
         cat.stdin.write("before the lock\n")
         cat.stdin.flush()
-        echoed = cat.stdout.readline()
-        assert echoed == "before the lock\n", cat.stderr.read() if cat.stderr else ""
+        cat_line = cat.stdout.readline()
+        assert cat_line == "before the lock\n", cat.stderr.read() if cat.stderr else ""
         logs = start_kubectl(env, "logs", "-f", "web-0")
         assert logs.stdout is not None
         assert logs.stdout.readline() == "web-0: started\n"
         forwarded = _port_forward(world, env)
-        port_forward, port = _kubectl_port_forward(env)
-        assert _echoed(port, b"before the lock") == b"before the lock"
+        port_forward, port = start_port_forward(env)
+        assert echoed(port, b"before the lock") == b"before the lock"
         ok(world.cluster.tctl("lock", "--user=alice", "--message=stolen laptop reported"))
         # the service polls the cluster state every 2 s: the streams end then, with the stdin still open
         assert cat.wait(timeout=15) != 0
@@ -643,10 +616,10 @@ def test_a_lock_ends_open_plain_spdy_exec_and_port_forward_streams(world: World)
     try:
         cat.stdin.write("before the lock\n")
         cat.stdin.flush()
-        echoed = cat.stdout.readline()
-        assert echoed == "before the lock\n", cat.stderr.read() if cat.stderr else ""
-        port_forward, port = _kubectl_port_forward(env)
-        assert _echoed(port, b"before the lock") == b"before the lock"
+        cat_line = cat.stdout.readline()
+        assert cat_line == "before the lock\n", cat.stderr.read() if cat.stderr else ""
+        port_forward, port = start_port_forward(env)
+        assert echoed(port, b"before the lock") == b"before the lock"
         assert {r.header("upgrade")[0] for r in world.api.requests[before:] if r.header("upgrade")} == {"SPDY/3.1"}
         ok(world.cluster.tctl("lock", "--user=alice", "--message=stolen laptop reported"))
         # the service polls the cluster state every 2 s: the streams end then, with the stdin still open; the exec

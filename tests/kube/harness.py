@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,3 +50,19 @@ def start_kubectl(env: Mapping[str, str], *args: str, stdin: bool = False) -> su
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def start_port_forward(env: Mapping[str, str]) -> tuple[subprocess.Popen[str], int]:
+    """The real ``kubectl port-forward pod/web-0 :8080`` left running, and its local port."""
+    process = start_kubectl(env, "port-forward", "pod/web-0", ":8080")
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("Forwarding from 127.0.0.1:"), line + (process.stderr.read() if process.stderr else "")
+    return process, int(line.split("127.0.0.1:", 1)[1].split()[0])
+
+
+def echoed(port: int, data: bytes) -> bytes:
+    """What a forwarded connection to ``port`` answers to ``data``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(data)
+        return conn.recv(4096)

@@ -15,7 +15,7 @@ import pytest
 
 from devicetrust.agent.kube import spdy
 from tests.fakes.kube_apiserver import SERVICE_ACCOUNT, FakeKubeAPIServer, running_kube_apiserver
-from tests.kube.harness import kubectl, kubectl_env, require_kubectl, start_kubectl
+from tests.kube.harness import echoed, kubectl, kubectl_env, require_kubectl, start_kubectl, start_port_forward
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_a_watch_streams_new_pods(kubeconfig: Path, api: FakeKubeAPIServer) -> N
 
 
 def test_exec_over_websocket_runs_the_canned_interpreter(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
-    echoed = kubectl(kubeconfig, "exec", "web-0", "--", "echo", "hello")
-    assert (echoed.returncode, echoed.stdout) == (0, "hello\n"), echoed.stderr
+    hello = kubectl(kubeconfig, "exec", "web-0", "--", "echo", "hello")
+    assert (hello.returncode, hello.stdout) == (0, "hello\n"), hello.stderr
     (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/exec")][-1:]
     assert upgraded.method == "GET" and upgraded.header("upgrade") == ["websocket"]
     assert "command=echo" in upgraded.query and "v5.channel.k8s.io" in upgraded.header("sec-websocket-protocol")[0]
@@ -113,19 +113,20 @@ def test_logs_and_followed_logs(kubeconfig: Path) -> None:
         process.communicate(timeout=10)
 
 
-def test_port_forward_tunnels_spdy_in_a_websocket(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
-    process = start_kubectl(kubectl_env(kubeconfig), "port-forward", "pod/web-0", ":8080")
-    assert process.stdout is not None
+@pytest.mark.parametrize("transport", ["websocket", "spdy"])
+def test_port_forward(kubeconfig: Path, api: FakeKubeAPIServer, transport: str) -> None:
+    """kubectl's port-forward: SPDY tunnelled in a WebSocket by default, or plain SPDY."""
+    plain = {"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"} if transport == "spdy" else {}
+    process, port = start_port_forward({**kubectl_env(kubeconfig), **plain})
     try:
-        line = process.stdout.readline()
-        assert line.startswith("Forwarding from 127.0.0.1:"), line
-        port = int(line.split("127.0.0.1:", 1)[1].split()[0])
         for data in (b"first connection", b"second connection"):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-                conn.sendall(data)
-                assert conn.recv(4096) == data
+            assert echoed(port, data) == data
         (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/portforward")][-1:]
-        assert upgraded.header("sec-websocket-protocol")[0].startswith("SPDY/3.1+portforward.k8s.io")
+        if transport == "spdy":
+            assert (upgraded.method, upgraded.header("upgrade")) == ("POST", ["SPDY/3.1"])
+            assert upgraded.header("x-stream-protocol-version") == ["portforward.k8s.io"]
+        else:
+            assert upgraded.header("sec-websocket-protocol")[0].startswith("SPDY/3.1+portforward.k8s.io")
     finally:
         process.terminate()
         process.communicate(timeout=10)
@@ -135,8 +136,8 @@ SPDY_EXEC = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}
 
 
 def test_exec_and_attach_over_plain_spdy(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
-    echoed = kubectl(kubeconfig, "exec", "web-0", "--", "echo", "hello", env=SPDY_EXEC)
-    assert (echoed.returncode, echoed.stdout) == (0, "hello\n"), echoed.stderr
+    hello = kubectl(kubeconfig, "exec", "web-0", "--", "echo", "hello", env=SPDY_EXEC)
+    assert (hello.returncode, hello.stdout) == (0, "hello\n"), hello.stderr
     (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/exec")][-1:]
     assert upgraded.method == "POST" and upgraded.header("upgrade") == ["SPDY/3.1"]
     assert upgraded.header("x-stream-protocol-version")[:2] == ["v5.channel.k8s.io", "v4.channel.k8s.io"]
@@ -232,23 +233,3 @@ def test_plain_spdy_exec_streams_end_with_the_exit_the_protocol_version_reports(
     )
     _, frames = _spdy_exec(api, ("v3.channel.k8s.io",), "command=true&stdout=true", streams=2)
     assert [f for f in frames if f.kind == spdy.DATA and f.data] == []
-
-
-def test_port_forward_over_plain_spdy(kubeconfig: Path, api: FakeKubeAPIServer) -> None:
-    env = {**kubectl_env(kubeconfig), "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}
-    process = start_kubectl(env, "port-forward", "pod/web-0", ":8080")
-    assert process.stdout is not None
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("Forwarding from 127.0.0.1:"), line
-        port = int(line.split("127.0.0.1:", 1)[1].split()[0])
-        for data in (b"first connection", b"second connection"):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-                conn.sendall(data)
-                assert conn.recv(4096) == data
-        (upgraded,) = [r for r in api.requests if r.path.endswith("/pods/web-0/portforward")][-1:]
-        assert (upgraded.method, upgraded.header("upgrade")) == ("POST", ["SPDY/3.1"])
-        assert upgraded.header("x-stream-protocol-version") == ["portforward.k8s.io"]
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)

@@ -12,7 +12,7 @@ from devicetrust.agent.kube.service import _spdy_exec_watch, _SpdyExecWatch
 V4 = "v4.channel.k8s.io"
 UPGRADED = (
     b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-    b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+    b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
 )
 
 

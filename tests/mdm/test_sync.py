@@ -31,6 +31,7 @@ from devicetrust.types.mdm_parts import MDM_PART_PATHS
 from tests.fakes.jamf import server as fake_module
 from tests.fakes.jamf.server import FakeJamf
 from tests.mdm.conftest import JamfSetup
+from tests.storage.raw import raw_engine
 
 COMPUTERS = InventoryEntry()
 MOBILE = InventoryEntry(kind="mobile_devices", filter_rsql="managed==true")
@@ -531,15 +532,8 @@ def stored_fingerprints(backend: Backend) -> dict[str, tuple[int, bool, int]]:
 
 def raw_sql(backend_url: str, statement: str, **params: str) -> None:
     """A write past the repositories (a script, or a path that does not keep the fingerprint)."""
-    url = sa.make_url(backend_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(statement), params)
-    finally:
-        engine.dispose()
+    with raw_engine(backend_url) as engine, engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
 
 
 def test_the_stored_fingerprint_is_that_of_the_document_written(

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from tests.storage.raw import raw_engine
 
 from devicetrust.storage.backend import Backend
 
@@ -48,16 +49,10 @@ def backend(backend_url: str, clock: FakeClock) -> Iterator[Backend]:
 @pytest.fixture
 def raw_sql(backend_url: str) -> Iterator[Callable[[str], None]]:
     """Run one statement past the repositories (its own engine and transaction), as a bug or a script would."""
-    url = sa.make_url(backend_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
+    with raw_engine(backend_url) as engine:
 
-    def run(statement: str) -> None:
-        with engine.begin() as conn:
-            conn.execute(sa.text(statement))
+        def run(statement: str) -> None:
+            with engine.begin() as conn:
+                conn.execute(sa.text(statement))
 
-    try:
         yield run
-    finally:
-        engine.dispose()

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from tests.storage.conftest import START, FakeClock
+from tests.storage.raw import raw_engine
 
 from devicetrust.errors import ConfigError, NotFoundError
 from devicetrust.storage.backend import MIGRATIONS_DIR, Backend
@@ -40,15 +41,8 @@ TABLES = {
 
 
 def _tables(backend_url: str) -> set[str]:
-    url = sa.make_url(backend_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return set(sa.inspect(conn).get_table_names())
-    finally:
-        engine.dispose()
+    with raw_engine(backend_url) as engine, engine.connect() as conn:
+        return set(sa.inspect(conn).get_table_names())
 
 
 def test_migrate_creates_the_schema_and_twice_is_a_no_op(backend_url: str) -> None:
@@ -67,32 +61,18 @@ def test_migrate_creates_the_schema_and_twice_is_a_no_op(backend_url: str) -> No
 
 
 def test_migrated_schema_matches_the_table_metadata(backend: Backend, backend_url: str) -> None:
-    url = sa.make_url(backend_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, metadata) == []
-    finally:
-        engine.dispose()
+    with raw_engine(backend_url) as engine, engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
 
 
 def _downgrade(backend_url: str, revision: str) -> None:
-    url = sa.make_url(backend_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = sa.create_engine(url)
     config = alembic.config.Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
-    try:
-        with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            alembic.command.downgrade(config, revision)
-    finally:
-        engine.dispose()
+    with raw_engine(backend_url) as engine, engine.begin() as conn:
+        config.attributes["connection"] = conn
+        alembic.command.downgrade(config, revision)
 
 
 def test_devices_written_before_0005_get_their_fingerprint_from_their_document(

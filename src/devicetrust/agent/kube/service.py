@@ -835,13 +835,13 @@ def _spdy_exec_watch(reply_head: bytes, subresource: str) -> _SpdyExecWatch | No
     belong to forwarded connections, which a cut connection ends as they would end anyway)."""
     if subresource not in ("exec", "attach"):
         return None
-    fields = {}
-    for line in reply_head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        fields[name.strip().lower()] = value.strip().decode("latin-1")
-    if fields.get(b"upgrade", "").lower() != "spdy/3.1":
+    try:
+        fields = read_fields(io.BytesIO(reply_head.partition(b"\r\n")[2]))
+    except MalformedRequest:  # relayed as it came; only not followed
         return None
-    return _SpdyExecWatch(fields.get(b"x-stream-protocol-version", ""))
+    if (fields.get("Upgrade") or "").lower() != "spdy/3.1":
+        return None
+    return _SpdyExecWatch(fields.get("X-Stream-Protocol-Version") or "")
 
 
 class _SpdyExecWatch:
