@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_der_public_key
@@ -24,6 +27,9 @@ from devicetrust.attestation import (
     verify_quote,
 )
 from tests.tpm.helpers import Device, require_swtpm, require_tpm2_pytss
+
+if TYPE_CHECKING:
+    from devicetrust.device.tpm import AttestationKey, Quote
 
 pytestmark = pytest.mark.integration
 
@@ -283,3 +289,108 @@ def test_command_line_manufacture_start_stop_and_missing_srk(tmp_path: Path) -> 
     finally:
         cli("stop")
     assert not _pid_alive(pid)
+
+
+def _verified(ak: AttestationKey, quote: Quote, nonce: bytes) -> None:
+    verify_quote(
+        parse_tpmt_public(ak.public_area),
+        quote.attest,
+        quote.signature,
+        nonce=nonce,
+        pcr_selection=PCRS,
+        pcr_values=quote.pcr_values,
+    )
+
+
+def test_quotes_load_the_ak_from_its_saved_context(device_a: Device, tmp_path: Path) -> None:
+    from devicetrust.device.tpm import TPMError, ak_context_file
+
+    state = tmp_path / "ak.json"
+    ak = device_a.tpm.load_or_create_ak(state)
+    nonce = secrets.token_bytes(20)
+    _verified(ak, device_a.tpm.quote(ak, nonce, PCRS), nonce)
+    context = ak_context_file(state)
+    assert stat.S_IMODE(context.stat().st_mode) == 0o600
+    # while the context holds, the wrapped private blob is not even read
+    blobless = replace(ak, private_blob=b"\x00\x00")
+    _verified(ak, device_a.tpm.quote(blobless, nonce, PCRS), nonce)
+    context.unlink()
+    with pytest.raises(TPMError, match="AK load failed"):
+        device_a.tpm.quote(blobless, nonce, PCRS)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "empty", "another AK's"])
+def test_an_unusable_saved_context_is_replaced(device_a: Device, tmp_path: Path, damage: str) -> None:
+    from devicetrust.device.tpm import AK_CONTEXT_MAGIC, ak_context_file
+
+    ak = device_a.tpm.load_or_create_ak(tmp_path / "ak.json")
+    other = device_a.tpm.load_or_create_ak(tmp_path / "other.json")
+    nonce = secrets.token_bytes(20)
+    device_a.tpm.quote(ak, nonce, PCRS)
+    device_a.tpm.quote(other, nonce, PCRS)
+    context = ak_context_file(tmp_path / "ak.json")
+    good = context.read_bytes()
+    # within the TPM's integrity-protected blob (tpm2-tss appends its own metadata after it)
+    flip = len(AK_CONTEXT_MAGIC) + 32 + 40
+    damaged = {
+        "flipped": good[:flip] + bytes([good[flip] ^ 1]) + good[flip + 1 :],
+        "truncated": good[:-10],
+        "empty": b"",
+        "another AK's": ak_context_file(tmp_path / "other.json").read_bytes(),
+    }[damage]
+    context.write_bytes(damaged)
+    _verified(ak, device_a.tpm.quote(ak, nonce, PCRS), nonce)
+    assert context.read_bytes() not in (damaged, good)
+
+
+def test_a_context_of_another_key_under_this_aks_header_fails_at_the_server(device_a: Device, tmp_path: Path) -> None:
+    """The file is not trusted: a context swapped under the AK's header signs with another key, which the server's
+    verification under the enrolled AK refuses."""
+    from devicetrust.device.tpm import AK_CONTEXT_MAGIC, ak_context_file
+
+    ak = device_a.tpm.load_or_create_ak(tmp_path / "ak.json")
+    other = device_a.tpm.load_or_create_ak(tmp_path / "other.json")
+    nonce = secrets.token_bytes(20)
+    device_a.tpm.quote(other, nonce, PCRS)
+    header = len(AK_CONTEXT_MAGIC) + 32
+    swapped = AK_CONTEXT_MAGIC + hashlib.sha256(ak.public_blob).digest()
+    swapped += ak_context_file(tmp_path / "other.json").read_bytes()[header:]
+    ak_context_file(tmp_path / "ak.json").write_bytes(swapped)
+    with pytest.raises(AttestationError, match="not valid for the attestation key"):
+        _verified(ak, device_a.tpm.quote(ak, nonce, PCRS), nonce)
+
+
+def test_a_context_saved_before_a_tpm_reset_is_replaced(tmp_path: Path) -> None:
+    require_swtpm()
+    from devicetrust.device.swtpm import SimulatedTPM, manufacture
+    from devicetrust.device.tpm import TPMDevice, ak_context_file
+
+    manufacture(tmp_path / "tpm")
+    state = tmp_path / "ak.json"
+    nonce = secrets.token_bytes(20)
+    with SimulatedTPM(tmp_path / "tpm") as sim, TPMDevice(sim.tcti) as tpm:
+        ak = tpm.load_or_create_ak(state)
+        _verified(ak, tpm.quote(ak, nonce, PCRS), nonce)
+    before = ak_context_file(state).read_bytes()
+    with SimulatedTPM(tmp_path / "tpm") as sim, TPMDevice(sim.tcti) as tpm:
+        ak = tpm.load_or_create_ak(state)
+        _verified(ak, tpm.quote(ak, nonce, PCRS), nonce)
+    assert ak_context_file(state).read_bytes() != before
+
+
+class _Marshalled:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def marshal(self) -> bytes:
+        return self.raw
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00\x00\x00\x01", b"\x00\x00\x00\x01\x00\x20" + bytes(31), b"\x00\x00\x00"])
+def test_a_malformed_digest_list_is_a_tpm_error(raw: bytes) -> None:
+    require_tpm2_pytss()
+    from devicetrust.device.tpm import TPMError, _digest_list
+
+    with pytest.raises(TPMError, match="malformed digest list"):
+        _digest_list(_Marshalled(raw))
+    assert _digest_list(_Marshalled(b"\x00\x00\x00\x02\x00\x01a\x00\x00")) == [b"a", b""]

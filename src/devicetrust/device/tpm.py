@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import os
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -33,6 +35,8 @@ from tpm2_pytss import (
     TPM2B_PUBLIC,
     TPMA_OBJECT,
     TPML_DIGEST_VALUES,
+    TPML_PCR_SELECTION,
+    TPMS_CONTEXT,
     TPMT_HA,
     TPMT_SYM_DEF,
     TPMU_HA,
@@ -66,6 +70,7 @@ __all__ = [
     "Quote",
     "TPMDevice",
     "TPMError",
+    "ak_context_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,6 +102,8 @@ MAX_AK_STATE_BYTES: Final = 64 * 1024
 PCR_READ_BATCH: Final = 8
 #: PCRs can move between TPM2_Quote and TPM2_PCR_Read; retry that many times
 MAX_QUOTE_ATTEMPTS: Final = 3
+#: a saved AK context file starts with this, then the SHA-256 of the AK public blob it was saved for
+AK_CONTEXT_MAGIC: Final = b"devicetrust AK context 1\n"
 #: the TSS2_RC of a handle that does not exist (TPM_RC_HANDLE for the first handle)
 _RC_HANDLE_1: Final = 0x18B
 
@@ -125,6 +132,10 @@ class AttestationKey:
     private_blob: bytes
     #: marshalled TPM2B_PUBLIC
     public_blob: bytes
+    #: where the TPM's saved context of the loaded AK is kept: loading that (TPM2_ContextLoad) costs a fraction of
+    #: TPM2_Load, whose name computation in the TSS dominates a quote. It only loads in this TPM, and only until
+    #: the TPM resets; then the AK is loaded from its blobs again and the context saved anew.
+    context_file: Path | None = field(default=None, compare=False)
 
     @property
     def public_area(self) -> bytes:
@@ -283,12 +294,50 @@ class TPMDevice:
 
     @contextmanager
     def _loaded_ak(self, ak: AttestationKey) -> Iterator[Any]:
-        private = _unmarshal(TPM2B_PRIVATE, ak.private_blob, "AK private blob")
-        public = _unmarshal(TPM2B_PUBLIC, ak.public_blob, "AK public blob")
-        with self._srk() as srk, _tpm_call("AK load"):
-            handle = self._ctx.load(srk, private, public)
+        handle = self._load_saved_context(ak)
+        from_blobs = handle is None
+        if handle is None:
+            private = _unmarshal(TPM2B_PRIVATE, ak.private_blob, "AK private blob")
+            public = _unmarshal(TPM2B_PUBLIC, ak.public_blob, "AK public blob")
+            with self._srk() as srk, _tpm_call("AK load"):
+                handle = self._ctx.load(srk, private, public)
         with self._flushing(handle):
+            if from_blobs:
+                self._save_context(ak, handle)
             yield handle
+
+    def _load_saved_context(self, ak: AttestationKey) -> Any | None:
+        """The AK loaded from its saved context, or None when there is none for this AK or the TPM refuses it
+        (reset since, another TPM, a damaged file): the caller loads the blobs then. A context that loads but is
+        not this AK's signs quotes the server rejects: nothing here is trusted beyond that."""
+        if ak.context_file is None:
+            return None
+        try:
+            raw = ak.context_file.read_bytes()
+        except OSError:
+            return None
+        prefix = AK_CONTEXT_MAGIC + hashlib.sha256(ak.public_blob).digest()
+        if len(raw) > MAX_AK_STATE_BYTES or not raw.startswith(prefix):
+            return None
+        try:
+            context, used = TPMS_CONTEXT.unmarshal(raw[len(prefix) :])
+            if used != len(raw) - len(prefix):
+                return None
+            return self._ctx.context_load(context)
+        except TSS2_Exception as exc:
+            logger.debug("the saved AK context does not load (%s); loading the AK from its blobs", _one_line(exc))
+            return None
+
+    def _save_context(self, ak: AttestationKey, handle: Any) -> None:
+        """Keep the loaded AK's context for the next load; a failure only costs the next load its speed."""
+        if ak.context_file is None:
+            return
+        try:
+            context = self._ctx.context_save(handle)
+            data = AK_CONTEXT_MAGIC + hashlib.sha256(ak.public_blob).digest() + bytes(context.marshal())
+            write_atomic(ak.context_file, data, mode=0o600)
+        except (TSS2_Exception, OSError) as exc:
+            logger.debug("cannot keep the AK context: %s", _one_line(exc))
 
     def create_ak(self) -> AttestationKey:
         """A new ECDSA-P256 restricted signing key under the SRK (not persisted: see load_or_create_ak)."""
@@ -307,7 +356,7 @@ class TPMDevice:
             except TPMError as exc:
                 raise TPMError(f"the AK in {state_file} does not load in this TPM ({exc})") from None
             return ak
-        ak = self.create_ak()
+        ak = replace(self.create_ak(), context_file=ak_context_file(state_file))
         state = {"version": AK_STATE_VERSION, "private": _b64(ak.private_blob), "public": _b64(ak.public_blob)}
         write_atomic(state_file, json.dumps(state, indent=2).encode() + b"\n", mode=0o600)
         return ak
@@ -365,7 +414,7 @@ class TPMDevice:
             batch = indices[start : start + PCR_READ_BATCH]
             with _tpm_call("PCR read"):
                 _, _, digests = self._ctx.pcr_read(_selection(batch))
-            got = [bytes(d) for d in digests]
+            got = _digest_list(digests)
             if len(got) != len(batch):
                 raise TPMError("TPM PCR read failed: the SHA-256 bank is not active")
             values.update(zip(batch, got, strict=True))
@@ -404,8 +453,41 @@ def _check_pcrs(pcrs: Sequence[int]) -> list[int]:
     return indices
 
 
-def _selection(pcrs: Sequence[int]) -> str:
-    return "sha256:" + ",".join(str(i) for i in pcrs)
+_selections: dict[tuple[int, ...], Any] = {}
+
+
+def _selection(pcrs: Sequence[int]) -> Any:
+    """The SHA-256 TPML_PCR_SELECTION of ``pcrs``, built once (parsing its text form is a measurable part of a
+    quote)."""
+    key = tuple(pcrs)
+    selection = _selections.get(key)
+    if selection is None:
+        selection = _selections[key] = TPML_PCR_SELECTION.parse("sha256:" + ",".join(str(i) for i in key))
+    return selection
+
+
+def _digest_list(digests: Any) -> list[bytes]:
+    """The digests of a TPML_DIGEST, read from its marshalled form (indexing the tpm2-pytss object costs about a
+    tenth of a millisecond per digest)."""
+    raw = bytes(digests.marshal())
+    try:
+        (count,) = struct.unpack_from(">I", raw)
+        values, offset = [], 4
+        for _ in range(count):
+            (size,) = struct.unpack_from(">H", raw, offset)
+            offset += 2
+            if offset + size > len(raw):
+                raise struct.error("digest past the end")
+            values.append(raw[offset : offset + size])
+            offset += size
+    except struct.error:
+        raise TPMError("the TPM returned a malformed digest list") from None
+    return values
+
+
+def ak_context_file(state_file: Path) -> Path:
+    """Where the saved context of the AK kept in ``state_file`` lives (beside it)."""
+    return state_file.with_name(state_file.name + ".context")
 
 
 def _read_ak_state(state_file: Path) -> AttestationKey:
@@ -423,6 +505,7 @@ def _read_ak_state(state_file: Path) -> AttestationKey:
         ak = AttestationKey(
             private_blob=base64.b64decode(state["private"], validate=True),
             public_blob=base64.b64decode(state["public"], validate=True),
+            context_file=ak_context_file(state_file),
         )
         check_ak(parse_tpm2b_public(ak.public_blob))
     except (ValueError, KeyError, TypeError, binascii.Error, AttestationError):
