@@ -211,9 +211,15 @@ def test_another_devices_quote_fails_under_the_first_devices_ak(
 def test_ak_state_of_another_tpm_is_refused(device_a: Device, device_b: Device, tmp_path: Path) -> None:
     from devicetrust.device.tpm import TPMError
 
-    device_a.tpm.load_or_create_ak(tmp_path / "ak.json")
+    ak = device_a.tpm.load_or_create_ak(tmp_path / "ak.json")
     with pytest.raises(TPMError, match="does not load in this TPM"):
         device_b.tpm.load_or_create_ak(tmp_path / "ak.json")
+    # nor does the saved context of the loaded AK that a quote leaves beside it (a copied profile carries it)
+    device_a.tpm.quote(ak, secrets.token_bytes(20), PCRS)
+    with pytest.raises(TPMError, match="does not load in this TPM"):
+        device_b.tpm.load_or_create_ak(tmp_path / "ak.json")
+    with pytest.raises(TPMError, match="AK load failed"):
+        device_b.tpm.quote(ak, secrets.token_bytes(20), PCRS)
 
 
 @pytest.mark.parametrize(
