@@ -19,7 +19,6 @@ from devicetrust.mdm.diff import (
     device_key,
     fingerprint,
     lookup_keys,
-    merged_body,
     missing,
     missing_policy,
     new_device_body,
@@ -37,6 +36,8 @@ from devicetrust.types import (
     parse_resource,
     resource_to_dict,
 )
+from devicetrust.types.device import format_timestamp
+from devicetrust.types.mdm_parts import credential_id, with_mdm_parts
 
 JAMF = DeviceSource("jamf", "jamf")
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -116,7 +117,7 @@ def test_fingerprint_ignores_the_profile_update_time_and_sees_every_mdm_field() 
     assert fingerprint(None, None) == spec_fingerprint({"kind": "device"})
 
 
-def test_merged_body_replaces_only_what_the_mdm_owns() -> None:
+def test_the_mdm_parts_replace_only_what_the_mdm_owns() -> None:
     credential = DeviceCredential(id="cred-1", attestation_type="unsafe_software", public_key_der=b"\x30\x59key")
     enrolled = Device(
         id="5a2b3c4d-1111-2222-3333-444455556666",
@@ -132,7 +133,9 @@ def test_merged_body_replaces_only_what_the_mdm_owns() -> None:
         update_time=EARLIER,
     )
     body = resource_to_dict(enrolled)
-    merged = merged_body(body, observation(os_version="15.1"), JAMF, NOW)
+    source_part, profile_part = registration(observation(os_version="15.1"), JAMF)
+    stamp = format_timestamp(NOW)
+    merged = with_mdm_parts(body, source_part, {**profile_part, "update_time": stamp}, stamp)
     assert body == resource_to_dict(enrolled)  # the input is left alone
     device = parse_resource(merged)
     assert isinstance(device, Device)
@@ -146,8 +149,15 @@ def test_merged_body_replaces_only_what_the_mdm_owns() -> None:
     assert (device.create_time, device.update_time) == (EARLIER, NOW)
     assert device.profile is not None
     assert (device.profile.os_version, device.profile.update_time) == ("15.1", NOW)
-    source_part, profile_part = registration(observation(os_version="15.1"), JAMF)
     assert merged["spec"]["source"] == source_part
+    assert credential_id(merged) == "cred-1" and credential_id(body) == "cred-1"
+    # a document whose spec is not an object gets one holding just the parts
+    assert with_mdm_parts({"kind": "device", "spec": None}, source_part, profile_part, stamp)["spec"] == {
+        "source": source_part,
+        "profile": profile_part,
+        "update_time": stamp,
+    }
+    assert credential_id({"spec": {"credential": {"id": 7}}}) == credential_id({"spec": []}) == ""
     assert {k: v for k, v in merged["spec"]["profile"].items() if k != "update_time"} == profile_part
 
 

@@ -17,7 +17,7 @@ from devicetrust.mdm.jamf.engine import JamfSync, cut_state_key
 from devicetrust.mdm.jamf.errors import JamfAuthError
 from devicetrust.mdm.sink import MAX_UPDATE_ATTEMPTS, STATE_KEY_PREFIX, BackendSink, SyncReport
 from devicetrust.storage.backend import Backend
-from devicetrust.storage.records import DeviceRecord
+from devicetrust.storage.records import DeviceFingerprint, DeviceRecord
 from devicetrust.storage.repositories import DeviceRepository, Store
 from devicetrust.types import (
     Device,
@@ -444,13 +444,17 @@ def test_an_enrollment_committed_while_a_sync_writes_keeps_its_credential(
     sync(jamf, backend, full=True)
     fake.computers.patch(1, "general", {"reportDate": "2026-11-25T12:00:00Z"})
     fake.computers.patch(1, "operatingSystem", {"version": "15.1", "build": "24B83"})
-    # Alice enrolls just after the sync's write transaction has read her device, before it writes it
-    read_batch = DeviceRepository.find_many_by_asset_tag
+    # Alice enrolls just after the sync's write transaction has read her device, before it writes it (the first
+    # read is the sync's read-only lookup that plans the page; the second is the write transaction's)
+    read_batch = DeviceRepository.find_fingerprints_by_asset_tag
     enrollments: list[threading.Thread] = []
+    reads: list[int] = []
 
-    def read_then_enroll(self: DeviceRepository, keys: Any) -> list[DeviceRecord]:
+    def read_then_enroll(self: DeviceRepository, keys: Any) -> list[DeviceFingerprint]:
         records = read_batch(self, keys)
-        if not enrollments and any(record.asset_tag == ALICE for record in records):
+        if any(record.asset_tag == ALICE for record in records):
+            reads.append(1)
+        if not enrollments and len(reads) == 2:
             enrollment = threading.Thread(target=enroll, args=(backend, ALICE, "cred-race"))
             enrollments.append(enrollment)
             enrollment.start()
@@ -460,8 +464,9 @@ def test_an_enrollment_committed_while_a_sync_writes_keeps_its_credential(
             # SQLite: the sync's transaction holds the write lock; the enrollment waits for it to end
         return records
 
-    monkeypatch.setattr(DeviceRepository, "find_many_by_asset_tag", read_then_enroll)
+    monkeypatch.setattr(DeviceRepository, "find_fingerprints_by_asset_tag", read_then_enroll)
     report = sync(jamf, backend, full=False)
+    assert len(reads) == 2
     enrollments[0].join()
     assert (report.error, report.updated, report.conflicts) == (None, 1, 0)
     record = devices(backend)[ALICE]
@@ -486,17 +491,17 @@ def test_a_device_that_keeps_changing_is_left_for_the_next_sync_not_overwritten(
         fake.computers.patch(jamf_id, "general", {"reportDate": "2026-11-25T12:00:00Z"})
         fake.computers.patch(jamf_id, "operatingSystem", {"version": "15.1", "build": "24B83"})
     # someone writes Alice's device before each of the sync's writes (in its transaction, so on both dialects)
-    write_batch = DeviceRepository.update_from_source
+    write_batch = DeviceRepository.update_source_parts
     writes: list[str] = []
 
-    def enroll_first(self: DeviceRepository, updates: Any) -> set[str]:
+    def enroll_first(self: DeviceRepository, updates: Any) -> dict[str, str]:
         record = self.find_by_asset_tag("macos", ALICE)
         assert record is not None
         writes.append(f"cred-{len(writes) + 1}")
         write_enrollment(Store(self._conn, self._clock), record, writes[-1])
         return write_batch(self, updates)
 
-    monkeypatch.setattr(DeviceRepository, "update_from_source", enroll_first)
+    monkeypatch.setattr(DeviceRepository, "update_source_parts", enroll_first)
     report = sync(jamf, backend, full=False)
     assert (report.error, report.updated, report.conflicts) == (None, 1, 1)
     assert writes == [f"cred-{attempt}" for attempt in range(1, MAX_UPDATE_ATTEMPTS + 1)]

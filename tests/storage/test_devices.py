@@ -9,13 +9,21 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from pydantic import JsonValue
 from tests.storage.conftest import START, FakeClock
 
 from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
 from devicetrust.storage.backend import Backend
-from devicetrust.storage.records import DeviceIdentity, DeviceRecord, DeviceSourceUpdate, DeviceUpsert, UpsertResult
+from devicetrust.storage.records import (
+    DeviceIdentity,
+    DeviceRecord,
+    DeviceSourceParts,
+    DeviceSourceUpdate,
+    DeviceUpsert,
+    UpsertResult,
+)
 from devicetrust.storage.repositories import INVALID_PAGE_TOKEN_MESSAGE, MAX_IDENTITY_PAGE_SIZE, MAX_PAGE_SIZE, Store
-from devicetrust.types.mdm_parts import spec_fingerprint
+from devicetrust.types.mdm_parts import spec_fingerprint, with_mdm_parts
 
 HOUR = timedelta(hours=1)
 DEVICE_ID = "5a2b3c4d-1111-2222-3333-444455556666"
@@ -614,6 +622,78 @@ def test_update_from_source_writes_only_devices_still_at_their_revision(backend:
         assert (e1.enroll_status, e1.owner, e1.source_origin, e1.revision) == ("enrolled", "alice", "jamf", 2)
         u1 = store.devices.get(rows[1].id)
         assert (u1.body, u1.owner, u1.revision) == (_body("U00001", credential={"id": "c"}), "bob", 2)
+
+
+def test_update_source_parts_merges_the_mdm_parts_onto_each_document_as_stored(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """On both dialects the written document is exactly with_mdm_parts of the stored one (PostgreSQL merges it in
+    SQL, SQLite in Python), only devices still at their revision are written, and each comes back with the id of the
+    credential its document holds."""
+    with backend.begin() as store:
+        rows = _seed(store, 2, prefix="M")
+        enrolled = store.devices.create(
+            DEVICE_ID,
+            "macos",
+            "E1",
+            {
+                "kind": "device",
+                "metadata": {"name": DEVICE_ID},
+                "spec": {"asset_tag": "E1", "credential": {"id": "c1"}},
+            },
+            enroll_status="enrolled",
+            owner="alice",
+            source_name="jamf",
+        )
+        odd = store.devices.create(str(uuid.uuid4()), "macos", "S1", {"kind": "device", "spec": "not an object"})
+        # someone wrote M00001 since it was read at revision 1
+        store.devices.update(
+            rows[1].id,
+            _body("M00001", credential={"id": "c2"}),
+            enroll_status="enrolled",
+            owner="bob",
+            source_name="jamf",
+            source_origin="jamf",
+            external_id="ext-M00001",
+        )
+    with backend.begin() as store:
+        before = {record.id: record.body for record in store.devices.find_many([rows[0].id, enrolled.id, odd.id])}
+    clock.advance(HOUR)
+    source = {"name": "jamf", "origin": "jamf"}
+    stamp = "2026-11-25T12:00:00Z"
+
+    def parts(device_id: str, expected: int, model: str) -> DeviceSourceParts:
+        profile: dict[str, JsonValue] = {"model": model, "os_version": "15.1", "update_time": stamp}
+        return DeviceSourceParts(device_id, source, profile, stamp, "jamf", "jamf", f"ext-{model}", expected)
+
+    batch = [
+        parts(rows[0].id, 1, "m0"),
+        parts(rows[1].id, 1, "m1"),
+        parts(enrolled.id, 1, "e1"),
+        parts(odd.id, 1, "s1"),
+        parts(str(uuid.uuid4()), 1, "gone"),
+    ]
+    with backend.begin() as store:
+        assert store.devices.update_source_parts(batch) == {rows[0].id: "", enrolled.id: "c1", odd.id: ""}
+        assert store.devices.update_source_parts([]) == {}
+        with pytest.raises(ValidationError, match="appears twice"):
+            store.devices.update_source_parts([batch[0], batch[0]])
+    with backend.begin() as store:
+        for update in (batch[0], batch[2], batch[3]):
+            record = store.devices.get(update.id)
+            assert record.body == with_mdm_parts(before[update.id], update.source, update.profile, stamp)
+            assert (record.external_id, record.source_name, record.revision, record.updated) == (
+                update.external_id,
+                "jamf",
+                2,
+                START + HOUR,
+            )
+            [found] = store.devices.find_fingerprints_by_asset_tag([(record.os_type, record.asset_tag)])
+            assert found.stored and found.fingerprint == spec_fingerprint(record.body)
+        e1 = store.devices.get(enrolled.id)
+        assert (e1.enroll_status, e1.owner, e1.body["spec"]["credential"]) == ("enrolled", "alice", {"id": "c1"})
+        m1 = store.devices.get(rows[1].id)
+        assert (m1.body, m1.owner, m1.revision) == (_body("M00001", credential={"id": "c2"}), "bob", 2)
 
 
 def test_identities_page_walks_one_source_without_documents(backend: Backend) -> None:

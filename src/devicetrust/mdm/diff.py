@@ -42,7 +42,6 @@ __all__ = [
     "device_key",
     "fingerprint",
     "lookup_keys",
-    "merged_body",
     "missing",
     "missing_policy",
     "new_device_body",
@@ -163,20 +162,6 @@ def new_device_body(
     assert isinstance(spec, dict) and isinstance(spec["profile"], dict)
     spec["profile"]["update_time"] = format_timestamp(now)
     return body
-
-
-def merged_body(
-    body: Mapping[str, JsonValue], observation: Observation, source: DeviceSource, now: datetime
-) -> dict[str, JsonValue]:
-    """``body`` with the MDM's parts replaced and everything else (credential, owner, enroll status…) kept."""
-    source_part, profile_part = registration(observation, source)
-    stamp = format_timestamp(now)
-    stored_spec = body.get("spec")
-    spec: dict[str, JsonValue] = dict(stored_spec) if isinstance(stored_spec, dict) else {}
-    spec["source"] = source_part
-    spec["profile"] = {**profile_part, "update_time": stamp}
-    spec["update_time"] = stamp
-    return {**body, "spec": spec}
 
 
 # -- reconciling one page ----------------------------------------------------------------------------------

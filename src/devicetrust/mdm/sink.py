@@ -19,10 +19,11 @@ over HTTPS (:mod:`devicetrust.mdm.api_sink`), against a BackendSink in the auth 
 parts into a stored document happens on the cluster side (in ``apply``), so the agent never sees a device's
 credential.
 
-``apply`` reads the batch's devices with one query and writes their updates with one revision-checked statement
-(``DeviceRepository.update_from_source``). A device written by someone else in between — an enrollment storing
-its credential — is not overwritten: it is read again and the MDM's parts merged onto what it now holds, at most
-MAX_UPDATE_ATTEMPTS times (then counted as a conflict, for the next sync).
+``apply`` reads the batch's devices with one query (their columns and fingerprints, not their documents) and writes
+the MDM's parts onto their documents with one revision-checked statement (``DeviceRepository.update_source_parts``;
+on PostgreSQL the server merges each document). A device written by someone else in between — an enrollment
+storing its credential — is not overwritten: it is read again and the MDM's parts merged onto what it now holds,
+at most MAX_UPDATE_ATTEMPTS times (then counted as a conflict, for the next sync).
 
 Audit, in the same transaction as the change: ``device.create``/``device.update``/``device.delete`` by
 ``jamf_service:<name>`` with ``source: {name, origin: jamf}`` — one event per device, or one event listing them
@@ -43,7 +44,6 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
-from pydantic import JsonValue
 
 from devicetrust import audit as events
 from devicetrust.errors import ConflictError, ConnectionFailedError
@@ -53,16 +53,18 @@ from devicetrust.mdm.diff import (
     SourceDevice,
     StoredDevice,
     device_key,
-    merged_body,
     new_device_body,
     reconcile,
+    registration,
     spec_fingerprint,
 )
 from devicetrust.storage.backend import Backend
-from devicetrust.storage.records import DeviceFingerprint, DeviceRecord, DeviceSourceUpdate, DeviceUpsert
+from devicetrust.storage.records import DeviceFingerprint, DeviceRecord, DeviceSourceParts, DeviceUpsert
 from devicetrust.storage.repositories import CLUSTER_NAME_KEY, DEVICE_ENROLL_TOKEN_KIND, MAX_PAGE_SIZE, Store
 from devicetrust.types import DeviceSource, os_display_name
 from devicetrust.types.clock import utcnow
+from devicetrust.types.device import format_timestamp
+from devicetrust.types.mdm_parts import credential_id
 
 __all__ = [
     "AUDIT_PER_DEVICE_LIMIT",
@@ -216,6 +218,19 @@ def stored_device(record: DeviceRecord) -> StoredDevice:
     )
 
 
+def _stored_from_fingerprint(device: DeviceFingerprint) -> StoredDevice:
+    return StoredDevice(
+        id=device.id,
+        os_type=sys.intern(device.os_type),
+        asset_tag=device.asset_tag,
+        source_name=_interned(device.source_name),
+        source_origin=_interned(device.source_origin),
+        external_id=device.external_id,
+        revision=device.revision,
+        fingerprint=device.fingerprint,
+    )
+
+
 def _audit_device(device_id: str, os_type: str, asset_tag: str, credential_id: str = "") -> dict[str, str]:
     # the shape of devicetrust.auth.devices.device_audit, without parsing the whole document
     return {
@@ -224,13 +239,6 @@ def _audit_device(device_id: str, os_type: str, asset_tag: str, credential_id: s
         "os": os_display_name(os_type),
         "credential_id": credential_id,
     }
-
-
-def _credential_id(body: Mapping[str, object]) -> str:
-    spec = body.get("spec")
-    credential = spec.get("credential") if isinstance(spec, Mapping) else None
-    value = credential.get("id", "") if isinstance(credential, Mapping) else ""
-    return value if isinstance(value, str) else ""
 
 
 async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
@@ -247,7 +255,8 @@ async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
 class _Updated:
     """What :meth:`BackendSink._update` wrote (with the document written) and what it left."""
 
-    written: list[tuple[Observation, DeviceRecord, dict[str, JsonValue]]] = field(default_factory=list)
+    #: with the id of the credential each written document holds
+    written: list[tuple[Observation, StoredDevice, str]] = field(default_factory=list)
     unchanged: int = 0
     foreign: int = 0
     conflicts: int = 0
@@ -315,18 +324,7 @@ class BackendSink:
                 for device in store.devices.find_fingerprints_by_asset_tag(keys[start : start + LOOKUP_CHUNK]):
                     if not device.stored:
                         computed.append(device)
-                    found.append(
-                        StoredDevice(
-                            id=device.id,
-                            os_type=sys.intern(device.os_type),
-                            asset_tag=device.asset_tag,
-                            source_name=_interned(device.source_name),
-                            source_origin=_interned(device.source_origin),
-                            external_id=device.external_id,
-                            revision=device.revision,
-                            fingerprint=device.fingerprint,
-                        )
-                    )
+                    found.append(_stored_from_fingerprint(device))
         if computed:
             # devices written before fingerprints were stored: keep them (each only if still at the revision it
             # was computed at), so the next lookups read them instead of decoding the parts again
@@ -366,18 +364,20 @@ class BackendSink:
     ) -> ApplyResult:
         now = self._clock()
         creates: list[tuple[Observation, DeviceUpsert]] = []
-        updates: list[tuple[Observation, DeviceRecord]] = []
+        updates: list[tuple[Observation, StoredDevice]] = []
         unchanged = foreign = 0
         with self._backend.begin() as store:
-            looked_up = store.devices.find_many_by_asset_tag(
+            looked_up = store.devices.find_fingerprints_by_asset_tag(
                 (observation.os_type, observation.asset_tag)
                 for observation in observations
                 if observation.key not in new_keys
             )
-            records = {device_key(record.os_type, record.asset_tag): record for record in looked_up}
+            records = {
+                device_key(found.os_type, found.asset_tag): _stored_from_fingerprint(found) for found in looked_up
+            }
             for observation in observations:
                 record = records.get(observation.key)
-                action = reconcile(observation, None if record is None else stored_device(record), source)
+                action = reconcile(observation, record, source)
                 if action is Action.CREATE:
                     device_id = str(uuid.uuid4())
                     body = new_device_body(observation, source, device_id, now)
@@ -423,50 +423,50 @@ class BackendSink:
         )
 
     def _update(
-        self, store: Store, source: DeviceSource, updates: Sequence[tuple[Observation, DeviceRecord]], now: datetime
+        self, store: Store, source: DeviceSource, updates: Sequence[tuple[Observation, StoredDevice]], now: datetime
     ) -> _Updated:
-        """Write the MDM's parts merged into each device as read, checked against the revision read; a device
-        someone wrote since (an enrollment storing its credential) is read again and merged onto what it holds."""
+        """Write the MDM's parts onto each device as stored, checked against the revision read; a device someone
+        wrote since (an enrollment storing its credential) is read again and reconciled with what it holds."""
         outcome = _Updated()
         pending = list(updates)
+        stamp = format_timestamp(now)
         for _ in range(MAX_UPDATE_ATTEMPTS):
             if not pending:
                 return outcome
-            merged = [
-                (observation, record, merged_body(record.body, observation, source, now))
-                for observation, record in pending
-            ]
-            written = store.devices.update_from_source(
-                [
-                    DeviceSourceUpdate(
-                        id=record.id,
-                        body=body,
+            parts = []
+            for observation, stored in pending:
+                source_part, profile_part = registration(observation, source)
+                parts.append(
+                    DeviceSourceParts(
+                        id=stored.id,
+                        source=source_part,
+                        profile={**profile_part, "update_time": stamp},
+                        update_time=stamp,
                         source_name=source.name,
                         source_origin=source.origin,
                         external_id=observation.external_id,
-                        expected_revision=record.revision,
+                        expected_revision=stored.revision,
                     )
-                    for observation, record, body in merged
-                ]
-            )
+                )
+            written = store.devices.update_source_parts(parts)
             outcome.written.extend(
-                (observation, record, body) for observation, record, body in merged if record.id in written
+                (observation, stored, written[stored.id]) for observation, stored in pending if stored.id in written
             )
-            lost = [(observation, record) for observation, record, _ in merged if record.id not in written]
-            current = {record.id: record for record in store.devices.find_many(record.id for _, record in lost)}
+            lost = [(observation, stored) for observation, stored in pending if stored.id not in written]
+            current = {record.id: record for record in store.devices.find_many(stored.id for _, stored in lost)}
             pending = []
-            for observation, record in lost:
-                now_stored = current.get(record.id)
+            for observation, stored in lost:
+                now_stored = current.get(stored.id)
                 if (
                     now_stored is None
-                    or now_stored.os_type != record.os_type
-                    or now_stored.asset_tag != record.asset_tag
+                    or now_stored.os_type != stored.os_type
+                    or now_stored.asset_tag != stored.asset_tag
                 ):
                     outcome.conflicts += 1  # removed meanwhile: the next sync registers it again
                     continue
                 action = reconcile(observation, stored_device(now_stored), source)
                 if action is Action.UPDATE:
-                    pending.append((observation, now_stored))
+                    pending.append((observation, stored_device(now_stored)))
                 elif action is Action.UNCHANGED:
                     outcome.unchanged += 1
                 else:
@@ -484,7 +484,7 @@ class BackendSink:
         store: Store,
         source: DeviceSource,
         creates: Sequence[tuple[Observation, DeviceUpsert]],
-        updates: Sequence[tuple[Observation, DeviceRecord, dict[str, JsonValue]]],
+        updates: Sequence[tuple[Observation, StoredDevice, str]],
     ) -> None:
         created = [
             (_audit_device(row.id, row.os_type, row.asset_tag), {"external_id": observation.external_id})
@@ -492,10 +492,10 @@ class BackendSink:
         ]
         updated = [
             (
-                _audit_device(record.id, record.os_type, record.asset_tag, _credential_id(body)),
+                _audit_device(stored.id, stored.os_type, stored.asset_tag, credential),
                 {"external_id": observation.external_id},
             )
-            for observation, record, body in updates
+            for observation, stored, credential in updates
         ]
         self._audit_batch(store, events.DEVICE_CREATE, source, created)
         self._audit_batch(store, events.DEVICE_UPDATE, source, updated)
@@ -539,7 +539,7 @@ class BackendSink:
                     continue  # gone already, or someone else's now
                 store.devices.delete(record.id)
                 store.tokens.delete_by_subject(DEVICE_ENROLL_TOKEN_KIND, record.id)
-                device = _audit_device(record.id, record.os_type, record.asset_tag, _credential_id(record.body))
+                device = _audit_device(record.id, record.os_type, record.asset_tag, credential_id(record.body))
                 deleted.append((device, record.external_id, removal.reason))
             self._audit_batch(
                 store,

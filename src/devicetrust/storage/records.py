@@ -18,6 +18,7 @@ __all__ = [
     "DeviceFingerprint",
     "DeviceIdentity",
     "DeviceRecord",
+    "DeviceSourceParts",
     "DeviceSourceUpdate",
     "DeviceUpsert",
     "JsonPage",
@@ -209,6 +210,23 @@ class DeviceSourceUpdate:
 
     id: str
     body: dict[str, JsonValue]
+    source_name: str | None
+    source_origin: str | None
+    external_id: str | None
+    expected_revision: int
+
+
+@dataclass(frozen=True)
+class DeviceSourceParts:
+    """One device of an MDM sync's update batch (``DeviceRepository.update_source_parts``): the parts of its
+    document the MDM owns (``spec.source``; ``spec.profile``, stamped) and the stamp for ``spec.update_time``,
+    written onto the document as stored (everything else kept) with its source columns, only if the device still
+    has ``expected_revision``."""
+
+    id: str
+    source: dict[str, JsonValue]
+    profile: dict[str, JsonValue]
+    update_time: str
     source_name: str | None
     source_origin: str | None
     external_id: str | None

@@ -34,6 +34,7 @@ from devicetrust.storage.records import (
     DeviceFingerprint,
     DeviceIdentity,
     DeviceRecord,
+    DeviceSourceParts,
     DeviceSourceUpdate,
     DeviceUpsert,
     JsonPage,
@@ -45,7 +46,7 @@ from devicetrust.storage.records import (
     UpsertResult,
     UserRecord,
 )
-from devicetrust.types.mdm_parts import MDM_PART_PATHS, fingerprint, spec_fingerprint
+from devicetrust.types.mdm_parts import MDM_PART_PATHS, credential_id, fingerprint, spec_fingerprint, with_mdm_parts
 
 __all__ = [
     "CACHED_RESOURCE_KINDS",
@@ -1193,6 +1194,97 @@ class DeviceRepository(_Repository):
             .returning(t.c.id)
         )
         return set(self._conn.execute(stmt).scalars())
+
+    def update_source_parts(self, updates: Sequence[DeviceSourceParts]) -> dict[str, str]:
+        """Write the MDM-owned parts and the source columns of several devices onto their documents as stored,
+        each only if it still has its expected revision (revision + 1; enroll_status, owner and the rest of the
+        document untouched). Returns the ids written, each with the id of the credential its document holds ("" for
+        none): a device missing from it was changed or removed by someone else since it was read. PostgreSQL: one
+        statement, the server merging each document (none is read or decoded here)."""
+        if not updates:
+            return {}
+        if len({update.id for update in updates}) != len(updates):
+            raise ValidationError("a device appears twice in one update batch")
+        ordered = sorted(updates, key=lambda update: update.id)
+        if self._conn.dialect.name == "postgresql":
+            return self._update_source_parts_in_place(ordered)
+        # SQLite: the write transaction holds the database's lock from this read to the write
+        current = {record.id: record for record in self.find_many(update.id for update in ordered)}
+        merged = [
+            DeviceSourceUpdate(
+                id=update.id,
+                body=with_mdm_parts(record.body, update.source, update.profile, update.update_time),
+                source_name=update.source_name,
+                source_origin=update.source_origin,
+                external_id=update.external_id,
+                expected_revision=update.expected_revision,
+            )
+            for update in ordered
+            if (record := current.get(update.id)) is not None and record.revision == update.expected_revision
+        ]
+        written = self.update_from_source(merged)
+        return {update.id: credential_id(update.body) for update in merged if update.id in written}
+
+    def _update_source_parts_in_place(self, updates: Sequence[DeviceSourceParts]) -> dict[str, str]:
+        t = self._t
+        batch = _json_rows(
+            [
+                {
+                    "id": update.id,
+                    "expected_revision": update.expected_revision,
+                    "source": update.source,
+                    "profile": update.profile,
+                    "update_time": update.update_time,
+                    "source_name": update.source_name,
+                    "source_origin": update.source_origin,
+                    "external_id": update.external_id,
+                    "mdm_fingerprint": _fingerprint_column(fingerprint(update.source, update.profile)),
+                }
+                for update in updates
+            ],
+            {
+                "id": sa.Text,
+                "expected_revision": sa.Integer,
+                "source": postgresql.JSONB,
+                "profile": postgresql.JSONB,
+                "update_time": sa.Text,
+                "source_name": sa.Text,
+                "source_origin": sa.Text,
+                "external_id": sa.Text,
+                "mdm_fingerprint": sa.BigInteger,
+            },
+            "batch",
+        )
+        # with_mdm_parts, in SQL: body || {"spec": (the stored spec if an object, else {}) || the parts}
+        body = sa.type_coerce(t.c.body, postgresql.JSONB)
+        stored_spec = body["spec"]
+        spec = sa.case(
+            (sa.func.jsonb_typeof(stored_spec) == "object", stored_spec),
+            else_=sa.cast(sa.literal("{}"), postgresql.JSONB),
+        ).op("||", return_type=postgresql.JSONB)(
+            sa.func.jsonb_build_object(
+                "source", batch.c.source, "profile", batch.c.profile, "update_time", batch.c.update_time
+            )
+        )
+        merged = body.op("||", return_type=postgresql.JSONB)(sa.func.jsonb_build_object("spec", spec))
+        # RETURNING reads the row as written
+        held = body["spec"]["credential"]["id"]
+        stmt = (
+            sa.update(t)
+            .where(t.c.id == batch.c.id, t.c.revision == batch.c.expected_revision)
+            .values(
+                body=merged,
+                source_name=batch.c.source_name,
+                source_origin=batch.c.source_origin,
+                external_id=batch.c.external_id,
+                revision=t.c.revision + 1,
+                updated=sa.literal(self._clock(), schema.UTCDateTime),
+                mdm_fingerprint=batch.c.mdm_fingerprint,
+                mdm_fingerprint_revision=t.c.revision + 1,
+            )
+            .returning(t.c.id, sa.case((sa.func.jsonb_typeof(held) == "string", held.astext), else_=""))
+        )
+        return {id: credential for id, credential in self._conn.execute(stmt)}
 
     def identities_page(
         self, *, source_name: str, page_size: int = MAX_IDENTITY_PAGE_SIZE, page_token: str | None = None

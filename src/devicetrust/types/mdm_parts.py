@@ -11,7 +11,9 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-__all__ = ["MDM_PART_PATHS", "fingerprint", "spec_fingerprint"]
+from pydantic import JsonValue
+
+__all__ = ["MDM_PART_PATHS", "credential_id", "fingerprint", "spec_fingerprint", "with_mdm_parts"]
 
 #: 64 bits: two different registrations collide with probability 2**-64 per comparison; a collision only means
 #: one device's profile update waits for its next change
@@ -34,3 +36,27 @@ def spec_fingerprint(body: Mapping[str, object]) -> int:
     if not isinstance(spec, Mapping):
         return fingerprint(None, None)
     return fingerprint(spec.get("source"), spec.get("profile"))
+
+
+def with_mdm_parts(
+    body: Mapping[str, JsonValue],
+    source: dict[str, JsonValue],
+    profile: dict[str, JsonValue],
+    update_time: str,
+) -> dict[str, JsonValue]:
+    """``body`` with the MDM-owned parts replaced (``spec.source``, ``spec.profile``) and ``spec.update_time``
+    stamped; everything else (credential, owner, enroll status…) kept. ``body`` itself is left alone."""
+    stored_spec = body.get("spec")
+    spec: dict[str, JsonValue] = dict(stored_spec) if isinstance(stored_spec, dict) else {}
+    spec["source"] = source
+    spec["profile"] = profile
+    spec["update_time"] = update_time
+    return {**body, "spec": spec}
+
+
+def credential_id(body: Mapping[str, object]) -> str:
+    """The id of the credential a device document holds ("" without one)."""
+    spec = body.get("spec")
+    credential = spec.get("credential") if isinstance(spec, Mapping) else None
+    value = credential.get("id", "") if isinstance(credential, Mapping) else ""
+    return value if isinstance(value, str) else ""
