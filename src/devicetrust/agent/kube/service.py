@@ -528,17 +528,9 @@ class _Handler:
         now = service.clock()
         identity = self._identity(self.certificate, now)
         routed = route(self.path)
-        event: dict[str, object] = {
-            "event": "kube.request",
-            **user_fields(identity),
-            "addr.remote": self.peer,
-            "request_path": routed[1] if routed else self.path,
-            "verb": self.command,
-            "server_id": service.host_id,
-            "server_hostname": service.config.hostname,
-        }
         decision: Decision | None = None
-        code = 500
+        granted: _Granted | None = None
+        code, error, ended = 500, "", ""
         try:
             body = self._read_body()
             if identity is None:
@@ -550,16 +542,6 @@ class _Handler:
                 self._reply(404, "the path names no Kubernetes cluster: use 'tsh kube login NAME'")
                 return
             name, api_path = routed
-            info = request_info(self.command, api_path)
-            event.update(
-                kubernetes_cluster=name,
-                resource_kind=info.resource,
-                resource_subresource=info.subresource,
-                resource_name=info.name,
-                resource_namespace=info.namespace,
-                resource_api_group=info.api_group,
-                verb=info.verb,
-            )
             target = service.target(name)
             if target is None:
                 code = 404
@@ -571,8 +553,7 @@ class _Handler:
                 self._reply(503, NO_STATE_REASON)
                 return
             if not decision.allowed:
-                code = 403
-                event["error"] = decision.audit_reason
+                code, error = 403, decision.audit_reason
                 log.info(
                     "kube request refused",
                     extra={"user": identity.username, "kube_cluster": name, "reason": decision.audit_reason},
@@ -591,18 +572,14 @@ class _Handler:
                     ),
                 )
             except ImpersonationRefused as refused:
-                code = 403
-                event["error"] = str(refused)
+                code, error = 403, str(refused)
                 self._reply(403, str(refused))
                 return
-            event.update(kubernetes_users=[user], kubernetes_groups=list(groups))
             granted = _Granted(service._upstreams[name], api_path, body, user, groups, identity, target)
             if "upgrade" in (self.fields.get("Connection") or "").lower() and self.fields.get("Upgrade"):
                 code, ended = self._tunnel(granted)
             else:
                 code, ended = self._forward(granted)
-            if ended:
-                event["reason"] = ended
         except MalformedRequest as malformed:
             code = malformed.status
             self.close_connection = True  # what is left of the body cannot be told from a next request
@@ -610,10 +587,51 @@ class _Handler:
         except _ClientGone:
             code = 499
         finally:
-            event["response_code"] = code
-            event["success"] = code == 101 or 200 <= code < 400  # 101: an upgraded stream ran
-            event.update(self._device_fields(identity, decision))
-            service.emit(event)
+            # made once the reply is out: the client reads it meanwhile
+            service.emit(self._event(identity, routed, decision, granted, code, error, ended))
+
+    def _event(
+        self,
+        identity: Identity | None,
+        routed: tuple[str, str] | None,
+        decision: Decision | None,
+        granted: _Granted | None,
+        code: int,
+        error: str,
+        ended: str,
+    ) -> dict[str, object]:
+        """The request's ``kube.request`` audit event."""
+        service = self.server.service
+        event: dict[str, object] = {
+            "event": "kube.request",
+            **user_fields(identity),
+            "addr.remote": self.peer,
+            "request_path": routed[1] if routed else self.path,
+            "verb": self.command,
+            "server_id": service.host_id,
+            "server_hostname": service.config.hostname,
+        }
+        if identity is not None and routed is not None:
+            info = request_info(self.command, routed[1])
+            event.update(
+                kubernetes_cluster=routed[0],
+                resource_kind=info.resource,
+                resource_subresource=info.subresource,
+                resource_name=info.name,
+                resource_namespace=info.namespace,
+                resource_api_group=info.api_group,
+                verb=info.verb,
+            )
+        if error:
+            event["error"] = error
+        if granted is not None:
+            event.update(kubernetes_users=[granted.user], kubernetes_groups=list(granted.groups))
+        if ended:
+            event["reason"] = ended
+        event["response_code"] = code
+        event["success"] = code == 101 or 200 <= code < 400  # 101: an upgraded stream ran
+        event.update(self._device_fields(identity, decision))
+        return event
 
     def _device_fields(self, identity: Identity | None, decision: Decision | None) -> DeviceFields:
         """The audit's device block, made once for each identity and decision (both kept for the connection)."""
