@@ -407,10 +407,18 @@ class _ClientReader:
 
     def read(self, size: int = -1, /) -> bytes:
         """``size`` bytes (fewer if the connection ends first)."""
-        while len(self._data) < size and self._receive():
-            pass
-        data, self._data = self._data[:size], self._data[size:]
-        return data
+        data = self._data
+        if len(data) < size:  # a large body: its pieces joined once
+            pieces, have = [data], len(data)
+            while have < size:
+                chunk = self._sock.recv(STREAM_CHUNK)
+                if not chunk:
+                    break
+                pieces.append(chunk)
+                have += len(chunk)
+            data = b"".join(pieces)
+        self._data = data[size:]
+        return data[:size]
 
     def readline(self, size: int = -1, /) -> bytes:
         """Up to and with the next line end, at most ``size`` bytes (fewer if the connection ends first)."""
