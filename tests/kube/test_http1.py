@@ -17,6 +17,8 @@ from devicetrust.agent.kube.http1 import (
     MalformedRequest,
     Reply,
     ReplyCutShort,
+    head_end,
+    parse_request_head,
     parse_request_line,
     read_chunked_body,
     read_fields,
@@ -141,6 +143,83 @@ def test_an_oversize_head_is_refused_with_431() -> None:
     with pytest.raises(MalformedRequest) as refused:
         read_fields(io.BufferedReader(io.BytesIO(b"Host: x\r\n\r\n")), head_so_far=1024 * 1024)
     assert refused.value.status == 431
+
+
+# ---------------------------------------------------------------------------------------------- whole heads
+@pytest.mark.parametrize(
+    ("data", "head"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nnext", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (b"GET / HTTP/1.1\nHost: x\n\nnext", b"GET / HTTP/1.1\nHost: x\n\n"),
+        (b"GET / HTTP/1.1\r\nHost: x\n\r\nnext", b"GET / HTTP/1.1\r\nHost: x\n\r\n"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\nnext", b"GET / HTTP/1.1\r\nHost: x\r\n\n"),
+        (b"\r\nGET / HTTP/1.1\r\n\r\n", b"\r\n"),  # an empty first line is no request line: refused alone
+        (b"\nGET / HTTP/1.1\r\n\r\n", b"\n"),
+    ],
+)
+def test_a_head_ends_at_its_first_empty_line(data: bytes, head: bytes) -> None:
+    assert data[: head_end(data)] == head
+
+
+@pytest.mark.parametrize("data", [b"", b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r", b"GET / HTTP/1.1\r"])
+def test_a_head_without_its_empty_line_has_not_ended(data: bytes) -> None:
+    assert head_end(data) == -1
+
+
+def _line_by_line(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]] | int:
+    """What reading ``head`` a line at a time gives: its parts, or the status it is refused with."""
+    reader = io.BytesIO(head)
+    try:
+        method, target, version = parse_request_line(reader.readline(MAX_LINE + 1))
+        return method, target, version, read_fields(reader).items()
+    except MalformedRequest as refused:
+        return refused.status
+
+
+def _whole(head: bytes) -> tuple[str, str, str, list[tuple[str, str]]] | int:
+    try:
+        method, target, version, fields = parse_request_head(head)
+        return method, target, version, fields.items()
+    except MalformedRequest as refused:
+        return refused.status
+
+
+_HEAD_PIECES = [
+    b"GET /kube/prod/api/v1/pods?limit=500 HTTP/1.1",
+    b"POST / HTTP/1.0",
+    b"GET / HTTP/2.0",
+    b"Host: 127.0.0.1:443",
+    b"Accept: application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+    b"Content-Length: 12",
+    b"content-length: 1x",
+    b"X-Spaces:   a b\t ",
+    b"X-Empty:",
+    b"X-Latin: caf\xe9",
+    b" folded",
+    b"Bad Name: v",
+    b"X-Ctl: a\x01b",
+    b"X-Cr: a\rb",
+    b"X-Del: \x7f",
+    b"",
+]
+
+
+@given(st.lists(st.sampled_from(_HEAD_PIECES), max_size=8), st.lists(st.sampled_from([b"\r\n", b"\n"]), min_size=10))
+def test_a_whole_head_reads_as_line_by_line(pieces: list[bytes], ends: list[bytes]) -> None:
+    head = b"".join(piece + end for piece, end in zip([*pieces, b""], ends, strict=False))
+    assert _whole(head) == _line_by_line(head)
+
+
+def test_whole_heads_at_the_bounds_read_as_line_by_line() -> None:
+    request = b"GET / HTTP/1.1\r\n"
+    many = request + b"".join(b"X-%d: v\r\n" % n for n in range(MAX_HEADERS)) + b"\r\n"
+    assert _whole(many) == _line_by_line(many) != 431
+    too_many = request + b"".join(b"X-%d: v\r\n" % n for n in range(MAX_HEADERS + 1)) + b"\r\n"
+    assert _whole(too_many) == _line_by_line(too_many) == 431
+    long_line = request + b"X-Big: " + b"a" * MAX_LINE + b"\r\n\r\n"
+    assert _whole(long_line) == _line_by_line(long_line) == 431
+    long_target = b"GET /" + b"a" * MAX_LINE + b" HTTP/1.1\r\n\r\n"
+    assert _whole(long_target) == 414
 
 
 # ---------------------------------------------------------------------------------------------- replies

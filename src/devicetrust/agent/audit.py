@@ -142,8 +142,9 @@ class AuditForwarder:
         self._retry = asyncio.Event()
         #: events at the head of the queue to send one per request: their batch was refused as a whole
         self._one_by_one = 0
-        #: events from other threads (a service's connection threads), taken into the queue on the event loop
-        self._inbox: collections.deque[Mapping[str, object]] = collections.deque(maxlen=max_buffered)
+        #: events from other threads (a service's connection threads), encoded, taken into the queue on the event
+        #: loop
+        self._inbox: collections.deque[_Queued] = collections.deque(maxlen=max_buffered)
         #: whether the next event from another thread must wake the event loop: only while the forwarder waits
         #: for events (otherwise it takes the inbox on its next pass, and a busy service wakes no one)
         self._inbox_wakes = False
@@ -156,29 +157,42 @@ class AuditForwarder:
 
     def emit(self, event: Mapping[str, object]) -> None:
         """Queue one event for delivery; never blocks, never raises."""
+        queued = self._encode(event)
+        if queued is not None:
+            self._enqueue(queued)
+
+    def _encode(self, event: Mapping[str, object]) -> _Queued | None:
+        """The event as sent; None (logged) if it can never be delivered."""
         name = str(event.get("event"))
         try:
             encoded = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
         except (TypeError, ValueError) as err:  # a bug in the event: it could never be delivered
             log.error("audit event cannot be encoded; dropping it", extra={"event": name, "error": str(err)})
-            return
+            return None
         if len(encoded) + _BATCH_FRAME_BYTES > self._max_batch_bytes:
             log.error("audit event too large; dropping it", extra={"event": name, "bytes": len(encoded)})
-            return
+            return None
+        return _Queued(name, encoded)
+
+    def _enqueue(self, queued: _Queued) -> None:
         if len(self._queue) >= self._max:
             self._queue.popleft()
             self._count_drop()
-        self._queue.append(_Queued(name, encoded))
+        self._queue.append(queued)
         self._idle.clear()
         self._wake.set()
 
     def emit_threadsafe(self, event: Mapping[str, object]) -> None:
         """Queue one event from any thread; never blocks, never raises. Beyond the bound, the oldest of those not
-        yet taken into the queue are dropped."""
+        yet taken into the queue are dropped. The event is encoded in the calling thread: on the event loop, a busy
+        interval's events encoded at once would hold up every connection thread."""
+        queued = self._encode(event)
+        if queued is None:
+            return
         inbox = self._inbox
         if len(inbox) == inbox.maxlen:
             self._count_drop()
-        inbox.append(event)
+        inbox.append(queued)
         loop = self._loop
         if self._inbox_wakes and loop is not None:
             self._inbox_wakes = False
@@ -193,7 +207,7 @@ class AuditForwarder:
     def _take_inbox(self) -> None:
         inbox = self._inbox
         while inbox:
-            self.emit(inbox.popleft())
+            self._enqueue(inbox.popleft())
 
     async def flush(self, within: float) -> bool:
         """Wait up to ``within`` seconds for the queue to drain; True if it did."""

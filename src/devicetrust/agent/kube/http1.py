@@ -1,7 +1,8 @@
 """HTTP/1.1 framing for the kube service, without the standard library's e-mail header parser. Pure.
 
-- :func:`parse_request_line` and :func:`read_fields`: the client's request head, read strictly and within bounds
-  (line length, header count, head size); obs-fold, a bare CR, NUL or another control character, a space before a
+- :func:`head_end` finds the end of a request's head in the bytes read so far; :func:`parse_request_head` (with
+  :func:`parse_request_line` and :func:`read_fields`) reads the head strictly and within bounds (line length,
+  header count, head size); obs-fold, a bare CR, NUL or another control character, a space before a
   field's colon, a malformed or repeated Content-Length are refused (:class:`MalformedRequest`, with the HTTP
   status to answer). A bare LF ends a line as CRLF does (RFC 9112 §2.2). :func:`read_chunked_body`: a chunked
   request body, each chunk's size checked against the limit before it is read.
@@ -11,8 +12,9 @@
 
 from __future__ import annotations
 
+import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import httptools
@@ -27,6 +29,8 @@ __all__ = [
     "MalformedRequest",
     "Reply",
     "ReplyCutShort",
+    "head_end",
+    "parse_request_head",
     "parse_request_line",
     "read_chunked_body",
     "read_fields",
@@ -44,6 +48,13 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET = re.compile(rb"[^\x00-\x20\x7f]+")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+#: A request line of HTTP/1.x, as :func:`parse_request_line` accepts it.
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\x00-\x20\x7f]+) (HTTP/1\.[0-9])")
+#: A well-formed header line (its line end removed): the name, and the value without the spaces around it. A line
+#: that does not match is read again by the checks that say what is wrong with it.
+_FIELD_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[ \t]*"
+)
 
 
 class MalformedRequest(Exception):
@@ -89,6 +100,10 @@ class Fields:
     def get_all(self, name: str) -> list[str]:
         return list(self._by_name.get(name.lower(), ()))
 
+    def names(self) -> Iterable[str]:
+        """The lower-case names, each once."""
+        return self._by_name.keys()
+
     def items(self) -> list[tuple[str, str]]:
         return [(name, value) for _, name, value in self._fields]
 
@@ -131,6 +146,55 @@ def parse_request_line(raw: bytes) -> tuple[str, str, str]:
     return method.decode("ascii"), target.decode("latin-1"), version.decode("ascii")
 
 
+def head_end(data: bytes) -> int:
+    """Where the request head at the start of ``data`` ends (after its empty line); -1 if it has not ended yet. An
+    empty first line ends there: it is no request line."""
+    if data[:1] == b"\n":
+        return 1
+    if data[:2] == b"\r\n":
+        return 2
+    ends = [found + len(end) for end in (b"\n\n", b"\n\r\n") if (found := data.find(end)) >= 0]
+    return min(ends) if ends else -1
+
+
+def parse_request_head(head: bytes) -> tuple[str, str, str, Fields]:
+    """(method, request target, version, header fields) of a request head as read: up to its empty line, or cut
+    short where the connection ended or a bound was passed (MalformedRequest then)."""
+    fast = _parse_plain_head(head)
+    if fast is not None:
+        return fast
+    reader = io.BytesIO(head)
+    line = reader.readline(MAX_LINE + 1)
+    if len(line) > MAX_LINE:
+        raise MalformedRequest(414, "Request-URI Too Long")
+    method, target, version = parse_request_line(line)
+    return method, target, version, read_fields(reader, head_so_far=len(line))
+
+
+def _parse_plain_head(head: bytes) -> tuple[str, str, str, Fields] | None:
+    """A head of the common kind (CRLF line ends, well within the bounds, each line well-formed) read in one pass;
+    None for any other, which the line by line reading then accepts or refuses, saying why."""
+    if len(head) > MAX_LINE or not head.endswith(b"\r\n\r\n"):
+        return None
+    lines = head[:-4].split(b"\r\n")
+    if len(lines) > MAX_HEADERS + 1:
+        return None
+    request_line = _REQUEST_LINE.fullmatch(lines[0])
+    if request_line is None:
+        return None
+    fields = Fields()
+    for index in range(1, len(lines)):
+        field = _FIELD_LINE.fullmatch(lines[index])
+        if field is None:
+            return None
+        name, value = field.group(1, 2)
+        if name.lower() == b"content-length" and (fields.get("Content-Length") is not None or not value.isdigit()):
+            return None
+        fields.add(name.decode("ascii"), value.decode("latin-1"))
+    method, target, version = request_line.group(1, 2, 3)
+    return method.decode("ascii"), target.decode("latin-1"), version.decode("ascii"), fields
+
+
 def read_fields(reader: LineReader, *, head_so_far: int = 0) -> Fields:
     """The header fields up to the empty line that ends a request's head."""
     fields = Fields()
@@ -149,6 +213,13 @@ def read_fields(reader: LineReader, *, head_so_far: int = 0) -> Fields:
             return fields
         if len(fields) == MAX_HEADERS:
             raise MalformedRequest(431, "Too many headers")
+        matched = _FIELD_LINE.fullmatch(content)
+        if matched is not None:
+            name, value = matched.group(1, 2)
+            if name.lower() == b"content-length" and (fields.get("Content-Length") is not None or not value.isdigit()):
+                raise MalformedRequest(400, "Content-Length is malformed or repeated")
+            fields.add(name.decode("ascii"), value.decode("latin-1"))
+            continue
         if content[:1] in (b" ", b"\t"):
             raise MalformedRequest(400, "a header line is folded (obs-fold)")
         name, colon, value = content.partition(b":")

@@ -97,7 +97,7 @@ def request_info(method: str, api_path: str) -> RequestInfo:
     resource = rest[0]
     name = rest[1] if len(rest) > 1 else ""
     subresource = rest[2] if len(rest) > 2 else ""  # pods/log, pods/exec: the resource is still "pods"
-    watch = parse_qs(query).get("watch", [""])[0] in ("1", "true")
+    watch = "watch" in query and parse_qs(query).get("watch", [""])[0] in ("1", "true")
     if method == "GET":
         verb = "watch" if watch else ("get" if name else "list")
     elif method == "DELETE" and not name:

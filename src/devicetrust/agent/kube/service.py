@@ -33,12 +33,13 @@ import io
 import logging
 import select
 import socket
+import socketserver
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,15 +48,18 @@ from cryptography import x509
 
 from devicetrust.access import Decision, KubeClusterTarget, allowed_until, decide, kube_session_locks, lock_reason
 from devicetrust.agent.api import NodeAPI
-from devicetrust.agent.audit import device_fields, user_fields
+from devicetrust.agent.audit import DeviceFields, device_fields, user_fields
 from devicetrust.agent.kube import spdy
 from devicetrust.agent.kube.http1 import (
+    MAX_LINE,
+    MAX_REQUEST_HEAD,
     Fields,
     MalformedReply,
     MalformedRequest,
     Reply,
     ReplyCutShort,
-    parse_request_line,
+    head_end,
+    parse_request_head,
     read_chunked_body,
     read_fields,
 )
@@ -218,6 +222,8 @@ class KubeService(TLSService[KubeServiceConfig]):
         self._server: _Server | None = None
         self._serving: threading.Thread | None = None
         self._upstreams: dict[str, _Upstream] = {}
+        #: each cluster's target as the decision sees it, made once (while the host id is the same)
+        self._targets: dict[str, KubeClusterTarget] = {}
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
 
@@ -226,8 +232,10 @@ class KubeService(TLSService[KubeServiceConfig]):
         """Join (or reuse the stored identity), fetch the state, listen. Raises DevicetrustError on failure."""
         self._upstreams = {cluster.name: _upstream(cluster) for cluster in self.config.clusters}
         identity, tls, (host, port) = await self.join("http/1.1")
+        # a connection's client certificate is the one of its handshake, read once for all its requests
+        tls.options |= ssl.OP_NO_RENEGOTIATION
         try:
-            server = _Server((host, port), _Handler, self, tls)
+            server = _Server((host, port), self, tls)
         except OSError as err:
             raise ConfigError(f"kube_service.listen_addr {self.config.listen_addr}: {err.strerror or err}") from None
         self._server = server
@@ -284,12 +292,16 @@ class KubeService(TLSService[KubeServiceConfig]):
 
     # ------------------------------------------------------------------------------------------ decision
     def target(self, name: str) -> KubeClusterTarget | None:
+        known = self._targets.get(name)
+        if known is not None and known.service_id == self.host_id:
+            return known
         entry = self._upstreams.get(name)
         if entry is None:
             return None
-        return KubeClusterTarget(
+        target = self._targets[name] = KubeClusterTarget(
             name=name, labels=entry.entry.labels, service_id=self.host_id, service_hostname=self.config.hostname
         )
+        return target
 
     def identify(self, der: bytes | None, now: datetime) -> Identity | None:
         if not der or self._user_ca is None:
@@ -329,17 +341,15 @@ class KubeService(TLSService[KubeServiceConfig]):
             self._streams.pop(id(stream), None)
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = False
 
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], service: KubeService, tls: ssl.SSLContext
-    ) -> None:
+    def __init__(self, address: tuple[str, int], service: KubeService, tls: ssl.SSLContext) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.service = service
         self.tls = tls
-        super().__init__(address, handler)
+        super().__init__(address, socketserver.BaseRequestHandler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A bug costs one connection, never the service; it goes to the log, not to stderr."""
@@ -348,6 +358,7 @@ class _Server(ThreadingHTTPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         """TLS in the connection's own thread: a slow handshake never holds up accepting."""
         try:
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             request.settimeout(UPSTREAM_TIMEOUT_SECONDS)
             tls = self.tls.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError) as err:
@@ -355,38 +366,127 @@ class _Server(ThreadingHTTPServer):
             return
         tls.settimeout(None)
         try:
-            handler: Any = self.RequestHandlerClass
-            handler(tls, client_address, self)
+            _Handler(tls, client_address, self).handle()
         finally:
             with contextlib.suppress(OSError):
                 tls.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    # headers and body go out in separate writes: without this, Nagle and delayed ACKs add 40 ms to each reply
-    disable_nagle_algorithm = True
+class _ClientReader:
+    """What the client sends, read as it comes (a request's head usually in one receive) and kept until taken: the
+    head, then the body, then the next request's head."""
 
-    #: the request line as read (by the standard library's handle_one_request)
-    raw_requestline: bytes
-    #: the request's header fields (read by :func:`.http1.read_fields`, not the e-mail parser ``headers`` is)
-    fields: Fields
+    __slots__ = ("_data", "_sock")
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # requests are audited; the access log is not needed
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self._sock = sock
+        self._data = b""
 
-    def parse_request(self) -> bool:
-        """The request line and headers, strictly and within bounds; False after refusing a malformed one."""
+    def _receive(self) -> bool:
+        """Read what came next; False at the end of the connection."""
+        chunk = self._sock.recv(STREAM_CHUNK)
+        self._data += chunk
+        return bool(chunk)
+
+    def head(self) -> bytes:
+        """The next request's head, up to its empty line; cut short where the connection ended or a bound was
+        passed (for the parser to refuse); b"" if the connection ended before it began."""
+        if not self._data and not self._receive():
+            return b""
+        while True:
+            data = self._data
+            end = head_end(data)
+            if end >= 0:
+                break
+            if len(data) - (data.rfind(b"\n") + 1) > MAX_LINE or len(data) > MAX_REQUEST_HEAD or not self._receive():
+                end = len(self._data)
+                break
+        data = self._data
+        self._data = data[end:]
+        return data[:end] if end < len(data) else data
+
+    def read(self, size: int = -1, /) -> bytes:
+        """``size`` bytes (fewer if the connection ends first)."""
+        data = self._data
+        if len(data) < size:  # a large body: its pieces joined once
+            pieces, have = [data], len(data)
+            while have < size:
+                chunk = self._sock.recv(STREAM_CHUNK)
+                if not chunk:
+                    break
+                pieces.append(chunk)
+                have += len(chunk)
+            data = b"".join(pieces)
+        self._data = data[size:]
+        return data[:size]
+
+    def readline(self, size: int = -1, /) -> bytes:
+        """Up to and with the next line end, at most ``size`` bytes (fewer if the connection ends first)."""
+        while True:
+            end = self._data.find(b"\n", 0, size if size >= 0 else None)
+            if end >= 0:
+                size = end + 1
+                break
+            if 0 <= size <= len(self._data) or not self._receive():
+                break
+        return self.read(min(size, len(self._data)) if size >= 0 else len(self._data))
+
+    def take(self) -> bytes:
+        """What was read and not yet taken (the start of an upgraded stream)."""
+        data, self._data = self._data, b""
+        return data
+
+
+#: The methods served (an API server's); others get 501.
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+class _Handler:
+    """One client connection: its requests in turn, each decided, forwarded and relayed."""
+
+    def __init__(self, connection: ssl.SSLSocket, client_address: Any, server: _Server) -> None:
+        self.connection = connection
+        self.client_address = client_address
+        self.peer = socket_addr(client_address)
+        self.server = server
+        self.reader = _ClientReader(connection)
+        #: the client certificate (renegotiation is refused: it stays the handshake's)
+        self.certificate = connection.getpeercert(binary_form=True)
+        #: the client certificate verified on this connection (its exact bytes) and its identity
+        self._verified: tuple[bytes, Identity] | None = None
+        #: a decision that allowed this connection: (the state it was made on, identity, target, decision, until)
+        self._allowed: tuple[object, Identity, KubeClusterTarget, Decision, datetime] | None = None
+        #: the audit's device block of the last (identity, decision)
+        self._device: tuple[Identity | None, Decision | None, DeviceFields] = (None, None, {})
+        self.close_connection = True
+        self.command = ""
+        self.path = ""
+        self.request_version = "HTTP/1.1"
+        #: the request's header fields
+        self.fields = Fields()
+
+    def handle(self) -> None:
+        self._handle_one_request()
+        while not self.close_connection:
+            self._handle_one_request()
+
+    def _handle_one_request(self) -> None:
         self.close_connection = True
         self.command, self.request_version = "", "HTTP/1.1"
-        self.requestline = self.raw_requestline.rstrip(b"\r\n").decode("latin-1")
         try:
-            self.command, path, self.request_version = parse_request_line(self.raw_requestline)
-            self.fields = read_fields(self.rfile, head_so_far=len(self.raw_requestline))
+            head = self.reader.head()
+        except OSError:  # the client went away
+            return
+        if not head:
+            return
+        try:
+            self.command, path, self.request_version, self.fields = parse_request_head(head)
         except MalformedRequest as malformed:
-            self.send_error(malformed.status, malformed.reason)
-            return False
+            self._send_error(malformed.status, malformed.reason)
+            return
+        if self.command not in _METHODS:
+            self._send_error(501, f"Unsupported method ({self.command!r})")
+            return
         # a path starting with // reads as a scheme-relative URL to some clients
         self.path = "/" + path.lstrip("/") if path.startswith("//") else path
         connection = (self.fields.get("Connection") or "").lower()
@@ -395,25 +495,31 @@ class _Handler(BaseHTTPRequestHandler):
         elif connection == "keep-alive" or self.request_version >= "HTTP/1.1":
             self.close_connection = False
         if (self.fields.get("Expect") or "").lower() == "100-continue" and self.request_version >= "HTTP/1.1":
-            return self.handle_expect_100()
-        return True
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Malformed requests and unknown methods: a Status too, never the standard library's HTML page."""
-        self.close_connection = True
-        body = status_body(code, message or "bad request")
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def do_GET(self) -> None:
+            try:
+                self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except OSError:
+                self.close_connection = True
+                return
         self._serve()
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+    def _send_error(self, code: int, message: str) -> None:
+        """A request that cannot be read: a Status, and the connection ends."""
+        self.close_connection = True
+        body = status_body(code, message)
+        with contextlib.suppress(_ClientGone):
+            self._send(code, "application/json", body, close=True)
+
+    def _send(self, code: int, content_type: str, body: bytes, *, close: bool = False) -> None:
+        """A reply of the service's own, in one write (the body left out for HEAD)."""
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+            code,
+            _REASONS.get(code, "").encode(),
+            content_type.encode(),
+            len(body),
+        )
+        if close:
+            head += b"Connection: close\r\n"
+        self._write(head + b"\r\n" + (body if self.command != "HEAD" else b""))
 
     # ----------------------------------------------------------------------------------------------
     def _reply(self, code: int, message: str) -> None:
@@ -423,31 +529,16 @@ class _Handler(BaseHTTPRequestHandler):
             body, content_type = status_body(code, message), "application/json"
         else:
             body, content_type = message.encode() + b"\n", "text/plain; charset=utf-8"
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self._send(code, content_type, body)
 
     def _serve(self) -> None:
         service = self.server.service
         now = service.clock()
-        peer = socket_addr(self.client_address)
-        connection = self.connection
-        der = connection.getpeercert(binary_form=True) if isinstance(connection, ssl.SSLSocket) else None
-        identity = self._identity(der, now)
+        identity = self._identity(self.certificate, now)
         routed = route(self.path)
-        event: dict[str, object] = {
-            "event": "kube.request",
-            **user_fields(identity),
-            "addr.remote": peer,
-            "request_path": routed[1] if routed else self.path,
-            "verb": self.command,
-            "server_id": service.host_id,
-            "server_hostname": service.config.hostname,
-        }
         decision: Decision | None = None
-        code = 500
+        granted: _Granted | None = None
+        code, error, ended = 500, "", ""
         try:
             body = self._read_body()
             if identity is None:
@@ -459,29 +550,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(404, "the path names no Kubernetes cluster: use 'tsh kube login NAME'")
                 return
             name, api_path = routed
-            info = request_info(self.command, api_path)
-            event.update(
-                kubernetes_cluster=name,
-                resource_kind=info.resource,
-                resource_subresource=info.subresource,
-                resource_name=info.name,
-                resource_namespace=info.namespace,
-                resource_api_group=info.api_group,
-                verb=info.verb,
-            )
             target = service.target(name)
             if target is None:
                 code = 404
                 self._reply(404, f'kubernetes cluster "{name}" not found')
                 return
-            decision = self._decide(identity, target)
+            decision = self._decide(identity, target, now)
             if decision is None:
                 code = 503
                 self._reply(503, NO_STATE_REASON)
                 return
             if not decision.allowed:
-                code = 403
-                event["error"] = decision.audit_reason
+                code, error = 403, decision.audit_reason
                 log.info(
                     "kube request refused",
                     extra={"user": identity.username, "kube_cluster": name, "reason": decision.audit_reason},
@@ -496,23 +576,18 @@ class _Handler(BaseHTTPRequestHandler):
                     self.fields.get_all("Impersonate-User") or [],
                     self.fields.get_all("Impersonate-Group") or [],
                     other_impersonation=any(
-                        key.lower().startswith("impersonate-") and key.lower() not in _IMPERSONATE
-                        for key in self.fields
+                        name.startswith("impersonate-") and name not in _IMPERSONATE for name in self.fields.names()
                     ),
                 )
             except ImpersonationRefused as refused:
-                code = 403
-                event["error"] = str(refused)
+                code, error = 403, str(refused)
                 self._reply(403, str(refused))
                 return
-            event.update(kubernetes_users=[user], kubernetes_groups=list(groups))
             granted = _Granted(service._upstreams[name], api_path, body, user, groups, identity, target)
             if "upgrade" in (self.fields.get("Connection") or "").lower() and self.fields.get("Upgrade"):
                 code, ended = self._tunnel(granted)
             else:
                 code, ended = self._forward(granted)
-            if ended:
-                event["reason"] = ended
         except MalformedRequest as malformed:
             code = malformed.status
             self.close_connection = True  # what is left of the body cannot be told from a next request
@@ -520,15 +595,63 @@ class _Handler(BaseHTTPRequestHandler):
         except _ClientGone:
             code = 499
         finally:
-            event["response_code"] = code
-            event["success"] = code == 101 or 200 <= code < 400  # 101: an upgraded stream ran
-            event.update(device_fields(identity, decision))
-            service.emit(event)
+            # made once the reply is out: the client reads it meanwhile
+            service.emit(self._event(identity, routed, decision, granted, code, error, ended))
+
+    def _event(
+        self,
+        identity: Identity | None,
+        routed: tuple[str, str] | None,
+        decision: Decision | None,
+        granted: _Granted | None,
+        code: int,
+        error: str,
+        ended: str,
+    ) -> dict[str, object]:
+        """The request's ``kube.request`` audit event."""
+        service = self.server.service
+        event: dict[str, object] = {
+            "event": "kube.request",
+            **user_fields(identity),
+            "addr.remote": self.peer,
+            "request_path": routed[1] if routed else self.path,
+            "verb": self.command,
+            "server_id": service.host_id,
+            "server_hostname": service.config.hostname,
+        }
+        if identity is not None and routed is not None:
+            info = request_info(self.command, routed[1])
+            event.update(
+                kubernetes_cluster=routed[0],
+                resource_kind=info.resource,
+                resource_subresource=info.subresource,
+                resource_name=info.name,
+                resource_namespace=info.namespace,
+                resource_api_group=info.api_group,
+                verb=info.verb,
+            )
+        if error:
+            event["error"] = error
+        if granted is not None:
+            event.update(kubernetes_users=[granted.user], kubernetes_groups=list(granted.groups))
+        if ended:
+            event["reason"] = ended
+        event["response_code"] = code
+        event["success"] = code == 101 or 200 <= code < 400  # 101: an upgraded stream ran
+        event.update(self._device_fields(identity, decision))
+        return event
+
+    def _device_fields(self, identity: Identity | None, decision: Decision | None) -> DeviceFields:
+        """The audit's device block, made once for each identity and decision (both kept for the connection)."""
+        known = self._device
+        if known[0] is not identity or known[1] is not decision:
+            known = self._device = (identity, decision, device_fields(identity, decision))
+        return known[2]
 
     def _identity(self, der: bytes | None, now: datetime) -> Identity | None:
         """The client certificate's identity: verified once per connection (by its exact bytes), its validity
         window checked on every request."""
-        known: tuple[bytes, Identity] | None = getattr(self, "_verified", None)
+        known = self._verified
         if der and known is not None and known[0] == der:
             cached = known[1]
             return cached if cached.not_before <= now < cached.not_after else None
@@ -537,12 +660,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._verified = (der, identity)
         return identity
 
-    def _decide(self, identity: Identity, target: KubeClusterTarget) -> Decision | None:
+    def _decide(self, identity: Identity, target: KubeClusterTarget, now: datetime) -> Decision | None:
         """The service's decision; one that allowed this connection's identity is reused while the cluster
         state is the same object and until :func:`allowed_until` (denials are decided anew every request)."""
         service = self.server.service
-        state, now = service.membership.current_state, service.clock()
-        known: tuple[object, Identity, KubeClusterTarget, Decision, datetime] | None = getattr(self, "_allowed", None)
+        state = service.membership.current_state
+        known = self._allowed
         if known is not None and known[0] is state and known[1] is identity and known[2] == target and now < known[4]:
             return known[3]
         decision = service.decide(identity, target)
@@ -554,11 +677,11 @@ class _Handler(BaseHTTPRequestHandler):
         """The request's body, within MAX_REQUEST_BODY (MalformedRequest otherwise), before anything is decided:
         a kept-alive connection's next request starts after it."""
         if (self.fields.get("Transfer-Encoding") or "").lower() == "chunked":
-            return read_chunked_body(self.rfile, MAX_REQUEST_BODY)
+            return read_chunked_body(self.reader, MAX_REQUEST_BODY)
         length = int(self.fields.get("Content-Length") or 0)
         if length > MAX_REQUEST_BODY:
             raise MalformedRequest(413, "the request body is too large")
-        body = self.rfile.read(length) if length else b""
+        body = self.reader.read(length) if length else b""
         if len(body) != length:
             raise _ClientGone
         return body
@@ -653,7 +776,7 @@ class _Handler(BaseHTTPRequestHandler):
             stream = _Stream(identity, target, sockets)
             service.open_stream(stream)
             try:
-                _splice(self.connection, _buffered(self.rfile, self.connection), sock, stream, watch)
+                _splice(self.connection, self._early(), sock, stream, watch)
             finally:
                 service.close_stream(stream)
                 if stream.ended:
@@ -722,9 +845,16 @@ class _Handler(BaseHTTPRequestHandler):
         upstream_sock.settimeout(UPSTREAM_TIMEOUT_SECONDS)
         return reply.status, "", reply.reusable
 
+    def _early(self) -> bytes:
+        """What the client sent after the upgrade request that was read or decrypted already: select would not
+        tell of it."""
+        early = self.reader.take()
+        pending = self.connection.pending()
+        return early + self.connection.recv(pending) if pending else early
+
     def _write(self, data: bytes) -> None:
         try:
-            self.wfile.write(data)
+            self.connection.sendall(data)
         except OSError:
             raise _ClientGone from None
 
@@ -733,6 +863,7 @@ _IMPERSONATE = frozenset({"impersonate-user", "impersonate-group"})
 #: The hop-by-hop header an upgrade passes on: it names the protocol asked for.
 _UPGRADE_HEADERS = frozenset({"upgrade"})
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in _HOP_BY_HOP)
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 _STALE_CONNECTION = (ReplyCutShort, ConnectionResetError, BrokenPipeError)
 
 
@@ -780,18 +911,6 @@ def _read_body_rest(sock: socket.socket, head: bytes, have: int) -> bytes:
         if len(data) > MAX_REQUEST_BODY:
             raise ValueError("the reply is too long")
     return data
-
-
-def _buffered(reader: object, sock: socket.socket) -> bytes:
-    """What the client sent that the request's reader already holds (read without waiting for more)."""
-    if not isinstance(reader, io.BufferedReader):
-        return b""
-    sock.setblocking(False)
-    try:
-        pending = len(reader.peek(1))  # at most one read, which cannot wait: the socket does not block
-    except (ssl.SSLWantReadError, BlockingIOError):
-        return b""
-    return reader.read1(pending) if pending else b""
 
 
 def _splice(
