@@ -510,20 +510,20 @@ def test_upsert_many_of_a_large_batch(backend: Backend, clock: FakeClock) -> Non
 # ------------------------------------------------------------------------------ MDM sync batches
 
 
-def test_find_many_by_asset_tag_returns_only_the_identities_asked_for(backend: Backend) -> None:
+def test_the_lookup_by_asset_tag_returns_only_the_identities_asked_for(backend: Backend) -> None:
     with backend.begin() as store:
         rows = _seed(store, 2500, prefix="F")  # more tags than one IN list holds
         store.devices.upsert_many([_upsert("F00001", os_type="windows")])
-        found = store.devices.find_many_by_asset_tag(
+        found = store.devices.find_fingerprints_by_asset_tag(
             [("macos", row.asset_tag) for row in rows[::2]] + [("macos", "NOPE"), ("linux", "F00001")]
         )
         assert sorted(record.id for record in found) == sorted(row.id for row in rows[::2])
-        assert store.devices.find_many_by_asset_tag([]) == []
+        assert store.devices.find_fingerprints_by_asset_tag([]) == []
         # both OSes of one tag when both are asked for
-        both = store.devices.find_many_by_asset_tag([("macos", "F00001"), ("windows", "F00001")])
+        both = store.devices.find_fingerprints_by_asset_tag([("macos", "F00001"), ("windows", "F00001")])
         assert sorted(record.os_type for record in both) == ["macos", "windows"]
         assert [r.id for r in store.devices.find_many([rows[0].id, rows[0].id, "missing"])] == [rows[0].id]
-        # the same lookup without the documents: the columns and the fingerprint of each body's MDM parts
+        # the columns and the fingerprint of each body's MDM parts
         prints = store.devices.find_fingerprints_by_asset_tag(
             [("macos", "F00002"), ("windows", "F00001"), ("macos", "NOPE")]
         )

@@ -20,10 +20,11 @@ parts into a stored document happens on the cluster side (in ``apply``), so the 
 credential.
 
 ``apply`` reads the batch's devices with one query (their columns and fingerprints, not their documents) and writes
-the MDM's parts onto their documents with one revision-checked statement (``DeviceRepository.update_source_parts``;
-on PostgreSQL the server merges each document). A device written by someone else in between — an enrollment
-storing its credential — is not overwritten: it is read again and the MDM's parts merged onto what it now holds,
-at most MAX_UPDATE_ATTEMPTS times (then counted as a conflict, for the next sync).
+the MDM's parts onto their documents, each write checked against the revision read
+(``DeviceRepository.update_source_parts``: on PostgreSQL one statement, the server merging each document). A device
+written by someone else in between — an enrollment storing its credential — is not overwritten: it is read again
+and the MDM's parts merged onto what it now holds, at most MAX_UPDATE_ATTEMPTS times (then counted as a conflict,
+for the next sync).
 
 Audit, in the same transaction as the change: ``device.create``/``device.update``/``device.delete`` by
 ``jamf_service:<name>`` with ``source: {name, origin: jamf}`` — one event per device, or one event listing them
@@ -205,20 +206,15 @@ def _interned(value: str | None) -> str | None:
 
 
 def stored_device(record: DeviceRecord) -> StoredDevice:
-    # a full sync holds one of these per stored device: the few distinct OS and source names are shared
-    return StoredDevice(
-        id=record.id,
-        os_type=sys.intern(record.os_type),
-        asset_tag=record.asset_tag,
-        source_name=_interned(record.source_name),
-        source_origin=_interned(record.source_origin),
-        external_id=record.external_id,
-        revision=record.revision,
-        fingerprint=spec_fingerprint(record.body),
-    )
+    return _stored(record, spec_fingerprint(record.body))
 
 
 def _stored_from_fingerprint(device: DeviceFingerprint) -> StoredDevice:
+    return _stored(device, device.fingerprint)
+
+
+def _stored(device: DeviceRecord | DeviceFingerprint, fingerprint: int) -> StoredDevice:
+    # a full sync holds one of these per stored device: the few distinct OS and source names are shared
     return StoredDevice(
         id=device.id,
         os_type=sys.intern(device.os_type),
@@ -227,7 +223,7 @@ def _stored_from_fingerprint(device: DeviceFingerprint) -> StoredDevice:
         source_origin=_interned(device.source_origin),
         external_id=device.external_id,
         revision=device.revision,
-        fingerprint=device.fingerprint,
+        fingerprint=fingerprint,
     )
 
 
@@ -464,9 +460,10 @@ class BackendSink:
                 ):
                     outcome.conflicts += 1  # removed meanwhile: the next sync registers it again
                     continue
-                action = reconcile(observation, stored_device(now_stored), source)
+                again = stored_device(now_stored)
+                action = reconcile(observation, again, source)
                 if action is Action.UPDATE:
-                    pending.append((observation, stored_device(now_stored)))
+                    pending.append((observation, again))
                 elif action is Action.UNCHANGED:
                     outcome.unchanged += 1
                 else:

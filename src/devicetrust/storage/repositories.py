@@ -1018,14 +1018,11 @@ class DeviceRepository(_Repository):
         )
 
     # -- MDM sync batches -------------------------------------------------------------------------------------
-    def find_many_by_asset_tag(self, keys: Iterable[tuple[str, str]]) -> builtins.list[DeviceRecord]:
-        """The devices among these (os_type, asset_tag) identities that exist, in a query per _IN_LIST_SIZE."""
-        return [_device(row) for row in self._by_identity(sa.select(self._t), keys)]
-
     def find_fingerprints_by_asset_tag(self, keys: Iterable[tuple[str, str]]) -> builtins.list[DeviceFingerprint]:
-        """As :meth:`find_many_by_asset_tag`, without the documents: each device's columns and the fingerprint of
-        its MDM-owned parts — the stored one where it was computed at the row's current revision, else computed
-        from the parts (only those are read and decoded, never the whole document)."""
+        """The devices among these (os_type, asset_tag) identities that exist, in a query per _IN_LIST_SIZE,
+        without their documents: each device's columns and the fingerprint of its MDM-owned parts — the stored one
+        where it was computed at the row's current revision, else computed from the parts (only those are read and
+        decoded, never the whole document)."""
         t = self._t
         columns = (t.c.id, t.c.os_type, t.c.asset_tag, t.c.source_name, t.c.source_origin, t.c.external_id)
         current = t.c.mdm_fingerprint_revision == t.c.revision
@@ -1061,7 +1058,7 @@ class DeviceRepository(_Repository):
                 "match_revision": device.revision,
                 "new_mdm_fingerprint": _fingerprint_column(device.fingerprint),
             }
-            # in update_from_source's order: a sync's batch written meanwhile locks its rows in the same order
+            # in update_source_parts' order: a sync's batch written meanwhile locks its rows in the same order
             for device in sorted(devices, key=lambda device: device.id)
         ]
         if not values:
@@ -1106,7 +1103,8 @@ class DeviceRepository(_Repository):
     def update_from_source(self, updates: Sequence[DeviceSourceUpdate]) -> builtins.set[str]:
         """Replace the body and the source columns of several devices, each only if it still has its expected
         revision (revision + 1; enroll_status and owner untouched). Returns the ids written: a device missing from
-        it was changed or removed by someone else since it was read. PostgreSQL: one statement."""
+        it was changed or removed by someone else since it was read. A statement per device (an MDM sync writes
+        through :meth:`update_source_parts`, one statement on PostgreSQL)."""
         if not updates:
             return set()
         if len({update.id for update in updates}) != len(updates):
@@ -1114,8 +1112,6 @@ class DeviceRepository(_Repository):
         # a fixed order: two batches over the same devices lock their rows in the same order
         ordered = sorted(updates, key=lambda update: update.id)
         now = self._clock()
-        if self._conn.dialect.name == "postgresql":
-            return self._update_from_source_unnested(ordered, now)
         t = self._t
         stmt = (
             sa.update(t)
@@ -1151,49 +1147,6 @@ class DeviceRepository(_Repository):
             if row is not None:
                 written.add(row.id)
         return written
-
-    def _update_from_source_unnested(self, updates: Sequence[DeviceSourceUpdate], now: datetime) -> builtins.set[str]:
-        t = self._t
-        batch = _json_rows(
-            [
-                {
-                    "id": update.id,
-                    "expected_revision": update.expected_revision,
-                    "body": update.body,
-                    "source_name": update.source_name,
-                    "source_origin": update.source_origin,
-                    "external_id": update.external_id,
-                    "mdm_fingerprint": _stored_fingerprint(update.body),
-                }
-                for update in updates
-            ],
-            {
-                "id": sa.Text,
-                "expected_revision": sa.Integer,
-                "body": postgresql.JSONB,
-                "source_name": sa.Text,
-                "source_origin": sa.Text,
-                "external_id": sa.Text,
-                "mdm_fingerprint": sa.BigInteger,
-            },
-            "batch",
-        )
-        stmt = (
-            sa.update(t)
-            .where(t.c.id == batch.c.id, t.c.revision == batch.c.expected_revision)
-            .values(
-                body=batch.c.body,
-                source_name=batch.c.source_name,
-                source_origin=batch.c.source_origin,
-                external_id=batch.c.external_id,
-                revision=t.c.revision + 1,
-                updated=sa.literal(now, schema.UTCDateTime),
-                mdm_fingerprint=batch.c.mdm_fingerprint,
-                mdm_fingerprint_revision=t.c.revision + 1,
-            )
-            .returning(t.c.id)
-        )
-        return set(self._conn.execute(stmt).scalars())
 
     def update_source_parts(self, updates: Sequence[DeviceSourceParts]) -> dict[str, str]:
         """Write the MDM-owned parts and the source columns of several devices onto their documents as stored,
