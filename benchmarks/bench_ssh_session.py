@@ -19,10 +19,11 @@ plain sshd on a loopback port trusting the cluster's user CA (TrustedUserCAKeys)
 
 Session-time device proof: phases ``per_session`` and ``login`` (cluster mode required, the cluster's
 ``session_proof`` switched between them, ABBA again) with a device whose key lives in a swtpm TPM. In
-both phases each sample is what ``tsh ssh`` does: a new HTTPS connection to the auth service to look the node up,
-then the session; in ``per_session`` the device ceremony bound to the node (with its TPM quote) runs on that
-connection while the SSH connection is opened, and the session runs on the session certificate; in ``login`` on
-the login-time device certificate. One client, back to back. Reported:
+both phases each sample is what ``tsh ssh`` does on a new HTTPS connection to the auth service: in ``login``, look
+the node up, then the session on the login-time device certificate; in ``per_session``, the device ceremony's
+first request names the node as the user did (the auth service resolves it: no separate lookup), then the rest
+of the ceremony (the TPM quote, the session certificate) runs on that connection while the SSH connection is
+opened, and the session runs on the session certificate. One client, back to back. Reported:
 p50 time to open a session in each phase and their ratio (target ≤ 1.25), the daemon's CPU per session
 (auth service and node share the process: the difference is the ceremony's cost on the auth service) and the
 client's (this process). On busy cores the ratio follows the CPU the ceremony adds on both sides more than how
@@ -34,6 +35,7 @@ Needs root (sessions run as the test login ``dt-test``, created when missing).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -75,7 +77,7 @@ from benchmarks.harness import (
     wait_idle,
 )
 from devicetrust.ceremony.messages import Challenge, CollectedData
-from devicetrust.cli.tsh_ssh import SessionProofClient, proved_certificate
+from devicetrust.cli.tsh_ssh import SessionProofClient, in_thread, proved_certificate
 from devicetrust.client import AuthClient
 from devicetrust.device.keys import TPMKey
 from devicetrust.device.swtpm import SimulatedTPM, manufacture
@@ -351,34 +353,44 @@ class ProofBench:
     key: TPMKey
     collected: CollectedData
 
-    def session_cert(self, client: AuthClient) -> str:
-        """The device ceremony bound to the node, on ``client``'s connection."""
-        begin = client.post(
+    def begin(self, client: AuthClient) -> dict[str, Any]:
+        """The device ceremony's first request, naming the node as the user does: the auth service resolves it."""
+        return client.post(
             "/v1/devices/authenticate/begin",
             {
                 "credential_id": self.key.credential_id(),
                 "device_data": self.collected.to_dict(),
                 "ssh_cert": self.login.ssh_cert,
-                "target": {"kind": "ssh", "id": self.node.host_id},
+                "target": {"kind": "ssh", "id": self.node.hostname, "by_name": True},
             },
         )
-        answer = self.key.answer_authentication(Challenge.from_json(begin))
-        return str(client.post("/v1/devices/authenticate/finish", answer.to_json())["ssh_cert"])
+
+    def finish(self, client: AuthClient, begin: dict[str, Any]) -> bytes:
+        """The device's answer (its TPM quote) and the session certificate."""
+        answer = self.key.answer_authentication(Challenge.from_json({k: v for k, v in begin.items() if k != "node"}))
+        return str(client.post("/v1/devices/authenticate/finish", answer.to_json())["ssh_cert"]).encode()
 
     def sample(self, per_session: bool) -> None:
-        """What tsh ssh does: look the node up on a new HTTPS connection to the auth service; with ``per_session``,
-        the ceremony on that connection, in a thread, while the SSH connection is opened (tsh's own
-        SessionProofClient offers the session certificate at user authentication)."""
+        """What tsh ssh does, on a new HTTPS connection to the auth service: with ``login``, look the node up, then
+        the session; with ``per_session``, the ceremony's first request (which resolves the node), then the rest
+        of the ceremony in a thread while the SSH connection is opened (tsh's own SessionProofClient offers the
+        session certificate at user authentication)."""
         with AuthClient(self.running.addr, ca_pem=self.running.ca_pem, token=self.login.session_token) as client:
-            client.get("/v1/nodes")
-            asyncio.run(self._session(client if per_session else None))
+            if not per_session:
+                client.get("/v1/nodes")
+                asyncio.run(self._session(None))
+                return
+            begin = self.begin(client)
+            if begin["node"]["host_id"] != self.node.host_id:
+                raise RuntimeError(f"the auth service resolved {self.node.hostname} to {begin['node']}")
+            asyncio.run(self._session(in_thread(lambda: self.finish(client, begin))))
 
-    async def _session(self, client: AuthClient | None) -> None:
+    async def _session(self, proof: concurrent.futures.Future[bytes | None] | None) -> None:
         key, login_cert = self.login.client_key(self.login_device_cert)
         options = connect_options(self.node, self.host_ca_ssh, (key, login_cert))
-        if client is not None:
-            proof = proved_certificate(lambda: self.session_cert(client).encode(), login_cert)
-            options |= {"client_keys": None, "client_factory": lambda: SessionProofClient(key, proof)}
+        if proof is not None:
+            certificate = proved_certificate(proof, login_cert)
+            options |= {"client_keys": None, "client_factory": lambda: SessionProofClient(key, certificate)}
         await _session(options)
 
     def switch(self, session_proof: str) -> None:

@@ -389,11 +389,29 @@ class EnrollBeginRequest(Message):
     key: Annotated[dict[str, object], DocumentedAs(KeyEnrollment)] | None = None
 
 
+class NodeInfo(Message):
+    """An SSH node as ``GET /v1/nodes`` lists it."""
+
+    # stored documents may carry fields a later version added: pass them on
+    model_config = ConfigDict(extra="allow")
+
+    host_id: str
+    hostname: str
+    addr: str
+    labels: dict[str, str]
+    joined: str
+    last_seen: str
+
+
 class SessionTarget(Message):
-    """What a session proof is for: ``ssh`` + the node's host id (later ``db``, ``kube``)."""
+    """What a session proof is for: ``ssh`` + the node's host id, ``db`` + the database, ``kube`` + the cluster."""
 
     kind: Literal["ssh", "db", "kube"]
     id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@/-]+$")
+    #: ``ssh`` only: ``id`` is the node as the user named it (host id, host name or ``<hostname>.<cluster>``). The
+    #: auth service resolves it among the nodes the caller may reach, as ``GET /v1/nodes`` lists them, binds the
+    #: proof to that node's host id and names the node in its reply: one round trip less before each session.
+    by_name: bool = False
 
 
 class AuthenticateBeginRequest(Message):
@@ -412,6 +430,8 @@ class ChallengeMessage(Message):
     challenge: str
     credential_blob: str
     encrypted_secret: str
+    #: The node the proof is bound to, when the request named it (``SessionTarget.by_name``).
+    node: NodeInfo | None = None
 
 
 class DeviceCertificates(Message):
@@ -541,18 +561,6 @@ class NodeState(Message):
     locks: list[ResourceDocument]
     user_ca_ssh: str
     generated: str
-
-
-class NodeInfo(Message):
-    # stored documents may carry fields a later version added: pass them on
-    model_config = ConfigDict(extra="allow")
-
-    host_id: str
-    hostname: str
-    addr: str
-    labels: dict[str, str]
-    joined: str
-    last_seen: str
 
 
 class NodeList(Message):

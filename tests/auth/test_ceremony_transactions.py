@@ -67,7 +67,7 @@ def world(backend_url: str) -> Iterator[World]:
 def token_ceremony(world: World, login: LoginResult, target: tuple[str, str] | None) -> Device:
     """One device authentication as the HTTP routes run it (the caller named by its session token)."""
     devices = world.server.devices
-    _, challenge = devices.authenticate_begin_as(
+    _, challenge, _ = devices.authenticate_begin_as(
         login.session_token, credential_id="cred-1", collected=world.collected, ssh_cert=login.ssh_cert, target=target
     )
     _, certs = devices.authenticate_finish_as(

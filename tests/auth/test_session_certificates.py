@@ -8,16 +8,19 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.auth.server_harness import PASSWORD, Clock, make_server
+from tests.auth.server_harness import PASSWORD, Clock, make_server, public_key
 
+from devicetrust.auth.devices import NodeByName
 from devicetrust.auth.server import Caller
 from devicetrust.ceremony.messages import CeremonyError, ChallengeResponse, CollectedData, KeyEnrollPayload
 from devicetrust.crypto.certs import identity_from_ssh_cert
 from devicetrust.crypto.keys import generate_private_key, public_key_to_openssh
+from devicetrust.errors import NotFoundError
 from devicetrust.storage.backend import Backend
 
 SERIAL = "SN-SESSION-1"
@@ -214,3 +217,74 @@ def test_only_database_and_kubernetes_session_certificates_carry_x509(world: Wor
         assert certs.tls_cert is not None
     login = world.server.devices.authenticate_finish(alice, world.answer(*world.begin(alice, login_cert, None)))
     assert login.tls_cert is not None
+
+
+# --------------------------------------------------------------------------------- a node named by the user
+def _join_node(world: World, hostname: str, labels: dict[str, str]) -> str:
+    token, _ = world.server.create_join_token(world.admin, "node", None)
+    return str(world.server.nodes.join(token, hostname, "127.0.0.1:3022", labels, public_key(), "node")["host_id"])
+
+
+def _begin_by_name(world: World, token: str, ssh_cert: bytes, name: str) -> tuple[ChallengeResponse, dict[str, Any]]:
+    """Begin a session proof for the node called ``name``: the device's answer, and the node the service chose."""
+    _, challenge, node = world.server.devices.authenticate_begin_as(
+        token, credential_id="cred-1", collected=world.collected, ssh_cert=ssh_cert, target=NodeByName(name)
+    )
+    assert node is not None
+    return world.answer(challenge.ceremony_id, challenge.challenge), node
+
+
+def _login(world: World, name: str) -> tuple[Caller, str, bytes]:
+    result = world.server.login(name, PASSWORD, public_key(), None)
+    return world.server.authenticate(result.session_token), result.session_token, result.ssh_cert
+
+
+@pytest.mark.parametrize("name", ["web", "web.unit.test", "host id"])
+def test_a_node_named_by_the_user_is_resolved_and_the_proof_bound_to_its_host_id(world: World, name: str) -> None:
+    web = _join_node(world, "web", {"env": "prod"})
+    _join_node(world, "db", {"env": "prod"})
+    world.user("alice")
+    alice, token, login_cert = _login(world, "alice")
+    world.enroll(alice)
+    answer, node = _begin_by_name(world, token, login_cert, web if name == "host id" else name)
+    assert (node["host_id"], node["hostname"], node["addr"]) == (web, "web", "127.0.0.1:3022")
+    _, certs = world.server.devices.authenticate_finish_as(token, answer)
+    proof = identity_from_ssh_cert(certs.ssh_cert).session_proof
+    assert proof is not None and (proof.kind, proof.target) == ("ssh", web)
+
+
+def test_a_name_resolves_only_among_the_nodes_the_user_may_reach(world: World) -> None:
+    role = {
+        "kind": "role",
+        "version": "v7",
+        "metadata": {"name": "prod-only"},
+        "spec": {"allow": {"logins": ["alice"], "node_labels": {"env": "prod"}}},
+    }
+    world.server.put_resource(world.admin, role, force=False)
+    _, invite = world.server.create_user(world.admin, "alice", ["prod-only"], {})
+    world.server.signup(invite, PASSWORD)
+    alice, token, login_cert = _login(world, "alice")
+    world.enroll(alice)
+    prod = _join_node(world, "web", {"env": "prod"})
+    _join_node(world, "web", {"env": "dev"})  # the same name, out of alice's reach: not ambiguous for her
+    _join_node(world, "staging", {"env": "dev"})
+    assert _begin_by_name(world, token, login_cert, "web")[1]["host_id"] == prod
+    with pytest.raises(NotFoundError, match=r'^no node named "staging" \(see tsh ls\)$'):
+        _begin_by_name(world, token, login_cert, "staging")
+
+
+def test_an_ambiguous_or_unknown_name_begins_nothing(world: World) -> None:
+    first = _join_node(world, "web", {})
+    second = _join_node(world, "web", {})
+    world.user("alice")
+    alice, token, login_cert = _login(world, "alice")
+    world.enroll(alice)
+    with pytest.raises(NotFoundError, match=r'several nodes are named "web"; give one of their host ids') as err:
+        _begin_by_name(world, token, login_cert, "web")
+    assert first in str(err.value) and second in str(err.value)
+    with pytest.raises(NotFoundError, match=r'^no node named "nowhere" \(see tsh ls\)$'):
+        _begin_by_name(world, token, login_cert, "nowhere")
+    events = world.server.search_events(
+        world.admin, since=None, until=None, event_types=["device.authenticate"], user=None, limit=10, after_id=None
+    )
+    assert events == []  # a name the user mistyped is not a device failure

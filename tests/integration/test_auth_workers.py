@@ -24,6 +24,7 @@ from tests.integration.ceremony_helpers import (
     enroll_software_device,
     set_device_trust,
     signup_and_login,
+    wait_for_node,
 )
 from tests.integration.cluster import Cluster, start_cluster
 
@@ -138,6 +139,38 @@ def test_of_many_concurrent_finishes_of_one_ceremony_exactly_one_succeeds(world_
     assert outcomes.count("ok") == 1, outcomes[:3]
     refused = [o for o in outcomes if o != "ok"]
     assert all("HTTP 400" in o and "unknown or expired device ceremony" in o for o in refused), refused[:3]
+
+
+def test_a_session_proof_may_name_its_node_as_the_user_does(world_of: Callable[[str], World]) -> None:
+    world = world_of("naming")
+    node = wait_for_node(world.admin)
+    body = {
+        "credential_id": world.device.credential_id,
+        "device_data": world.device.device_data,
+        "ssh_cert": world.login.ssh_cert,
+    }
+    begin = world.user.call(
+        "POST",
+        "/v1/devices/authenticate/begin",
+        {**body, "target": {"kind": "ssh", "id": node.hostname, "by_name": True}},
+    )
+    assert begin["node"]["host_id"] == node.host_id and begin["node"]["hostname"] == node.hostname
+    certs = world.user.call("POST", "/v1/devices/authenticate/finish", answer(world.device.key, begin))
+    proof = identity_from_ssh_cert(str(certs["ssh_cert"]).encode()).session_proof
+    assert proof is not None and (proof.kind, proof.target) == ("ssh", node.host_id)
+    # without by_name, the reply names no node
+    plain = world.user.call("POST", "/v1/devices/authenticate/begin", {**body, "target": {"kind": "ssh", "id": "x"}})
+    assert "node" not in plain
+    with pytest.raises(RuntimeError, match=r"HTTP 404: .*not_found.*no node named .*nowhere"):
+        world.user.call(
+            "POST",
+            "/v1/devices/authenticate/begin",
+            {**body, "target": {"kind": "ssh", "id": "nowhere", "by_name": True}},
+        )
+    with pytest.raises(RuntimeError, match=r"HTTP 400: .*only an SSH node is named by the user"):
+        world.user.call(
+            "POST", "/v1/devices/authenticate/begin", {**body, "target": {"kind": "db", "id": "pg", "by_name": True}}
+        )
 
 
 def test_a_lock_made_through_one_worker_holds_on_every_worker_at_once(

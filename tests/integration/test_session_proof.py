@@ -81,9 +81,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def test_the_owner_proves_the_device_for_each_session(world: World) -> None:
     status = world.laptop.status()
     assert status["device"]["asset_tag"] == SERIAL  # type: ignore[index]  # login-time values, as before
+    lookups = _node_lookups(world)
     first = ok(world.laptop.tsh("ssh", world.target, 'echo "$DEVICETRUST_SESSION_ID"')).strip()
     second = ok(world.laptop.tsh("ssh", world.target, 'echo "$DEVICETRUST_SESSION_ID"')).strip()
     assert first and second and first != second
+    # the ceremony's first request resolved the node: tsh did not look it up beforehand
+    assert _node_lookups(world) == lookups
     # an interactive session (a terminal) takes the same path
     terminal = ok(world.laptop.tsh("ssh", "-t", world.target, "tty"))
     assert terminal.startswith("/dev/pts/"), terminal
@@ -93,6 +96,12 @@ def test_the_owner_proves_the_device_for_each_session(world: World) -> None:
     proof_id = start["device_proof"]["id"]
     authn = world.wait_for_event("device.authenticate", lambda e: e.get("proof", {}).get("id") == proof_id)
     assert authn["target"] == {"kind": "ssh", "id": world.node.host_id} and authn["success"] is True
+
+
+def _node_lookups(world: World) -> int:
+    """How many ``GET /v1/nodes`` the auth service has answered (its request log)."""
+    lines = world.cluster.log_path.read_text().splitlines()
+    return sum(1 for line in lines if '"path": "/v1/nodes"' in line and json.loads(line).get("method") == "GET")
 
 
 def test_a_copied_profile_is_rejected_by_tsh_ssh(world: World) -> None:

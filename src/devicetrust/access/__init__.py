@@ -18,6 +18,7 @@ from devicetrust.access.decision import (
 )
 from devicetrust.access.labels import label_matches, pattern_matches
 from devicetrust.access.modes import TRUSTED_DEVICE_REQUIRED, UNAUTHORIZED_DEVICE, device_required, strictest_mode
+from devicetrust.access.nodes import NamedNode, names_node, resolve_node
 from devicetrust.access.traits import expand_traits
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "DatabaseTarget",
     "Decision",
     "KubeClusterTarget",
+    "NamedNode",
     "NodeTarget",
     "allowed_until",
     "database_session_locks",
@@ -39,7 +41,9 @@ __all__ = [
     "kube_session_locks",
     "label_matches",
     "lock_reason",
+    "names_node",
     "pattern_matches",
+    "resolve_node",
     "session_locks",
     "strictest_mode",
 ]

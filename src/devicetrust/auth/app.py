@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from devicetrust import __version__
-from devicetrust.auth.devices import device_filter
+from devicetrust.auth.devices import NodeByName, device_filter
 from devicetrust.auth.edge import INT64_MAX, RequestGuardMiddleware, error_response, short_message
 from devicetrust.auth.server import AuthServer, Caller, LoginResult
 from devicetrust.auth.sessions import SESSION_EXPIRED
@@ -529,15 +529,23 @@ def build_app(server: AuthServer) -> FastAPI:
     # cached read, the crypto, one write), and a hop to a worker thread would cost more than the work itself.
     @app.post("/v1/devices/authenticate/begin", response_model=ChallengeMessage)
     async def authenticate_begin(req: AuthenticateBeginRequest, token: SessionTokenDep, request: Request) -> Response:
-        caller, challenge = server.devices.authenticate_begin_as(
+        target: tuple[str, str] | NodeByName | None = None
+        if req.target is not None:
+            if req.target.by_name and req.target.kind != "ssh":
+                raise ValidationError("target.by_name: only an SSH node is named by the user")
+            target = NodeByName(req.target.id) if req.target.by_name else (req.target.kind, req.target.id)
+        caller, challenge, node = server.devices.authenticate_begin_as(
             token,
             credential_id=req.credential_id,
             collected=CollectedData.from_dict(req.device_data),
             ssh_cert=req.ssh_cert.encode(),
-            target=(req.target.kind, req.target.id) if req.target is not None else None,
+            target=target,
         )
         request.state.caller = caller.name
-        return _json_response(challenge.to_json())
+        reply: dict[str, Any] = dict(challenge.to_json())
+        if node is not None:
+            reply["node"] = node
+        return _json_response(reply)
 
     @app.post("/v1/devices/authenticate/finish", response_model=DeviceCertificates)
     async def authenticate_finish(response: ChallengeAnswerBody, token: SessionTokenDep, request: Request) -> Response:

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicetrust import audit as events
+from devicetrust.auth.nodes import resolve_visible_node
 from devicetrust.auth.parsing import parse_stored
 from devicetrust.auth.secrets import hash_token, new_token
 from devicetrust.ceremony.ceremonies import (
@@ -97,6 +98,13 @@ MAX_REMEMBERED_LOGIN_CERTS = 10_000
 MAX_REMEMBERED_DEVICES = 1_000
 #: How long a spent ceremony id is kept past the ceremony's expiry: auth servers' clocks may differ this much.
 SPENT_CEREMONY_MARGIN = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class NodeByName:
+    """A session proof's SSH node as the user named it (host id, host name or ``<hostname>.<cluster>``)."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -602,10 +610,11 @@ class DeviceService:
         credential_id: str,
         collected: CollectedData,
         ssh_cert: bytes,
-        target: tuple[str, str] | None = None,
-    ) -> tuple[Caller, Challenge]:
+        target: tuple[str, str] | NodeByName | None = None,
+    ) -> tuple[Caller, Challenge, dict[str, Any] | None]:
         """:meth:`authenticate_begin` for the caller of session ``token``, resolved in the ceremony's one read
-        transaction."""
+        transaction. ``target`` may name an SSH node as the user did (:class:`NodeByName`): it is resolved among
+        the nodes the caller may reach, in that transaction, and its stored document is returned too."""
         return self._begin(
             self._of_token(token), credential_id=credential_id, collected=collected, ssh_cert=ssh_cert, target=target
         )
@@ -627,19 +636,26 @@ class DeviceService:
         credential_id: str,
         collected: CollectedData,
         ssh_cert: bytes,
-        target: tuple[str, str] | None,
-    ) -> tuple[Caller, Challenge]:
+        target: tuple[str, str] | NodeByName | None,
+    ) -> tuple[Caller, Challenge, dict[str, Any] | None]:
         now = self._now()
         device: Device | None = None
         refusal: CeremonyError | AccessDeniedError | None = None
         reason = ""
+        node: dict[str, Any] | None = None
         with self._backend.read() as store:
             caller, state = caller_read(store)
             record = None
             if caller.kind in ("user", "bot"):
                 record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
+                if isinstance(target, NodeByName):
+                    node = resolve_visible_node(store, caller, target.name, self.context.cluster_name)
         if caller.kind not in ("user", "bot"):
             raise AccessDeniedError("device authentication is for users and bots")
+        if isinstance(target, NodeByName):
+            if node is None:  # cannot happen: resolved above for users and bots
+                raise NotFoundError(f'no node named "{target.name}" (see tsh ls)')
+            target = ("ssh", str(node["host_id"]))
         if target is None:
             self._verified_unaugmented(caller, ssh_cert)
         else:
@@ -682,7 +698,7 @@ class DeviceService:
         }
         if target is not None:
             sealed["target"] = {"kind": target[0], "id": target[1]}
-        return caller, replace(challenge, ceremony_id=seal(self.context.ceremony_key, sealed))
+        return caller, replace(challenge, ceremony_id=seal(self.context.ceremony_key, sealed)), node
 
     def _verified_login_cert(self, caller: Caller, ssh_cert: bytes) -> Identity:
         """The caller's own login certificate (device-augmented or not; never a session certificate)."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
-from devicetrust.access import label_matches
+from devicetrust.access import label_matches, names_node, resolve_node
 from devicetrust.auth.secrets import hash_token, new_token
 from devicetrust.config import is_ip_address
 from devicetrust.crypto.certs import certificate_to_pem, issue_ssh_host_cert, issue_tls_server_cert
@@ -22,6 +23,7 @@ from devicetrust.types import os_display_name
 
 if TYPE_CHECKING:
     from devicetrust.auth.context import AuthContext, Caller
+    from devicetrust.storage.repositories import Store
 
 RES_NODE = "node"
 #: A database service and the databases it announced in its last heartbeat.
@@ -242,10 +244,43 @@ class NodeService:
         """Nodes whose labels one of the caller's roles allows (and none denies)."""
         with self.context.backend.begin() as store:
             nodes = [record.body for record in store.resources.list(RES_NODE)]
-        if caller.kind == "admin":
-            return nodes
-        # labels are stored as _labels returned them, at join and heartbeat
-        return [node for node in nodes if caller.checker.roles_matching_node(cast("dict[str, str]", node["labels"]))]
+        return [node for node in nodes if node_visible(caller, node)]
+
+
+def node_visible(caller: Caller, node: Mapping[str, Any]) -> bool:
+    """Whether ``caller`` may see the node (stored ``node`` document): one of its roles allows the node's labels
+    and none denies them."""
+    # labels are stored as _labels returned them, at join and heartbeat
+    return caller.kind == "admin" or bool(caller.checker.roles_matching_node(cast("dict[str, str]", node["labels"])))
+
+
+def resolve_visible_node(store: Store, caller: Caller, name: str, cluster_name: str) -> dict[str, Any]:
+    """The stored document of the node ``caller`` means by ``name``, among those it may see (as ``tsh ssh``
+    resolves a name in ``GET /v1/nodes``). Raises NotFoundError when none or several carry the name."""
+    named = [
+        _NamedDocument(record.body)
+        for record in store.resources.list(RES_NODE)
+        if names_node(
+            name,
+            cluster_name,
+            host_id=str(record.body.get("host_id", "")),
+            hostname=str(record.body.get("hostname", "")),
+        )
+    ]
+    return resolve_node([node for node in named if node_visible(caller, node.body)], name, cluster_name).body
+
+
+@dataclass(frozen=True)
+class _NamedDocument:
+    body: dict[str, Any]
+
+    @property
+    def host_id(self) -> str:
+        return str(self.body["host_id"])
+
+    @property
+    def hostname(self) -> str:
+        return str(self.body["hostname"])
 
 
 __all__ = [
@@ -260,6 +295,8 @@ __all__ = [
     "ServingAgent",
     "announced",
     "label_matches",
+    "node_visible",
+    "resolve_visible_node",
     "spend_join_token",
 ]
 

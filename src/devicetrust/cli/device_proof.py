@@ -20,14 +20,17 @@ from devicetrust.client import AuthApi
 from devicetrust.crypto.certs import identity_from_ssh_cert
 from devicetrust.crypto.identity import SessionProof
 from devicetrust.device.collect import collect
+from devicetrust.device.device_key import DeviceKey
 from devicetrust.device.keys import BACKENDS, default_backend, open_device_key
 from devicetrust.errors import DevicetrustError, ValidationError
-from devicetrust.protocol import SessionTarget
+from devicetrust.protocol import ChallengeMessage, NodeInfo, SessionTarget
 from devicetrust.types import SESSION_PROOF_LOGIN
 
 __all__ = [
     "ENV_DEVICE_KEY",
+    "PendingSessionProof",
     "SessionCertificate",
+    "begin_session_proof",
     "chosen_backend",
     "device_state_dir",
     "enrolled_backend",
@@ -95,23 +98,78 @@ def prove_for_session(
     """Run the device authentication ceremony bound to ``kind``/``target`` and return the session certificate.
     ``client``: an open connection to the auth service to reuse (one TLS handshake less per session).
     Raises DevicetrustError (one line) when the device cannot prove itself."""
+    return begin_session_proof(store, profile, kind, target, backend=backend, client=client).finish()
+
+
+def begin_session_proof(
+    store: ProfileStore,
+    profile: Profile,
+    kind: str,
+    target: str,
+    *,
+    by_name: bool = False,
+    backend: str | None = None,
+    client: AuthApi | None = None,
+) -> PendingSessionProof:
+    """Begin the device authentication ceremony bound to ``kind``/``target``: the auth service's challenge is in,
+    the device has not answered yet (:meth:`PendingSessionProof.finish`). With ``by_name`` (SSH) ``target`` is the
+    node as the user named it, and the auth service resolves it (``PendingSessionProof.node``).
+    Raises DevicetrustError (one line); NotFoundError when no node, or several, carry the name."""
     chosen = enrolled_backend(store, backend)
     if chosen is None:
         raise DevicetrustError("this device is not enrolled (tsh device enroll)")
     login_cert = store.ssh_cert_path(profile).read_text()
     collected = collect()
-    owned = contextlib.nullcontext(client) if client is not None else session_client(store, profile)
-    with owned as client, open_device_key(chosen, device_state_dir(store)) as key:
-        begin = client.authenticate_begin(
+    resources = contextlib.ExitStack()
+    try:
+        api = client if client is not None else resources.enter_context(session_client(store, profile))
+        key = resources.enter_context(open_device_key(chosen, device_state_dir(store)))
+        begin = api.authenticate_begin(
             credential_id=key.credential_id(),
             device_data=collected.to_dict(),
             ssh_cert=login_cert,
-            target=SessionTarget.model_construct(kind=kind, id=target),
+            target=SessionTarget.model_construct(kind=kind, id=target, by_name=by_name),
         )
-        answer = key.answer_authentication(Challenge.from_json(begin.model_dump()))
-        reply = client.authenticate_finish(answer.to_json())
-    ssh_cert = reply.ssh_cert.strip().encode() + b"\n"
-    proof = identity_from_ssh_cert(ssh_cert).session_proof
-    if proof is None or (proof.kind, proof.target) != (kind, target):
-        raise DevicetrustError("the auth service returned a session certificate for another target")
-    return SessionCertificate(ssh_cert, reply.tls_cert, proof)
+        if by_name:
+            if begin.node is None or not begin.node.host_id:
+                raise DevicetrustError("the auth service did not say which node the session proof is for")
+            target = begin.node.host_id
+    except BaseException:
+        resources.close()
+        raise
+    return PendingSessionProof(resources, api, key, begin, (kind, target))
+
+
+class PendingSessionProof:
+    """A begun device ceremony for one session. ``finish`` (once, from any one thread) answers the challenge with
+    the device key and returns the session certificate; ``node`` is the node the auth service resolved."""
+
+    def __init__(
+        self,
+        resources: contextlib.ExitStack,
+        client: AuthApi,
+        key: DeviceKey,
+        begin: ChallengeMessage,
+        target: tuple[str, str],
+    ) -> None:
+        self._resources = resources
+        self._client = client
+        self._key = key
+        self._begin = begin
+        self.target = target
+        self.node: NodeInfo | None = begin.node
+
+    def finish(self) -> SessionCertificate:
+        with self._resources:
+            challenge = Challenge.from_json(self._begin.model_dump(exclude={"node"}))
+            answer = self._key.answer_authentication(challenge)
+            reply = self._client.authenticate_finish(answer.to_json())
+        ssh_cert = reply.ssh_cert.strip().encode() + b"\n"
+        proof = identity_from_ssh_cert(ssh_cert).session_proof
+        if proof is None or (proof.kind, proof.target) != self.target:
+            raise DevicetrustError("the auth service returned a session certificate for another target")
+        return SessionCertificate(ssh_cert, reply.tls_cert, proof)
+
+    def close(self) -> None:
+        """Give up the ceremony without answering (the device key is closed; the challenge expires unused)."""
+        self._resources.close()

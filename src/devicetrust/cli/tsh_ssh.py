@@ -7,8 +7,11 @@ trusted, and no ``~/.ssh`` file (config, known_hosts, agent, keys) is consulted.
 
 Where device trust is in use, every session first proves the device (:mod:`devicetrust.cli.device_proof`): the
 enrolled device answers a challenge bound to the node's host id and the session runs on the session certificate
-that comes back. If the proof fails, the session is still attempted with the login certificate, so the node
-gives its verdict (a node that requires a device refuses it as "unauthorized device").
+that comes back. The ceremony's first request names the node as the user did and the auth service resolves it
+(the same rules, :func:`devicetrust.access.resolve_node`), so there is no lookup before it; the rest of the
+ceremony (the device's answer, the certificate) runs in a thread while the SSH connection and key exchange go on.
+If the proof fails, the session is still attempted with the login certificate, so the node gives its verdict (a
+node that requires a device refuses it as "unauthorized device").
 
 ``tsh config`` prints an OpenSSH client configuration that does the same with ``/usr/bin/ssh``, and writes the
 ``@cert-authority`` line it relies on to ``$TSH_HOME/known_hosts``. For the device proof it uses ``Match exec``:
@@ -20,6 +23,7 @@ ProxyCommand would race ssh: ssh reads ``CertificateFile`` right after starting 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -28,18 +32,24 @@ import shlex
 import signal
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, NotRequired, TypedDict
+from typing import IO, NotRequired, TypedDict, TypeVar
 
 import asyncssh
 import click
 
-from devicetrust.access import UNAUTHORIZED_DEVICE
+from devicetrust.access import UNAUTHORIZED_DEVICE, resolve_node
 from devicetrust.cli.common import emit, format_option, labels_text, print_table, warn
-from devicetrust.cli.device_proof import enrolled_backend, prove_for_session, wants_session_proof
+from devicetrust.cli.device_proof import (
+    PendingSessionProof,
+    begin_session_proof,
+    enrolled_backend,
+    wants_session_proof,
+)
 from devicetrust.cli.profile import Profile, ProfileStore, session_client
 from devicetrust.client import AuthApi
 from devicetrust.crypto.certs import identity_from_ssh_cert
@@ -55,6 +65,8 @@ from devicetrust.errors import (
 )
 from devicetrust.files import write_atomic
 from devicetrust.protocol import NodeInfo
+
+T = TypeVar("T")
 
 #: Seconds to wait for a node to accept the TCP connection and finish the SSH handshake.
 CONNECT_TIMEOUT_SECONDS = 15.0
@@ -152,22 +164,6 @@ def fetch_nodes(store: ProfileStore, profile: Profile, client: AuthApi | None = 
     return sorted((Node.from_reply(item) for item in items), key=lambda n: (n.hostname, n.host_id))
 
 
-def resolve_node(nodes: Sequence[Node], name: str, cluster_name: str) -> Node:
-    """The node called ``name``: its host id, its host name, or ``<hostname>.<cluster>``."""
-    by_id = [node for node in nodes if node.host_id == name]
-    if by_id:
-        return by_id[0]
-    suffix = f".{cluster_name}"
-    short = name[: -len(suffix)] if name.endswith(suffix) else name
-    matching = [node for node in nodes if node.hostname in (name, short)]
-    if not matching:
-        raise NotFoundError(f'no node named "{name}" (see tsh ls)')
-    if len(matching) > 1:
-        ids = ", ".join(node.host_id for node in matching)
-        raise NotFoundError(f'several nodes are named "{name}"; give one of their host ids ({ids}, see tsh ls)')
-    return matching[0]
-
-
 # --------------------------------------------------------------------------------------------- identity
 @dataclass(frozen=True)
 class ClientIdentity:
@@ -220,9 +216,9 @@ class SSHRequest:
     #: None: the login shell
     command: str | None
     pty: bool
-    #: this session's device proof: returns the session certificate, or None to present the login certificate.
-    #: It runs in a thread while the connection and key exchange go on (None: no proof, the login certificate).
-    prove: Callable[[], bytes | None] | None = None
+    #: this session's device proof, running in a thread while the connection and key exchange go on: it resolves
+    #: to the session certificate, or to None to present the login certificate (None: no proof at all)
+    proof: concurrent.futures.Future[bytes | None] | None = None
 
     @property
     def where(self) -> str:
@@ -466,13 +462,28 @@ class SessionProofClient(asyncssh.SSHClient):
         return [(self._key, await self._certificate)]
 
 
+def in_thread(work: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """Start ``work`` in a new thread now; the future resolves to its result or its exception. The thread does not
+    hold the process up at exit (tsh exits once the session is over, whatever a late proof is doing)."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as err:
+            future.set_exception(err)
+
+    threading.Thread(target=run, name="session-proof", daemon=True).start()
+    return future
+
+
 def proved_certificate(
-    prove: Callable[[], bytes | None], fallback: asyncssh.SSHCertificate
+    proof: concurrent.futures.Future[bytes | None], fallback: asyncssh.SSHCertificate
 ) -> asyncio.Future[asyncssh.SSHCertificate]:
-    """Start ``prove`` in a thread; the future resolves to its session certificate, or ``fallback`` without one."""
+    """The certificate a running ``proof`` yields: its session certificate, or ``fallback`` without one."""
 
     async def certificate() -> asyncssh.SSHCertificate:
-        session_cert = await asyncio.to_thread(prove)
+        session_cert = await asyncio.wrap_future(proof)
         return fallback if session_cert is None else asyncssh.import_certificate(session_cert)
 
     return asyncio.ensure_future(certificate())
@@ -500,9 +511,9 @@ def _connect_options(req: SSHRequest) -> tuple[_ConnectOptions, asyncio.Future[a
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "keepalive_interval": KEEPALIVE_INTERVAL_SECONDS,
     }
-    if req.prove is None:
+    if req.proof is None:
         return options, None
-    proof = proved_certificate(req.prove, cert)
+    proof = proved_certificate(req.proof, cert)
     options["client_keys"] = None
     options["client_factory"] = lambda: SessionProofClient(key, proof)
     return options, proof
@@ -606,9 +617,15 @@ def ssh_command(
     client = load_identity(store, profile)
     target_login, host = split_target(target)
     with session_client(store, profile) as api:
-        node = resolve_node(fetch_nodes(store, profile, api), host, profile.cluster_name)
+        proof = SessionProof(store, profile, device_key, api)
+        # With a session proof, the ceremony's first request also resolves the node: one round trip less.
+        began = proof.begin(host) if proof.wanted() else None
+        node = (
+            began[0]
+            if began is not None
+            else resolve_node(fetch_nodes(store, profile, api), host, profile.cluster_name)
+        )
         text = " ".join(command) if command else None
-        proof = SessionProof(store, profile, node, device_key, api)
         req = SSHRequest(
             client=client,
             node=node,
@@ -616,37 +633,31 @@ def ssh_command(
             port=port or node.port,
             command=text,
             pty=force_pty or (text is None and os.isatty(0)),
-            prove=proof if proof.wanted() else None,
+            proof=began[1] if began is not None else None,
         )
         # asyncssh would log handshake failures to stderr through logging's last-resort handler
         logging.getLogger("asyncssh").setLevel(logging.CRITICAL)
         try:
             return asyncio.run(run_ssh(req))
         except AccessDeniedError as err:
-            if req.prove is None and f"({UNAUTHORIZED_DEVICE})" in str(err) and proof.wanted(always=True):
+            if req.proof is None and f"({UNAUTHORIZED_DEVICE})" in str(err) and proof.wanted(always=True):
                 # The cluster's settings changed since login (the profile said no proof was needed): prove and retry.
-                session_cert = proof()
+                session_cert = proof.for_node(node)
                 if session_cert is not None:
-                    return asyncio.run(run_ssh(dataclasses.replace(req, prove=lambda: session_cert)))
+                    proven: concurrent.futures.Future[bytes | None] = concurrent.futures.Future()
+                    proven.set_result(session_cert)
+                    return asyncio.run(run_ssh(dataclasses.replace(req, proof=proven)))
             if proof.error is not None:
                 warn(f"this device could not prove itself for the session: {proof.error}")
             raise
 
 
 class SessionProof:
-    """The device proof for a session on ``node``, on the auth service connection ``client``; remembers what kept
-    the device from proving itself (the node's refusal is then explained by it)."""
+    """The device proof for a session, on the auth service connection ``client``; remembers what kept the device
+    from proving itself (the node's refusal is then explained by it)."""
 
-    def __init__(
-        self, store: ProfileStore, profile: Profile, node: Node, device_key: str | None, client: AuthApi
-    ) -> None:
-        self._store, self._profile, self._node, self._device_key, self._client = (
-            store,
-            profile,
-            node,
-            device_key,
-            client,
-        )
+    def __init__(self, store: ProfileStore, profile: Profile, device_key: str | None, client: AuthApi) -> None:
+        self._store, self._profile, self._device_key, self._client = store, profile, device_key, client
         self.error: DevicetrustError | None = None
 
     def wanted(self, *, always: bool = False) -> bool:
@@ -655,16 +666,42 @@ class SessionProof:
         wanted = always or wants_session_proof(self._profile)
         return wanted and enrolled_backend(self._store, self._device_key) is not None
 
-    def __call__(self) -> bytes | None:
-        """The session certificate, or None (and ``error`` set) when the device could not prove itself."""
+    def begin(self, name: str) -> tuple[Node, concurrent.futures.Future[bytes | None]] | None:
+        """Begin the proof for the node the user calls ``name``, which the auth service resolves: that node, and
+        the rest of the proof running in a thread (resolving to the session certificate, or None with ``error``
+        set). None, with ``error`` set, when the ceremony could not begin; NotFoundError for a name that no node,
+        or several, carry."""
         try:
-            certificate = prove_for_session(
-                self._store, self._profile, "ssh", self._node.host_id, backend=self._device_key, client=self._client
+            pending = begin_session_proof(
+                self._store, self._profile, "ssh", name, by_name=True, backend=self._device_key, client=self._client
+            )
+        except NotFoundError:
+            raise
+        except DevicetrustError as err:
+            self.error = err
+            return None
+        if pending.node is None:  # begin_session_proof checks it
+            pending.close()
+            return None
+        return Node.from_reply(pending.node), in_thread(lambda: self._finished(pending))
+
+    def for_node(self, node: Node) -> bytes | None:
+        """The whole proof for ``node``: the session certificate, or None (and ``error`` set)."""
+        try:
+            pending = begin_session_proof(
+                self._store, self._profile, "ssh", node.host_id, backend=self._device_key, client=self._client
             )
         except DevicetrustError as err:
             self.error = err
             return None
-        return certificate.ssh_cert
+        return self._finished(pending)
+
+    def _finished(self, pending: PendingSessionProof) -> bytes | None:
+        try:
+            return pending.finish().ssh_cert
+        except DevicetrustError as err:
+            self.error = err
+            return None
 
 
 # ----------------------------------------------------------------------------------------------- config
