@@ -338,7 +338,7 @@ def run_sshd_phase(user_ca_ssh: str, trusted: ClientKey) -> Phase | None:
 
 
 # ---------------------------------------------------------------------------------- session-time device proof
-PROOF_SAMPLES = int(os.environ.get("BENCH_PROOF_SAMPLES", "15"))
+PROOF_SAMPLES = int(os.environ.get("BENCH_PROOF_SAMPLES", "30"))
 PROOF_TARGET_RATIO = 1.25
 PROOF_SERIAL = "BENCH-SSH-TPM-1"
 
