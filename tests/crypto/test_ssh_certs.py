@@ -17,6 +17,7 @@ from devicetrust.crypto.ca import CertAuthority
 from devicetrust.crypto.certs import (
     NOLOGIN_PRINCIPAL_PREFIX,
     SSH_PERMIT_EXTENSIONS,
+    _ssh_mpint,
     identity_from_ssh_cert,
     issue_ssh_host_cert,
     issue_ssh_user_cert,
@@ -78,6 +79,95 @@ def full_extensions() -> dict[str, str]:
         EXT_DEVICE_ASSET_TAG: DEVICE.asset_tag,
         EXT_DEVICE_CREDENTIAL_ID: DEVICE.credential_id,
     }
+
+
+# --------------------------------------------------------------------------- the encoding itself
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        (0, b""),
+        (1, b"\x01"),
+        (0x7F, b"\x7f"),
+        (0x80, b"\x00\x80"),
+        (0xFF00, b"\x00\xff\x00"),
+        (0x0100, b"\x01\x00"),
+        (2**255, b"\x00\x80" + b"\x00" * 31),
+    ],
+)
+def test_mpints_are_shortest_and_positive(value: int, encoded: bytes) -> None:
+    assert _ssh_mpint(value) == len(encoded).to_bytes(4, "big") + encoded
+
+
+def _fields(line: bytes) -> tuple[object, ...]:
+    cert = load_ssh_certificate(line)
+    return (
+        cert.type,
+        cert.key_id,
+        cert.valid_principals,
+        cert.valid_after,
+        cert.valid_before,
+        cert.critical_options,
+        cert.extensions,
+        cert.public_key(),
+        cert.signature_key(),
+    )
+
+
+def test_user_certs_say_what_cryptographys_builder_says(
+    user_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
+) -> None:
+    """Field for field, the certificates we encode equal the builder's for the same identity; each signature
+    verifies (over many certificates, so that signatures whose halves need a leading zero byte occur)."""
+    identity = make_identity(device=DEVICE, bot_name="robot")
+    ours = issue_ssh_user_cert(user_ca, subject_key, identity)
+    cert = load_ssh_certificate(ours)
+    builder = (
+        SSHCertificateBuilder()
+        .public_key(subject_key)
+        .serial(cert.serial)
+        .type(SSHCertificateType.USER)
+        .key_id(b"alice")
+        .valid_principals([b"alice", b"root"])
+        .valid_after(cert.valid_after)
+        .valid_before(cert.valid_before)
+    )
+    for name, value in cert.extensions.items():
+        builder = builder.add_extension(name, value)
+    theirs = builder.sign(user_ca.private_key).public_bytes()
+    assert _fields(ours) == _fields(theirs)
+    names = {*SSH_PERMIT_EXTENSIONS, *DEVICE_EXTS, EXT_ROLES, EXT_TRAITS, EXT_BOT_NAME}
+    assert set(cert.extensions) == {name.encode() for name in names}
+    serials = set()
+    for _ in range(64):
+        line = issue_ssh_user_cert(user_ca, subject_key, identity)
+        again = load_ssh_certificate(line)
+        again.verify_cert_signature()
+        serials.add(again.serial)
+        assert again.nonce != cert.nonce
+    assert len(serials) == 64
+
+
+def test_host_certs_say_what_cryptographys_builder_says(
+    host_ca: CertAuthority, subject_key: ec.EllipticCurvePublicKey
+) -> None:
+    ours = issue_ssh_host_cert(host_ca, subject_key, "host-1", ["web", "web.example.com"], NOW, NOW + TTL)
+    cert = load_ssh_certificate(ours)
+    cert.verify_cert_signature()
+    theirs = (
+        SSHCertificateBuilder()
+        .public_key(subject_key)
+        .serial(cert.serial)
+        .type(SSHCertificateType.HOST)
+        .key_id(b"host-1")
+        .valid_principals([b"web", b"web.example.com"])
+        .valid_after(int(NOW.timestamp()))
+        .valid_before(int((NOW + TTL).timestamp()))
+        .sign(host_ca.private_key)
+        .public_bytes()
+    )
+    assert _fields(ours) == _fields(theirs)
 
 
 # --------------------------------------------------------------------------- issue + verify

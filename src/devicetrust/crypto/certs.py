@@ -7,6 +7,7 @@ whenever any of them is missing, and raises :class:`TrustError` for everything e
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import secrets
@@ -19,9 +20,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import (
     SSHCertificate,
-    SSHCertificateBuilder,
     SSHCertificateType,
     SSHCertPublicKeyTypes,
     SSHPublicKeyTypes,
@@ -208,16 +209,6 @@ def issue_ssh_user_cert(ca: CertAuthority, public_key: ec.EllipticCurvePublicKey
         if login.startswith(NOLOGIN_PRINCIPAL_PREFIX):
             raise ValidationError(f"logins: {login!r} uses the reserved prefix {NOLOGIN_PRINCIPAL_PREFIX}")
     logins = identity.logins or (f"{NOLOGIN_PRINCIPAL_PREFIX}{uuid.uuid4()}",)
-    builder = (
-        SSHCertificateBuilder()
-        .public_key(public_key)
-        .serial(secrets.randbits(64))
-        .type(SSHCertificateType.USER)
-        .key_id(identity.username.encode("utf-8"))
-        .valid_principals(_ssh_text_list(logins, "logins"))
-        .valid_after(int(identity.not_before.timestamp()))
-        .valid_before(int(identity.not_after.timestamp()))
-    )
     extensions: dict[str, str] = dict.fromkeys(SSH_PERMIT_EXTENSIONS, "")
     extensions[EXT_ROLES] = _roles_json(identity.roles)
     extensions[EXT_TRAITS] = _traits_json(identity.traits)
@@ -229,9 +220,16 @@ def issue_ssh_user_cert(ca: CertAuthority, public_key: ec.EllipticCurvePublicKey
         extensions[EXT_DEVICE_CREDENTIAL_ID] = identity.device.credential_id
     if identity.session_proof is not None:
         extensions[EXT_SESSION_PROOF] = identity.session_proof.to_json()
-    for name, value in extensions.items():
-        builder = builder.add_extension(name.encode("ascii"), value.encode("utf-8"))
-    return builder.sign(ca.private_key).public_bytes()
+    return _ssh_cert_line(
+        ca.private_key,
+        public_key,
+        SSH_CERT_USER,
+        key_id=identity.username.encode("utf-8"),
+        principals=_ssh_text_list(logins, "logins"),
+        valid_after=int(identity.not_before.timestamp()),
+        valid_before=int(identity.not_after.timestamp()),
+        extensions={name.encode("ascii"): value.encode("utf-8") for name, value in extensions.items()},
+    )
 
 
 def issue_ssh_host_cert(
@@ -252,18 +250,81 @@ def issue_ssh_host_cert(
         # an empty list would make the cert valid for every host name
         raise ValidationError("principals: at least one host name is required")
     start, end = _validity(not_before, not_after)
-    cert = (
-        SSHCertificateBuilder()
-        .public_key(public_key)
-        .serial(secrets.randbits(64))
-        .type(SSHCertificateType.HOST)
-        .key_id(host_id.encode("utf-8"))
-        .valid_principals(encoded)
-        .valid_after(int(start.timestamp()))
-        .valid_before(int(end.timestamp()))
-        .sign(ca.private_key)
+    return _ssh_cert_line(
+        ca.private_key,
+        public_key,
+        SSH_CERT_HOST,
+        key_id=host_id.encode("utf-8"),
+        principals=encoded,
+        valid_after=int(start.timestamp()),
+        valid_before=int(end.timestamp()),
+        extensions={},
     )
-    return cert.public_bytes()
+
+
+# OpenSSH's certificate format (PROTOCOL.certkeys) for an ECDSA P-256 key signed by an ECDSA P-256 CA, the only
+# kinds the cluster issues. Written here rather than with cryptography's SSHCertificateBuilder, which re-parses
+# every certificate it signs: a certificate is issued before every session, and this takes a fifth of the time.
+# Tests check the result against the builder's, cryptography's parser and ssh-keygen.
+SSH_CERT_USER = 1
+SSH_CERT_HOST = 2
+_SSH_ECDSA_P256 = b"ecdsa-sha2-nistp256"
+_SSH_ECDSA_P256_CERT = b"ecdsa-sha2-nistp256-cert-v01@openssh.com"
+_SSH_NONCE_BYTES = 32
+
+
+def _sshstr(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+def _ssh_mpint(value: int) -> bytes:
+    """RFC 4251 mpint of a non-negative integer: big-endian, shortest, a zero byte first if the top bit is set."""
+    return _sshstr(value.to_bytes((value.bit_length() + 8) // 8, "big") if value else b"")
+
+
+def _ssh_p256_point(key: ec.EllipticCurvePublicKey) -> bytes:
+    point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return _sshstr(b"nistp256") + _sshstr(point)
+
+
+def _ssh_cert_line(
+    ca_key: ec.EllipticCurvePrivateKey,
+    public_key: ec.EllipticCurvePublicKey,
+    cert_type: int,
+    *,
+    key_id: bytes,
+    principals: Sequence[bytes],
+    valid_after: int,
+    valid_before: int,
+    extensions: Mapping[bytes, bytes],
+) -> bytes:
+    """A signed certificate line (``ecdsa-sha2-nistp256-cert-v01@openssh.com AAAA…``): no critical options;
+    extensions in the lexical order OpenSSH requires, each non-empty value wrapped in a string of its own."""
+    if not principals or valid_after > valid_before:
+        raise ValidationError("an SSH certificate needs principals and a validity that is not reversed")
+    encoded_extensions = b"".join(
+        _sshstr(name) + _sshstr(_sshstr(value) if value else b"") for name, value in sorted(extensions.items())
+    )
+    signed = b"".join(
+        (
+            _sshstr(_SSH_ECDSA_P256_CERT),
+            _sshstr(secrets.token_bytes(_SSH_NONCE_BYTES)),
+            _ssh_p256_point(public_key),
+            secrets.randbits(64).to_bytes(8, "big"),
+            cert_type.to_bytes(4, "big"),
+            _sshstr(key_id),
+            _sshstr(b"".join(_sshstr(principal) for principal in principals)),
+            valid_after.to_bytes(8, "big"),
+            valid_before.to_bytes(8, "big"),
+            _sshstr(b""),  # critical options
+            _sshstr(encoded_extensions),
+            _sshstr(b""),  # reserved
+            _sshstr(_sshstr(_SSH_ECDSA_P256) + _ssh_p256_point(ca_key.public_key())),
+        )
+    )
+    r, s = decode_dss_signature(ca_key.sign(signed, ec.ECDSA(hashes.SHA256())))
+    signature = _sshstr(_sshstr(_SSH_ECDSA_P256) + _sshstr(_ssh_mpint(r) + _ssh_mpint(s)))
+    return _SSH_ECDSA_P256_CERT + b" " + base64.b64encode(signed + signature)
 
 
 def _load_ssh_cert(cert_line: bytes | str, err: ErrorType) -> SSHCertificate:
