@@ -428,6 +428,23 @@ def test_collected_data_is_copied() -> None:
     assert device.collected_data[0]["serial_number"] == SERIAL
 
 
+def test_records_of_a_device_carry_over_to_a_new_device_as_they_are() -> None:
+    """A device built from another's records (each authentication appends one) takes them as they are: they were
+    checked once and cannot change. New records are still checked."""
+    device = enrolled(collected_data=[{"serial_number": SERIAL, "os_type": "macos"}])
+    again = dataclasses.replace(device, collected_data=(*device.collected_data, {"serial_number": SERIAL}))
+    assert again.collected_data[0] is device.collected_data[0]
+    assert again.collected_data[1] == {"serial_number": SERIAL} and again.collected_data[1] == {"serial_number": SERIAL}
+    assert dict(again.collected_data[1]) == {"serial_number": SERIAL}
+    assert again.collected_data[1] != {"serial_number": "other"}
+    with pytest.raises(TypeError):
+        hash(again.collected_data[0])
+    error = field_error(
+        lambda **kw: dataclasses.replace(device, **kw), collected_data=(*device.collected_data, {"": "x"})
+    )
+    assert error.field == "spec.collected_data[1]"
+
+
 def test_too_many_collected_records() -> None:
     error = field_error(enrolled, collected_data=[{}] * (MAX_COLLECTED_RECORDS + 1))
 

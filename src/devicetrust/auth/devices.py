@@ -201,7 +201,12 @@ class DeviceService:
     def _write(
         self, store: Store, device: Device, *, expected_revision: int | None = None
     ) -> tuple[Device, DeviceRecord]:
-        device = replace(device, update_time=self._now())
+        return self._put(store, replace(device, update_time=self._now()), expected_revision=expected_revision)
+
+    def _put(
+        self, store: Store, device: Device, *, expected_revision: int | None = None
+    ) -> tuple[Device, DeviceRecord]:
+        """Store ``device`` as it is (its update_time set by the caller)."""
         written = store.devices.update(
             device.id,
             resource_to_dict(device),
@@ -741,15 +746,15 @@ class DeviceService:
 
         def appended(current: Device) -> Device:
             kept = [*current.collected_data[1:], record][-(MAX_COLLECTED_RECORDS - 1) :]
-            return replace(current, collected_data=(*current.collected_data[:1], *kept))
+            return replace(current, collected_data=(*current.collected_data[:1], *kept), update_time=self._now())
 
         try:
-            return self._write(store, appended(device), expected_revision=revision)
+            return self._put(store, appended(device), expected_revision=revision)
         except ConflictError:
             current = device_from_record(store.devices.get(device.id, for_update=True))
         if current.credential != device.credential:
             raise CeremonyError("device is not enrolled")
-        return self._write(store, appended(current))
+        return self._put(store, appended(current))
 
     def _opened(self, ceremony_id: str) -> tuple[PendingCeremony, bytes, tuple[str, str] | None]:
         """The pending state sealed into ``ceremony_id`` at begin (whose it is and whether it is live are checked

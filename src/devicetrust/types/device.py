@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import ClassVar
@@ -20,7 +20,6 @@ from devicetrust.types._validation import (
     as_str,
     check_name,
     describe,
-    frozen_mapping,
     join_path,
     show,
 )
@@ -151,7 +150,36 @@ def _as_bytes(value: object, field: str) -> bytes:
     return data
 
 
+class _CheckedRecord(Mapping[str, str]):
+    """A collected data record that passed :func:`_collected_record`. It is read-only, so it stays valid: a device
+    built again from it (each authentication appends a record) does not check it again."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: dict[str, str]) -> None:
+        self._items = items
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _CheckedRecord):
+            return self._items == other._items
+        return self._items == other if isinstance(other, dict) else Mapping.__eq__(self, other)
+
+    def __repr__(self) -> str:
+        return f"_CheckedRecord({self._items!r})"
+
+
 def _collected_record(value: object, field: str) -> Mapping[str, str]:
+    if isinstance(value, _CheckedRecord):
+        return value
     if not isinstance(value, Mapping):
         raise FieldError(field, f"expected a mapping of strings, got {describe(value)}")
     record: dict[str, str] = {}
@@ -169,7 +197,7 @@ def _collected_record(value: object, field: str) -> Mapping[str, str]:
         if len(text) > MAX_COLLECTED_VALUE_CHARS:
             raise FieldError(item_path, f"is {len(text)} characters long, the limit is {MAX_COLLECTED_VALUE_CHARS}")
         record[key] = text
-    return frozen_mapping(record)
+    return _CheckedRecord(record)
 
 
 def as_collected_data(value: object, field: str) -> tuple[Mapping[str, str], ...]:
