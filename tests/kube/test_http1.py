@@ -162,6 +162,22 @@ def test_a_head_ends_at_its_first_empty_line(data: bytes, head: bytes) -> None:
     assert data[: head_end(data)] == head
 
 
+def _first_empty_line_end(data: bytes) -> int:
+    """Where the first empty line (CRLF or a bare LF) ends, read a line at a time; -1 without one."""
+    start = 0
+    while (end := data.find(b"\n", start)) >= 0:
+        if data[start:end] in (b"", b"\r"):
+            return end + 1
+        start = end + 1
+    return -1
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n"]), max_size=16))
+def test_a_head_ends_at_its_first_empty_line_whatever_the_line_ends(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    assert head_end(data) == _first_empty_line_end(data)
+
+
 @pytest.mark.parametrize("data", [b"", b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r", b"GET / HTTP/1.1\r"])
 def test_a_head_without_its_empty_line_has_not_ended(data: bytes) -> None:
     assert head_end(data) == -1

@@ -156,8 +156,12 @@ def head_end(data: bytes) -> int:
         return 1
     if data[:2] == b"\r\n":
         return 2
-    ends = [found + len(end) for end in (b"\n\n", b"\n\r\n") if (found := data.find(end)) >= 0]
-    return min(ends) if ends else -1
+    crlf = data.find(b"\n\r\n")
+    # an empty line ended by a bare LF that ends before that one (none can start where it starts)
+    lf = data.find(b"\n\n", 0, crlf + 1 if crlf >= 0 else len(data))
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
 
 
 def parse_request_head(head: bytes) -> tuple[str, str, str, Fields]:
@@ -327,6 +331,8 @@ class Reply:
         self.reason = b""
         #: header fields as sent (names and values as bytes)
         self.fields: list[tuple[bytes, bytes]] = []
+        #: the header fields' names in lower case, once the headers are complete
+        self.lowered_names: list[bytes] = []
         self.headers_complete = False
         self.complete = False
         #: body bytes came after the reply to a HEAD request ended (the connection cannot be reused)
@@ -350,14 +356,11 @@ class Reply:
             return
         self.headers_complete = True
         self._keep_alive = self._parser.should_keep_alive()
-        for name, value in self.fields:
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":
-                self._chunked = True
-            elif lowered == b"content-length":
-                self._length = True
-            if b"\r" in value or b"\n" in value:
-                self._line_break = True
+        lowered = self.lowered_names = [name.lower() for name, _ in self.fields]
+        self._chunked = b"transfer-encoding" in lowered
+        self._length = b"content-length" in lowered
+        values = b"".join([value for _, value in self.fields])
+        self._line_break = b"\r" in values or b"\n" in values
         if self._head_request:
             self.complete = True
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -190,8 +190,7 @@ def _http_lines(lines: list[str]) -> bytes | None:
         return None
 
 
-@dataclass(frozen=True)
-class _Granted:
+class _Granted(NamedTuple):
     """A request the decision allowed: the API server it goes to, and as whom."""
 
     upstream: _Upstream
@@ -472,6 +471,8 @@ class _Handler:
         self._event_what: tuple[tuple[object, ...], bytes] | None = None
         #: the last request's impersonation: its fields, identity and decision, and whom it acts as (or the refusal)
         self._acting: tuple[Fields, Identity, Decision, tuple[str, tuple[str, ...]] | str] | None = None
+        #: the last request line sent on: its method, API server and API path, and the line
+        self._sent_line: tuple[str, _Upstream, str, bytes | None] | None = None
         #: the header lines sent on for the last forwarded request: its fields and upstream, (user, groups, body
         #: length), and the lines
         self._sent_lines: tuple[Fields, _Upstream, tuple[str, tuple[str, ...], int | None], bytes | None] | None = None
@@ -747,7 +748,7 @@ class _Handler:
         """Send the request on and relay the reply: its status, and why the service ended it early ("" if it
         did not)."""
         upstream, target = granted.upstream, granted.target
-        request_line = upstream.request_line(self.command, granted.api_path)
+        request_line = self._request_line(granted)
         header_lines = self._forwarded_lines(granted)
         if request_line is None or header_lines is None:
             self._reply(400, "a header value cannot be sent on")
@@ -781,6 +782,21 @@ class _Handler:
             else:
                 sock.close()
         return code, ended
+
+    def _request_line(self, granted: _Granted) -> bytes | None:
+        """The request line sent on (see :meth:`_Upstream.request_line`), made again only when it differs from the
+        last one."""
+        known = self._sent_line
+        if (
+            known is not None
+            and known[0] == self.command
+            and known[1] is granted.upstream
+            and known[2] == granted.api_path
+        ):
+            return known[3]
+        line = granted.upstream.request_line(self.command, granted.api_path)
+        self._sent_line = (self.command, granted.upstream, granted.api_path, line)
+        return line
 
     def _forwarded_lines(self, granted: _Granted) -> bytes | None:
         """The header lines a forwarded request is sent on with (see :meth:`_upstream_headers`): made again only
@@ -866,7 +882,9 @@ class _Handler:
         whether the API server's connection may be reused)."""
         head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reply.reason)]
         head += [
-            name + b": " + value + b"\r\n" for name, value in reply.fields if name.lower() not in _HOP_BY_HOP_BYTES
+            name + b": " + value + b"\r\n"
+            for (name, value), lowered in zip(reply.fields, reply.lowered_names, strict=True)
+            if lowered not in _HOP_BY_HOP_BYTES
         ]
         if reply.has_length:
             try:
