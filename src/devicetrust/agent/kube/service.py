@@ -762,7 +762,7 @@ class _Handler:
                 return 502, ""
             reply = Reply(head_request=self.command == "HEAD")
             try:
-                sock.sendall(message)
+                _send_whole(sock, message)
                 _read_reply(sock, reply, whole=False)
                 break
             except (OSError, MalformedReply) as err:
@@ -948,7 +948,7 @@ class _Handler:
 
     def _write(self, data: bytes) -> None:
         try:
-            self.connection.sendall(data)
+            _send_whole(self.connection, data)
         except OSError:
             raise _ClientGone from None
 
@@ -964,6 +964,14 @@ _STALE_CONNECTION = (ReplyCutShort, ConnectionResetError, BrokenPipeError)
 
 class _ClientGone(Exception):
     """The client went away mid-request."""
+
+
+def _send_whole(sock: ssl.SSLSocket, data: bytes) -> None:
+    """Send all of ``data`` on a blocking connection: a message of a TLS record or less goes in one send, without
+    the loop of sendall."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 def _read_reply(sock: ssl.SSLSocket, reply: Reply, *, whole: bool) -> None:
