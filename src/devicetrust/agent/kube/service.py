@@ -724,7 +724,8 @@ class _Handler:
         service = self.server.service
         state = service.membership.current_state
         known = self._allowed
-        if known is not None and known[0] is state and known[1] is identity and known[2] == target and now < known[4]:
+        # the service makes each cluster's target once (again only when its host id changes)
+        if known is not None and known[0] is state and known[1] is identity and known[2] is target and now < known[4]:
             return known[3]
         decision = service.decide(identity, target)
         if decision is not None and decision.allowed:
