@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from devicetrust.agent import audit
-from devicetrust.agent.audit import AuditForwarder
+from devicetrust.agent.audit import AuditForwarder, encoded_members, joined_members
 from devicetrust.agent.state import ClusterState, StateCache
 from devicetrust.errors import ConnectionFailedError, ValidationError
 from devicetrust.protocol import AgentEventBatchResult, NodeState, RefusedAgentEvent
@@ -369,3 +369,23 @@ def test_events_from_other_threads_are_bounded_too() -> None:
     assert len(forwarder) == 3 and forwarder.dropped == 2
     forwarding(forwarder)  # the flush takes them in
     assert [e["n"] for e in api.stored] == [2, 3, 4]
+
+
+def test_an_event_joined_from_encoded_parts_is_the_event() -> None:
+    who = {"event": "kube.request", "user": "ålice", "device": {"asset_tag": "SN-1"}}
+    what = {"request_path": '/api?x="1"', "kubernetes_groups": ["a", "b"]}
+    joined = joined_members([encoded_members(who), encoded_members({}), encoded_members(what)])
+    assert json.loads(joined) == {**who, **what}
+    assert joined_members([]) == b"{}"
+    with pytest.raises(ValueError):
+        encoded_members({"ratio": float("nan")})
+
+
+def test_an_encoded_event_from_another_thread_is_delivered_as_encoded() -> None:
+    api = FakeAPI()
+    forwarder = AuditForwarder(api, max_batch_bytes=200)
+    forwarder.emit_encoded_threadsafe("session.start", b'{"event":"session.start","pad":"' + b"x" * 200 + b'"}')
+    forwarder.emit_encoded_threadsafe("session.end", joined_members([encoded_members({"event": "session.end"})]))
+    assert len(forwarder) == 1  # the first could never be sent
+    forwarding(forwarder)
+    assert api.stored == [{"event": "session.end"}]

@@ -17,6 +17,7 @@ from devicetrust.agent.kube.http1 import (
     MalformedRequest,
     Reply,
     ReplyCutShort,
+    RequestHeads,
     head_end,
     parse_request_head,
     parse_request_line,
@@ -161,6 +162,22 @@ def test_a_head_ends_at_its_first_empty_line(data: bytes, head: bytes) -> None:
     assert data[: head_end(data)] == head
 
 
+def _first_empty_line_end(data: bytes) -> int:
+    """Where the first empty line (CRLF or a bare LF) ends, read a line at a time; -1 without one."""
+    start = 0
+    while (end := data.find(b"\n", start)) >= 0:
+        if data[start:end] in (b"", b"\r"):
+            return end + 1
+        start = end + 1
+    return -1
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n"]), max_size=16))
+def test_a_head_ends_at_its_first_empty_line_whatever_the_line_ends(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    assert head_end(data) == _first_empty_line_end(data)
+
+
 @pytest.mark.parametrize("data", [b"", b"GET / HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r", b"GET / HTTP/1.1\r"])
 def test_a_head_without_its_empty_line_has_not_ended(data: bytes) -> None:
     assert head_end(data) == -1
@@ -208,6 +225,42 @@ _HEAD_PIECES = [
 def test_a_whole_head_reads_as_line_by_line(pieces: list[bytes], ends: list[bytes]) -> None:
     head = b"".join(piece + end for piece, end in zip([*pieces, b""], ends, strict=False))
     assert _whole(head) == _line_by_line(head)
+
+
+_REQUEST_LINES = [b"GET /kube/prod/api/v1/pods HTTP/1.1", b"POST / HTTP/1.0", b"GET / HTTP/2.0", b"Bad line"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(_REQUEST_LINES), st.sampled_from([0, 1, 2]), st.sampled_from([b"\r\n", b"\n"])),
+        max_size=8,
+    ),
+    st.lists(st.lists(st.sampled_from(_HEAD_PIECES[3:]), max_size=5), min_size=3, max_size=3),
+)
+def test_heads_read_in_turn_read_as_each_alone(
+    requests: list[tuple[bytes, int, bytes]], header_sets: list[list[bytes]]
+) -> None:
+    """A connection's heads, their header lines often repeated, read as each would be alone."""
+    heads = RequestHeads()
+    for request_line, which, end in requests:
+        head = b"".join(line + end for line in [request_line, *header_sets[which], b""])
+        try:
+            method, target, version, fields = heads.parse(head)
+            read: tuple[str, str, str, list[tuple[str, str]]] | int = (method, target, version, fields.items())
+        except MalformedRequest as refused:
+            read = refused.status
+        assert read == _whole(head)
+
+
+def test_repeated_header_lines_are_read_once() -> None:
+    heads = RequestHeads()
+    _, _, _, first = heads.parse(b"GET /a HTTP/1.1\r\nAccept: */*\r\n\r\n")
+    method, target, _, again = heads.parse(b"DELETE /b?c=d HTTP/1.1\r\nAccept: */*\r\n\r\n")
+    assert (method, target, again) == ("DELETE", "/b?c=d", first)
+    _, _, _, other = heads.parse(b"GET /a HTTP/1.1\r\nAccept: text/plain\r\n\r\n")
+    assert other is not first and other.get("Accept") == "text/plain"
+    with pytest.raises(MalformedRequest):  # the same header lines do not make a malformed request line pass
+        heads.parse(b"GET /a b HTTP/1.1\r\nAccept: text/plain\r\n\r\n")
 
 
 def test_whole_heads_at_the_bounds_read_as_line_by_line() -> None:

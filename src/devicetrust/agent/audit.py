@@ -35,6 +35,8 @@ __all__ = [
     "DeviceFields",
     "UserFields",
     "device_fields",
+    "encoded_members",
+    "joined_members",
     "user_fields",
 ]
 
@@ -93,6 +95,22 @@ def device_fields(identity: Identity | None, decision: Decision | None) -> Devic
 
 
 log = logging.getLogger(__name__)
+
+#: How events are sent: JSON, compact, not limited to ASCII, no NaN or infinity.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def encoded_members(fields: Mapping[str, object]) -> bytes:
+    """``fields`` encoded as the members of a JSON object, without its braces (b"" for none), as events are sent.
+    A service that sends many events sharing some of their fields encodes those once, and each event is
+    :func:`joined_members` of its parts. Raises TypeError or ValueError for a value JSON cannot hold."""
+    return _ENCODER.encode(fields)[1:-1].encode()
+
+
+def joined_members(parts: Sequence[bytes]) -> bytes:
+    """The JSON object of the members ``parts`` encode (see :func:`encoded_members`); their names must differ."""
+    return b"{" + b",".join([part for part in parts if part]) + b"}"
+
 
 #: Events kept while the auth service is unreachable; beyond this the oldest are dropped.
 MAX_BUFFERED_EVENTS = 10_000
@@ -165,10 +183,14 @@ class AuditForwarder:
         """The event as sent; None (logged) if it can never be delivered."""
         name = str(event.get("event"))
         try:
-            encoded = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+            encoded = _ENCODER.encode(event).encode()
         except (TypeError, ValueError) as err:  # a bug in the event: it could never be delivered
             log.error("audit event cannot be encoded; dropping it", extra={"event": name, "error": str(err)})
             return None
+        return self._sized(name, encoded)
+
+    def _sized(self, name: str, encoded: bytes) -> _Queued | None:
+        """The event as sent; None (logged) if no batch could carry it."""
         if len(encoded) + _BATCH_FRAME_BYTES > self._max_batch_bytes:
             log.error("audit event too large; dropping it", extra={"event": name, "bytes": len(encoded)})
             return None
@@ -187,8 +209,17 @@ class AuditForwarder:
         yet taken into the queue are dropped. The event is encoded in the calling thread: on the event loop, a busy
         interval's events encoded at once would hold up every connection thread."""
         queued = self._encode(event)
-        if queued is None:
-            return
+        if queued is not None:
+            self._to_inbox(queued)
+
+    def emit_encoded_threadsafe(self, name: str, encoded: bytes) -> None:
+        """Queue one event, named ``name`` and encoded as sent (a JSON object, see :func:`joined_members`), from any
+        thread, as :meth:`emit_threadsafe` does."""
+        queued = self._sized(name, encoded)
+        if queued is not None:
+            self._to_inbox(queued)
+
+    def _to_inbox(self, queued: _Queued) -> None:
         inbox = self._inbox
         if len(inbox) == inbox.maxlen:
             self._count_drop()

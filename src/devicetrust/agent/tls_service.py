@@ -102,6 +102,12 @@ class TLSService(Generic[_Settings]):
         if audit is not None:
             audit.emit_threadsafe(event)
 
+    def emit_encoded(self, name: str, encoded: bytes) -> None:
+        """Queue an audit event named ``name``, encoded as sent, from any thread."""
+        audit = self.membership.audit
+        if audit is not None:
+            audit.emit_encoded_threadsafe(name, encoded)
+
     def _state_updated(self, state: ClusterState) -> None:
         """End what a lock in the new ``state`` now targets."""
         raise NotImplementedError

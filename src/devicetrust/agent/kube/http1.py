@@ -4,7 +4,9 @@
   :func:`parse_request_line` and :func:`read_fields`) reads the head strictly and within bounds (line length,
   header count, head size); obs-fold, a bare CR, NUL or another control character, a space before a
   field's colon, a malformed or repeated Content-Length are refused (:class:`MalformedRequest`, with the HTTP
-  status to answer). A bare LF ends a line as CRLF does (RFC 9112 §2.2). :func:`read_chunked_body`: a chunked
+  status to answer). A bare LF ends a line as CRLF does (RFC 9112 §2.2). :class:`RequestHeads` reads a
+  connection's heads in turn, each as :func:`parse_request_head` does, reusing the fields of header lines repeated
+  from the head before. :func:`read_chunked_body`: a chunked
   request body, each chunk's size checked against the limit before it is read.
 - :class:`Reply`: the API server's reply, parsed by llhttp (``httptools``) as its bytes arrive: the status, the
   header fields, the body (by Content-Length, chunked, or until the connection closes) taken piece by piece.
@@ -29,6 +31,7 @@ __all__ = [
     "MalformedRequest",
     "Reply",
     "ReplyCutShort",
+    "RequestHeads",
     "head_end",
     "parse_request_head",
     "parse_request_line",
@@ -153,16 +156,22 @@ def head_end(data: bytes) -> int:
         return 1
     if data[:2] == b"\r\n":
         return 2
-    ends = [found + len(end) for end in (b"\n\n", b"\n\r\n") if (found := data.find(end)) >= 0]
-    return min(ends) if ends else -1
+    crlf = data.find(b"\n\r\n")
+    # an empty line ended by a bare LF that ends before that one (none can start where it starts)
+    lf = data.find(b"\n\n", 0, crlf + 1 if crlf >= 0 else len(data))
+    if lf >= 0:
+        return lf + 2
+    return crlf + 3 if crlf >= 0 else -1
 
 
 def parse_request_head(head: bytes) -> tuple[str, str, str, Fields]:
     """(method, request target, version, header fields) of a request head as read: up to its empty line, or cut
     short where the connection ended or a bound was passed (MalformedRequest then)."""
     fast = _parse_plain_head(head)
-    if fast is not None:
-        return fast
+    return fast if fast is not None else _parse_line_by_line(head)
+
+
+def _parse_line_by_line(head: bytes) -> tuple[str, str, str, Fields]:
     reader = io.BytesIO(head)
     line = reader.readline(MAX_LINE + 1)
     if len(line) > MAX_LINE:
@@ -193,6 +202,41 @@ def _parse_plain_head(head: bytes) -> tuple[str, str, str, Fields] | None:
         fields.add(name.decode("ascii"), value.decode("latin-1"))
     method, target, version = request_line.group(1, 2, 3)
     return method.decode("ascii"), target.decode("latin-1"), version.decode("ascii"), fields
+
+
+class RequestHeads:
+    """A connection's request heads, parsed in turn as :func:`parse_request_head` parses each. A client repeats its
+    header lines from one request to the next on a kept-alive connection: a head whose header lines are the bytes
+    of the last head read in one pass has only its request line read, and shares that head's fields (which are
+    never changed once read)."""
+
+    __slots__ = ("_fields", "_lines")
+
+    def __init__(self) -> None:
+        #: the header lines (from the request line's end to the head's) of the last head read in one pass
+        self._lines = b""
+        self._fields: Fields | None = None
+
+    def parse(self, head: bytes) -> tuple[str, str, str, Fields]:
+        line_end = head.find(b"\r\n")
+        fields = self._fields
+        # the same header lines after a request line of the common kind: the head reads in one pass, to these
+        if (
+            fields is not None
+            and line_end > 0
+            and len(head) <= MAX_LINE
+            and len(head) - line_end == len(self._lines)
+            and head.startswith(self._lines, line_end)
+        ):
+            request_line = _REQUEST_LINE.fullmatch(head, 0, line_end)
+            if request_line is not None:
+                method, target, version = request_line.group(1, 2, 3)
+                return method.decode("ascii"), target.decode("latin-1"), version.decode("ascii"), fields
+        plain = _parse_plain_head(head)
+        if plain is None:
+            return _parse_line_by_line(head)
+        self._lines, self._fields = head[line_end:], plain[3]
+        return plain
 
 
 def read_fields(reader: LineReader, *, head_so_far: int = 0) -> Fields:
@@ -287,6 +331,8 @@ class Reply:
         self.reason = b""
         #: header fields as sent (names and values as bytes)
         self.fields: list[tuple[bytes, bytes]] = []
+        #: the header fields' names in lower case, once the headers are complete
+        self.lowered_names: list[bytes] = []
         self.headers_complete = False
         self.complete = False
         #: body bytes came after the reply to a HEAD request ended (the connection cannot be reused)
@@ -310,14 +356,11 @@ class Reply:
             return
         self.headers_complete = True
         self._keep_alive = self._parser.should_keep_alive()
-        for name, value in self.fields:
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":
-                self._chunked = True
-            elif lowered == b"content-length":
-                self._length = True
-            if b"\r" in value or b"\n" in value:
-                self._line_break = True
+        lowered = self.lowered_names = [name.lower() for name, _ in self.fields]
+        self._chunked = b"transfer-encoding" in lowered
+        self._length = b"content-length" in lowered
+        values = b"".join([value for _, value in self.fields])
+        self._line_break = b"\r" in values or b"\n" in values
         if self._head_request:
             self.complete = True
 

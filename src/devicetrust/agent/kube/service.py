@@ -41,14 +41,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from devicetrust.access import Decision, KubeClusterTarget, allowed_until, decide, kube_session_locks, lock_reason
 from devicetrust.agent.api import NodeAPI
-from devicetrust.agent.audit import DeviceFields, device_fields, user_fields
+from devicetrust.agent.audit import device_fields, encoded_members, joined_members, user_fields
 from devicetrust.agent.kube import spdy
 from devicetrust.agent.kube.http1 import (
     MAX_LINE,
@@ -58,8 +58,8 @@ from devicetrust.agent.kube.http1 import (
     MalformedRequest,
     Reply,
     ReplyCutShort,
+    RequestHeads,
     head_end,
-    parse_request_head,
     read_chunked_body,
     read_fields,
 )
@@ -168,22 +168,29 @@ class _Upstream:
                 return
         sock.close()
 
-    def request_head(self, method: str, api_path: str, headers: list[tuple[str, str]]) -> bytes | None:
-        """A request's line and headers as sent to the API server; None if a value cannot be sent (a line break,
-        a character outside Latin-1)."""
-        lines = [f"{method} {self.base_path}{api_path} HTTP/1.1", f"Host: {self.authority}"]
-        lines += [f"{key}: {value}" for key, value in headers]
-        text = "\r\n".join(lines) + "\r\n\r\n"
-        if text.count("\n") != len(lines) + 1 or "\r" in text.replace("\r\n", ""):
-            return None
-        try:
-            return text.encode("latin-1")
-        except UnicodeEncodeError:
-            return None
+    def request_line(self, method: str, api_path: str) -> bytes | None:
+        """A request's line as sent to the API server (with its line end); None if it cannot be sent."""
+        return _http_lines([f"{method} {self.base_path}{api_path} HTTP/1.1"])
+
+    def header_lines(self, headers: list[tuple[str, str]]) -> bytes | None:
+        """A request's header lines as sent to the API server, Host first, up to the empty line that ends the head;
+        None if a value cannot be sent."""
+        lines = [f"Host: {self.authority}", *(f"{key}: {value}" for key, value in headers), ""]
+        return _http_lines(lines)
 
 
-@dataclass(frozen=True)
-class _Granted:
+def _http_lines(lines: list[str]) -> bytes | None:
+    """``lines``, each ended by CRLF, as sent; None if one holds a line break or a character outside Latin-1."""
+    text = "\r\n".join(lines) + "\r\n"
+    if text.count("\n") != len(lines) or "\r" in text.replace("\r\n", ""):
+        return None
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+class _Granted(NamedTuple):
     """A request the decision allowed: the API server it goes to, and as whom."""
 
     upstream: _Upstream
@@ -450,14 +457,25 @@ class _Handler:
         self.peer = socket_addr(client_address)
         self.server = server
         self.reader = _ClientReader(connection)
+        self.heads = RequestHeads()
         #: the client certificate (renegotiation is refused: it stays the handshake's)
         self.certificate = connection.getpeercert(binary_form=True)
         #: the client certificate verified on this connection (its exact bytes) and its identity
         self._verified: tuple[bytes, Identity] | None = None
         #: a decision that allowed this connection: (the state it was made on, identity, target, decision, until)
         self._allowed: tuple[object, Identity, KubeClusterTarget, Decision, datetime] | None = None
-        #: the audit's device block of the last (identity, decision)
-        self._device: tuple[Identity | None, Decision | None, DeviceFields] = (None, None, {})
+        #: the audit event's part that names who made the last request, where and with what device: made for
+        #: (identity, decision, host id)
+        self._event_who: tuple[Identity | None, Decision | None, str, bytes] | None = None
+        #: the audit event's part that says what the last request asked and as whom, and what it was made for
+        self._event_what: tuple[tuple[object, ...], bytes] | None = None
+        #: the last request's impersonation: its fields, identity and decision, and whom it acts as (or the refusal)
+        self._acting: tuple[Fields, Identity, Decision, tuple[str, tuple[str, ...]] | str] | None = None
+        #: the last request line sent on: its method, API server and API path, and the line
+        self._sent_line: tuple[str, _Upstream, str, bytes | None] | None = None
+        #: the header lines sent on for the last forwarded request: its fields and upstream, (user, groups, body
+        #: length), and the lines
+        self._sent_lines: tuple[Fields, _Upstream, tuple[str, tuple[str, ...], int | None], bytes | None] | None = None
         self.close_connection = True
         self.command = ""
         self.path = ""
@@ -480,7 +498,7 @@ class _Handler:
         if not head:
             return
         try:
-            self.command, path, self.request_version, self.fields = parse_request_head(head)
+            self.command, path, self.request_version, self.fields = self.heads.parse(head)
         except MalformedRequest as malformed:
             self._send_error(malformed.status, malformed.reason)
             return
@@ -568,21 +586,12 @@ class _Handler:
                 )
                 self._reply(403, decision.reason)
                 return
-            try:
-                user, groups = impersonation(
-                    identity.username,
-                    decision.kubernetes_users,
-                    decision.kubernetes_groups,
-                    self.fields.get_all("Impersonate-User") or [],
-                    self.fields.get_all("Impersonate-Group") or [],
-                    other_impersonation=any(
-                        name.startswith("impersonate-") and name not in _IMPERSONATE for name in self.fields.names()
-                    ),
-                )
-            except ImpersonationRefused as refused:
-                code, error = 403, str(refused)
-                self._reply(403, str(refused))
+            acting = self._impersonation(identity, decision)
+            if isinstance(acting, str):
+                code, error = 403, acting
+                self._reply(403, acting)
                 return
+            user, groups = acting
             granted = _Granted(service._upstreams[name], api_path, body, user, groups, identity, target)
             if "upgrade" in (self.fields.get("Connection") or "").lower() and self.fields.get("Upgrade"):
                 code, ended = self._tunnel(granted)
@@ -596,7 +605,14 @@ class _Handler:
             code = 499
         finally:
             # made once the reply is out: the client reads it meanwhile
-            service.emit(self._event(identity, routed, decision, granted, code, error, ended))
+            try:
+                event = self._event(identity, routed, decision, granted, code, error, ended)
+            except (TypeError, ValueError) as err:  # a bug in the event: it could never be delivered
+                log.error(
+                    "audit event cannot be encoded; dropping it", extra={"event": KUBE_REQUEST, "error": str(err)}
+                )
+            else:
+                service.emit_encoded(KUBE_REQUEST, event)
 
     def _event(
         self,
@@ -607,21 +623,52 @@ class _Handler:
         code: int,
         error: str,
         ended: str,
-    ) -> dict[str, object]:
-        """The request's ``kube.request`` audit event."""
+    ) -> bytes:
+        """The request's ``kube.request`` audit event, encoded. Its parts that most requests on a connection share
+        (who and with what device; what was asked, as whom) are encoded again only when they differ from the
+        last request's."""
+        outcome = b'"response_code":%d,"success":%s' % (code, b"true" if code == 101 or 200 <= code < 400 else b"false")
+        if error or ended:
+            said = {"error": error} if error else {}
+            outcome += b"," + encoded_members({**said, "reason": ended} if ended else said)
+        return joined_members(
+            [
+                self._event_who_part(identity, decision),
+                self._event_what_part(identity is not None, routed, granted),
+                outcome,
+            ]
+        )
+
+    def _event_who_part(self, identity: Identity | None, decision: Decision | None) -> bytes:
+        """Who made the request (the device block where the decision names it), from where, to which service."""
         service = self.server.service
-        event: dict[str, object] = {
-            "event": "kube.request",
+        host_id, known = service.host_id, self._event_who
+        if known is not None and known[0] is identity and known[1] is decision and known[2] == host_id:
+            return known[3]
+        who = {
+            "event": KUBE_REQUEST,
             **user_fields(identity),
             "addr.remote": self.peer,
-            "request_path": routed[1] if routed else self.path,
-            "verb": self.command,
-            "server_id": service.host_id,
+            "server_id": host_id,
             "server_hostname": service.config.hostname,
+            **device_fields(identity, decision),
         }
-        if identity is not None and routed is not None:
+        encoded = encoded_members(who)
+        self._event_who = (identity, decision, host_id, encoded)
+        return encoded
+
+    def _event_what_part(self, identified: bool, routed: tuple[str, str] | None, granted: _Granted | None) -> bytes:
+        """What the request asked (the Kubernetes verb and resource where it named a cluster and the client who it
+        is, else the HTTP method), and as whom it went on."""
+        # routed is made from the path
+        key = (identified, self.command, self.path, *((granted.user, granted.groups) if granted else ()))
+        known = self._event_what
+        if known is not None and known[0] == key:
+            return known[1]
+        what: dict[str, object] = {"request_path": routed[1] if routed else self.path, "verb": self.command}
+        if identified and routed is not None:
             info = request_info(self.command, routed[1])
-            event.update(
+            what.update(
                 kubernetes_cluster=routed[0],
                 resource_kind=info.resource,
                 resource_subresource=info.subresource,
@@ -630,23 +677,34 @@ class _Handler:
                 resource_api_group=info.api_group,
                 verb=info.verb,
             )
-        if error:
-            event["error"] = error
         if granted is not None:
-            event.update(kubernetes_users=[granted.user], kubernetes_groups=list(granted.groups))
-        if ended:
-            event["reason"] = ended
-        event["response_code"] = code
-        event["success"] = code == 101 or 200 <= code < 400  # 101: an upgraded stream ran
-        event.update(self._device_fields(identity, decision))
-        return event
+            what.update(kubernetes_users=[granted.user], kubernetes_groups=list(granted.groups))
+        encoded = encoded_members(what)
+        self._event_what = (key, encoded)
+        return encoded
 
-    def _device_fields(self, identity: Identity | None, decision: Decision | None) -> DeviceFields:
-        """The audit's device block, made once for each identity and decision (both kept for the connection)."""
-        known = self._device
-        if known[0] is not identity or known[1] is not decision:
-            known = self._device = (identity, decision, device_fields(identity, decision))
-        return known[2]
+    def _impersonation(self, identity: Identity, decision: Decision) -> tuple[str, tuple[str, ...]] | str:
+        """Whom the request acts as on the API server, or why it may not: worked out again only when its header
+        fields, identity or decision are not the last request's."""
+        fields, known = self.fields, self._acting
+        if known is not None and known[0] is fields and known[1] is identity and known[2] is decision:
+            return known[3]
+        acting: tuple[str, tuple[str, ...]] | str
+        try:
+            acting = impersonation(
+                identity.username,
+                decision.kubernetes_users,
+                decision.kubernetes_groups,
+                fields.get_all("Impersonate-User"),
+                fields.get_all("Impersonate-Group"),
+                other_impersonation=any(
+                    name.startswith("impersonate-") and name not in _IMPERSONATE for name in fields.names()
+                ),
+            )
+        except ImpersonationRefused as refused:
+            acting = str(refused)
+        self._acting = (fields, identity, decision, acting)
+        return acting
 
     def _identity(self, der: bytes | None, now: datetime) -> Identity | None:
         """The client certificate's identity: verified once per connection (by its exact bytes), its validity
@@ -666,7 +724,8 @@ class _Handler:
         service = self.server.service
         state = service.membership.current_state
         known = self._allowed
-        if known is not None and known[0] is state and known[1] is identity and known[2] == target and now < known[4]:
+        # the service makes each cluster's target once (again only when its host id changes)
+        if known is not None and known[0] is state and known[1] is identity and known[2] is target and now < known[4]:
             return known[3]
         decision = service.decide(identity, target)
         if decision is not None and decision.allowed:
@@ -690,11 +749,12 @@ class _Handler:
         """Send the request on and relay the reply: its status, and why the service ended it early ("" if it
         did not)."""
         upstream, target = granted.upstream, granted.target
-        head = upstream.request_head(self.command, granted.api_path, self._upstream_headers(granted, keep=frozenset()))
-        if head is None:
+        request_line = self._request_line(granted)
+        header_lines = self._forwarded_lines(granted)
+        if request_line is None or header_lines is None:
             self._reply(400, "a header value cannot be sent on")
             return 400, ""
-        message = head + granted.body
+        message = request_line + header_lines + granted.body
         for attempt in range(2):
             try:
                 sock, reused = upstream.connection()
@@ -703,7 +763,7 @@ class _Handler:
                 return 502, ""
             reply = Reply(head_request=self.command == "HEAD")
             try:
-                sock.sendall(message)
+                _send_whole(sock, message)
                 _read_reply(sock, reply, whole=False)
                 break
             except (OSError, MalformedReply) as err:
@@ -724,6 +784,36 @@ class _Handler:
                 sock.close()
         return code, ended
 
+    def _request_line(self, granted: _Granted) -> bytes | None:
+        """The request line sent on (see :meth:`_Upstream.request_line`), made again only when it differs from the
+        last one."""
+        known = self._sent_line
+        if (
+            known is not None
+            and known[0] == self.command
+            and known[1] is granted.upstream
+            and known[2] == granted.api_path
+        ):
+            return known[3]
+        line = granted.upstream.request_line(self.command, granted.api_path)
+        self._sent_line = (self.command, granted.upstream, granted.api_path, line)
+        return line
+
+    def _forwarded_lines(self, granted: _Granted) -> bytes | None:
+        """The header lines a forwarded request is sent on with (see :meth:`_upstream_headers`): made again only
+        when its fields, API server, impersonation or body length are not the last forwarded request's."""
+        fields, upstream, known = self.fields, granted.upstream, self._sent_lines
+        sent_as = (granted.user, granted.groups, self._body_length(granted))
+        if known is not None and known[0] is fields and known[1] is upstream and known[2] == sent_as:
+            return known[3]
+        lines = upstream.header_lines(self._upstream_headers(granted, keep=frozenset()))
+        self._sent_lines = (fields, upstream, sent_as, lines)
+        return lines
+
+    def _body_length(self, granted: _Granted) -> int | None:
+        """The Content-Length sent on (None: none)."""
+        return len(granted.body) if granted.body or self.command in ("POST", "PUT", "PATCH") else None
+
     def _upstream_headers(self, granted: _Granted, *, keep: frozenset[str]) -> list[tuple[str, str]]:
         """The client's headers, less its credentials, its impersonation and the hop-by-hop ones (but ``keep``),
         plus the service's token and the granted impersonation."""
@@ -734,8 +824,9 @@ class _Handler:
         ]
         headers += [("Authorization", f"Bearer {granted.upstream.token}"), ("Impersonate-User", granted.user)]
         headers += [("Impersonate-Group", group) for group in granted.groups]
-        if granted.body or self.command in ("POST", "PUT", "PATCH"):
-            headers.append(("Content-Length", str(len(granted.body))))
+        length = self._body_length(granted)
+        if length is not None:
+            headers.append(("Content-Length", str(length)))
         return headers
 
     def _tunnel(self, granted: _Granted) -> tuple[int, str]:
@@ -747,10 +838,12 @@ class _Handler:
         # the client's Connection header is not passed on: a proxy before the API server would drop the headers
         # it names, and the impersonation must never be among them
         headers = [*self._upstream_headers(granted, keep=_UPGRADE_HEADERS), ("Connection", "Upgrade")]
-        head = upstream.request_head(self.command, granted.api_path, headers)
-        if head is None:
+        request_line = upstream.request_line(self.command, granted.api_path)
+        header_lines = upstream.header_lines(headers)
+        if request_line is None or header_lines is None:
             self._reply(400, "a header value cannot be sent on")
             return 400, ""
+        head = request_line + header_lines
         try:
             sock = upstream.dial()
         except (OSError, ssl.SSLError) as err:
@@ -790,7 +883,9 @@ class _Handler:
         whether the API server's connection may be reused)."""
         head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reply.reason)]
         head += [
-            name + b": " + value + b"\r\n" for name, value in reply.fields if name.lower() not in _HOP_BY_HOP_BYTES
+            name + b": " + value + b"\r\n"
+            for (name, value), lowered in zip(reply.fields, reply.lowered_names, strict=True)
+            if lowered not in _HOP_BY_HOP_BYTES
         ]
         if reply.has_length:
             try:
@@ -854,11 +949,12 @@ class _Handler:
 
     def _write(self, data: bytes) -> None:
         try:
-            self.connection.sendall(data)
+            _send_whole(self.connection, data)
         except OSError:
             raise _ClientGone from None
 
 
+KUBE_REQUEST = "kube.request"
 _IMPERSONATE = frozenset({"impersonate-user", "impersonate-group"})
 #: The hop-by-hop header an upgrade passes on: it names the protocol asked for.
 _UPGRADE_HEADERS = frozenset({"upgrade"})
@@ -869,6 +965,14 @@ _STALE_CONNECTION = (ReplyCutShort, ConnectionResetError, BrokenPipeError)
 
 class _ClientGone(Exception):
     """The client went away mid-request."""
+
+
+def _send_whole(sock: ssl.SSLSocket, data: bytes) -> None:
+    """Send all of ``data`` on a blocking connection: a message of a TLS record or less goes in one send, without
+    the loop of sendall."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 def _read_reply(sock: ssl.SSLSocket, reply: Reply, *, whole: bool) -> None:
