@@ -76,7 +76,7 @@ class RunningCluster:
 
     def server_cpu_seconds(self) -> float:
         """User + system CPU time so far of the daemon and the processes it runs (its auth workers)."""
-        return sum(process_cpu_seconds(pid) for pid in process_tree(self.cluster.process.pid))
+        return tree_cpu_seconds(self.cluster.process.pid, reaped=False)
 
 
 @contextmanager
@@ -105,18 +105,28 @@ def summary_ms(samples: Sequence[float]) -> str:
 
 
 def process_tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants (Linux /proc)."""
+    """``pid`` and its live descendants (Linux /proc). A descendant that exits while the tree is read (a short-lived
+    command a daemon runs) is left out."""
     found = [pid]
     for parent in found:
-        for task in Path(f"/proc/{parent}/task").glob("*/children"):
-            found.extend(int(child) for child in task.read_text().split())
+        try:
+            for task in Path(f"/proc/{parent}/task").glob("*/children"):
+                found.extend(int(child) for child in task.read_text().split())
+        except FileNotFoundError:
+            continue
     return found
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid``, of its live descendants (a daemon's auth workers) and of the children it has reaped
-    (sessions a node ran)."""
-    return sum(process_cpu_seconds(member, children=member == pid) for member in process_tree(pid))
+def tree_cpu_seconds(pid: int, *, reaped: bool = True) -> float:
+    """CPU time of ``pid``, of its live descendants (a daemon's auth workers) and, with ``reaped``, of the children
+    it has reaped (sessions a node ran)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += process_cpu_seconds(member, children=reaped and member == pid)
+        except FileNotFoundError:  # exited meanwhile: its parent reaps it, and its time counts there
+            continue
+    return total
 
 
 def process_cpu_seconds(pid: int, *, children: bool = False) -> float:
