@@ -33,6 +33,19 @@ def _body(asset_tag: str, **extra: object) -> dict[str, object]:
     return {"kind": "device", "spec": {"asset_tag": asset_tag, **extra}}
 
 
+def _enrolled_meanwhile(store: Store, device_id: str, asset_tag: str, credential_id: str) -> None:
+    """Someone enrolls the device (owner bob, credential ``credential_id``) after a sync read it at revision 1."""
+    store.devices.update(
+        device_id,
+        _body(asset_tag, credential={"id": credential_id}),
+        enroll_status="enrolled",
+        owner="bob",
+        source_name="jamf",
+        source_origin="jamf",
+        external_id=f"ext-{asset_tag}",
+    )
+
+
 def _upsert(
     asset_tag: str,
     *,
@@ -582,16 +595,7 @@ def test_update_from_source_writes_only_devices_still_at_their_revision(backend:
         enrolled = store.devices.create(
             DEVICE_ID, "macos", "E1", _body("E1"), enroll_status="enrolled", owner="alice", source_name="jamf"
         )
-        # someone wrote U00001 since it was read at revision 1
-        store.devices.update(
-            rows[1].id,
-            _body("U00001", credential={"id": "c"}),
-            enroll_status="enrolled",
-            owner="bob",
-            source_name="jamf",
-            source_origin="jamf",
-            external_id="ext-U00001",
-        )
+        _enrolled_meanwhile(store, rows[1].id, "U00001", "c")
     clock.advance(HOUR)
 
     def update(device_id: str, tag: str, expected: int) -> DeviceSourceUpdate:
@@ -646,16 +650,7 @@ def test_update_source_parts_merges_the_mdm_parts_onto_each_document_as_stored(
             source_name="jamf",
         )
         odd = store.devices.create(str(uuid.uuid4()), "macos", "S1", {"kind": "device", "spec": "not an object"})
-        # someone wrote M00001 since it was read at revision 1
-        store.devices.update(
-            rows[1].id,
-            _body("M00001", credential={"id": "c2"}),
-            enroll_status="enrolled",
-            owner="bob",
-            source_name="jamf",
-            source_origin="jamf",
-            external_id="ext-M00001",
-        )
+        _enrolled_meanwhile(store, rows[1].id, "M00001", "c2")
     with backend.begin() as store:
         before = {record.id: record.body for record in store.devices.find_many([rows[0].id, enrolled.id, odd.id])}
     clock.advance(HOUR)
