@@ -367,7 +367,7 @@ class ProofBench:
 
     def finish(self, client: AuthClient, begin: dict[str, Any]) -> bytes:
         """The device's answer (its TPM quote) and the session certificate."""
-        answer = self.key.answer_authentication(Challenge.from_json({k: v for k, v in begin.items() if k != "node"}))
+        answer = self.key.answer_authentication(Challenge.from_json(begin))
         return str(client.post("/v1/devices/authenticate/finish", answer.to_json())["ssh_cert"]).encode()
 
     def sample(self, per_session: bool) -> None:

@@ -653,14 +653,11 @@ class DeviceService:
             record = None
             if caller.kind in ("user", "bot"):
                 record = store.devices.find_by_asset_tag(collected.os_type, collected.serial_number)
-                if isinstance(target, NodeByName):
-                    node = resolve_visible_node(store, caller, target.name, self.context.cluster_name)
+            if isinstance(target, NodeByName):
+                node = resolve_visible_node(store, caller, target.name, self.context.cluster_name)
+                target = ("ssh", str(node["host_id"]))
         if caller.kind not in ("user", "bot"):
             raise AccessDeniedError("device authentication is for users and bots")
-        if isinstance(target, NodeByName):
-            if node is None:  # cannot happen: resolved above for users and bots
-                raise NotFoundError(f'no node named "{target.name}" (see tsh ls)')
-            target = ("ssh", str(node["host_id"]))
         if target is None:
             self._verified_unaugmented(caller, ssh_cert)
         else:

@@ -30,6 +30,7 @@ __all__ = [
     "ENV_DEVICE_KEY",
     "PendingSessionProof",
     "SessionCertificate",
+    "begin_node_proof",
     "begin_session_proof",
     "chosen_backend",
     "device_state_dir",
@@ -107,14 +108,38 @@ def begin_session_proof(
     kind: str,
     target: str,
     *,
-    by_name: bool = False,
     backend: str | None = None,
     client: AuthApi | None = None,
 ) -> PendingSessionProof:
     """Begin the device authentication ceremony bound to ``kind``/``target``: the auth service's challenge is in,
-    the device has not answered yet (:meth:`PendingSessionProof.finish`). With ``by_name`` (SSH) ``target`` is the
-    node as the user named it, and the auth service resolves it (``PendingSessionProof.node``).
-    Raises DevicetrustError (one line); NotFoundError when no node, or several, carry the name."""
+    the device has not answered yet (:meth:`PendingSessionProof.finish`). Raises DevicetrustError (one line)."""
+    return _begin(store, profile, SessionTarget.model_construct(kind=kind, id=target), backend, client)
+
+
+def begin_node_proof(
+    store: ProfileStore,
+    profile: Profile,
+    name: str,
+    *,
+    backend: str | None = None,
+    client: AuthApi | None = None,
+) -> tuple[NodeInfo, PendingSessionProof]:
+    """:func:`begin_session_proof` for the SSH node the user calls ``name``, which the auth service resolves: that
+    node, and the begun ceremony bound to its host id. Raises DevicetrustError (one line); NotFoundError when no
+    node, or several, carry the name."""
+    target = SessionTarget.model_construct(kind="ssh", id=name, by_name=True)
+    pending = _begin(store, profile, target, backend, client)
+    node = pending.node
+    if node is None or not node.host_id:
+        pending.close()
+        raise DevicetrustError("the auth service did not say which node the session proof is for")
+    pending.target = ("ssh", node.host_id)
+    return node, pending
+
+
+def _begin(
+    store: ProfileStore, profile: Profile, target: SessionTarget, backend: str | None, client: AuthApi | None
+) -> PendingSessionProof:
     chosen = enrolled_backend(store, backend)
     if chosen is None:
         raise DevicetrustError("this device is not enrolled (tsh device enroll)")
@@ -128,21 +153,18 @@ def begin_session_proof(
             credential_id=key.credential_id(),
             device_data=collected.to_dict(),
             ssh_cert=login_cert,
-            target=SessionTarget.model_construct(kind=kind, id=target, by_name=by_name),
+            target=target,
         )
-        if by_name:
-            if begin.node is None or not begin.node.host_id:
-                raise DevicetrustError("the auth service did not say which node the session proof is for")
-            target = begin.node.host_id
     except BaseException:
         resources.close()
         raise
-    return PendingSessionProof(resources, api, key, begin, (kind, target))
+    return PendingSessionProof(resources, api, key, begin, (target.kind, target.id))
 
 
 class PendingSessionProof:
     """A begun device ceremony for one session. ``finish`` (once, from any one thread) answers the challenge with
-    the device key and returns the session certificate; ``node`` is the node the auth service resolved."""
+    the device key and returns the session certificate for ``target``; ``node`` is the node the auth service resolved
+    (when the ceremony named one)."""
 
     def __init__(
         self,
@@ -161,7 +183,7 @@ class PendingSessionProof:
 
     def finish(self) -> SessionCertificate:
         with self._resources:
-            challenge = Challenge.from_json(self._begin.model_dump(exclude={"node"}))
+            challenge = Challenge.from_json(self._begin.model_dump())
             answer = self._key.answer_authentication(challenge)
             reply = self._client.authenticate_finish(answer.to_json())
         ssh_cert = reply.ssh_cert.strip().encode() + b"\n"

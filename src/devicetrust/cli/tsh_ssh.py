@@ -46,6 +46,7 @@ from devicetrust.access import UNAUTHORIZED_DEVICE, resolve_node
 from devicetrust.cli.common import emit, format_option, labels_text, print_table, warn
 from devicetrust.cli.device_proof import (
     PendingSessionProof,
+    begin_node_proof,
     begin_session_proof,
     enrolled_backend,
     wants_session_proof,
@@ -672,18 +673,15 @@ class SessionProof:
         set). None, with ``error`` set, when the ceremony could not begin; NotFoundError for a name that no node,
         or several, carry."""
         try:
-            pending = begin_session_proof(
-                self._store, self._profile, "ssh", name, by_name=True, backend=self._device_key, client=self._client
+            node, pending = begin_node_proof(
+                self._store, self._profile, name, backend=self._device_key, client=self._client
             )
         except NotFoundError:
             raise
         except DevicetrustError as err:
             self.error = err
             return None
-        if pending.node is None:  # begin_session_proof checks it
-            pending.close()
-            return None
-        return Node.from_reply(pending.node), in_thread(lambda: self._finished(pending))
+        return Node.from_reply(node), in_thread(lambda: self._finished(pending))
 
     def for_node(self, node: Node) -> bytes | None:
         """The whole proof for ``node``: the session certificate, or None (and ``error`` set)."""

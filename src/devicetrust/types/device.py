@@ -171,7 +171,7 @@ class _CheckedRecord(Mapping[str, str]):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, _CheckedRecord):
             return self._items == other._items
-        return self._items == other if isinstance(other, dict) else Mapping.__eq__(self, other)
+        return Mapping.__eq__(self, other)
 
     def __repr__(self) -> str:
         return f"_CheckedRecord({self._items!r})"
