@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
+from devicetrust.errors import NotFoundError
 from devicetrust.storage import backend as backend_module
 from devicetrust.storage.backend import Backend
 
@@ -59,3 +61,18 @@ def test_a_busy_dropped_connection_fails_one_transaction_only(
         store.generation.current()
     with pg_backend.read() as store:
         assert store.generation.current() >= 1
+
+
+def test_a_dropped_connection_fails_one_transaction_on_the_driver_path_too(
+    pg_backend: Backend, postgres_admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The ceremony's statements run on the driver's cursor (storage/driver.py): the failure is SQLAlchemy's
+    error all the same, and the dead connection does not come back from the pool."""
+    now = datetime.now(UTC)
+    assert drop_connections(postgres_admin, pg_backend) >= 1
+    with pytest.raises(sa.exc.OperationalError), pg_backend.read() as store:
+        store.devices.find_by_asset_tag("linux", "SN-GONE")
+    with pg_backend.read() as store:
+        assert store.devices.find_by_asset_tag("linux", "SN-GONE") is None
+        with pytest.raises(NotFoundError):
+            store.sessions.get_valid_at_generation("no such token", now)

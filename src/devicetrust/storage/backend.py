@@ -188,7 +188,12 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # (SQLITE_BUSY at once, busy_timeout or not), so concurrent writers would fail instead of queueing.
     # Read-only transactions (Backend.read) need no lock.
     read_only = conn.get_execution_options().get("devicetrust_read_only", False)
-    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    # on the driver's connection: a transaction is begun for every request, and SQLAlchemy's statement
+    # machinery would cost more than the BEGIN itself
+    driver = conn.connection.driver_connection
+    if driver is None:  # pragma: no cover - SQLAlchemy begins only on an open connection
+        raise sa.exc.ResourceClosedError("this connection is closed")
+    driver.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _postgres_engine(url: URL) -> tuple[Engine, str]:

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -27,6 +28,7 @@ from sqlalchemy.engine import Connection, Row
 
 from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
 from devicetrust.storage import schema
+from devicetrust.storage.driver import DriverStatement
 from devicetrust.storage.records import (
     AuditEntry,
     AuditRecord,
@@ -150,16 +152,18 @@ class SpentCeremonyRepository(_Repository):
     _t = schema.spent_ceremonies
 
     #: the statement, built once per dialect
-    _spend_by_dialect: ClassVar[dict[str, sa.Executable]] = {}
+    _spend_by_dialect: ClassVar[dict[str, DriverStatement]] = {}
 
     def spend(self, id: str, expires: datetime) -> None:
         """Record ``id`` as spent; NotFoundError if it already was (a replay, or a concurrent finish)."""
         dialect = self._conn.dialect.name
         stmt = self._spend_by_dialect.get(dialect)
         if stmt is None:
-            stmt = _insert(self._conn, self._t).on_conflict_do_nothing(index_elements=["id"]).returning(self._t.c.id)
+            stmt = DriverStatement(
+                _insert(self._conn, self._t).on_conflict_do_nothing(index_elements=["id"]).returning(self._t.c.id)
+            )
             self._spend_by_dialect[dialect] = stmt
-        if self._conn.execute(stmt, {"id": id, "expires": expires}).first() is None:
+        if stmt.one_or_none(self._conn, {"id": id, "expires": expires}) is None:
             raise NotFoundError(INVALID_PENDING_MESSAGE)
 
     def purge_expired(self, now: datetime) -> int:
@@ -419,12 +423,14 @@ class TokenRepository(_Repository):
 
 
 # Statements on every request's path are built once: building one costs more than running it.
-_SESSION_AT_GENERATION = sa.select(
-    schema.sessions, _SELECT_GENERATION.scalar_subquery().label("state_generation")
-).where(schema.sessions.c.token_hash == sa.bindparam("token_hash"), schema.sessions.c.expires > sa.bindparam("now"))
+_SESSION_AT_GENERATION = DriverStatement(
+    sa.select(schema.sessions, _SELECT_GENERATION.scalar_subquery().label("state_generation")).where(
+        schema.sessions.c.token_hash == sa.bindparam("token_hash"), schema.sessions.c.expires > sa.bindparam("now")
+    )
+)
 
 
-def _session(row: Row[Any]) -> SessionRecord:
+def _session(row: Row[Any] | SimpleNamespace) -> SessionRecord:
     return SessionRecord(row.token_hash, row.username, row.kind, row.body, row.expires, row.created)
 
 
@@ -474,7 +480,7 @@ class SessionRepository(_Repository):
 
     def get_valid_at_generation(self, token_hash: str, now: datetime) -> tuple[SessionRecord, int]:
         """The session and, read by the same statement, the state generation (what a request needs first)."""
-        row = self._conn.execute(_SESSION_AT_GENERATION, {"token_hash": token_hash, "now": now}).one_or_none()
+        row = _SESSION_AT_GENERATION.one_or_none(self._conn, {"token_hash": token_hash, "now": now})
         if row is None:
             raise NotFoundError(INVALID_SESSION_MESSAGE)
         return _session(row), int(row.state_generation)
@@ -576,7 +582,7 @@ class PendingRepository(_Repository):
         return self._conn.execute(sa.delete(self._t).where(self._t.c.expires <= now)).rowcount
 
 
-def _device(row: Row[Any], body: dict[str, JsonValue] | None = None) -> DeviceRecord:
+def _device(row: Row[Any] | SimpleNamespace, body: dict[str, JsonValue] | None = None) -> DeviceRecord:
     """The record of ``row``; with ``body``, the one just written (the row then does not return it)."""
     return DeviceRecord(
         row.id,
@@ -635,19 +641,36 @@ def _page_key(token: str) -> tuple[str, str]:
     return key[0], key[1]
 
 
-_DEVICE_BY_ID = sa.select(schema.devices).where(schema.devices.c.id == sa.bindparam("id"))
-_DEVICE_BY_ID_FOR_UPDATE = _DEVICE_BY_ID.with_for_update()
-_DEVICE_BY_ASSET_TAG = sa.select(schema.devices).where(
-    schema.devices.c.os_type == sa.bindparam("os_type"), schema.devices.c.asset_tag == sa.bindparam("asset_tag")
+_DEVICE_BY_ID_QUERY = sa.select(schema.devices).where(schema.devices.c.id == sa.bindparam("id"))
+_DEVICE_BY_ID = DriverStatement(_DEVICE_BY_ID_QUERY)
+_DEVICE_BY_ID_FOR_UPDATE = DriverStatement(_DEVICE_BY_ID_QUERY.with_for_update())
+_DEVICE_BY_ASSET_TAG = DriverStatement(
+    sa.select(schema.devices).where(
+        schema.devices.c.os_type == sa.bindparam("os_type"), schema.devices.c.asset_tag == sa.bindparam("asset_tag")
+    )
 )
-_DEVICE_UPDATE = (
+#: what a device update sets besides the revisions
+_DEVICE_UPDATE_COLUMNS = (
+    "body",
+    "enroll_status",
+    "owner",
+    "source_name",
+    "source_origin",
+    "external_id",
+    "updated",
+    "mdm_fingerprint",
+)
+_DEVICE_UPDATE_QUERY = (
     sa.update(schema.devices)
     .where(schema.devices.c.id == sa.bindparam("device_id"))
     .values(revision=schema.devices.c.revision + 1, mdm_fingerprint_revision=schema.devices.c.revision + 1)
     # everything but the body, which the writer has already: decoding it back would cost as much as encoding it
     .returning(*(column for column in schema.devices.c if column.name != "body"))
 )
-_DEVICE_UPDATE_AT_REVISION = _DEVICE_UPDATE.where(schema.devices.c.revision == sa.bindparam("expected_revision"))
+_DEVICE_UPDATE = DriverStatement(_DEVICE_UPDATE_QUERY, _DEVICE_UPDATE_COLUMNS)
+_DEVICE_UPDATE_AT_REVISION = DriverStatement(
+    _DEVICE_UPDATE_QUERY.where(schema.devices.c.revision == sa.bindparam("expected_revision")), _DEVICE_UPDATE_COLUMNS
+)
 
 
 class DeviceRepository(_Repository):
@@ -705,7 +728,7 @@ class DeviceRepository(_Repository):
         """With ``for_update``, the row stays locked until the transaction ends (PostgreSQL; SQLite's write
         transactions hold the whole database already)."""
         stmt = _DEVICE_BY_ID_FOR_UPDATE if for_update else _DEVICE_BY_ID
-        row = self._conn.execute(stmt, {"id": id}).one_or_none()
+        row = stmt.one_or_none(self._conn, {"id": id})
         return None if row is None else _device(row)
 
     def get(self, id: str, *, for_update: bool = False) -> DeviceRecord:
@@ -715,7 +738,7 @@ class DeviceRepository(_Repository):
         return record
 
     def find_by_asset_tag(self, os_type: str, asset_tag: str) -> DeviceRecord | None:
-        row = self._conn.execute(_DEVICE_BY_ASSET_TAG, {"os_type": os_type, "asset_tag": asset_tag}).one_or_none()
+        row = _DEVICE_BY_ASSET_TAG.one_or_none(self._conn, {"os_type": os_type, "asset_tag": asset_tag})
         return None if row is None else _device(row)
 
     def find_all_by_asset_tag(self, asset_tag: str) -> builtins.list[DeviceRecord]:
@@ -750,11 +773,9 @@ class DeviceRepository(_Repository):
             "mdm_fingerprint": _stored_fingerprint(canonical),
         }
         if expected_revision is None:
-            row = self._conn.execute(_DEVICE_UPDATE, values).one_or_none()
+            row = _DEVICE_UPDATE.one_or_none(self._conn, values)
         else:
-            row = self._conn.execute(
-                _DEVICE_UPDATE_AT_REVISION, {**values, "expected_revision": expected_revision}
-            ).one_or_none()
+            row = _DEVICE_UPDATE_AT_REVISION.one_or_none(self._conn, {**values, "expected_revision": expected_revision})
         if row is None:
             current = self.get(id)
             raise ConflictError(
@@ -1338,7 +1359,9 @@ def _audit(row: Row[Any]) -> AuditRecord:
 
 
 _AUDIT_INSERT = sa.insert(schema.audit_events).returning(*schema.audit_events.c)
-_AUDIT_INSERT_ALL = sa.insert(schema.audit_events)
+_AUDIT_INSERT_ALL = DriverStatement(
+    sa.insert(schema.audit_events).inline(), ("uid", "event", "code", "time", "username", "success", "body")
+)
 
 
 class AuditRepository(_Repository):
@@ -1361,10 +1384,10 @@ class AuditRepository(_Repository):
         return _audit(self._conn.execute(_AUDIT_INSERT, values).one())
 
     def append_many(self, events: Sequence[AuditEntry]) -> None:
-        """Append ``events`` in their order, in one statement (an agent's batch: no records read back)."""
+        """Append ``events`` in their order, in one batch (an agent's, say: no records read back)."""
         if events:
-            self._conn.execute(
-                _AUDIT_INSERT_ALL,
+            _AUDIT_INSERT_ALL.execute_many(
+                self._conn,
                 [
                     {
                         "uid": str(uuid.uuid4()),
