@@ -557,7 +557,7 @@ def build_app(server: AuthServer) -> FastAPI:
                 "ssh_cert": certs.ssh_cert.decode(),
                 # empty for an SSH session certificate, which has no X.509 half
                 "tls_cert": tls_cert.public_bytes(serialization.Encoding.PEM).decode() if tls_cert else "",
-                "device": _device_json(certs.device),
+                "device": certs.document,
             }
         )
 

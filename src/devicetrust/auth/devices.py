@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import JsonValue
 
 from devicetrust import audit as events
 from devicetrust.auth.nodes import resolve_visible_node
@@ -113,6 +114,8 @@ class AugmentedCerts:
     #: None for a session certificate to an SSH node: only databases and Kubernetes clusters take X.509
     tls_cert: x509.Certificate | None
     device: Device
+    #: the device's document as it was stored
+    document: dict[str, JsonValue]
 
 
 def device_from_record(record: DeviceRecord) -> Device:
@@ -878,7 +881,7 @@ class DeviceService:
             store.audit.append_many(audited)
         # committed: the device's next ceremony reads this very document
         self._remember_device(written, current)
-        return caller, AugmentedCerts(new_ssh, new_tls, current)
+        return caller, AugmentedCerts(new_ssh, new_tls, current, written.body)
 
 
 def _pending_target(body: Mapping[str, object]) -> tuple[str, str] | None:

@@ -11,7 +11,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from devicetrust.errors import ValidationError
 from devicetrust.protocol import ChallengeAnswer, KeyEnrollment, QuoteAnswer, TpmEnrollment
@@ -230,7 +230,7 @@ class CollectedData:
     reported_asset_tag: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _COLLECTED_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> CollectedData:
@@ -251,3 +251,6 @@ class CollectedData:
             if not known.get(required):
                 raise ValidationError(f"collected_data.{required} is required")
         return cls(**known)
+
+
+_COLLECTED_FIELDS = tuple(field.name for field in fields(CollectedData))

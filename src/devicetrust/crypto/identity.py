@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,11 +88,14 @@ def require_utc(value: object, what: str) -> datetime:
     return value.astimezone(UTC)
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+
+
 def _check_text(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError(f"{what}: must be a non-empty string")
     # control characters would corrupt ssh-keygen/openssl output and log lines
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if _CONTROL_CHARACTER.search(value):
         raise ValidationError(f"{what}: must not contain control characters")
     return value
 

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from devicetrust.storage.schema import UTCDateTime
 
@@ -57,16 +58,27 @@ def _result_converter(column_type: sa.types.TypeEngine[Any], dialect_name: str) 
     return None
 
 
-def _bind_value(value: object, dialect_name: str) -> object:
-    if isinstance(value, datetime):
-        if value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value!r}: storage takes timezone-aware datetimes")
-        utc = value.astimezone(UTC)
-        return utc.replace(tzinfo=None).isoformat(" ", "microseconds") if dialect_name == "sqlite" else utc
-    if isinstance(value, dict | list):
-        # JSON columns; PostgreSQL casts the text (the compiled statement says ::JSONB)
-        return json.dumps(value)
-    return value
+def _sqlite_time_text(value: datetime) -> str:
+    return _utc(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _utc(value: datetime) -> datetime:
+    if value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: storage takes timezone-aware datetimes")
+    return value.astimezone(UTC)
+
+
+def _json_param(value: object) -> object:
+    # a document's JSON text is taken as it is (PostgreSQL casts it: the compiled statement says ::JSONB)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _bind_converter(bind_type: sa.types.TypeEngine[Any], dialect_name: str) -> _Converter | None:
+    if isinstance(bind_type, UTCDateTime):
+        return _sqlite_time_text if dialect_name == "sqlite" else _utc
+    if isinstance(bind_type, sa.JSON):
+        return _json_param
+    return None
 
 
 def _cursor(conn: Connection, sql: str, parameters: object, many: bool) -> Any:
@@ -87,12 +99,19 @@ class _Compiled:
             dialect=_SQLITE_NAMED if dialect.name == "sqlite" else dialect,
             column_keys=list(column_keys) if column_keys is not None else None,
         )
+        if not isinstance(compiled, SQLCompiler):
+            raise TypeError(f"not a SQL statement: {statement!r}")
         self.sql = str(compiled)
         # values SQLAlchemy bound when the statement was built (literals such as ``id = 1``)
         self.fixed = {key: value for key, value in compiled.params.items() if value is not None}
         columns: list[sa.ColumnElement[Any]] = (
             list(statement.exported_columns) if isinstance(statement, sa.sql.expression.ReturnsRows) else []
         )
+        self.bind_converters = [
+            (name, convert)
+            for name, bind in compiled.binds.items()
+            if (convert := _bind_converter(bind.type, dialect.name)) is not None
+        ]
         self.names = [str(column.key) for column in columns]
         self.converters = [(i, c) for i, col in enumerate(columns) if (c := _result_converter(col.type, dialect.name))]
 
@@ -111,14 +130,20 @@ class DriverStatement:
             compiled = self._by_dialect[dialect.name] = _Compiled(self._statement, dialect, self._column_keys)
         return compiled
 
-    def _parameters(self, compiled: _Compiled, dialect_name: str, values: Mapping[str, object]) -> dict[str, object]:
-        return {**compiled.fixed, **{key: _bind_value(value, dialect_name) for key, value in values.items()}}
+    @staticmethod
+    def _parameters(compiled: _Compiled, values: Mapping[str, object]) -> dict[str, object]:
+        parameters = {**compiled.fixed, **values}
+        for name, convert in compiled.bind_converters:
+            value = parameters.get(name)
+            if value is not None:
+                parameters[name] = convert(value)
+        return parameters
 
     def rows(self, conn: Connection, values: Mapping[str, object]) -> list[SimpleNamespace]:
         """Run the statement with ``values``; its rows, each value converted as its column's type says."""
         dialect = conn.dialect
         compiled = self._compiled(dialect)
-        parameters = self._parameters(compiled, dialect.name, values)
+        parameters = self._parameters(compiled, values)
         cursor = _cursor(conn, compiled.sql, parameters, False)
         try:
             try:
@@ -146,7 +171,7 @@ class DriverStatement:
         """Run the statement once per mapping in ``values`` (no rows are read back)."""
         dialect = conn.dialect
         compiled = self._compiled(dialect)
-        parameters = [self._parameters(compiled, dialect.name, each) for each in values]
+        parameters = [self._parameters(compiled, each) for each in values]
         cursor = _cursor(conn, compiled.sql, parameters, True)
         try:
             cursor.executemany(compiled.sql, parameters)

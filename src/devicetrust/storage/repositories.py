@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import functools
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -603,8 +604,13 @@ def _device(row: Row[Any] | SimpleNamespace, body: dict[str, JsonValue] | None =
 def _canonical_body(body: Mapping[str, object]) -> dict[str, JsonValue]:
     # Keys sorted at every depth: SQLite keeps JSON as text, and upsert_many spots unchanged bodies by comparing
     # it (PostgreSQL's JSONB compares by value anyway). Also a deep copy, so callers cannot alter it afterwards.
-    canonical: dict[str, JsonValue] = json.loads(json.dumps(body, sort_keys=True))
+    canonical: dict[str, JsonValue] = json.loads(_canonical_text(body))
     return canonical
+
+
+def _canonical_text(body: Mapping[str, object]) -> str:
+    """The JSON text of :func:`_canonical_body` (which encodes back to the very same text)."""
+    return json.dumps(body, sort_keys=True)
 
 
 _FINGERPRINT_MODULUS = 1 << 64
@@ -760,10 +766,12 @@ class DeviceRepository(_Repository):
         expected_revision: int | None = None,
     ) -> DeviceRecord:
         """Replace the body and the columns. With ``expected_revision``, ConflictError if someone wrote in between."""
-        canonical = _canonical_body(body)
+        # the text stored is the canonical document's (what SQLAlchemy's JSON type would write of it)
+        text = _canonical_text(body)
+        canonical: dict[str, JsonValue] = json.loads(text)
         values = {
             "device_id": id,
-            "body": canonical,
+            "body": text,
             "enroll_status": enroll_status,
             "owner": owner,
             "source_name": source_name,
@@ -1438,19 +1446,61 @@ class AuditRepository(_Repository):
 
 
 class Store:
-    """The repositories, all bound to one transaction. Obtain it from ``Backend.begin()``."""
+    """The repositories, all bound to one transaction. Obtain it from ``Backend.begin()``. Each repository is made
+    when first used: most transactions use one or two of them."""
 
     def __init__(self, conn: Connection, clock: Clock) -> None:
-        self.cluster = ClusterRepository(conn, clock)
-        self.cas = CARepository(conn, clock)
-        self.resources = ResourceRepository(conn, clock)
-        self.users = UserRepository(conn, clock)
-        self.tokens = TokenRepository(conn, clock)
-        self.sessions = SessionRepository(conn, clock)
-        self.rate_limits = RateLimitRepository(conn, clock)
-        self.pending = PendingRepository(conn, clock)
-        self.audit = AuditRepository(conn, clock)
-        self.devices = DeviceRepository(conn, clock)
-        self.locks = LockRepository(conn, clock)
-        self.generation = StateGenerationRepository(conn, clock)
-        self.spent_ceremonies = SpentCeremonyRepository(conn, clock)
+        self._conn = conn
+        self._clock = clock
+
+    @functools.cached_property
+    def cluster(self) -> ClusterRepository:
+        return ClusterRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def cas(self) -> CARepository:
+        return CARepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def resources(self) -> ResourceRepository:
+        return ResourceRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def users(self) -> UserRepository:
+        return UserRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def tokens(self) -> TokenRepository:
+        return TokenRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def sessions(self) -> SessionRepository:
+        return SessionRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def rate_limits(self) -> RateLimitRepository:
+        return RateLimitRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def pending(self) -> PendingRepository:
+        return PendingRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def audit(self) -> AuditRepository:
+        return AuditRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def devices(self) -> DeviceRepository:
+        return DeviceRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def locks(self) -> LockRepository:
+        return LockRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def generation(self) -> StateGenerationRepository:
+        return StateGenerationRepository(self._conn, self._clock)
+
+    @functools.cached_property
+    def spent_ceremonies(self) -> SpentCeremonyRepository:
+        return SpentCeremonyRepository(self._conn, self._clock)

@@ -29,6 +29,7 @@ from devicetrust.types.device import (
     DeviceProfile,
     DeviceSource,
     format_timestamp,
+    record_items,
 )
 from devicetrust.types.duration import format_duration
 from devicetrust.types.labels import Labels
@@ -468,7 +469,7 @@ def _device_spec(device: Device) -> dict[str, JsonValue]:
     if device.credential is not None:
         spec["credential"] = _credential_to_dict(device.credential)
     if device.collected_data:
-        spec["collected_data"] = [dict(record) for record in device.collected_data]
+        spec["collected_data"] = [dict(record_items(record)) for record in device.collected_data]
     if device.source is not None:
         spec["source"] = {"name": device.source.name, "origin": device.source.origin}
     if device.profile is not None:
