@@ -8,6 +8,7 @@ whenever any of them is missing, and raises :class:`TrustError` for everything e
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import secrets
@@ -476,12 +477,23 @@ def certificate_to_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _aki(ca: CertAuthority) -> x509.AuthorityKeyIdentifier:
+#: the extensions every leaf certificate carries whatever its key, EKU and issuer
+_LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_KEY_USAGE = key_usage("digital_signature")
+
+
+@functools.lru_cache(maxsize=32)
+def _issuer_parts(ca_certificate: x509.Certificate) -> tuple[x509.Name, x509.AuthorityKeyIdentifier, datetime]:
+    """What a leaf takes from its CA's certificate (each read parses it): its subject, the authority key
+    identifier and its expiry. A cluster has a handful of CA certificates; a certificate is hashable by value."""
     try:
-        ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        ski = ca_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key())
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            require_p256_public_key(ca_certificate.public_key(), "CA certificate key")
+        )
+    return ca_certificate.subject, aki, ca_certificate.not_valid_after_utc
 
 
 def _leaf_builder(
@@ -492,21 +504,22 @@ def _leaf_builder(
     not_after: datetime,
     eku: x509.ObjectIdentifier,
 ) -> x509.CertificateBuilder:
-    if not_after > ca.certificate.not_valid_after_utc:
+    issuer, aki, ca_not_after = _issuer_parts(ca.certificate)
+    if not_after > ca_not_after:
         # the chain would not verify past the CA's own expiry
         raise ValidationError(f"not_after: {_fmt(not_after)} is after the {ca.kind} CA expires")
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(ca.certificate.subject)
+        .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(key_usage("digital_signature"), critical=True)
+        .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
+        .add_extension(_LEAF_KEY_USAGE, critical=True)
         .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-        .add_extension(_aki(ca), critical=False)
+        .add_extension(aki, critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
