@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 import uvicorn
 from argon2 import PasswordHasher
+from fastapi import FastAPI
 
 from devicetrust.auth.app import build_app
 from devicetrust.auth.server import AuthServer
@@ -44,13 +45,15 @@ def fast_auth_server(backend: Backend) -> AuthServer:
 
 
 @contextlib.contextmanager
-def serve_api(backend_url: str) -> Iterator[RunningApi]:
-    """uvicorn in a thread (it installs no signal handlers off the main thread), plain HTTP on 127.0.0.1."""
+def serve_api(backend_url: str, extend: Callable[[FastAPI], None] | None = None) -> Iterator[RunningApi]:
+    """uvicorn in a thread (it installs no signal handlers off the main thread), plain HTTP on 127.0.0.1.
+    ``extend`` may add routes of a test's own to the app first."""
     backend = Backend.open(backend_url)
     server = fast_auth_server(backend)
-    config = uvicorn.Config(
-        build_app(server), host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="off"
-    )
+    app = build_app(server)
+    if extend is not None:
+        extend(app)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="off")
     web = uvicorn.Server(config)
     thread = threading.Thread(target=web.run, daemon=True)
     thread.start()

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_REQUEST_BODY_BYTES",
     "RequestGuardMiddleware",
+    "checked_json_body",
     "error_response",
     "short_message",
 ]
@@ -36,6 +37,8 @@ INT64_MIN = -(2**63)
 MAX_JSON_DEPTH = 64
 #: Longest error message sent back: a message quoting a huge input is cut, not echoed whole.
 MAX_ERROR_MESSAGE_CHARS = 300
+#: Where the guard leaves the request's JSON document, parsed and checked, for a route that takes it from there
+_CHECKED_JSON_KEY = "devicetrust.checked_json"
 
 #: Characters that no JSON string may carry to the backends: NUL (PostgreSQL text refuses it) and lone
 #: surrogates (not encodable as UTF-8).
@@ -90,7 +93,7 @@ class RequestGuardMiddleware:
             if body is None:
                 return  # the client went away
             if body.strip():
-                check_json_body(body)
+                scope[_CHECKED_JSON_KEY] = check_json_body(body)
         except _Refused as refused:
             await error_response(refused.status, "validation", refused.message)(scope, _no_receive, send)
             return
@@ -140,8 +143,17 @@ def _check_path_and_query(scope: MutableMapping[str, Any]) -> None:
             raise _Refused(400, "query parameters must not contain control characters")
 
 
-def check_json_body(body: bytes) -> None:
-    """Raise ``_Refused`` unless ``body`` is JSON whose every string and integer the backends can store."""
+def checked_json_body(scope: MutableMapping[str, Any]) -> tuple[bool, Any]:
+    """(True, the document) if the guard parsed and checked the request's body; (False, None) if the body was
+    empty (or no guard ran)."""
+    if _CHECKED_JSON_KEY in scope:
+        return True, scope[_CHECKED_JSON_KEY]
+    return False, None
+
+
+def check_json_body(body: bytes) -> Any:
+    """The document of ``body``; raise ``_Refused`` unless it is JSON whose every string and integer the backends
+    can store."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -154,6 +166,7 @@ def check_json_body(body: bytes) -> None:
         where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
         raise _Refused(400, f"the request body is not valid JSON{where}") from None
     _check_values(document)
+    return document
 
 
 def _refuse_constant(name: str) -> Any:
