@@ -960,3 +960,32 @@ def test_document_is_a_fresh_plain_object() -> None:
 
     assert resource_to_dict(device)["spec"]["collected_data"] == [{"a": "b"}]
     json.dumps(document)
+
+
+@pytest.mark.parametrize("records_before", [1, 2, 10, 11])
+def test_an_authentication_record_is_appended_as_a_rebuilt_device_would_hold_it(records_before: int) -> None:
+    records = tuple({"serial_number": SERIAL, "n": str(i)} for i in range(records_before))
+    device = Device(
+        id=DEVICE_ID,
+        os_type="macos",
+        asset_tag=SERIAL,
+        enroll_status="enrolled",
+        credential=MACOS_CREDENTIAL,
+        collected_data=records,
+        owner="alice",
+    )
+    later = datetime(2026, 12, 1, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+    appended = device.with_authentication({"serial_number": SERIAL, "n": "new"}, later)
+    kept = [*records[1:], {"serial_number": SERIAL, "n": "new"}][-10:]
+    assert appended == dataclasses.replace(device, collected_data=(records[0], *kept), update_time=later)
+    assert appended.collected_data[0] == records[0] and len(appended.collected_data) == min(records_before + 1, 11)
+    assert appended.update_time == later and appended.update_time.tzinfo == UTC
+    assert device.collected_data == records  # the device itself is unchanged
+
+
+def test_an_authentication_record_is_checked_before_it_is_kept() -> None:
+    device = Device(id=DEVICE_ID, os_type="macos", asset_tag=SERIAL, collected_data=({"serial_number": SERIAL},))
+    with pytest.raises(ValidationError, match="collected_data"):
+        device.with_authentication({"serial_number": 7}, datetime.now(UTC))  # type: ignore[dict-item]
+    with pytest.raises(ValidationError, match="update_time"):
+        device.with_authentication({"serial_number": SERIAL}, datetime(2026, 12, 1))

@@ -64,7 +64,6 @@ from devicetrust.storage.repositories import DEVICE_ENROLL_TOKEN_KIND as TOKEN_K
 from devicetrust.storage.repositories import MAX_PAGE_SIZE, Store
 from devicetrust.types import (
     ENROLL_STATUSES,
-    MAX_COLLECTED_RECORDS,
     OS_TYPES,
     Device,
     DeviceTrustSettings,
@@ -745,8 +744,7 @@ class DeviceService:
         re-read under a row lock, and refused if its credential is not the one that was proven."""
 
         def appended(current: Device) -> Device:
-            kept = [*current.collected_data[1:], record][-(MAX_COLLECTED_RECORDS - 1) :]
-            return replace(current, collected_data=(*current.collected_data[:1], *kept), update_time=self._now())
+            return current.with_authentication(record, self._now())
 
         try:
             return self._put(store, appended(device), expected_revision=revision)

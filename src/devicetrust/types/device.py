@@ -405,6 +405,24 @@ class Device:
     def is_enrolled(self) -> bool:
         return self.enroll_status == ENROLLED
 
+    def with_authentication(self, record: Mapping[str, str], update_time: datetime) -> Device:
+        """This device with ``record`` collected by an authentication (the enrollment record stays first, then the
+        latest authentications) and ``update_time`` set. Only the new values are checked: the rest already was,
+        when this device was built, and a device is immutable."""
+        checked = _collected_record(record, f"spec.collected_data[{MAX_COLLECTED_RECORDS - 1}]")
+        kept = (*self.collected_data[1:], checked)[-(MAX_COLLECTED_RECORDS - 1) :]
+        changed = {
+            "collected_data": (*self.collected_data[:1], *kept),
+            "update_time": as_timestamp(update_time, "spec.update_time"),
+        }
+        device = object.__new__(Device)
+        for name in _DEVICE_FIELDS:
+            object.__setattr__(device, name, changed[name] if name in changed else getattr(self, name))
+        return device
+
     def unenrolled(self) -> Device:
         """This device as ``tctl devices unenroll`` leaves it: no credential, owner or collected data."""
         return dataclasses.replace(self, enroll_status=NOT_ENROLLED, credential=None, owner="", collected_data=())
+
+
+_DEVICE_FIELDS = tuple(field.name for field in dataclasses.fields(Device))
