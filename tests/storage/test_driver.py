@@ -14,6 +14,7 @@ from devicetrust.storage import schema
 from devicetrust.storage.backend import Backend
 from devicetrust.storage.driver import DriverStatement
 from devicetrust.storage.records import AuditEntry
+from devicetrust.storage.repositories import Store
 
 #: an instant with microseconds, given in a zone two hours east of UTC
 EAST = timezone(timedelta(hours=2))
@@ -60,3 +61,31 @@ def test_a_constraint_violation_is_sqlalchemys_error(backend: Backend, backend_u
     twice = [{"id": "twice", "expires": INSTANT}, {"id": "twice", "expires": INSTANT}]
     with raw_engine(backend_url) as engine, pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         insert.execute_many(conn, twice)
+
+
+def test_reads_of_the_latest_state_leave_no_autocommit_behind(backend: Backend) -> None:
+    """``read(latest=True)`` runs each statement on its own on PostgreSQL (no BEGIN/COMMIT round trips); the
+    pooled connection it used must come back transactional, or a later write would not be atomic."""
+    with backend.read(latest=True) as store:
+        assert store.devices.find_by_asset_tag("linux", "SN-NONE") is None
+        driver = store.audit._conn.connection.driver_connection
+        assert driver is not None
+        if backend.dialect_name == "postgresql":
+            assert driver.autocommit
+    for _ in range(3):  # LIFO pool: the same connection again
+        with pytest.raises(RuntimeError), backend.begin() as store:
+            store.spent_ceremonies.spend("half-done", INSTANT)
+            raise RuntimeError("abort the transaction")
+        with backend.begin() as store:
+            # the first spend was rolled back, so spending it again succeeds
+            store.spent_ceremonies.spend("half-done", INSTANT)
+            raise_if_autocommit(store)
+        with backend.begin() as store:
+            store.audit._conn.execute(sa.delete(schema.spent_ceremonies))
+
+
+def raise_if_autocommit(store: Store) -> None:
+    driver = store.audit._conn.connection.driver_connection
+    assert driver is not None
+    if hasattr(driver, "autocommit"):
+        assert not driver.autocommit

@@ -650,7 +650,7 @@ class DeviceService:
         refusal: CeremonyError | AccessDeniedError | None = None
         reason = ""
         node: dict[str, Any] | None = None
-        with self._backend.read() as store:
+        with self._backend.read(latest=True) as store:
             caller, state = caller_read(store)
             record = None
             if caller.kind in ("user", "bot"):
@@ -790,7 +790,7 @@ class DeviceService:
     def _finish(self, caller_read: CallerRead, response: ChallengeResponse) -> tuple[Caller, AugmentedCerts]:
         now = self._now()
         pending, login_cert, target = self._opened(response.ceremony_id)
-        with self._backend.read() as store:
+        with self._backend.read(latest=True) as store:
             caller, state = caller_read(store)
             record = store.devices.find(pending.device_id)
         self._owned(caller, pending, now)

@@ -123,12 +123,18 @@ class Backend:
             yield Store(conn, self._clock)
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Store]:
+    def read(self, *, latest: bool = False) -> Iterator[Store]:
         """A transaction for reading only. On SQLite it takes no write lock, so readers never queue behind
         writers (WAL gives them a snapshot); writing through it is a bug and may fail with "database is
-        locked"."""
+        locked".
+
+        With ``latest``, the reads need no common snapshot, only what is committed when each runs: on PostgreSQL
+        each statement then runs on its own, without the round trips of BEGIN and COMMIT (what a device
+        ceremony reads before every session)."""
         with self._engine.connect() as conn:
             conn.execution_options(devicetrust_read_only=True)
+            if latest and conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")
             with conn.begin():
                 yield Store(conn, self._clock)
 
