@@ -76,3 +76,15 @@ def test_a_dropped_connection_fails_one_transaction_on_the_driver_path_too(
         assert store.devices.find_by_asset_tag("linux", "SN-GONE") is None
         with pytest.raises(NotFoundError):
             store.sessions.get_valid_at_generation("no such token", now)
+
+
+def test_a_pinged_connection_is_handed_out_idle(pg_backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ping of an idle connection must not leave a transaction open: a read of the latest state switches the
+    connection to autocommit, which PostgreSQL's driver refuses inside a transaction."""
+    monkeypatch.setattr(backend_module, "IDLE_PING_SECONDS", 0.01)
+    for _ in range(3):
+        with pg_backend.read() as store:
+            store.generation.current()
+        time.sleep(0.05)  # idle long enough to be pinged at the next checkout
+        with pg_backend.read(latest=True) as store:
+            assert store.devices.find_by_asset_tag("linux", "SN-NONE") is None

@@ -236,6 +236,9 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     try:
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SELECT 1")
+        # the ping began a transaction: end it, so the connection is handed out idle (a reader that runs each
+        # statement on its own could not switch to autocommit inside one)
+        dbapi_connection.rollback()
     except Exception as exc:
         # The pool discards the connection and checks out another (or opens a new one).
         raise sa.exc.DisconnectionError(str(exc)) from exc
