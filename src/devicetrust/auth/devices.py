@@ -619,9 +619,9 @@ class DeviceService:
         ssh_cert: bytes,
         target: tuple[str, str] | NodeByName | None = None,
     ) -> tuple[Caller, Challenge, dict[str, Any] | None]:
-        """:meth:`authenticate_begin` for the caller of session ``token``, resolved in the ceremony's one read
-        transaction. ``target`` may name an SSH node as the user did (:class:`NodeByName`): it is resolved among
-        the nodes the caller may reach, in that transaction, and its stored document is returned too."""
+        """:meth:`authenticate_begin` for the caller of session ``token``, resolved with the ceremony's one read of
+        the device. ``target`` may name an SSH node as the user did (:class:`NodeByName`): it is resolved among
+        the nodes the caller may reach, in that read, and its stored document is returned too."""
         return self._begin(
             self._of_token(token), credential_id=credential_id, collected=collected, ssh_cert=ssh_cert, target=target
         )
@@ -783,8 +783,7 @@ class DeviceService:
         return self._finish(self._known(caller), response)[1]
 
     def authenticate_finish_as(self, token: str, response: ChallengeResponse) -> tuple[Caller, AugmentedCerts]:
-        """:meth:`authenticate_finish` for the caller of session ``token``, resolved in the same read transaction
-        as the device."""
+        """:meth:`authenticate_finish` for the caller of session ``token``, resolved with the read of the device."""
         return self._finish(self._of_token(token), response)
 
     def _finish(self, caller_read: CallerRead, response: ChallengeResponse) -> tuple[Caller, AugmentedCerts]:
