@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, MutableMapping
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from fastapi import Depends, FastAPI, Query, Request
@@ -230,6 +230,21 @@ async def session_token(credentials: BearerDep) -> str:
 
 
 SessionTokenDep = Annotated[str, Depends(session_token)]
+
+
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+
+def guard_parsed_post(app: FastAPI, path: str, response_model: type[Any]) -> Callable[[_Endpoint], _Endpoint]:
+    """``@app.post(path, response_model=…)`` for a :class:`GuardParsedRoute`."""
+
+    def register(endpoint: _Endpoint) -> _Endpoint:
+        app.router.add_api_route(
+            path, endpoint, methods=["POST"], response_model=response_model, route_class_override=GuardParsedRoute
+        )
+        return endpoint
+
+    return register
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -569,6 +584,7 @@ def build_app(server: AuthServer) -> FastAPI:
 
     # The device ceremony runs before every session. Its routes run on the event loop: their work is short (a
     # cached read, the crypto, one write), and a hop to a worker thread would cost more than the work itself.
+    @guard_parsed_post(app, "/v1/devices/authenticate/begin", ChallengeMessage)
     async def authenticate_begin(req: AuthenticateBeginRequest, token: SessionTokenDep, request: Request) -> Response:
         target: tuple[str, str] | NodeByName | None = None
         if req.target is not None:
@@ -588,14 +604,7 @@ def build_app(server: AuthServer) -> FastAPI:
             reply["node"] = node
         return _json_response(reply)
 
-    app.router.add_api_route(
-        "/v1/devices/authenticate/begin",
-        authenticate_begin,
-        methods=["POST"],
-        response_model=ChallengeMessage,
-        route_class_override=GuardParsedRoute,
-    )
-
+    @guard_parsed_post(app, "/v1/devices/authenticate/finish", DeviceCertificates)
     async def authenticate_finish(response: ChallengeAnswerBody, token: SessionTokenDep, request: Request) -> Response:
         caller, certs = server.devices.authenticate_finish_as(token, response)
         request.state.caller = caller.name
@@ -608,14 +617,6 @@ def build_app(server: AuthServer) -> FastAPI:
                 "device": certs.document,
             }
         )
-
-    app.router.add_api_route(
-        "/v1/devices/authenticate/finish",
-        authenticate_finish,
-        methods=["POST"],
-        response_model=DeviceCertificates,
-        route_class_override=GuardParsedRoute,
-    )
 
     @app.post("/v1/nodes/join")
     def node_join(req: NodeJoinRequest) -> NodeJoinResponse:
