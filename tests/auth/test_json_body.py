@@ -55,3 +55,14 @@ def test_depth_is_refused_only_past_the_limit() -> None:
         check_json_body(("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)).encode())
     # brackets inside strings do not count as nesting
     assert check_json_body(json.dumps({"a": "[" * 100}).encode()) == {"a": "[" * 100}
+
+
+@pytest.mark.parametrize("number", ["1.7976931348623157e308", "123456789012345678", "9" * 18 + ".5e99", "-1e-400"])
+def test_numbers_that_fit_pass_whichever_path_checks_them(number: str) -> None:
+    assert check_json_body(f'{{"a": {number}}}'.encode()) == {"a": json.loads(number)}
+
+
+@pytest.mark.parametrize("number", ["2e308", "-" + "9" * 19, "1" + "0" * 400, "1E+309"])
+def test_numbers_that_do_not_fit_are_refused_without_padding(number: str) -> None:
+    with pytest.raises(_Refused):
+        check_json_body(f'{{"a": {number}}}'.encode())
