@@ -43,8 +43,6 @@ _CHECKED_JSON_KEY = "devicetrust.checked_json"
 #: Characters that no JSON string may carry to the backends: NUL (PostgreSQL text refuses it) and lone
 #: surrogates (not encodable as UTF-8).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-#: what a JSON number beyond a 64-bit integer or a float's range must contain (a string may contain it too)
-_NUMBER_THAT_MAY_NOT_FIT = re.compile(r"\d{19}|\d[eE][+-]?\d{3}")
 #: Paths and query parameters are names, ids, times and flags: control characters make no sense there.
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
@@ -160,23 +158,44 @@ def check_json_body(body: bytes) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise _Refused(400, "the request body is not valid UTF-8") from None
+    # Most bodies need no walk: a NUL or a lone surrogate can only be written as a \u escape (JSON has no raw
+    # control characters, UTF-8 no surrogates), and a body with few brackets cannot nest deeply; its numbers are
+    # checked as they are parsed. A body that is walked anyway (an agent's batch of events) is parsed without
+    # those per-number calls.
+    walk = "\\u" in text or text.count("[") + text.count("{") > MAX_JSON_DEPTH
     try:
-        document = json.loads(text, parse_constant=_refuse_constant)
+        if walk:
+            document = json.loads(text, parse_constant=_refuse_constant)
+        else:
+            document = json.loads(
+                text, parse_constant=_refuse_constant, parse_int=_int64_token, parse_float=_finite_float_token
+            )
     except RecursionError:
         raise _Refused(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except ValueError as err:  # JSONDecodeError, or an integer with too many digits
         where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
         raise _Refused(400, f"the request body is not valid JSON{where}") from None
-    # Most bodies need no walk: a NUL or a lone surrogate can only be written as a \u escape (JSON has no raw
-    # control characters, UTF-8 no surrogates), a body with few brackets cannot nest deeply, and a number beyond 64
-    # bits or beyond a float's range needs 19 digits in a row or a three-digit exponent.
-    if "\\u" in text or text.count("[") + text.count("{") > MAX_JSON_DEPTH or _NUMBER_THAT_MAY_NOT_FIT.search(text):
+    if walk:
         _check_values(document)
     return document
 
 
 def _refuse_constant(name: str) -> Any:
     raise _Refused(400, f"the request body contains {name}, which is not a JSON number")
+
+
+def _int64_token(token: str) -> int:
+    value = int(token)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise _Refused(400, "integers in the request body must fit in 64 bits")
+    return value
+
+
+def _finite_float_token(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise _Refused(400, "numbers in the request body must be finite")
+    return value
 
 
 def _check_values(document: Any) -> None:
