@@ -12,7 +12,7 @@ from tests.storage.raw import raw_engine
 
 from devicetrust.storage import schema
 from devicetrust.storage.backend import Backend
-from devicetrust.storage.driver import DriverStatement
+from devicetrust.storage.driver import DriverStatement, JsonText
 from devicetrust.storage.records import AuditEntry
 from devicetrust.storage.repositories import Store
 
@@ -89,3 +89,28 @@ def raise_if_autocommit(store: Store) -> None:
     assert driver is not None
     if hasattr(driver, "autocommit"):
         assert not driver.autocommit
+
+
+def test_a_json_column_takes_a_string_as_a_value_and_json_text_as_encoded(backend: Backend, backend_url: str) -> None:
+    insert = DriverStatement(
+        sa.insert(schema.audit_events), ("uid", "event", "code", "time", "username", "success", "body")
+    )
+    rows = [
+        {"uid": "plain", "event": "e", "code": "c", "time": INSTANT, "username": "u", "success": True, "body": "abc"},
+        {
+            "uid": "encoded",
+            "event": "e",
+            "code": "c",
+            "time": INSTANT,
+            "username": "u",
+            "success": True,
+            "body": JsonText('{"a": [1, 2]}'),
+        },
+    ]
+    t = schema.audit_events
+    with raw_engine(backend_url) as engine:
+        with engine.begin() as conn:
+            insert.execute_many(conn, rows)
+        with engine.connect() as conn:
+            stored = {row.uid: row.body for row in conn.execute(sa.select(t.c.uid, t.c.body))}
+    assert stored == {"plain": "abc", "encoded": {"a": [1, 2]}}

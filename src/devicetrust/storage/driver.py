@@ -22,12 +22,18 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from devicetrust.storage.schema import UTCDateTime
 
-__all__ = ["DriverStatement"]
+__all__ = ["DriverStatement", "JsonText"]
 
 #: SQLite's DBAPI takes named parameters (``:name``) as well as ``?``: both dialects then take one mapping
 _SQLITE_NAMED = sqlite.dialect(paramstyle="named")
 
 _Converter = Callable[[Any], Any]
+
+
+class JsonText(str):
+    """A JSON document already encoded, bound to a JSON column as it is (any other value is encoded)."""
+
+    __slots__ = ()
 
 
 def _sqlite_datetime(value: str | None) -> datetime | None:
@@ -69,8 +75,8 @@ def _utc(value: datetime) -> datetime:
 
 
 def _json_param(value: object) -> object:
-    # a document's JSON text is taken as it is (PostgreSQL casts it: the compiled statement says ::JSONB)
-    return value if isinstance(value, str) else json.dumps(value)
+    # PostgreSQL casts the text: the compiled statement says ::JSONB
+    return value if isinstance(value, JsonText) else json.dumps(value)
 
 
 def _bind_converter(bind_type: sa.types.TypeEngine[Any], dialect_name: str) -> _Converter | None:

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Row
 
 from devicetrust.errors import AlreadyExistsError, ConflictError, NotFoundError, ValidationError
 from devicetrust.storage import schema
-from devicetrust.storage.driver import DriverStatement
+from devicetrust.storage.driver import DriverStatement, JsonText
 from devicetrust.storage.records import (
     AuditEntry,
     AuditRecord,
@@ -767,7 +767,7 @@ class DeviceRepository(_Repository):
     ) -> DeviceRecord:
         """Replace the body and the columns. With ``expected_revision``, ConflictError if someone wrote in between."""
         # the text stored is the canonical document's (what SQLAlchemy's JSON type would write of it)
-        text = _canonical_text(body)
+        text = JsonText(_canonical_text(body))
         canonical: dict[str, JsonValue] = json.loads(text)
         values = {
             "device_id": id,
