@@ -23,17 +23,21 @@ CEREMONY_ID = "0" * 40
 SIGNATURE = "c2lnbmF0dXJl"
 
 
-def _reply(body: ChallengeResponse | AuthenticateBeginRequest, token: str) -> Response:
+def _reply(body: ChallengeResponse | AuthenticateBeginRequest, token: str, request: Request) -> Response:
     shown = body.to_json() if isinstance(body, ChallengeResponse) else body.model_dump(mode="json")
-    return Response(json.dumps({"token": token, "body": shown}), media_type="application/json")
+    # which handler ran: FastAPI's reads the body through the request (Starlette keeps it as ``_body``)
+    read_by = "fastapi" if hasattr(request, "_body") else "guard"
+    return Response(
+        json.dumps({"token": token, "body": shown}), media_type="application/json", headers={"x-read-by": read_by}
+    )
 
 
 async def answer(response: ChallengeAnswerBody, token: SessionTokenDep, request: Request) -> Response:
-    return _reply(response, token)
+    return _reply(response, token, request)
 
 
 async def begin(req: AuthenticateBeginRequest, token: SessionTokenDep, request: Request) -> Response:
-    return _reply(req, token)
+    return _reply(req, token, request)
 
 
 def _add_twin_routes(app: FastAPI) -> None:
@@ -92,9 +96,9 @@ def _begin_cases() -> list[tuple[str, dict[str, str], bytes]]:
     ]
 
 
-def _outcome(client: httpx.Client, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+def _outcome(client: httpx.Client, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, str]:
     response = client.post(path, content=body, headers=headers)
-    return response.status_code, response.json()
+    return response.status_code, response.json(), response.headers.get("x-read-by", "")
 
 
 @pytest.mark.parametrize(("route", "cases"), [("answer", _answer_cases()), ("begin", _begin_cases())])
@@ -103,10 +107,13 @@ def test_every_request_gets_the_answer_fastapi_would_give(
 ) -> None:
     statuses = set()
     for label, headers, body in cases:
-        guard_parsed = _outcome(client, f"/test/{route}/guard-parsed", headers, body)
-        fastapi = _outcome(client, f"/test/{route}/fastapi", headers, body)
+        *guard_parsed, read_by = _outcome(client, f"/test/{route}/guard-parsed", headers, body)
+        *fastapi, fastapi_read_by = _outcome(client, f"/test/{route}/fastapi", headers, body)
         assert guard_parsed == fastapi, label
         statuses.add(guard_parsed[0])
+        if label == "valid":
+            # the twin compares two different handlers, not FastAPI's with itself
+            assert (read_by, fastapi_read_by) == ("guard", "fastapi")
     assert {200, 400, 401} <= statuses
 
 
